@@ -1,0 +1,125 @@
+"""Faults to inject into the fabric: lost messages, flipped bits, slow links, dead links.
+
+A `FaultSpec` says what may go wrong; a `FaultInjector` (seeded) decides, per message and
+per link crossed, whether it does. Decisions are drawn in the deterministic order of the
+simulation, so the same seed gives the same faults and the same outcome.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+
+from tilesim.errors import ConfigError
+
+LinkKey = tuple[int, int]  # (src core, dst core); -1 is the switch
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """What may go wrong on the fabric.
+
+    `drop` and `corrupt` are probabilities per message per link crossed; `slow` maps a link
+    (or `None` for every link) to the factor its bandwidth is divided by; `dead` links lose
+    every message. A lost or corrupted message is sent again up to `max_retries` times.
+    """
+
+    drop: float = 0.0
+    corrupt: float = 0.0
+    slow: Mapping[LinkKey | None, float] = field(default_factory=lambda: MappingProxyType({}))
+    dead: frozenset[LinkKey] = frozenset()
+    seed: int = 0
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("drop", "corrupt"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"fault {name}={p}: a probability must be between 0 and 1")
+        for link, factor in self.slow.items():
+            if not factor >= 1.0:
+                raise ConfigError(f"fault slow={factor} on {link}: the slow-down factor must be >= 1")
+        if self.max_retries < 0:
+            raise ConfigError("fault max_retries must be >= 0")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.drop or self.corrupt or self.slow or self.dead)
+
+    @classmethod
+    def parse(cls, text: str) -> FaultSpec:
+        """From command-line text: `corrupt=0.01,drop=0.001,dead=2-3,slow=0-1:4,seed=3,retries=5`.
+
+        `slow=4` slows every link four times; `slow=0-1:4` only the link from core 0 to 1;
+        links are `SRC-DST` with `switch` for the switch of a switch fabric.
+        """
+        kwargs: dict = {"slow": {}, "dead": set()}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, _, value = item.partition("=")
+            try:
+                if key in ("drop", "corrupt"):
+                    kwargs[key] = float(value)
+                elif key == "seed":
+                    kwargs["seed"] = int(value)
+                elif key in ("retries", "max_retries"):
+                    kwargs["max_retries"] = int(value)
+                elif key == "dead":
+                    kwargs["dead"].add(_parse_link(value))
+                elif key == "slow":
+                    link_text, _, factor = value.rpartition(":")
+                    kwargs["slow"][_parse_link(link_text) if link_text else None] = float(factor)
+                else:
+                    raise ConfigError(
+                        f"unknown fault {key!r}; use drop=P, corrupt=P, dead=A-B, slow=[A-B:]F, seed=N, retries=N"
+                    )
+            except ValueError:
+                raise ConfigError(f"cannot read fault {item!r}") from None
+        kwargs["slow"] = MappingProxyType(kwargs["slow"])
+        kwargs["dead"] = frozenset(kwargs["dead"])
+        return cls(**kwargs)
+
+
+def _parse_link(text: str) -> LinkKey:
+    match = re.fullmatch(r"\s*(\d+|switch)\s*-\s*(\d+|switch)\s*", text)
+    if not match:
+        raise ConfigError(f"cannot read link {text!r}; write it as SRC-DST, e.g. 2-3")
+    a, b = (-1 if s == "switch" else int(s) for s in match.groups())
+    return a, b
+
+
+class FaultInjector:
+    """Seeded decisions for one simulation run of a `FaultSpec`."""
+
+    def __init__(self, spec: FaultSpec):
+        self.spec = spec
+        self.rng = np.random.default_rng(spec.seed)
+        self.injected: list[tuple[str, LinkKey, str]] = []  # (kind, link, message tag)
+
+    def slow_factor(self, link: LinkKey) -> float:
+        return self.spec.slow.get(link, self.spec.slow.get(None, 1.0))
+
+    def is_dead(self, link: LinkKey) -> bool:
+        return link in self.spec.dead
+
+    def lost_on(self, link: LinkKey, tag: str) -> bool:
+        if self.is_dead(link) or (self.spec.drop and self.rng.random() < self.spec.drop):
+            self.injected.append(("drop" if not self.is_dead(link) else "dead", link, tag))
+            return True
+        return False
+
+    def corrupt(self, link: LinkKey, payload: np.ndarray, tag: str) -> np.ndarray:
+        """`payload`, or a copy with one bit flipped when the dice say this crossing corrupts."""
+        if not self.spec.corrupt or payload is None or payload.nbytes == 0:
+            return payload
+        if self.rng.random() >= self.spec.corrupt:
+            return payload
+        raw = np.ascontiguousarray(payload).copy()
+        flat = raw.view(np.uint8).reshape(-1)
+        bit = int(self.rng.integers(flat.size * 8))
+        flat[bit // 8] ^= np.uint8(1 << (bit % 8))
+        self.injected.append(("corrupt", link, tag))
+        return raw

@@ -1,0 +1,64 @@
+"""Normalisations over the last axis of `(M, K)` rows: layer norm and RMS norm, fp32 accumulation.
+
+Variants:
+1. `_layer_norm`: two passes (mean, then variance of the centred values), as torch does.
+2. `_rms_norm`: `x / sqrt(mean(x^2) + eps) * w` (Llama's form: the weight multiplies last).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from tilesim.device.cost import KernelCost
+
+
+@njit(cache=True, fastmath=False)
+def _layer_norm(x, w, b, eps, out):  # x (M, K), w (K,), b (K,), out (M, K)
+    m_rows, k_dim = x.shape
+    for m in range(m_rows):
+        mean = np.float32(0.0)
+        for k in range(k_dim):
+            mean += x[m, k]
+        mean = mean / np.float32(k_dim)
+        var = np.float32(0.0)
+        for k in range(k_dim):
+            d = x[m, k] - mean
+            var += d * d
+        var = var / np.float32(k_dim)
+        inv = np.float32(1.0) / np.float32(math.sqrt(var + eps))
+        for k in range(k_dim):
+            out[m, k] = (x[m, k] - mean) * inv * w[k] + b[k]
+
+
+@njit(cache=True, fastmath=False)
+def _rms_norm(x, w, eps, out):  # x (M, K), w (K,), out (M, K)
+    m_rows, k_dim = x.shape
+    for m in range(m_rows):
+        ss = np.float32(0.0)
+        for k in range(k_dim):
+            ss += x[m, k] * x[m, k]
+        inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(k_dim) + eps))
+        for k in range(k_dim):
+            out[m, k] = (x[m, k] * inv) * w[k]
+
+
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
+    """Layer norm of each row of x (M, K) with weight w and bias b (K,)."""
+    _layer_norm(x, w, b, np.float32(eps), out)
+    return out
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
+    """RMS norm of each row of x (M, K) with weight w (K,)."""
+    _rms_norm(x, w, np.float32(eps), out)
+    return out
+
+
+def norm_cost(m: int, k: int, *, kind: str = "rms_norm", act_bytes: int = 4, dtype: str = "fp32") -> KernelCost:
+    """About 5 FLOPs per element (layer norm 7); x read, out written, the weights read."""
+    per = 7 if kind == "layer_norm" else 5
+    params = (2 if kind == "layer_norm" else 1) * k * 4
+    return KernelCost(kind, "elementwise", per * m * k, dtype, {"activations": 2 * m * k * act_bytes, "weights": params})

@@ -1,0 +1,112 @@
+"""Float64 numpy definitions of every kernel: what the numba kernels must match.
+
+Each function takes the kernel's inputs, computes in float64 with plain numpy, and returns
+a new array. They are slow and obvious on purpose: tests compare the kernels with them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _f64(*arrays: np.ndarray) -> list[np.ndarray]:
+    return [np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    x, w = _f64(x, w)
+    y = x @ w.T
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    x, w, b = _f64(x, w, b)
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * w + b
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    x, w = _f64(x, w)
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    (x,) = _f64(x)
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def gelu_exact(x: np.ndarray) -> np.ndarray:
+    (x,) = _f64(x)
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    (x,) = _f64(x)
+    return x / (1 + np.exp(-x))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    (x,) = _f64(x)
+    return np.maximum(x, 0)
+
+
+def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    return silu(gate) * np.asarray(up, np.float64)
+
+
+def softmax_rows(x: np.ndarray) -> np.ndarray:
+    (x,) = _f64(x)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, rot: int, style: str) -> np.ndarray:
+    """x (M, H, D) rotated at `positions`; angles computed in float64 from `inv_freq`."""
+    (x,) = _f64(x)
+    out = x.copy()
+    ang = np.asarray(positions, np.float64)[:, None] * np.asarray(inv_freq, np.float64)[None, :]
+    c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]  # (M, 1, rot/2)
+    half = rot // 2
+    if style == "neox":
+        a, b = x[..., :half], x[..., half:rot]
+        out[..., :half] = a * c - b * s
+        out[..., half:rot] = b * c + a * s
+    else:
+        a, b = x[..., 0:rot:2], x[..., 1:rot:2]
+        out[..., 0:rot:2] = a * c - b * s
+        out[..., 1:rot:2] = b * c + a * s
+    return out
+
+
+def attention(
+    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: np.ndarray, valid: np.ndarray,
+    scale: float, window: int = 0,
+) -> np.ndarray:  # fmt: skip
+    q, k_cache, v_cache = _f64(q, k_cache, v_cache)
+    batch, t_len, hq, d = q.shape
+    group = hq // k_cache.shape[1]
+    out = np.zeros_like(q)
+    for b in range(batch):
+        for t in range(min(t_len, int(valid[b]))):
+            p = int(start[b]) + t
+            lo = max(0, p - window + 1) if window > 0 else 0
+            for h in range(hq):
+                k = k_cache[b, h // group, lo : p + 1]
+                v = v_cache[b, h // group, lo : p + 1]
+                scores = k @ q[b, t, h] * scale
+                probs = np.exp(scores - scores.max())
+                out[b, t, h] = (probs / probs.sum()) @ v
+    return out
+
+
+def embed(ids: np.ndarray, table: np.ndarray, vocab_start: int) -> np.ndarray:
+    (table,) = _f64(table)
+    out = np.zeros((len(ids), table.shape[1]))
+    local = np.asarray(ids) - vocab_start
+    inside = (local >= 0) & (local < table.shape[0])
+    out[inside] = table[local[inside]]
+    return out

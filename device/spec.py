@@ -1,0 +1,356 @@
+"""The description of a device: frozen specs, loaded from YAML presets and validated on load.
+
+A `DeviceSpec` is `cores` identical `CoreSpec`s joined by a `FabricSpec`. Presets live in
+`device/presets/*.yaml`, one file per device, every figure with its public source in a
+comment. Loading checks every field (unknown key, missing key, wrong unit, negative
+bandwidth...) and raises `ConfigError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from tilesim.errors import ConfigError, UnknownPreset
+from tilesim.units import parse_quantity
+
+COMPUTE_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+TOPOLOGIES = ("ring", "torus2d", "switch")
+MEMORY_REGIONS = ("tiles", "offchip")
+TENSOR_KINDS = ("weights", "kv_cache", "activations")
+KERNEL_CLASSES = ("matmul", "attention", "elementwise", "collective")
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Achieved fractions of peak for one kernel class (1.0 = the roofline itself)."""
+
+    compute: float = 1.0
+    memory: float = 1.0
+
+
+@dataclass(frozen=True)
+class CoreSpec:
+    """One core: its tile memory, optional off-chip memory, compute peaks and overheads.
+
+    Units: bytes, bytes/s, FLOP/s, Hz, seconds. `tile_bandwidth` is the aggregate bandwidth
+    of all the core's tiles (what a kernel reading operands from tile memory sees).
+    `efficiency` maps a kernel class to the achieved fraction of peak (fitted by calibration).
+    """
+
+    tiles: int
+    tile_bytes: int
+    tile_bandwidth: float
+    offchip_bytes: int
+    offchip_bandwidth: float
+    peak_flops: MappingProxyType
+    clock_hz: float
+    kernel_overhead_s: float
+    efficiency: MappingProxyType = field(
+        default_factory=lambda: MappingProxyType({k: Efficiency() for k in KERNEL_CLASSES})
+    )
+
+    @property
+    def tile_memory_bytes(self) -> int:
+        """Bytes of tile memory on the core (all tiles together)."""
+        return self.tiles * self.tile_bytes
+
+    def bandwidth(self, region: str) -> float:
+        """Bandwidth in bytes/s of the memory region `tiles` or `offchip`."""
+        return self.tile_bandwidth if region == "tiles" else self.offchip_bandwidth
+
+
+@dataclass(frozen=True)
+class ChipSpec:
+    """Cores grouped into chips: links inside a chip are faster than links between chips."""
+
+    cores_per_chip: int
+    link_bandwidth: float
+    link_latency: float
+
+
+@dataclass(frozen=True)
+class FabricSpec:
+    """The links between cores.
+
+    `link_bandwidth` is one link in one direction (bytes/s), `link_latency` the time of one
+    hop (seconds). A core's `links_per_core` links are shared evenly among its neighbours in
+    the topology (ring: 2 neighbours, torus2d: 4, switch: 1 uplink and 1 downlink), so
+    neighbours may be joined by several parallel links. `collective_overhead_s` is a fixed
+    cost paid once per collective (launch and synchronisation).
+    """
+
+    topology: str
+    link_bandwidth: float
+    link_latency: float
+    links_per_core: int
+    collective_overhead_s: float = 0.0
+    chip: ChipSpec | None = None
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device preset: `cores` cores of one `CoreSpec` on one `FabricSpec`."""
+
+    name: str
+    description: str
+    cores: int
+    core: CoreSpec
+    fabric: FabricSpec
+    placement: MappingProxyType
+    max_cores: int | None = None
+    source: str = ""
+
+    def with_overrides(self, **overrides: Any) -> DeviceSpec:
+        """A copy with some figures changed, e.g. `link_bandwidth=2 * spec.fabric.link_bandwidth`.
+
+        Accepted names are `cores` and the fields of `CoreSpec` and `FabricSpec`; values may
+        carry units as in presets (`link_latency="1 us"`). `peak_flops` is merged by dtype.
+        """
+        spec = self
+        for name, value in overrides.items():
+            spec = _override(spec, name, value)
+        _check_device(spec, f"override of preset {self.name!r}")
+        return spec
+
+
+_CORE_FIELDS = {
+    "tiles": "count",
+    "tile_bytes": "bytes",
+    "tile_bandwidth": "bandwidth",
+    "offchip_bytes": "bytes",
+    "offchip_bandwidth": "bandwidth",
+    "peak_flops": "flops_map",
+    "clock_hz": "frequency",
+    "kernel_overhead_s": "time",
+    "efficiency": "efficiency_map",
+}
+_FABRIC_FIELDS = {
+    "topology": "topology",
+    "link_bandwidth": "bandwidth",
+    "link_latency": "time",
+    "links_per_core": "count",
+    "collective_overhead_s": "time",
+    "chip": "chip",
+}
+_CHIP_FIELDS = {"cores_per_chip": "count", "link_bandwidth": "bandwidth", "link_latency": "time"}
+_OPTIONAL = {"efficiency", "collective_overhead_s", "chip", "max_cores", "source"}
+_TOP_FIELDS = {
+    "name", "description", "cores", "max_cores", "core", "fabric", "placement", "source",
+}  # fmt: skip
+
+
+def _parse_value(kind: str, value: Any, where: str) -> Any:
+    if kind == "count":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        if value < 1:
+            raise ConfigError(f"{where}: must be at least 1, got {value}")
+        return value
+    if kind == "topology":
+        if value not in TOPOLOGIES:
+            raise ConfigError(f"{where}: topology must be one of {', '.join(TOPOLOGIES)}")
+        return value
+    if kind == "flops_map":
+        return _parse_flops_map(value, where)
+    if kind == "efficiency_map":
+        return _parse_efficiency_map(value, where)
+    if kind == "chip":
+        return _parse_chip(value, where)
+    unit_kind = {"bytes": "bytes", "bandwidth": "bandwidth", "time": "time"}.get(kind, kind)
+    number = parse_quantity(value, unit_kind, where)
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{where}: must be a finite number >= 0, got {value!r}")
+    return int(number) if kind == "bytes" else number
+
+
+def _parse_flops_map(value: Any, where: str) -> MappingProxyType:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a map of dtype to FLOP/s ({', '.join(COMPUTE_DTYPES)})")
+    unknown = set(value) - set(COMPUTE_DTYPES)
+    if unknown:
+        raise ConfigError(f"{where}: unknown dtype {sorted(unknown)[0]!r}; known: {COMPUTE_DTYPES}")
+    missing = [d for d in COMPUTE_DTYPES if d not in value]
+    if missing:
+        raise ConfigError(f"{where}: missing peak for dtype {missing[0]!r}")
+    peaks = {}
+    for dtype in COMPUTE_DTYPES:
+        peak = parse_quantity(value[dtype], "flops", f"{where}.{dtype}")
+        if not peak > 0:
+            raise ConfigError(f"{where}.{dtype}: peak must be > 0, got {value[dtype]!r}")
+        peaks[dtype] = peak
+    return MappingProxyType(peaks)
+
+
+def _parse_efficiency_map(value: Any, where: str) -> MappingProxyType:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a map of kernel class to {{compute, memory}}")
+    unknown = set(value) - set(KERNEL_CLASSES)
+    if unknown:
+        raise ConfigError(f"{where}: unknown kernel class {sorted(unknown)[0]!r}; known: {KERNEL_CLASSES}")
+    out = {}
+    for cls in KERNEL_CLASSES:
+        entry = value.get(cls, {})
+        if not isinstance(entry, dict) or set(entry) - {"compute", "memory"}:
+            raise ConfigError(f"{where}.{cls}: expected {{compute: f, memory: f}}")
+        fractions = {}
+        for key in ("compute", "memory"):
+            f = entry.get(key, 1.0)
+            if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1:
+                raise ConfigError(f"{where}.{cls}.{key}: must be a fraction in (0, 1], got {f!r}")
+            fractions[key] = float(f)
+        out[cls] = Efficiency(**fractions)
+    return MappingProxyType(out)
+
+
+def _parse_chip(value: Any, where: str) -> ChipSpec | None:
+    if value is None:
+        return None
+    fields = _parse_section(value, _CHIP_FIELDS, where)
+    return ChipSpec(**fields)
+
+
+def _parse_section(raw: Any, schema: dict[str, str], where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields")
+    unknown = set(raw) - set(schema)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(f"{where}.{name}: unknown field; known: {', '.join(schema)}")
+    out = {}
+    for name, kind in schema.items():
+        if name not in raw:
+            if name in _OPTIONAL:
+                continue
+            raise ConfigError(f"{where}.{name}: missing field")
+        out[name] = _parse_value(kind, raw[name], f"{where}.{name}")
+    return out
+
+
+def spec_from_dict(raw: Any, where: str) -> DeviceSpec:
+    """A validated DeviceSpec from the parsed YAML `raw`; `where` names the file in errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a preset must be a mapping of fields")
+    unknown = set(raw) - _TOP_FIELDS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(f"{where}: unknown field {name!r}; known: {', '.join(sorted(_TOP_FIELDS))}")
+    for name in _TOP_FIELDS - _OPTIONAL:
+        if name not in raw:
+            raise ConfigError(f"{where}: missing field {name!r}")
+    if not isinstance(raw["name"], str) or not raw["name"]:
+        raise ConfigError(f"{where}.name: must be a non-empty string")
+    core = CoreSpec(**_parse_section(raw["core"], _CORE_FIELDS, f"{where}: core"))
+    fabric = FabricSpec(**_parse_section(raw["fabric"], _FABRIC_FIELDS, f"{where}: fabric"))
+    placement = _parse_placement(raw["placement"], f"{where}: placement")
+    max_cores = raw.get("max_cores")
+    if max_cores is not None:
+        max_cores = _parse_value("count", max_cores, f"{where}.max_cores")
+    spec = DeviceSpec(
+        name=raw["name"],
+        description=str(raw["description"]),
+        cores=_parse_value("count", raw["cores"], f"{where}.cores"),
+        core=core,
+        fabric=fabric,
+        placement=placement,
+        max_cores=max_cores,
+        source=str(raw.get("source", "")),
+    )
+    _check_device(spec, where)
+    return spec
+
+
+def _parse_placement(raw: Any, where: str) -> MappingProxyType:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a map of tensor kind to memory region")
+    unknown = set(raw) - set(TENSOR_KINDS)
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown tensor kind; known: {TENSOR_KINDS}")
+    out = {}
+    for kind in TENSOR_KINDS:
+        if kind not in raw:
+            raise ConfigError(f"{where}.{kind}: missing (say 'tiles' or 'offchip')")
+        if raw[kind] not in MEMORY_REGIONS:
+            raise ConfigError(f"{where}.{kind}: must be 'tiles' or 'offchip', got {raw[kind]!r}")
+        out[kind] = raw[kind]
+    return MappingProxyType(out)
+
+
+def _check_device(spec: DeviceSpec, where: str) -> None:
+    core, fabric = spec.core, spec.fabric
+    if core.offchip_bytes > 0 and core.offchip_bandwidth <= 0:
+        raise ConfigError(f"{where}: core.offchip_bandwidth must be > 0 when offchip_bytes > 0")
+    if core.tile_bandwidth <= 0:
+        raise ConfigError(f"{where}: core.tile_bandwidth must be > 0")
+    if fabric.link_bandwidth <= 0:
+        raise ConfigError(f"{where}: fabric.link_bandwidth must be > 0")
+    for kind, region in spec.placement.items():
+        if region == "offchip" and core.offchip_bytes == 0:
+            raise ConfigError(f"{where}: placement.{kind} is 'offchip' but the core has no off-chip memory")
+    needed = {"ring": 2, "torus2d": 4, "switch": 1}[fabric.topology]
+    if fabric.links_per_core < needed:
+        raise ConfigError(
+            f"{where}: fabric.links_per_core is {fabric.links_per_core}, "
+            f"but a {fabric.topology} needs at least {needed}"
+        )
+    if spec.max_cores is not None and spec.cores > spec.max_cores:
+        raise ConfigError(f"{where}: cores={spec.cores} is more than this device's max_cores={spec.max_cores}")
+    if fabric.chip is not None and spec.cores % fabric.chip.cores_per_chip:
+        raise ConfigError(
+            f"{where}: cores={spec.cores} is not a whole number of chips of "
+            f"{fabric.chip.cores_per_chip} cores"
+        )
+
+
+def _override(spec: DeviceSpec, name: str, value: Any) -> DeviceSpec:
+    where = f"override {name}"
+    if name == "cores":
+        return dataclasses.replace(spec, cores=_parse_value("count", value, where))
+    if name in _CORE_FIELDS:
+        if name == "peak_flops":
+            value = {**spec.core.peak_flops, **(value or {})}
+        parsed = _parse_value(_CORE_FIELDS[name], value, where)
+        return dataclasses.replace(spec, core=dataclasses.replace(spec.core, **{name: parsed}))
+    if name in _FABRIC_FIELDS:
+        parsed = _parse_value(_FABRIC_FIELDS[name], value, where)
+        return dataclasses.replace(spec, fabric=dataclasses.replace(spec.fabric, **{name: parsed}))
+    if name == "placement":
+        return dataclasses.replace(spec, placement=_parse_placement({**spec.placement, **value}, where))
+    known = ", ".join(["cores", "placement", *_CORE_FIELDS, *_FABRIC_FIELDS])
+    raise ConfigError(f"unknown device override {name!r}; known: {known}")
+
+
+def preset_names() -> list[str]:
+    """The names of the shipped presets, sorted."""
+    folder = resources.files("tilesim.device.presets")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name_or_path: str | Path) -> DeviceSpec:
+    """The DeviceSpec of a shipped preset (by name) or of a YAML file (by path)."""
+    text_path = str(name_or_path)
+    if text_path.endswith((".yaml", ".yml")) or "/" in text_path:
+        path = Path(text_path)
+        if not path.is_file():
+            raise UnknownPreset(f"no preset file at {path}")
+        return _load_file(path.read_text(), str(path))
+    names = preset_names()
+    if text_path not in names:
+        raise UnknownPreset(f"unknown device preset {text_path!r}; known presets: {', '.join(names)}")
+    resource = resources.files("tilesim.device.presets") / f"{text_path}.yaml"
+    return _load_file(resource.read_text(), f"presets/{text_path}.yaml")
+
+
+def _load_file(text: str, where: str) -> DeviceSpec:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({exc})") from None
+    return spec_from_dict(raw, where)

@@ -1,0 +1,50 @@
+"""The roofline time of kernels, against the closed form written out by hand."""
+
+import pytest
+
+from tilesim.device import Device
+from tilesim.device.cost import KernelCost
+from tilesim.device.kernels.attention import attention_cost
+from tilesim.device.kernels.matmul import linear_cost
+
+
+def test_a_decode_matvec_is_memory_bound_at_the_offchip_bandwidth():
+    dev = Device("tiny")  # 1 TFLOP/s fp32, 100 GB/s off-chip (weights), 1 TB/s tiles, 1 us overhead
+    cost = linear_cost(1, 1024, 1024)
+    t = dev.kernel_time(cost)
+    weights = 1024 * 1024 * 4 / 100e9
+    activations = (1024 + 1024) * 4 / 1e12
+    assert t.memory == pytest.approx(weights + activations, rel=1e-12)
+    assert t.compute == pytest.approx(2 * 1024 * 1024 / 1e12, rel=1e-12)
+    assert t.total == pytest.approx(1e-6 + weights + activations, rel=1e-12)
+    assert t.bound == "memory"
+
+
+def test_a_large_prefill_matmul_is_compute_bound_at_the_dtype_peak():
+    dev = Device("tiny")
+    fp32 = dev.kernel_time(linear_cost(4096, 1024, 1024))
+    fp16 = dev.kernel_time(linear_cost(4096, 1024, 1024, weight_bytes_per_elem=2, act_bytes=2, dtype="fp16"))
+    assert fp32.bound == "compute"
+    assert fp32.total == pytest.approx(1e-6 + 2 * 4096 * 1024 * 1024 / 1e12, rel=1e-12)
+    assert fp16.compute == pytest.approx(2 * 4096 * 1024 * 1024 / 4e12, rel=1e-12)
+
+
+def test_memory_traffic_uses_the_bandwidth_of_the_memory_the_operands_live_in():
+    tiles_everywhere = Device("ipu-gc200")
+    cost = KernelCost("copy", "elementwise", 0.0, "fp32", {"weights": 47.5e6, "kv_cache": 0.0})
+    assert tiles_everywhere.kernel_time(cost).memory == pytest.approx(47.5e6 / 47.5e12, rel=1e-12)
+    hbm = Device("trn1")
+    assert hbm.kernel_time(cost).memory == pytest.approx(47.5e6 / (410 * 2**30), rel=1e-12)
+
+
+def test_calibrated_efficiency_scales_the_roofline():
+    dev = Device("tiny", efficiency={"matmul": {"compute": 0.5, "memory": 0.25}})
+    t = dev.kernel_time(linear_cost(1, 1024, 1024))
+    assert t.memory == pytest.approx((1024 * 1024 * 4 / 100e9 + 2048 * 4 / 1e12) / 0.25, rel=1e-12)
+    assert t.compute == pytest.approx(2 * 1024 * 1024 / 1e12 / 0.5, rel=1e-12)
+
+
+def test_attention_cost_reads_the_cache_once_per_kv_head():
+    cost = attention_cost(batch=1, t=1, context=128, hq=8, hkv=2, d=64)
+    assert cost.bytes["kv_cache"] == 2 * 2 * 128 * 64 * 4
+    assert cost.flops == 4 * 8 * 128 * 64 + 5 * 8 * 128

@@ -1,0 +1,114 @@
+"""Device presets: every preset loads, cites its sources, and bad presets fail clearly."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tilesim
+from tilesim.cli.main import main
+from tilesim.device import Device, load_preset, preset_names
+from tilesim.errors import ConfigError, UnknownPreset
+
+PRESETS = Path(__file__).parents[2] / "device" / "presets"
+REQUIRED = {"ipu-gc200", "ipu-bow", "trn1", "inf2", "a100", "h100", "tiny"}
+
+
+def test_required_presets_exist_and_load():
+    assert REQUIRED <= set(preset_names())
+    for name in preset_names():
+        spec = load_preset(name)
+        assert spec.name == name
+        assert set(spec.core.peak_flops) == {"fp32", "fp16", "bf16", "fp8", "int8"}
+
+
+def test_ipu_gc200_figures_match_the_programmers_guide():
+    spec = load_preset("ipu-gc200")
+    assert spec.core.tiles == 1472
+    assert spec.core.tile_bytes == 624 * 1024
+    assert dict(spec.placement) == {"weights": "tiles", "kv_cache": "tiles", "activations": "tiles"}
+
+
+def test_neuron_cores_have_16_gib_of_hbm_and_a_24_mib_sbuf():
+    for name in ("trn1", "inf2"):
+        spec = load_preset(name)
+        assert spec.core.offchip_bytes == 16 * 2**30
+        assert spec.core.tile_memory_bytes == 24 * 2**20
+        assert spec.fabric.topology == "ring"
+
+
+def test_every_figure_in_a_preset_cites_a_source_in_a_comment():
+    for path in PRESETS.glob("*.yaml"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if re.search(r":\s*[-+]?\d", code):
+                assert "#" in line, f"{path.name}:{number} has a figure without a source comment"
+
+
+def write_preset(tmp_path, mutate):
+    raw = yaml.safe_load((PRESETS / "tiny.yaml").read_text())
+    mutate(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda r: r["core"].update(tile_sram=1), r"bad\.yaml: core\.tile_sram: unknown field"),
+        (lambda r: r["core"].pop("tiles"), r"bad\.yaml: core\.tiles: missing field"),
+        (lambda r: r["fabric"].update(link_bandwidth=-5), r"bad\.yaml: fabric\.link_bandwidth: must be"),
+        (lambda r: r["fabric"].update(link_latency="3 GHz"), r"fabric\.link_latency: unit 'GHz' is not a time unit"),
+        (lambda r: r["fabric"].update(topology="mesh"), r"fabric\.topology: topology must be one of"),
+        (lambda r: r["core"]["peak_flops"].pop("fp8"), r"core\.peak_flops: missing peak for dtype 'fp8'"),
+        (lambda r: r.update(colour="red"), r"bad\.yaml: unknown field 'colour'"),
+        (lambda r: r.pop("fabric"), r"bad\.yaml: missing field 'fabric'"),
+        (lambda r: r["core"].update(offchip_bytes=0), r"placement\.weights is 'offchip' but the core has no off-chip"),
+    ],
+)
+def test_bad_presets_raise_one_clear_error_naming_file_and_field(tmp_path, mutate, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_preset(write_preset(tmp_path, mutate))
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(UnknownPreset, match="known presets: .*trn1"):
+        tilesim.Device("trn9")
+
+
+def test_overrides_answer_what_if_questions():
+    base = tilesim.Device("trn1", cores=8)
+    fast = tilesim.Device("trn1", cores=8, link_bandwidth=2 * base.spec.fabric.link_bandwidth)
+    assert fast.num_cores == 8 and len(fast.cores) == 8
+    assert fast.spec.fabric.link_bandwidth == 2 * base.spec.fabric.link_bandwidth
+    assert Device("trn1", link_latency="3 us").spec.fabric.link_latency == pytest.approx(3e-6)
+    assert Device("trn1", peak_flops={"fp8": 1e15}).spec.core.peak_flops["fp8"] == 1e15
+    assert Device("trn1", peak_flops={"fp8": 1e15}).spec.core.peak_flops["bf16"] == base.spec.core.peak_flops["bf16"]
+    with pytest.raises(ConfigError, match="unknown device override 'warp_speed'"):
+        Device("trn1", warp_speed=9)
+    with pytest.raises(ConfigError, match="more than this device's max_cores=32"):
+        Device("trn1", cores=33)
+
+
+def test_devices_json_lists_every_preset_with_the_key_figures(capsys):
+    assert main(["devices", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(preset_names())
+    keys = {
+        "name", "cores", "tiles_per_core", "tile_memory_bytes", "offchip_memory_bytes", "peak_flops",
+        "memory_bandwidth", "link_bandwidth", "link_latency", "topology",
+    }  # fmt: skip
+    for row in rows:
+        assert keys <= set(row)
+        assert set(row["peak_flops"]) == {"fp32", "fp16", "bf16", "fp8", "int8"}
+    gc200 = next(r for r in rows if r["name"] == "ipu-gc200")
+    assert gc200["tiles_per_core"] == 1472 and gc200["tile_memory_bytes"] == 1472 * 624 * 1024
+
+
+def test_devices_table_is_readable(capsys):
+    assert main(["devices"]) == 0
+    out = capsys.readouterr().out
+    assert "ipu-gc200" in out and "1472 x 624 KiB" in out

@@ -1,0 +1,1 @@
+"""The `tilesim` command line: one module per subcommand, dispatched from `main`."""

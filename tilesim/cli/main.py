@@ -1,0 +1,58 @@
+"""Entry point of the `tilesim` command: parses arguments and runs one subcommand.
+
+Every subcommand has `--json`. Errors from the TilesimError family print one line and exit
+with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tilesim import __version__
+from tilesim.errors import TilesimError
+
+# subcommand -> module in tilesim.cli that defines `add_parser(subparsers)` and `run(args)`
+SUBCOMMANDS = {
+    "devices": "devices",
+
+
+
+
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tilesim",
+        description="Emulate AI inference accelerators running transformer decoders: "
+        "the tokens they would generate and the time and memory they would take.",
+    )
+    parser.add_argument("--version", action="version", version=f"tilesim {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    added = set()
+    for module_name in SUBCOMMANDS.values():
+        if module_name not in added:
+            importlib.import_module(f"tilesim.cli.{module_name}").add_parser(subparsers)
+            added.add(module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except TilesimError as exc:
+        print(f"tilesim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tilesim: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

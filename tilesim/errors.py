@@ -1,0 +1,44 @@
+"""The exceptions tilesim raises on bad input or an impossible request.
+
+Every error is one sentence that says what was wrong and what to do about it. The command
+line prints the message alone (no traceback) and exits with a non-zero status.
+This module imports nothing from tilesim, so every package may use it.
+"""
+
+from __future__ import annotations
+
+
+class TilesimError(Exception):
+    """Root of every error tilesim raises on purpose."""
+
+
+class ConfigError(TilesimError):
+    """A preset, an override or an argument is malformed or out of range."""
+
+
+class UnknownPreset(ConfigError):
+    """No device preset (or named model) has the name asked for."""
+
+
+class OutOfTileMemory(TilesimError):
+    """A core's tile memory or off-chip memory cannot hold what was asked of it."""
+
+
+class ShardingError(TilesimError):
+    """A model cannot be split over the requested tensor-parallel degree."""
+
+
+class CheckpointError(TilesimError):
+    """A checkpoint is missing, truncated, unsafe, inconsistent or of an unsupported kind."""
+
+
+class FabricFault(TilesimError):
+    """A transfer failed on the fabric (dead link, too many retries) and was not recovered."""
+
+
+class CollectiveTimeout(FabricFault):
+    """A collective did not complete within its simulated time limit (for instance a deadlock)."""
+
+
+class GenerationError(TilesimError):
+    """Generation was asked for something the compiled program cannot do (too long, bad ids)."""

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import simpy
-
 from tilesim.device.cost import KernelCost, KernelTime, kernel_time
 from tilesim.device.fabric import Fabric, TransferRecord
 from tilesim.device.faults import FaultSpec
@@ -32,7 +31,9 @@ class Device:
     accounts but holds no bytes (timing-only runs).
     """
 
-    def __init__(self, preset: str | DeviceSpec = "trn1", cores: int | None = None, *, backed: bool = True, **overrides: Any):
+    def __init__(
+        self, preset: str | DeviceSpec = "trn1", cores: int | None = None, *, backed: bool = True, **overrides: Any
+    ):
         spec = preset if isinstance(preset, DeviceSpec) else load_preset(preset)
         if cores is not None:
             overrides["cores"] = cores

@@ -2,10 +2,11 @@
 
 Collectives reach the fabric only through the narrow `Transport` interface: `send`, `recv`
 and `now`. `Fabric` implements it with SimPy: every link direction is a resource that
-carries one message at a time (others queue, first come first served); a message holds
-every link of its route while its bytes stream at the slowest link's bandwidth, then
-arrives after the route's latency (cut-through). So on an idle fabric a transfer of N bytes
-over one link takes `latency + N / bandwidth`; transfers on disjoint links overlap.
+carries one message at a time (others queue, first come first served) for `N / bandwidth`;
+a message's head moves to the next hop of its route after the hop's latency (virtual
+cut-through). So on an idle fabric a transfer of N bytes over one link takes
+`latency + N / bandwidth`, over a route `sum(latency) + N / slowest bandwidth`; transfers
+on disjoint links overlap.
 
 The receiver gets a copy of the sender's buffer, checked against the CRC-32 the sender
 computed. With faults injected, a lost message is noticed by a timeout and a corrupted one
@@ -22,10 +23,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import simpy
-
 from tilesim.device.faults import FaultInjector, FaultSpec
 from tilesim.device.spec import FabricSpec
 from tilesim.device.topology import Topology
+
 from tilesim.errors import FabricFault
 
 
@@ -112,19 +113,9 @@ class Fabric:
         posted = self.env.now
         attempts = 1 + (self.faults.spec.max_retries if self.faults else 0)
         for attempt in range(1, attempts + 1):
-            requests = []
-            for link in sorted(route, key=lambda link: link.id):  # one global order: no deadlock
-                request = self._links[link.id].request()
-                yield request
-                requests.append((link, request))
-            start = self.env.now
-            bandwidth = min((self._bandwidth(link) for link in route), default=np.inf)
-            if nbytes and route:
-                yield self.env.timeout(nbytes / bandwidth)
-            for link, request in requests:
-                self._links[link.id].release(request)
+            start = yield from self._stream(route, nbytes)
             latency = sum(link.latency for link in route)
-            yield self.env.timeout(latency)
+            bandwidth = min((self._bandwidth(link) for link in route), default=np.inf)
             self.bytes_sent += nbytes
             outcome, arrived, bad_link = self._cross(route, payload, tag)
             if outcome == "ok" and arrived is not None and checksum(arrived) != crc:
@@ -139,7 +130,9 @@ class Fabric:
                 return
             if attempt == attempts:
                 dead = self.faults is not None and bad_link is not None and self.faults.is_dead(bad_link)
-                why = "is dead" if dead else f"{'lost' if outcome == 'lost' else 'corrupted'} the message {attempt} times"
+                why = (
+                    "is dead" if dead else f"{'lost' if outcome == 'lost' else 'corrupted'} the message {attempt} times"
+                )
                 raise FabricFault(
                     f"link {_link_name(bad_link)} {why}: transfer {src}->{dst} of {nbytes} bytes at step "
                     f"{_step_of(tag)} failed after {attempt} attempts; the collective is abandoned"
@@ -148,6 +141,33 @@ class Fabric:
             # noticed when the acknowledgement does not come within twice the transfer time.
             wait = latency if outcome == "corrupt" else 2 * (latency + nbytes / bandwidth)
             yield self.env.timeout(wait)
+
+    def _stream(self, route, nbytes: int):
+        """Move one message hop by hop (virtual cut-through); returns when it started.
+
+        Each hop waits until its link is free, holds it for `nbytes / bandwidth`, and lets
+        the head go on after the hop's latency, so no message holds one link while waiting
+        for the next (no deadlock on rings) and an idle route takes `sum(latency) +
+        nbytes / slowest bandwidth`.
+        """
+        start = arrival = self.env.now
+        remaining_latency = sum(link.latency for link in route)
+        for k, link in enumerate(route):
+            resource = self._links[link.id]
+            request = resource.request()
+            yield request
+            granted = self.env.now
+            if k == 0:
+                start = granted
+            busy = nbytes / self._bandwidth(link)
+            self.env.timeout(busy).callbacks.append(lambda _event, r=resource, q=request: r.release(q))
+            arrival = max(arrival, granted + busy + remaining_latency)
+            remaining_latency -= link.latency
+            if k < len(route) - 1:
+                yield self.env.timeout(link.latency)
+        if arrival > self.env.now:
+            yield self.env.timeout(arrival - self.env.now)
+        return start
 
     def _bandwidth(self, link) -> float:
         if self.faults is None:

@@ -8,7 +8,8 @@ spreads a tensor's elements over tiles in order. A tensor may instead be pinned 
 Capacity is enforced by accounting. The bytes behind a region are an anonymous memory
 mapping of the region's full size made with MAP_NORESERVE, so the host only commits the
 pages a tensor really touches: a 16 GiB core does not take 16 GiB of host memory, and
-tensors that the planner puts at the same offset really share bytes. Where such a mapping
+tensors that the planner puts at the same offset really share bytes. Freed pages stay
+committed for the next tenant (the host holds the region's high-water mark, not more). Where such a mapping
 cannot be made, each block gets its own array instead (same accounting, no aliasing).
 """
 
@@ -163,7 +164,6 @@ class Region:
             i -= 1
         self._free_offsets.insert(i, offset)
         self._free_sizes.insert(i, size)
-        self._release_pages(block)
 
     # -- bytes ------------------------------------------------------------------------
 
@@ -190,16 +190,8 @@ class Region:
                 self._backing = mmap.mmap(-1, max(self.capacity, 1), flags=flags)
             except (OSError, AttributeError, ValueError):
                 self._mapping_failed = True
-        return self._backing
 
-    def _release_pages(self, block: Block) -> None:
-        if self._backing is None or not hasattr(self._backing, "madvise"):
-            return
-        page = mmap.PAGESIZE
-        start = (block.offset + page - 1) // page * page
-        end = block.end // page * page
-        if end > start:
-            self._backing.madvise(mmap.MADV_DONTNEED, start, end - start)
+        return self._backing
 
     # -- reports ----------------------------------------------------------------------
 
@@ -270,9 +262,7 @@ class Arena:
     ):
         self.core = core
         self.placement = dict(placement)
-        self.regions: dict[str, Region] = {
-            "tiles": Region(core, "tiles", tiles * tile_bytes, tile_bytes, backed)
-        }
+        self.regions: dict[str, Region] = {"tiles": Region(core, "tiles", tiles * tile_bytes, tile_bytes, backed)}
         if offchip_bytes > 0:
             self.regions["offchip"] = Region(core, "offchip", offchip_bytes, None, backed)
 
@@ -280,9 +270,7 @@ class Arena:
         """The region where tensors of `kind` (weights, kv_cache, activations) live."""
         return self.placement.get(kind, "tiles")
 
-    def allocate(
-        self, nbytes: int, name: str, kind: str, region: str | None = None, tile: int | None = None
-    ) -> Block:
+    def allocate(self, nbytes: int, name: str, kind: str, region: str | None = None, tile: int | None = None) -> Block:
         """Place a tensor in `region` (default: where the preset puts `kind`)."""
         return self.regions[region or self.region_for(kind)].allocate(nbytes, name, kind, tile)
 

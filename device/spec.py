@@ -304,8 +304,7 @@ def _check_device(spec: DeviceSpec, where: str) -> None:
         raise ConfigError(f"{where}: cores={spec.cores} is more than this device's max_cores={spec.max_cores}")
     if fabric.chip is not None and spec.cores % fabric.chip.cores_per_chip:
         raise ConfigError(
-            f"{where}: cores={spec.cores} is not a whole number of chips of "
-            f"{fabric.chip.cores_per_chip} cores"
+            f"{where}: cores={spec.cores} is not a whole number of chips of {fabric.chip.cores_per_chip} cores"
         )
 
 

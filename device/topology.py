@@ -40,7 +40,7 @@ class Link:
 
 def torus_shape(cores: int) -> tuple[int, int]:
     """(rows, cols) with rows * cols == cores, rows <= cols, as square as possible."""
-    rows = int(math.isqrt(cores))
+    rows = math.isqrt(cores)
     while cores % rows:
         rows -= 1
     return rows, cores // rows
@@ -60,12 +60,16 @@ class Topology:
 
     def _add(self, src: int, dst: int, tag: str, lanes: int, half_latency: bool = False) -> None:
         chip = self.spec.chip
-        same_chip = chip is not None and src >= 0 and dst >= 0 and src // chip.cores_per_chip == dst // chip.cores_per_chip
+        same_chip = (
+            chip is not None and src >= 0 and dst >= 0 and src // chip.cores_per_chip == dst // chip.cores_per_chip
+        )
         bandwidth = chip.link_bandwidth if same_chip else self.spec.link_bandwidth
         latency = chip.link_latency if same_chip else self.spec.link_latency
         if half_latency:
             latency /= 2
-        name = f"{_end(src)}->{_end(dst)}" + (f" ({tag})" if tag in ("up", "down") and self.spec.topology == "ring" else "")
+        name = f"{_end(src)}->{_end(dst)}" + (
+            f" ({tag})" if tag in ("up", "down") and self.spec.topology == "ring" else ""
+        )
         link = Link(len(self.links), src, dst, bandwidth * lanes, latency, name)
         self.links.append(link)
         self._by_ends[(src, dst, tag)] = link

@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 from numba import njit, prange
-
 from tilesim.device.cost import KernelCost
 
 _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
@@ -24,7 +23,11 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 def _gelu_tanh(x, out):  # flat (N,)
     for i in prange(x.shape[0]):
         v = x[i]
-        out[i] = np.float32(0.5) * v * (np.float32(1.0) + np.float32(math.tanh(_SQRT_2_OVER_PI * (v + np.float32(0.044715) * v * v * v))))
+        out[i] = (
+            np.float32(0.5)
+            * v
+            * (np.float32(1.0) + np.float32(math.tanh(_SQRT_2_OVER_PI * (v + np.float32(0.044715) * v * v * v))))
+        )
 
 
 @njit(cache=True, parallel=True)

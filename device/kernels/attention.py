@@ -17,7 +17,6 @@ import math
 
 import numpy as np
 from numba import njit, prange
-
 from tilesim.device.cost import KernelCost
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-
 from tilesim.device.cost import KernelCost
 
 
@@ -58,7 +57,13 @@ def add_bias(x: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 
 def embed_cost(m: int, hidden: int, *, weight_bytes: float = 4, act_bytes: int = 4) -> KernelCost:
-    return KernelCost("embed", "elementwise", 0.0, "fp32", {"weights": m * hidden * weight_bytes, "activations": m * hidden * act_bytes})
+    return KernelCost(
+        "embed",
+        "elementwise",
+        0.0,
+        "fp32",
+        {"weights": m * hidden * weight_bytes, "activations": m * hidden * act_bytes},
+    )
 
 
 def add_cost(n: int, *, act_bytes: int = 4, dtype: str = "fp32") -> KernelCost:

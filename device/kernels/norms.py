@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 from numba import njit
-
 from tilesim.device.cost import KernelCost
 
 
@@ -61,4 +60,6 @@ def norm_cost(m: int, k: int, *, kind: str = "rms_norm", act_bytes: int = 4, dty
     """About 5 FLOPs per element (layer norm 7); x read, out written, the weights read."""
     per = 7 if kind == "layer_norm" else 5
     params = (2 if kind == "layer_norm" else 1) * k * 4
-    return KernelCost(kind, "elementwise", per * m * k, dtype, {"activations": 2 * m * k * act_bytes, "weights": params})
+    return KernelCost(
+        kind, "elementwise", per * m * k, dtype, {"activations": 2 * m * k * act_bytes, "weights": params}
+    )

@@ -87,7 +87,7 @@ def attention(
     scale: float, window: int = 0,
 ) -> np.ndarray:  # fmt: skip
     q, k_cache, v_cache = _f64(q, k_cache, v_cache)
-    batch, t_len, hq, d = q.shape
+    batch, t_len, hq, _ = q.shape
     group = hq // k_cache.shape[1]
     out = np.zeros_like(q)
     for b in range(batch):

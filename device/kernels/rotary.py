@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-
 from tilesim.device.cost import KernelCost
 
 

@@ -5,11 +5,11 @@ Figures are powers of two so that every expected time is exact in binary floatin
 
 import numpy as np
 import pytest
-
 from tilesim.device.fabric import Fabric
 from tilesim.device.faults import FaultSpec
 from tilesim.device.spec import ChipSpec, FabricSpec
 from tilesim.device.topology import Topology, torus_shape
+
 from tilesim.errors import ConfigError, FabricFault
 
 B = float(2**30)  # bytes/s per link per direction
@@ -151,7 +151,9 @@ def test_corruption_is_caught_by_the_checksum_and_the_message_resent():
 def test_a_dead_link_is_reported_with_the_link_and_the_step():
     fabric = Fabric(spec(), 4, faults=FaultSpec(dead=frozenset({(1, 2)}), max_retries=2))
     fabric.send(0, 2, (7, "chunk"), np.zeros(4), 16)
-    with pytest.raises(FabricFault, match=r"link 1->2 is dead: transfer 0->2 of 16 bytes at step 7 failed after 3 attempts"):
+    with pytest.raises(
+        FabricFault, match=r"link 1->2 is dead: transfer 0->2 of 16 bytes at step 7 failed after 3 attempts"
+    ):
         fabric.run()
 
 

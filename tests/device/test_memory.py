@@ -1,12 +1,14 @@
 """Core memory: placement, reuse, per-tile accounting, and running out of memory."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from tilesim.device import Device
 from tilesim.device.memory import ALIGNMENT, Arena, Region
+
 from tilesim.errors import OutOfTileMemory
 
 
@@ -51,7 +53,7 @@ def test_blocks_placed_at_the_same_offset_share_bytes():
 def test_pinned_tensors_stay_inside_their_tile():
     region = Region(core=3, name="tiles", capacity=8 * 1024, tile_bytes=1024)
     block = region.allocate(500, "pinned", "activations", tile=5)
-    assert 5 * 1024 <= block.offset and block.end <= 6 * 1024
+    assert block.offset >= 5 * 1024 and block.end <= 6 * 1024
     usage = region.tile_usage()
     assert usage[5] == block.size and usage.sum() == block.size
 
@@ -71,10 +73,8 @@ def test_per_tile_usage_matches_a_byte_by_byte_count(ops):
         if is_free and live:
             region.free(live.pop(size % len(live)))
         else:
-            try:
+            with contextlib.suppress(OutOfTileMemory):
                 live.append(region.allocate(size, f"t{len(live)}", "activations"))
-            except OutOfTileMemory:
-                pass
     assert region.tile_usage().tolist() == brute_force_tile_usage(region).tolist()
     assert region.used == sum(b.size for b in live)
     assert region.used + region.free_bytes == region.capacity
@@ -106,14 +106,17 @@ def test_out_of_memory_on_a_pinned_tile_names_that_tile():
 def test_out_of_offchip_memory_names_the_offchip_memory():
     memory = Device("trn1").cores[1].memory
     memory.allocate(15 * 2**30, "weights.all", "weights")
-    with pytest.raises(OutOfTileMemory, match=r"core 1, off-chip memory \(16 GiB\): cannot place 'kv' .*2 GiB asked, 1 GiB free"):
+    with pytest.raises(
+        OutOfTileMemory, match=r"core 1, off-chip memory \(16 GiB\): cannot place 'kv' .*2 GiB asked, 1 GiB free"
+    ):
         memory.allocate(2 * 2**30, "kv", "kv_cache")
 
 
 def rss_bytes() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
     return 0
 
 
@@ -129,7 +132,9 @@ def test_a_16_gib_core_only_takes_the_host_memory_it_touches():
 
 
 def test_arena_places_each_kind_where_the_preset_says():
-    arena = Arena(0, tiles=4, tile_bytes=1024, offchip_bytes=1 << 20, placement={"weights": "offchip", "activations": "tiles"})
+    arena = Arena(
+        0, tiles=4, tile_bytes=1024, offchip_bytes=1 << 20, placement={"weights": "offchip", "activations": "tiles"}
+    )
     w = arena.allocate(100, "w", "weights")
     a = arena.allocate(100, "a", "activations")
     assert (w.region, a.region) == ("offchip", "tiles")

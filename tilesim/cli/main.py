@@ -16,10 +16,7 @@ from tilesim.errors import TilesimError
 # subcommand -> module in tilesim.cli that defines `add_parser(subparsers)` and `run(args)`
 SUBCOMMANDS = {
     "devices": "devices",
-
-
-
-
+    "collectives": "collectives",
 }
 
 

@@ -1,0 +1,326 @@
+"""Run one collective on a device: pick the algorithm, place the buffers, move the bytes, time it.
+
+    result = run_collective("allreduce", inputs, device=Device("trn1", cores=8), algo="ring")
+    result.outputs, result.time_s, result.predicted_time_s, result.busbw
+
+Each core's buffers live in its own memory (the activations region when they fit, else
+off-chip); what a core ends with is what arrived over the fabric. `algo="auto"` runs every
+algorithm that can do the operation through the discrete-event fabric without data and
+keeps the fastest (cached per fabric, size and core count); the result says which ran.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+from tilesim.collectives import (
+    binomial_tree,
+    direct,
+    double_binary_tree,
+    halving_doubling,
+    hierarchical,
+    pairwise,
+    reference,
+    ring,
+)
+from tilesim.collectives.cost import AlphaBeta, lower_bound, model_for
+from tilesim.collectives.execute import run_analytic, run_des
+from tilesim.collectives.numerics import dtype_name, dtype_of, reduce_fn, working_dtype
+from tilesim.collectives.schedule import Schedule, bounds
+from tilesim.device.analytic import AnalyticFabric
+from tilesim.device.device import Device
+from tilesim.device.fabric import TransferRecord
+from tilesim.device.faults import FaultSpec
+from tilesim.device.spec import FabricSpec
+
+from tilesim.errors import ConfigError
+
+OPS = ("allreduce", "reducescatter", "allgather", "broadcast", "alltoall")
+ALGORITHMS = {
+    "ring": ring,
+    "halving_doubling": halving_doubling,
+    "binomial_tree": binomial_tree,
+    "double_binary_tree": double_binary_tree,
+    "direct": direct,
+    "hierarchical": hierarchical,
+    "pairwise": pairwise,
+}
+
+
+def algorithms_for(op: str, topology: str) -> list[str]:
+    """The algorithms that can run `op` on a `topology` fabric, in a fixed order."""
+    if op not in OPS:
+        raise ConfigError(f"unknown collective {op!r}; use one of {', '.join(OPS)}")
+    names = [name for name, module in ALGORITHMS.items() if op in module.OPS]
+    return [n for n in names if n != "hierarchical" or topology == "torus2d"]
+
+
+def build_schedule(op: str, algo: str, p: int, n: int, root: int = 0, itemsize: int = 4) -> Schedule:
+    """The schedule of `algo` for `op` on p cores and n elements."""
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algo!r}; use one of {', '.join(ALGORITHMS)} or auto")
+    module = ALGORITHMS[algo]
+    if op not in module.OPS:
+        can = ", ".join(algorithms_for(op, "torus2d"))
+        raise ConfigError(f"algorithm {algo!r} cannot do {op}; for {op} use one of: {can}")
+    if not 0 <= root < max(p, 1):
+        raise ConfigError(f"root {root} is not one of the {p} cores")
+    schedule = module.build(op, p, n, root=root, itemsize=itemsize)
+    if n == 0:  # like NCCL with count 0: nothing to move, done at once
+        schedule.steps = [[] for _ in range(p)]
+    return schedule
+
+
+def predict(op: str, algo: str, p: int, n: int, itemsize: int, model: AlphaBeta, root: int = 0) -> float:
+    """The closed-form alpha-beta-gamma time of `algo` (see each algorithm's module doc)."""
+    return ALGORITHMS[algo].predict(op, p, n, itemsize, model, root)
+
+
+@dataclass
+class CollectiveResult:
+    """What one collective did: results per core, simulated and predicted time, the algorithm."""
+
+    op: str
+    algo: str
+    auto: bool
+    cores: int
+    n: int
+    dtype: str
+    reduce_op: str
+    root: int
+    nbytes: int  # bytes of one core's input vector (the nccl-tests "size")
+    time_s: float
+    predicted_time_s: float
+    lower_bound_s: float
+    order: str
+    outputs: list[np.ndarray] | None = None
+    transfers: list[TransferRecord] = field(default_factory=list)
+    finish_s: list[float] = field(default_factory=list)
+
+    @property
+    def algbw(self) -> float:
+        """Bytes per second of simulated time: size / time (nccl-tests' algbw)."""
+        return self.nbytes / self.time_s if self.time_s > 0 else float("inf")
+
+    @property
+    def busbw(self) -> float:
+        """algbw scaled by what each link must carry (nccl-tests' busbw)."""
+        p = self.cores
+        factor = {"allreduce": 2 * (p - 1) / p, "reducescatter": (p - 1) / p, "allgather": (p - 1) / p,
+                  "broadcast": 1.0, "alltoall": (p - 1) / p}[self.op]  # fmt: skip
+        return self.algbw * factor
+
+    def as_row(self) -> dict:
+        return {
+            "op": self.op, "algo": self.algo, "auto": self.auto, "cores": self.cores, "bytes": self.nbytes,
+            "dtype": self.dtype, "time_s": self.time_s, "algbw": self.algbw, "busbw": self.busbw,
+            "predicted_time_s": self.predicted_time_s, "lower_bound_s": self.lower_bound_s,
+        }  # fmt: skip
+
+
+def buffer_region(device: Device, nbytes_per_core: int) -> str:
+    """Where a core keeps collective buffers: with the activations if they fit, else off-chip."""
+    preferred = device.spec.placement["activations"]
+    region = device.cores[0].memory.regions[preferred]
+    if nbytes_per_core <= region.free_bytes or "offchip" not in device.cores[0].memory.regions:
+        return preferred
+    return "offchip"
+
+
+@functools.lru_cache(maxsize=4096)
+def _simulated_time(
+    fabric: FabricSpec, p: int, op: str, algo: str, n: int, itemsize: int, root: int, gamma: float
+) -> float:
+    from tilesim.device.fabric import Fabric
+
+    schedule = build_schedule(op, algo, p, n, root, itemsize)
+    run = run_des(schedule, Fabric(fabric, p), [None] * p, _no_combine, itemsize, gamma, timeout=1e6)
+    return run.time
+
+
+def _no_combine(local, incoming):
+    return local
+
+
+def choose_algorithm(device: Device, op: str, p: int, n: int, itemsize: int, root: int, region: str) -> str:
+    """The fastest algorithm for this operation, size, core count and fabric (timing-only runs)."""
+    candidates = algorithms_for(op, device.spec.fabric.topology)
+    if p <= 1 or n == 0:
+        return candidates[0]
+    gamma = model_for(device.spec, p, region).gamma
+    times = {a: _simulated_time(device.spec.fabric, p, op, a, n, itemsize, root, gamma) for a in candidates}
+    return min(candidates, key=lambda a: (times[a], candidates.index(a)))
+
+
+def simulated_time(
+    device: Device, op: str, algo: str, p: int, n: int, itemsize: int, region: str, root: int = 0
+) -> float:
+    """Seconds one collective takes on an idle device (discrete-event, no data; cached)."""
+    if p <= 1 or n == 0:
+        return 0.0
+    gamma = model_for(device.spec, p, region).gamma
+    overhead = device.spec.fabric.collective_overhead_s
+    return overhead + _simulated_time(device.spec.fabric, p, op, algo, n, itemsize, root, gamma)
+
+
+def run_collective(
+    op: str,
+    inputs: list[np.ndarray] | None = None,
+    *,
+    device: Device,
+    algo: str = "auto",
+    reduce_op: str = "sum",
+    dtype: str | None = None,
+    n: int | None = None,
+    root: int = 0,
+    accumulate: str = "wire",
+    in_place: bool = False,
+    faults: FaultSpec | None = None,
+    fabric: str = "des",
+    timeout_s: float | None = None,
+    on_transfer=None,
+) -> CollectiveResult:
+    """Run `op` over `device`'s cores: with `inputs` (one 1-D array per core), or timing only
+    with `n` elements of `dtype`. See the module doc; raises FabricFault or CollectiveTimeout."""
+    p = device.num_cores
+    if inputs is not None:
+        if len(inputs) != p:
+            raise ConfigError(f"{op} needs one input per core: got {len(inputs)} for {p} cores")
+        inputs = [np.asarray(x) for x in inputs]
+        dtype = dtype or dtype_name(inputs[0].dtype)
+    dtype = dtype or "fp32"
+    data_dtype = dtype_of(dtype)
+    work = working_dtype(dtype, accumulate)
+    if inputs is not None:
+        n = _check_inputs(op, inputs, data_dtype, p)
+    if n is None or n < 0:
+        raise ConfigError("give the inputs, or the number of elements n for a timing-only run")
+    if op == "alltoall" and in_place:
+        raise ConfigError("all-to-all cannot run in place: give separate input and output buffers")
+    itemsize = work.itemsize
+    algo_name = algo
+    region = buffer_region(device, 3 * n * itemsize + (p * n * itemsize if algo == "direct" else 0))
+    model = model_for(device.spec, p, region)
+    if algo == "auto":
+        algo_name = choose_algorithm(device, op, p, n, itemsize, root, region)
+    schedule = build_schedule(op, algo_name, p, n, root, itemsize)
+    predicted = predict(op, algo_name, p, n, itemsize, model, root)
+    combine = reduce_fn(reduce_op)
+    blocks, buffers = (
+        _place_buffers(device, schedule, inputs, work, in_place) if inputs is not None else ([], [None] * p)
+    )
+    try:
+        if fabric == "analytic":
+            run = run_analytic(schedule, AnalyticFabric(device.spec.fabric, p), buffers, combine, itemsize, model.gamma)
+        elif fabric == "des":
+            timeout = timeout_s if timeout_s is not None else max(1.0, 1000 * predicted)
+            fab = device.fabric(faults=faults, on_transfer=on_transfer)
+            run = run_des(schedule, fab, buffers, combine, itemsize, model.gamma, timeout)
+        else:
+            raise ConfigError(f"fabric must be 'des' or 'analytic', got {fabric!r}")
+        outputs = _collect(schedule, buffers, data_dtype) if inputs is not None else None
+    finally:
+        for core, block in blocks:
+            device.cores[core].memory.free(block)
+    overhead = model.overhead if p > 1 and n else 0.0
+    nbytes = n * data_dtype.itemsize
+    return CollectiveResult(
+        op=op, algo=algo_name, auto=algo == "auto", cores=p, n=n, dtype=dtype, reduce_op=reduce_op,
+        root=root, nbytes=nbytes, time_s=run.time + overhead, predicted_time_s=predicted,
+        lower_bound_s=lower_bound(op, p, nbytes, model), order=schedule.order, outputs=outputs,
+        transfers=run.transfers, finish_s=[f + overhead for f in run.finish],
+    )  # fmt: skip
+
+
+def _check_inputs(op: str, inputs: list[np.ndarray], dtype: np.dtype, p: int) -> int:
+    for i, x in enumerate(inputs):
+        if x.ndim != 1:
+            raise ConfigError(f"input of core {i} has shape {x.shape}: collectives take 1-D vectors")
+        if x.dtype != dtype:
+            raise ConfigError(f"input of core {i} is {x.dtype}, the others {dtype}: give one dtype")
+    lengths = {len(x) for x in inputs}
+    if op == "allgather":
+        n = sum(len(x) for x in inputs)
+        b = bounds(n, p)
+        expected = [b[i + 1] - b[i] for i in range(p)]
+        if [len(x) for x in inputs] != expected:
+            raise ConfigError(f"all-gather of {n} elements over {p} cores needs chunks of {expected} elements")
+        return n
+    if len(lengths) != 1:
+        raise ConfigError(f"{op} needs inputs of one length; got lengths {sorted(lengths)}")
+    return lengths.pop()
+
+
+def _place_buffers(device: Device, schedule: Schedule, inputs, work: np.dtype, in_place: bool):
+    """Allocate in/out/tmp on every core and fill `in`; returns (blocks, buffers)."""
+    blocks, buffers = [], []
+    region = buffer_region(
+        device, (sum(schedule.in_len) // max(schedule.p, 1) + max(schedule.out_len) + schedule.tmp_len) * work.itemsize
+    )
+    try:
+        for core in range(schedule.p):
+            memory = device.cores[core].memory
+            out_block = memory.allocate(
+                max(schedule.out_len[core], 1) * work.itemsize, f"collective.out[{core}]", "activations", region
+            )
+            blocks.append((core, out_block))
+            out = memory.view(out_block, work, (schedule.out_len[core],))
+            if in_place and schedule.op == "allgather":  # NCCL: the input is this core's slot of the output
+                lo = bounds(schedule.n, schedule.p)[core]
+                inp = out[lo : lo + schedule.in_len[core]]
+            elif in_place:
+                inp = out
+            else:
+                in_block = memory.allocate(
+                    max(schedule.in_len[core], 1) * work.itemsize, f"collective.in[{core}]", "activations", region
+                )
+                blocks.append((core, in_block))
+                inp = memory.view(in_block, work, (schedule.in_len[core],))
+            inp[...] = inputs[core]
+            tmp = np.empty(0, work)
+            if schedule.tmp_len:
+                tmp_block = memory.allocate(
+                    schedule.tmp_len * work.itemsize, f"collective.tmp[{core}]", "activations", region
+                )
+                blocks.append((core, tmp_block))
+                tmp = memory.view(tmp_block, work, (schedule.tmp_len,))
+            buffers.append({"in": inp, "out": out, "tmp": tmp})
+    except Exception:
+        for core, block in blocks:
+            device.cores[core].memory.free(block)
+        raise
+    return blocks, buffers
+
+
+def _collect(schedule: Schedule, buffers, dtype: np.dtype) -> list[np.ndarray]:
+    outputs = []
+    for core in range(schedule.p):
+        lo, hi = schedule.result[core]
+        outputs.append(buffers[core]["out"][lo:hi].astype(dtype))  # a copy: the buffers are freed
+    return outputs
+
+
+def check_against_numpy(
+    result: CollectiveResult, inputs: list[np.ndarray], accumulate: str = "wire", exact: bool = False
+) -> bool:
+    """Whether `result.outputs` are right, per `reference.expected` and `reference.tolerance`.
+
+    `exact=True` says the inputs were chosen so that every order of reduction gives the
+    same result (small integers, as nccl-tests does): then nothing but equality passes.
+    """
+    expected = reference.expected(result.op, inputs, result.reduce_op, result.root)
+    if exact:
+        bounds_ = [np.zeros(1)] * result.cores
+    else:
+        bounds_ = reference.tolerance(result.op, inputs, result.dtype, result.reduce_op, accumulate, result.root)
+    for got, want, bound in zip(result.outputs, expected, bounds_, strict=True):
+        if got.shape != want.shape:
+            return False
+        if not bound.any():
+            if not np.array_equal(got, want):
+                return False
+        elif not np.all(np.abs(got.astype(np.float64) - want) <= bound):
+            return False
+    return True

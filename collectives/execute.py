@@ -1,0 +1,201 @@
+"""Run a `Schedule`: on the discrete-event fabric, or on the closed-form analytic fabric.
+
+Both executors move whatever the buffers hold (real numbers, `None` for timing only, or
+contribution counts for the symbolic proof) with the same step semantics (schedule.py),
+so they produce identical data; they differ only in how time passes:
+- `run_des`: one SimPy process per core on a `Fabric`; links queue; faults apply.
+- `run_analytic`: no events; each core keeps a clock; a transfer takes its route's
+  idle-fabric time. Cores run in turn until each blocks on a message not yet sent.
+Reducing a received message costs `max(0, gamma - beta_route)` per byte beyond its arrival
+(it streams in); a local reduction costs `gamma` per byte; local copies are free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tilesim.collectives.schedule import Local, Recv, Schedule, Send
+from tilesim.device.analytic import AnalyticFabric
+from tilesim.device.fabric import Fabric, TransferRecord
+
+from tilesim.errors import CollectiveTimeout
+
+Buffers = list[dict[str, np.ndarray] | None]
+Combine = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class Run:
+    """When each core finished (seconds after the start) and what crossed the fabric."""
+
+    finish: list[float]
+    transfers: list[TransferRecord] = field(default_factory=list)
+
+    @property
+    def time(self) -> float:
+        return max(self.finish, default=0.0)
+
+
+def _payload(buffers: Buffers, core: int, step: Send) -> np.ndarray | None:
+    bufs = buffers[core]
+    return None if bufs is None else bufs[step.buf][step.lo : step.hi]
+
+
+def _apply_recv(buffers: Buffers, core: int, step: Recv, data: np.ndarray | None, combine: Combine) -> None:
+    bufs = buffers[core]
+    if bufs is None or data is None:
+        return
+    target = bufs[step.buf][step.lo : step.hi]
+    target[...] = combine(target, data) if step.reduce else data
+
+
+def _apply_local(buffers: Buffers, core: int, step: Local, combine: Combine) -> None:
+    bufs = buffers[core]
+    if bufs is None or step.count == 0:
+        return
+    dst = bufs[step.dst][step.dst_lo : step.dst_lo + step.count]
+    src = bufs[step.src][step.src_lo : step.src_lo + step.count]
+    if step.kind == "copy":
+        if dst.ctypes.data != src.ctypes.data:  # in place, `in` is `out`: nothing to copy
+            dst[...] = src
+    else:
+        dst[...] = combine(dst, src)
+
+
+def _recv_extra(topology, core: int, step: Recv, itemsize: int, gamma: float) -> float:
+    if not step.reduce:
+        return 0.0
+    route = topology.route(step.peer, core)
+    beta = 1.0 / min(link.bandwidth for link in route) if route else 0.0
+    return (step.hi - step.lo) * itemsize * max(0.0, gamma - beta)
+
+
+def _local_cost(step: Local, itemsize: int, gamma: float) -> float:
+    return step.count * itemsize * gamma if step.kind == "reduce" else 0.0
+
+
+def _streams(schedule: Schedule) -> list[tuple[int, list]]:
+    """(core, steps) for every channel of every core, in core then channel order."""
+    out = []
+    for core, steps in enumerate(schedule.steps):
+        channels = sorted({s.ch for s in steps}) or [0]
+        for ch in channels:
+            out.append((core, [s for s in steps if s.ch == ch]))
+    return out
+
+
+def run_analytic(
+    schedule: Schedule, fabric: AnalyticFabric, buffers: Buffers, combine: Combine, itemsize: int, gamma: float
+) -> Run:
+    """Execute with closed-form transfer times; raises CollectiveTimeout on a deadlock."""
+    streams = _streams(schedule)
+    clock = [0.0] * len(streams)
+    last_arrival = [0.0] * len(streams)
+    pc = [0] * len(streams)
+    remaining = sum(len(steps) for _, steps in streams)
+    while remaining:
+        progress = False
+        for k, (core, steps) in enumerate(streams):
+            while pc[k] < len(steps):
+                step = steps[pc[k]]
+                fabric.now = clock[k]
+                if isinstance(step, Send):
+                    nbytes = (step.hi - step.lo) * itemsize
+                    arrival = fabric.send(core, step.peer, step.tag, _payload(buffers, core, step), nbytes)
+                    last_arrival[k] = max(last_arrival[k], arrival)
+                elif isinstance(step, Recv):
+                    got = fabric.recv(core, step.peer, step.tag)
+                    if got is None:
+                        break
+                    arrival, data = got
+                    extra = _recv_extra(fabric.topology, core, step, itemsize, gamma)
+                    clock[k] = max(clock[k], arrival) + extra
+                    _apply_recv(buffers, core, step, data, combine)
+                else:
+                    clock[k] += _local_cost(step, itemsize, gamma)
+                    _apply_local(buffers, core, step, combine)
+                pc[k] += 1
+                remaining -= 1
+                progress = True
+        if not progress:
+            raise CollectiveTimeout(_deadlock_message(streams, pc))
+    finish = [0.0] * schedule.p
+    for k, (core, _) in enumerate(streams):
+        finish[core] = max(finish[core], clock[k], last_arrival[k])
+    return Run(finish)
+
+
+def run_des(
+    schedule: Schedule,
+    fabric: Fabric,
+    buffers: Buffers,
+    combine: Combine,
+    itemsize: int,
+    gamma: float,
+    timeout: float,
+) -> Run:
+    """Execute on the SimPy fabric. Raises FabricFault from the fabric, or CollectiveTimeout
+    if some core has not finished `timeout` simulated seconds after the start."""
+    env = fabric.env
+    start = env.now
+    streams = _streams(schedule)
+    finish = [0.0] * schedule.p
+    pc = [0] * len(streams)
+    records: list[TransferRecord] = []
+    user_hook = fabric.on_transfer
+
+    def hook(record: TransferRecord) -> None:
+        records.append(record)
+        if user_hook:
+            user_hook(record)
+
+    fabric.on_transfer = hook
+
+    def stream_process(k: int, core: int, steps: list):
+        pending = []
+        for step in steps:
+            if isinstance(step, Send):
+                nbytes = (step.hi - step.lo) * itemsize
+                pending.append(fabric.send(core, step.peer, step.tag, _payload(buffers, core, step), nbytes))
+            elif isinstance(step, Recv):
+                data = yield fabric.recv(core, step.peer, step.tag)
+                extra = _recv_extra(fabric.topology, core, step, itemsize, gamma)
+                if extra:
+                    yield env.timeout(extra)
+                _apply_recv(buffers, core, step, data, combine)
+            else:
+                cost = _local_cost(step, itemsize, gamma)
+                if cost:
+                    yield env.timeout(cost)
+                _apply_local(buffers, core, step, combine)
+            pc[k] += 1
+        if pending:
+            yield env.all_of(pending)
+        finish[core] = max(finish[core], env.now - start)
+
+    processes = [env.process(stream_process(k, core, steps)) for k, (core, steps) in enumerate(streams)]
+    try:
+        env.run(until=start + timeout)
+    finally:
+        fabric.on_transfer = user_hook
+    if not all(proc.triggered for proc in processes):
+        raise CollectiveTimeout(
+            f"{schedule.algo} {schedule.op} on {schedule.p} cores did not complete within {timeout:.3g} s of "
+            f"simulated time; {_deadlock_message(streams, pc)}"
+        )
+    return Run(finish, records)
+
+
+def _deadlock_message(streams: list[tuple[int, list]], pc: list[int]) -> str:
+    waiting = []
+    for k, (core, steps) in enumerate(streams):
+        if pc[k] < len(steps):
+            step = steps[pc[k]]
+            if isinstance(step, Recv):
+                waiting.append(f"core {core} waits for step {step.tag[0]} from core {step.peer}")
+            else:
+                waiting.append(f"core {core} is at step {pc[k]}")
+    shown = "; ".join(waiting[:4]) + (f"; and {len(waiting) - 4} more" if len(waiting) > 4 else "")
+    return f"stuck: {shown or 'messages sent were never received'}"

@@ -1,0 +1,85 @@
+"""`tilesim collectives`: rows like nccl-tests, checked against numpy."""
+
+import json
+
+import pytest
+
+from tilesim.cli.collectives import sizes_from
+from tilesim.cli.main import main
+
+
+def run_json(capsys, *args):
+    code = main(["collectives", *args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_one_row_per_size_with_the_nccl_tests_fields(capsys):
+    code, rows = run_json(
+        capsys, "--op", "allreduce", "--algo", "ring", "--device", "trn1", "--cores", "8", "--bytes", "1K:64K"
+    )
+    assert code == 0
+    assert [r["bytes"] for r in rows] == [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+    for r in rows:
+        assert {"op", "algo", "cores", "bytes", "time_s", "algbw", "busbw", "predicted_time_s", "correct"} <= set(r)
+        assert r["correct"] is True and r["algo"] == "ring" and r["cores"] == 8
+        assert r["algbw"] == pytest.approx(r["bytes"] / r["time_s"])
+        assert r["busbw"] == pytest.approx(r["algbw"] * 2 * 7 / 8)
+        assert r["time_s"] == pytest.approx(r["predicted_time_s"], rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("op", "factor"), [("reducescatter", 3 / 4), ("allgather", 3 / 4), ("broadcast", 1.0), ("alltoall", 3 / 4)]
+)
+def test_bus_bandwidth_factors_follow_nccl_tests(capsys, op, factor):
+    code, rows = run_json(capsys, "--op", op, "--cores", "4", "--bytes", "64K", "--device", "a100")
+    assert code == 0 and rows[0]["correct"]
+    assert rows[0]["busbw"] == pytest.approx(rows[0]["algbw"] * factor)
+
+
+def test_all_algorithms_compared_and_plotted(capsys, tmp_path):
+    plot = tmp_path / "bw.png"
+    code = main(
+        ["collectives", "--algo", "all", "--device", "a100", "--cores", "8", "--bytes", "1K:8K", "--plot", str(plot)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    for algo in ("ring", "halving_doubling", "binomial_tree", "double_binary_tree", "direct"):
+        assert algo in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_auto_says_which_algorithm_ran(capsys):
+    code, rows = run_json(capsys, "--cores", "4", "--bytes", "1K:1M")
+    assert code == 0 and all(r["auto"] for r in rows)
+    assert all(r["algo"] in ("ring", "direct", "halving_doubling", "binomial_tree", "double_binary_tree") for r in rows)
+
+
+def test_one_core_is_legal(capsys):
+    code, rows = run_json(capsys, "--cores", "1", "--bytes", "4K")
+    assert code == 0 and rows[0]["time_s"] == 0 and rows[0]["correct"]
+
+
+def test_faults_recovered_or_reported_in_one_line(capsys):
+    code, rows = run_json(
+        capsys, "--cores", "4", "--bytes", "64K", "--algo", "ring", "--fault", "corrupt=0.2,seed=3,retries=10"
+    )
+    assert code == 0 and rows[0]["correct"]
+    code = main(["collectives", "--cores", "4", "--bytes", "64K", "--algo", "ring", "--fault", "dead=1-2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().startswith("tilesim: error: link 1->2 is dead") and "Traceback" not in err
+
+
+def test_sizes_double_from_first_to_last():
+    assert sizes_from("1K:8K") == [1024, 2048, 4096, 8192]
+    assert sizes_from("256M") == [256 << 20]
+    assert sizes_from("3:20") == [3, 6, 12]
+
+
+def test_bad_arguments_are_one_line_errors(capsys):
+    assert main(["collectives", "--bytes", "lots"]) == 2
+    assert "cannot read 'lots' as a size" in capsys.readouterr().err
+    assert main(["collectives", "--algo", "bogus", "--bytes", "1K"]) == 2
+    assert "unknown algorithm 'bogus'" in capsys.readouterr().err
+    assert main(["collectives", "--op", "broadcast", "--algo", "direct", "--bytes", "1K"]) == 2
+    assert "cannot do broadcast" in capsys.readouterr().err

@@ -1,0 +1,185 @@
+"""Property tests of every collective algorithm on every topology (hypothesis).
+
+References are numpy (collectives/reference.py is not used here: the expected values are
+computed below from the inputs with plain float64 numpy).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from tilesim.collectives import build_schedule, run_collective
+from tilesim.collectives.execute import run_analytic, run_des
+from tilesim.collectives.numerics import reduce_fn, sum_error_bound
+from tilesim.collectives.schedule import bounds
+from tilesim.collectives.symbolic import contributions, expected_counts
+from tilesim.device.analytic import AnalyticFabric
+from tilesim.device.fabric import Fabric
+from tilesim.device.faults import FaultSpec
+
+from tilesim.errors import FabricFault
+
+from .strategies import collective_case, device, make_inputs
+
+NUMPY = {"sum": np.sum, "max": np.max, "min": np.min}
+
+
+def numpy_expected(op, inputs, reduce_op, root, dtype):
+    p = len(inputs)
+    x = [np.asarray(v, np.float64) for v in inputs]
+    if op == "broadcast":
+        return [x[root]] * p
+    if op == "allgather":
+        return [np.concatenate(x)] * p
+    if op == "alltoall":
+        b = bounds(len(x[0]), p)
+        return [np.concatenate([x[j][b[i] : b[i + 1]] for j in range(p)]) for i in range(p)]
+    total = NUMPY[reduce_op](np.stack(x), axis=0)
+    if op == "allreduce":
+        return [total] * p
+    b = bounds(len(total), p)
+    return [total[b[i] : b[i + 1]] for i in range(p)]
+
+
+@given(collective_case(), st.booleans(), st.integers(0, 2**16))
+def test_results_equal_numpy_on_every_core(case, integer_valued, seed):
+    topology, p, op, algo, n, dtype, reduce_op, root = case
+    inputs = make_inputs(op, p, n, dtype, seed, integer_valued)
+    result = run_collective(op, inputs, device=device(topology, p), algo=algo, reduce_op=reduce_op, root=root)
+    expected = numpy_expected(op, inputs, reduce_op, root, dtype)
+    assert result.algo == algo and len(result.outputs) == p
+    exact = integer_valued or dtype == "int32" or reduce_op != "sum" or op not in ("allreduce", "reducescatter")
+    if not exact:
+        bound = sum_error_bound(inputs, dtype, "wire")
+        if op == "reducescatter":
+            b = bounds(n, p)
+            bound = [bound[b[i] : b[i + 1]] for i in range(p)]
+        else:
+            bound = [bound] * p
+    for core, (got, want) in enumerate(zip(result.outputs, expected, strict=True)):
+        assert got.shape == want.shape and got.dtype == inputs[0].dtype
+        if exact:
+            assert np.array_equal(got.astype(np.float64), want), f"core {core}"
+        else:
+            assert np.all(np.abs(got.astype(np.float64) - want) <= bound[core]), f"core {core}"
+    if op in ("allreduce", "allgather", "broadcast"):
+        for got in result.outputs[1:]:
+            assert got.tobytes() == result.outputs[0].tobytes()  # bit-identical on every core
+    assert result.time_s >= result.lower_bound_s
+
+
+@given(collective_case(), st.integers(0, 2**16))
+def test_every_output_holds_each_contribution_exactly_once(case, seed):
+    _, p, op, algo, n, _, _, root = case
+    schedule = build_schedule(op, algo, p, n, root)
+    got = contributions(schedule)
+    for core, (g, want) in enumerate(zip(got, expected_counts(op, p, n, root), strict=True)):
+        assert np.array_equal(g, want), f"core {core} of {algo} {op} on {p} cores"
+
+
+@given(collective_case(), st.integers(0, 2**16))
+def test_reruns_in_place_and_out_of_place_are_bit_identical(case, seed):
+    topology, p, op, algo, n, dtype, reduce_op, root = case
+    inputs = make_inputs(op, p, n, dtype, seed, integer_valued=False)
+    dev = device(topology, p)
+    first = run_collective(op, inputs, device=dev, algo=algo, reduce_op=reduce_op, root=root)
+    again = run_collective(op, inputs, device=dev, algo=algo, reduce_op=reduce_op, root=root)
+    assert [o.tobytes() for o in first.outputs] == [o.tobytes() for o in again.outputs]
+    assert first.time_s == again.time_s
+    if op != "alltoall":
+        in_place = run_collective(op, inputs, device=dev, algo=algo, reduce_op=reduce_op, root=root, in_place=True)
+        assert [o.tobytes() for o in first.outputs] == [o.tobytes() for o in in_place.outputs]
+
+
+@given(collective_case(), st.integers(0, 2**16), st.booleans())
+def test_the_send_buffer_is_never_written(case, seed, use_des):
+    topology, p, op, algo, n, dtype, reduce_op, root = case
+    inputs = make_inputs(op, p, n, dtype, seed, integer_valued=False)
+    schedule = build_schedule(op, algo, p, n, root)
+    buffers = [
+        {
+            "in": inputs[i].copy(),
+            "out": np.zeros(schedule.out_len[i], inputs[0].dtype),
+            "tmp": np.zeros(schedule.tmp_len, inputs[0].dtype),
+        }
+        for i in range(p)
+    ]
+    combine = reduce_fn(reduce_op)
+    dev = device(topology, p)
+    if use_des:
+        run_des(schedule, Fabric(dev.spec.fabric, p), buffers, combine, inputs[0].itemsize, 0.0, timeout=10.0)
+    else:
+        run_analytic(schedule, AnalyticFabric(dev.spec.fabric, p), buffers, combine, inputs[0].itemsize, 0.0)
+    for i in range(p):
+        assert buffers[i]["in"].tobytes() == inputs[i].tobytes()
+
+
+@given(collective_case(ops=("allreduce",)), st.integers(0, 2**16), st.sampled_from(["ring", "direct"]))
+def test_allreduce_equals_reduce_scatter_then_all_gather(case, seed, rs_algo):
+    topology, p, op, algo, n, dtype, reduce_op, _ = case
+    inputs = make_inputs(op, p, n, dtype, seed, integer_valued=True)
+    dev = device(topology, p)
+    whole = run_collective("allreduce", inputs, device=dev, algo=algo, reduce_op=reduce_op)
+    scattered = run_collective("reducescatter", inputs, device=dev, algo=rs_algo, reduce_op=reduce_op)
+    gathered = run_collective("allgather", scattered.outputs, device=dev, algo=rs_algo)
+    for a, b in zip(whole.outputs, gathered.outputs, strict=True):
+        assert np.array_equal(a, b)
+
+
+@settings(max_examples=10)
+@given(st.sampled_from(["ring", "switch", "torus2d"]), st.integers(2, 9), st.sampled_from(["ring", "binomial_tree"]))
+def test_broadcast_works_from_every_root(topology, p, algo):
+    dev = device(topology, p)
+    for root in range(p):
+        inputs = [np.full(13, core, np.int32) for core in range(p)]
+        result = run_collective("broadcast", inputs, device=dev, algo=algo, root=root)
+        assert all(np.array_equal(o, inputs[root]) for o in result.outputs)
+
+
+@pytest.mark.parametrize("kind", ["drop", "corrupt", "dead", "slow", "mixed"])
+@settings(max_examples=15)
+@given(collective_case(max_len=48), st.integers(0, 2**16))
+def test_faults_give_the_exact_result_or_a_fabric_fault_never_a_wrong_answer(kind, case, seed):
+    topology, p, op, algo, n, dtype, reduce_op, root = case
+    if p == 1:
+        p = 2
+        root = 0
+        algo = "ring" if op != "alltoall" else "pairwise"
+    dev = device(topology, p)
+    inputs = make_inputs(op, p, n, dtype, seed, integer_valued=False)
+    clean = run_collective(op, inputs, device=dev, algo=algo, reduce_op=reduce_op, root=root)
+    links = [(l.src, l.dst) for l in dev.topology.links]
+    rng = np.random.default_rng(seed)
+    spec = {
+        "drop": FaultSpec(drop=0.2, seed=seed, max_retries=2),
+        "corrupt": FaultSpec(corrupt=0.3, seed=seed, max_retries=2),
+        "dead": FaultSpec(dead=frozenset({links[int(rng.integers(len(links)))]}), seed=seed),
+        "slow": FaultSpec(slow={links[int(rng.integers(len(links)))]: 8.0}, seed=seed),
+        "mixed": FaultSpec(drop=0.05, corrupt=0.05, seed=seed, max_retries=1),
+    }[kind]
+    try:
+        faulty = run_collective(op, inputs, device=dev, algo=algo, reduce_op=reduce_op, root=root, faults=spec)
+    except FabricFault as fault:
+        event(f"{kind}: FabricFault")
+        message = str(fault)
+        assert message.startswith("link ") and " at step " in message
+        return
+    event(f"{kind}: recovered")
+    assert [o.tobytes() for o in faulty.outputs] == [o.tobytes() for o in clean.outputs]
+    assert faulty.time_s >= clean.time_s or kind in ("drop", "corrupt", "mixed")
+
+
+def test_collective_inputs_are_checked():
+    from tilesim.errors import ConfigError
+
+    dev = device("ring", 3)
+    with pytest.raises(ConfigError, match="needs one input per core: got 2 for 3 cores"):
+        run_collective("allreduce", [np.zeros(4, np.float32)] * 2, device=dev)
+    with pytest.raises(ConfigError, match="inputs of one length"):
+        run_collective(
+            "allreduce", [np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros(5, np.float32)], device=dev
+        )
+    with pytest.raises(ConfigError, match="cannot do broadcast"):
+        run_collective("broadcast", [np.zeros(4, np.float32)] * 3, device=dev, algo="halving_doubling")
+    with pytest.raises(ConfigError, match="collectives support fp32, fp16, bf16, int32"):
+        run_collective("allreduce", [np.zeros(4, np.float64)] * 3, device=dev)

@@ -1,0 +1,152 @@
+"""`tilesim collectives`: run and time one collective over a range of sizes, like nccl-tests.
+
+Every row runs the collective with real data through the emulated fabric, checks the result
+against numpy, and prints bytes, simulated time, algorithm and bus bandwidth (nccl-tests'
+definitions) beside the closed-form alpha-beta prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+from tilesim.cli.table import print_table
+from tilesim.collectives import ALGORITHMS, OPS, algorithms_for, check_against_numpy, run_collective
+from tilesim.collectives.numerics import DTYPES
+from tilesim.collectives.schedule import bounds
+from tilesim.device import Device, FaultSpec
+from tilesim.errors import ConfigError
+from tilesim.units import fmt_bytes, fmt_time, parse_size
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "collectives",
+        help="run and time one collective on a preset's fabric, checked against numpy",
+        description="Run one collective over a range of sizes on a device preset's fabric; "
+        "each row is checked against numpy and compared with the alpha-beta prediction.",
+    )
+    p.add_argument("--op", default="allreduce", choices=OPS)
+    p.add_argument("--algo", default="auto", help=f"one of {', '.join(ALGORITHMS)}, 'auto' or 'all'")
+    p.add_argument("--device", default="trn1", help="device preset (see `tilesim devices`)")
+    p.add_argument("--cores", type=int, default=None, help="number of cores (default: the preset's)")
+    p.add_argument("--bytes", default="1K:64M", help="one size, or FIRST:LAST doubling (e.g. 1K:256M)")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--reduce", default="sum", choices=["sum", "max", "min"], dest="reduce_op")
+    p.add_argument("--root", type=int, default=0, help="root core of a broadcast")
+    p.add_argument(
+        "--accumulate", default="wire", choices=["wire", "fp32"], help="16-bit data: round every hop, or add in fp32"
+    )
+    p.add_argument("--in-place", action="store_true", help="use the input buffer as the output buffer")
+    p.add_argument("--fabric", default="des", choices=["des", "analytic"], help="discrete-event or closed-form fabric")
+    p.add_argument("--fault", default=None, help="inject faults, e.g. corrupt=0.01,drop=0.001,dead=2-3,seed=3")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    p.add_argument("--plot", default=None, metavar="PATH", help="write bus bandwidth against size (PNG)")
+    p.set_defaults(run=run)
+
+
+def sizes_from(text: str) -> list[int]:
+    if ":" in text:
+        first, last = (parse_size(part) for part in text.split(":", 1))
+        if first <= 0 or last < first:
+            raise ConfigError(f"--bytes {text}: give FIRST:LAST with 0 < FIRST <= LAST")
+        out = [first]
+        while out[-1] * 2 <= last:
+            out.append(out[-1] * 2)
+        return out
+    return [parse_size(text)]
+
+
+def make_inputs(op: str, cores: int, n: int, dtype: str, seed: int = 0) -> list[np.ndarray]:
+    """Small integers, as nccl-tests uses: every order of addition gives the exact sum."""
+    rng = np.random.default_rng(seed)
+    lengths = np.diff(bounds(n, cores)) if op == "allgather" else [n] * cores
+    return [rng.integers(-4, 5, size=int(length), dtype=np.int8).astype(DTYPES[dtype]) for length in lengths]
+
+
+def _exact_sums(cores: int, dtype: str) -> bool:
+    """Sums of `cores` integers in [-4, 4] are exact in `dtype` (bf16 holds integers to 256)."""
+    limit = {"fp32": 2**24, "fp16": 2**11, "bf16": 2**8, "int32": 2**31}[dtype]
+    return 4 * cores <= limit
+
+
+def run(args: argparse.Namespace) -> int:
+    device = Device(args.device, cores=args.cores)
+    p = device.num_cores
+    topology = device.spec.fabric.topology
+    algos = algorithms_for(args.op, topology) if args.algo == "all" else [args.algo]
+    faults = FaultSpec.parse(args.fault) if args.fault else None
+    itemsize = DTYPES[args.dtype].itemsize
+    sizes = sizes_from(args.bytes)
+    rows = []
+    jobs = [(algo, size) for algo in algos for size in sizes]
+    show = not args.json and sys.stderr.isatty()
+    for algo, size in tqdm(jobs, desc=f"{args.op} on {p} cores", disable=not show, leave=False):
+        n = max(size // itemsize, 0)
+        inputs = make_inputs(args.op, p, n, args.dtype)
+        result = run_collective(
+            args.op, inputs, device=device, algo=algo, reduce_op=args.reduce_op, root=args.root,
+            accumulate=args.accumulate, in_place=args.in_place, faults=faults, fabric=args.fabric,
+        )  # fmt: skip
+        row = result.as_row()
+        row["correct"] = check_against_numpy(
+            result, inputs, args.accumulate, exact=args.reduce_op != "sum" or _exact_sums(p, args.dtype)
+        )
+        row["device"] = device.name
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print(rows, device, args)
+    if args.plot:
+        _plot(rows, args.plot, device, args.op)
+    return 0 if all(r["correct"] for r in rows) else 1
+
+
+def _print(rows: list[dict], device: Device, args: argparse.Namespace) -> None:
+    print(f"# {args.op} on {device.num_cores} cores of {device.name} ({device.spec.fabric.topology}), "
+          f"{args.dtype}, reduce={args.reduce_op}, fabric={args.fabric}")  # fmt: skip
+    table = []
+    for r in rows:
+        err = (r["time_s"] / r["predicted_time_s"] - 1) if r["predicted_time_s"] else 0.0
+        table.append({
+            "bytes": fmt_bytes(r["bytes"]),
+            "algo": r["algo"] + (" (auto)" if r["auto"] else ""),
+            "time": fmt_time(r["time_s"]),
+            "algbw GB/s": f"{r['algbw'] / 1e9:.3f}" if r["time_s"] else "-",
+            "busbw GB/s": f"{r['busbw'] / 1e9:.3f}" if r["time_s"] else "-",
+            "predicted": fmt_time(r["predicted_time_s"]),
+            "sim/pred": f"{err:+.1%}",
+            "correct": "yes" if r["correct"] else "NO",
+        })  # fmt: skip
+    print_table(table, right=("time", "algbw GB/s", "busbw GB/s", "predicted", "sim/pred"))
+    link = device.topology.links[0].bandwidth if device.topology.links else 0
+    if link:
+        print(f"\nlink bandwidth {link / 1e9:.3f} GB/s per direction; busbw near it means the links are busy, "
+              "far below it at small sizes means latency dominates.")  # fmt: skip
+
+
+def _plot(rows: list[dict], path: str, device: Device, op: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for algo in dict.fromkeys(r["algo"] for r in rows):
+        mine = [r for r in rows if r["algo"] == algo and r["time_s"] > 0]
+        ax.loglog([r["bytes"] for r in mine], [r["busbw"] / 1e9 for r in mine], marker="o", label=algo)
+    if device.topology.links:
+        ax.axhline(device.topology.links[0].bandwidth / 1e9, color="grey", linestyle="--", label="link bandwidth")
+    ax.set_xlabel("bytes per core")
+    ax.set_ylabel("bus bandwidth (GB/s)")
+    ax.set_title(f"{op} on {device.num_cores} cores of {device.name}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

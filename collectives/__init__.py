@@ -19,6 +19,14 @@ from tilesim.collectives.api import (
 )
 
 __all__ = [
-    "ALGORITHMS", "OPS", "CollectiveResult", "algorithms_for", "build_schedule", "check_against_numpy",
-    "choose_algorithm", "predict", "run_collective", "simulated_time",
-]  # fmt: skip
+    "ALGORITHMS",
+    "OPS",
+    "CollectiveResult",
+    "algorithms_for",
+    "build_schedule",
+    "check_against_numpy",
+    "choose_algorithm",
+    "predict",
+    "run_collective",
+    "simulated_time",
+]

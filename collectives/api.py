@@ -108,16 +108,29 @@ class CollectiveResult:
     def busbw(self) -> float:
         """algbw scaled by what each link must carry (nccl-tests' busbw)."""
         p = self.cores
-        factor = {"allreduce": 2 * (p - 1) / p, "reducescatter": (p - 1) / p, "allgather": (p - 1) / p,
-                  "broadcast": 1.0, "alltoall": (p - 1) / p}[self.op]  # fmt: skip
+        factor = {
+            "allreduce": 2 * (p - 1) / p,
+            "reducescatter": (p - 1) / p,
+            "allgather": (p - 1) / p,
+            "broadcast": 1.0,
+            "alltoall": (p - 1) / p,
+        }[self.op]
         return self.algbw * factor
 
     def as_row(self) -> dict:
         return {
-            "op": self.op, "algo": self.algo, "auto": self.auto, "cores": self.cores, "bytes": self.nbytes,
-            "dtype": self.dtype, "time_s": self.time_s, "algbw": self.algbw, "busbw": self.busbw,
-            "predicted_time_s": self.predicted_time_s, "lower_bound_s": self.lower_bound_s,
-        }  # fmt: skip
+            "op": self.op,
+            "algo": self.algo,
+            "auto": self.auto,
+            "cores": self.cores,
+            "bytes": self.nbytes,
+            "dtype": self.dtype,
+            "time_s": self.time_s,
+            "algbw": self.algbw,
+            "busbw": self.busbw,
+            "predicted_time_s": self.predicted_time_s,
+            "lower_bound_s": self.lower_bound_s,
+        }
 
 
 def buffer_region(device: Device, nbytes_per_core: int) -> str:
@@ -227,11 +240,23 @@ def run_collective(
     overhead = model.overhead if p > 1 and n else 0.0
     nbytes = n * data_dtype.itemsize
     return CollectiveResult(
-        op=op, algo=algo_name, auto=algo == "auto", cores=p, n=n, dtype=dtype, reduce_op=reduce_op,
-        root=root, nbytes=nbytes, time_s=run.time + overhead, predicted_time_s=predicted,
-        lower_bound_s=lower_bound(op, p, nbytes, model), order=schedule.order, outputs=outputs,
-        transfers=run.transfers, finish_s=[f + overhead for f in run.finish],
-    )  # fmt: skip
+        op=op,
+        algo=algo_name,
+        auto=algo == "auto",
+        cores=p,
+        n=n,
+        dtype=dtype,
+        reduce_op=reduce_op,
+        root=root,
+        nbytes=nbytes,
+        time_s=run.time + overhead,
+        predicted_time_s=predicted,
+        lower_bound_s=lower_bound(op, p, nbytes, model),
+        order=schedule.order,
+        outputs=outputs,
+        transfers=run.transfers,
+        finish_s=[f + overhead for f in run.finish],
+    )
 
 
 def _check_inputs(op: str, inputs: list[np.ndarray], dtype: np.dtype, p: int) -> int:

@@ -66,6 +66,11 @@ def lower_bound(op: str, p: int, nbytes: float, model: AlphaBeta) -> float:
     """
     if p <= 1 or nbytes == 0:
         return 0.0
-    share = {"allreduce": 2 * (p - 1) / p, "reducescatter": (p - 1) / p, "allgather": (p - 1) / p,
-             "alltoall": (p - 1) / p, "broadcast": 1.0}[op]  # fmt: skip
+    share = {
+        "allreduce": 2 * (p - 1) / p,
+        "reducescatter": (p - 1) / p,
+        "allgather": (p - 1) / p,
+        "alltoall": (p - 1) / p,
+        "broadcast": 1.0,
+    }[op]
     return share * nbytes / model.egress

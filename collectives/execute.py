@@ -26,6 +26,27 @@ Buffers = list[dict[str, np.ndarray] | None]
 Combine = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+class Recording:
+    """Buffers stand-in that records a schedule's data moves instead of doing them.
+
+    Running a schedule once on a Recording (with `run_analytic`) yields `moves`: in an order
+    that respects every dependency, `(kind, dst, src)` with kind "copy" or "reduce", over
+    views of the real buffers and of one staging array per message. Replaying them is the
+    schedule's data path without the interpreter: same operations, same order, same bits.
+    """
+
+    def __init__(self, buffers: list[dict[str, np.ndarray]]):
+        self.buffers = buffers
+        self.moves: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+    def replay(self, combine: Combine) -> None:
+        for kind, dst, src in self.moves:
+            if kind == "copy":
+                dst[...] = src
+            else:
+                dst[...] = combine(dst, src)
+
+
 @dataclass
 class Run:
     """When each core finished (seconds after the start) and what crossed the fabric."""
@@ -39,11 +60,20 @@ class Run:
 
 
 def _payload(buffers: Buffers, core: int, step: Send) -> np.ndarray | None:
+    if isinstance(buffers, Recording):
+        source = buffers.buffers[core][step.buf][step.lo : step.hi]
+        staging = np.empty_like(source)
+        buffers.moves.append(("copy", staging, source))
+        return staging
     bufs = buffers[core]
     return None if bufs is None else bufs[step.buf][step.lo : step.hi]
 
 
 def _apply_recv(buffers: Buffers, core: int, step: Recv, data: np.ndarray | None, combine: Combine) -> None:
+    if isinstance(buffers, Recording):
+        target = buffers.buffers[core][step.buf][step.lo : step.hi]
+        buffers.moves.append(("reduce" if step.reduce else "copy", target, data))
+        return
     bufs = buffers[core]
     if bufs is None or data is None:
         return
@@ -52,14 +82,17 @@ def _apply_recv(buffers: Buffers, core: int, step: Recv, data: np.ndarray | None
 
 
 def _apply_local(buffers: Buffers, core: int, step: Local, combine: Combine) -> None:
-    bufs = buffers[core]
+    bufs = buffers.buffers[core] if isinstance(buffers, Recording) else buffers[core]
     if bufs is None or step.count == 0:
         return
     dst = bufs[step.dst][step.dst_lo : step.dst_lo + step.count]
     src = bufs[step.src][step.src_lo : step.src_lo + step.count]
-    if step.kind == "copy":
-        if dst.ctypes.data != src.ctypes.data:  # in place, `in` is `out`: nothing to copy
-            dst[...] = src
+    if step.kind == "copy" and dst.ctypes.data == src.ctypes.data:
+        return  # in place, `in` is `out`: nothing to copy
+    if isinstance(buffers, Recording):
+        buffers.moves.append((step.kind, dst, src))
+    elif step.kind == "copy":
+        dst[...] = src
     else:
         dst[...] = combine(dst, src)
 
@@ -91,6 +124,7 @@ def run_analytic(
 ) -> Run:
     """Execute with closed-form transfer times; raises CollectiveTimeout on a deadlock."""
     streams = _streams(schedule)
+    recording = isinstance(buffers, Recording)
     clock = [0.0] * len(streams)
     last_arrival = [0.0] * len(streams)
     pc = [0] * len(streams)
@@ -103,7 +137,8 @@ def run_analytic(
                 fabric.now = clock[k]
                 if isinstance(step, Send):
                     nbytes = (step.hi - step.lo) * itemsize
-                    arrival = fabric.send(core, step.peer, step.tag, _payload(buffers, core, step), nbytes)
+                    payload = _payload(buffers, core, step)
+                    arrival = fabric.send(core, step.peer, step.tag, payload, nbytes, copy=not recording)
                     last_arrival[k] = max(last_arrival[k], arrival)
                 elif isinstance(step, Recv):
                     got = fabric.recv(core, step.peer, step.tag)
@@ -199,3 +234,12 @@ def _deadlock_message(streams: list[tuple[int, list]], pc: list[int]) -> str:
                 waiting.append(f"core {core} is at step {pc[k]}")
     shown = "; ".join(waiting[:4]) + (f"; and {len(waiting) - 4} more" if len(waiting) > 4 else "")
     return f"stuck: {shown or 'messages sent were never received'}"
+
+
+def record(
+    schedule: Schedule, buffers: list[dict[str, np.ndarray]], fabric: AnalyticFabric, itemsize: int
+) -> Recording:
+    """The data moves of `schedule` over `buffers`, ready to replay (see `Recording`)."""
+    recording = Recording(buffers)
+    run_analytic(schedule, fabric, recording, lambda a, b: a, itemsize, 0.0)
+    return recording

@@ -98,9 +98,16 @@ def empty_schedule(
 ) -> Schedule:
     """A schedule with no steps yet: one empty list per core, results covering `out`."""
     return Schedule(
-        op=op, algo=algo, p=p, n=n, steps=[[] for _ in range(p)], in_len=in_len, out_len=out_len,
-        result=[(0, out_len[i]) for i in range(p)], root=root,
-    )  # fmt: skip
+        op=op,
+        algo=algo,
+        p=p,
+        n=n,
+        steps=[[] for _ in range(p)],
+        in_len=in_len,
+        out_len=out_len,
+        result=[(0, out_len[i]) for i in range(p)],
+        root=root,
+    )
 
 
 def start_from_input(schedule: Schedule) -> None:

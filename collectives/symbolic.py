@@ -29,11 +29,13 @@ def contributions(schedule: Schedule) -> list[np.ndarray]:
     for core in range(p):
         own = np.zeros((schedule.in_len[core], p), dtype=np.int64)
         own[:, core] = 1
-        buffers.append({
-            "in": own,
-            "out": np.zeros((schedule.out_len[core], p), dtype=np.int64),
-            "tmp": np.zeros((schedule.tmp_len, p), dtype=np.int64),
-        })  # fmt: skip
+        buffers.append(
+            {
+                "in": own,
+                "out": np.zeros((schedule.out_len[core], p), dtype=np.int64),
+                "tmp": np.zeros((schedule.tmp_len, p), dtype=np.int64),
+            }
+        )
     run_analytic(schedule, AnalyticFabric(_ANY_FABRIC, p), buffers, _add, itemsize=1, gamma=0.0)
     return [buffers[c]["out"][lo:hi] for c, (lo, hi) in enumerate(schedule.result)]
 

@@ -13,7 +13,24 @@ from tilesim.device.spec import CoreSpec, DeviceSpec, FabricSpec, load_preset, p
 from tilesim.device.topology import Link, Topology
 
 __all__ = [
-    "Arena", "Block", "Core", "CoreSpec", "Device", "DeviceSpec", "Fabric", "FabricSpec",
-    "FaultSpec", "KernelCost", "KernelTime", "Link", "Region", "Topology", "TransferRecord",
-    "Transport", "describe", "kernel_time", "load_preset", "preset_names",
-]  # fmt: skip
+    "Arena",
+    "Block",
+    "Core",
+    "CoreSpec",
+    "Device",
+    "DeviceSpec",
+    "Fabric",
+    "FabricSpec",
+    "FaultSpec",
+    "KernelCost",
+    "KernelTime",
+    "Link",
+    "Region",
+    "Topology",
+    "TransferRecord",
+    "Transport",
+    "describe",
+    "kernel_time",
+    "load_preset",
+    "preset_names",
+]

@@ -25,11 +25,13 @@ class AnalyticFabric:
         self._messages: dict[tuple[int, int, Any], tuple[float, np.ndarray | None, int]] = {}
         self.bytes_sent = 0
 
-    def send(self, src: int, dst: int, tag: Any, payload: np.ndarray | None, nbytes: int) -> float:
-        """Post a message at `now`; returns its arrival time."""
+    def send(self, src: int, dst: int, tag: Any, payload: np.ndarray | None, nbytes: int, copy: bool = True) -> float:
+        """Post a message at `now`; returns its arrival time. The receiver gets a copy of
+        `payload` unless `copy=False` (the caller hands over a buffer it will not touch)."""
         arrival = self.now + self.topology.transfer_time(src, dst, nbytes)
-        copy = None if payload is None else np.array(payload, copy=True)
-        self._messages[(dst, src, tag)] = (arrival, copy, nbytes)
+        if copy and payload is not None:
+            payload = np.array(payload, copy=True)
+        self._messages[(dst, src, tag)] = (arrival, payload, nbytes)
         self.bytes_sent += nbytes
         return arrival
 

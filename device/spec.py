@@ -143,8 +143,15 @@ _FABRIC_FIELDS = {
 _CHIP_FIELDS = {"cores_per_chip": "count", "link_bandwidth": "bandwidth", "link_latency": "time"}
 _OPTIONAL = {"efficiency", "collective_overhead_s", "chip", "max_cores", "source"}
 _TOP_FIELDS = {
-    "name", "description", "cores", "max_cores", "core", "fabric", "placement", "source",
-}  # fmt: skip
+    "name",
+    "description",
+    "cores",
+    "max_cores",
+    "core",
+    "fabric",
+    "placement",
+    "source",
+}
 
 
 def _parse_value(kind: str, value: Any, where: str) -> Any:

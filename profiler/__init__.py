@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Trace records, Chrome/Perfetto export, reports and plots of what the emulated device did."""

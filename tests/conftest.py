@@ -1,7 +1,15 @@
-"""Shared test settings: hypothesis profiles (bounded by default, deeper with TILESIM_DEEP=1)."""
+"""Shared test settings: hypothesis profiles (bounded by default, deeper with TILESIM_DEEP=1),
+and tiny random checkpoints made with transformers (seeded `from_config` + `save_pretrained`).
 
+Heads are chosen so each architecture has several tensor-parallel degrees, an odd one among
+them; the Llama family uses grouped-query attention.
+"""
+
+import json
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -9,3 +17,149 @@ settings.register_profile(
 )
 settings.register_profile("deep", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("deep" if os.environ.get("TILESIM_DEEP") else "default")
+
+VOCAB = 101
+
+
+def configs():
+    import transformers as T
+
+    common = {"vocab_size": VOCAB}
+    return {
+        "llama": (
+            T.LlamaConfig(
+                hidden_size=48,
+                intermediate_size=88,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                max_position_embeddings=256,
+                **common,
+            ),
+            [1, 3, 6],
+        ),
+        "llama_gguf": (
+            T.LlamaConfig(
+                hidden_size=96,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                max_position_embeddings=256,
+                vocab_size=128,
+            ),
+            [1, 3, 6],
+        ),
+        "mistral": (
+            T.MistralConfig(
+                hidden_size=48,
+                intermediate_size=88,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                sliding_window=12,
+                **common,
+            ),
+            [1, 2, 6],
+        ),
+        "qwen2": (
+            T.Qwen2Config(
+                hidden_size=48,
+                intermediate_size=88,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                max_position_embeddings=256,
+                tie_word_embeddings=True,
+                **common,
+            ),
+            [1, 3],
+        ),
+        "gpt2": (T.GPT2Config(n_embd=48, n_layer=2, n_head=6, n_positions=256, **common), [1, 2, 3, 6]),
+        "opt": (
+            T.OPTConfig(
+                hidden_size=48,
+                ffn_dim=88,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                max_position_embeddings=256,
+                word_embed_proj_dim=48,
+                **common,
+            ),
+            [1, 3],
+        ),
+        "gptj": (T.GPTJConfig(n_embd=48, n_layer=2, n_head=6, rotary_dim=4, n_positions=256, **common), [1, 2, 3]),
+        "gpt_neox": (
+            T.GPTNeoXConfig(
+                hidden_size=48,
+                intermediate_size=88,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                max_position_embeddings=256,
+                rotary_pct=0.5,
+                **common,
+            ),
+            [1, 3, 6],
+        ),
+        "gpt_neox_sequential": (
+            T.GPTNeoXConfig(
+                hidden_size=48,
+                intermediate_size=88,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                max_position_embeddings=256,
+                rotary_pct=1.0,
+                use_parallel_residual=False,
+                **common,
+            ),
+            [2],
+        ),
+    }
+
+
+def save_tiny(name: str, folder: Path, seed: int = 0) -> Path:
+    """Save the tiny `name` model into `folder` and return it (idempotent)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    config, _ = configs()[name]
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 0
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random weights at initializer scale give near-uniform logits; spread them
+        for p in model.parameters():
+            p.mul_(3.0)
+    model.save_pretrained(folder)
+    _save_word_tokenizer(folder)
+    return folder
+
+
+def _save_word_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer over the tiny vocabulary, so text prompts work end to end."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(VOCAB - 3)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tok.save(str(folder / "tokenizer.json"))
+    template = (
+        "{% for m in messages %}<s> {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}w7 {% endif %}"
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "chat_template": template})
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(name) -> folder of a saved tiny random checkpoint (built once per session)."""
+    root = tmp_path_factory.mktemp("tiny")
+
+    def make(name: str) -> Path:
+        return save_tiny(name, root / name)
+
+    return make

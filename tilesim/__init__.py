@@ -25,10 +25,19 @@ from tilesim.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "CollectiveTimeout", "ConfigError", "Device", "FabricFault",
-    "GenerationError", "OutOfTileMemory", "ShardingError", "TilesimError", "UnknownPreset",
-    "__version__", "load",
-]  # fmt: skip
+    "CheckpointError",
+    "CollectiveTimeout",
+    "ConfigError",
+    "Device",
+    "FabricFault",
+    "GenerationError",
+    "OutOfTileMemory",
+    "ShardingError",
+    "TilesimError",
+    "UnknownPreset",
+    "__version__",
+    "load",
+]
 
 
 def __getattr__(name: str):

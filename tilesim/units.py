@@ -13,15 +13,27 @@ from tilesim.errors import ConfigError
 
 _BYTES = {
     "B": 1,
-    "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
-    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
-}  # fmt: skip
+    "KB": 1e3,
+    "MB": 1e6,
+    "GB": 1e9,
+    "TB": 1e12,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+}
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _FREQ = {"Hz": 1.0, "kHz": 1e3, "MHz": 1e6, "GHz": 1e9}
 _FLOPS = {
-    "FLOP/s": 1.0, "GFLOP/s": 1e9, "TFLOP/s": 1e12, "PFLOP/s": 1e15,
-    "OP/s": 1.0, "GOP/s": 1e9, "TOP/s": 1e12, "TOPS": 1e12,
-}  # fmt: skip
+    "FLOP/s": 1.0,
+    "GFLOP/s": 1e9,
+    "TFLOP/s": 1e12,
+    "PFLOP/s": 1e15,
+    "OP/s": 1.0,
+    "GOP/s": 1e9,
+    "TOP/s": 1e12,
+    "TOPS": 1e12,
+}
 _RATE = {f"{unit}/s": factor for unit, factor in _BYTES.items()}
 
 UNITS: dict[str, dict[str, float]] = {

@@ -14,3 +14,34 @@ not compile again. The references live in `reference.py`; the cost functions ret
 | attention | attention (causal prefill and decode over the KV cache, grouped-query), kv_write |
 | elementwise | embed (vocabulary-parallel gather), add, add_bias |
 """
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel for the array types the runtime uses."""
+    import numpy as np
+    from tilesim.device.kernels import activations, attention, elementwise, matmul, norms, rotary
+
+    f32 = np.float32
+    x, w = np.ones((2, 8), f32), np.ones((4, 8), f32)
+    out = np.empty((2, 4), f32)
+    matmul.linear(x, w, None, out)
+    matmul.linear(x, w, np.ones(4, f32), out)
+    y = np.empty_like(x)
+    norms.rms_norm(x, x[0].copy(), 1e-5, y)
+    norms.layer_norm(x, x[0].copy(), x[0].copy(), 1e-5, y)
+    for fn in activations.ACTIVATIONS.values():
+        fn(x, y)
+    activations.silu_mul(x, x, y)
+    elementwise.add(x, x, y)
+    elementwise.add_bias(y, x[0].copy())
+    ids = np.zeros(2, np.int64)
+    elementwise.embed(ids, w, 0, np.empty((2, 8), f32))
+    cos, sin = rotary.rope_tables(4, rotary.rope_inv_freq(4, 10000.0))
+    q = np.ones((2, 2, 4), f32)
+    rotary.rope(q, ids, cos, sin, 4, "neox")
+    rotary.rope(q, ids, cos, sin, 4, "gptj")
+    start, valid = np.zeros(1, np.int64), np.ones(1, np.int64)
+    q4 = np.ones((1, 2, 2, 4), f32)
+    cache = np.zeros((1, 1, 4, 4), f32)
+    attention.kv_write(q4[:, :, :1], q4[:, :, :1], cache, cache, start, valid)
+    attention.attention(q4, cache, cache, start, valid, 0.5, np.empty_like(q4), 0)

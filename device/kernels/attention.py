@@ -75,24 +75,39 @@ def _kv_write(k, v, k_cache, v_cache, start, valid):  # k, v (B, T, Hkv, D)
 
 
 def attention(
-    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: np.ndarray, valid: np.ndarray,
-    scale: float, out: np.ndarray, window: int = 0,
-) -> np.ndarray:  # fmt: skip
+    q: np.ndarray,
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    start: np.ndarray,
+    valid: np.ndarray,
+    scale: float,
+    out: np.ndarray,
+    window: int = 0,
+) -> np.ndarray:
     """q (B, T, Hq, D) against the cache (B, Hkv, S, D) -> out (B, T, Hq, D); see module doc."""
     _attention(q, k_cache, v_cache, start, valid, np.float32(scale), int(window), out)
     return out
 
 
-def kv_write(k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
-             start: np.ndarray, valid: np.ndarray) -> None:  # fmt: skip
+def kv_write(
+    k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: np.ndarray, valid: np.ndarray
+) -> None:
     """Store the new keys and values (B, T, Hkv, D) at positions start[b] + t of the cache."""
     _kv_write(k, v, k_cache, v_cache, start, valid)
 
 
 def attention_cost(
-    batch: int, t: int, context: int, hq: int, hkv: int, d: int, *, act_bytes: int = 4,
-    kv_bytes: float = 4, dtype: str = "fp32",
-) -> KernelCost:  # fmt: skip
+    batch: int,
+    t: int,
+    context: int,
+    hq: int,
+    hkv: int,
+    d: int,
+    *,
+    act_bytes: int = 4,
+    kv_bytes: float = 4,
+    dtype: str = "fp32",
+) -> KernelCost:
     """Scores and weighted sum: 4*B*T*Hq*ctx*D FLOPs (+ softmax); the cache read once per head group.
 
     `context` is the number of cached positions attended to (the compiled bucket).

@@ -37,9 +37,16 @@ def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: np.ndarra
 
 
 def linear_cost(
-    m: int, n: int, k: int, *, weight_bytes_per_elem: float = 4, act_bytes: int = 4,
-    bias: bool = False, dtype: str = "fp32", name: str = "linear",
-) -> KernelCost:  # fmt: skip
+    m: int,
+    n: int,
+    k: int,
+    *,
+    weight_bytes_per_elem: float = 4,
+    act_bytes: int = 4,
+    bias: bool = False,
+    dtype: str = "fp32",
+    name: str = "linear",
+) -> KernelCost:
     """2*M*N*K FLOPs; weights read once, x read and out written once."""
     weights = n * k * weight_bytes_per_elem + (n * act_bytes if bias else 0)
     activations = (m * k + m * n) * act_bytes

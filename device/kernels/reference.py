@@ -83,9 +83,14 @@ def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, rot: int, s
 
 
 def attention(
-    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: np.ndarray, valid: np.ndarray,
-    scale: float, window: int = 0,
-) -> np.ndarray:  # fmt: skip
+    q: np.ndarray,
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    start: np.ndarray,
+    valid: np.ndarray,
+    scale: float,
+    window: int = 0,
+) -> np.ndarray:
     q, k_cache, v_cache = _f64(q, k_cache, v_cache)
     batch, t_len, hq, _ = q.shape
     group = hq // k_cache.shape[1]

@@ -98,9 +98,13 @@ def test_rotary(m, heads, half, style, seed):
 
 
 @given(
-    st.integers(1, 3), st.integers(1, 5), st.sampled_from([(1, 1), (2, 1), (4, 2), (6, 3), (3, 3)]),
-    st.integers(1, 20), st.integers(0, 6), seeds,
-)  # fmt: skip
+    st.integers(1, 3),
+    st.integers(1, 5),
+    st.sampled_from([(1, 1), (2, 1), (4, 2), (6, 3), (3, 3)]),
+    st.integers(1, 20),
+    st.integers(0, 6),
+    seeds,
+)
 def test_attention_prefill_and_decode_with_grouped_heads(batch, t_len, heads, d, window, seed):
     hq, hkv = heads
     rng = np.random.default_rng(seed)

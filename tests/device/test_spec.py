@@ -98,9 +98,17 @@ def test_devices_json_lists_every_preset_with_the_key_figures(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == set(preset_names())
     keys = {
-        "name", "cores", "tiles_per_core", "tile_memory_bytes", "offchip_memory_bytes", "peak_flops",
-        "memory_bandwidth", "link_bandwidth", "link_latency", "topology",
-    }  # fmt: skip
+        "name",
+        "cores",
+        "tiles_per_core",
+        "tile_memory_bytes",
+        "offchip_memory_bytes",
+        "peak_flops",
+        "memory_bandwidth",
+        "link_bandwidth",
+        "link_latency",
+        "topology",
+    }
     for row in rows:
         assert keys <= set(row)
         assert set(row["peak_flops"]) == {"fp32", "fp16", "bf16", "fp8", "int8"}

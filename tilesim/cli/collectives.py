@@ -89,9 +89,17 @@ def run(args: argparse.Namespace) -> int:
         n = max(size // itemsize, 0)
         inputs = make_inputs(args.op, p, n, args.dtype)
         result = run_collective(
-            args.op, inputs, device=device, algo=algo, reduce_op=args.reduce_op, root=args.root,
-            accumulate=args.accumulate, in_place=args.in_place, faults=faults, fabric=args.fabric,
-        )  # fmt: skip
+            args.op,
+            inputs,
+            device=device,
+            algo=algo,
+            reduce_op=args.reduce_op,
+            root=args.root,
+            accumulate=args.accumulate,
+            in_place=args.in_place,
+            faults=faults,
+            fabric=args.fabric,
+        )
         row = result.as_row()
         row["correct"] = check_against_numpy(
             result, inputs, args.accumulate, exact=args.reduce_op != "sum" or _exact_sums(p, args.dtype)
@@ -108,26 +116,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(rows: list[dict], device: Device, args: argparse.Namespace) -> None:
-    print(f"# {args.op} on {device.num_cores} cores of {device.name} ({device.spec.fabric.topology}), "
-          f"{args.dtype}, reduce={args.reduce_op}, fabric={args.fabric}")  # fmt: skip
+    print(
+        f"# {args.op} on {device.num_cores} cores of {device.name} ({device.spec.fabric.topology}), "
+        f"{args.dtype}, reduce={args.reduce_op}, fabric={args.fabric}"
+    )
     table = []
     for r in rows:
         err = (r["time_s"] / r["predicted_time_s"] - 1) if r["predicted_time_s"] else 0.0
-        table.append({
-            "bytes": fmt_bytes(r["bytes"]),
-            "algo": r["algo"] + (" (auto)" if r["auto"] else ""),
-            "time": fmt_time(r["time_s"]),
-            "algbw GB/s": f"{r['algbw'] / 1e9:.3f}" if r["time_s"] else "-",
-            "busbw GB/s": f"{r['busbw'] / 1e9:.3f}" if r["time_s"] else "-",
-            "predicted": fmt_time(r["predicted_time_s"]),
-            "sim/pred": f"{err:+.1%}",
-            "correct": "yes" if r["correct"] else "NO",
-        })  # fmt: skip
+        table.append(
+            {
+                "bytes": fmt_bytes(r["bytes"]),
+                "algo": r["algo"] + (" (auto)" if r["auto"] else ""),
+                "time": fmt_time(r["time_s"]),
+                "algbw GB/s": f"{r['algbw'] / 1e9:.3f}" if r["time_s"] else "-",
+                "busbw GB/s": f"{r['busbw'] / 1e9:.3f}" if r["time_s"] else "-",
+                "predicted": fmt_time(r["predicted_time_s"]),
+                "sim/pred": f"{err:+.1%}",
+                "correct": "yes" if r["correct"] else "NO",
+            }
+        )
     print_table(table, right=("time", "algbw GB/s", "busbw GB/s", "predicted", "sim/pred"))
     link = device.topology.links[0].bandwidth if device.topology.links else 0
     if link:
-        print(f"\nlink bandwidth {link / 1e9:.3f} GB/s per direction; busbw near it means the links are busy, "
-              "far below it at small sizes means latency dominates.")  # fmt: skip
+        print(
+            f"\nlink bandwidth {link / 1e9:.3f} GB/s per direction; busbw near it means the links are busy, "
+            "far below it at small sizes means latency dominates."
+        )
 
 
 def _plot(rows: list[dict], path: str, device: Device, op: str) -> None:

@@ -17,6 +17,8 @@ from tilesim.errors import TilesimError
 SUBCOMMANDS = {
     "devices": "devices",
     "collectives": "collectives",
+    "generate": "generate",
+    "profile": "generate",
 }
 
 

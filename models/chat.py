@@ -1,0 +1,36 @@
+"""Chat templates, rendered in a sandbox: a template from a checkpoint cannot run code.
+
+Rendering follows transformers' `apply_chat_template`: an immutable sandboxed Jinja
+environment with `trim_blocks` and `lstrip_blocks`, the conversation as `messages`, the
+special tokens by name, and `raise_exception` for templates that reject a conversation.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from tilesim.errors import CheckpointError, GenerationError
+
+
+def _raise(message: str) -> None:
+    raise GenerationError(f"the chat template refused the conversation: {message}")
+
+
+def render_chat(
+    template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool = True, **tokens: str
+) -> str:
+    from jinja2 import TemplateError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **tokens
+        )
+    except TemplateError as exc:
+        raise CheckpointError(f"the checkpoint's chat template does not render: {exc}") from None

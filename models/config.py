@@ -1,0 +1,131 @@
+"""What tilesim needs to know about a decoder, read from a HF `config.json` (or GGUF metadata).
+
+`ModelConfig` is one frozen description shared by every architecture; each architecture's
+module fills it from its own config keys (`from_hf`). Reading a key that is missing, or a
+setting tilesim does not implement, raises `CheckpointError` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tilesim.device.kernels.rotary import rope_inv_freq
+
+from tilesim.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str  # llama | gpt2 | opt | gptj | gpt_neox
+    model_type: str  # as the checkpoint says (llama, mistral, qwen2, ...)
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    max_positions: int
+    norm: str  # "rms" | "layer"
+    norm_eps: float
+    activation: str  # "swiglu" | "gelu_tanh" | "gelu_exact" | "relu"
+    positions: str  # "rope" | "learned"
+    rope_style: str = "neox"  # "neox" | "gptj"
+    rotary_dim: int = 0
+    rope_theta: float = 10000.0
+    rope_scaling: tuple = ()  # sorted (key, value) pairs of the rope parameters beyond theta
+    position_offset: int = 0  # OPT's learned positions start at row 2
+    parallel_residual: bool = False
+    shared_layernorm: bool = False  # GPT-J: one norm feeds both branches
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    lm_head_bias: bool = False
+    tie_embeddings: bool = False
+    sliding_window: int = 0
+    attention_scale: float = 0.0  # 0: 1/sqrt(head_dim)
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def scale(self) -> float:
+        return self.attention_scale or 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def params(self) -> int:
+        """Number of weights (embedding counted once when tied)."""
+        h, i, v = self.hidden, self.intermediate, self.vocab_size
+        attn = h * (self.heads * self.head_dim) * 2 + h * (self.kv_heads * self.head_dim) * 2
+        mlp = (3 if self.activation == "swiglu" else 2) * h * i
+        norms = (2 if self.norm == "layer" else 1) * h * 2
+        embed = v * h * (1 if self.tie_embeddings else 2)
+        return self.layers * (attn + mlp + norms) + embed
+
+    def inv_freq(self) -> np.ndarray:
+        """The rotary inverse frequencies (fp32), with any rope scaling applied."""
+        base = rope_inv_freq(self.rotary_dim, self.rope_theta)
+        scaling = dict(self.rope_scaling)
+        kind = scaling.get("rope_type", "default")
+        if kind == "default":
+            return base
+        if kind == "linear":
+            return (base / np.float32(scaling["factor"])).astype(np.float32)
+        if kind == "llama3":
+            return _llama3_inv_freq(base, scaling)
+        raise CheckpointError(f"rope scaling {kind!r} is not supported (supported: default, linear, llama3)")
+
+
+def _llama3_inv_freq(inv_freq: np.ndarray, s: dict) -> np.ndarray:
+    factor, low, high = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    old = float(s["original_max_position_embeddings"])
+    wavelen = np.float32(2 * math.pi) / inv_freq
+    scaled = np.where(wavelen > old / low, inv_freq / np.float32(factor), inv_freq).astype(np.float32)
+    smooth = ((old / wavelen - low) / (high - low)).astype(np.float32)
+    smoothed = ((1 - smooth) * scaled / np.float32(factor) + smooth * scaled).astype(np.float32)
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+class HFConfig:
+    """Reads keys of a config.json, raising CheckpointError that names the file and the key."""
+
+    def __init__(self, raw: dict[str, Any], where: str):
+        self.raw = raw
+        self.where = where
+
+    def get(self, *keys: str, default: Any = ...) -> Any:
+        for key in keys:
+            if key in self.raw and self.raw[key] is not None:
+                return self.raw[key]
+        if default is ...:
+            raise CheckpointError(f"{self.where}: missing {' or '.join(repr(k) for k in keys)}")
+        return default
+
+    def rope(self) -> tuple[float, dict[str, Any]]:
+        """(theta, other rope parameters) from `rope_parameters` (transformers 5) or the
+        older `rope_theta` / `rope_scaling` keys."""
+        params = dict(self.raw.get("rope_parameters") or {})
+        legacy = dict(self.raw.get("rope_scaling") or {})
+        if "type" in legacy and "rope_type" not in legacy:
+            legacy["rope_type"] = legacy.pop("type")
+        params = {**legacy, **params}
+        theta = float(params.pop("rope_theta", self.raw.get("rope_theta", self.raw.get("rotary_emb_base", 10000.0))))
+        return theta, params
+
+    def eos_ids(self) -> tuple[int, ...]:
+        eos = self.raw.get("eos_token_id")
+        if eos is None:
+            return ()
+        return tuple(eos) if isinstance(eos, list) else (int(eos),)
+
+
+def scaling_tuple(params: dict[str, Any]) -> tuple:
+    kept = {k: v for k, v in params.items() if k not in ("partial_rotary_factor",)}
+    if kept.get("rope_type", "default") == "default":
+        return ()
+    return tuple(sorted(kept.items()))

@@ -1,0 +1,136 @@
+"""The decoder-only transformer that every supported architecture is an instance of.
+
+Architectures differ in flags of `ModelConfig` (norm kind, activation, positions, parallel
+residual, biases, tied embeddings); each architecture module maps its checkpoint's tensor
+names to the canonical weight names used here and calls `build_graph`.
+
+    x = embed(ids) [+ positions]
+    for every layer:
+        h = norm1(x)
+        q, k, v = h @ Wq, h @ Wk, h @ Wv          # column-parallel, by heads
+        q, k = rope(q, k)                         # when positions are rotary
+        a = attention(q, k, v) @ Wo               # row-parallel: all-reduce
+        sequential:  x = x + a; m = mlp(norm2(x)); x = x + m
+        parallel:    m = mlp(norm2(x) or h); x = (a + m) + x   (GPT-J, GPT-NeoX)
+    logits = lm_head(norm(x))                     # vocabulary-parallel
+The MLP is up (column-parallel), activation, down (row-parallel); SwiGLU multiplies
+silu(gate) by up.
+"""
+
+from __future__ import annotations
+
+from tilesim.models.config import ModelConfig
+from tilesim.runtime.graph import DecoderGraph, GraphBuilder
+
+
+def _norm(g: GraphBuilder, cfg: ModelConfig, x: str, name: str) -> str:
+    bias = f"{name}.bias" if cfg.norm == "layer" else None
+    return g.norm(x, f"{name}.weight", bias, "layer_norm" if cfg.norm == "layer" else "rms_norm", cfg.norm_eps)
+
+
+def _mlp(g: GraphBuilder, cfg: ModelConfig, h: str, p: str) -> str:
+    bias = cfg.mlp_bias
+    if cfg.activation == "swiglu":
+        gate = g.linear(
+            h,
+            f"{p}gate.weight",
+            f"{p}gate.bias" if bias else None,
+            cfg.intermediate,
+            split="out",
+            op_type="mlp",
+            hint="gate",
+        )
+        up = g.linear(
+            h, f"{p}up.weight", f"{p}up.bias" if bias else None, cfg.intermediate, split="out", op_type="mlp", hint="up"
+        )
+        inner = g.swiglu(gate, up)
+    else:
+        up = g.linear(
+            h, f"{p}up.weight", f"{p}up.bias" if bias else None, cfg.intermediate, split="out", op_type="mlp", hint="up"
+        )
+        inner = g.act(up, cfg.activation)
+    return g.linear(
+        inner, f"{p}down.weight", f"{p}down.bias" if bias else None, cfg.hidden, split="in", op_type="mlp", hint="down"
+    )
+
+
+def build_graph(cfg: ModelConfig) -> DecoderGraph:
+    g = GraphBuilder(
+        cfg.model_type,
+        vocab_size=cfg.vocab_size,
+        hidden=cfg.hidden,
+        heads=cfg.heads,
+        kv_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        layers=cfg.layers,
+        max_positions=cfg.max_positions,
+    )
+    x = g.embed("embed.weight")
+    if cfg.positions == "learned":
+        x = g.add_positions(x, "pos.weight", cfg.max_positions + cfg.position_offset, cfg.position_offset)
+    inv_freq = cfg.inv_freq() if cfg.positions == "rope" else None
+    hq, hkv, d = cfg.heads, cfg.kv_heads, cfg.head_dim
+    for i in range(cfg.layers):
+        p = f"layers.{i}."
+        with g.layer(i):
+            h = _norm(g, cfg, x, f"{p}norm1")
+            qb = cfg.qkv_bias
+            q = g.linear(
+                h,
+                f"{p}q.weight",
+                f"{p}q.bias" if qb else None,
+                hq * d,
+                split="out",
+                op_type="attention",
+                heads=(hq, d),
+                hint="q",
+            )
+            k = g.linear(
+                h,
+                f"{p}k.weight",
+                f"{p}k.bias" if qb else None,
+                hkv * d,
+                split="out",
+                op_type="attention",
+                heads=(hkv, d),
+                kv=True,
+                hint="k",
+            )
+            v = g.linear(
+                h,
+                f"{p}v.weight",
+                f"{p}v.bias" if qb else None,
+                hkv * d,
+                split="out",
+                op_type="attention",
+                heads=(hkv, d),
+                kv=True,
+                hint="v",
+            )
+            if inv_freq is not None:
+                g.rope(q, k, style=cfg.rope_style, rot=cfg.rotary_dim, inv_freq=inv_freq)
+            a = g.attention(q, k, v, scale=cfg.scale, window=cfg.sliding_window)
+            o = g.linear(
+                a,
+                f"{p}o.weight",
+                f"{p}o.bias" if cfg.o_bias else None,
+                cfg.hidden,
+                split="in",
+                op_type="attention",
+                hint="o",
+            )
+            if cfg.parallel_residual:
+                h2 = h if cfg.shared_layernorm else _norm(g, cfg, x, f"{p}norm2")
+                m = _mlp(g, cfg, h2, p)
+                x = g.add(g.add(o, m), x)
+            else:
+                x = g.add(x, o)
+                m = _mlp(g, cfg, _norm(g, cfg, x, f"{p}norm2"), p)
+                x = g.add(x, m)
+    x = _norm(g, cfg, x, "final_norm")
+    last = g.select_last(x)
+    head = "embed.weight" if cfg.tie_embeddings else "lm_head.weight"
+    logits = g.lm_head(last, head, "lm_head.bias" if cfg.lm_head_bias else None)
+    return g.build(
+        logits, bos_token_id=cfg.bos_token_id, eos_token_ids=cfg.eos_token_ids, pad_token_id=cfg.pad_token_id
+    )

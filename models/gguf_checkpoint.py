@@ -1,0 +1,103 @@
+"""Llama-family models stored as GGUF (llama.cpp's format): config from metadata, weight names.
+
+llama.cpp's converter permutes the rows of the Q and K projections of `llama` models for
+its interleaved rotary layout; the row maps here undo it (as transformers does when it
+loads a GGUF), so the canonical weights are the Hugging Face ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tilesim.models.config import ModelConfig
+from tilesim.models.readers import GGUFTensorReader
+from tilesim.models.weights import WeightRef
+
+from tilesim.errors import CheckpointError
+
+ARCHITECTURES = ("llama", "qwen2")
+
+
+def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
+    arch = reader.field("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{reader.path}: GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
+        )
+
+    def key(name: str, default=None):
+        value = reader.field(f"{arch}.{name}", default)
+        if value is None:
+            raise CheckpointError(f"{reader.path}: GGUF metadata has no {arch}.{name}")
+        return value
+
+    scaling = reader.field(f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise CheckpointError(f"{reader.path}: GGUF rope scaling {scaling!r} is not supported")
+    hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
+    head_dim = hidden // heads
+    tokens = reader.field("tokenizer.ggml.tokens")
+    vocab = int(reader.field(f"{arch}.vocab_size", len(tokens) if tokens else 0) or 0)
+    if not vocab:
+        vocab = reader.shape("token_embd.weight")[0]
+    eos = reader.field("tokenizer.ggml.eos_token_id")
+    return ModelConfig(
+        arch="llama",
+        model_type=arch,
+        vocab_size=vocab,
+        hidden=hidden,
+        layers=int(key("block_count")),
+        heads=heads,
+        kv_heads=int(key("attention.head_count_kv", heads)),
+        head_dim=head_dim,
+        intermediate=int(key("feed_forward_length")),
+        max_positions=int(key("context_length")),
+        norm="rms",
+        norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-6)),
+        activation="swiglu",
+        positions="rope",
+        rope_style="neox",
+        rotary_dim=int(key("rope.dimension_count", head_dim)),
+        rope_theta=float(key("rope.freq_base", 10000.0)),
+        qkv_bias="blk.0.attn_q.bias" in reader.tensors,
+        tie_embeddings="output.weight" not in reader.tensors,
+        bos_token_id=reader.field("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=() if eos is None else (int(eos),),
+        pad_token_id=reader.field("tokenizer.ggml.padding_token_id"),
+    )
+
+
+def unpermute_rows(heads: int, head_dim: int) -> np.ndarray:
+    """For each Hugging Face row of a Q or K projection, the row llama.cpp stored it at.
+
+    llama.cpp viewed the rows as (head, half, i) and stored them as (head, i, half).
+    """
+    r = np.arange(heads * head_dim)
+    h, rem = np.divmod(r, head_dim)
+    half, i = np.divmod(rem, head_dim // 2)
+    return h * head_dim + 2 * i + half
+
+
+def weight_refs(cfg: ModelConfig, names: set[str]) -> dict[str, WeightRef]:
+    refs = {"embed.weight": WeightRef("token_embd.weight"), "final_norm.weight": WeightRef("output_norm.weight")}
+    if not cfg.tie_embeddings:
+        refs["lm_head.weight"] = WeightRef("output.weight")
+    permute = cfg.model_type == "llama"
+    q_rows = unpermute_rows(cfg.heads, cfg.head_dim) if permute else None
+    k_rows = unpermute_rows(cfg.kv_heads, cfg.head_dim) if permute else None
+    parts = {
+        "norm1": "attn_norm",
+        "norm2": "ffn_norm",
+        "q": "attn_q",
+        "k": "attn_k",
+        "v": "attn_v",
+        "o": "attn_output",
+        "gate": "ffn_gate",
+        "up": "ffn_up",
+        "down": "ffn_down",
+    }
+    for i in range(cfg.layers):
+        for ours, theirs in parts.items():
+            rows = q_rows if ours == "q" else k_rows if ours == "k" else None
+            refs[f"layers.{i}.{ours}.weight"] = WeightRef(f"blk.{i}.{theirs}.weight", rows_map=rows)
+            refs[f"layers.{i}.{ours}.bias"] = WeightRef(f"blk.{i}.{theirs}.bias", rows_map=rows)
+    return refs

@@ -1,0 +1,130 @@
+"""The latency and memory report of a run, computed from its `Trace` alone.
+
+- time to first token (the prefill step), time per output token over the decode steps
+  (mean, p50, p99), simulated tokens per second for the batch;
+- where the time goes: per op type on the critical path, and per core compute,
+  communication and waiting;
+- utilisation: achieved FLOP/s over peak (MFU) and bytes/s over bandwidth (MBU), with the
+  kernels that are compute-bound and memory-bound;
+- memory per core (weights, KV cache, activations, peak, free) and per tile (max, mean, the
+  fullest tiles and their tenants).
+Every number comes from the same spans the trace file shows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+from tilesim.profiler.events import StepRecord, Trace
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
+
+
+def step_breakdown(step: StepRecord) -> dict[str, float]:
+    """Seconds of the step's critical path per op type (they add up to its latency)."""
+    out: dict[str, float] = defaultdict(float)
+    for span in step.spans:
+        if span.critical:
+            out[span.op_type] += span.duration
+    return dict(out)
+
+
+def core_breakdown(step: StepRecord, cores: int) -> list[dict[str, float]]:
+    """Per core: seconds computing, communicating and waiting during the step."""
+    rows = [{"compute": 0.0, "communication": 0.0, "waiting": 0.0} for _ in range(cores)]
+    for span in step.spans:
+        key = {"compute": "compute", "collective": "communication", "wait": "waiting"}.get(span.lane)
+        if key:
+            rows[span.core][key] += span.duration
+    return rows
+
+
+def build_report(trace: Trace) -> dict[str, Any]:
+    prefill = [s for s in trace.steps if s.phase == "prefill"]
+    decode = [s for s in trace.steps if s.phase == "decode"]
+    total_time = sum(s.latency for s in trace.steps)
+    new_tokens = sum(s.tokens for s in trace.steps)
+    itl = [s.latency for s in decode]
+    report: dict[str, Any] = {
+        "device": trace.device.get("name"),
+        "cores": trace.device.get("cores"),
+        "ttft_s": prefill[0].latency if prefill else 0.0,
+        "itl_s": float(np.mean(itl)) if itl else 0.0,
+        "tpot_s": {
+            "mean": float(np.mean(itl)) if itl else 0.0,
+            "p50": _percentile(itl, 50),
+            "p99": _percentile(itl, 99),
+        },
+        "sim_tokens_per_s": new_tokens / total_time if total_time else 0.0,
+        "sim_total_s": total_time,
+        "steps": len(trace.steps),
+    }
+    if prefill:
+        report["prefill_breakdown_s"] = step_breakdown(prefill[0])
+    if decode:
+        report["decode_breakdown_s"] = step_breakdown(decode[-1])
+        report["decode_cores"] = core_breakdown(decode[-1], trace.device.get("cores", 1))
+    report["utilisation"] = utilisation(trace)
+    if trace.memory is not None:
+        report["memory"] = memory_report(trace)
+    return report
+
+
+def utilisation(trace: Trace) -> dict[str, Any]:
+    """MFU and MBU over the whole run, and the busiest kernels with their bound."""
+    cores = trace.device.get("cores", 1)
+    peak = trace.device.get("peak_flops", 0.0)
+    bandwidth = trace.device.get("memory_bandwidth", 0.0)
+    flops = bytes_ = 0.0
+    kernels: dict[str, dict[str, Any]] = {}
+    for step in trace.steps:
+        for span in step.spans:
+            if span.lane != "compute":
+                continue
+            flops += span.flops
+            bytes_ += span.bytes
+            entry = kernels.setdefault(span.name, {"time_s": 0.0, "flops": 0.0, "bytes": 0.0, "bound": span.bound})
+            entry["time_s"] += span.duration / cores
+            entry["flops"] += span.flops
+            entry["bytes"] += span.bytes
+    total = trace.end
+    mfu = flops / (total * peak * cores) if total and peak else 0.0
+    mbu = bytes_ / (total * bandwidth * cores) if total and bandwidth else 0.0
+    top = sorted(kernels.items(), key=lambda kv: -kv[1]["time_s"])[:8]
+    return {"mfu": mfu, "mbu": mbu, "kernels": {name: entry for name, entry in top}}
+
+
+def memory_report(trace: Trace) -> dict[str, Any]:
+    mem = trace.memory
+    per_core = []
+    for core, kinds in enumerate(mem.per_core):
+        used = {region: 0 for region in mem.capacity}
+        for kind, nbytes in kinds.items():
+            used[mem.regions[kind]] += nbytes
+        per_core.append(
+            {
+                **kinds,
+                "peak": mem.peak[core],
+                "free": {region: mem.capacity[region] - used[region] for region in mem.capacity},
+            }
+        )
+    tiles = np.array(mem.tile_usage, dtype=np.int64) if mem.tile_usage else np.zeros((0, 0))
+    return {
+        "per_core_peak_bytes": list(mem.peak),
+        "max_tile_bytes": int(tiles.max()) if tiles.size else 0,
+        "mean_tile_bytes": float(tiles.mean()) if tiles.size else 0.0,
+        "tile_bytes": mem.tile_bytes,
+        "regions": dict(mem.regions),
+        "capacity": dict(mem.capacity),
+        "per_core": per_core,
+        "fullest_tiles": [
+            {"core": core, "tile": tile, "tenants": [{"name": n, "bytes": b} for n, b in tenants]}
+            for core, rows in enumerate(mem.tenants)
+            for tile, tenants in rows[:1]
+        ],
+        "notes": list(mem.notes),
+    }

@@ -1,0 +1,276 @@
+"""Functional execution of a sharded graph: every core runs its numba kernels on its own
+memory, and the collectives move the bytes between cores.
+
+`Executor` binds each node of the sharded graph, once, to the arrays it touches on every
+core (weight slices, KV cache, planned activation views), so a step is a loop over small
+closures. A step's rows are `batch x tokens`; nodes after `select_last` see one row per
+sequence (all rows when every position's logits are asked for). All-reduces run the
+collective's schedule: its data moves are recorded once per size (collectives.execute.record)
+and replayed, in the schedule's order, so each core ends with what arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tilesim.collectives import build_schedule
+from tilesim.collectives.execute import Recording, record
+from tilesim.device.analytic import AnalyticFabric
+from tilesim.device.kernels import activations, attention, elementwise, matmul, norms, rotary
+from tilesim.runtime.graph import DecoderGraph, Node
+from tilesim.runtime.shard import ShardPlan
+
+
+@dataclass
+class StepInputs:
+    """The host's inputs to one step: `batch` sequences of `tokens` new tokens each."""
+
+    ids: np.ndarray  # (batch * tokens,) int64, padding rows hold 0
+    positions: np.ndarray  # (batch * tokens,) int64: absolute position of each row
+    start: np.ndarray  # (batch,) int64: position of each sequence's first new token
+    valid: np.ndarray  # (batch,) int64: how many of the `tokens` rows are real
+    batch: int
+    tokens: int
+    all_logits: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.batch * self.tokens
+
+    @property
+    def last_rows(self) -> np.ndarray:
+        return np.arange(self.batch) * self.tokens + np.maximum(self.valid, 1) - 1
+
+
+Op = Callable[[StepInputs], None]
+
+
+class Executor:
+    """Runs a sharded graph on the cores' memory; `step(inputs)` returns the logits (rows, vocab)."""
+
+    def __init__(
+        self,
+        graph: DecoderGraph,
+        sp: ShardPlan,
+        weights: list[dict[str, np.ndarray]],
+        kv: list[list[tuple[np.ndarray, np.ndarray]]],
+        acts: list[dict[str, np.ndarray]],
+        fabric: AnalyticFabric,
+        algorithms: Callable[[str, int], str],
+        rope_tables: tuple[np.ndarray, np.ndarray] | None,
+    ):
+        self.graph, self.sp = graph, sp
+        self.weights, self.kv, self.acts = weights, kv, acts
+        self.fabric = fabric
+        self.algorithms = algorithms  # (op, elements) -> algorithm name
+        self.rope_tables = rope_tables
+        self.tp = sp.tp
+        self._recordings: dict[tuple[str, int], Recording] = {}
+        self.ops: list[Op] = []
+        after = False
+        for node in sp.nodes:
+            after = after or node.op == "select_last"
+            self.ops.append(getattr(self, f"_bind_{node.op}")(node, after and node.op != "select_last"))
+
+    def step(self, inputs: StepInputs) -> np.ndarray:
+        for op in self.ops:
+            op(inputs)
+        return self._logits
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _views(self, name: str) -> list[np.ndarray]:
+        return [self.acts[c][name] for c in range(self.tp)]
+
+    def _params(self, node: Node, i: int) -> list[np.ndarray | None]:
+        if len(node.params) <= i:
+            return [None] * self.tp
+        return [self.weights[c][node.params[i]] for c in range(self.tp)]
+
+    @staticmethod
+    def _rows(inputs: StepInputs, after_select: bool) -> int:
+        return inputs.batch if after_select and not inputs.all_logits else inputs.rows
+
+    # -- one binder per op --------------------------------------------------------------
+
+    def _bind_embed(self, node: Node, after: bool) -> Op:
+        outs, tables = self._views(node.out), self._params(node, 0)
+        starts = [self.sp.rows[node.params[0]][c][0] for c in range(self.tp)]
+
+        def run(inputs: StepInputs) -> None:
+            m = inputs.rows
+            for out, table, start in zip(outs, tables, starts, strict=True):
+                elementwise.embed(inputs.ids, table, start, out[:m])
+
+        return run
+
+    def _bind_add_positions(self, node: Node, after: bool) -> Op:
+        xs, outs, tables = self._views(node.inputs[0]), self._views(node.out), self._params(node, 0)
+        offset = node.attrs["offset"]
+
+        def run(inputs: StepInputs) -> None:
+            m = inputs.rows
+            rows = inputs.positions + offset
+            for x, out, table in zip(xs, outs, tables, strict=True):
+                np.add(x[:m], table[rows], out=out[:m])
+
+        return run
+
+    def _bind_norm(self, node: Node, after: bool) -> Op:
+        xs, outs = self._views(node.inputs[0]), self._views(node.out)
+        ws, bs = self._params(node, 0), self._params(node, 1)
+        eps, layer = node.attrs["eps"], node.attrs["kind"] == "layer_norm"
+
+        def run(inputs: StepInputs) -> None:
+            m = self._rows(inputs, after)
+            for x, out, w, b in zip(xs, outs, ws, bs, strict=True):
+                if layer:
+                    norms.layer_norm(x[:m], w, b, eps, out[:m])
+                else:
+                    norms.rms_norm(x[:m], w, eps, out[:m])
+
+        return run
+
+    def _bind_linear(self, node: Node, after: bool) -> Op:
+        xs, outs = self._views(node.inputs[0]), self._views(node.out)
+        ws, bs = self._params(node, 0), self._params(node, 1)
+
+        def run(inputs: StepInputs) -> None:
+            m = self._rows(inputs, after)
+            for x, out, w, b in zip(xs, outs, ws, bs, strict=True):
+                matmul.linear(x[:m], w, b, out[:m])
+
+        return run
+
+    _bind_lm_head = _bind_linear
+
+    def _bind_bias(self, node: Node, after: bool) -> Op:
+        xs, bs = self._views(node.out), self._params(node, 0)
+
+        def run(inputs: StepInputs) -> None:
+            m = self._rows(inputs, after)
+            for x, b in zip(xs, bs, strict=True):
+                elementwise.add_bias(x[:m], b)
+
+        return run
+
+    def _bind_allreduce(self, node: Node, after: bool) -> Op:
+        views = self._views(node.out)
+        width = views[0].shape[1]
+
+        def run(inputs: StepInputs) -> None:
+            if self.tp == 1:
+                return
+            m = self._rows(inputs, after)
+            self._recording(node.out, m, width, views).replay(np.add)
+
+        return run
+
+    def _recording(self, name: str, m: int, width: int, views: list[np.ndarray]) -> Recording:
+        key = (name, m)
+        rec = self._recordings.get(key)
+        if rec is None:
+            n = m * width
+            schedule = build_schedule("allreduce", self.algorithms("allreduce", n), self.tp, n)
+            buffers = []
+            for v in views:
+                flat = v[:m].reshape(-1)
+                buffers.append({"in": flat, "out": flat, "tmp": np.zeros(schedule.tmp_len, np.float32)})
+            rec = self._recordings[key] = record(schedule, buffers, self.fabric, 4)
+        return rec
+
+    def _bind_rope(self, node: Node, after: bool) -> Op:
+        qs, ks = self._views(node.inputs[0]), self._views(node.inputs[1])
+        d = self.graph.head_dim
+        rot, style = node.attrs["rot"], node.attrs["style"]
+        cos, sin = self.rope_tables
+
+        def run(inputs: StepInputs) -> None:
+            m = inputs.rows
+            for q, k in zip(qs, ks, strict=True):
+                rotary.rope(q[:m].reshape(m, -1, d), inputs.positions, cos, sin, rot, style)
+                rotary.rope(k[:m].reshape(m, -1, d), inputs.positions, cos, sin, rot, style)
+
+        return run
+
+    def _bind_attention(self, node: Node, after: bool) -> Op:
+        qs, ks, vs = (self._views(name) for name in node.inputs)
+        outs = self._views(node.out)
+        layer = node.layer
+        caches = [self.kv[c][layer] for c in range(self.tp)]
+        d, scale, window = self.graph.head_dim, node.attrs["scale"], node.attrs["window"]
+
+        def run(inputs: StepInputs) -> None:
+            b, t, m = inputs.batch, inputs.tokens, inputs.rows
+            for q, k, v, out, (k_cache, v_cache) in zip(qs, ks, vs, outs, caches, strict=True):
+                k4, v4 = k[:m].reshape(b, t, -1, d), v[:m].reshape(b, t, -1, d)
+                attention.kv_write(k4, v4, k_cache, v_cache, inputs.start, inputs.valid)
+                attention.attention(
+                    q[:m].reshape(b, t, -1, d),
+                    k_cache,
+                    v_cache,
+                    inputs.start,
+                    inputs.valid,
+                    scale,
+                    out[:m].reshape(b, t, -1, d),
+                    window,
+                )
+
+        return run
+
+    def _bind_act(self, node: Node, after: bool) -> Op:
+        xs, outs = self._views(node.inputs[0]), self._views(node.out)
+        fn = activations.ACTIVATIONS[node.attrs["kind"]]
+
+        def run(inputs: StepInputs) -> None:
+            m = self._rows(inputs, after)
+            for x, out in zip(xs, outs, strict=True):
+                fn(x[:m], out[:m])
+
+        return run
+
+    def _bind_swiglu(self, node: Node, after: bool) -> Op:
+        gates, ups, outs = self._views(node.inputs[0]), self._views(node.inputs[1]), self._views(node.out)
+
+        def run(inputs: StepInputs) -> None:
+            m = self._rows(inputs, after)
+            for g, u, out in zip(gates, ups, outs, strict=True):
+                activations.silu_mul(g[:m], u[:m], out[:m])
+
+        return run
+
+    def _bind_add(self, node: Node, after: bool) -> Op:
+        a_s, b_s, outs = self._views(node.inputs[0]), self._views(node.inputs[1]), self._views(node.out)
+
+        def run(inputs: StepInputs) -> None:
+            m = self._rows(inputs, after)
+            for a, b, out in zip(a_s, b_s, outs, strict=True):
+                elementwise.add(a[:m], b[:m], out[:m])
+
+        return run
+
+    def _bind_select_last(self, node: Node, after: bool) -> Op:
+        xs, outs = self._views(node.inputs[0]), self._views(node.out)
+
+        def run(inputs: StepInputs) -> None:
+            if inputs.all_logits:
+                m = inputs.rows
+                for x, out in zip(xs, outs, strict=True):
+                    out[:m] = x[:m]
+                return
+            rows = inputs.last_rows
+            for x, out in zip(xs, outs, strict=True):
+                np.take(x, rows, axis=0, out=out[: inputs.batch])
+
+        return run
+
+    def _bind_gather_logits(self, node: Node, after: bool) -> Op:
+        views = self._views(node.out)
+
+        def run(inputs: StepInputs) -> None:
+            m = self._rows(inputs, True)
+            self._logits = np.concatenate([v[:m] for v in views], axis=1) if self.tp > 1 else views[0][:m].copy()
+
+        return run

@@ -1,0 +1,158 @@
+"""The memory plan of every core, made before anything is loaded.
+
+Per core: the weight slices it holds, a KV cache of `max_context` positions per sequence
+(a fixed buffer, as the real toolchains keep it), and the activations of the largest step,
+packed by liveness (a buffer whose last reader has run is reused by a later one, greedy by
+size). Each kind goes to the memory the device's placement names; activations that do not
+fit in tile memory fall back to off-chip memory when the core has it. A model that does not
+fit raises OutOfTileMemory with the per-core totals, before any weight is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tilesim.device.device import Device
+from tilesim.device.memory import ALIGNMENT, Block
+from tilesim.runtime.graph import DecoderGraph
+from tilesim.runtime.shard import ShardPlan
+
+from tilesim.errors import OutOfTileMemory
+from tilesim.units import fmt_bytes
+
+IN_PLACE_OPS = ("allreduce", "bias", "rope")  # write into an input; make no new value
+
+
+def aligned(nbytes: int) -> int:
+    return max(ALIGNMENT, (int(nbytes) + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT)
+
+
+@dataclass
+class ActivationLayout:
+    """Where each activation lives inside one core's activation block, and its 2-D shape."""
+
+    offsets: dict[str, int]
+    shapes: dict[str, tuple[int, int]]
+    total: int
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes per core by kind, the regions they go to, and the activation layouts."""
+
+    weights: list[int]
+    kv_cache: list[int]
+    activations: list[int]
+    regions: dict[str, str]  # kind -> region
+    layouts: list[ActivationLayout]
+    rows: int  # activation rows of the largest step (batch x prefill tokens)
+    notes: list[str] = field(default_factory=list)
+
+    def per_core(self, core: int) -> dict[str, int]:
+        return {"weights": self.weights[core], "kv_cache": self.kv_cache[core], "activations": self.activations[core]}
+
+
+def plan_memory(
+    graph: DecoderGraph,
+    sp: ShardPlan,
+    device: Device,
+    *,
+    batch: int,
+    max_context: int,
+    prefill_tokens: int,
+    weight_bytes: dict[str, float],
+    kv_itemsize: float = 4.0,
+    all_logits: bool = False,
+) -> MemoryPlan:
+    """Plan every core's memory; raises OutOfTileMemory (with per-core totals) if it cannot fit.
+
+    `weight_bytes[param]` is the stored bytes per element of each weight (4 for fp32).
+    """
+    tp = sp.tp
+    rows = batch * prefill_tokens
+    weights = [0] * tp
+    for param, spec in graph.params.items():
+        for core in range(tp):
+            n = int(np.prod(sp.local_shape(param, spec.shape, core)))
+            weights[core] += aligned(int(np.ceil(n * weight_bytes.get(param, 4.0))))
+    kv = []
+    for core in range(tp):
+        lo, hi = sp.kv_heads[core]
+        per_layer = batch * (hi - lo) * max_context * graph.head_dim * kv_itemsize
+        kv.append(graph.layers * 2 * aligned(int(np.ceil(per_layer))))
+    layouts = [activation_layout(graph, sp, core, rows, batch, all_logits) for core in range(tp)]
+    activations = [layout.total for layout in layouts]
+    regions = dict(device.spec.placement)
+    plan = MemoryPlan(weights, kv, activations, regions, layouts, rows)
+    _fit(plan, graph, device)
+    return plan
+
+
+def activation_layout(
+    graph: DecoderGraph, sp: ShardPlan, core: int, rows: int, batch: int, all_logits: bool
+) -> ActivationLayout:
+    """Offsets of every activation of `core` for a step of `rows` token rows, by liveness."""
+    first, last = {}, {}
+    after_select = False
+    shapes = {}
+    for i, node in enumerate(sp.nodes):
+        for name in node.inputs:
+            if name in first:
+                last[name] = i
+        after_select = after_select or node.op == "select_last"
+        if node.out and node.op not in IN_PLACE_OPS and node.out not in first:
+            first[node.out] = last[node.out] = i
+            n_rows = batch if after_select and not all_logits else rows
+            shapes[node.out] = (n_rows, sp.widths[node.out][core])
+    last[graph.output] = len(sp.nodes)
+    order = sorted(first, key=lambda v: -shapes[v][0] * shapes[v][1])
+    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
+    offsets = {}
+    for name in order:
+        size = aligned(shapes[name][0] * shapes[name][1] * 4)
+        busy = sorted((o, e) for o, e, f, l in placed if not (l < first[name] or last[name] < f))
+        offset = 0
+        for o, e in busy:
+            if offset + size <= o:
+                break
+            offset = max(offset, e)
+        placed.append((offset, offset + size, first[name], last[name]))
+        offsets[name] = offset
+    total = max((e for _, e, _, _ in placed), default=0)
+    return ActivationLayout(offsets, shapes, aligned(total))
+
+
+def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:
+    spec = device.spec.core
+    capacity = {"tiles": spec.tile_memory_bytes, "offchip": spec.offchip_bytes}
+    worst = max(range(len(plan.weights)), key=lambda c: sum(plan.per_core(c).values()))
+    need = {"tiles": 0, "offchip": 0}
+    for kind, nbytes in plan.per_core(worst).items():
+        need[plan.regions[kind]] += nbytes
+    if need["tiles"] > capacity["tiles"] and plan.regions["activations"] == "tiles" and capacity["offchip"]:
+        moved = plan.activations[worst]
+        if need["offchip"] + moved <= capacity["offchip"]:
+            plan.regions["activations"] = "offchip"
+            need["tiles"] -= moved
+            need["offchip"] += moved
+            plan.notes.append(f"activations ({fmt_bytes(moved)} per core) do not fit in tile memory: placed off-chip")
+    for region in ("tiles", "offchip"):
+        if need[region] > capacity[region]:
+            label = {"weights": "weights", "kv_cache": "KV cache", "activations": "activations"}
+            parts = ", ".join(
+                f"{label[kind]} {fmt_bytes(n)}"
+                for kind, n in plan.per_core(worst).items()
+                if plan.regions[kind] == region
+            )
+            where = "tile memory" if region == "tiles" else "off-chip memory"
+            raise OutOfTileMemory(
+                f"{graph.name} does not fit on {len(plan.weights)} core(s) of {device.name}: core {worst} needs "
+                f"{fmt_bytes(need[region])} of {where} ({parts}) but has {fmt_bytes(capacity[region])}; use a higher "
+                "--tp, a smaller --max-context or batch, or a device with more memory"
+            )
+
+
+def place(plan: MemoryPlan, device: Device, core: int, kind: str, nbytes: int, name: str) -> Block:
+    """Allocate one planned tensor on a core, in the region the plan chose for its kind."""
+    return device.cores[core].memory.allocate(nbytes, name, kind, plan.regions[kind])

@@ -1,0 +1,383 @@
+"""A model placed on an emulated device: weights sharded over cores, a KV cache in device
+memory, compiled steps, and `generate`.
+
+    model = Model(checkpoint, Device("trn1", cores=3), tp=3)
+    out = model.generate([[1, 2, 3]], max_new_tokens=16)
+
+Loading plans every core's memory first (raising OutOfTileMemory before anything is read
+if the model does not fit), then reads each core's weight slices straight into its arena.
+Each step runs functionally on the cores (unless timing-only) and is timed from its static
+shape; the run's `Trace` and report come back with the tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tilesim.device import kernels
+from tilesim.device.analytic import AnalyticFabric
+from tilesim.device.device import Device, describe
+from tilesim.device.kernels.rotary import rope_tables
+from tilesim.profiler.events import MemorySnapshot, StepRecord, Trace
+from tilesim.profiler.report import build_report
+from tilesim.runtime import memplan, shard
+from tilesim.runtime.execute import Executor, StepInputs
+from tilesim.runtime.graph import DecoderGraph
+from tilesim.runtime.sampling import SamplingParams, choose
+from tilesim.runtime.timing import StepShape, StepTimer, bucket
+
+from tilesim.errors import ConfigError, GenerationError, ShardingError
+
+_DEFAULT = object()
+DTYPES = ("fp32",)
+PREFILL_SMALLEST, DECODE_SMALLEST = 16, 128  # smallest compiled buckets (tokens, context)
+
+
+@dataclass
+class GenerateOutput:
+    """What `generate` returns: new ids per prompt (up to and with EOS), report, trace."""
+
+    tokens: list[np.ndarray]
+    prompt_tokens: list[np.ndarray]
+    report: dict
+    trace: Trace
+    logits: list[np.ndarray] | None = None
+    finished: list[bool] = field(default_factory=list)
+
+    def sequences(self, pad: int = 0) -> np.ndarray:
+        """The new tokens as one (batch, longest) array, shorter rows padded with `pad`."""
+        width = max((len(t) for t in self.tokens), default=0)
+        out = np.full((len(self.tokens), width), pad, dtype=np.int64)
+        for i, t in enumerate(self.tokens):
+            out[i, : len(t)] = t
+        return out
+
+
+class Model:
+    """A checkpoint sharded over `tp` cores of `device`; see the module doc."""
+
+    def __init__(
+        self,
+        checkpoint,
+        device: Device,
+        tp: int,
+        *,
+        dtype: str = "fp32",
+        max_context: int | None = None,
+        batch: int = 1,
+        algo: str = "auto",
+        timing_only: bool = False,
+        progress: Callable | None = None,
+    ):
+        start = time.perf_counter()
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+        if tp > device.num_cores:
+            raise ShardingError(f"--tp {tp} needs {tp} cores but the device has {device.num_cores}; pass --cores {tp}")
+        self.checkpoint, self.device, self.tp = checkpoint, device, tp
+        self.graph: DecoderGraph = checkpoint.graph
+        self.timing_only = timing_only
+        self.dtype = dtype
+        self.max_context = int(max_context or min(self.graph.max_positions, 2048))
+        if not 1 <= self.max_context <= self.graph.max_positions:
+            raise ConfigError(
+                f"--max-context {self.max_context} is out of range: {self.graph.name} has "
+                f"{self.graph.max_positions} positions"
+            )
+        self.sp = shard.plan(self.graph, tp)
+        self.weight_bytes = {p: 4.0 for p in self.graph.params}
+        self.kv_itemsize = 4.0
+        self.algo = algo
+        self._progress = progress
+        self.weights: list[dict[str, np.ndarray]] = [{} for _ in range(tp)]
+        self._blocks: list = []
+        self.batch, self.all_logits = 0, False
+        self._session(batch, False)  # plans memory for everything, raising before any weight is read
+        self._load_weights()
+        self.wall = {"load_s": time.perf_counter() - start, "compile_s": 0.0}
+        if not timing_only:
+            compile_start = time.perf_counter()
+            kernels.warm_up()
+            self.wall["compile_s"] = time.perf_counter() - compile_start
+
+    # -- placement ----------------------------------------------------------------------
+
+    def _session(self, batch: int, all_logits: bool) -> None:
+        """Plan and place the KV cache and activations for `batch` sequences (weights stay).
+
+        `all_logits` keeps the LM head's output for every prefill position (for tests that
+        compare them), which needs a larger logits buffer.
+        """
+        plan = memplan.plan_memory(
+            self.graph,
+            self.sp,
+            self.device,
+            batch=batch,
+            max_context=self.max_context,
+            prefill_tokens=bucket(self.max_context, PREFILL_SMALLEST, self.max_context),
+            weight_bytes=self.weight_bytes,
+            kv_itemsize=self.kv_itemsize,
+            all_logits=all_logits,
+        )
+        for core, block in getattr(self, "_session_blocks", []):
+            self.device.cores[core].memory.free(block)
+        self.plan, self.batch, self.all_logits = plan, batch, all_logits
+        self._session_blocks = []
+        self.kv: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.tp)]
+        self.acts: list[dict[str, np.ndarray]] = [{} for _ in range(self.tp)]
+        d = self.graph.head_dim
+        for core in range(self.tp):
+            memory = self.device.cores[core].memory
+            lo, hi = self.sp.kv_heads[core]
+            shape = (batch, hi - lo, self.max_context, d)
+            for layer in range(self.graph.layers):
+                pair = []
+                for which in ("k", "v"):
+                    nbytes = int(np.prod(shape)) * int(self.kv_itemsize)
+                    block = memplan.place(plan, self.device, core, "kv_cache", nbytes, f"kv.{layer}.{which}")
+                    self._session_blocks.append((core, block))
+                    pair.append(None if self.timing_only else memory.view(block, np.float32, shape))
+                self.kv[core].append(tuple(pair))
+            layout = plan.layouts[core]
+            block = memplan.place(plan, self.device, core, "activations", layout.total, "activations")
+            self._session_blocks.append((core, block))
+            if not self.timing_only:
+                raw = memory.view(block, np.uint8, (layout.total,))
+                for name, offset in layout.offsets.items():
+                    rows, width = layout.shapes[name]
+                    self.acts[core][name] = (
+                        raw[offset : offset + rows * width * 4].view(np.float32).reshape(rows, width)
+                    )
+        self.timer = StepTimer(
+            self.graph,
+            self.sp,
+            self.device,
+            self.weight_bytes,
+            self.kv_itemsize,
+            plan.regions["activations"],
+            self.algo,
+            self.dtype,
+        )
+        self.executor = None
+        if not self.timing_only and self.weights[0]:
+            self._build_executor()
+
+    def _load_weights(self) -> None:
+        params = list(self.graph.params.items())
+        total = len(params) * self.tp
+        done = 0
+        for name, spec in params:
+            for core in range(self.tp):
+                memory = self.device.cores[core].memory
+                shape = self.sp.local_shape(name, spec.shape, core)
+                nbytes = int(np.ceil(int(np.prod(shape)) * self.weight_bytes[name]))
+                block = memplan.place(self.plan, self.device, core, "weights", nbytes, name)
+                self._blocks.append((core, block))
+                if not self.timing_only:
+                    view = memory.view(block, np.float32, shape)
+                    lo, hi = self.sp.rows[name][core]
+                    cols = self.sp.cols[name][core]
+                    view[...] = self.checkpoint.read(name, slice(lo, hi), None if cols is None else slice(*cols))
+                    self.weights[core][name] = view
+                done += 1
+                if self._progress:
+                    self._progress(done, total)
+        if not self.timing_only:
+            self._build_executor()
+
+    def _build_executor(self) -> None:
+        rope = next((n for n in self.graph.nodes if n.op == "rope"), None)
+        tables = rope_tables(self.max_context, rope.attrs["inv_freq"]) if rope else None
+        fabric = AnalyticFabric(self.device.spec.fabric, self.tp)
+        self.executor = Executor(
+            self.graph, self.sp, self.weights, self.kv, self.acts, fabric, self.timer.algorithm, tables
+        )
+
+    # -- generation ---------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]] | np.ndarray,
+        max_new_tokens: int = 32,
+        *,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        eos_token_id: int | Sequence[int] | object | None = _DEFAULT,
+        on_token: Callable[[int, int], None] | None = None,
+        return_logits: bool | str = False,
+    ) -> GenerateOutput:
+        """Generate up to `max_new_tokens` for each prompt (a list of id lists, or a 1-D/2-D array).
+
+        Greedy unless `temperature`, `top_k` or `top_p` is given. A sequence stops after an
+        EOS id (the model's unless `eos_token_id` says otherwise; None never stops).
+        `on_token(prompt_index, id)` sees tokens as they come. `return_logits=True` keeps
+        each step's logits of the last position, `"all"` also every prefill position.
+        """
+        prompts = self._check_prompts(prompts, max_new_tokens)
+        params = SamplingParams(temperature, top_k, top_p, seed)
+        eos = set(self.graph.meta.get("eos_token_ids", ())) if eos_token_id is _DEFAULT else _as_set(eos_token_id)
+        b = len(prompts)
+        if b != self.batch or (return_logits == "all") != self.all_logits:
+            self._session(b, return_logits == "all")
+        rng = np.random.default_rng(seed)
+        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+        new: list[list[int]] = [[] for _ in range(b)]
+        done = [False] * b
+        trace = Trace(device=self._device_info(), model=self._model_info())
+        kept_logits: list[np.ndarray] = []
+        gathered = "all" if return_logits == "all" else params.gathered
+        t_prefill = int(lengths.max())
+        shape = StepShape(
+            "prefill",
+            b,
+            bucket(t_prefill, PREFILL_SMALLEST, self.max_context),
+            bucket(t_prefill, PREFILL_SMALLEST, self.max_context),
+            gathered,
+        )
+        ids = np.zeros((b, t_prefill), dtype=np.int64)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = p
+        inputs = StepInputs(
+            ids.reshape(-1),
+            np.tile(np.arange(t_prefill, dtype=np.int64), b),
+            np.zeros(b, np.int64),
+            lengths.copy(),
+            b,
+            t_prefill,
+            return_logits == "all",
+        )
+        wall_decode, decode_steps = 0.0, 0
+        clock = 0.0
+        for step in range(max_new_tokens):
+            timing = self.timer.time(shape)
+            logits = None
+            t0 = time.perf_counter()
+            if self.executor is not None:
+                logits = self.executor.step(inputs)
+                if return_logits:
+                    kept_logits.append(logits.copy())
+                if inputs.all_logits:
+                    logits = logits[inputs.last_rows]
+                chosen = choose(logits, params, rng)
+            else:
+                chosen = np.zeros(b, dtype=np.int64)
+            active = sum(not d for d in done)
+            trace.steps.append(
+                StepRecord(step, shape.phase, clock, timing.latency, vars(shape).copy(), timing.spans, tokens=active)
+            )
+            clock += timing.latency
+            for i in range(b):
+                if done[i]:
+                    continue
+                token = int(chosen[i])
+                if self.executor is not None:
+                    new[i].append(token)
+                    if on_token:
+                        on_token(i, token)
+                if token in eos:
+                    done[i] = True
+            lengths += 1
+            if step > 0:
+                wall_decode += time.perf_counter() - t0
+                decode_steps += 1
+            if all(done) or step == max_new_tokens - 1:
+                break
+            context = int(lengths.max())
+            shape = StepShape("decode", b, 1, bucket(context, DECODE_SMALLEST, self.max_context), params.gathered)
+            inputs = StepInputs(chosen.astype(np.int64), lengths - 1, lengths - 1, np.ones(b, np.int64), b, 1)
+        trace.memory = self._memory_snapshot()
+        trace.wall = {
+            **self.wall,
+            "decode_s": wall_decode,
+            "decode_tokens_per_s": (decode_steps * b / wall_decode) if wall_decode > 0 else 0.0,
+        }
+        return GenerateOutput(
+            tokens=[np.array(t, dtype=np.int64) for t in new],
+            prompt_tokens=[np.array(p, dtype=np.int64) for p in prompts],
+            report=build_report(trace),
+            trace=trace,
+            logits=kept_logits if return_logits else None,
+            finished=done,
+        )
+
+    def _check_prompts(self, prompts, max_new_tokens: int) -> list[list[int]]:
+        if isinstance(prompts, np.ndarray):
+            prompts = [prompts.tolist()] if prompts.ndim == 1 else prompts.tolist()
+        prompts = [list(map(int, p)) for p in prompts]
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise GenerationError("every prompt needs at least one token")
+        if max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        vocab = self.graph.vocab_size
+        for p in prompts:
+            bad = [t for t in p if not 0 <= t < vocab]
+            if bad:
+                raise GenerationError(f"token id {bad[0]} is outside the vocabulary of {vocab} ids")
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.max_context:
+            raise GenerationError(
+                f"a prompt of {longest} tokens plus {max_new_tokens} new ones needs "
+                f"{longest + max_new_tokens} positions, but the model was compiled for max_context={self.max_context}; "
+                "load it with a larger max_context"
+            )
+        return prompts
+
+    # -- reports ------------------------------------------------------------------------
+
+    def _device_info(self) -> dict:
+        info = describe(self.device.spec)
+        info["cores"] = self.tp
+        info["peak_flops"] = self.device.spec.core.peak_flops[self.dtype]
+        return info
+
+    def _model_info(self) -> dict:
+        cfg = self.checkpoint.config
+        return {
+            "name": self.checkpoint.name,
+            "arch": cfg.model_type,
+            "layers": cfg.layers,
+            "hidden": cfg.hidden,
+            "heads": cfg.heads,
+            "kv_heads": cfg.kv_heads,
+            "params": cfg.params,
+            "tp": self.tp,
+            "dtype": self.dtype,
+            "max_context": self.max_context,
+            "batch": self.batch,
+        }
+
+    def _memory_snapshot(self) -> MemorySnapshot:
+        per_core, peak, usage, tenants = [], [], [], []
+        for core in range(self.tp):
+            memory = self.device.cores[core].memory
+            per_core.append(memory.used_by_kind())
+            peak.append(memory.peak)
+            tiles = memory.regions["tiles"]
+            use = tiles.tile_usage()
+            usage.append(use.tolist())
+            fullest = np.argsort(-use, kind="stable")[:3]
+            tenants.append([(int(t), [(b.name, b.size) for b in tiles.tenants(int(t))[:3]]) for t in fullest])
+        spec = self.device.spec.core
+        return MemorySnapshot(
+            per_core,
+            dict(self.plan.regions),
+            {"tiles": spec.tile_memory_bytes, "offchip": spec.offchip_bytes},
+            peak,
+            usage,
+            spec.tile_bytes,
+            tenants,
+            notes=list(self.plan.notes),
+        )
+
+
+def _as_set(eos) -> set[int]:
+    if eos is None:
+        return set()
+    if isinstance(eos, int | np.integer):
+        return {int(eos)}
+    return {int(e) for e in eos}

@@ -1,0 +1,109 @@
+"""`tilesim generate` / `tilesim profile` on tiny checkpoints: output, JSON, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tilesim.cli.main import main
+
+
+def run_json(capsys, *args):
+    code = main(["generate", *args, "--json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if code == 0 else captured.err
+
+
+def test_json_has_outputs_report_and_wall_time(capsys, tiny_model):
+    folder = str(tiny_model("llama"))
+    code, out = run_json(
+        capsys,
+        folder,
+        "--device",
+        "tiny",
+        "--tp",
+        "3",
+        "--prompt-ids",
+        "5,6,7,8",
+        "--prompt-ids",
+        "9,10",
+        "--max-new-tokens",
+        "5",
+    )
+    assert code == 0
+    assert [o["prompt_tokens"] for o in out["outputs"]] == [[5, 6, 7, 8], [9, 10]]
+    assert all(1 <= len(o["tokens"]) <= 5 and "text" in o for o in out["outputs"])
+    report = out["report"]
+    assert report["ttft_s"] > 0 and report["itl_s"] > 0 and report["sim_tokens_per_s"] > 0
+    assert len(report["memory"]["per_core_peak_bytes"]) == 3 and report["memory"]["max_tile_bytes"] > 0
+    assert {"load_s", "compile_s", "decode_tokens_per_s"} <= set(out["wall"])
+
+
+def test_text_prompts_and_the_chat_template(capsys, tiny_model):
+    folder = str(tiny_model("gpt2"))
+    code, out = run_json(
+        capsys, folder, "--device", "tiny", "--tp", "2", "--prompt", "w1 w2 w3", "--chat", "--max-new-tokens", "3"
+    )
+    assert code == 0
+    # The tiny template wraps the message as "<s> w1 w2 w3 </s> w7" (ids 1, 4, 5, 6, 2, 10).
+    assert out["outputs"][0]["prompt_tokens"] == [1, 4, 5, 6, 2, 10]
+    assert isinstance(out["outputs"][0]["text"], str)
+
+
+def test_text_streams_and_the_report_prints(capsys, tiny_model):
+    code = main(
+        [
+            "profile",
+            str(tiny_model("opt")),
+            "--device",
+            "tiny",
+            "--tp",
+            "3",
+            "--prompt",
+            "w5 w6",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "simulated time to first token" in out and "memory per core" in out and "critical path" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tp", "4", "--device", "tiny"], "cannot be split over 4 cores; use a tensor-parallel degree of 1, 3, 6"),
+        (["--tp", "1", "--device", "tiny", "--cores", "1", "--max-context", "256"], None),
+        (["--device", "warp-drive"], "unknown device preset 'warp-drive'"),
+        (["--tp", "1", "--device", "tiny", "--max-context", "100000"], "out of range"),
+    ],
+)
+def test_errors_are_one_line_without_a_traceback(capsys, tiny_model, args, message):
+    code = main(["generate", str(tiny_model("llama")), "--prompt-ids", "1,2,3", "--max-new-tokens", "2", *args])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0
+        return
+    assert code == 2
+    assert err.startswith("tilesim: error: ") and message in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_a_model_too_big_for_the_device_and_a_missing_model_are_one_line(capsys):
+    code = main(["generate", "llama-2-70b", "--timing-only", "--device", "tiny", "--tp", "4", "--prompt-len", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit on 4 core(s) of tiny: core 0 needs" in err and err.count("\n") == 1
+    code = main(["generate", "/no/such/model", "--device", "tiny", "--prompt-ids", "1,2"])
+    assert code == 2 and "no such file or folder" in capsys.readouterr().err
+
+
+def test_the_installed_command_runs():
+    exe = [sys.executable, "-m", "tilesim.cli.main"]
+    done = subprocess.run([*exe, "devices", "--json"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and json.loads(done.stdout)
+    bad = subprocess.run(
+        [*exe, "generate", "/no/such", "--prompt-ids", "1"], capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -1,0 +1,122 @@
+"""Every architecture, at every tensor-parallel degree its heads allow, against transformers on the CPU.
+
+The reference is transformers' own forward pass and `generate` on the same saved checkpoint;
+nothing here is compared with an earlier tilesim output.
+"""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import tilesim
+
+CASES = [
+    ("llama", 1),
+    ("llama", 3),
+    ("llama", 6),
+    ("mistral", 1),
+    ("mistral", 2),
+    ("mistral", 6),
+    ("qwen2", 1),
+    ("qwen2", 3),
+    ("gpt2", 1),
+    ("gpt2", 2),
+    ("gpt2", 3),
+    ("gpt2", 6),
+    ("opt", 1),
+    ("opt", 3),
+    ("gptj", 1),
+    ("gptj", 2),
+    ("gptj", 3),
+    ("gpt_neox", 1),
+    ("gpt_neox", 3),
+    ("gpt_neox", 6),
+    ("gpt_neox_sequential", 2),
+]
+PROMPT = [5, 17, 42, 8, 99, 3, 61, 23, 77, 12, 50, 31, 4, 66, 28, 90, 11]
+STEPS = 16
+RTOL = 1e-4  # relative to the largest logit of the step
+
+
+def reference(folder, prompts, steps):
+    """transformers' logits of every prompt position and of each greedy step, and its tokens."""
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    out = {}
+    with torch.no_grad():
+        out["prefill"] = model(torch.tensor([prompts[0]])).logits[0].numpy()
+        gen = model.generate(
+            torch.tensor([prompts[0]]),
+            max_new_tokens=steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    out["tokens"] = gen.sequences[0, len(prompts[0]) :].numpy()
+    out["step_logits"] = [step[0].numpy() for step in gen.logits]
+    return model, out
+
+
+def close(ours, theirs):
+    return np.max(np.abs(ours - theirs)) <= RTOL * np.max(np.abs(theirs))
+
+
+@pytest.mark.parametrize(("arch", "tp"), CASES)
+def test_logits_and_greedy_tokens_match_transformers(tiny_model, arch, tp):
+    folder = tiny_model(arch)
+    _, ref = reference(folder, [PROMPT], STEPS)
+    model = tilesim.load(str(folder), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    prefill = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert prefill.logits[0].shape == ref["prefill"].shape
+    assert close(prefill.logits[0], ref["prefill"]), "prefill logits of every position"
+    out = model.generate([PROMPT], max_new_tokens=STEPS, eos_token_id=None, return_logits=True)
+    assert out.tokens[0].tolist() == ref["tokens"].tolist()
+    for step, (ours, theirs) in enumerate(zip(out.logits, ref["step_logits"], strict=True)):
+        assert close(ours[0], theirs), f"logits of step {step}"
+
+
+@pytest.mark.parametrize(("arch", "tp"), [("llama", 3), ("gpt2", 2), ("gpt_neox", 3), ("opt", 1)])
+def test_a_batch_of_prompts_of_different_lengths(tiny_model, arch, tp):
+    folder = tiny_model(arch)
+    prompts = [PROMPT[:5], PROMPT[3:16]]
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    hf.generation_config.eos_token_id = None
+    longest = max(len(p) for p in prompts)
+    ids = torch.zeros((2, longest), dtype=torch.long)
+    mask = torch.zeros((2, longest), dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding, as decoder-only generation needs
+        ids[i, longest - len(p) :] = torch.tensor(p)
+        mask[i, longest - len(p) :] = 1
+    with torch.no_grad():
+        gen = hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    expected = gen[:, longest:].numpy()
+    model = tilesim.load(str(folder), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    out = model.generate(prompts, max_new_tokens=8, eos_token_id=None)
+    assert [t.tolist() for t in out.tokens] == expected.tolist()
+
+
+def test_generation_stops_at_eos_like_transformers(tiny_model):
+    folder = tiny_model("llama")
+    model = tilesim.load(str(folder), device=tilesim.Device("tiny", cores=1), tp=1)
+    free = model.generate([PROMPT], max_new_tokens=12, eos_token_id=None)
+    stop = int(free.tokens[0][4])  # pretend the fifth greedy token is the end of sequence
+    out = model.generate([PROMPT], max_new_tokens=12, eos_token_id=stop)
+    first = free.tokens[0].tolist().index(stop)
+    assert out.tokens[0].tolist() == free.tokens[0][: first + 1].tolist() and out.finished == [True]
+
+
+@pytest.mark.parametrize("tp", [1, 3])
+def test_sampling_with_a_seed_is_reproducible(tiny_model, tp):
+    folder = tiny_model("gpt_neox")
+    model = tilesim.load(str(folder), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    kw = {"max_new_tokens": 12, "eos_token_id": None, "temperature": 1.3, "top_k": 20, "top_p": 0.9}
+    a = model.generate([PROMPT, PROMPT[:6]], seed=7, **kw)
+    b = model.generate([PROMPT, PROMPT[:6]], seed=7, **kw)
+    c = model.generate([PROMPT, PROMPT[:6]], seed=8, **kw)
+    assert [t.tolist() for t in a.tokens] == [t.tolist() for t in b.tokens]
+    assert [t.tolist() for t in a.tokens] != [t.tolist() for t in c.tokens]
+    greedy = model.generate([PROMPT], max_new_tokens=6, eos_token_id=None)
+    top1 = model.generate([PROMPT], max_new_tokens=6, eos_token_id=None, top_k=1, temperature=0.7, seed=3)
+    assert greedy.tokens[0].tolist() == top1.tokens[0].tolist()

@@ -1,0 +1,126 @@
+"""Bad checkpoints raise CheckpointError naming the file and the tensor, before anything is placed."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import tilesim
+from tilesim.errors import CheckpointError, GenerationError, OutOfTileMemory, ShardingError
+
+
+def copy(folder, tmp_path):
+    target = tmp_path / "ckpt"
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_a_missing_folder_or_config(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file or folder"):
+        tilesim.load(str(tmp_path / "nowhere"), device="tiny", tp=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        tilesim.load(str(tmp_path / "empty"), device="tiny", tp=1)
+
+
+def test_pickled_checkpoints_are_refused_with_how_to_convert(tiny_model, tmp_path):
+    folder = copy(tiny_model("gpt2"), tmp_path)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin is a pickled checkpoint.*safetensors"):
+        tilesim.load(str(folder), device="tiny", tp=1)
+    with pytest.raises(CheckpointError, match="pickled checkpoint"):
+        tilesim.load(str(folder / "pytorch_model.bin"), device="tiny", tp=1)
+
+
+def test_a_missing_tensor_is_named(tiny_model, tmp_path):
+    folder = copy(tiny_model("llama"), tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.1\.mlp\.up_proj\.weight' is missing"):
+        tilesim.load(str(folder), device="tiny", tp=1)
+
+
+def test_a_shape_that_disagrees_with_the_config_is_named(tiny_model, tmp_path):
+    folder = copy(tiny_model("opt"), tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.decoder.layers.0.fc1.weight"] = np.zeros((90, 48), np.float32)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(
+        CheckpointError,
+        match=r"model\.safetensors: tensor 'model\.decoder\.layers\.0\.fc1\.weight' has shape \(90, 48\), "
+        r"but the config implies \(88, 48\)",
+    ):
+        tilesim.load(str(folder), device="tiny", tp=1)
+
+
+def test_a_truncated_file_is_named(tiny_model, tmp_path):
+    folder = copy(tiny_model("gptj"), tmp_path)
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: truncated: tensor .* ends at byte"):
+        tilesim.load(str(folder), device="tiny", tp=1)
+
+
+def test_sharded_checkpoints_with_an_index_load_and_missing_shards_are_named(tiny_model, tmp_path):
+    folder = copy(tiny_model("llama"), tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    names = sorted(tensors)
+    half = len(names) // 2
+    parts = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+    for file, keys in parts.items():
+        save_file({k: tensors[k] for k in keys}, folder / file)
+    (folder / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {k: f for f, keys in parts.items() for k in keys}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    whole = tilesim.load(str(tiny_model("llama")), device="tiny", tp=1).generate([[5, 6, 7]], 4, eos_token_id=None)
+    sharded = tilesim.load(str(folder), device="tiny", tp=1).generate([[5, 6, 7]], 4, eos_token_id=None)
+    assert whole.tokens[0].tolist() == sharded.tokens[0].tolist()
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"model-00002-of-00002\.safetensors: missing"):
+        tilesim.load(str(folder), device="tiny", tp=1)
+
+
+def test_an_unsupported_architecture_lists_the_supported_ones(tiny_model, tmp_path):
+    folder = copy(tiny_model("gpt2"), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "bert"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"model_type 'bert' is not supported; tilesim runs: .*gpt2.*llama"):
+        tilesim.load(str(folder), device="tiny", tp=1)
+
+
+def test_heads_that_do_not_divide_name_the_heads_and_the_degrees_that_work(tiny_model):
+    with pytest.raises(
+        ShardingError,
+        match=r"6 attention heads and 3 key/value heads, which cannot be split over 2 cores; "
+        r"use a tensor-parallel degree of 1, 3, 6",
+    ):
+        tilesim.load(str(tiny_model("llama")), device=tilesim.Device("tiny", cores=2), tp=2)
+    with pytest.raises(
+        ShardingError,
+        match=r"has 6 attention heads, which cannot be split over 4 cores; use a tensor-parallel degree of 1, 2, 3, 6",
+    ):
+        tilesim.load(str(tiny_model("gpt2")), device=tilesim.Device("tiny", cores=4), tp=4)
+
+
+def test_a_model_that_does_not_fit_fails_before_loading_with_per_core_totals(tiny_model):
+    device = tilesim.Device("tiny", cores=1, offchip_bytes="200 KiB")
+    with pytest.raises(
+        OutOfTileMemory,
+        match=r"does not fit on 1 core\(s\) of tiny: core 0 needs .* of off-chip memory "
+        r"\(weights .*, KV cache .*\) but has 200 KiB; use a higher --tp",
+    ):
+        tilesim.load(str(tiny_model("gpt2")), device=device, tp=1)
+    assert device.cores[0].memory.used == 0  # nothing was half-loaded
+
+
+def test_prompts_longer_than_the_compiled_context_are_refused(tiny_model):
+    model = tilesim.load(str(tiny_model("gpt2")), device="tiny", tp=1, max_context=32)
+    with pytest.raises(GenerationError, match="compiled for max_context=32"):
+        model.generate([list(range(30))], max_new_tokens=8)
+    with pytest.raises(GenerationError, match="outside the vocabulary"):
+        model.generate([[5, 500]], max_new_tokens=2)

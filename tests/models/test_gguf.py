@@ -1,0 +1,100 @@
+"""GGUF checkpoints: a tiny Llama written as llama.cpp writes it (Q/K rows permuted, some
+tensors quantized), loaded by tilesim and by transformers from the same file."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM
+
+import tilesim
+from tilesim.errors import CheckpointError
+
+gguf = pytest.importorskip("gguf")
+PROMPT = [5, 17, 42, 8, 99, 3, 61, 23, 77, 12]
+
+
+def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """What llama.cpp's converter does to q_proj/k_proj rows (written out independently)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(folder, path, qtype):
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    tensors = load_file(folder / "model.safetensors")
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(cfg["num_attention_heads"])
+    writer.add_head_count_kv(cfg["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    writer.add_vocab_size(cfg["vocab_size"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "Q8_0" else gguf.LlamaFileType.ALL_F32)
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    parts = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    for name, w in tensors.items():
+        target = names.get(name)
+        if target is None:
+            i = name.split(".")[2]
+            part = ".".join(name.split(".")[3:-1])
+            target = f"blk.{i}.{parts[part]}.weight"
+        if part_is(name, "q_proj"):
+            w = llama_cpp_permute(w, cfg["num_attention_heads"])
+        elif part_is(name, "k_proj"):
+            w = llama_cpp_permute(w, cfg["num_key_value_heads"])
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        if qtype != "F32" and w.ndim == 2:
+            q = getattr(gguf.GGMLQuantizationType, qtype)
+            writer.add_tensor(target, gguf.quants.quantize(w, q), raw_dtype=q)
+        else:
+            writer.add_tensor(target, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def part_is(name: str, part: str) -> bool:
+    return name.endswith(f"{part}.weight")
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q4_0"])
+@pytest.mark.parametrize("tp", [1, 3])
+def test_gguf_logits_match_transformers_loading_the_same_file(tiny_model, tmp_path, qtype, tp):
+    folder = tiny_model("llama_gguf")
+    path = write_gguf(folder, tmp_path / f"tiny-{qtype}.gguf", qtype)
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT])).logits[0].numpy()
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert out.logits[0].shape == ref.shape
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
+def test_a_truncated_gguf_is_refused(tiny_model, tmp_path):
+    path = write_gguf(tiny_model("llama_gguf"), tmp_path / "whole.gguf", "F32")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size - 1000])
+    with pytest.raises(CheckpointError, match=r"cut\.gguf: (truncated|not a readable GGUF)"):
+        tilesim.load(str(cut), device="tiny", tp=1)

@@ -1,0 +1,69 @@
+"""SmolLM2-135M-Instruct from its GGUF file (Q4_1 weights, Q8_0 embeddings), against
+transformers loading the same file in fp32 (both see the same dequantized values)."""
+
+import numpy as np
+import pytest
+import torch
+from tilesim.models.checkpoint import open_checkpoint, resolve
+
+import tilesim
+
+pytestmark = pytest.mark.slow
+TEXT = "The three most important inventions of the nineteenth century were"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve("smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 2
+    ids = tokenizer(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        gen = model.generate(ids, max_new_tokens=32, do_sample=False)
+    return tokenizer, ids[0].tolist(), gen[0, ids.shape[1] :].tolist()
+
+
+def test_our_tokenizer_built_from_the_gguf_matches_transformers(reference):
+    hf_tokenizer, _, _ = reference
+    ours = open_checkpoint("smollm2").tokenizer()
+    samples = [
+        TEXT,
+        "  leading spaces and   runs",
+        "Zürich, naïve café — 2024!",
+        "x=1;\ny = [1, 2, 3]\n\tz",
+        "<|im_start|>user\nhi<|im_end|>",
+        "emoji 🚀 and 中文",
+    ]
+    for text in samples:
+        assert ours.encode(text) == hf_tokenizer(text).input_ids, text
+        assert ours.decode(ours.encode(text)) == hf_tokenizer.decode(hf_tokenizer(text).input_ids)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    expected = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
+    assert ours.chat_ids(messages) == list(expected)
+
+
+@pytest.mark.parametrize("tp", [1, 3])
+def test_first_32_greedy_tokens_equal_transformers(reference, tp):
+    _, ids, expected = reference
+    model = tilesim.load("smollm2", device=tilesim.Device("trn1", cores=tp), tp=tp)
+    out = model.generate([ids], max_new_tokens=32, eos_token_id=None)
+    assert out.tokens[0].tolist() == expected
+
+
+def test_asked_for_the_capital_of_france_the_chat_answer_names_paris():
+    checkpoint = open_checkpoint("smollm2")
+    tokenizer = checkpoint.tokenizer()
+    ids = tokenizer.chat_ids([{"role": "user", "content": "What is the capital of France?"}])
+    model = tilesim.load("smollm2", device=tilesim.Device("trn1", cores=3), tp=3)
+    out = model.generate([ids], max_new_tokens=24)
+    answer = tokenizer.decode(out.tokens[0].tolist(), skip_special_tokens=True)
+    assert "Paris" in answer
+    report = out.report
+    assert report["ttft_s"] > 0 and report["itl_s"] > 0
+    assert len(report["memory"]["per_core_peak_bytes"]) == 3
+    assert np.all(np.array(report["memory"]["per_core_peak_bytes"]) > 0)

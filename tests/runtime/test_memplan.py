@@ -1,0 +1,66 @@
+"""The memory plan: buffers live at the same time never share bytes, and the report shows
+exactly what the planner placed."""
+
+import numpy as np
+import pytest
+from tilesim.runtime.memplan import IN_PLACE_OPS
+
+import tilesim
+
+
+def lifetimes(nodes, output):
+    first, last = {}, {}
+    for i, node in enumerate(nodes):
+        for name in node.inputs:
+            if name in first:
+                last[name] = i
+        if node.out and node.op not in IN_PLACE_OPS and node.out not in first:
+            first[node.out] = last[node.out] = i
+    last[output] = len(nodes)
+    return first, last
+
+
+@pytest.mark.parametrize(("arch", "tp"), [("llama", 3), ("gpt2", 2), ("gptj", 1), ("gpt_neox_sequential", 2)])
+def test_activations_alive_together_never_overlap(tiny_model, arch, tp):
+    model = tilesim.load(str(tiny_model(arch)), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    first, last = lifetimes(model.sp.nodes, model.graph.output)
+    for layout in model.plan.layouts:
+        spans = {
+            n: (layout.offsets[n], layout.offsets[n] + layout.shapes[n][0] * layout.shapes[n][1] * 4) for n in first
+        }
+        names = list(spans)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                together = not (last[a] < first[b] or last[b] < first[a])
+                apart = spans[a][1] <= spans[b][0] or spans[b][1] <= spans[a][0]
+                assert apart or not together, f"{a} and {b} are alive together but share bytes"
+        assert max(e for _, e in spans.values()) <= layout.total
+
+
+def test_reuse_makes_the_activation_block_smaller_than_all_values_together(tiny_model):
+    model = tilesim.load(str(tiny_model("llama")), device="tiny", tp=1)
+    layout = model.plan.layouts[0]
+    everything = sum(r * w * 4 for r, w in layout.shapes.values())
+    assert layout.total < everything / 4
+
+
+def test_the_memory_report_equals_what_the_planner_placed(tiny_model):
+    model = tilesim.load(str(tiny_model("gpt2")), device=tilesim.Device("tiny", cores=3), tp=3)
+    out = model.generate([[1, 2, 3]], max_new_tokens=2)
+    for core, entry in enumerate(out.report["memory"]["per_core"]):
+        placed = model.device.cores[core].memory.used_by_kind()
+        assert entry["weights"] == placed["weights"] == model.plan.weights[core]
+        assert entry["kv_cache"] == placed["kv_cache"] == model.plan.kv_cache[core]
+        assert entry["activations"] == placed["activations"] == model.plan.activations[core]
+    usage = np.array(out.trace.memory.tile_usage)
+    assert usage.max() == out.report["memory"]["max_tile_bytes"]
+    assert usage.sum(axis=1).tolist() == [model.device.cores[c].memory.regions["tiles"].used for c in range(3)]
+
+
+def test_weights_live_where_the_preset_puts_them(tiny_model):
+    ipu = tilesim.load(str(tiny_model("gpt2")), device=tilesim.Device("ipu-gc200", cores=1), tp=1)
+    assert ipu.device.cores[0].memory.used_by_kind()["weights"] == ipu.device.cores[0].memory.regions["tiles"].used - (
+        ipu.plan.kv_cache[0] + ipu.plan.activations[0]
+    )
+    trn = tilesim.load(str(tiny_model("gpt2")), device=tilesim.Device("trn1", cores=1), tp=1)
+    assert trn.device.cores[0].memory.regions["offchip"].used == trn.plan.weights[0] + trn.plan.kv_cache[0]

@@ -1,0 +1,72 @@
+"""Step timing against closed-form costs: the roofline per kernel, alpha-beta per collective,
+and a critical path that adds up to the step's latency."""
+
+import math
+
+import pytest
+
+import tilesim
+
+PROMPT = [5, 17, 42, 8, 99, 3, 61, 23]
+
+
+def run(folder, tp, algo="ring", steps=4, preset="tiny"):
+    model = tilesim.load(str(folder), device=tilesim.Device(preset, cores=tp), tp=tp, algo=algo)
+    return model, model.generate([PROMPT], max_new_tokens=steps, eos_token_id=None)
+
+
+@pytest.mark.parametrize(("arch", "tp"), [("gpt2", 1), ("gpt2", 3), ("llama", 3), ("gpt_neox", 6)])
+def test_the_critical_path_adds_up_to_each_steps_latency(tiny_model, arch, tp):
+    _, out = run(tiny_model(arch), tp)
+    for step in out.trace.steps:
+        critical = sum(s.duration for s in step.spans if s.critical)
+        assert critical == pytest.approx(step.latency, rel=1e-12)
+        assert max(s.end for s in step.spans) == pytest.approx(step.latency, rel=1e-12)
+
+
+def test_a_decode_matmul_takes_its_roofline_time(tiny_model):
+    """tiny: 1 TFLOP/s fp32, weights off-chip at 100 GB/s, activations in tiles at 1 TB/s, 1 us per kernel."""
+    _, out = run(tiny_model("gpt2"), 2)
+    step = out.trace.steps[-1]
+    up = next(s for s in step.spans if s.name == "up" and s.core == 0 and s.layer == 0)
+    out_f, in_f = 192 // 2, 48  # the MLP's 4 * 48 outputs split over two cores
+    flops = 2 * out_f * in_f
+    weight_bytes = (out_f * in_f + out_f) * 4  # the matrix and the bias
+    act_bytes = (in_f + out_f) * 4
+    expected = 1e-6 + max(flops / 1e12, weight_bytes / 100e9 + act_bytes / 1e12)
+    assert up.duration == pytest.approx(expected, rel=1e-12)
+    assert up.bound == "memory"
+
+
+def test_an_allreduce_takes_the_ring_formula(tiny_model):
+    """tiny: 1 us per hop, 1 GB/s links; a decode all-reduce of the 48-wide hidden state on 2 cores."""
+    _, out = run(tiny_model("gpt2"), 2, algo="ring")
+    step = out.trace.steps[-1]
+    allreduce = next(s for s in step.spans if s.lane == "collective" and s.name == "allreduce" and s.core == 0)
+    chunk = math.ceil(48 / 2) * 4
+    assert allreduce.algo == "ring"
+    assert allreduce.duration == pytest.approx(2 * (1e-6 + chunk / 1e9), rel=1e-9)
+
+
+def test_timing_does_not_depend_on_the_data(tiny_model):
+    model = tilesim.load(str(tiny_model("llama")), device=tilesim.Device("tiny", cores=3), tp=3)
+    a = model.generate([PROMPT], max_new_tokens=4, eos_token_id=None)
+    b = model.generate([[x + 1 for x in PROMPT]], max_new_tokens=4, eos_token_id=None)
+    assert [s.latency for s in a.trace.steps] == [s.latency for s in b.trace.steps]
+
+
+def test_decode_is_compiled_per_context_bucket(tiny_model):
+    model = tilesim.load(str(tiny_model("gpt2")), device=tilesim.Device("tiny", cores=1), tp=1, max_context=256)
+    out = model.generate([[i % 100 + 1 for i in range(120)]], max_new_tokens=12, eos_token_id=None)
+    contexts = [s.shape["context"] for s in out.trace.steps if s.phase == "decode"]
+    assert contexts[0] == 128 and contexts[-1] == 256
+    by_context = {s.shape["context"]: s.latency for s in out.trace.steps if s.phase == "decode"}
+    assert by_context[256] > by_context[128]  # attention reads more of the cache
+
+
+def test_more_cores_share_the_weights_and_the_time(tiny_model):
+    _, one = run(tiny_model("gpt_neox"), 1, preset="trn1")
+    _, six = run(tiny_model("gpt_neox"), 6, preset="trn1")
+    w1 = one.report["memory"]["per_core"][0]["weights"]
+    w6 = six.report["memory"]["per_core"][0]["weights"]
+    assert w6 < w1 / 3

@@ -1,0 +1,44 @@
+"""The Python entry point: `tilesim.load`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tilesim.device import Device
+from tilesim.models.checkpoint import open_checkpoint
+from tilesim.runtime.model import Model
+
+
+def load(
+    path_or_name: str,
+    device: Device | str = "trn1",
+    tp: int | None = None,
+    dtype: str = "fp32",
+    *,
+    max_context: int | None = None,
+    batch: int = 1,
+    algo: str = "auto",
+    timing_only: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Model:
+    """Open a checkpoint and place it, split `tp` ways, on `device`.
+
+    `path_or_name` is a HF checkpoint folder, a `.gguf` file, or a short name (`smollm2`).
+    `device` is a Device or a preset name (then it gets `tp` cores). `tp` defaults to the
+    device's core count. `algo` names the all-reduce algorithm (default: chosen by size).
+    """
+    if isinstance(device, str):
+        device = Device(device, cores=tp, backed=not timing_only)
+    tp = tp or device.num_cores
+    checkpoint = open_checkpoint(path_or_name)
+    return Model(
+        checkpoint,
+        device,
+        tp,
+        dtype=dtype,
+        max_context=max_context,
+        batch=batch,
+        algo=algo,
+        timing_only=timing_only,
+        progress=progress,
+    )

@@ -1,0 +1,192 @@
+"""`tilesim generate` and `tilesim profile`: run a model on an emulated device.
+
+`generate` streams the text as it comes and ends with the simulated latency and memory;
+`profile` is the same run with the report (and any trace or plots) as the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tqdm import tqdm
+
+from tilesim.cli.report_text import print_report
+from tilesim.device import Device
+from tilesim.errors import ConfigError, GenerationError
+from tilesim.models.checkpoint import open_checkpoint
+from tilesim.runtime.model import Model
+
+
+def add_parser(subparsers) -> None:
+    for name, help_text in (
+        ("generate", "generate text with a model on an emulated device"),
+        ("profile", "like generate, but the report, trace and plots are the point"),
+    ):
+        p = subparsers.add_parser(name, help=help_text, description=help_text)
+        add_run_arguments(p)
+        p.set_defaults(run=run, profile=name == "profile")
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="HF checkpoint folder, .gguf file, or short name (smollm2)")
+    p.add_argument("--device", default="trn1", help="device preset (see `tilesim devices`)")
+    p.add_argument("--cores", type=int, default=None, help="cores of the device (default: the TP degree)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
+    p.add_argument("--prompt-ids", action="append", default=[], help="a prompt as token ids, e.g. 1,2,3")
+    p.add_argument("--prompt-len", type=int, default=None, help="timing-only: a prompt of N tokens")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-context", type=int, default=None, help="positions in the KV cache (default: fits the run)")
+    p.add_argument("--dtype", default="fp32", help="weight and activation dtype")
+    p.add_argument("--algo", default="auto", help="all-reduce algorithm (default: chosen by size)")
+    p.add_argument("--timing-only", action="store_true", help="time the run without weights or arithmetic")
+    p.add_argument("--trace", default=None, metavar="PATH", help="write a Chrome/Perfetto trace (JSON)")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write timeline, memory, roofline, breakdown PNGs")
+    p.add_argument("--report", action="store_true", help="print the latency and memory report")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _prompts(args: argparse.Namespace, checkpoint) -> tuple[list[list[int]], object]:
+    tokenizer = None
+    prompts: list[list[int]] = []
+    for text in args.prompt_ids:
+        try:
+            prompts.append([int(t) for t in text.replace(" ", "").split(",") if t])
+        except ValueError:
+            raise ConfigError(f"--prompt-ids {text!r}: give comma-separated integers, e.g. 1,2,3") from None
+    if args.prompt:
+        tokenizer = checkpoint.tokenizer()
+        if tokenizer is None:
+            raise ConfigError(f"{checkpoint.name} has no tokenizer; give --prompt-ids instead of --prompt")
+        for text in args.prompt:
+            if args.chat:
+                prompts.append(tokenizer.chat_ids([{"role": "user", "content": text}]))
+            else:
+                prompts.append(tokenizer.encode(text))
+    if args.prompt_len:
+        prompts.append([0] * args.prompt_len)
+    if not prompts:
+        raise ConfigError("give a prompt: --prompt TEXT, --prompt-ids 1,2,3, or --prompt-len N with --timing-only")
+    return prompts, tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    checkpoint = open_checkpoint(args.model) if not args.timing_only else _open_for_timing(args.model)
+    prompts, tokenizer = _prompts(args, checkpoint)
+    if args.prompt_len and not args.timing_only:
+        raise ConfigError("--prompt-len is for --timing-only runs; give --prompt or --prompt-ids to run the numbers")
+    longest = max(len(p) for p in prompts)
+    max_context = args.max_context or _fit_context(longest + args.max_new_tokens, checkpoint.graph.max_positions)
+    device = Device(args.device, cores=args.cores or args.tp, backed=not args.timing_only)
+    quiet = args.json or not sys.stderr.isatty()
+    bar = tqdm(total=0, desc="loading", unit="tensor", disable=quiet, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    model = Model(
+        checkpoint,
+        device,
+        args.tp,
+        dtype=args.dtype,
+        max_context=max_context,
+        batch=len(prompts),
+        algo=args.algo,
+        timing_only=args.timing_only,
+        progress=progress,
+    )
+    bar.close()
+    stream = _Streamer(tokenizer, len(prompts)) if tokenizer and not args.json and not args.timing_only else None
+    out = model.generate(
+        prompts,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        on_token=stream,
+    )
+    if stream:
+        stream.finish()
+    out.trace.wall["total_s"] = time.perf_counter() - started
+    _write_artifacts(args, out)
+    if args.json:
+        print(json.dumps(_as_json(out, tokenizer), indent=2))
+        return 0
+    if not stream and not args.timing_only:
+        for i, tokens in enumerate(out.tokens):
+            print(f"[{i}] new token ids: {','.join(map(str, tokens.tolist()))}")
+    print_report(out.report, out.trace, full=args.report or args.profile)
+    return 0
+
+
+def _open_for_timing(name: str):
+    from tilesim.models.named import open_for_timing
+
+    return open_for_timing(name)
+
+
+def _fit_context(needed: int, limit: int) -> int:
+    """The smallest power of two (at least 256) that holds the run, within the model's limit."""
+    size = 256
+    while size < needed:
+        size *= 2
+    if needed > limit:
+        raise GenerationError(f"the prompt and new tokens need {needed} positions; the model has {limit}")
+    return min(size, limit)
+
+
+def _write_artifacts(args: argparse.Namespace, out) -> None:
+    if args.trace:
+        from tilesim.profiler.chrome import write_chrome_trace
+
+        write_chrome_trace(out.trace, args.trace)
+    if args.plots:
+        from tilesim.profiler.plots import write_plots
+
+        write_plots(out.trace, out.report, args.plots)
+
+
+def _as_json(out, tokenizer) -> dict:
+    outputs = []
+    for prompt, tokens in zip(out.prompt_tokens, out.tokens, strict=True):
+        entry = {"prompt_tokens": prompt.tolist(), "tokens": tokens.tolist()}
+        entry["text"] = tokenizer.decode(tokens.tolist(), skip_special_tokens=True) if tokenizer else None
+        outputs.append(entry)
+    return {"outputs": outputs, "report": out.report, "wall": out.trace.wall}
+
+
+class _Streamer:
+    """Prints each prompt's text as its tokens arrive (one prompt live; a batch at the end)."""
+
+    def __init__(self, tokenizer, batch: int):
+        self.tokenizer, self.batch = tokenizer, batch
+        self.ids: list[list[int]] = [[] for _ in range(batch)]
+        self.shown = [""] * batch
+
+    def __call__(self, index: int, token: int) -> None:
+        self.ids[index].append(token)
+        if self.batch == 1:
+            text = self.tokenizer.decode(self.ids[0], skip_special_tokens=True)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                sys.stdout.write(text[len(self.shown[0]) :])
+                sys.stdout.flush()
+                self.shown[0] = text
+
+    def finish(self) -> None:
+        if self.batch == 1:
+            print()
+            return
+        for i, ids in enumerate(self.ids):
+            print(f"[{i}] {self.tokenizer.decode(ids, skip_special_tokens=True)}")

@@ -1,0 +1,92 @@
+"""The report as text for the terminal."""
+
+from __future__ import annotations
+
+from tilesim.cli.table import print_table
+from tilesim.profiler.events import Trace
+from tilesim.units import fmt_bytes, fmt_flops, fmt_time
+
+
+def print_report(report: dict, trace: Trace, full: bool = False) -> None:
+    model, device = trace.model, trace.device
+    print(
+        f"\n# {model['name']} ({model['arch']}, {model['dtype']}) on {model['tp']} core(s) of {device['name']}, "
+        f"batch {model['batch']}"
+    )
+    tpot = report["tpot_s"]
+    print(f"simulated time to first token  {fmt_time(report['ttft_s'])}")
+    print(
+        f"simulated time per token       {fmt_time(tpot['mean'])} mean, {fmt_time(tpot['p50'])} p50, "
+        f"{fmt_time(tpot['p99'])} p99"
+    )
+    print(f"simulated tokens per second    {report['sim_tokens_per_s']:.1f} (batch of {model['batch']})")
+    memory = report.get("memory")
+    if memory:
+        rows = []
+        for core, entry in enumerate(memory["per_core"]):
+            rows.append(
+                {
+                    "core": core,
+                    "weights": fmt_bytes(entry.get("weights", 0)),
+                    "KV cache": fmt_bytes(entry.get("kv_cache", 0)),
+                    "activations": fmt_bytes(entry.get("activations", 0)),
+                    "peak": fmt_bytes(entry["peak"]),
+                    "free": ", ".join(f"{fmt_bytes(v)} {k}" for k, v in entry["free"].items() if memory["capacity"][k]),
+                }
+            )
+        print("\nmemory per core")
+        print_table(rows, right=("weights", "KV cache", "activations", "peak"))
+        print(
+            f"fullest tile: {fmt_bytes(memory['max_tile_bytes'])} of {fmt_bytes(memory['tile_bytes'])} "
+            f"(mean {fmt_bytes(memory['mean_tile_bytes'])}); weights in {memory['regions']['weights']}, "
+            f"KV cache in {memory['regions']['kv_cache']}, activations in {memory['regions']['activations']}"
+        )
+        for note in memory["notes"]:
+            print(f"note: {note}")
+    wall = trace.wall
+    if "decode_tokens_per_s" in wall:
+        print(
+            f"emulator: load {wall.get('load_s', 0):.2f} s, compile {wall.get('compile_s', 0):.2f} s, "
+            f"decode {wall['decode_tokens_per_s']:.1f} tokens/s (wall clock)"
+        )
+    if not full:
+        return
+    for key, title in (("prefill_breakdown_s", "prefill"), ("decode_breakdown_s", "one decode step")):
+        parts = report.get(key)
+        if parts:
+            total = sum(parts.values())
+            print(f"\ncritical path of {title} by op type ({fmt_time(total)})")
+            print_table(
+                [
+                    {"op type": k, "time": fmt_time(v), "share": f"{v / total:.1%}"}
+                    for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
+                ],
+                right=("time", "share"),
+            )
+    cores = report.get("decode_cores")
+    if cores:
+        print("\none decode step per core")
+        print_table(
+            [
+                {
+                    "core": i,
+                    "compute": fmt_time(c["compute"]),
+                    "communication": fmt_time(c["communication"]),
+                    "waiting": fmt_time(c["waiting"]),
+                }
+                for i, c in enumerate(cores)
+            ],
+            right=("compute", "communication", "waiting"),
+        )
+    util = report["utilisation"]
+    print(
+        f"\nutilisation: MFU {util['mfu']:.2%} of {fmt_flops(device['peak_flops'])} per core, "
+        f"MBU {util['mbu']:.2%} of the weights' memory bandwidth"
+    )
+    print_table(
+        [
+            {"kernel": name, "time per core": fmt_time(k["time_s"]), "bound": k["bound"]}
+            for name, k in util["kernels"].items()
+        ],
+        right=("time per core",),
+    )

@@ -143,14 +143,21 @@ def buffer_region(device: Device, nbytes_per_core: int) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _simulated_time(
+@functools.lru_cache(maxsize=4096)
+def _simulation(
     fabric: FabricSpec, p: int, op: str, algo: str, n: int, itemsize: int, root: int, gamma: float
-) -> float:
+) -> tuple[float, tuple[TransferRecord, ...]]:
     from tilesim.device.fabric import Fabric
 
     schedule = build_schedule(op, algo, p, n, root, itemsize)
     run = run_des(schedule, Fabric(fabric, p), [None] * p, _no_combine, itemsize, gamma, timeout=1e6)
-    return run.time
+    return run.time, tuple(run.transfers)
+
+
+def _simulated_time(
+    fabric: FabricSpec, p: int, op: str, algo: str, n: int, itemsize: int, root: int, gamma: float
+) -> float:
+    return _simulation(fabric, p, op, algo, n, itemsize, root, gamma)[0]
 
 
 def _no_combine(local, incoming):
@@ -171,11 +178,20 @@ def simulated_time(
     device: Device, op: str, algo: str, p: int, n: int, itemsize: int, region: str, root: int = 0
 ) -> float:
     """Seconds one collective takes on an idle device (discrete-event, no data; cached)."""
+    return simulate(device, op, algo, p, n, itemsize, region, root)[0]
+
+
+def simulate(
+    device: Device, op: str, algo: str, p: int, n: int, itemsize: int, region: str, root: int = 0
+) -> tuple[float, tuple[TransferRecord, ...]]:
+    """(seconds, transfers) of one collective on an idle device; transfer times are relative
+    to the end of the fixed per-collective overhead. Cached per fabric, operation and size."""
     if p <= 1 or n == 0:
-        return 0.0
+        return 0.0, ()
     gamma = model_for(device.spec, p, region).gamma
     overhead = device.spec.fabric.collective_overhead_s
-    return overhead + _simulated_time(device.spec.fabric, p, op, algo, n, itemsize, root, gamma)
+    seconds, transfers = _simulation(device.spec.fabric, p, op, algo, n, itemsize, root, gamma)
+    return overhead + seconds, transfers
 
 
 def run_collective(

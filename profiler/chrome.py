@@ -1,1 +1,217 @@
-"""Placeholder: replaced below."""
+"""Export a `Trace` in the Chrome Trace Event Format (JSON), which Perfetto's UI and
+chrome://tracing open.
+
+- one process per core (`core N`), plus process 0 with a lane of steps (prefill, decode 1, ...);
+- lanes (threads) per core: `compute` (one slice per kernel), `memory` (each kernel's memory
+  traffic, with its bytes), `collective` (collectives with their algorithm and size, and the
+  time spent waiting for them), and one lane per outgoing link for fabric messages;
+- flow arrows from each message's send (on the sender's link lane) to its arrival (on the
+  receiver's collective lane); fabric messages are kept for the prefill and the first
+  decode step, which every later step of the same shape repeats;
+- counters of memory in use per core: weights, KV cache and live activations.
+Timestamps are microseconds of simulated device time; the emulator's own wall-clock times
+are in `otherData.wall`, apart.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tilesim.profiler.events import Trace
+
+COMPUTE, MEMORY, COLLECTIVE = 1, 2, 3
+_US = 1e6
+
+
+def _meta(pid: int, tid: int | None, kind: str, value: Any) -> dict:
+    event = {"ph": "M", "pid": pid, "name": kind, "args": {"name" if "name" in kind else "sort_index": value}}
+    if tid is not None:
+        event["tid"] = tid
+    return event
+
+
+def chrome_events(trace: Trace) -> list[dict]:
+    """The trace's records as Trace Event Format events."""
+    cores = trace.device.get("cores", 1)
+    events: list[dict] = [
+        _meta(0, None, "process_name", f"{trace.device.get('name')}: steps"),
+        _meta(0, None, "process_sort_index", 0),
+        _meta(0, 0, "thread_name", "steps"),
+    ]
+    link_tids: dict[tuple[int, str], int] = {}
+    for core in range(cores):
+        pid = core + 1
+        events += [_meta(pid, None, "process_name", f"core {core}"), _meta(pid, None, "process_sort_index", pid)]
+        for tid, lane in ((COMPUTE, "compute"), (MEMORY, "memory"), (COLLECTIVE, "collective")):
+            events += [_meta(pid, tid, "thread_name", lane), _meta(pid, tid, "thread_sort_index", tid)]
+    live = trace.memory.live_activations if trace.memory else []
+    fixed = (
+        [{k: v for k, v in kinds.items() if k != "activations"} for kinds in trace.memory.per_core]
+        if trace.memory
+        else []
+    )
+    flow_id = 0
+    for step in trace.steps:
+        name = "prefill" if step.phase == "prefill" else f"decode {step.index}"
+        events.append(
+            {
+                "ph": "X",
+                "pid": 0,
+                "tid": 0,
+                "name": name,
+                "ts": step.start * _US,
+                "dur": step.latency * _US,
+                "cat": "step",
+                "args": {**step.shape, "tokens": step.tokens},
+            }
+        )
+        counters_at = {}
+        for span in step.absolute_spans():
+            pid = span.core + 1
+            ts, dur = span.start * _US, span.duration * _US
+            if span.lane == "compute":
+                args = {
+                    "op_type": span.op_type,
+                    "layer": span.layer,
+                    "flops": span.flops,
+                    "bytes": span.bytes,
+                    "bound": span.bound,
+                    "critical": span.critical,
+                }
+                events.append(
+                    {
+                        "ph": "X",
+                        "pid": pid,
+                        "tid": COMPUTE,
+                        "name": span.name,
+                        "ts": ts,
+                        "dur": dur,
+                        "cat": span.op_type,
+                        "args": args,
+                    }
+                )
+                if span.memory_s > 0:
+                    events.append(
+                        {
+                            "ph": "X",
+                            "pid": pid,
+                            "tid": MEMORY,
+                            "name": f"{span.name} traffic",
+                            "ts": (span.start + span.overhead_s) * _US,
+                            "dur": span.memory_s * _US,
+                            "cat": "memory",
+                            "args": {"bytes": span.bytes},
+                        }
+                    )
+                if step.index < 2 and live and span.core not in counters_at.get(span.node, ()):
+                    counters_at.setdefault(span.node, set()).add(span.core)
+                    events.append(_memory_counter(pid, ts, fixed[span.core], _live(live[span.core], span.node)))
+            elif span.lane == "collective":
+                label = f"{span.name} ({span.algo}, {int(span.bytes)} B)"
+                events.append(
+                    {
+                        "ph": "X",
+                        "pid": pid,
+                        "tid": COLLECTIVE,
+                        "name": label,
+                        "ts": ts,
+                        "dur": dur,
+                        "cat": "collective",
+                        "args": {"algo": span.algo, "bytes": span.bytes},
+                    }
+                )
+            else:
+                events.append(
+                    {
+                        "ph": "X",
+                        "pid": pid,
+                        "tid": COLLECTIVE,
+                        "name": span.name,
+                        "ts": ts,
+                        "dur": dur,
+                        "cat": "wait",
+                        "args": {},
+                    }
+                )
+        if fixed:
+            for core in range(cores):
+                activations = trace.memory.per_core[core].get("activations", 0)
+                events.append(_memory_counter(core + 1, step.start * _US, fixed[core], activations))
+        for move in step.transfers:
+            key = (move.src, move.link)
+            if key not in link_tids:
+                link_tids[key] = 10 + len([k for k in link_tids if k[0] == move.src])
+                events.append(_meta(move.src + 1, link_tids[key], "thread_name", f"link {move.link}"))
+                events.append(_meta(move.src + 1, link_tids[key], "thread_sort_index", link_tids[key]))
+            tid = link_tids[key]
+            start, end = (step.start + move.start) * _US, (step.start + move.end) * _US
+            events.append(
+                {
+                    "ph": "X",
+                    "pid": move.src + 1,
+                    "tid": tid,
+                    "name": f"{move.src}->{move.dst} {move.nbytes} B",
+                    "ts": start,
+                    "dur": end - start,
+                    "cat": "transfer",
+                    "args": {"bytes": move.nbytes},
+                }
+            )
+            flow_id += 1
+            events.append(
+                {
+                    "ph": "s",
+                    "id": flow_id,
+                    "pid": move.src + 1,
+                    "tid": tid,
+                    "ts": start,
+                    "name": "message",
+                    "cat": "transfer",
+                }
+            )
+            events.append(
+                {
+                    "ph": "f",
+                    "bp": "e",
+                    "id": flow_id,
+                    "pid": move.dst + 1,
+                    "tid": COLLECTIVE,
+                    "ts": end,
+                    "name": "message",
+                    "cat": "transfer",
+                }
+            )
+    return events
+
+
+def _live(points: list[tuple[int, int]], node: int) -> int:
+    for index, nbytes in points:
+        if index == node:
+            return nbytes
+    return 0
+
+
+def _memory_counter(pid: int, ts: float, fixed: dict[str, int], activations: int) -> dict:
+    args = {"weights": fixed.get("weights", 0), "kv_cache": fixed.get("kv_cache", 0), "activations": activations}
+    return {"ph": "C", "pid": pid, "name": "memory in use (bytes)", "ts": ts, "args": args}
+
+
+def write_chrome_trace(trace: Trace, path: str | Path) -> Path:
+    """Write the trace as JSON to `path` (folders are made as needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "traceEvents": chrome_events(trace),
+        "displayTimeUnit": "ns",
+        "otherData": {
+            "clock": "simulated device time, microseconds",
+            "device": trace.device.get("name"),
+            "model": trace.model,
+            "wall": trace.wall,
+        },
+    }
+    with path.open("w") as f:
+        json.dump(document, f, separators=(",", ":"), default=float)
+    return path

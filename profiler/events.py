@@ -33,6 +33,9 @@ class Span:
     critical: bool = False
     algo: str = ""  # collectives: the algorithm that ran
     node: int = -1  # index of the program node
+    compute_s: float = 0.0  # kernels: the roofline's compute term
+    memory_s: float = 0.0  # kernels: the roofline's memory term
+    overhead_s: float = 0.0  # kernels: the fixed per-kernel cost
 
     @property
     def duration(self) -> float:

@@ -89,23 +89,29 @@ def plan_memory(
     return plan
 
 
-def activation_layout(
-    graph: DecoderGraph, sp: ShardPlan, core: int, rows: int, batch: int, all_logits: bool
-) -> ActivationLayout:
-    """Offsets of every activation of `core` for a step of `rows` token rows, by liveness."""
+def lifetimes(sp: ShardPlan, output: str) -> tuple[dict[str, int], dict[str, int]]:
+    """For each activation, the index of the node that makes it and of its last reader."""
     first, last = {}, {}
-    after_select = False
-    shapes = {}
     for i, node in enumerate(sp.nodes):
         for name in node.inputs:
             if name in first:
                 last[name] = i
-        after_select = after_select or node.op == "select_last"
         if node.out and node.op not in IN_PLACE_OPS and node.out not in first:
             first[node.out] = last[node.out] = i
-            n_rows = batch if after_select and not all_logits else rows
-            shapes[node.out] = (n_rows, sp.widths[node.out][core])
-    last[graph.output] = len(sp.nodes)
+    last[output] = len(sp.nodes)
+    return first, last
+
+
+def activation_layout(
+    graph: DecoderGraph, sp: ShardPlan, core: int, rows: int, batch: int, all_logits: bool
+) -> ActivationLayout:
+    """Offsets of every activation of `core` for a step of `rows` token rows, by liveness."""
+    first, last = lifetimes(sp, graph.output)
+    select = next(i for i, node in enumerate(sp.nodes) if node.op == "select_last")
+    shapes = {}
+    for name, made in first.items():
+        n_rows = batch if made >= select and not all_logits else rows
+        shapes[name] = (n_rows, sp.widths[name][core])
     order = sorted(first, key=lambda v: -shapes[v][0] * shapes[v][1])
     placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
     offsets = {}
@@ -123,6 +129,18 @@ def activation_layout(
     return ActivationLayout(offsets, shapes, aligned(total))
 
 
+def live_bytes(graph: DecoderGraph, sp: ShardPlan, layout: ActivationLayout) -> list[tuple[int, int]]:
+    """(node index, bytes of activations alive while it runs) for every node of one core."""
+    first, last = lifetimes(sp, graph.output)
+    change = np.zeros(len(sp.nodes) + 2, dtype=np.int64)
+    for name, (r, w) in layout.shapes.items():
+        size = aligned(r * w * 4)
+        change[first[name]] += size
+        change[last[name] + 1] -= size
+    alive = np.cumsum(change)
+    return [(i, int(alive[i])) for i in range(len(sp.nodes))]
+
+
 def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:
     spec = device.spec.core
     capacity = {"tiles": spec.tile_memory_bytes, "offchip": spec.offchip_bytes}
@@ -137,7 +155,7 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:
             need["tiles"] -= moved
             need["offchip"] += moved
             plan.notes.append(f"activations ({fmt_bytes(moved)} per core) do not fit in tile memory: placed off-chip")
-    for region in ("tiles", "offchip"):
+    for region in ("offchip", "tiles"):  # off-chip first: there, the weights are what does not fit
         if need[region] > capacity[region]:
             label = {"weights": "weights", "kv_cache": "KV cache", "activations": "activations"}
             parts = ", ".join(

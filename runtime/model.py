@@ -267,8 +267,9 @@ class Model:
             else:
                 chosen = np.zeros(b, dtype=np.int64)
             active = sum(not d for d in done)
+            detail = timing.transfers if step < 2 else []  # fabric messages: prefill and the first decode step
             trace.steps.append(
-                StepRecord(step, shape.phase, clock, timing.latency, vars(shape).copy(), timing.spans, tokens=active)
+                StepRecord(step, shape.phase, clock, timing.latency, vars(shape).copy(), timing.spans, detail, active)
             )
             clock += timing.latency
             for i in range(b):
@@ -363,6 +364,7 @@ class Model:
             fullest = np.argsort(-use, kind="stable")[:3]
             tenants.append([(int(t), [(b.name, b.size) for b in tiles.tenants(int(t))[:3]]) for t in fullest])
         spec = self.device.spec.core
+        live = [memplan.live_bytes(self.graph, self.sp, layout) for layout in self.plan.layouts]
         return MemorySnapshot(
             per_core,
             dict(self.plan.regions),
@@ -371,7 +373,8 @@ class Model:
             usage,
             spec.tile_bytes,
             tenants,
-            notes=list(self.plan.notes),
+            live,
+            list(self.plan.notes),
         )
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from tilesim.collectives import choose_algorithm, simulated_time
+from tilesim.collectives import choose_algorithm
+from tilesim.collectives.api import simulate
 from tilesim.device.cost import KernelCost, KernelTime
 from tilesim.device.device import Device
 from tilesim.device.kernels.activations import activation_cost
@@ -26,7 +27,7 @@ from tilesim.device.kernels.elementwise import add_cost, embed_cost
 from tilesim.device.kernels.matmul import linear_cost
 from tilesim.device.kernels.norms import norm_cost
 from tilesim.device.kernels.rotary import rope_cost
-from tilesim.profiler.events import Span
+from tilesim.profiler.events import Span, Transfer
 from tilesim.runtime.graph import DecoderGraph, Node
 from tilesim.runtime.shard import ShardPlan
 
@@ -49,6 +50,7 @@ class StepTiming:
     shape: StepShape
     latency: float
     spans: list[Span] = field(default_factory=list)
+    transfers: list[Transfer] = field(default_factory=list)
 
     def critical_path(self) -> list[Span]:
         return [s for s in self.spans if s.critical]
@@ -80,15 +82,15 @@ class StepTimer:
         self.algo = algo
         self.dtype = dtype
         self._cache: dict[StepShape, StepTiming] = {}
-        self._collective_cache: dict[tuple[str, int], tuple[str, float]] = {}
+        self._collective_cache: dict[tuple[str, int], tuple[str, float, tuple]] = {}
 
-    def collective(self, op: str, n: int) -> tuple[str, float]:
-        """(algorithm, seconds) of a collective of n fp32 elements per core."""
+    def collective(self, op: str, n: int) -> tuple[str, float, tuple]:
+        """(algorithm, seconds, fabric transfers) of a collective of n fp32 elements per core."""
         key = (op, n)
         if key not in self._collective_cache:
             p = self.sp.tp
             algo = self.algo if self.algo != "auto" else choose_algorithm(self.device, op, p, n, 4, 0, self.act_region)
-            self._collective_cache[key] = (algo, simulated_time(self.device, op, algo, p, n, 4, self.act_region))
+            self._collective_cache[key] = (algo, *simulate(self.device, op, algo, p, n, 4, self.act_region))
         return self._collective_cache[key]
 
     def algorithm(self, op: str, n: int) -> str:
@@ -103,6 +105,8 @@ class StepTimer:
         p = self.sp.tp
         ready = [0.0] * p
         spans: list[Span] = []
+        transfers: list[Transfer] = []
+        overhead = self.device.spec.fabric.collective_overhead_s
         segment: list[list[Span]] = [[] for _ in range(p)]
         after = False
         for index, node in enumerate(self.sp.nodes):
@@ -110,8 +114,15 @@ class StepTimer:
             rows = shape.batch if after and shape.logits != "all" else shape.rows
             if node.op in ("allreduce", "gather_logits"):
                 op, n = self._collective_size(node, rows, shape)
-                algo, duration = self.collective(op, n)
+                algo, duration, moves = self.collective(op, n)
                 start = max(ready)
+                for t in moves:
+                    link = t.links[0] if t.links else ""
+                    transfers.append(
+                        Transfer(
+                            t.src, t.dst, start + overhead + t.start, start + overhead + t.end, t.nbytes, link, index
+                        )
+                    )
                 slowest = max(range(p), key=lambda c: ready[c])
                 for span in segment[slowest]:
                     span.critical = True
@@ -155,6 +166,9 @@ class StepTimer:
                     cost.total_bytes,
                     t.bound,
                     node=index,
+                    compute_s=t.compute,
+                    memory_s=t.memory,
+                    overhead_s=t.overhead,
                 )
                 spans.append(span)
                 segment[core].append(span)
@@ -162,7 +176,7 @@ class StepTimer:
         slowest = max(range(p), key=lambda c: ready[c])
         for span in segment[slowest]:
             span.critical = True
-        return StepTiming(shape, max(ready), spans)
+        return StepTiming(shape, max(ready), spans, transfers)
 
     def _collective_size(self, node: Node, rows: int, shape: StepShape) -> tuple[str, int]:
         if node.op == "allreduce":

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "collectives": "collectives",
     "generate": "generate",
     "profile": "generate",
+    "sweep": "sweep",
 }
 
 

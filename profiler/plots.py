@@ -1,0 +1,162 @@
+"""Plots of a run (matplotlib, PNG), from its `Trace` and report.
+
+- `timeline.png`: one decode step, a row per core; kernels coloured by op type, collectives
+  and waiting marked, fabric messages drawn on each core's link row;
+- `memory.png`: bytes in use on every tile (cores by tiles, as PopVision shows it), and each
+  core's memory stacked by kind (weights, KV cache, activations);
+- `roofline.png`: every kernel of a decode step by arithmetic intensity and achieved
+  FLOP/s, against the device's roofline (peak compute, memory bandwidth);
+- `breakdown.png`: each step's latency stacked by op type (its critical path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tilesim.profiler.events import StepRecord, Trace
+from tilesim.profiler.report import step_breakdown
+
+COLOURS = {
+    "attention": "#4c72b0",
+    "mlp": "#55a868",
+    "norm": "#c44e52",
+    "residual": "#8172b2",
+    "embedding": "#ccb974",
+    "lm_head": "#64b5cd",
+    "collective": "#dd8452",
+    "idle": "#dddddd",
+    "transfer": "#937860",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _decode_step(trace: Trace) -> StepRecord:
+    decode = [s for s in trace.steps if s.phase == "decode"]
+    with_transfers = [s for s in decode if s.transfers]
+    return (with_transfers or decode or trace.steps)[0]
+
+
+def timeline(trace: Trace, path: Path) -> None:
+    plt = _pyplot()
+    step = _decode_step(trace)
+    cores = trace.device.get("cores", 1)
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.9 * cores))
+    scale = 1e6  # microseconds
+    for span in step.spans:
+        y = cores - 1 - span.core
+        colour = COLOURS.get(span.op_type, "#999999") if span.lane != "wait" else COLOURS["idle"]
+        ax.broken_barh([(span.start * scale, span.duration * scale)], (y + 0.35, 0.55), facecolors=colour, linewidth=0)
+    for move in step.transfers:
+        y = cores - 1 - move.src
+        ax.broken_barh(
+            [(move.start * scale, (move.end - move.start) * scale)],
+            (y + 0.05, 0.25),
+            facecolors=COLOURS["transfer"],
+            linewidth=0,
+        )
+    ax.set_yticks([cores - 1 - c + 0.5 for c in range(cores)], [f"core {c}" for c in range(cores)])
+    ax.set_xlabel("simulated time in the step (us)")
+    title = f"decode step {step.index}: {step.latency * 1e6:.1f} us on {cores} core(s) of {trace.device.get('name')}"
+    ax.set_title(title + " (kernels above, fabric messages below)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
+    ax.legend(handles, list(COLOURS), ncol=5, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def memory(trace: Trace, path: Path) -> None:
+    plt = _pyplot()
+    mem = trace.memory
+    usage = np.array(mem.tile_usage, dtype=float) / mem.tile_bytes
+    fig, (heat, bars) = plt.subplots(
+        1, 2, figsize=(13, 3 + 0.3 * len(mem.per_core)), gridspec_kw={"width_ratios": [3, 1]}
+    )
+    image = heat.imshow(usage, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    heat.set_xlabel("tile")
+    heat.set_ylabel("core")
+    heat.set_yticks(range(len(mem.per_core)))
+    heat.set_title(f"tile memory in use (fraction of {mem.tile_bytes // 1024} KiB per tile)")
+    fig.colorbar(image, ax=heat, fraction=0.03)
+    kinds = ["weights", "kv_cache", "activations"]
+    bottom = np.zeros(len(mem.per_core))
+    for kind, colour in zip(kinds, ["#4c72b0", "#dd8452", "#55a868"], strict=True):
+        values = np.array([c.get(kind, 0) for c in mem.per_core], dtype=float) / 2**20
+        bars.bar(range(len(values)), values, bottom=bottom, color=colour, label=f"{kind} ({mem.regions[kind]})")
+        bottom += values
+    bars.set_xlabel("core")
+    bars.set_ylabel("MiB")
+    bars.set_title("memory per core")
+    bars.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def roofline(trace: Trace, path: Path) -> None:
+    plt = _pyplot()
+    step = _decode_step(trace)
+    peak = trace.device.get("peak_flops", 1.0)
+    bandwidth = trace.device.get("memory_bandwidth", 1.0)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    seen = set()
+    for span in step.spans:
+        if span.lane != "compute" or span.flops <= 0 or span.bytes <= 0 or span.core != 0:
+            continue
+        intensity = span.flops / span.bytes
+        achieved = span.flops / span.duration
+        label = span.op_type if span.op_type not in seen else None
+        seen.add(span.op_type)
+        ax.scatter(intensity, achieved, s=18, color=COLOURS.get(span.op_type, "#999999"), label=label, alpha=0.8)
+    x = np.logspace(-2, 4, 200)
+    ax.loglog(x, np.minimum(peak, x * bandwidth), color="black", linewidth=1.2, label="roofline")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("achieved FLOP/s")
+    ax.set_title(f"kernels of one decode step on {trace.device.get('name')} (core 0)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def breakdown(trace: Trace, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4))
+    steps = trace.steps
+    parts = [step_breakdown(s) for s in steps]
+    types = sorted({k for p in parts for k in p}, key=lambda k: -sum(p.get(k, 0) for p in parts))
+    bottom = np.zeros(len(steps))
+    for kind in types:
+        values = np.array([p.get(kind, 0.0) for p in parts]) * 1e3
+        ax.bar(range(len(steps)), values, bottom=bottom, color=COLOURS.get(kind, "#999999"), label=kind)
+        bottom += values
+    ax.set_xticks(range(len(steps)), ["prefill" if s.phase == "prefill" else str(s.index) for s in steps], fontsize=7)
+    ax.set_xlabel("step")
+    ax.set_ylabel("simulated latency (ms)")
+    ax.set_title("latency per step by op type (critical path)")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(trace: Trace, report: dict, folder: str | Path) -> list[Path]:
+    """Write the four PNGs into `folder` (made as needed); returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, draw in (("timeline", timeline), ("memory", memory), ("roofline", roofline), ("breakdown", breakdown)):
+        path = folder / f"{name}.png"
+        draw(trace, path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,84 @@
+"""`tilesim profile` writes a trace and plots; `tilesim sweep` compares configurations."""
+
+import json
+
+from tilesim.cli.main import main
+
+
+def test_profile_writes_the_trace_and_the_plots(capsys, tiny_model, tmp_path):
+    trace, plots = tmp_path / "t.json", tmp_path / "out"
+    code = main(
+        [
+            "profile",
+            str(tiny_model("llama")),
+            "--device",
+            "tiny",
+            "--tp",
+            "3",
+            "--chat",
+            "--prompt",
+            "w3 w4",
+            "--max-new-tokens",
+            "4",
+            "--trace",
+            str(trace),
+            "--plots",
+            str(plots),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "critical path of one decode step" in out and "utilisation" in out
+    assert json.loads(trace.read_text())["traceEvents"]
+    assert sorted(p.name for p in plots.iterdir()) == ["breakdown.png", "memory.png", "roofline.png", "timeline.png"]
+
+
+def test_sweep_rows_for_what_fits_and_reasons_for_what_does_not(capsys, tiny_model, tmp_path):
+    plot = tmp_path / "sweep.png"
+    code = main(
+        [
+            "sweep",
+            str(tiny_model("gpt2")),
+            "--device",
+            "tiny,trn1",
+            "--tp",
+            "1,3,4",
+            "--prompt-len",
+            "6",
+            "--max-new-tokens",
+            "3",
+            "--json",
+            "--plot",
+            str(plot),
+        ]
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(rows) == 6
+    good = [r for r in rows if r["fits"]]
+    assert {(r["device"], r["tp"]) for r in good} == {("tiny", 1), ("tiny", 3), ("trn1", 1), ("trn1", 3)}
+    for r in good:
+        assert r["ttft_s"] > 0 and r["tpot_s"] > 0 and r["tokens_per_s"] > 0 and r["memory_per_core_bytes"] > 0
+    bad = [r for r in rows if not r["fits"]]
+    assert all("ShardingError" in r["reason"] and "4 cores" in r["reason"] for r in bad)
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_timing_only_of_a_named_model(capsys):
+    code = main(
+        [
+            "sweep",
+            "llama-2-13b",
+            "--timing-only",
+            "--device",
+            "trn1",
+            "--tp",
+            "8,32",
+            "--prompt-len",
+            "128",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ]
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["fits"] for r in rows] == [True, True]
+    assert rows[1]["memory_per_core_bytes"] < rows[0]["memory_per_core_bytes"]

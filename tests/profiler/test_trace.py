@@ -1,0 +1,113 @@
+"""The Chrome trace follows the Trace Event Format's rules, and it agrees with the report."""
+
+import json
+import math
+
+import pytest
+from tilesim.profiler.chrome import write_chrome_trace
+from tilesim.profiler.plots import write_plots
+
+import tilesim
+
+PHASES = {"X", "M", "C", "s", "f"}
+
+
+def check_trace_event_format(document: dict) -> None:
+    """The rules of the Trace Event Format (Google's spec) that Perfetto's importer relies on."""
+    assert isinstance(document["traceEvents"], list)
+    flows: dict[tuple, list[str]] = {}
+    for event in document["traceEvents"]:
+        ph = event["ph"]
+        assert ph in PHASES
+        assert isinstance(event["pid"], int)
+        if ph == "M":
+            assert event["name"] in ("process_name", "thread_name", "process_sort_index", "thread_sort_index")
+            assert "name" in event["args"] or "sort_index" in event["args"]
+            continue
+        assert isinstance(event["name"], str) and event["name"]
+        assert isinstance(event["ts"], int | float) and math.isfinite(event["ts"]) and event["ts"] >= 0
+        if ph == "X":
+            assert isinstance(event["tid"], int)
+            assert math.isfinite(event["dur"]) and event["dur"] >= 0
+        elif ph == "C":
+            assert event["args"] and all(isinstance(v, int | float) for v in event["args"].values())
+        else:  # flow start/finish
+            assert isinstance(event["tid"], int) and "id" in event and "cat" in event
+            flows.setdefault((event["cat"], event["id"]), []).append(ph)
+            if ph == "f":
+                assert event.get("bp") == "e"
+    assert all(sorted(kinds) == ["f", "s"] for kinds in flows.values()), "every flow starts once and ends once"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, request):
+    folder = request.getfixturevalue("tiny_model")("llama")
+    model = tilesim.load(str(folder), device=tilesim.Device("tiny", cores=3), tp=3)
+    out = model.generate([[5, 6, 7, 8, 9]], max_new_tokens=6, eos_token_id=None)
+    path = write_chrome_trace(out.trace, tmp_path_factory.mktemp("trace") / "t.json")
+    return out, json.loads(path.read_text())
+
+
+def test_the_trace_follows_the_trace_event_format(run):
+    _, document = run
+    check_trace_event_format(document)
+    names = {e["args"]["name"] for e in document["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
+    assert {"core 0", "core 1", "core 2"} <= names
+    lanes = {e["args"]["name"] for e in document["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert {"compute", "memory", "collective"} <= lanes and any(lane.startswith("link ") for lane in lanes)
+    assert document["otherData"]["clock"].startswith("simulated")
+
+
+def test_prefill_and_every_decode_step_are_marked(run):
+    out, document = run
+    steps = [e for e in document["traceEvents"] if e.get("cat") == "step"]
+    assert [e["name"] for e in steps] == ["prefill", *[f"decode {i}" for i in range(1, 6)]]
+    for event, record in zip(steps, out.trace.steps, strict=True):
+        assert event["ts"] == pytest.approx(record.start * 1e6) and event["dur"] == pytest.approx(record.latency * 1e6)
+
+
+def test_the_trace_and_the_report_agree(run):
+    out, document = run
+    report = out.report
+    prefill = next(e for e in document["traceEvents"] if e.get("cat") == "step" and e["name"] == "prefill")
+    assert prefill["dur"] == pytest.approx(report["ttft_s"] * 1e6)
+    decode = [e["dur"] for e in document["traceEvents"] if e.get("cat") == "step" and e["name"].startswith("decode")]
+    assert sum(decode) / len(decode) == pytest.approx(report["itl_s"] * 1e6)
+    critical = sum(e["dur"] for e in document["traceEvents"] if e["ph"] == "X" and e["args"].get("critical"))
+    collectives = [
+        e for e in document["traceEvents"] if e.get("cat") == "collective" and e["pid"] == 1 and e["ph"] == "X"
+    ]
+    step_total = sum(s.latency for s in out.trace.steps) * 1e6
+    # Kernel slices on the critical path plus the collectives they wait for make up every step.
+    assert critical + sum(e["dur"] for e in collectives) == pytest.approx(step_total, rel=1e-9)
+    assert sum(report["decode_breakdown_s"].values()) == pytest.approx(out.trace.steps[-1].latency, rel=1e-12)
+
+
+def test_collectives_say_which_algorithm_ran_and_messages_have_arrows(run):
+    _, document = run
+    collectives = [e for e in document["traceEvents"] if e.get("cat") == "collective"]
+    assert collectives and all(e["args"]["algo"] for e in collectives)
+    assert all("(" in e["name"] for e in collectives)
+    transfers = [e for e in document["traceEvents"] if e.get("cat") == "transfer" and e["ph"] == "X"]
+    flows = [e for e in document["traceEvents"] if e["ph"] == "s"]
+    assert transfers and len(flows) == len(transfers)
+
+
+def test_memory_counters_per_core(run):
+    out, document = run
+    counters = [e for e in document["traceEvents"] if e["ph"] == "C"]
+    assert {e["pid"] for e in counters} == {1, 2, 3}
+    weights = {e["pid"]: e["args"]["weights"] for e in counters}
+    for core in range(3):
+        assert weights[core + 1] == out.report["memory"]["per_core"][core]["weights"]
+    assert max(e["args"]["activations"] for e in counters) <= max(
+        e["activations"] for e in out.report["memory"]["per_core"]
+    )
+
+
+def test_plots_are_written(run, tmp_path):
+    out, _ = run
+    paths = write_plots(out.trace, out.report, tmp_path / "plots")
+    assert sorted(p.name for p in paths) == ["breakdown.png", "memory.png", "roofline.png", "timeline.png"]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000

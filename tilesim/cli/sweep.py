@@ -1,0 +1,143 @@
+"""`tilesim sweep`: one model over devices, tensor-parallel degrees and dtypes.
+
+Each configuration is loaded and run (timing-only with `--timing-only`); a row says its time
+to first token, time per token, tokens per second and memory per core, or why it does not
+run (heads that do not divide, memory that does not fit). `--plot` draws time per token
+against the TP degree, one line per device (and dtype).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+
+from tqdm import tqdm
+
+from tilesim.cli.table import print_table
+from tilesim.device import Device
+from tilesim.errors import ConfigError, TilesimError
+from tilesim.models.checkpoint import open_checkpoint
+from tilesim.runtime.model import Model
+from tilesim.units import fmt_bytes, fmt_time
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("sweep", help="compare devices, TP degrees and dtypes for one model")
+    p.add_argument("model", help="HF checkpoint folder, .gguf file, short name, or a named config (timing-only)")
+    p.add_argument("--device", default="trn1", help="comma-separated presets, e.g. trn1,inf2,ipu-gc200")
+    p.add_argument("--tp", default="1,2,4,8", help="comma-separated TP degrees")
+    p.add_argument("--dtype", default="fp32", help="comma-separated dtypes")
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt length in tokens")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-context", type=int, default=None)
+    p.add_argument("--timing-only", action="store_true", help="time without weights or arithmetic")
+    p.add_argument("--plot", default=None, metavar="PATH", help="write time per token against TP degree (PNG)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    p.set_defaults(run=run)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--{what} {text!r}: give comma-separated integers, e.g. 1,2,4") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.timing_only:
+        from tilesim.models.named import open_for_timing
+
+        checkpoint = open_for_timing(args.model)
+    else:
+        checkpoint = open_checkpoint(args.model)
+    devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    configs = list(itertools.product(devices, _ints(args.tp, "tp"), dtypes))
+    prompt = [i % checkpoint.graph.vocab_size for i in range(1, args.prompt_len + 1)]
+    rows = []
+    bar = tqdm(configs, desc="sweep", disable=args.json or not sys.stderr.isatty(), leave=False)
+    for preset, tp, dtype in bar:
+        bar.set_postfix_str(f"{preset} tp={tp} {dtype}")
+        rows.append(_run_one(checkpoint, preset, tp, dtype, prompt, args))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print(rows, checkpoint.name)
+    if args.plot:
+        _plot(rows, args.plot, checkpoint.name)
+    return 0
+
+
+def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], args) -> dict:
+    row = {"device": preset, "tp": tp, "dtype": dtype, "fits": False, "reason": ""}
+    try:
+        device = Device(preset, cores=tp, backed=not args.timing_only)
+        context = args.max_context or max(256, 1 << (len(prompt) + args.max_new_tokens - 1).bit_length())
+        context = min(context, checkpoint.graph.max_positions)
+        model = Model(checkpoint, device, tp, dtype=dtype, max_context=context, timing_only=args.timing_only)
+        out = model.generate([prompt], args.max_new_tokens, eos_token_id=None)
+    except TilesimError as exc:
+        row["reason"] = f"{type(exc).__name__}: {exc}"
+        return row
+    report = out.report
+    row.update(
+        fits=True,
+        ttft_s=report["ttft_s"],
+        tpot_s=report["itl_s"],
+        tokens_per_s=report["sim_tokens_per_s"],
+        memory_per_core_bytes=max(report["memory"]["per_core_peak_bytes"]),
+        activations_in=report["memory"]["regions"]["activations"],
+    )
+    return row
+
+
+def _print(rows: list[dict], name: str) -> None:
+    print(f"# sweep of {name}")
+    fits = [r for r in rows if r["fits"]]
+    if fits:
+        print_table(
+            [
+                {
+                    "device": r["device"],
+                    "tp": r["tp"],
+                    "dtype": r["dtype"],
+                    "TTFT": fmt_time(r["ttft_s"]),
+                    "time/token": fmt_time(r["tpot_s"]),
+                    "tokens/s": f"{r['tokens_per_s']:.1f}",
+                    "memory/core": fmt_bytes(r["memory_per_core_bytes"]),
+                }
+                for r in fits
+            ],
+            right=("TTFT", "time/token", "tokens/s", "memory/core"),
+        )
+    misses = [r for r in rows if not r["fits"]]
+    if misses:
+        print("\ndoes not run:")
+        for r in misses:
+            print(f"  {r['device']} tp={r['tp']} {r['dtype']}: {r['reason']}")
+
+
+def _plot(rows: list[dict], path: str, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for device, dtype in dict.fromkeys((r["device"], r["dtype"]) for r in rows):
+        mine = sorted(
+            (r for r in rows if r["device"] == device and r["dtype"] == dtype and r["fits"]), key=lambda r: r["tp"]
+        )
+        if mine:
+            ax.plot([r["tp"] for r in mine], [r["tpot_s"] * 1e3 for r in mine], marker="o", label=f"{device} {dtype}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tensor-parallel degree")
+    ax.set_ylabel("simulated time per token (ms)")
+    ax.set_title(f"{name}: time per token by TP degree")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

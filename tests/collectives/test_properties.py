@@ -183,3 +183,42 @@ def test_collective_inputs_are_checked():
         run_collective("broadcast", [np.zeros(4, np.float32)] * 3, device=dev, algo="halving_doubling")
     with pytest.raises(ConfigError, match="collectives support fp32, fp16, bf16, int32"):
         run_collective("allreduce", [np.zeros(4, np.float64)] * 3, device=dev)
+
+
+@given(
+    st.sampled_from(["ring", "switch"]),
+    st.integers(2, 17),
+    st.sampled_from(["fp16", "bf16"]),
+    st.integers(1, 200),
+    st.integers(0, 2**16),
+)
+def test_16_bit_data_accumulated_in_fp32_is_rounded_once(topology, p, dtype, n, seed):
+    inputs = make_inputs("allreduce", p, n, dtype, seed, integer_valued=False)
+    dev = device(topology, p)
+    result = run_collective("allreduce", inputs, device=dev, algo="ring", accumulate="fp32")
+    exact = np.sum([x.astype(np.float64) for x in inputs], axis=0)
+    bound = sum_error_bound(inputs, dtype, "fp32")
+    for got in result.outputs:
+        assert got.dtype == inputs[0].dtype
+        assert np.all(np.abs(got.astype(np.float64) - exact) <= bound)
+    wire = run_collective("allreduce", inputs, device=dev, algo="ring", accumulate="wire")
+    assert result.time_s >= wire.time_s  # fp32 messages carry twice the bytes
+
+
+def test_a_schedule_that_cannot_finish_raises_within_a_simulated_time_limit():
+    from tilesim.collectives.schedule import Recv, Schedule
+
+    from tilesim.errors import CollectiveTimeout
+
+    # Core 1 waits for a message core 0 never sends.
+    schedule = Schedule(
+        "allreduce", "broken", 2, 4, [[], [Recv(0, "out", 0, 4, (3, "x"), True)]], [4, 4], [4, 4], [(0, 4), (0, 4)]
+    )
+    dev = device("ring", 2)
+    buffers = [{"in": np.zeros(4, np.float32), "out": np.zeros(4, np.float32), "tmp": np.zeros(0, np.float32)}] * 2
+    with pytest.raises(
+        CollectiveTimeout, match=r"did not complete within 0\.001 s .*core 1 waits for step 3 from core 0"
+    ):
+        run_des(schedule, Fabric(dev.spec.fabric, 2), buffers, np.add, 4, 0.0, timeout=1e-3)
+    with pytest.raises(CollectiveTimeout, match="core 1 waits for step 3 from core 0"):
+        run_analytic(schedule, AnalyticFabric(dev.spec.fabric, 2), buffers, np.add, 4, 0.0)

@@ -62,7 +62,9 @@ def write_gguf(folder, path, qtype):
         elif part_is(name, "k_proj"):
             w = llama_cpp_permute(w, cfg["num_key_value_heads"])
         w = np.ascontiguousarray(w, dtype=np.float32)
-        if qtype != "F32" and w.ndim == 2:
+        if qtype == "F16" and w.ndim == 2:
+            writer.add_tensor(target, w.astype(np.float16))
+        elif qtype not in ("F32", "F16") and w.ndim == 2:
             q = getattr(gguf.GGMLQuantizationType, qtype)
             writer.add_tensor(target, gguf.quants.quantize(w, q), raw_dtype=q)
         else:
@@ -78,7 +80,7 @@ def part_is(name: str, part: str) -> bool:
     return name.endswith(f"{part}.weight")
 
 
-@pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q4_0"])
+@pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0", "Q4_0", "Q4_1"])
 @pytest.mark.parametrize("tp", [1, 3])
 def test_gguf_logits_match_transformers_loading_the_same_file(tiny_model, tmp_path, qtype, tp):
     folder = tiny_model("llama_gguf")

@@ -46,6 +46,25 @@ class Checkpoint:
             raise CheckpointError(f"{self.name} has no weights (a config only): run it with --timing-only")
         return read_weight(self.reader, self.refs[param], self.graph.params[param].shape, out, cols)
 
+    def stored_type(self, param: str) -> str | None:
+        """The GGUF tensor type a weight is stored as (Q4_1, F16, ...), or None for other formats."""
+        if self.format != "gguf" or self.reader is None:
+            return None
+        return self.reader.qtype(self.refs[param].tensor)
+
+    def read_stored(self, param: str, out: slice, block_cols: slice | None = None) -> np.ndarray:
+        """Canonical rows `out` of a GGUF weight as stored (quantized blocks or f16 values),
+        columns given as a range of 32-weight blocks; no dequantizing."""
+        ref = self.refs[param]
+        start, stop, _ = out.indices(self.graph.params[param].shape[0])
+        rows = np.arange(start, stop) if ref.rows_map is None else np.asarray(ref.rows_map[start:stop])
+        lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 0)
+        data = np.asarray(self.reader.raw_rows(ref.tensor, slice(lo, hi)))[rows - lo]
+        if block_cols is not None:
+            per = data.shape[1] // -(-self.graph.params[param].shape[1] // 32)
+            data = data[:, block_cols.start * per : block_cols.stop * per]
+        return np.ascontiguousarray(data)
+
     def tokenizer(self) -> Tokenizer | None:
         if self._tokenizer is False:
             if self.format == "gguf":

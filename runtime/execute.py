@@ -18,8 +18,9 @@ import numpy as np
 from tilesim.collectives import build_schedule
 from tilesim.collectives.execute import Recording, record
 from tilesim.device.analytic import AnalyticFabric
-from tilesim.device.kernels import activations, attention, elementwise, matmul, norms, rotary
+from tilesim.device.kernels import activations, elementwise, norms, quant, rotary
 from tilesim.runtime.graph import DecoderGraph, Node
+from tilesim.runtime.kvcache import KVCache
 from tilesim.runtime.shard import ShardPlan
 
 
@@ -54,12 +55,13 @@ class Executor:
         self,
         graph: DecoderGraph,
         sp: ShardPlan,
-        weights: list[dict[str, np.ndarray]],
-        kv: list[list[tuple[np.ndarray, np.ndarray]]],
+        weights: list[dict[str, object]],
+        kv: list[list[KVCache]],
         acts: list[dict[str, np.ndarray]],
         fabric: AnalyticFabric,
         algorithms: Callable[[str, int], str],
         rope_tables: tuple[np.ndarray, np.ndarray] | None,
+        act_dtype: str = "fp32",
     ):
         self.graph, self.sp = graph, sp
         self.weights, self.kv, self.acts = weights, kv, acts
@@ -68,11 +70,15 @@ class Executor:
         self.rope_tables = rope_tables
         self.tp = sp.tp
         self._recordings: dict[tuple[str, int], Recording] = {}
+        self.act_dtype = act_dtype
         self.ops: list[Op] = []
         after = False
         for node in sp.nodes:
             after = after or node.op == "select_last"
-            self.ops.append(getattr(self, f"_bind_{node.op}")(node, after and node.op != "select_last"))
+            op = getattr(self, f"_bind_{node.op}")(node, after and node.op != "select_last")
+            if act_dtype != "fp32" and node.out and node.op not in ("rope", "gather_logits"):
+                op = self._rounded(op, node, after and node.op != "select_last")
+            self.ops.append(op)
 
     def step(self, inputs: StepInputs) -> np.ndarray:
         for op in self.ops:
@@ -93,6 +99,19 @@ class Executor:
     def _rows(inputs: StepInputs, after_select: bool) -> int:
         return inputs.batch if after_select and not inputs.all_logits else inputs.rows
 
+    def _rounded(self, op: Op, node: Node, after: bool) -> Op:
+        """`op`, then its output rounded to the 16-bit activation type (as a 16-bit device stores it)."""
+        views = self._views(node.out)
+        to16 = activations.round_bf16 if self.act_dtype == "bf16" else activations.round_fp16
+
+        def run(inputs: StepInputs) -> None:
+            op(inputs)
+            m = self._rows(inputs, after)
+            for v in views:
+                to16(v[:m])
+
+        return run
+
     # -- one binder per op --------------------------------------------------------------
 
     def _bind_embed(self, node: Node, after: bool) -> Op:
@@ -102,12 +121,20 @@ class Executor:
         def run(inputs: StepInputs) -> None:
             m = inputs.rows
             for out, table, start in zip(outs, tables, starts, strict=True):
-                elementwise.embed(inputs.ids, table, start, out[:m])
+                if table.fmt == "fp32":
+                    elementwise.embed(inputs.ids, table.arrays["w"], start, out[:m])
+                    continue
+                local = inputs.ids - start
+                inside = (local >= 0) & (local < table.shape[0])
+                out[:m] = 0.0
+                if inside.any():
+                    out[:m][inside] = quant.rows(table, local[inside])
 
         return run
 
     def _bind_add_positions(self, node: Node, after: bool) -> Op:
-        xs, outs, tables = self._views(node.inputs[0]), self._views(node.out), self._params(node, 0)
+        xs, outs = self._views(node.inputs[0]), self._views(node.out)
+        tables = [packed.arrays["w"] for packed in self._params(node, 0)]  # learned positions stay fp32
         offset = node.attrs["offset"]
 
         def run(inputs: StepInputs) -> None:
@@ -140,7 +167,7 @@ class Executor:
         def run(inputs: StepInputs) -> None:
             m = self._rows(inputs, after)
             for x, out, w, b in zip(xs, outs, ws, bs, strict=True):
-                matmul.linear(x[:m], w, b, out[:m])
+                quant.linear(x[:m], w, b, out[:m])
 
         return run
 
@@ -204,19 +231,10 @@ class Executor:
 
         def run(inputs: StepInputs) -> None:
             b, t, m = inputs.batch, inputs.tokens, inputs.rows
-            for q, k, v, out, (k_cache, v_cache) in zip(qs, ks, vs, outs, caches, strict=True):
-                k4, v4 = k[:m].reshape(b, t, -1, d), v[:m].reshape(b, t, -1, d)
-                attention.kv_write(k4, v4, k_cache, v_cache, inputs.start, inputs.valid)
-                attention.attention(
-                    q[:m].reshape(b, t, -1, d),
-                    k_cache,
-                    v_cache,
-                    inputs.start,
-                    inputs.valid,
-                    scale,
-                    out[:m].reshape(b, t, -1, d),
-                    window,
-                )
+            for q, k, v, out, cache in zip(qs, ks, vs, outs, caches, strict=True):
+                cache.write(k[:m].reshape(b, t, -1, d), v[:m].reshape(b, t, -1, d), inputs.start, inputs.valid)
+                q4, out4 = q[:m].reshape(b, t, -1, d), out[:m].reshape(b, t, -1, d)
+                cache.attend(q4, inputs.start, inputs.valid, scale, out4, window)
 
         return run
 

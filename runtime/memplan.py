@@ -59,28 +59,20 @@ def plan_memory(
     device: Device,
     *,
     batch: int,
-    max_context: int,
     prefill_tokens: int,
-    weight_bytes: dict[str, float],
-    kv_itemsize: float = 4.0,
+    weight_sizes: dict[str, list[list[int]]],
+    kv_sizes: list[list[int]],
     all_logits: bool = False,
 ) -> MemoryPlan:
     """Plan every core's memory; raises OutOfTileMemory (with per-core totals) if it cannot fit.
 
-    `weight_bytes[param]` is the stored bytes per element of each weight (4 for fp32).
+    `weight_sizes[param][core]` lists the bytes of each array the weight is stored as on that
+    core; `kv_sizes[core]` those of one layer's KV cache.
     """
     tp = sp.tp
     rows = batch * prefill_tokens
-    weights = [0] * tp
-    for param, spec in graph.params.items():
-        for core in range(tp):
-            n = int(np.prod(sp.local_shape(param, spec.shape, core)))
-            weights[core] += aligned(int(np.ceil(n * weight_bytes.get(param, 4.0))))
-    kv = []
-    for core in range(tp):
-        lo, hi = sp.kv_heads[core]
-        per_layer = batch * (hi - lo) * max_context * graph.head_dim * kv_itemsize
-        kv.append(graph.layers * 2 * aligned(int(np.ceil(per_layer))))
+    weights = [sum(aligned(n) for sizes in weight_sizes.values() for n in sizes[core]) for core in range(tp)]
+    kv = [graph.layers * sum(aligned(n) for n in kv_sizes[core]) for core in range(tp)]
     layouts = [activation_layout(graph, sp, core, rows, batch, all_logits) for core in range(tp)]
     activations = [layout.total for layout in layouts]
     regions = dict(device.spec.placement)

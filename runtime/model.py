@@ -20,19 +20,23 @@ import numpy as np
 from tilesim.device import kernels
 from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.device import Device, describe
+from tilesim.device.kernels import quant
 from tilesim.device.kernels.rotary import rope_tables
 from tilesim.profiler.events import MemorySnapshot, StepRecord, Trace
 from tilesim.profiler.report import build_report
 from tilesim.runtime import memplan, shard
 from tilesim.runtime.execute import Executor, StepInputs
 from tilesim.runtime.graph import DecoderGraph
+from tilesim.runtime.kvcache import KVCache, kv_arrays
+from tilesim.runtime.precision import Precision, weight_class
 from tilesim.runtime.sampling import SamplingParams, choose
 from tilesim.runtime.timing import StepShape, StepTimer, bucket
 
 from tilesim.errors import ConfigError, GenerationError, ShardingError
 
 _DEFAULT = object()
-DTYPES = ("fp32",)
+BLOCK_FORMATS = ("q4_0", "q4_1", "q8_0")
+BLOCK = quant.BLOCK
 PREFILL_SMALLEST, DECODE_SMALLEST = 16, 128  # smallest compiled buckets (tokens, context)
 
 
@@ -65,7 +69,9 @@ class Model:
         device: Device,
         tp: int,
         *,
-        dtype: str = "fp32",
+        dtype: str | None = None,
+        act_dtype: str | None = None,
+        kv_dtype: str | None = None,
         max_context: int | None = None,
         batch: int = 1,
         algo: str = "auto",
@@ -73,26 +79,36 @@ class Model:
         progress: Callable | None = None,
     ):
         start = time.perf_counter()
-        if dtype not in DTYPES:
-            raise ConfigError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
         if tp > device.num_cores:
             raise ShardingError(f"--tp {tp} needs {tp} cores but the device has {device.num_cores}; pass --cores {tp}")
         self.checkpoint, self.device, self.tp = checkpoint, device, tp
         self.graph: DecoderGraph = checkpoint.graph
         self.timing_only = timing_only
-        self.dtype = dtype
+        gguf = checkpoint.format == "gguf"
+        self.precision = Precision.make(dtype or ("native" if gguf else "fp32"), act_dtype, kv_dtype, gguf)
+        self.dtype = self.precision.weights
         self.max_context = int(max_context or min(self.graph.max_positions, 2048))
         if not 1 <= self.max_context <= self.graph.max_positions:
             raise ConfigError(
                 f"--max-context {self.max_context} is out of range: {self.graph.name} has "
                 f"{self.graph.max_positions} positions"
             )
-        self.sp = shard.plan(self.graph, tp)
-        self.weight_bytes = {p: 4.0 for p in self.graph.params}
-        self.kv_itemsize = 4.0
+        self.notes: list[str] = []
+        self.formats = {
+            p: self.precision.format_for(p, len(s.shape), checkpoint.stored_type(p))
+            for p, s in self.graph.params.items()
+        }
+        blocky = any(f in BLOCK_FORMATS for f in self.formats.values())
+        self.sp = shard.plan(self.graph, tp, granule=BLOCK if blocky else 1)
+        self._keep_blocks_whole()
+        self.weight_sizes = {p: [self._array_bytes(p, c) for c in range(tp)] for p in self.graph.params}
+        self.weight_bytes = {
+            p: sum(self.weight_sizes[p][0]) / max(1, int(np.prod(self.sp.local_shape(p, spec.shape, 0))))
+            for p, spec in self.graph.params.items()
+        }
         self.algo = algo
         self._progress = progress
-        self.weights: list[dict[str, np.ndarray]] = [{} for _ in range(tp)]
+        self.weights: list[dict[str, object]] = [{} for _ in range(tp)]
         self._blocks: list = []
         self.batch, self.all_logits = 0, False
         self._session(batch, False)  # plans memory for everything, raising before any weight is read
@@ -105,42 +121,58 @@ class Model:
 
     # -- placement ----------------------------------------------------------------------
 
+    def _keep_blocks_whole(self) -> None:
+        """A block-quantized weight split by columns off block boundaries is dequantized."""
+        for param, fmt in self.formats.items():
+            if fmt not in BLOCK_FORMATS:
+                continue
+            cols = self.sp.cols[param]
+            if any(c is not None and (c[0] % BLOCK or c[1] % BLOCK) for c in cols):
+                self.formats[param] = "fp32"
+                self.notes.append(f"{param}: its column split is not a multiple of {BLOCK}; dequantized to fp32")
+
+    def _array_bytes(self, param: str, core: int) -> list[int]:
+        shape = self.sp.local_shape(param, self.graph.params[param].shape, core)
+        if len(shape) == 1:
+            return [shape[0] * 4]
+        return [int(np.prod(s)) * d.itemsize for s, d in quant.array_shapes(self.formats[param], shape).values()]
+
     def _session(self, batch: int, all_logits: bool) -> None:
         """Plan and place the KV cache and activations for `batch` sequences (weights stay).
 
         `all_logits` keeps the LM head's output for every prefill position (for tests that
         compare them), which needs a larger logits buffer.
         """
+        d = self.graph.head_dim
+        kv_layouts = [kv_arrays(self.precision.kv, batch, hi - lo, self.max_context, d) for lo, hi in self.sp.kv_heads]
+        kv_sizes = [[int(np.prod(shape)) * dt.itemsize for shape, dt in layout.values()] for layout in kv_layouts]
         plan = memplan.plan_memory(
             self.graph,
             self.sp,
             self.device,
             batch=batch,
-            max_context=self.max_context,
             prefill_tokens=bucket(self.max_context, PREFILL_SMALLEST, self.max_context),
-            weight_bytes=self.weight_bytes,
-            kv_itemsize=self.kv_itemsize,
+            weight_sizes=self.weight_sizes,
+            kv_sizes=kv_sizes,
             all_logits=all_logits,
         )
+        plan.notes[:0] = self.notes
         for core, block in getattr(self, "_session_blocks", []):
             self.device.cores[core].memory.free(block)
         self.plan, self.batch, self.all_logits = plan, batch, all_logits
         self._session_blocks = []
-        self.kv: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.tp)]
+        self.kv: list[list[KVCache | None]] = [[] for _ in range(self.tp)]
         self.acts: list[dict[str, np.ndarray]] = [{} for _ in range(self.tp)]
-        d = self.graph.head_dim
         for core in range(self.tp):
             memory = self.device.cores[core].memory
-            lo, hi = self.sp.kv_heads[core]
-            shape = (batch, hi - lo, self.max_context, d)
             for layer in range(self.graph.layers):
-                pair = []
-                for which in ("k", "v"):
-                    nbytes = int(np.prod(shape)) * int(self.kv_itemsize)
-                    block = memplan.place(plan, self.device, core, "kv_cache", nbytes, f"kv.{layer}.{which}")
+                arrays = {}
+                for name, (shape, dt) in kv_layouts[core].items():
+                    nbytes = int(np.prod(shape)) * dt.itemsize
+                    block = memplan.place(plan, self.device, core, "kv_cache", nbytes, f"kv.{layer}.{name}")
                     self._session_blocks.append((core, block))
-                    pair.append(None if self.timing_only else memory.view(block, np.float32, shape))
-                self.kv[core].append(tuple(pair))
+                    arrays[name] = None if self.timing_only else memory.view(block, dt, shape)
+                self.kv[core].append(None if self.timing_only else KVCache(self.precision.kv, **arrays))
             layout = plan.layouts[core]
             block = memplan.place(plan, self.device, core, "activations", layout.total, "activations")
             self._session_blocks.append((core, block))
@@ -152,14 +184,7 @@ class Model:
                         raw[offset : offset + rows * width * 4].view(np.float32).reshape(rows, width)
                     )
         self.timer = StepTimer(
-            self.graph,
-            self.sp,
-            self.device,
-            self.weight_bytes,
-            self.kv_itemsize,
-            plan.regions["activations"],
-            self.algo,
-            self.dtype,
+            self.graph, self.sp, self.device, self.weight_bytes, self.precision, plan.regions["activations"], self.algo
         )
         self.executor = None
         if not self.timing_only and self.weights[0]:
@@ -170,30 +195,58 @@ class Model:
         total = len(params) * self.tp
         done = 0
         for name, spec in params:
+            fmt = self.formats[name]
             for core in range(self.tp):
-                memory = self.device.cores[core].memory
                 shape = self.sp.local_shape(name, spec.shape, core)
-                nbytes = int(np.ceil(int(np.prod(shape)) * self.weight_bytes[name]))
-                block = memplan.place(self.plan, self.device, core, "weights", nbytes, name)
-                self._blocks.append((core, block))
-                if not self.timing_only:
-                    view = memory.view(block, np.float32, shape)
-                    lo, hi = self.sp.rows[name][core]
-                    cols = self.sp.cols[name][core]
-                    view[...] = self.checkpoint.read(name, slice(lo, hi), None if cols is None else slice(*cols))
-                    self.weights[core][name] = view
+                if self.timing_only:
+                    for i, nbytes in enumerate(self.weight_sizes[name][core]):
+                        block = memplan.place(self.plan, self.device, core, "weights", nbytes, f"{name}[{i}]")
+                        self._blocks.append((core, block))
+                else:
+                    self.weights[core][name] = self._place(name, core, shape, self._read(name, fmt, core, shape))
                 done += 1
                 if self._progress:
                     self._progress(done, total)
         if not self.timing_only:
             self._build_executor()
 
+    def _read(self, name: str, fmt: str, core: int, shape: tuple[int, ...]):
+        """This core's slice of a weight, in its storage format (a Packed, or fp32 for vectors)."""
+        lo, hi = self.sp.rows[name][core]
+        cols = self.sp.cols[name][core]
+        if fmt in BLOCK_FORMATS and self.checkpoint.stored_type(name) == fmt.upper():
+            block_cols = None if cols is None else slice(cols[0] // BLOCK, cols[1] // BLOCK)
+            return quant.from_blocks(self.checkpoint.read_stored(name, slice(lo, hi), block_cols), fmt, shape)
+        values = self.checkpoint.read(name, slice(lo, hi), None if cols is None else slice(*cols))
+        return values if len(shape) == 1 else quant.pack(values, fmt)
+
+    def _place(self, name: str, core: int, shape: tuple[int, ...], value):
+        """Copy a weight into the core's memory; returns the views the kernels will read."""
+        memory = self.device.cores[core].memory
+        arrays = {"w": value} if isinstance(value, np.ndarray) else value.arrays
+        views = {}
+        for i, (key, array) in enumerate(arrays.items()):
+            block = memplan.place(self.plan, self.device, core, "weights", array.nbytes, f"{name}[{i}]" if i else name)
+            self._blocks.append((core, block))
+            view = memory.view(block, array.dtype, array.shape)
+            view[...] = array
+            views[key] = view
+        return views["w"] if isinstance(value, np.ndarray) else quant.Packed(value.fmt, value.shape, views)
+
     def _build_executor(self) -> None:
         rope = next((n for n in self.graph.nodes if n.op == "rope"), None)
         tables = rope_tables(self.max_context, rope.attrs["inv_freq"]) if rope else None
         fabric = AnalyticFabric(self.device.spec.fabric, self.tp)
         self.executor = Executor(
-            self.graph, self.sp, self.weights, self.kv, self.acts, fabric, self.timer.algorithm, tables
+            self.graph,
+            self.sp,
+            self.weights,
+            self.kv,
+            self.acts,
+            fabric,
+            self.timer.algorithm,
+            tables,
+            self.precision.activations,
         )
 
     # -- generation ---------------------------------------------------------------------
@@ -333,7 +386,7 @@ class Model:
     def _device_info(self) -> dict:
         info = describe(self.device.spec)
         info["cores"] = self.tp
-        info["peak_flops"] = self.device.spec.core.peak_flops[self.dtype]
+        info["peak_flops"] = self.device.spec.core.peak_flops[self.precision.compute_dtype]
         return info
 
     def _model_info(self) -> dict:
@@ -348,8 +401,34 @@ class Model:
             "params": cfg.params,
             "tp": self.tp,
             "dtype": self.dtype,
+            "act_dtype": self.precision.activations,
+            "kv_dtype": self.precision.kv,
             "max_context": self.max_context,
             "batch": self.batch,
+            "precision": self.precision_report(),
+        }
+
+    def precision_report(self) -> dict:
+        """The format of every weight class, its bytes over all cores, and the bytes saved against fp32."""
+        classes: dict[str, dict] = {}
+        for param, spec in self.graph.params.items():
+            entry = classes.setdefault(weight_class(param), {"formats": set(), "bytes": 0, "fp32_bytes": 0})
+            entry["formats"].add(self.formats[param])
+            entry["bytes"] += sum(sum(sizes) for sizes in self.weight_sizes[param])
+            entry["fp32_bytes"] += sum(
+                int(np.prod(self.sp.local_shape(param, spec.shape, c))) * 4 for c in range(self.tp)
+            )
+        for entry in classes.values():
+            entry["formats"] = sorted(entry["formats"])
+        stored = sum(e["bytes"] for e in classes.values())
+        fp32 = sum(e["fp32_bytes"] for e in classes.values())
+        return {
+            "weights": classes,
+            "activations": self.precision.activations,
+            "kv_cache": self.precision.kv,
+            "weight_bytes": stored,
+            "fp32_weight_bytes": fp32,
+            "bytes_saved": fp32 - stored,
         }
 
     def _memory_snapshot(self) -> MemorySnapshot:

@@ -46,8 +46,12 @@ class ShardPlan:
         return (hi - lo, shape[1] if col is None else col[1] - col[0])
 
 
-def plan(graph: DecoderGraph, tp: int) -> ShardPlan:
-    """Split `graph` over `tp` cores; raises ShardingError when the heads do not allow it."""
+def plan(graph: DecoderGraph, tp: int, granule: int = 1) -> ShardPlan:
+    """Split `graph` over `tp` cores; raises ShardingError when the heads do not allow it.
+
+    Feature splits that are not by heads fall on multiples of `granule` where the width
+    allows (32 keeps llama.cpp's blocks of 32 weights whole on one core).
+    """
     if tp < 1:
         raise ShardingError(f"the tensor-parallel degree must be at least 1, got {tp}")
     nh, nkv = graph.heads, graph.kv_heads
@@ -71,7 +75,8 @@ def plan(graph: DecoderGraph, tp: int) -> ShardPlan:
         return [(lo * d, hi * d) for lo, hi in (kv_heads if kv else q_heads)]
 
     def even(n: int) -> list[tuple[int, int]]:
-        b = bounds(n, tp)
+        unit = granule if n % granule == 0 and n // granule >= tp else 1
+        b = [x * unit for x in bounds(n // unit, tp)]
         return [(b[c], b[c + 1]) for c in range(tp)]
 
     def value_ranges(name: str) -> list[tuple[int, int]]:

@@ -29,6 +29,7 @@ from tilesim.device.kernels.norms import norm_cost
 from tilesim.device.kernels.rotary import rope_cost
 from tilesim.profiler.events import Span, Transfer
 from tilesim.runtime.graph import DecoderGraph, Node
+from tilesim.runtime.precision import Precision
 from tilesim.runtime.shard import ShardPlan
 
 
@@ -71,16 +72,18 @@ class StepTimer:
         sp: ShardPlan,
         device: Device,
         weight_bytes: dict[str, float],
-        kv_itemsize: float,
+        precision: Precision,
         act_region: str,
         algo: str = "auto",
-        dtype: str = "fp32",
     ):
         self.graph, self.sp, self.device = graph, sp, device
-        self.weight_bytes, self.kv_itemsize = weight_bytes, kv_itemsize
+        self.weight_bytes = weight_bytes
+        self.act_bytes = precision.act_bytes
+        # int8 keys and values carry an fp32 scale per position and head
+        self.kv_itemsize = precision.kv_bytes + (4.0 / graph.head_dim if precision.kv == "int8" else 0.0)
         self.act_region = act_region
         self.algo = algo
-        self.dtype = dtype
+        self.dtype = precision.compute_dtype
         self._cache: dict[StepShape, StepTiming] = {}
         self._collective_cache: dict[tuple[str, int], tuple[str, float, tuple]] = {}
 
@@ -192,47 +195,43 @@ class StepTimer:
     def _cost(self, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost | None:
         sp, g = self.sp, self.graph
         width = sp.widths
+        a, dt = self.act_bytes, self.dtype
         if node.op in ("linear", "lm_head"):
             w = node.params[0]
             out_f, in_f = sp.local_shape(w, g.params[w].shape, core)
             name = "lm_head" if node.op == "lm_head" else w.rsplit(".", 2)[-2]
+            wb = self.weight_bytes.get(w, 4.0)
             return linear_cost(
-                rows,
-                out_f,
-                in_f,
-                weight_bytes_per_elem=self.weight_bytes.get(w, 4.0),
-                bias=len(node.params) > 1,
-                dtype=self.dtype,
-                name=name,
+                rows, out_f, in_f, weight_bytes_per_elem=wb, act_bytes=a, bias=len(node.params) > 1, dtype=dt, name=name
             )
+        n = rows * width[node.out][core] if node.out else 0
         if node.op == "embed":
-            return embed_cost(rows, width[node.out][core], weight_bytes=self.weight_bytes.get(node.params[0], 4.0))
+            return embed_cost(
+                rows, width[node.out][core], weight_bytes=self.weight_bytes.get(node.params[0], 4.0), act_bytes=a
+            )
         if node.op == "norm":
-            return norm_cost(rows, width[node.out][core], kind=node.attrs["kind"])
+            return norm_cost(rows, width[node.out][core], kind=node.attrs["kind"], act_bytes=a, dtype=dt)
         if node.op == "rope":
             d = g.head_dim
             heads = (width[node.inputs[0]][core] + width[node.inputs[1]][core]) // d
-            return rope_cost(rows, heads, node.attrs["rot"])
+            return rope_cost(rows, heads, node.attrs["rot"], act_bytes=a, dtype=dt)
         if node.op == "attention":
             d = g.head_dim
             hq, hkv = width[node.inputs[0]][core] // d, width[node.inputs[1]][core] // d
             context = shape.context if shape.phase == "decode" else (shape.tokens + 1) / 2
-            kv = kv_write_cost(shape.batch, shape.tokens, hkv, d, kv_bytes=self.kv_itemsize)
-            att = attention_cost(shape.batch, shape.tokens, context, hq, hkv, d, kv_bytes=self.kv_itemsize)
-            return KernelCost(
-                "attention",
-                "attention",
-                att.flops,
-                self.dtype,
-                {k: att.bytes.get(k, 0) + kv.bytes.get(k, 0) for k in ("kv_cache", "activations")},
+            kv = kv_write_cost(shape.batch, shape.tokens, hkv, d, act_bytes=a, kv_bytes=self.kv_itemsize)
+            att = attention_cost(
+                shape.batch, shape.tokens, context, hq, hkv, d, act_bytes=a, kv_bytes=self.kv_itemsize, dtype=dt
             )
+            traffic = {k: att.bytes.get(k, 0) + kv.bytes.get(k, 0) for k in ("kv_cache", "activations")}
+            return KernelCost("attention", "attention", att.flops, dt, traffic)
         if node.op == "act":
-            return activation_cost(rows * width[node.out][core], kind=node.attrs["kind"])
+            return activation_cost(n, kind=node.attrs["kind"], act_bytes=a, dtype=dt)
         if node.op == "swiglu":
-            return activation_cost(rows * width[node.out][core], kind="silu_mul", inputs=2)
+            return activation_cost(n, kind="silu_mul", inputs=2, act_bytes=a, dtype=dt)
         if node.op in ("add", "bias", "add_positions"):
-            return add_cost(rows * width[node.out][core])
+            return add_cost(n, act_bytes=a, dtype=dt)
         if node.op == "select_last":
             n = shape.batch * width[node.out][core]
-            return KernelCost("select_last", "elementwise", 0.0, self.dtype, {"activations": 2 * n * 4})
+            return KernelCost("select_last", "elementwise", 0.0, dt, {"activations": 2 * n * a})
         raise AssertionError(f"no cost for op {node.op}")

@@ -13,8 +13,10 @@ def load(
     path_or_name: str,
     device: Device | str = "trn1",
     tp: int | None = None,
-    dtype: str = "fp32",
+    dtype: str | None = None,
     *,
+    act_dtype: str | None = None,
+    kv_dtype: str | None = None,
     max_context: int | None = None,
     batch: int = 1,
     algo: str = "auto",
@@ -25,7 +27,10 @@ def load(
 
     `path_or_name` is a HF checkpoint folder, a `.gguf` file, or a short name (`smollm2`).
     `device` is a Device or a preset name (then it gets `tp` cores). `tp` defaults to the
-    device's core count. `algo` names the all-reduce algorithm (default: chosen by size).
+    device's core count. `dtype` is the weights' precision (fp32, fp16, bf16, fp8, fp8_e5m2,
+    int8, int4, or native for a GGUF's stored types; default: native for GGUF, else fp32);
+    `act_dtype` and `kv_dtype` set the activations' and the KV cache's (see
+    runtime/precision.py). `algo` names the all-reduce algorithm (default: chosen by size).
     """
     if isinstance(device, str):
         device = Device(device, cores=tp, backed=not timing_only)
@@ -36,6 +41,8 @@ def load(
         device,
         tp,
         dtype=dtype,
+        act_dtype=act_dtype,
+        kv_dtype=kv_dtype,
         max_context=max_context,
         batch=batch,
         algo=algo,

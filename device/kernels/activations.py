@@ -12,16 +12,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from tilesim.device.cost import KernelCost
 
 _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _gelu_tanh(x, out):  # flat (N,)
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         v = x[i]
         out[i] = (
             np.float32(0.5)
@@ -30,29 +30,29 @@ def _gelu_tanh(x, out):  # flat (N,)
         )
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _gelu_exact(x, out):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         v = np.float64(x[i])
         out[i] = np.float32(0.5 * v * (1.0 + math.erf(v * _INV_SQRT2)))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _silu(x, out):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         v = x[i]
         out[i] = v / (np.float32(1.0) + np.float32(math.exp(-v)))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _relu(x, out):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         out[i] = x[i] if x[i] > 0 else np.float32(0.0)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _silu_mul(gate, up, out):
-    for i in prange(gate.shape[0]):
+    for i in range(gate.shape[0]):
         g = gate[i]
         out[i] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[i]
 
@@ -115,3 +115,22 @@ def activation_cost(n: int, *, kind: str, inputs: int = 1, act_bytes: int = 4, d
     """A handful of FLOPs per element (transcendentals counted as 4); inputs read, out written."""
     per = {"relu": 1, "silu": 6, "gelu_tanh": 10, "gelu_exact": 10, "silu_mul": 7, "softmax": 6}[kind]
     return KernelCost(kind, "elementwise", per * n, dtype, {"activations": (inputs + 1) * n * act_bytes})
+
+
+@njit(cache=True)
+def _round_bf16_bits(bits):  # uint32 view of fp32 values, rounded to nearest even in place
+    for i in range(bits.shape[0]):
+        b = bits[i]
+        bits[i] = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """Round fp32 values in place to the nearest bfloat16 (ties to even), kept in fp32."""
+    _round_bf16_bits(x.reshape(-1).view(np.uint32))
+    return x
+
+
+def round_fp16(x: np.ndarray) -> np.ndarray:
+    """Round fp32 values in place to the nearest float16, kept in fp32."""
+    x[...] = x.astype(np.float16)
+    return x

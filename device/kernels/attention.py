@@ -9,6 +9,9 @@ transformers' eager attention does. Rows t >= valid[b] are padding and come out 
 
 Variants:
 1. `_attention`: one thread per (sequence, head, query row), scores in a scratch row.
+2. `_attention_codes`: the same over a cache kept in a narrower format: 16-bit codes
+   (fp16, bf16) or 8-bit codes (fp8, or int8 with one scale per position and head), decoded
+   through a table as they are read (`encode_kv` makes the codes).
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ from numba import njit, prange
 from tilesim.device.cost import KernelCost
 
 
-@njit(cache=True, fastmath=False, parallel=True)
-def _attention(q, k_cache, v_cache, start, valid, scale, window, out):
+def _attention_impl(q, k_cache, v_cache, start, valid, scale, window, out):
     batch, t_len, hq, d = q.shape
     hkv = k_cache.shape[1]
     group = hq // hkv
@@ -74,6 +76,110 @@ def _kv_write(k, v, k_cache, v_cache, start, valid):  # k, v (B, T, Hkv, D)
                     v_cache[b, h, p, i] = v[b, t, h, i]
 
 
+def _attention_codes_impl(q, k_codes, v_codes, lut, k_scale, v_scale, has_scale, start, valid, scale, window, out):
+    batch, t_len, hq, d = q.shape
+    hkv = k_codes.shape[1]
+    group = hq // hkv
+    for idx in prange(batch * hq * t_len):
+        b = idx // (hq * t_len)
+        h = (idx // t_len) % hq
+        t = idx % t_len
+        if t >= valid[b]:
+            for i in range(d):
+                out[b, t, h, i] = 0.0
+            continue
+        g = h // group
+        p = start[b] + t
+        lo = 0
+        if window > 0 and p - window + 1 > 0:
+            lo = p - window + 1
+        n = p + 1 - lo
+        scores = np.empty(n, dtype=np.float32)
+        mx = np.float32(-np.inf)
+        for j in range(n):
+            acc = np.float32(0.0)
+            for i in range(d):
+                acc += q[b, t, h, i] * lut[k_codes[b, g, lo + j, i]]
+            if has_scale:
+                acc = acc * k_scale[b, g, lo + j]
+            acc = acc * scale
+            scores[j] = acc
+            if acc > mx:
+                mx = acc
+        total = np.float32(0.0)
+        for j in range(n):
+            e = np.float32(math.exp(scores[j] - mx))
+            scores[j] = e
+            total += e
+        for i in range(d):
+            out[b, t, h, i] = 0.0
+        for j in range(n):
+            pj = scores[j] / total
+            if has_scale:
+                pj = pj * v_scale[b, g, lo + j]
+            for i in range(d):
+                out[b, t, h, i] += pj * lut[v_codes[b, g, lo + j, i]]
+
+
+# Small problems (a decode step) run on one thread: waking the pool costs more than the work.
+_attention_serial = njit(cache=True)(_attention_impl)
+_attention_parallel = njit(cache=True, parallel=True)(_attention_impl)
+_codes_serial = njit(cache=True)(_attention_codes_impl)
+_codes_parallel = njit(cache=True, parallel=True)(_attention_codes_impl)
+PARALLEL_WORK = 1 << 16  # query rows x heads x positions above which the thread pool pays off
+
+
+def _parallel(q: np.ndarray, context: int) -> bool:
+    batch, t_len, hq, _ = q.shape
+    return batch * t_len * hq * context > PARALLEL_WORK
+
+
+def attention_codes(q, k_codes, v_codes, lut, k_scale, v_scale, has_scale, start, valid, scale, window, out):
+    fn = _codes_parallel if _parallel(q, int(start.max()) + q.shape[1]) else _codes_serial
+    fn(q, k_codes, v_codes, lut, k_scale, v_scale, has_scale, start, valid, scale, window, out)
+
+
+@njit(cache=True)
+def _scale_write(ks, vs, k_scale, v_scale, start, valid):  # ks, vs (B, T, Hkv)
+    batch, t_len, hkv = ks.shape
+    for b in range(batch):
+        for t in range(min(t_len, valid[b])):
+            for h in range(hkv):
+                k_scale[b, h, start[b] + t] = ks[b, t, h]
+                v_scale[b, h, start[b] + t] = vs[b, t, h]
+
+
+KV_FORMATS = ("fp32", "fp16", "bf16", "fp8", "int8")
+
+
+def kv_code_dtype(fmt: str) -> np.dtype:
+    return np.dtype({"fp32": np.float32, "fp16": np.uint16, "bf16": np.uint16, "fp8": np.uint8, "int8": np.uint8}[fmt])
+
+
+def kv_lut(fmt: str) -> np.ndarray:
+    from tilesim.device.kernels import quant
+
+    return {"fp16": quant.LUT_FP16, "bf16": quant.LUT_BF16, "fp8": quant.LUT_FP8["fp8_e4m3"], "int8": quant.LUT_INT8}[
+        fmt
+    ]
+
+
+def encode_kv(x: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Keys or values (B, T, H, D) in fp32 as cache codes, and per-(B, T, H) scales for int8."""
+    import ml_dtypes
+
+    if fmt == "fp16":
+        return x.astype(np.float16).view(np.uint16), None
+    if fmt == "bf16":
+        return x.astype(ml_dtypes.bfloat16).view(np.uint16), None
+    if fmt == "fp8":
+        return x.astype(ml_dtypes.float8_e4m3fn).view(np.uint8), None
+    absmax = np.abs(x).max(axis=-1)
+    scales = np.where(absmax > 0, absmax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.rint(x / scales[..., None]), -127, 127).astype(np.int8)
+    return q.view(np.uint8), scales
+
+
 def attention(
     q: np.ndarray,
     k_cache: np.ndarray,
@@ -85,7 +191,8 @@ def attention(
     window: int = 0,
 ) -> np.ndarray:
     """q (B, T, Hq, D) against the cache (B, Hkv, S, D) -> out (B, T, Hq, D); see module doc."""
-    _attention(q, k_cache, v_cache, start, valid, np.float32(scale), int(window), out)
+    fn = _attention_parallel if _parallel(q, int(start.max()) + q.shape[1]) else _attention_serial
+    fn(q, k_cache, v_cache, start, valid, np.float32(scale), int(window), out)
     return out
 
 

@@ -10,7 +10,7 @@ Variants:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from tilesim.device.cost import KernelCost
 
 
@@ -27,9 +27,9 @@ def _embed(ids, table, vocab_start, out):  # ids (M,), table (V, H), out (M, H)
                 out[m, i] = 0.0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _add(a, b, out):
-    for i in prange(a.shape[0]):
+    for i in range(a.shape[0]):
         out[i] = a[i] + b[i]
 
 

@@ -9,7 +9,7 @@ Both read `cos`/`sin` tables of shape (positions, rot/2) built once by `rope_tab
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from tilesim.device.cost import KernelCost
 
 
@@ -25,11 +25,11 @@ def rope_tables(positions: int, inv_freq: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _rope_neox(x, positions, cos, sin, rot):  # x (M, H, D), positions (M,)
     half = rot // 2
     m_rows, heads = x.shape[0], x.shape[1]
-    for mh in prange(m_rows * heads):
+    for mh in range(m_rows * heads):
         m, h = mh // heads, mh % heads
         p = positions[m]
         for i in range(half):
@@ -39,11 +39,11 @@ def _rope_neox(x, positions, cos, sin, rot):  # x (M, H, D), positions (M,)
             x[m, h, i + half] = b * c + a * s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _rope_gptj(x, positions, cos, sin, rot):
     half = rot // 2
     m_rows, heads = x.shape[0], x.shape[1]
-    for mh in prange(m_rows * heads):
+    for mh in range(m_rows * heads):
         m, h = mh // heads, mh % heads
         p = positions[m]
         for i in range(half):

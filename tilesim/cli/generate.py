@@ -45,7 +45,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-context", type=int, default=None, help="positions in the KV cache (default: fits the run)")
-    p.add_argument("--dtype", default="fp32", help="weight and activation dtype")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="weights: fp32, fp16, bf16, fp8, fp8_e5m2, int8, int4, native (default: native for GGUF, else fp32)",
+    )
+    p.add_argument("--act-dtype", default=None, help="activations: fp32, fp16, bf16 (default: follows --dtype)")
+    p.add_argument("--kv-dtype", default=None, help="KV cache: fp32, fp16, bf16, fp8, int8 (default: the activations')")
     p.add_argument("--algo", default="auto", help="all-reduce algorithm (default: chosen by size)")
     p.add_argument("--timing-only", action="store_true", help="time the run without weights or arithmetic")
     p.add_argument("--trace", default=None, metavar="PATH", help="write a Chrome/Perfetto trace (JSON)")
@@ -100,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         device,
         args.tp,
         dtype=args.dtype,
+        act_dtype=args.act_dtype,
+        kv_dtype=args.kv_dtype,
         max_context=max_context,
         batch=len(prompts),
         algo=args.algo,

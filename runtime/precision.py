@@ -1,0 +1,86 @@
+"""Which precision each tensor of a run gets: weights by class, activations, the KV cache.
+
+`--dtype` names the weights' precision:
+- `fp32`, `fp16`, `bf16`: every weight matrix in that type; activations too (16-bit
+  activations are computed in fp32 and rounded to 16 bits after every op);
+- `fp8` (= `fp8_e4m3`), `fp8_e5m2`, `int8`, `int4`: weight-only quantization of the
+  attention and MLP projections at load, per shard (fp8 and int8 with one scale per output
+  channel, int4 in groups of 32 with a scale and an offset); embeddings, norms and biases
+  stay in the activation precision;
+- `native` (the default for GGUF files): every tensor as the file stores it (Q4_0, Q4_1,
+  Q8_0, F16, F32) and read by the kernels as stored; other GGUF types are dequantized.
+Norm weights, biases and learned positions are always fp32. `--act-dtype` and `--kv-dtype`
+override the activation and KV-cache precisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tilesim.errors import ConfigError
+
+WEIGHT_DTYPES = ("fp32", "fp16", "bf16", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "native")
+ACT_DTYPES = ("fp32", "fp16", "bf16")
+KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+WEIGHT_ONLY = ("fp8_e4m3", "fp8_e5m2", "int8", "int4")
+_GGUF_NATIVE = {"Q4_0": "q4_0", "Q4_1": "q4_1", "Q8_0": "q8_0", "F16": "fp16", "F32": "fp32"}
+_KV_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0}
+
+
+def weight_class(param: str) -> str:
+    """The class a canonical weight belongs to, for reports: attention, mlp, embedding, ..."""
+    if param.endswith(".bias") or "norm" in param:
+        return "norms and biases"
+    if param.startswith(("embed.", "pos.")):
+        return "embedding"
+    if param.startswith("lm_head."):
+        return "lm_head"
+    part = param.split(".")[2]
+    return "attention" if part in ("q", "k", "v", "o") else "mlp"
+
+
+@dataclass(frozen=True)
+class Precision:
+    weights: str  # one of WEIGHT_DTYPES, with fp8 spelled fp8_e4m3
+    activations: str
+    kv: str
+
+    @classmethod
+    def make(
+        cls, dtype: str, act_dtype: str | None = None, kv_dtype: str | None = None, gguf: bool = False
+    ) -> Precision:
+        if dtype not in WEIGHT_DTYPES:
+            raise ConfigError(f"--dtype {dtype!r} is not supported; use one of {', '.join(WEIGHT_DTYPES)}")
+        if dtype == "native" and not gguf:
+            raise ConfigError("--dtype native runs a GGUF file's tensors as stored; this checkpoint is not GGUF")
+        weights = "fp8_e4m3" if dtype == "fp8" else dtype
+        act = act_dtype or (weights if weights in ("fp16", "bf16") else "fp32")
+        if act not in ACT_DTYPES:
+            raise ConfigError(f"--act-dtype {act!r} is not supported; use one of {', '.join(ACT_DTYPES)}")
+        kv = kv_dtype or act
+        if kv not in KV_DTYPES:
+            raise ConfigError(f"--kv-dtype {kv!r} is not supported; use one of {', '.join(KV_DTYPES)}")
+        return cls(weights, act, kv)
+
+    @property
+    def kv_bytes(self) -> float:
+        return _KV_BYTES[self.kv]
+
+    @property
+    def act_bytes(self) -> int:
+        return 4 if self.activations == "fp32" else 2
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype whose peak the matmuls run at: the activations' (weights are decoded to it)."""
+        return self.activations
+
+    def format_for(self, param: str, ndim: int, stored: str | None = None) -> str:
+        """The storage format of `param`; `stored` is a GGUF tensor type for native runs."""
+        if ndim == 1 or param.startswith("pos."):
+            return "fp32"
+        if self.weights == "native":
+            return _GGUF_NATIVE.get(stored or "F32", "fp32")
+        if self.weights in WEIGHT_ONLY and weight_class(param) in ("embedding", "lm_head"):
+            return self.activations
+        return self.weights

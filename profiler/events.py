@@ -55,6 +55,25 @@ class Transfer:
     collective_node: int
 
 
+@dataclass(frozen=True)
+class Messages:
+    """The fabric messages of one collective: a shared, cached record of its simulation.
+
+    `messages` have `src`, `dst`, `start`, `end` (relative to `offset`), `nbytes` and `links`;
+    they are expanded into `Transfer`s only when asked for, so a step of many collectives on
+    many cores costs little until a trace is written.
+    """
+
+    node: int
+    offset: float
+    messages: tuple
+
+    def transfers(self) -> Iterator[Transfer]:
+        for m in self.messages:
+            link = m.links[0] if m.links else ""
+            yield Transfer(m.src, m.dst, self.offset + m.start, self.offset + m.end, m.nbytes, link, self.node)
+
+
 @dataclass
 class StepRecord:
     """One step: when it started, how long it took, and its (shared) spans."""
@@ -65,8 +84,13 @@ class StepRecord:
     latency: float
     shape: dict[str, Any]
     spans: list[Span]
-    transfers: list[Transfer] = field(default_factory=list)
+    messages: list[Messages] = field(default_factory=list)
     tokens: int = 0  # new tokens this step produced (over the batch)
+
+    @property
+    def transfers(self) -> Iterator[Transfer]:
+        for collective in self.messages:
+            yield from collective.transfers()
 
     def absolute_spans(self) -> Iterator[Span]:
         for span in self.spans:

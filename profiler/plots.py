@@ -41,7 +41,7 @@ def _pyplot():
 
 def _decode_step(trace: Trace) -> StepRecord:
     decode = [s for s in trace.steps if s.phase == "decode"]
-    with_transfers = [s for s in decode if s.transfers]
+    with_transfers = [s for s in decode if s.messages]
     return (with_transfers or decode or trace.steps)[0]
 
 

@@ -320,7 +320,7 @@ class Model:
             else:
                 chosen = np.zeros(b, dtype=np.int64)
             active = sum(not d for d in done)
-            detail = timing.transfers if step < 2 else []  # fabric messages: prefill and the first decode step
+            detail = timing.messages if step < 2 else []  # fabric messages: prefill and the first decode step
             trace.steps.append(
                 StepRecord(step, shape.phase, clock, timing.latency, vars(shape).copy(), timing.spans, detail, active)
             )

@@ -27,7 +27,7 @@ from tilesim.device.kernels.elementwise import add_cost, embed_cost
 from tilesim.device.kernels.matmul import linear_cost
 from tilesim.device.kernels.norms import norm_cost
 from tilesim.device.kernels.rotary import rope_cost
-from tilesim.profiler.events import Span, Transfer
+from tilesim.profiler.events import Messages, Span
 from tilesim.runtime.graph import DecoderGraph, Node
 from tilesim.runtime.precision import Precision
 from tilesim.runtime.shard import ShardPlan
@@ -51,7 +51,7 @@ class StepTiming:
     shape: StepShape
     latency: float
     spans: list[Span] = field(default_factory=list)
-    transfers: list[Transfer] = field(default_factory=list)
+    messages: list[Messages] = field(default_factory=list)
 
     def critical_path(self) -> list[Span]:
         return [s for s in self.spans if s.critical]
@@ -108,7 +108,7 @@ class StepTimer:
         p = self.sp.tp
         ready = [0.0] * p
         spans: list[Span] = []
-        transfers: list[Transfer] = []
+        messages: list[Messages] = []
         overhead = self.device.spec.fabric.collective_overhead_s
         segment: list[list[Span]] = [[] for _ in range(p)]
         after = False
@@ -119,13 +119,8 @@ class StepTimer:
                 op, n = self._collective_size(node, rows, shape)
                 algo, duration, moves = self.collective(op, n)
                 start = max(ready)
-                for t in moves:
-                    link = t.links[0] if t.links else ""
-                    transfers.append(
-                        Transfer(
-                            t.src, t.dst, start + overhead + t.start, start + overhead + t.end, t.nbytes, link, index
-                        )
-                    )
+                if moves:
+                    messages.append(Messages(index, start + overhead, moves))
                 slowest = max(range(p), key=lambda c: ready[c])
                 for span in segment[slowest]:
                     span.critical = True
@@ -179,7 +174,7 @@ class StepTimer:
         slowest = max(range(p), key=lambda c: ready[c])
         for span in segment[slowest]:
             span.critical = True
-        return StepTiming(shape, max(ready), spans, transfers)
+        return StepTiming(shape, max(ready), spans, messages)
 
     def _collective_size(self, node: Node, rows: int, shape: StepShape) -> tuple[str, int]:
         if node.op == "allreduce":

@@ -47,12 +47,24 @@ def test_our_tokenizer_built_from_the_gguf_matches_transformers(reference):
     assert ours.chat_ids(messages) == list(expected)
 
 
+@pytest.mark.parametrize("dtype", ["native", "fp32"])
 @pytest.mark.parametrize("tp", [1, 3])
-def test_first_32_greedy_tokens_equal_transformers(reference, tp):
+def test_first_32_greedy_tokens_equal_transformers(reference, tp, dtype):
+    """`native` runs the Q4_1/Q8_0 blocks as stored; `fp32` dequantizes them at load."""
     _, ids, expected = reference
-    model = tilesim.load("smollm2", device=tilesim.Device("trn1", cores=tp), tp=tp)
+    model = tilesim.load("smollm2", device=tilesim.Device("trn1", cores=tp), tp=tp, dtype=dtype)
     out = model.generate([ids], max_new_tokens=32, eos_token_id=None)
     assert out.tokens[0].tolist() == expected
+
+
+def test_native_weights_take_the_files_packed_bytes():
+    checkpoint = open_checkpoint("smollm2")
+    stored = sum(t.n_bytes for t in checkpoint.reader.tensors.values())
+    model = tilesim.load("smollm2", device=tilesim.Device("trn1", cores=3), tp=3)
+    placed = sum(model.device.cores[c].memory.used_by_kind()["weights"] for c in range(3))
+    assert placed == pytest.approx(stored, rel=0.01)
+    assert {model.formats[p] for p in model.graph.params if p.endswith(("q.weight", "up.weight"))} == {"q4_1"}
+    assert model.formats["embed.weight"] == "q8_0"
 
 
 def test_asked_for_the_capital_of_france_the_chat_answer_names_paris():

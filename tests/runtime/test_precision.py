@@ -1,0 +1,67 @@
+"""Each precision against fp32 on tiny random models: logits within the stated bound, greedy
+tokens equal wherever the bound says they must be, memory and time that follow the bytes.
+
+BOUNDS are the largest |logit - fp32 logit| allowed, relative to the largest fp32 logit (the
+measured errors are in docs/precision.md). A greedy token must agree with fp32's while the
+fp32 margin between the best and second-best logit is more than twice the bound.
+"""
+
+import numpy as np
+import pytest
+
+import tilesim
+from tilesim.errors import ConfigError
+
+PROMPT = [5, 17, 42, 8, 99, 3, 61, 23, 77, 12, 50, 31, 4, 66, 28, 90]
+STEPS = 12
+BOUNDS = {
+    ("fp16", None): 5e-3, ("bf16", None): 5e-2, ("int8", None): 0.1, ("fp8", None): 0.25, ("fp8_e5m2", None): 0.5,
+    ("int4", None): 1.0, ("fp32", "fp16"): 2e-3, ("fp32", "bf16"): 2e-2, ("fp32", "int8"): 5e-2, ("fp32", "fp8"): 0.25,
+}  # fmt: skip
+
+
+def greedy_with_logits(model, steps=STEPS):
+    out = model.generate([PROMPT], max_new_tokens=steps, eos_token_id=None, return_logits=True)
+    return out.tokens[0], [step[0] for step in out.logits]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "opt"])
+@pytest.mark.parametrize(("dtype", "kv"), list(BOUNDS))
+def test_logits_stay_within_the_bound_and_greedy_agrees_where_it_must(tiny_model, arch, dtype, kv):
+    folder = str(tiny_model(arch))
+    fp32 = tilesim.load(folder, device="tiny", tp=1)
+    low = tilesim.load(folder, device="tiny", tp=1, dtype=dtype, kv_dtype=kv)
+    bound = BOUNDS[(dtype, kv)]
+    ref_all = fp32.generate([PROMPT], 1, eos_token_id=None, return_logits="all").logits[0]
+    got_all = low.generate([PROMPT], 1, eos_token_id=None, return_logits="all").logits[0]
+    assert np.max(np.abs(got_all - ref_all)) <= bound * np.max(np.abs(ref_all))
+    ref_tokens, ref_logits = greedy_with_logits(fp32)
+    tokens, _ = greedy_with_logits(low)
+    for step, logits in enumerate(ref_logits):
+        top2 = np.sort(logits)[-2:]
+        if top2[1] - top2[0] <= 2 * bound * np.max(np.abs(logits)):
+            break  # close call: a different choice is allowed, and then the sequences differ
+        assert tokens[step] == ref_tokens[step], f"step {step} must agree: the fp32 margin exceeds the bound"
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "int8", "int4"])
+def test_lower_precision_takes_less_memory_and_less_simulated_time(tiny_model, dtype):
+    folder = str(tiny_model("gpt_neox"))
+    fp32 = tilesim.load(folder, device="trn1", tp=1).generate([PROMPT], 4, eos_token_id=None)
+    low = tilesim.load(folder, device="trn1", tp=1, dtype=dtype).generate([PROMPT], 4, eos_token_id=None)
+    w32 = fp32.report["memory"]["per_core"][0]["weights"]
+    wlow = low.report["memory"]["per_core"][0]["weights"]
+    assert wlow < 0.6 * w32
+    assert low.report["itl_s"] <= fp32.report["itl_s"]
+    precision = low.trace.model["precision"]
+    assert precision["bytes_saved"] > 0 and precision["weights"]["mlp"]["formats"] == [
+        "int4" if dtype == "int4" else dtype
+    ]
+    assert precision["weights"]["norms and biases"]["formats"] == ["fp32"]
+
+
+def test_native_is_for_gguf_files_only(tiny_model):
+    with pytest.raises(ConfigError, match="--dtype native runs a GGUF"):
+        tilesim.load(str(tiny_model("gpt2")), device="tiny", tp=1, dtype="native")
+    with pytest.raises(ConfigError, match="--dtype 'int3' is not supported"):
+        tilesim.load(str(tiny_model("gpt2")), device="tiny", tp=1, dtype="int3")

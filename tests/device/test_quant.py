@@ -8,7 +8,6 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 from hypothesis import given
 from hypothesis import strategies as st
-
 from tilesim.device.kernels import attention, quant, reference
 
 U32 = 2.0**-24

@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 from common import NEW_TOKENS, PROMPT_TEXT, machine, median, read_bandwidth
-from tilesim.models.checkpoint import open_checkpoint, resolve
-from tilesim.runtime.model import Model
 
 import tilesim
+from tilesim.models.checkpoint import open_checkpoint, resolve
+from tilesim.runtime.model import Model
 
 ROUNDS = 3
 

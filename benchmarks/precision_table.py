@@ -4,10 +4,10 @@ ipu-gc200 (timing-only: the bytes each format stores are what the timing model r
 from __future__ import annotations
 
 from common import machine
-from tilesim.models.checkpoint import open_checkpoint
-from tilesim.runtime.model import Model
 
 import tilesim
+from tilesim.models.checkpoint import open_checkpoint
+from tilesim.runtime.model import Model
 
 DTYPES = ["native", "fp32", "fp16", "bf16", "fp8", "int8", "int4"]
 

@@ -13,12 +13,12 @@ import dataclasses
 import time
 
 from common import machine
+
+import tilesim
 from tilesim.models.decoder import build_graph
 from tilesim.models.named import open_for_timing
 from tilesim.runtime.model import Model
 from tilesim.runtime.timing import StepShape
-
-import tilesim
 
 
 def whole_run() -> float:

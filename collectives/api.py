@@ -15,6 +15,7 @@ import functools
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from tilesim.collectives import (
     binomial_tree,
     direct,
@@ -34,7 +35,6 @@ from tilesim.device.device import Device
 from tilesim.device.fabric import TransferRecord
 from tilesim.device.faults import FaultSpec
 from tilesim.device.spec import FabricSpec
-
 from tilesim.errors import ConfigError
 
 OPS = ("allreduce", "reducescatter", "allgather", "broadcast", "alltoall")

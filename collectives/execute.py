@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from tilesim.collectives.schedule import Local, Recv, Schedule, Send
 from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.fabric import Fabric, TransferRecord
-
 from tilesim.errors import CollectiveTimeout
 
 Buffers = list[dict[str, np.ndarray] | None]

@@ -9,6 +9,7 @@ for other float sums.
 from __future__ import annotations
 
 import numpy as np
+
 from tilesim.collectives.numerics import sum_error_bound
 from tilesim.collectives.schedule import bounds
 

@@ -10,6 +10,7 @@ a correct collective must give.
 from __future__ import annotations
 
 import numpy as np
+
 from tilesim.collectives.execute import run_analytic
 from tilesim.collectives.schedule import Schedule, bounds
 from tilesim.device.analytic import AnalyticFabric

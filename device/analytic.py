@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from tilesim.device.spec import FabricSpec
 from tilesim.device.topology import Topology
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import simpy
+
 from tilesim.device.cost import KernelCost, KernelTime, kernel_time
 from tilesim.device.fabric import Fabric, TransferRecord
 from tilesim.device.faults import FaultSpec

@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import simpy
+
 from tilesim.device.faults import FaultInjector, FaultSpec
 from tilesim.device.spec import FabricSpec
 from tilesim.device.topology import Topology
-
 from tilesim.errors import FabricFault
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tilesim.device.kernels.rotary import rope_inv_freq
 
+from tilesim.device.kernels.rotary import rope_inv_freq
 from tilesim.errors import CheckpointError
 
 

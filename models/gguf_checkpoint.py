@@ -8,11 +8,11 @@ loads a GGUF), so the canonical weights are the Hugging Face ones.
 from __future__ import annotations
 
 import numpy as np
+
+from tilesim.errors import CheckpointError
 from tilesim.models.config import ModelConfig
 from tilesim.models.readers import GGUFTensorReader
 from tilesim.models.weights import WeightRef
-
-from tilesim.errors import CheckpointError
 
 ARCHITECTURES = ("llama", "qwen2")
 

@@ -4,11 +4,11 @@ tied embeddings."""
 from __future__ import annotations
 
 import numpy as np
+
+from tilesim.errors import CheckpointError
 from tilesim.models.config import HFConfig, ModelConfig
 from tilesim.models.decoder import build_graph
 from tilesim.models.weights import WeightRef
-
-from tilesim.errors import CheckpointError
 
 MODEL_TYPES = ("gpt2",)
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_exact", "relu": "relu"}

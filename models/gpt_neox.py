@@ -4,12 +4,12 @@ of each head ("rotate half"); parallel or sequential residual; exact GELU; untie
 from __future__ import annotations
 
 import numpy as np
+
+from tilesim.errors import CheckpointError
 from tilesim.models.config import HFConfig, ModelConfig, scaling_tuple
 from tilesim.models.decoder import build_graph
 from tilesim.models.gpt2 import ACTIVATIONS
 from tilesim.models.weights import WeightRef
-
-from tilesim.errors import CheckpointError
 
 MODEL_TYPES = ("gpt_neox",)
 __all__ = ["MODEL_TYPES", "build_graph", "config_from_hf", "weight_refs"]

@@ -4,12 +4,11 @@ norm; untied LM head with a bias."""
 
 from __future__ import annotations
 
+from tilesim.errors import CheckpointError
 from tilesim.models.config import HFConfig, ModelConfig
 from tilesim.models.decoder import build_graph
 from tilesim.models.gpt2 import ACTIVATIONS
 from tilesim.models.weights import WeightRef
-
-from tilesim.errors import CheckpointError
 
 MODEL_TYPES = ("gptj",)
 __all__ = ["MODEL_TYPES", "build_graph", "config_from_hf", "weight_refs"]

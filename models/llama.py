@@ -4,11 +4,10 @@ writes them for `LlamaForCausalLM` and its relatives."""
 
 from __future__ import annotations
 
+from tilesim.errors import CheckpointError
 from tilesim.models.config import HFConfig, ModelConfig, scaling_tuple
 from tilesim.models.decoder import build_graph
 from tilesim.models.weights import WeightRef
-
-from tilesim.errors import CheckpointError
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 __all__ = ["MODEL_TYPES", "build_graph", "config_from_hf", "weight_refs"]

@@ -10,9 +10,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from tilesim.models.checkpoint import SHORT_NAMES, Checkpoint, config_from_json, resolve
-
 from tilesim.errors import CheckpointError
+from tilesim.models.checkpoint import SHORT_NAMES, Checkpoint, config_from_json, resolve
 
 
 def named_configs() -> list[str]:

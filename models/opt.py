@@ -4,12 +4,11 @@ OPT-350m's post-norm layout and projection of the embeddings are not supported."
 
 from __future__ import annotations
 
+from tilesim.errors import CheckpointError
 from tilesim.models.config import HFConfig, ModelConfig
 from tilesim.models.decoder import build_graph
 from tilesim.models.gpt2 import ACTIVATIONS
 from tilesim.models.weights import WeightRef
-
-from tilesim.errors import CheckpointError
 
 MODEL_TYPES = ("opt",)
 __all__ = ["MODEL_TYPES", "build_graph", "config_from_hf", "weight_refs"]

@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tilesim.models.chat import render_chat
-
 from tilesim.errors import CheckpointError
+from tilesim.models.chat import render_chat
 
 _CONTROL = 3  # llama.cpp token type of special tokens such as <|im_start|>
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from tilesim.profiler.events import StepRecord, Trace
 from tilesim.profiler.report import step_breakdown
 

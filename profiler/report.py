@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+
 from tilesim.profiler.events import StepRecord, Trace
 
 

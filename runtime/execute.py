@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from tilesim.collectives import build_schedule
 from tilesim.collectives.execute import Recording, record
 from tilesim.device.analytic import AnalyticFabric

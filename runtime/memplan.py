@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from tilesim.device.device import Device
 from tilesim.device.memory import ALIGNMENT, Block
+from tilesim.errors import OutOfTileMemory
 from tilesim.runtime.graph import DecoderGraph
 from tilesim.runtime.shard import ShardPlan
-
-from tilesim.errors import OutOfTileMemory
 from tilesim.units import fmt_bytes
 
 IN_PLACE_OPS = ("allreduce", "bias", "rope")  # write into an input; make no new value

@@ -17,11 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from tilesim.device import kernels
 from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.device import Device, describe
 from tilesim.device.kernels import quant
 from tilesim.device.kernels.rotary import rope_tables
+from tilesim.errors import ConfigError, GenerationError, ShardingError
 from tilesim.profiler.events import MemorySnapshot, StepRecord, Trace
 from tilesim.profiler.report import build_report
 from tilesim.runtime import memplan, shard
@@ -31,8 +33,6 @@ from tilesim.runtime.kvcache import KVCache, kv_arrays
 from tilesim.runtime.precision import Precision, weight_class
 from tilesim.runtime.sampling import SamplingParams, choose
 from tilesim.runtime.timing import StepShape, StepTimer, bucket
-
-from tilesim.errors import ConfigError, GenerationError, ShardingError
 
 _DEFAULT = object()
 BLOCK_FORMATS = ("q4_0", "q4_1", "q8_0")

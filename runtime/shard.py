@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tilesim.collectives.schedule import bounds
-from tilesim.runtime.graph import DecoderGraph, Node
-
 from tilesim.errors import ShardingError
+from tilesim.runtime.graph import DecoderGraph, Node
 
 
 def valid_degrees(heads: int, kv_heads: int, up_to: int | None = None) -> list[int]:

@@ -19,6 +19,7 @@ not compile again. The references live in `reference.py`; the cost functions ret
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel for the array types the runtime uses."""
     import numpy as np
+
     from tilesim.device.kernels import activations, attention, elementwise, matmul, norms, rotary
 
     f32 = np.float32

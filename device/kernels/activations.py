@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 from numba import njit
+
 from tilesim.device.cost import KernelCost
 
 _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))

@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 from numba import njit, prange
+
 from tilesim.device.cost import KernelCost
 
 

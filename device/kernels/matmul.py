@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
 from tilesim.device.cost import KernelCost
 
 _EMPTY = np.zeros(0, dtype=np.float32)

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 from numba import njit
+
 from tilesim.device.cost import KernelCost
 
 

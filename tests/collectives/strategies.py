@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 from hypothesis import strategies as st
+
 from tilesim.collectives import algorithms_for
 from tilesim.collectives.numerics import DTYPES
 from tilesim.collectives.schedule import bounds

@@ -7,6 +7,7 @@ show why: routes of several hops, and messages queueing for a shared link.
 
 import numpy as np
 import pytest
+
 from tilesim.collectives import build_schedule, run_collective
 from tilesim.collectives.api import ALGORITHMS, simulated_time
 from tilesim.collectives.cost import model_for

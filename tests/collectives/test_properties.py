@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+
 from tilesim.collectives import build_schedule, run_collective
 from tilesim.collectives.execute import run_analytic, run_des
 from tilesim.collectives.numerics import reduce_fn, sum_error_bound
@@ -16,7 +17,6 @@ from tilesim.collectives.symbolic import contributions, expected_counts
 from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.fabric import Fabric
 from tilesim.device.faults import FaultSpec
-
 from tilesim.errors import FabricFault
 
 from .strategies import collective_case, device, make_inputs
@@ -207,7 +207,6 @@ def test_16_bit_data_accumulated_in_fp32_is_rounded_once(topology, p, dtype, n, 
 
 def test_a_schedule_that_cannot_finish_raises_within_a_simulated_time_limit():
     from tilesim.collectives.schedule import Recv, Schedule
-
     from tilesim.errors import CollectiveTimeout
 
     # Core 1 waits for a message core 0 never sends.

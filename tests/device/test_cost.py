@@ -1,6 +1,7 @@
 """The roofline time of kernels, against the closed form written out by hand."""
 
 import pytest
+
 from tilesim.device import Device
 from tilesim.device.cost import KernelCost
 from tilesim.device.kernels.attention import attention_cost

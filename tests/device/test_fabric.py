@@ -5,11 +5,11 @@ Figures are powers of two so that every expected time is exact in binary floatin
 
 import numpy as np
 import pytest
+
 from tilesim.device.fabric import Fabric
 from tilesim.device.faults import FaultSpec
 from tilesim.device.spec import ChipSpec, FabricSpec
 from tilesim.device.topology import Topology, torus_shape
-
 from tilesim.errors import ConfigError, FabricFault
 
 B = float(2**30)  # bytes/s per link per direction

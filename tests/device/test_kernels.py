@@ -10,6 +10,7 @@ Each test checks shape and dtype first, then values within the tolerance stated 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tilesim.device.kernels import activations, attention, elementwise, matmul, norms, reference, rotary
 
 U32 = 2.0**-24

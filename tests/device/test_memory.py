@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tilesim.device import Device
 from tilesim.device.memory import ALIGNMENT, Arena, Region
-
 from tilesim.errors import OutOfTileMemory
 
 

@@ -8,6 +8,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tilesim.device.kernels import attention, quant, reference
 
 U32 = 2.0**-24
@@ -32,7 +33,8 @@ def test_every_format_computes_x_times_its_decoded_weights(fmt, m, n, k, with_bi
     ref = reference.linear(x, decoded, bias)
     assert out.shape == ref.shape and out.dtype == np.float32
     # Scales multiply once more than a plain dot product: allow a few more roundings.
-    bound = gamma(k + 8) * (np.abs(x).astype(np.float64) @ np.abs(decoded).T.astype(np.float64) + (0 if bias is None else np.abs(bias)))
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(decoded).T.astype(np.float64)
+    bound = gamma(k + 8) * (magnitude + (0 if bias is None else np.abs(bias)))
     assert np.all(np.abs(out - ref) <= 4 * bound + 1e-30)
 
 
@@ -47,8 +49,15 @@ def test_block_formats_decode_exactly_as_the_gguf_library(fmt, qtype, n, blocks,
     assert quant.from_blocks(raw, fmt, w.shape).nbytes == raw.nbytes  # the same bytes, rearranged
 
 
-@pytest.mark.parametrize(("fmt", "dtype"), [("fp16", np.float16), ("bf16", ml_dtypes.bfloat16),
-                                            ("fp8_e4m3", ml_dtypes.float8_e4m3fn), ("fp8_e5m2", ml_dtypes.float8_e5m2)])
+@pytest.mark.parametrize(
+    ("fmt", "dtype"),
+    [
+        ("fp16", np.float16),
+        ("bf16", ml_dtypes.bfloat16),
+        ("fp8_e4m3", ml_dtypes.float8_e4m3fn),
+        ("fp8_e5m2", ml_dtypes.float8_e5m2),
+    ],
+)
 def test_float_formats_round_as_ml_dtypes_does(fmt, dtype):
     w = np.random.default_rng(0).standard_normal((7, 33)).astype(np.float32)
     decoded = quant.unpack(quant.pack(w, fmt))

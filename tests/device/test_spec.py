@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tilesim.device import Device, load_preset, preset_names
 
 import tilesim
 from tilesim.cli.main import main
+from tilesim.device import Device, load_preset, preset_names
 from tilesim.errors import ConfigError, UnknownPreset
 
 PRESETS = Path(__file__).parents[2] / "device" / "presets"

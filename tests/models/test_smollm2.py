@@ -4,9 +4,9 @@ transformers loading the same file in fp32 (both see the same dequantized values
 import numpy as np
 import pytest
 import torch
-from tilesim.models.checkpoint import open_checkpoint, resolve
 
 import tilesim
+from tilesim.models.checkpoint import open_checkpoint, resolve
 
 pytestmark = pytest.mark.slow
 TEXT = "The three most important inventions of the nineteenth century were"

@@ -4,10 +4,10 @@ import json
 import math
 
 import pytest
-from tilesim.profiler.chrome import write_chrome_trace
-from tilesim.profiler.plots import write_plots
 
 import tilesim
+from tilesim.profiler.chrome import write_chrome_trace
+from tilesim.profiler.plots import write_plots
 
 PHASES = {"X", "M", "C", "s", "f"}
 

@@ -3,9 +3,9 @@ exactly what the planner placed."""
 
 import numpy as np
 import pytest
-from tilesim.runtime.memplan import IN_PLACE_OPS
 
 import tilesim
+from tilesim.runtime.memplan import IN_PLACE_OPS
 
 
 def lifetimes(nodes, output):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tilesim.runtime.sampling import SamplingParams, choose, warp
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from tilesim.errors import GenerationError
+from tilesim.runtime.sampling import SamplingParams, choose, warp
 
 
 def transformers_warp(logits, temperature, top_k, top_p):

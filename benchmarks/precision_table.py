@@ -28,8 +28,10 @@ def main() -> None:
                 precision = out.trace.model["precision"]
                 saved = precision["bytes_saved"] / precision["fp32_weight_bytes"]
                 weights = r["memory"]["per_core"][0]["weights"]
-                print(f"{preset:10s} {tp:2d} {dtype:8s} {r['ttft_s'] * 1e3:8.3f}ms {r['itl_s'] * 1e3:8.3f}ms "
-                      f"{weights / 2**20:10.1f}MiB {saved:6.0%}")  # fmt: skip
+                print(
+                    f"{preset:10s} {tp:2d} {dtype:8s} {r['ttft_s'] * 1e3:8.3f}ms {r['itl_s'] * 1e3:8.3f}ms "
+                    f"{weights / 2**20:10.1f}MiB {saved:6.0%}"
+                )
 
 
 if __name__ == "__main__":

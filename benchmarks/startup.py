@@ -34,8 +34,13 @@ def first_token(tp: int, dtype: str, cache_dir: str | None) -> tuple[float, floa
     if cache_dir:
         env["NUMBA_CACHE_DIR"] = cache_dir
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD.format(prompt=PROMPT_TEXT, tp=tp, dtype=dtype)],
-                         capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD.format(prompt=PROMPT_TEXT, tp=tp, dtype=dtype)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     wall = time.perf_counter() - t
     inside, compile_s = (float(x) for x in out.stdout.split())
     return wall, inside, compile_s

@@ -24,14 +24,15 @@ from tilesim.runtime.timing import StepShape
 def whole_run() -> float:
     t = time.perf_counter()
     checkpoint = open_for_timing("llama-2-70b")
-    model = Model(checkpoint, tilesim.Device("trn1", cores=32, backed=False), 32, timing_only=True,
-                  max_context=512)  # fmt: skip
+    model = Model(checkpoint, tilesim.Device("trn1", cores=32, backed=False), 32, timing_only=True, max_context=512)
     out = model.generate([[0] * 256], max_new_tokens=16, eos_token_id=None)
     wall = time.perf_counter() - t
     r = out.report
-    print(f"llama-2-70b, trn1, tp 32, prompt 256, 16 new tokens: {wall:.2f} s wall; simulated TTFT "
-          f"{r['ttft_s'] * 1e3:.1f} ms, per token {r['itl_s'] * 1e3:.2f} ms, "
-          f"{max(r['memory']['per_core_peak_bytes']) / 2**30:.2f} GiB per core")  # fmt: skip
+    print(
+        f"llama-2-70b, trn1, tp 32, prompt 256, 16 new tokens: {wall:.2f} s wall; simulated TTFT "
+        f"{r['ttft_s'] * 1e3:.1f} ms, per token {r['itl_s'] * 1e3:.2f} ms, "
+        f"{max(r['memory']['per_core_peak_bytes']) / 2**30:.2f} GiB per core"
+    )
     return wall
 
 

@@ -75,6 +75,15 @@ def build_report(trace: Trace) -> dict[str, Any]:
     return report
 
 
+def _shared_spans(trace: Trace) -> list[tuple[list, int]]:
+    """Each distinct list of spans with the number of steps that share it (steps of one shape)."""
+    groups: dict[int, list] = {}
+    for step in trace.steps:
+        entry = groups.setdefault(id(step.spans), [step.spans, 0])
+        entry[1] += 1
+    return [(spans, count) for spans, count in groups.values()]
+
+
 def utilisation(trace: Trace) -> dict[str, Any]:
     """MFU and MBU over the whole run, and the busiest kernels with their bound."""
     cores = trace.device.get("cores", 1)
@@ -82,16 +91,16 @@ def utilisation(trace: Trace) -> dict[str, Any]:
     bandwidth = trace.device.get("memory_bandwidth", 0.0)
     flops = bytes_ = 0.0
     kernels: dict[str, dict[str, Any]] = {}
-    for step in trace.steps:
-        for span in step.spans:
+    for spans, count in _shared_spans(trace):
+        for span in spans:
             if span.lane != "compute":
                 continue
-            flops += span.flops
-            bytes_ += span.bytes
+            flops += span.flops * count
+            bytes_ += span.bytes * count
             entry = kernels.setdefault(span.name, {"time_s": 0.0, "flops": 0.0, "bytes": 0.0, "bound": span.bound})
-            entry["time_s"] += span.duration / cores
-            entry["flops"] += span.flops
-            entry["bytes"] += span.bytes
+            entry["time_s"] += span.duration / cores * count
+            entry["flops"] += span.flops * count
+            entry["bytes"] += span.bytes * count
     total = trace.end
     mfu = flops / (total * peak * cores) if total and peak else 0.0
     mbu = bytes_ / (total * bandwidth * cores) if total and bandwidth else 0.0

@@ -76,6 +76,7 @@ class Model:
         batch: int = 1,
         algo: str = "auto",
         timing_only: bool = False,
+        pad_heads: bool = False,
         progress: Callable | None = None,
     ):
         start = time.perf_counter()
@@ -99,7 +100,13 @@ class Model:
             for p, s in self.graph.params.items()
         }
         blocky = any(f in BLOCK_FORMATS for f in self.formats.values())
-        self.sp = shard.plan(self.graph, tp, granule=BLOCK if blocky else 1)
+        self.sp = shard.plan(self.graph, tp, granule=BLOCK if blocky else 1, pad_heads=pad_heads)
+        if self.sp.heads[0] != self.graph.heads:
+            extra = self.sp.heads[0] / self.graph.heads - 1
+            self.notes.append(
+                f"{self.graph.heads} attention heads padded to {self.sp.heads[0]} for {tp} cores: "
+                f"{extra:.0%} more attention work and key/value memory"
+            )
         self._keep_blocks_whole()
         self.weight_sizes = {p: [self._array_bytes(p, c) for c in range(tp)] for p in self.graph.params}
         self.weight_bytes = {
@@ -122,12 +129,16 @@ class Model:
     # -- placement ----------------------------------------------------------------------
 
     def _keep_blocks_whole(self) -> None:
-        """A block-quantized weight split by columns off block boundaries is dequantized."""
+        """A block-quantized weight split by columns off block boundaries (or padded) is dequantized."""
         for param, fmt in self.formats.items():
             if fmt not in BLOCK_FORMATS:
                 continue
             cols = self.sp.cols[param]
-            if any(c is not None and (c[0] % BLOCK or c[1] % BLOCK) for c in cols):
+            shape = self.graph.params[param].shape
+            padded = any(hi > shape[0] for _, hi in self.sp.rows[param]) or any(
+                c is not None and c[1] > shape[1] for c in cols
+            )
+            if padded or any(c is not None and (c[0] % BLOCK or c[1] % BLOCK) for c in cols):
                 self.formats[param] = "fp32"
                 self.notes.append(f"{param}: its column split is not a multiple of {BLOCK}; dequantized to fp32")
 
@@ -217,7 +228,14 @@ class Model:
         if fmt in BLOCK_FORMATS and self.checkpoint.stored_type(name) == fmt.upper():
             block_cols = None if cols is None else slice(cols[0] // BLOCK, cols[1] // BLOCK)
             return quant.from_blocks(self.checkpoint.read_stored(name, slice(lo, hi), block_cols), fmt, shape)
-        values = self.checkpoint.read(name, slice(lo, hi), None if cols is None else slice(*cols))
+        real = self.graph.params[name].shape
+        values = self.checkpoint.read(
+            name, slice(lo, min(hi, real[0])), None if cols is None else slice(cols[0], min(cols[1], real[1]))
+        )
+        if values.shape != shape:  # padded heads: zero rows or columns beyond the real ones
+            padded = np.zeros(shape, np.float32)
+            padded[tuple(slice(0, n) for n in values.shape)] = values
+            values = padded
         return values if len(shape) == 1 else quant.pack(values, fmt)
 
     def _place(self, name: str, core: int, shape: tuple[int, ...], value):
@@ -406,6 +424,7 @@ class Model:
             "max_context": self.max_context,
             "batch": self.batch,
             "precision": self.precision_report(),
+            "heads_padded_to": self.sp.heads[0],
         }
 
     def precision_report(self) -> dict:

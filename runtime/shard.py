@@ -8,6 +8,9 @@
 - Query heads must divide by the degree; key/value heads either divide by it or, when there
   are fewer of them than cores, are replicated (each core keeps the one its queries use).
 - Splits that are not about heads (MLP width, vocabulary) may be uneven.
+- With `pad_heads`, a model whose heads do not divide by the degree gets zero heads added
+  up to the next multiple (as transformers-neuronx pads them): Llama-2-13b's 40 heads
+  become 64 on 32 cores. The padded heads cost real work, and the report says how much.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class ShardPlan:
     """How `tp` cores split a graph: index ranges per core, and the nodes with collectives."""
 
     tp: int
+    heads: tuple[int, int]  # (query heads, key/value heads) after any padding
     q_heads: list[tuple[int, int]]
     kv_heads: list[tuple[int, int]]
     rows: dict[str, list[tuple[int, int]]]  # param -> per core [lo, hi) of its first axis
@@ -45,8 +49,9 @@ class ShardPlan:
         return (hi - lo, shape[1] if col is None else col[1] - col[0])
 
 
-def plan(graph: DecoderGraph, tp: int, granule: int = 1) -> ShardPlan:
-    """Split `graph` over `tp` cores; raises ShardingError when the heads do not allow it.
+def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False) -> ShardPlan:
+    """Split `graph` over `tp` cores; raises ShardingError when the heads do not allow it
+    (unless `pad_heads`, for models whose key/value heads equal their query heads).
 
     Feature splits that are not by heads fall on multiples of `granule` where the width
     allows (32 keeps llama.cpp's blocks of 32 weights whole on one core).
@@ -57,17 +62,20 @@ def plan(graph: DecoderGraph, tp: int, granule: int = 1) -> ShardPlan:
     if nh % tp or (nkv % tp and tp % nkv):
         ok = ", ".join(str(d) for d in valid_degrees(nh, nkv))
         kv = f" and {nkv} key/value heads" if nkv != nh else ""
-        raise ShardingError(
-            f"{graph.name} has {nh} attention heads{kv}, which cannot be split over {tp} cores; "
-            f"use a tensor-parallel degree of {ok}"
-        )
+        if not pad_heads or nkv != nh:
+            hint = ", or pad heads (--pad-heads)" if nkv == nh else ""
+            raise ShardingError(
+                f"{graph.name} has {nh} attention heads{kv}, which cannot be split over {tp} cores; "
+                f"use a tensor-parallel degree of {ok}{hint}"
+            )
+        nh = nkv = -(-nh // tp) * tp
     per = nh // tp
     q_heads = [(c * per, (c + 1) * per) for c in range(tp)]
     if nkv % tp == 0:
         kv_heads = [(c * nkv // tp, (c + 1) * nkv // tp) for c in range(tp)]
     else:  # fewer key/value heads than cores: replicate each over tp / nkv cores
         kv_heads = [(c * nkv // tp, c * nkv // tp + 1) for c in range(tp)]
-    sp = ShardPlan(tp, q_heads, kv_heads, {}, {}, {})
+    sp = ShardPlan(tp, (nh, nkv), q_heads, kv_heads, {}, {}, {})
 
     def head_ranges(heads: tuple[int, int], kv: bool) -> list[tuple[int, int]]:
         _, d = heads

@@ -21,6 +21,7 @@ def load(
     batch: int = 1,
     algo: str = "auto",
     timing_only: bool = False,
+    pad_heads: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Model:
     """Open a checkpoint and place it, split `tp` ways, on `device`.
@@ -47,5 +48,6 @@ def load(
         batch=batch,
         algo=algo,
         timing_only=timing_only,
+        pad_heads=pad_heads,
         progress=progress,
     )

@@ -54,6 +54,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-dtype", default=None, help="KV cache: fp32, fp16, bf16, fp8, int8 (default: the activations')")
     p.add_argument("--algo", default="auto", help="all-reduce algorithm (default: chosen by size)")
     p.add_argument("--timing-only", action="store_true", help="time the run without weights or arithmetic")
+    p.add_argument(
+        "--pad-heads",
+        action="store_true",
+        help="pad attention heads with zero heads when they do not divide by --tp (on with --timing-only)",
+    )
     p.add_argument("--trace", default=None, metavar="PATH", help="write a Chrome/Perfetto trace (JSON)")
     p.add_argument("--plots", default=None, metavar="DIR", help="write timeline, memory, roofline, breakdown PNGs")
     p.add_argument("--report", action="store_true", help="print the latency and memory report")
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         batch=len(prompts),
         algo=args.algo,
         timing_only=args.timing_only,
+        pad_heads=args.pad_heads or args.timing_only,
         progress=progress,
     )
     bar.close()

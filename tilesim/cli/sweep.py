@@ -77,7 +77,8 @@ def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], ar
         device = Device(preset, cores=tp, backed=not args.timing_only)
         context = args.max_context or max(256, 1 << (len(prompt) + args.max_new_tokens - 1).bit_length())
         context = min(context, checkpoint.graph.max_positions)
-        model = Model(checkpoint, device, tp, dtype=dtype, max_context=context, timing_only=args.timing_only)
+        model = Model(checkpoint, device, tp, dtype=dtype, max_context=context, timing_only=args.timing_only,
+                      pad_heads=args.timing_only)  # fmt: skip
         out = model.generate([prompt], args.max_new_tokens, eos_token_id=None)
     except TilesimError as exc:
         row["reason"] = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,117 @@
+"""Predicting published measurements: the calibration rows of benchmarks/calibration/.
+
+A row names a model (a named config), an instance (a preset), a TP degree, a batch, input and
+output lengths, and the published throughput (input + output tokens over the request) or,
+when no input length is given, the latency per generated token. `predict` runs the model
+timing-only on the preset, with heads padded as transformers-neuronx pads them, fp16
+weights and bf16 matmuls, and returns the prediction beside the published figure.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tilesim.device import Device
+from tilesim.models.named import open_for_timing
+from tilesim.runtime.model import Model
+
+_MODELS = {
+    "Llama-2-13b": "llama-2-13b",
+    "Llama-2-70b": "llama-2-70b",
+    "opt-13b": "opt-13b",
+    "opt-30b": "opt-30b",
+    "opt-66b": "opt-66b",
+    "Llama-2-7b": "llama-2-7b",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    instance: str
+    tp: int
+    batch: int
+    input_len: int | None
+    output_len: int
+    throughput: float
+    latency_ms: float
+    source: str
+
+    @property
+    def published_s(self) -> float:
+        """End-to-end seconds of the request, or seconds per generated token without an input length."""
+        if self.input_len is None:
+            return self.latency_ms / 1e3
+        return (self.input_len + self.output_len) / self.throughput
+
+    @property
+    def what(self) -> str:
+        return "per generated token" if self.input_len is None else "end to end"
+
+
+def load_rows(path: str | Path) -> list[Row]:
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append(
+                Row(
+                    model=r["model"],
+                    instance=r["instance"],
+                    tp=int(r["tp"]),
+                    batch=int(r["batch"]),
+                    input_len=int(r["input_len"]) if r["input_len"] else None,
+                    output_len=int(r["output_len"]),
+                    throughput=float(r["throughput_tok_s"]),
+                    latency_ms=float(r["latency_per_token_ms"]),
+                    source=r["source"],
+                )
+            )
+    return rows
+
+
+def predict(row: Row, **overrides: Any) -> dict[str, Any]:
+    """The simulated figure for `row` (same meaning as `row.published_s`), and the error.
+
+    `overrides` change preset figures (as Device overrides), for fitting.
+    """
+    checkpoint = open_for_timing(_MODELS[row.model])
+    device = Device(row.instance, cores=row.tp, backed=False, **overrides)
+    limit = checkpoint.graph.max_positions
+    prompt = row.input_len or 1
+    new = min(row.output_len, limit - prompt - 1)  # the model's positions bound the request
+    context = min(limit, max(256, 1 << (prompt + new).bit_length()))
+    model = Model(
+        checkpoint,
+        device,
+        row.tp,
+        dtype="fp16",
+        act_dtype="bf16",
+        kv_dtype="fp16",
+        timing_only=True,
+        pad_heads=True,
+        batch=row.batch,
+        max_context=context,
+    )
+    # The first new token comes from the prefill; `output_len` decode steps follow it.
+    out = model.generate(
+        [[0] * prompt] * row.batch, max_new_tokens=new + (1 if row.input_len else 0), eos_token_id=None
+    )
+    decode = [s.latency for s in out.trace.steps if s.phase == "decode"]
+    per_token = sum(decode) / len(decode)
+    predicted = per_token if row.input_len is None else out.trace.steps[0].latency + sum(decode)
+    return {
+        "model": row.model,
+        "instance": row.instance,
+        "tp": row.tp,
+        "input_len": row.input_len,
+        "output_len": row.output_len,
+        "what": row.what,
+        "published_s": row.published_s,
+        "predicted_s": predicted,
+        "error": predicted / row.published_s - 1,
+        "ttft_s": out.trace.steps[0].latency,
+        "decode_mean_s": sum(decode) / max(1, len(decode)),
+    }

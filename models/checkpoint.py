@@ -129,7 +129,9 @@ def config_from_json(path: Path) -> tuple[ModelConfig, object]:
             f"{path}: model_type {model_type!r} is not supported; tilesim runs: {', '.join(sorted(ARCHITECTURES))}"
         )
     module = ARCHITECTURES[model_type]
-    return module.config_from_hf(hf), module
+    config = module.config_from_hf(hf)
+    config.extra["dtype"] = raw.get("torch_dtype") or raw.get("dtype")  # how the weights are stored
+    return config, module
 
 
 def _open_folder(name: str, folder: Path) -> Checkpoint:

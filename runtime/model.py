@@ -86,7 +86,8 @@ class Model:
         self.graph: DecoderGraph = checkpoint.graph
         self.timing_only = timing_only
         gguf = checkpoint.format == "gguf"
-        self.precision = Precision.make(dtype or ("native" if gguf else "fp32"), act_dtype, kv_dtype, gguf)
+        stored = {"float16": "fp16", "bfloat16": "bf16"}.get(checkpoint.config.extra.get("dtype"), "fp32")
+        self.precision = Precision.make(dtype or ("native" if gguf else stored), act_dtype, kv_dtype, gguf)
         self.dtype = self.precision.weights
         self.max_context = int(max_context or min(self.graph.max_positions, 2048))
         if not 1 <= self.max_context <= self.graph.max_positions:

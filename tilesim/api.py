@@ -29,7 +29,7 @@ def load(
     `path_or_name` is a HF checkpoint folder, a `.gguf` file, or a short name (`smollm2`).
     `device` is a Device or a preset name (then it gets `tp` cores). `tp` defaults to the
     device's core count. `dtype` is the weights' precision (fp32, fp16, bf16, fp8, fp8_e5m2,
-    int8, int4, or native for a GGUF's stored types; default: native for GGUF, else fp32);
+    int8, int4, or native for a GGUF's stored types; default: as the checkpoint stores them);
     `act_dtype` and `kv_dtype` set the activations' and the KV cache's (see
     runtime/precision.py). `algo` names the all-reduce algorithm (default: chosen by size).
     """

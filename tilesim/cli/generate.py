@@ -48,7 +48,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        help="weights: fp32, fp16, bf16, fp8, fp8_e5m2, int8, int4, native (default: native for GGUF, else fp32)",
+        help="weights: fp32, fp16, bf16, fp8, fp8_e5m2, int8, int4, native "
+        "(default: as the checkpoint stores them; native for GGUF)",
     )
     p.add_argument("--act-dtype", default=None, help="activations: fp32, fp16, bf16 (default: follows --dtype)")
     p.add_argument("--kv-dtype", default=None, help="KV cache: fp32, fp16, bf16, fp8, int8 (default: the activations')")

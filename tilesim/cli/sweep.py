@@ -28,7 +28,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("model", help="HF checkpoint folder, .gguf file, short name, or a named config (timing-only)")
     p.add_argument("--device", default="trn1", help="comma-separated presets, e.g. trn1,inf2,ipu-gc200")
     p.add_argument("--tp", default="1,2,4,8", help="comma-separated TP degrees")
-    p.add_argument("--dtype", default=None, help="comma-separated weight dtypes (default: native for GGUF, else fp32)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="comma-separated weight dtypes (default: as the checkpoint stores them; native for GGUF)",
+    )
     p.add_argument("--prompt-len", type=int, default=64, help="prompt length in tokens")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--max-context", type=int, default=None)
@@ -53,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         checkpoint = open_checkpoint(args.model)
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
-    default = "native" if checkpoint.format == "gguf" else "fp32"
-    dtypes = [d.strip() for d in (args.dtype or default).split(",") if d.strip()]
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()] if args.dtype else [None]
     configs = list(itertools.product(devices, _ints(args.tp, "tp"), dtypes))
     prompt = [i % checkpoint.graph.vocab_size for i in range(1, args.prompt_len + 1)]
     rows = []
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], args) -> dict:
-    row = {"device": preset, "tp": tp, "dtype": dtype, "fits": False, "reason": ""}
+    row = {"device": preset, "tp": tp, "dtype": dtype or "default", "fits": False, "reason": ""}
     try:
         device = Device(preset, cores=tp, backed=not args.timing_only)
         context = args.max_context or max(256, 1 << (len(prompt) + args.max_new_tokens - 1).bit_length())
@@ -84,6 +87,7 @@ def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], ar
         row["reason"] = f"{type(exc).__name__}: {exc}"
         return row
     report = out.report
+    row["dtype"] = model.dtype
     row.update(
         fits=True,
         ttft_s=report["ttft_s"],

@@ -32,5 +32,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# Optional: llama.cpp's Python binding, compiled from source (about 5 minutes on 2 cores), so
+# that benchmarks/decode_speed.py also compares with llama.cpp on the same GGUF file.
+bench-llamacpp: $(STAMP)
+	$(BIN)/python -m pip install --quiet llama-cpp-python
+	$(BIN)/python benchmarks/decode_speed.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info

@@ -95,28 +95,60 @@ def check_safetensors_file(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+CACHE_FROM_BYTES = 8 * 2**20
+
+
+class _Tensor:
+    """A GGUF tensor as the reader needs it: its type, its data (memory-mapped) and its size."""
+
+    def __init__(self, name: str, qtype: str, data: np.ndarray, offset: int, nbytes: int):
+        from gguf import GGMLQuantizationType
+
+        self.name = name
+        self.tensor_type = GGMLQuantizationType[qtype]
+        self.data = data
+        self.data_offset = offset
+        self.n_bytes = nbytes
+
+
 class GGUFTensorReader:
-    """The tensors of a GGUF file, rows dequantized to float32 on demand."""
+    """The tensors of a GGUF file, rows dequantized to float32 on demand.
+
+    The `gguf` package parses the file; its metadata (the vocabulary alone is ~100,000
+    strings, seconds to parse) and tensor table are cached per file, keyed by its path, size
+    and modification time, so a second process memory-maps the tensors at once.
+    """
 
     def __init__(self, path: Path):
-        import gguf
-
         self.path = str(path)
-        try:
-            self.gguf = gguf.GGUFReader(str(path))
-        except Exception as exc:  # the gguf package raises ValueError, struct.error, IndexError...
-            raise CheckpointError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
-        self.tensors = {t.name: t for t in self.gguf.tensors}
         size = path.stat().st_size
-        for t in self.gguf.tensors:
-            if t.data_offset + t.n_bytes > size:
-                raise CheckpointError(f"{path}: truncated: tensor {t.name!r} runs past the end of the file")
+        worth_caching = size > CACHE_FROM_BYTES  # small files parse in a blink
+        cached = _read_cache(path) if worth_caching else None
+        if cached is None:
+            cached = _parse(path)
+            if worth_caching:
+                _write_cache(path, cached)
+        self._fields = cached["fields"]
+        self.tensors = {}
+        for name, info in cached["tensors"].items():
+            if info["offset"] + info["nbytes"] > size:
+                raise CheckpointError(f"{path}: truncated: tensor {name!r} runs past the end of the file")
+            data = np.memmap(
+                path, dtype=np.dtype(info["dtype"]), mode="r", offset=info["offset"], shape=tuple(info["shape"])
+            )
+            self.tensors[name] = _Tensor(name, info["qtype"], data, info["offset"], info["nbytes"])
 
     def names(self) -> list[str]:
         return list(self.tensors)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(d) for d in reversed(self.tensors[name].shape))  # GGUF lists dims innermost first
+        """(rows, columns) in elements, whatever the storage type."""
+        from gguf.quants import quant_shape_from_byte_shape
+
+        t = self.tensors[name]
+        if t.data.dtype == np.uint8:
+            return tuple(int(d) for d in quant_shape_from_byte_shape(t.data.shape, t.tensor_type))
+        return tuple(int(d) for d in t.data.shape)
 
     def file_of(self, name: str) -> str:
         return self.path
@@ -140,7 +172,66 @@ class GGUFTensorReader:
         return data if cols is None else data[:, cols]
 
     def field(self, key: str, default=None):
-        f = self.gguf.fields.get(key)
-        if f is None:
-            return default
-        return f.contents()
+        return self._fields.get(key, default)
+
+
+def _parse(path: Path) -> dict:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # the gguf package raises ValueError, struct.error, IndexError...
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+    fields = {}
+    for key, field in reader.fields.items():
+        try:
+            value = field.contents()
+        except Exception:  # a field this gguf version cannot decode is simply not offered
+            continue
+        if isinstance(value, np.generic):
+            value = value.item()
+        fields[key] = value
+    tensors = {
+        t.name: {"qtype": t.tensor_type.name, "dtype": t.data.dtype.str, "shape": list(t.data.shape),
+                 "offset": int(t.data_offset), "nbytes": int(t.n_bytes)}
+        for t in reader.tensors
+    }  # fmt: skip
+    return {"fields": fields, "tensors": tensors}
+
+
+def _cache_file(path: Path) -> Path:
+    import hashlib
+    import os
+
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|1".encode()).hexdigest()[:24]
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tilesim" / "gguf"
+    return root / f"{key}.json"
+
+
+def _read_cache(path: Path) -> dict | None:
+    try:
+        return json.loads(_cache_file(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_cache(path: Path, parsed: dict) -> None:
+    try:
+        target = _cache_file(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(json.dumps(parsed, default=_plain))
+        temporary.replace(target)
+    except (OSError, TypeError, ValueError):
+        pass  # no cache: the next process parses the file again
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(type(value))

@@ -20,7 +20,7 @@ def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel for the array types the runtime uses."""
     import numpy as np
 
-    from tilesim.device.kernels import activations, attention, elementwise, matmul, norms, rotary
+    from tilesim.device.kernels import activations, attention, elementwise, matmul, norms, quant, rotary
 
     f32 = np.float32
     x, w = np.ones((2, 8), f32), np.ones((4, 8), f32)
@@ -43,6 +43,27 @@ def warm_up() -> None:
     rotary.rope(q, ids, cos, sin, 4, "gptj")
     start, valid = np.zeros(1, np.int64), np.ones(1, np.int64)
     q4 = np.ones((1, 2, 2, 4), f32)
+    out4 = np.empty_like(q4)
     cache = np.zeros((1, 1, 4, 4), f32)
     attention.kv_write(q4[:, :, :1], q4[:, :, :1], cache, cache, start, valid)
-    attention.attention(q4, cache, cache, start, valid, 0.5, np.empty_like(q4), 0)
+    for fn in (attention._attention_serial, attention._attention_parallel):
+        fn(q4, cache, cache, start, valid, np.float32(0.5), 0, out4)
+    scales = np.ones((1, 1, 4), f32)
+    for codes in (np.zeros((1, 1, 4, 4), np.uint16), np.zeros((1, 1, 4, 4), np.uint8)):
+        lut = quant.LUT_FP16 if codes.dtype == np.uint16 else quant.LUT_INT8
+        attention.kv_write(
+            codes[:, :1].transpose(0, 2, 1, 3).copy(),
+            codes[:, :1].transpose(0, 2, 1, 3).copy(),
+            codes,
+            codes,
+            start,
+            valid,
+        )
+        for fn in (attention._codes_serial, attention._codes_parallel):
+            fn(q4, codes, codes, lut, scales, scales, True, start, valid, np.float32(0.5), 0, out4)
+    attention._scale_write(np.ones((1, 1, 1), f32), np.ones((1, 1, 1), f32), scales, scales, start, valid)
+    w32 = np.ones((4, 64), f32)
+    x64, o4 = np.ones((2, 64), f32), np.empty((2, 4), f32)
+    for fmt in ("fp16", "fp8_e4m3", "int8", "q4_1", "q4_0", "q8_0"):
+        quant.linear(x64, quant.pack(w32, fmt), np.ones(4, f32), o4)
+    activations.round_bf16(y)

@@ -88,12 +88,12 @@ class StepTimer:
         self._collective_cache: dict[tuple[str, int], tuple[str, float, tuple]] = {}
 
     def collective(self, op: str, n: int) -> tuple[str, float, tuple]:
-        """(algorithm, seconds, fabric transfers) of a collective of n fp32 elements per core."""
+        """(algorithm, seconds, fabric transfers) of a collective of n activation elements per core."""
         key = (op, n)
         if key not in self._collective_cache:
-            p = self.sp.tp
-            algo = self.algo if self.algo != "auto" else choose_algorithm(self.device, op, p, n, 4, 0, self.act_region)
-            self._collective_cache[key] = (algo, *simulate(self.device, op, algo, p, n, 4, self.act_region))
+            p, size, region = self.sp.tp, self.act_bytes, self.act_region
+            algo = self.algo if self.algo != "auto" else choose_algorithm(self.device, op, p, n, size, 0, region)
+            self._collective_cache[key] = (algo, *simulate(self.device, op, algo, p, n, size, region))
         return self._collective_cache[key]
 
     def algorithm(self, op: str, n: int) -> str:
@@ -138,7 +138,7 @@ class StepTimer:
                             node.layer,
                             start,
                             start + duration,
-                            bytes=n * 4,
+                            bytes=n * self.act_bytes,
                             algo=algo,
                             critical=core == slowest,
                             node=index,

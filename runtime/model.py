@@ -426,6 +426,7 @@ class Model:
             "batch": self.batch,
             "precision": self.precision_report(),
             "heads_padded_to": self.sp.heads[0],
+            "timing_only": self.timing_only,
         }
 
     def precision_report(self) -> dict:

@@ -24,16 +24,19 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
     if memory:
         rows = []
         for core, entry in enumerate(memory["per_core"]):
-            rows.append(
-                {
-                    "core": core,
-                    "weights": fmt_bytes(entry.get("weights", 0)),
-                    "KV cache": fmt_bytes(entry.get("kv_cache", 0)),
-                    "activations": fmt_bytes(entry.get("activations", 0)),
-                    "peak": fmt_bytes(entry["peak"]),
-                    "free": ", ".join(f"{fmt_bytes(v)} {k}" for k, v in entry["free"].items() if memory["capacity"][k]),
-                }
-            )
+            row = {
+                "core": str(core),
+                "weights": fmt_bytes(entry.get("weights", 0)),
+                "KV cache": fmt_bytes(entry.get("kv_cache", 0)),
+                "activations": fmt_bytes(entry.get("activations", 0)),
+                "peak": fmt_bytes(entry["peak"]),
+                "free": ", ".join(f"{fmt_bytes(v)} {k}" for k, v in entry["free"].items() if memory["capacity"][k]),
+            }
+            same = rows and all(rows[-1][k] == row[k] for k in row if k != "core")
+            if same:  # cores alike share a row: "0-31"
+                rows[-1]["core"] = f"{rows[-1]['core'].split('-')[0]}-{core}"
+            else:
+                rows.append(row)
         print("\nmemory per core")
         print_table(rows, right=("weights", "KV cache", "activations", "peak"))
         print(
@@ -44,7 +47,9 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         for note in memory["notes"]:
             print(f"note: {note}")
     wall = trace.wall
-    if "decode_tokens_per_s" in wall:
+    if model.get("timing_only"):
+        print(f"emulator (timing only): load {wall.get('load_s', 0):.2f} s, whole run {wall.get('total_s', 0):.2f} s")
+    elif "decode_tokens_per_s" in wall:
         print(
             f"emulator: load {wall.get('load_s', 0):.2f} s, compile {wall.get('compile_s', 0):.2f} s, "
             f"decode {wall['decode_tokens_per_s']:.1f} tokens/s (wall clock)"

@@ -19,7 +19,7 @@ import tilesim
 from tilesim.models.checkpoint import open_checkpoint, resolve
 from tilesim.runtime.model import Model
 
-ROUNDS = 3
+ROUNDS = 5
 
 
 def decode_rate(run) -> float:

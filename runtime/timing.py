@@ -14,6 +14,7 @@ spans add up to the step's latency.
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, field
 
@@ -101,7 +102,13 @@ class StepTimer:
 
     def time(self, shape: StepShape) -> StepTiming:
         if shape not in self._cache:
-            self._cache[shape] = self._simulate(shape)
+            collecting = gc.isenabled()
+            gc.disable()  # tens of thousands of small spans: the collector would rescan them all
+            try:
+                self._cache[shape] = self._simulate(shape)
+            finally:
+                if collecting:
+                    gc.enable()
         return self._cache[shape]
 
     def _simulate(self, shape: StepShape) -> StepTiming:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 from tilesim.device.spec import FabricSpec
 
@@ -154,10 +153,6 @@ class Topology:
     def hops(self, src: int, dst: int) -> int:
         return len(self.route(src, dst))
 
-    @cached_property
-    def neighbour_bandwidth(self) -> float:
-        """Bandwidth of the slowest single link: the per-hop beta of the alpha-beta model."""
-        return min((link.bandwidth for link in self.links), default=math.inf)
 
 
 def _end(core: int) -> str:

@@ -54,9 +54,6 @@ class StepTiming:
     spans: list[Span] = field(default_factory=list)
     messages: list[Messages] = field(default_factory=list)
 
-    def critical_path(self) -> list[Span]:
-        return [s for s in self.spans if s.critical]
-
 
 def bucket(n: int, smallest: int = 16, largest: int | None = None) -> int:
     """The compiled size for n: the next power of two, at least `smallest`, at most `largest`."""

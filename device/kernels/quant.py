@@ -1,6 +1,6 @@
 """Weights stored in low precision, and matrix products that read them as stored.
 
-Formats (`FORMATS`, bytes per weight in `bytes_per_weight`):
+Formats (`FORMATS`; the arrays each keeps, and so its bytes, in `array_shapes`):
 - `fp32`; `fp16`, `bf16`: 16-bit codes, decoded through a 65,536-entry table;
 - `fp8_e4m3`, `fp8_e5m2`: 8-bit codes and one fp32 scale per output channel (weight only);
 - `int8`: symmetric, one fp32 scale per output channel (weight only);
@@ -34,21 +34,13 @@ from tilesim.errors import ConfigError
 
 FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "q4_0", "q4_1", "q8_0")
 BLOCK = 32
-_BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "int4": 20, "q8_0": 34}
-_CHANNEL_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8_e4m3": 1, "fp8_e5m2": 1, "int8": 1}
+_BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "int4": 20, "q8_0": 34}  # bytes of one block of 32 weights in GGUF
 _FP8 = {"fp8_e4m3": ml_dtypes.float8_e4m3fn, "fp8_e5m2": ml_dtypes.float8_e5m2}
 
 LUT_FP16 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 LUT_BF16 = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
 LUT_FP8 = {name: np.arange(256, dtype=np.uint8).view(t).astype(np.float32) for name, t in _FP8.items()}
 LUT_INT8 = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float32)
-
-
-def bytes_per_weight(fmt: str) -> float:
-    """Stored bytes per weight, scales and offsets included (per-channel scales excluded)."""
-    if fmt in _BLOCK_BYTES:
-        return _BLOCK_BYTES[fmt] / BLOCK
-    return float(_CHANNEL_BYTES[fmt])
 
 
 @dataclass

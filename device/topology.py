@@ -154,6 +154,5 @@ class Topology:
         return len(self.route(src, dst))
 
 
-
 def _end(core: int) -> str:
     return "switch" if core < 0 else str(core)

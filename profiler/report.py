@@ -70,6 +70,8 @@ def build_report(trace: Trace) -> dict[str, Any]:
         report["decode_breakdown_s"] = step_breakdown(decode[-1])
         report["decode_cores"] = core_breakdown(decode[-1], trace.device.get("cores", 1))
     report["utilisation"] = utilisation(trace)
+    if "precision" in trace.model:
+        report["precision"] = trace.model["precision"]
     if trace.memory is not None:
         report["memory"] = memory_report(trace)
     return report

@@ -38,6 +38,8 @@ def test_json_has_outputs_report_and_wall_time(capsys, tiny_model):
     assert report["ttft_s"] > 0 and report["itl_s"] > 0 and report["sim_tokens_per_s"] > 0
     assert len(report["memory"]["per_core_peak_bytes"]) == 3 and report["memory"]["max_tile_bytes"] > 0
     assert {"load_s", "compile_s", "decode_tokens_per_s"} <= set(out["wall"])
+    precision = report["precision"]
+    assert precision["weights"]["mlp"]["formats"] == ["fp32"] and precision["bytes_saved"] == 0
 
 
 def test_text_prompts_and_the_chat_template(capsys, tiny_model):

@@ -46,6 +46,26 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         )
         for note in memory["notes"]:
             print(f"note: {note}")
+    precision = report.get("precision")
+    if precision:
+        print(
+            f"\nprecision: activations {precision['activations']}, KV cache {precision['kv_cache']}; weights "
+            f"{fmt_bytes(precision['weight_bytes'])} over all cores, {fmt_bytes(precision['bytes_saved'])} "
+            "less than fp32"
+        )
+        if full:
+            print_table(
+                [
+                    {
+                        "weights": name,
+                        "format": ", ".join(e["formats"]),
+                        "bytes": fmt_bytes(e["bytes"]),
+                        "fp32 bytes": fmt_bytes(e["fp32_bytes"]),
+                    }
+                    for name, e in precision["weights"].items()
+                ],
+                right=("bytes", "fp32 bytes"),
+            )
     wall = trace.wall
     if model.get("timing_only"):
         print(f"emulator (timing only): load {wall.get('load_s', 0):.2f} s, whole run {wall.get('total_s', 0):.2f} s")

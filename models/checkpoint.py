@@ -91,6 +91,11 @@ def resolve(name_or_path: str) -> Path:
         return path
     path = Path(name_or_path).expanduser()
     if not path.exists():
+        from importlib import resources
+
+        named = (resources.files("tilesim.models.configs") / f"{name_or_path}.json").is_file()
+        if named:
+            raise CheckpointError(f"{name_or_path} is a named config without weights: run it with --timing-only")
         known = ", ".join(sorted(SHORT_NAMES))
         raise CheckpointError(f"{name_or_path}: no such file or folder (short names: {known})")
     return path

@@ -109,3 +109,8 @@ def test_the_installed_command_runs():
         [*exe, "generate", "/no/such", "--prompt-ids", "1"], capture_output=True, text=True, check=False
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_a_named_config_needs_timing_only(capsys):
+    assert main(["generate", "llama-2-13b", "--prompt-len", "4"]) == 2
+    assert "named config without weights: run it with --timing-only" in capsys.readouterr().err

@@ -31,7 +31,11 @@ def add_parser(subparsers) -> None:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="HF checkpoint folder, .gguf file, or short name (smollm2)")
+    p.add_argument(
+        "model",
+        help="HF checkpoint folder, .gguf file, short name (smollm2), or with --timing-only a named config "
+        "(llama-2-7b, llama-2-13b, llama-2-70b, opt-13b, opt-30b, opt-66b)",
+    )
     p.add_argument("--device", default="trn1", help="device preset (see `tilesim devices`)")
     p.add_argument("--cores", type=int, default=None, help="cores of the device (default: the TP degree)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")

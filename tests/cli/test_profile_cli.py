@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tilesim.cli.main import main
 
 
@@ -56,7 +58,9 @@ def test_sweep_rows_for_what_fits_and_reasons_for_what_does_not(capsys, tiny_mod
     good = [r for r in rows if r["fits"]]
     assert {(r["device"], r["tp"]) for r in good} == {("tiny", 1), ("tiny", 3), ("trn1", 1), ("trn1", 3)}
     for r in good:
-        assert r["ttft_s"] > 0 and r["tpot_s"] > 0 and r["tokens_per_s"] > 0 and r["memory_per_core_bytes"] > 0
+        assert r["ttft_s"] > 0 and r["tpot_s"] > 0 and r["memory_per_core_bytes"] > 0
+        simulated = r["ttft_s"] + 2 * r["tpot_s"]  # prefill, then 2 decode steps for 3 new tokens
+        assert r["tokens_per_s"] == pytest.approx(3 / simulated)
     bad = [r for r in rows if not r["fits"]]
     assert all("ShardingError" in r["reason"] and "4 cores" in r["reason"] for r in bad)
     assert plot.read_bytes()[:4] == b"\x89PNG"

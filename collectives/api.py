@@ -230,15 +230,15 @@ def run_collective(
         raise ConfigError("all-to-all cannot run in place: give separate input and output buffers")
     itemsize = work.itemsize
     algo_name = algo
-    region = buffer_region(device, 3 * n * itemsize + (p * n * itemsize if algo == "direct" else 0))
-    model = model_for(device.spec, p, region)
-    if algo == "auto":
-        algo_name = choose_algorithm(device, op, p, n, itemsize, root, region)
+    if algo == "auto":  # before a schedule exists, guess its buffers: in, out and one scratch
+        algo_name = choose_algorithm(device, op, p, n, itemsize, root, buffer_region(device, 3 * n * itemsize))
     schedule = build_schedule(op, algo_name, p, n, root, itemsize)
+    region = buffer_region(device, _buffer_bytes(schedule, itemsize))
+    model = model_for(device.spec, p, region)
     predicted = predict(op, algo_name, p, n, itemsize, model, root)
     combine = reduce_fn(reduce_op)
     blocks, buffers = (
-        _place_buffers(device, schedule, inputs, work, in_place) if inputs is not None else ([], [None] * p)
+        _place_buffers(device, schedule, inputs, work, in_place, region) if inputs is not None else ([], [None] * p)
     )
     try:
         if fabric == "analytic":
@@ -294,12 +294,14 @@ def _check_inputs(op: str, inputs: list[np.ndarray], dtype: np.dtype, p: int) ->
     return lengths.pop()
 
 
-def _place_buffers(device: Device, schedule: Schedule, inputs, work: np.dtype, in_place: bool):
-    """Allocate in/out/tmp on every core and fill `in`; returns (blocks, buffers)."""
+def _buffer_bytes(schedule: Schedule, itemsize: int) -> int:
+    """The most bytes one core's in, out and scratch buffers take."""
+    return (max(schedule.in_len, default=0) + max(schedule.out_len, default=0) + schedule.tmp_len) * itemsize
+
+
+def _place_buffers(device: Device, schedule: Schedule, inputs, work: np.dtype, in_place: bool, region: str):
+    """Allocate in/out/tmp on every core, in `region`, and fill `in`; returns (blocks, buffers)."""
     blocks, buffers = [], []
-    region = buffer_region(
-        device, (sum(schedule.in_len) // max(schedule.p, 1) + max(schedule.out_len) + schedule.tmp_len) * work.itemsize
-    )
     try:
         for core in range(schedule.p):
             memory = device.cores[core].memory

@@ -154,12 +154,6 @@ def _simulation(
     return run.time, tuple(run.transfers)
 
 
-def _simulated_time(
-    fabric: FabricSpec, p: int, op: str, algo: str, n: int, itemsize: int, root: int, gamma: float
-) -> float:
-    return _simulation(fabric, p, op, algo, n, itemsize, root, gamma)[0]
-
-
 def _no_combine(local, incoming):
     return local
 
@@ -170,7 +164,7 @@ def choose_algorithm(device: Device, op: str, p: int, n: int, itemsize: int, roo
     if p <= 1 or n == 0:
         return candidates[0]
     gamma = model_for(device.spec, p, region).gamma
-    times = {a: _simulated_time(device.spec.fabric, p, op, a, n, itemsize, root, gamma) for a in candidates}
+    times = {a: _simulation(device.spec.fabric, p, op, a, n, itemsize, root, gamma)[0] for a in candidates}
     return min(candidates, key=lambda a: (times[a], candidates.index(a)))
 
 

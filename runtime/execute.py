@@ -129,7 +129,7 @@ class Executor:
                 inside = (local >= 0) & (local < table.shape[0])
                 out[:m] = 0.0
                 if inside.any():
-                    out[:m][inside] = quant.rows(table, local[inside])
+                    out[:m][inside] = quant.unpack(table, local[inside])
 
         return run
 

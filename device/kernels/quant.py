@@ -288,8 +288,3 @@ def linear(x: np.ndarray, p: Packed, bias: np.ndarray | None, out: np.ndarray) -
         _split_halves(x, x_lo, x_hi)
         _linear_q4(x_lo, x_hi, a["qs"], a["d"], a.get("m", _NO_M), p.fmt == "q4_0", LUT_FP16, b, out)
     return out
-
-
-def rows(p: Packed, ids: np.ndarray) -> np.ndarray:
-    """Rows `ids` of a packed weight as fp32 (an embedding lookup)."""
-    return unpack(p, ids)

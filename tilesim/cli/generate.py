@@ -17,6 +17,7 @@ from tilesim.cli.report_text import print_report
 from tilesim.device import Device
 from tilesim.errors import ConfigError, GenerationError
 from tilesim.models.checkpoint import open_checkpoint
+from tilesim.models.named import open_for_timing
 from tilesim.runtime.model import Model
 
 
@@ -96,7 +97,7 @@ def _prompts(args: argparse.Namespace, checkpoint) -> tuple[list[list[int]], obj
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    checkpoint = open_checkpoint(args.model) if not args.timing_only else _open_for_timing(args.model)
+    checkpoint = open_checkpoint(args.model) if not args.timing_only else open_for_timing(args.model)
     prompts, tokenizer = _prompts(args, checkpoint)
     if args.prompt_len and not args.timing_only:
         raise ConfigError("--prompt-len is for --timing-only runs; give --prompt or --prompt-ids to run the numbers")
@@ -148,12 +149,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{i}] new token ids: {','.join(map(str, tokens.tolist()))}")
     print_report(out.report, out.trace, full=args.report or args.profile)
     return 0
-
-
-def _open_for_timing(name: str):
-    from tilesim.models.named import open_for_timing
-
-    return open_for_timing(name)
 
 
 def _fit_context(needed: int, limit: int) -> int:

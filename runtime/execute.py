@@ -74,12 +74,21 @@ class Executor:
         self.act_dtype = act_dtype
         self.ops: list[Op] = []
         after = False
-        for node in sp.nodes:
+        nodes = list(sp.nodes)
+        i = 0
+        while i < len(nodes):
+            node = nodes[i]
             after = after or node.op == "select_last"
+            group = self._same_input_linears(nodes, i)
+            if len(group) > 1:
+                self.ops.append(self._bind_linear_group(group, after))
+                i += len(group)
+                continue
             op = getattr(self, f"_bind_{node.op}")(node, after and node.op != "select_last")
             if act_dtype != "fp32" and node.out and node.op not in ("rope", "gather_logits"):
                 op = self._rounded(op, node, after and node.op != "select_last")
             self.ops.append(op)
+            i += 1
 
     def step(self, inputs: StepInputs) -> np.ndarray:
         for op in self.ops:
@@ -173,6 +182,29 @@ class Executor:
         return run
 
     _bind_lm_head = _bind_linear
+
+    def _same_input_linears(self, nodes: list[Node], i: int) -> list[Node]:
+        """nodes[i] and the linears right after it that read the same input (q, k, v; gate, up)."""
+        if nodes[i].op != "linear" or self.act_dtype != "fp32":
+            return nodes[i : i + 1]
+        j = i + 1
+        while j < len(nodes) and nodes[j].op == "linear" and nodes[j].inputs[0] == nodes[i].inputs[0]:
+            j += 1
+        return nodes[i:j]
+
+    def _bind_linear_group(self, group: list[Node], after: bool) -> Op:
+        """The group's products, core by core, as one call (one kernel launch for block formats)."""
+        xs = self._views(group[0].inputs[0])
+        outs = list(zip(*(self._views(n.out) for n in group), strict=True))
+        ws = list(zip(*(self._params(n, 0) for n in group), strict=True))
+        bs = list(zip(*(self._params(n, 1) for n in group), strict=True))
+
+        def run(inputs: StepInputs) -> None:
+            m = self._rows(inputs, after)
+            for c in range(self.tp):
+                quant.linear_group(xs[c][:m], list(ws[c]), list(bs[c]), [o[:m] for o in outs[c]])
+
+        return run
 
     def _bind_bias(self, node: Node, after: bool) -> Op:
         xs, bs = self._views(node.out), self._params(node, 0)

@@ -16,10 +16,12 @@ Variants:
 1. `_linear_lut16`: 16-bit codes through the table.
 2. `_linear_scaled8`: 8-bit values (int8, or fp8 through a 256-entry table) times a channel scale.
 3. `_linear_q4`: nibble blocks; x is first split per block into its first and second 16
-   values, the low and high nibbles' partners; 16 lanes accumulate across blocks, so no
-   sum is reduced per block. (Nibble arithmetic stays in uint8: numba would otherwise widen
-   it to int64 and halve the SIMD width.)
-4. `_linear_q8_0`: int8 blocks of 32 with an fp16 scale.
+   values, the low and high nibbles' partners. Each row's loop is LLVM vector IR
+   (`vector_ir.q4_1_row`, `q4_0_row`): numba's own vectorizer kept its accumulators in
+   memory. Takes tuples of weights, so a layer's q, k, v (or gate, up), which read the
+   same x, are one launch (`linear_group`). Tasks of 16 rows, whose scales and offsets are
+   converted from fp16 together.
+4. `_linear_q8_0`: int8 blocks of 32 with an fp16 scale (`vector_ir.q8_0_row`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import ml_dtypes
 import numpy as np
 from numba import njit, prange
 
+from tilesim.device.kernels.vector_ir import half_to_f32, q4_0_row, q4_1_row, q8_0_row
 from tilesim.errors import ConfigError
 
 FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "q4_0", "q4_1", "q8_0")
@@ -179,11 +182,11 @@ def _linear_scaled8(x, w, lut, scale, bias, out):  # w uint8 codes through lut (
 
 
 @njit(cache=True)
-def _split_halves(x, x_lo, x_hi):
+def _split_halves(x, blocks):
     """Each block's first and second 16 inputs (zero past K): the low and high nibbles' partners."""
     m_rows, k_dim = x.shape
-    x_lo[:, :] = 0.0
-    x_hi[:, :] = 0.0
+    x_lo = np.zeros((m_rows, blocks * 16), np.float32)
+    x_hi = np.zeros((m_rows, blocks * 16), np.float32)
     for m in range(m_rows):
         for k in range(k_dim):
             b, j = k // 32, k % 32
@@ -191,77 +194,74 @@ def _split_halves(x, x_lo, x_hi):
                 x_lo[m, b * 16 + j] = x[m, k]
             else:
                 x_hi[m, b * 16 + j - 16] = x[m, k]
+    return x_lo, x_hi
+
+
+@njit(cache=True)
+def _padded(x, blocks):
+    """x with zeros up to whole blocks of 32, contiguous."""
+    out = np.zeros((x.shape[0], blocks * 32), np.float32)
+    out[:, : x.shape[1]] = x
+    return out
+
+
+_CHUNK = 16  # rows per parallel task (their scales are converted to fp32 at once, into scratch);
+# small, so that even a 192-row matrix splits evenly over the threads
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def _linear_q4(x_lo, x_hi, qs, d16, m16, symmetric, lut, bias, out):
-    m_rows = x_lo.shape[0]
-    n_rows, blocks = d16.shape
-    has_bias = bias.shape[0] > 0
-    chunk = 32
-    for c in prange((n_rows + chunk - 1) // chunk):
-        lanes = np.empty(16, np.float32)
-        for n in range(c * chunk, min(n_rows, (c + 1) * chunk)):
-            q = qs[n]
+def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs):
+    """Several nibble-block weights (tuples, same K) applied to the same x: one launch for
+    a layer's q, k and v, or its gate and up (their rows are one range of parallel tasks)."""
+    m_rows = x.shape[0]
+    blocks = d16s[0].shape[1]
+    x_lo, x_hi = _split_halves(x, blocks)
+    firsts = np.zeros(len(qss) + 1, np.int64)
+    for w in range(len(qss)):
+        firsts[w + 1] = firsts[w] + (d16s[w].shape[0] + _CHUNK - 1) // _CHUNK
+    for task in prange(firsts[-1]):
+        w = 0
+        while task >= firsts[w + 1]:
+            w += 1
+        qs, d16, m16, bias, out = qss[w], d16s[w], m16s[w], biases[w], outs[w]
+        has_bias = bias.shape[0] > 0
+        c = task - firsts[w]
+        first, last = c * _CHUNK, min(d16.shape[0], (c + 1) * _CHUNK)
+        size = (last - first) * blocks
+        d = np.empty(size, np.float32)
+        offset = np.empty(size if not symmetric else 0, np.float32)
+        half_to_f32(d16[first:last].reshape(-1), d)
+        if not symmetric:
+            half_to_f32(m16[first:last].reshape(-1), offset)
+        for n in range(first, last):
+            at = (n - first) * blocks
             for m in range(m_rows):
-                xl = x_lo[m]
-                xh = x_hi[m]
-                for j in range(16):
-                    lanes[j] = 0.0
-                for b in range(blocks):
-                    db = lut[d16[n, b]]
-                    mb = np.float32(-8.0) * db if symmetric else lut[m16[n, b]]
-                    for j in range(16):
-                        v = q[b * 16 + j]
-                        lo = np.float32(np.uint8(v & np.uint8(15))) * db + mb
-                        hi = np.float32(np.uint8(v >> np.uint8(4))) * db + mb
-                        lanes[j] += xl[b * 16 + j] * lo + xh[b * 16 + j] * hi
-                acc = np.float32(0.0)
-                for j in range(16):
-                    acc += lanes[j]
+                if symmetric:
+                    acc = q4_0_row(x_lo[m], x_hi[m], qs[n], d[at : at + blocks])
+                else:
+                    acc = q4_1_row(x_lo[m], x_hi[m], qs[n], d[at : at + blocks], offset[at : at + blocks])
                 out[m, n] = acc + (bias[n] if has_bias else np.float32(0.0))
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def _linear_q8_0(x, qs, d16, lut, bias, out):  # x (M, blocks * 32), zero past K
+def _linear_q8_0(x, qs, d16, bias, out):
     m_rows = x.shape[0]
     n_rows, blocks = d16.shape
     has_bias = bias.shape[0] > 0
-    chunk = 32
-    for c in prange((n_rows + chunk - 1) // chunk):
-        lanes = np.empty(32, np.float32)
-        for n in range(c * chunk, min(n_rows, (c + 1) * chunk)):
-            q = qs[n]
+    xp = _padded(x, blocks)
+    for c in prange((n_rows + _CHUNK - 1) // _CHUNK):
+        first, last = c * _CHUNK, min(n_rows, (c + 1) * _CHUNK)
+        d = np.empty((last - first) * blocks, np.float32)
+        half_to_f32(d16[first:last].reshape(-1), d)
+        for n in range(first, last):
+            at = (n - first) * blocks
             for m in range(m_rows):
-                xr = x[m]
-                for j in range(32):
-                    lanes[j] = 0.0
-                for b in range(blocks):
-                    db = lut[d16[n, b]]
-                    for j in range(32):
-                        lanes[j] += xr[b * 32 + j] * (np.float32(q[b * 32 + j]) * db)
-                acc = np.float32(0.0)
-                for j in range(32):
-                    acc += lanes[j]
+                acc = q8_0_row(xp[m], qs[n], d[at : at + blocks])
                 out[m, n] = acc + (bias[n] if has_bias else np.float32(0.0))
 
 
 _EMPTY = np.zeros(0, dtype=np.float32)
 _NO_M = np.zeros((1, 1), dtype=np.uint16)
-
-
-_SCRATCH: dict[tuple[str, int, int], np.ndarray] = {}
-
-
-def _scratch(name: str, rows: int, cols: int, fill: np.ndarray | None = None) -> np.ndarray:
-    """A reused host buffer (kernels' inputs rearranged; not device memory)."""
-    buf = _SCRATCH.get((name, rows, cols))
-    if buf is None:
-        buf = _SCRATCH[(name, rows, cols)] = np.zeros((rows, cols), np.float32)
-    if fill is not None:
-        buf[:, : fill.shape[1]] = fill
-        buf[:, fill.shape[1] :] = 0.0
-    return buf
 
 
 def linear(x: np.ndarray, p: Packed, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
@@ -279,12 +279,27 @@ def linear(x: np.ndarray, p: Packed, bias: np.ndarray | None, out: np.ndarray) -
     elif p.fmt == "int8":
         _linear_scaled8(x, a["w"].view(np.uint8), LUT_INT8, a["scale"], b, out)
     elif p.fmt == "q8_0":
-        blocks = a["d"].shape[1]
-        xp = x if x.shape[1] == blocks * BLOCK else _scratch("pad", x.shape[0], blocks * BLOCK, x)
-        _linear_q8_0(xp, a["qs"], a["d"], LUT_FP16, b, out)
+        _linear_q8_0(x, a["qs"], a["d"], b, out)
     else:
-        half = a["d"].shape[1] * 16
-        x_lo, x_hi = _scratch("lo", x.shape[0], half), _scratch("hi", x.shape[0], half)
-        _split_halves(x, x_lo, x_hi)
-        _linear_q4(x_lo, x_hi, a["qs"], a["d"], a.get("m", _NO_M), p.fmt == "q4_0", LUT_FP16, b, out)
+        _linear_q4(x, (a["qs"],), (a["d"],), (a.get("m", _NO_M),), p.fmt == "q4_0", (b,), (out,))
     return out
+
+
+def linear_group(x: np.ndarray, ps: list[Packed], biases: list[np.ndarray | None], outs: list[np.ndarray]) -> None:
+    """`linear` for several weights that read the same x (a layer's q, k, v): nibble-block
+    weights of one format go through one kernel launch; anything else, one call each."""
+    fmt = ps[0].fmt
+    same = all(p.fmt == fmt for p in ps) and all(o.flags.c_contiguous for o in outs)
+    if fmt not in ("q4_0", "q4_1", "int4") or not same or not x.flags.c_contiguous:
+        for p, b, out in zip(ps, biases, outs, strict=True):
+            linear(x, p, b, out)
+        return
+    _linear_q4(
+        x,
+        tuple(p.arrays["qs"] for p in ps),
+        tuple(p.arrays["d"] for p in ps),
+        tuple(p.arrays.get("m", _NO_M) for p in ps),
+        fmt == "q4_0",
+        tuple(_EMPTY if b is None else b for b in biases),
+        tuple(outs),
+    )

@@ -8,8 +8,10 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 from hypothesis import given
 from hypothesis import strategies as st
+from numba import njit
 
 from tilesim.device.kernels import attention, quant, reference
+from tilesim.device.kernels.vector_ir import half_to_f32
 
 U32 = 2.0**-24
 seeds = st.integers(0, 2**32 - 1)
@@ -36,6 +38,49 @@ def test_every_format_computes_x_times_its_decoded_weights(fmt, m, n, k, with_bi
     magnitude = np.abs(x).astype(np.float64) @ np.abs(decoded).T.astype(np.float64)
     bound = gamma(k + 8) * (magnitude + (0 if bias is None else np.abs(bias)))
     assert np.all(np.abs(out - ref) <= 4 * bound + 1e-30)
+
+
+def _bound(x, decoded, bias, k):
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(decoded).T.astype(np.float64)
+    return 4 * gamma(k + 8) * (magnitude + (0 if bias is None else np.abs(bias))) + 1e-30
+
+
+@given(
+    st.lists(st.sampled_from(quant.FORMATS), min_size=1, max_size=3),
+    st.integers(1, 3),
+    st.integers(1, 130),
+    st.booleans(),
+    seeds,
+)
+def test_a_group_of_weights_on_one_input_gives_each_weights_product(fmts, m, k, with_bias, seed):
+    # one kernel launch when the group shares a nibble format, one call each otherwise: same contract
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    packs, biases, outs = [], [], []
+    for fmt in fmts:
+        n = int(rng.integers(1, 50))
+        packs.append(quant.pack((rng.standard_normal((n, k)) * 2).astype(np.float32), fmt))
+        biases.append(rng.standard_normal(n).astype(np.float32) if with_bias else None)
+        outs.append(np.full((m, n), np.nan, np.float32))
+    quant.linear_group(x, packs, biases, outs)
+    for p, b, out in zip(packs, biases, outs, strict=True):
+        decoded = quant.unpack(p)
+        assert np.all(np.abs(out - reference.linear(x, decoded, b)) <= _bound(x, decoded, b, k))
+
+
+@njit
+def _convert(src, dst):
+    half_to_f32(src, dst)
+
+
+@pytest.mark.parametrize("n", [65536, 1, 15, 17, 33])
+def test_fp16_codes_widen_to_the_floats_numpy_gives(n):
+    codes = np.arange(65536, dtype=np.uint16)[::-1][:n].copy()  # all patterns: subnormals, inf, nan
+    out = np.full(n, -1.0, np.float32)
+    _convert(codes, out)
+    expected = codes.view(np.float16).astype(np.float32)
+    assert np.array_equal(out, expected, equal_nan=True)
+    assert np.array_equal(np.signbit(out), np.signbit(expected))
 
 
 @pytest.mark.parametrize(("fmt", "qtype"), [("q4_0", "Q4_0"), ("q4_1", "Q4_1"), ("q8_0", "Q8_0"), ("int4", "Q4_1")])

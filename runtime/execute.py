@@ -171,15 +171,7 @@ class Executor:
         return run
 
     def _bind_linear(self, node: Node, after: bool) -> Op:
-        xs, outs = self._views(node.inputs[0]), self._views(node.out)
-        ws, bs = self._params(node, 0), self._params(node, 1)
-
-        def run(inputs: StepInputs) -> None:
-            m = self._rows(inputs, after)
-            for x, out, w, b in zip(xs, outs, ws, bs, strict=True):
-                quant.linear(x[:m], w, b, out[:m])
-
-        return run
+        return self._bind_linear_group([node], after)
 
     _bind_lm_head = _bind_linear
 
@@ -193,16 +185,27 @@ class Executor:
         return nodes[i:j]
 
     def _bind_linear_group(self, group: list[Node], after: bool) -> Op:
-        """The group's products, core by core, as one call (one kernel launch for block formats)."""
+        """The group's products, core by core; one kernel launch per core for block formats."""
         xs = self._views(group[0].inputs[0])
         outs = list(zip(*(self._views(n.out) for n in group), strict=True))
         ws = list(zip(*(self._params(n, 0) for n in group), strict=True))
         bs = list(zip(*(self._params(n, 1) for n in group), strict=True))
+        views = list(xs) + [o for out in outs for o in out]
+        if not all(v.flags.c_contiguous for v in views):  # the kernels' fast path needs C order
+
+            def checked(inputs: StepInputs) -> None:
+                m = self._rows(inputs, after)
+                for c in range(self.tp):
+                    quant.linear_group(xs[c][:m], list(ws[c]), list(bs[c]), [o[:m] for o in outs[c]])
+
+            return checked
+        calls = [quant.bind(list(ws[c]), list(bs[c])) for c in range(self.tp)]
+        single = len(group) == 1
 
         def run(inputs: StepInputs) -> None:
             m = self._rows(inputs, after)
-            for c in range(self.tp):
-                quant.linear_group(xs[c][:m], list(ws[c]), list(bs[c]), [o[:m] for o in outs[c]])
+            for x, call, out in zip(xs, calls, outs, strict=True):
+                call(x[:m], (out[0][:m],) if single else tuple(o[:m] for o in out))
 
         return run
 

@@ -26,6 +26,7 @@ Variants:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -264,42 +265,78 @@ _EMPTY = np.zeros(0, dtype=np.float32)
 _NO_M = np.zeros((1, 1), dtype=np.uint16)
 
 
-def linear(x: np.ndarray, p: Packed, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
-    """`out = x @ dequantized(p).T + bias`, reading `p` as it is stored."""
+Products = Callable[[np.ndarray, tuple[np.ndarray, ...]], None]
+_NIBBLES = ("q4_0", "q4_1", "int4")
+
+
+def bind(ps: list[Packed], biases: list[np.ndarray | None]) -> Products:
+    """`run(x, outs)`: `outs[i] = x @ dequantized(ps[i]).T + biases[i]` for weights that read
+    the same x, each read as stored. Arrays are looked up once, here, so a decode step pays
+    only the kernel call; nibble-block weights of one format share one launch. `outs` must
+    be C-contiguous (`linear_group` checks; the executor's planned views are)."""
+    fmt = ps[0].fmt
+    if fmt in _NIBBLES and all(p.fmt == fmt for p in ps):
+        return _bind_q4(ps, biases)
+    calls = [_bind_one(p, b) for p, b in zip(ps, biases, strict=True)]
+    if len(calls) == 1:
+        call = calls[0]
+        return lambda x, outs: call(x, outs[0])
+
+    def run(x: np.ndarray, outs: tuple[np.ndarray, ...]) -> None:
+        for one, out in zip(calls, outs, strict=True):
+            one(x, out)
+
+    return run
+
+
+def _bind_q4(ps: list[Packed], biases: list[np.ndarray | None]) -> Products:
+    qs = tuple(p.arrays["qs"] for p in ps)
+    d = tuple(p.arrays["d"] for p in ps)
+    m = tuple(p.arrays.get("m", _NO_M) for p in ps)
+    b = tuple(_EMPTY if bias is None else bias for bias in biases)
+    symmetric = ps[0].fmt == "q4_0"
+    return lambda x, outs: _linear_q4(x, qs, d, m, symmetric, b, outs)
+
+
+def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.ndarray], None]:
     b = _EMPTY if bias is None else bias
     a = p.arrays
     if p.fmt == "fp32":
-        from tilesim.device.kernels.matmul import linear as linear_f32
+        from tilesim.device.kernels.matmul import _linear_f32
 
-        return linear_f32(x, a["w"], bias, out)
+        w = a["w"]
+        return lambda x, out: _linear_f32(x, w, b, out)
     if p.fmt in ("fp16", "bf16"):
-        _linear_lut16(x, a["w"], LUT_FP16 if p.fmt == "fp16" else LUT_BF16, b, out)
-    elif p.fmt in _FP8:
-        _linear_scaled8(x, a["w"], LUT_FP8[p.fmt], a["scale"], b, out)
-    elif p.fmt == "int8":
-        _linear_scaled8(x, a["w"].view(np.uint8), LUT_INT8, a["scale"], b, out)
-    elif p.fmt == "q8_0":
-        _linear_q8_0(x, a["qs"], a["d"], b, out)
-    else:
-        _linear_q4(x, (a["qs"],), (a["d"],), (a.get("m", _NO_M),), p.fmt == "q4_0", (b,), (out,))
+        w, lut = a["w"], LUT_FP16 if p.fmt == "fp16" else LUT_BF16
+        return lambda x, out: _linear_lut16(x, w, lut, b, out)
+    if p.fmt in _FP8 or p.fmt == "int8":
+        w, scale = a["w"].view(np.uint8), a["scale"]
+        lut = LUT_INT8 if p.fmt == "int8" else LUT_FP8[p.fmt]
+        return lambda x, out: _linear_scaled8(x, w, lut, scale, b, out)
+    if p.fmt == "q8_0":
+        qs, d = a["qs"], a["d"]
+        return lambda x, out: _linear_q8_0(x, qs, d, b, out)
+    group = _bind_q4([p], [bias])
+    return lambda x, out: group(x, (out,))
+
+
+def linear(x: np.ndarray, p: Packed, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """`out = x @ dequantized(p).T + bias`, reading `p` as it is stored."""
+    if p.fmt in _NIBBLES and not (x.flags.c_contiguous and out.flags.c_contiguous):
+        x, result = np.ascontiguousarray(x), out
+        out = np.empty(out.shape, np.float32)
+        bind([p], [bias])(x, (out,))
+        result[...] = out
+        return result
+    bind([p], [bias])(x, (out,))
     return out
 
 
 def linear_group(x: np.ndarray, ps: list[Packed], biases: list[np.ndarray | None], outs: list[np.ndarray]) -> None:
     """`linear` for several weights that read the same x (a layer's q, k, v): nibble-block
     weights of one format go through one kernel launch; anything else, one call each."""
-    fmt = ps[0].fmt
-    same = all(p.fmt == fmt for p in ps) and all(o.flags.c_contiguous for o in outs)
-    if fmt not in ("q4_0", "q4_1", "int4") or not same or not x.flags.c_contiguous:
-        for p, b, out in zip(ps, biases, outs, strict=True):
-            linear(x, p, b, out)
+    if all(o.flags.c_contiguous for o in outs) and x.flags.c_contiguous:
+        bind(ps, biases)(x, tuple(outs))
         return
-    _linear_q4(
-        x,
-        tuple(p.arrays["qs"] for p in ps),
-        tuple(p.arrays["d"] for p in ps),
-        tuple(p.arrays.get("m", _NO_M) for p in ps),
-        fmt == "q4_0",
-        tuple(_EMPTY if b is None else b for b in biases),
-        tuple(outs),
-    )
+    for p, b, out in zip(ps, biases, outs, strict=True):
+        linear(x, p, b, out)

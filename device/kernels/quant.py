@@ -33,7 +33,8 @@ import ml_dtypes
 import numpy as np
 from numba import njit, prange
 
-from tilesim.device.kernels.vector_ir import half_to_f32, q4_0_row, q4_1_row, q8_0_row
+from tilesim.device.kernels import vector_ir as ir
+from tilesim.device.kernels.vector_ir import half_to_f32
 from tilesim.errors import ConfigError
 
 FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "q4_0", "q4_1", "q8_0")
@@ -206,6 +207,7 @@ def _padded(x, blocks):
     return out
 
 
+_DECODE_ONCE = 4  # x rows (a prefill) from which a weight row is decoded once, then dotted with each
 _CHUNK = 16  # rows per parallel task (their scales are converted to fp32 at once, into scratch);
 # small, so that even a 192-row matrix splits evenly over the threads
 
@@ -225,7 +227,7 @@ def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs):
         while task >= firsts[w + 1]:
             w += 1
         qs, d16, m16, bias, out = qss[w], d16s[w], m16s[w], biases[w], outs[w]
-        has_bias = bias.shape[0] > 0
+        has_bias = bias.shape[0] > 0  # (0,) when there is none
         c = task - firsts[w]
         first, last = c * _CHUNK, min(d16.shape[0], (c + 1) * _CHUNK)
         size = (last - first) * blocks
@@ -234,14 +236,27 @@ def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs):
         half_to_f32(d16[first:last].reshape(-1), d)
         if not symmetric:
             half_to_f32(m16[first:last].reshape(-1), offset)
+        once = m_rows >= _DECODE_ONCE
+        wl = np.empty(blocks * 16 if once else 0, np.float32)
+        wh = np.empty(blocks * 16 if once else 0, np.float32)
+        b = bias[first:last] if has_bias else np.zeros(last - first, np.float32)
         for n in range(first, last):
             at = (n - first) * blocks
-            for m in range(m_rows):
-                if symmetric:
-                    acc = q4_0_row(x_lo[m], x_hi[m], qs[n], d[at : at + blocks])
-                else:
-                    acc = q4_1_row(x_lo[m], x_hi[m], qs[n], d[at : at + blocks], offset[at : at + blocks])
-                out[m, n] = acc + (bias[n] if has_bias else np.float32(0.0))
+            dn, mn = d[at : at + blocks], offset[at : at + blocks]
+            if not once:
+                for m in range(m_rows):
+                    if symmetric:
+                        out[m, n] = ir.q4_0_row(x_lo[m], x_hi[m], qs[n], dn) + b[n - first]
+                    else:
+                        out[m, n] = ir.q4_1_row(x_lo[m], x_hi[m], qs[n], dn, mn) + b[n - first]
+            elif symmetric:
+                ir.q4_0_decode(qs[n], wl, wh)
+                for m in range(m_rows):
+                    out[m, n] = ir.q4_0_decoded(x_lo[m], x_hi[m], wl, wh, dn) + b[n - first]
+            else:
+                ir.q4_1_decode(qs[n], dn, mn, wl, wh)
+                for m in range(m_rows):
+                    out[m, n] = ir.q4_1_decoded(x_lo[m], x_hi[m], wl, wh) + b[n - first]
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -254,11 +269,18 @@ def _linear_q8_0(x, qs, d16, bias, out):
         first, last = c * _CHUNK, min(n_rows, (c + 1) * _CHUNK)
         d = np.empty((last - first) * blocks, np.float32)
         half_to_f32(d16[first:last].reshape(-1), d)
+        once = m_rows >= _DECODE_ONCE
+        codes = np.empty(blocks * 32 if once else 0, np.float32)
         for n in range(first, last):
-            at = (n - first) * blocks
-            for m in range(m_rows):
-                acc = q8_0_row(xp[m], qs[n], d[at : at + blocks])
-                out[m, n] = acc + (bias[n] if has_bias else np.float32(0.0))
+            dn = d[(n - first) * blocks : (n - first + 1) * blocks]
+            b = bias[n] if has_bias else np.float32(0.0)
+            if once:
+                ir.q8_0_decode(qs[n], codes)
+                for m in range(m_rows):
+                    out[m, n] = ir.q8_0_decoded(xp[m], codes, dn) + b
+            else:
+                for m in range(m_rows):
+                    out[m, n] = ir.q8_0_row(xp[m], qs[n], dn) + b
 
 
 _EMPTY = np.zeros(0, dtype=np.float32)

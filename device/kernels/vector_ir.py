@@ -22,6 +22,13 @@ values that block b's low and high nibbles pair with, d and m the blocks' fp32 s
 - `q4_1_row(xl, xh, qs, d, m)`: `sum_b xl_b . (lo_b * d_b + m_b) + xh_b . (hi_b * d_b + m_b)`.
 - `q4_0_row(xl, xh, qs, d)`: `sum_b d_b * (xl_b . (lo_b - 8) + xh_b . (hi_b - 8))`.
 - `q8_0_row(x, qs, d)`: one row of int8 blocks of 32: `sum_b d_b * (x_b . q_b)`.
+- `*_decode(qs, [d, m,] w...)` write a row's decoded values (q4_1: the weights; q4_0, q8_0:
+  the codes as floats) and `*_decoded(x..., w..., [d])` give the `*_row` result from them,
+  bit for bit: a prefill decodes each weight row once for all its x rows.
+
+numba's on-disk cache is keyed on the calling kernel's file (quant.py), not on this one:
+after editing this module, delete device/kernels/__pycache__ (an installed release
+rewrites both files, so users are not affected).
 """
 
 from __future__ import annotations
@@ -132,9 +139,15 @@ def half_to_f32(typingctx, src, dst):
     return types.void(src, dst), codegen
 
 
-def _row_codegen(fmt: str):
-    """One output row of `q4_1`, `q4_0` (16 bytes of nibble pairs per block) or `q8_0` blocks."""
+def _row_codegen(fmt: str, mode: str = "codes"):
+    """One output row of `q4_1`, `q4_0` (16 bytes of nibble pairs per block) or `q8_0` blocks.
+
+    mode "codes" reads the stored codes and returns the row's dot product with x; "decode"
+    writes the values that product multiplies x by (q4_1: q * d + m; q4_0: q - 8; q8_0: q) to
+    fp32 rows; "decoded" returns the same dot product from those rows, bit for bit, so
+    several x rows (a prefill) decode each weight row once."""
     width = 32 if fmt == "q8_0" else 16  # codes loaded per block
+    halves = 1 if fmt == "q8_0" else 2  # value vectors per block: x's low and high partners
 
     def codegen(context, builder, sig, args):
         arrays = [_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True)]
@@ -149,70 +162,87 @@ def _row_codegen(fmt: str):
         def fma(a, b, c):
             return builder.fadd(builder.fmul(a, b, flags=FAST), c, flags=FAST)
 
-        def nibbles(q, at, bias):
+        if mode == "decode":
+            q, *rest = arrays
+            scales, ws = (rest[:2], rest[2:]) if fmt == "q4_1" else ([], rest)
+            xs = []
+        elif mode == "decoded":
+            xs, ws, scales = arrays[:halves], arrays[halves : 2 * halves], arrays[2 * halves :]
+        else:
+            xs, q, scales, ws = arrays[:halves], arrays[halves], arrays[halves + 1 :], []
+        blocks = builder.sdiv(ws[0].nitems, _int(width)) if ws else scales[0].nitems
+
+        def values(b, at):
+            if mode == "decoded":
+                return [_load_vec(builder, w.data, at, F32, width) for w in ws]
+            if fmt == "q8_0":
+                return [builder.sitofp(_load_vec(builder, q.data, at, I8, width), _vec(F32, width))]
             e = builder.zext(_load_vec(builder, q.data, at, I8, width), _vec(I32, width))
-            lo, hi = builder.and_(e, const(15)), builder.lshr(e, const(4))
-            if bias:
-                lo, hi = builder.sub(lo, const(bias)), builder.sub(hi, const(bias))
-            return builder.sitofp(lo, _vec(F32, width)), builder.sitofp(hi, _vec(F32, width))
+            codes = [builder.and_(e, const(15)), builder.lshr(e, const(4))]
+            if fmt == "q4_0":
+                return [builder.sitofp(builder.sub(c, const(8)), _vec(F32, width)) for c in codes]
+            db, mb = at_block(scales[0], b), at_block(scales[1], b)  # q4_1: each weight decoded
+            return [fma(builder.sitofp(c, _vec(F32, width)), db, mb) for c in codes]
+
+        if mode == "decode":
+
+            def store(b, state):
+                at = builder.mul(b, _int(width))
+                for w, v in zip(ws, values(b, at), strict=True):
+                    builder.store(v, builder.bitcast(builder.gep(w.data, [at]), _vec(F32, width).as_pointer()), align=4)
+                return state
+
+            _loop(builder, _int(0), blocks, [], store)
+            return context.get_dummy_value()
 
         if fmt == "q4_1":
-            xl, xh, q, d, m = arrays
 
-            def step(b, state):  # each weight decoded (q * d + m) before it meets x
+            def step(b, state):  # low and high halves in their own lanes, decoded weights times x
                 at = builder.mul(b, _int(width))
-                lo, hi = nibbles(q, at, 0)
-                db, mb = at_block(d, b), at_block(m, b)
-                return [
-                    fma(_load_vec(builder, xl.data, at, F32, width), fma(lo, db, mb), state[0]),
-                    fma(_load_vec(builder, xh.data, at, F32, width), fma(hi, db, mb), state[1]),
-                ]
+                v = values(b, at)
+                return [fma(_load_vec(builder, xs[i].data, at, F32, width), v[i], state[i]) for i in range(2)]
 
-            low, high = _loop(builder, _int(0), d.nitems, [zero, zero], step)
+            low, high = _loop(builder, _int(0), blocks, [zero, zero], step)
             return _hsum(builder, builder.fadd(low, high, flags=FAST))
 
-        if fmt == "q4_0":
-            xl, xh, q, d = arrays
+        def step(b, state):  # d * (x . codes): the scale factored out of exact products
+            at = builder.mul(b, _int(width))
+            v = values(b, at)
+            s = builder.fmul(_load_vec(builder, xs[0].data, at, F32, width), v[0], flags=FAST)
+            if halves == 2:
+                s = fma(_load_vec(builder, xs[1].data, at, F32, width), v[1], s)
+            return [fma(s, at_block(scales[-1], b), state[0])]
 
-            def step(b, state):  # d * (x . (q - 8)): the scale factored out of exact products
-                at = builder.mul(b, _int(width))
-                lo, hi = nibbles(q, at, 8)
-                s = fma(
-                    _load_vec(builder, xh.data, at, F32, width),
-                    hi,
-                    builder.fmul(_load_vec(builder, xl.data, at, F32, width), lo, flags=FAST),
-                )
-                return [fma(s, at_block(d, b), state[0])]
-
-        else:
-            x, q, d = arrays
-
-            def step(b, state):
-                at = builder.mul(b, _int(width))
-                codes = builder.sitofp(_load_vec(builder, q.data, at, I8, width), _vec(F32, width))
-                s = builder.fmul(_load_vec(builder, x.data, at, F32, width), codes, flags=FAST)
-                return [fma(s, at_block(d, b), state[0])]
-
-        (acc,) = _loop(builder, _int(0), d.nitems, [zero], step)
+        (acc,) = _loop(builder, _int(0), blocks, [zero], step)
         return _hsum(builder, acc)
 
     return codegen
 
 
-@intrinsic
-def q4_1_row(typingctx, xl, xh, qs, d, m):
-    _check((xl, types.float32, 1), (xh, types.float32, 1), (qs, types.uint8, 1))
-    _check((d, types.float32, 1), (m, types.float32, 1))
-    return types.float32(xl, xh, qs, d, m), _row_codegen("q4_1")
+def _intrinsic(fmt: str, mode: str, spec: list) -> object:
+    """An intrinsic over 1-d C arrays of the given dtypes: float32 result, or void for "decode".
+    (numba reads the typer's parameters, so each arity is spelled out.)"""
+
+    def sig(args: tuple) -> tuple:
+        _check(*((a, dtype, 1) for a, dtype in zip(args, spec, strict=True)))
+        return (types.void if mode == "decode" else types.float32)(*args), _row_codegen(fmt, mode)
+
+    typers = {
+        2: lambda typingctx, a, b: sig((a, b)),
+        3: lambda typingctx, a, b, c: sig((a, b, c)),
+        4: lambda typingctx, a, b, c, d: sig((a, b, c, d)),
+        5: lambda typingctx, a, b, c, d, e: sig((a, b, c, d, e)),
+    }
+    return intrinsic(typers[len(spec)])
 
 
-@intrinsic
-def q4_0_row(typingctx, xl, xh, qs, d):
-    _check((xl, types.float32, 1), (xh, types.float32, 1), (qs, types.uint8, 1), (d, types.float32, 1))
-    return types.float32(xl, xh, qs, d), _row_codegen("q4_0")
-
-
-@intrinsic
-def q8_0_row(typingctx, x, qs, d):
-    _check((x, types.float32, 1), (qs, types.int8, 1), (d, types.float32, 1))
-    return types.float32(x, qs, d), _row_codegen("q8_0")
+F, U8 = types.float32, types.uint8
+q4_1_row = _intrinsic("q4_1", "codes", [F, F, U8, F, F])  # (xl, xh, qs, d, m)
+q4_0_row = _intrinsic("q4_0", "codes", [F, F, U8, F])  # (xl, xh, qs, d)
+q8_0_row = _intrinsic("q8_0", "codes", [F, types.int8, F])  # (x, qs, d)
+q4_1_decode = _intrinsic("q4_1", "decode", [U8, F, F, F, F])  # (qs, d, m, wl, wh)
+q4_0_decode = _intrinsic("q4_0", "decode", [U8, F, F])  # (qs, wl, wh)
+q8_0_decode = _intrinsic("q8_0", "decode", [types.int8, F])  # (qs, c)
+q4_1_decoded = _intrinsic("q4_1", "decoded", [F, F, F, F])  # (xl, xh, wl, wh)
+q4_0_decoded = _intrinsic("q4_0", "decoded", [F, F, F, F, F])  # (xl, xh, wl, wh, d)
+q8_0_decoded = _intrinsic("q8_0", "decoded", [F, F, F])  # (x, c, d)

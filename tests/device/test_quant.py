@@ -47,7 +47,7 @@ def _bound(x, decoded, bias, k):
 
 @given(
     st.lists(st.sampled_from(quant.FORMATS), min_size=1, max_size=3),
-    st.integers(1, 3),
+    st.integers(1, 6),
     st.integers(1, 130),
     st.booleans(),
     seeds,
@@ -66,6 +66,19 @@ def test_a_group_of_weights_on_one_input_gives_each_weights_product(fmts, m, k, 
     for p, b, out in zip(packs, biases, outs, strict=True):
         decoded = quant.unpack(p)
         assert np.all(np.abs(out - reference.linear(x, decoded, b)) <= _bound(x, decoded, b, k))
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "q4_1", "q8_0"])
+@given(st.integers(1, 40), st.integers(1, 100), seeds)
+def test_a_prefill_gives_each_row_what_a_decode_step_gives_it(fmt, n, k, seed):
+    # several x rows decode each weight row once; the sums must be the one-row sums, bit for bit
+    rng = np.random.default_rng(seed)
+    packed = quant.pack(rng.standard_normal((n, k)).astype(np.float32), fmt)
+    x = rng.standard_normal((6, k)).astype(np.float32)
+    together = quant.linear(x, packed, None, np.empty((6, n), np.float32))
+    for m in range(6):
+        alone = quant.linear(x[m : m + 1], packed, None, np.empty((1, n), np.float32))
+        assert np.array_equal(together[m], alone[0])
 
 
 @njit

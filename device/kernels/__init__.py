@@ -66,4 +66,9 @@ def warm_up() -> None:
     x64, o4 = np.ones((2, 64), f32), np.empty((2, 4), f32)
     for fmt in ("fp16", "fp8_e4m3", "int8", "q4_1", "q4_0", "q8_0"):
         quant.linear(x64, quant.pack(w32, fmt), np.ones(4, f32), o4)
+    x8 = np.ones((8, 64), f32)  # enough rows for the kernels' prefill path
+    for fmt in ("q4_1", "q8_0"):
+        quant.linear(x8, quant.pack(w32, fmt), None, np.empty((8, 4), f32))
+    for count in (2, 3):  # a layer's gate and up, its q, k and v: one launch over a tuple of weights
+        quant.linear_group(x64, [quant.pack(w32, "q4_1")] * count, [None] * count, [np.empty((2, 4), f32)] * count)
     activations.round_bf16(y)

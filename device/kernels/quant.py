@@ -13,8 +13,9 @@ blocks, laid out so each block's 16 bytes of nibbles are contiguous for SIMD. Ev
 accumulates in fp32 and computes the dot product of x with the dequantized weights.
 
 Variants:
-1. `_linear_lut16`: 16-bit codes through the table.
-2. `_linear_scaled8`: 8-bit values (int8, or fp8 through a 256-entry table) times a channel scale.
+1. `_linear_half`: fp16 or bf16 bit patterns widened exactly in the row loop
+   (`vector_ir.fp16_row`, `bf16_row`); `_linear_int8`: int8 codes times a channel scale.
+2. `_linear_scaled8`: fp8 codes through a 256-entry table, times a channel scale.
 3. `_linear_q4`: nibble blocks; x is first split per block into its first and second 16
    values, the low and high nibbles' partners. Each row's loop is LLVM vector IR
    (`vector_ir.q4_1_row`, `q4_0_row`): numba's own vectorizer kept its accumulators in
@@ -160,19 +161,24 @@ def unpack(p: Packed, rows: np.ndarray | None = None) -> np.ndarray:
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def _linear_lut16(x, w, lut, bias, out):
-    m_rows, k_dim = x.shape
+def _linear_half(x, w, bf16, bias, out):  # w (N, K) fp16 or bf16 bit patterns
     has_bias = bias.shape[0] > 0
     for n in prange(w.shape[0]):
-        for m in range(m_rows):
-            acc = np.float32(0.0)
-            for k in range(k_dim):
-                acc += x[m, k] * lut[w[n, k]]
+        for m in range(x.shape[0]):
+            acc = ir.bf16_row(x[m], w[n]) if bf16 else ir.fp16_row(x[m], w[n])
             out[m, n] = acc + (bias[n] if has_bias else np.float32(0.0))
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def _linear_scaled8(x, w, lut, scale, bias, out):  # w uint8 codes through lut (fp8, or int8 viewed as uint8)
+def _linear_int8(x, w, scale, bias, out):  # w (N, K) int8, one scale per output channel
+    has_bias = bias.shape[0] > 0
+    for n in prange(w.shape[0]):
+        for m in range(x.shape[0]):
+            out[m, n] = ir.int8_row(x[m], w[n]) * scale[n] + (bias[n] if has_bias else np.float32(0.0))
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def _linear_scaled8(x, w, lut, scale, bias, out):  # w uint8 fp8 codes through lut
     m_rows, k_dim = x.shape
     has_bias = bias.shape[0] > 0
     for n in prange(w.shape[0]):
@@ -329,11 +335,13 @@ def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.nd
         w = a["w"]
         return lambda x, out: _linear_f32(x, w, b, out)
     if p.fmt in ("fp16", "bf16"):
-        w, lut = a["w"], LUT_FP16 if p.fmt == "fp16" else LUT_BF16
-        return lambda x, out: _linear_lut16(x, w, lut, b, out)
-    if p.fmt in _FP8 or p.fmt == "int8":
-        w, scale = a["w"].view(np.uint8), a["scale"]
-        lut = LUT_INT8 if p.fmt == "int8" else LUT_FP8[p.fmt]
+        w, bf16 = a["w"], p.fmt == "bf16"
+        return lambda x, out: _linear_half(x, w, bf16, b, out)
+    if p.fmt == "int8":
+        w, scale = a["w"], a["scale"]
+        return lambda x, out: _linear_int8(x, w, scale, b, out)
+    if p.fmt in _FP8:
+        w, scale, lut = a["w"], a["scale"], LUT_FP8[p.fmt]
         return lambda x, out: _linear_scaled8(x, w, lut, scale, b, out)
     if p.fmt == "q8_0":
         qs, d = a["qs"], a["d"]
@@ -344,7 +352,7 @@ def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.nd
 
 def linear(x: np.ndarray, p: Packed, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
     """`out = x @ dequantized(p).T + bias`, reading `p` as it is stored."""
-    if p.fmt in _NIBBLES and not (x.flags.c_contiguous and out.flags.c_contiguous):
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):  # the row loops read C-order rows
         x, result = np.ascontiguousarray(x), out
         out = np.empty(out.shape, np.float32)
         bind([p], [bias])(x, (out,))

@@ -22,6 +22,8 @@ values that block b's low and high nibbles pair with, d and m the blocks' fp32 s
 - `q4_1_row(xl, xh, qs, d, m)`: `sum_b xl_b . (lo_b * d_b + m_b) + xh_b . (hi_b * d_b + m_b)`.
 - `q4_0_row(xl, xh, qs, d)`: `sum_b d_b * (xl_b . (lo_b - 8) + xh_b . (hi_b - 8))`.
 - `q8_0_row(x, qs, d)`: one row of int8 blocks of 32: `sum_b d_b * (x_b . q_b)`.
+- `fp16_row(x, w)`, `bf16_row(x, w)`, `int8_row(x, w)`: `sum_k x[k] * w[k]` for one row of
+  16-bit float bit patterns (widened exactly) or int8 codes (the caller applies the scale).
 - `*_decode(qs, [d, m,] w...)` write a row's decoded values (q4_1: the weights; q4_0, q8_0:
   the codes as floats) and `*_decoded(x..., w..., [d])` give the `*_row` result from them,
   bit for bit: a prefill decodes each weight row once for all its x rows.
@@ -219,6 +221,58 @@ def _row_codegen(fmt: str, mode: str = "codes"):
     return codegen
 
 
+def _dense_codegen(fmt: str):
+    """One row of 16-bit floats (fp16, bf16) or int8 codes: sum_k x[k] * value(w[k])."""
+    width = 16
+
+    def codegen(context, builder, sig, args):
+        x, w = (_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True))
+        elem = I8 if fmt == "int8" else I16
+
+        def value(v, n):
+            if fmt == "fp16":
+                return builder.fpext(
+                    builder.bitcast(v, _vec(HALF, n) if n > 1 else HALF), _vec(F32, n) if n > 1 else F32
+                )
+            if fmt == "bf16":  # the top half of an fp32: exact
+                wide = builder.shl(
+                    builder.zext(v, _vec(I32, n) if n > 1 else I32),
+                    ir.Constant(_vec(I32, n), [16] * n) if n > 1 else ir.Constant(I32, 16),
+                )
+                return builder.bitcast(wide, _vec(F32, n) if n > 1 else F32)
+            return builder.sitofp(v, _vec(F32, n) if n > 1 else F32)
+
+        def vector(i, state):
+            at = builder.mul(i, _int(width))
+            prod = builder.fmul(
+                _load_vec(builder, x.data, at, F32, width),
+                value(_load_vec(builder, w.data, at, elem, width), width),
+                flags=FAST,
+            )
+            return [builder.fadd(state[0], prod, flags=FAST)]
+
+        def scalar(i, state):
+            prod = builder.fmul(
+                builder.load(builder.gep(x.data, [i])), value(builder.load(builder.gep(w.data, [i])), 1), flags=FAST
+            )
+            return [builder.fadd(state[0], prod, flags=FAST)]
+
+        vectors = builder.sdiv(w.nitems, _int(width))
+        (acc,) = _loop(builder, _int(0), vectors, [ir.Constant(_vec(F32, width), [0.0] * width)], vector)
+        (rest,) = _loop(builder, builder.mul(vectors, _int(width)), w.nitems, [ir.Constant(F32, 0.0)], scalar)
+        return builder.fadd(_hsum(builder, acc), rest, flags=FAST)
+
+    return codegen
+
+
+def _dense(fmt: str, dtype) -> object:
+    def typer(typingctx, x, w):
+        _check((x, types.float32, 1), (w, dtype, 1))
+        return types.float32(x, w), _dense_codegen(fmt)
+
+    return intrinsic(typer)
+
+
 def _intrinsic(fmt: str, mode: str, spec: list) -> object:
     """An intrinsic over 1-d C arrays of the given dtypes: float32 result, or void for "decode".
     (numba reads the typer's parameters, so each arity is spelled out.)"""
@@ -246,3 +300,6 @@ q8_0_decode = _intrinsic("q8_0", "decode", [types.int8, F])  # (qs, c)
 q4_1_decoded = _intrinsic("q4_1", "decoded", [F, F, F, F])  # (xl, xh, wl, wh)
 q4_0_decoded = _intrinsic("q4_0", "decoded", [F, F, F, F, F])  # (xl, xh, wl, wh, d)
 q8_0_decoded = _intrinsic("q8_0", "decoded", [F, F, F])  # (x, c, d)
+fp16_row = _dense("fp16", types.uint16)  # (x, w): w the fp16 bit patterns
+bf16_row = _dense("bf16", types.uint16)
+int8_row = _dense("int8", types.int8)

@@ -14,8 +14,8 @@ accumulates in fp32 and computes the dot product of x with the dequantized weigh
 
 Variants:
 1. `_linear_half`: fp16 or bf16 bit patterns widened exactly in the row loop
-   (`vector_ir.fp16_row`, `bf16_row`); `_linear_int8`: int8 codes times a channel scale.
-2. `_linear_scaled8`: fp8 codes through a 256-entry table, times a channel scale.
+   (`vector_ir.fp16_row`, `bf16_row`).
+2. `_linear_int8`, `_linear_fp8`: int8 or fp8 codes (widened exactly), times a channel scale.
 3. `_linear_q4`: nibble blocks; x is first split per block into its first and second 16
    values, the low and high nibbles' partners. Each row's loop is LLVM vector IR
    (`vector_ir.q4_1_row`, `q4_0_row`): numba's own vectorizer kept its accumulators in
@@ -178,14 +178,11 @@ def _linear_int8(x, w, scale, bias, out):  # w (N, K) int8, one scale per output
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def _linear_scaled8(x, w, lut, scale, bias, out):  # w uint8 fp8 codes through lut
-    m_rows, k_dim = x.shape
+def _linear_fp8(x, w, e5m2, scale, bias, out):  # w (N, K) fp8 codes, one scale per output channel
     has_bias = bias.shape[0] > 0
     for n in prange(w.shape[0]):
-        for m in range(m_rows):
-            acc = np.float32(0.0)
-            for k in range(k_dim):
-                acc += x[m, k] * lut[w[n, k]]
+        for m in range(x.shape[0]):
+            acc = ir.fp8_e5m2_row(x[m], w[n]) if e5m2 else ir.fp8_e4m3_row(x[m], w[n])
             out[m, n] = acc * scale[n] + (bias[n] if has_bias else np.float32(0.0))
 
 
@@ -341,8 +338,8 @@ def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.nd
         w, scale = a["w"], a["scale"]
         return lambda x, out: _linear_int8(x, w, scale, b, out)
     if p.fmt in _FP8:
-        w, scale, lut = a["w"], a["scale"], LUT_FP8[p.fmt]
-        return lambda x, out: _linear_scaled8(x, w, lut, scale, b, out)
+        w, scale, e5m2 = a["w"], a["scale"], p.fmt == "fp8_e5m2"
+        return lambda x, out: _linear_fp8(x, w, e5m2, scale, b, out)
     if p.fmt == "q8_0":
         qs, d = a["qs"], a["d"]
         return lambda x, out: _linear_q8_0(x, qs, d, b, out)

@@ -22,8 +22,9 @@ values that block b's low and high nibbles pair with, d and m the blocks' fp32 s
 - `q4_1_row(xl, xh, qs, d, m)`: `sum_b xl_b . (lo_b * d_b + m_b) + xh_b . (hi_b * d_b + m_b)`.
 - `q4_0_row(xl, xh, qs, d)`: `sum_b d_b * (xl_b . (lo_b - 8) + xh_b . (hi_b - 8))`.
 - `q8_0_row(x, qs, d)`: one row of int8 blocks of 32: `sum_b d_b * (x_b . q_b)`.
-- `fp16_row(x, w)`, `bf16_row(x, w)`, `int8_row(x, w)`: `sum_k x[k] * w[k]` for one row of
-  16-bit float bit patterns (widened exactly) or int8 codes (the caller applies the scale).
+- `fp16_row(x, w)`, `bf16_row`, `int8_row`, `fp8_e4m3_row`, `fp8_e5m2_row`: `sum_k x[k] * w[k]`
+  for one row of float bit patterns (widened exactly) or int8 codes; the caller applies
+  the per-channel scale of int8 and fp8.
 - `*_decode(qs, [d, m,] w...)` write a row's decoded values (q4_1: the weights; q4_0, q8_0:
   the codes as floats) and `*_decoded(x..., w..., [d])` give the `*_row` result from them,
   bit for bit: a prefill decodes each weight row once for all its x rows.
@@ -227,9 +228,11 @@ def _dense_codegen(fmt: str):
 
     def codegen(context, builder, sig, args):
         x, w = (_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True))
-        elem = I8 if fmt == "int8" else I16
+        elem = I16 if fmt in ("fp16", "bf16") else I8
 
         def value(v, n):
+            if fmt.startswith("fp8"):
+                return _fp8_value(builder, v, n, fmt)
             if fmt == "fp16":
                 return builder.fpext(
                     builder.bitcast(v, _vec(HALF, n) if n > 1 else HALF), _vec(F32, n) if n > 1 else F32
@@ -263,6 +266,24 @@ def _dense_codegen(fmt: str):
         return builder.fadd(_hsum(builder, acc), rest, flags=FAST)
 
     return codegen
+
+
+def _fp8_value(builder: ir.IRBuilder, v: ir.Value, n: int, fmt: str) -> ir.Value:
+    """fp8 codes to fp32, exactly: an fp8 code is the top of an fp16 with a narrower exponent.
+    e5m2 is fp16's top byte as it is; e4m3fn's magnitude bits, shifted into an fp16, read as
+    2^-8 times the value (subnormals included), and its one NaN code per sign is kept NaN."""
+    i16, f32 = (_vec(I16, n), _vec(F32, n)) if n > 1 else (I16, F32)
+
+    def k(c, t=i16):
+        return ir.Constant(t, [c] * n) if n > 1 else ir.Constant(t, c)
+
+    b = builder.zext(v, i16)
+    if fmt == "fp8_e5m2":
+        return builder.fpext(builder.bitcast(builder.shl(b, k(8)), _vec(HALF, n) if n > 1 else HALF), f32)
+    magnitude = builder.and_(b, k(0x7F))
+    bits = builder.or_(builder.shl(magnitude, k(7)), builder.shl(builder.and_(b, k(0x80)), k(8)))
+    value = builder.fmul(builder.fpext(builder.bitcast(bits, _vec(HALF, n) if n > 1 else HALF), f32), k(256.0, f32))
+    return builder.select(builder.icmp_unsigned("==", magnitude, k(0x7F)), k(float("nan"), f32), value)
 
 
 def _dense(fmt: str, dtype) -> object:
@@ -303,3 +324,5 @@ q8_0_decoded = _intrinsic("q8_0", "decoded", [F, F, F])  # (x, c, d)
 fp16_row = _dense("fp16", types.uint16)  # (x, w): w the fp16 bit patterns
 bf16_row = _dense("bf16", types.uint16)
 int8_row = _dense("int8", types.int8)
+fp8_e4m3_row = _dense("fp8_e4m3", types.uint8)
+fp8_e5m2_row = _dense("fp8_e5m2", types.uint8)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numba import njit
 
-from tilesim.device.kernels import attention, quant, reference
+from tilesim.device.kernels import attention, quant, reference, vector_ir
 from tilesim.device.kernels.vector_ir import half_to_f32
 
 U32 = 2.0**-24
@@ -79,6 +79,40 @@ def test_a_prefill_gives_each_row_what_a_decode_step_gives_it(fmt, n, k, seed):
     for m in range(6):
         alone = quant.linear(x[m : m + 1], packed, None, np.empty((1, n), np.float32))
         assert np.array_equal(together[m], alone[0])
+
+
+def _widen_each(row):
+    @njit
+    def widen(codes):  # each code alone (the scalar path) and sixteen times over (the vector path)
+        one, sixteen = np.empty(codes.size, np.float32), np.empty(codes.size, np.float32)
+        x1, x16 = np.ones(1, np.float32), np.ones(16, np.float32)
+        w1, w16 = np.empty(1, codes.dtype), np.empty(16, codes.dtype)
+        for i in range(codes.size):
+            w1[0] = codes[i]
+            w16[:] = codes[i]
+            one[i] = row(x1, w1)
+            sixteen[i] = row(x16, w16)
+        return one, sixteen
+
+    return widen
+
+
+@pytest.mark.parametrize(
+    ("row", "codes", "dtype"),
+    [
+        (vector_ir.fp16_row, np.arange(65536, dtype=np.uint16), np.float16),
+        (vector_ir.bf16_row, np.arange(65536, dtype=np.uint16), ml_dtypes.bfloat16),
+        (vector_ir.fp8_e4m3_row, np.arange(256, dtype=np.uint8), ml_dtypes.float8_e4m3fn),
+        (vector_ir.fp8_e5m2_row, np.arange(256, dtype=np.uint8), ml_dtypes.float8_e5m2),
+        (vector_ir.int8_row, np.arange(-128, 128, dtype=np.int8), np.int8),
+    ],
+)
+def test_every_code_widens_to_the_value_its_format_library_gives(row, codes, dtype):
+    expected = codes.view(dtype).astype(np.float32) if dtype is not np.int8 else codes.astype(np.float32)
+    one, sixteen = _widen_each(row)(codes)
+    assert np.array_equal(one, expected, equal_nan=True)
+    with np.errstate(over="ignore", invalid="ignore"):  # nan and inf codes; bf16's largest overflow x16
+        assert np.array_equal(sixteen, expected * np.float32(16), equal_nan=True)
 
 
 @njit

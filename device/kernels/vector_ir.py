@@ -1,7 +1,9 @@
-"""Inner loops of the block-quantized matrix products, written as LLVM vector IR.
+"""Inner loops of the low-precision matrix products (block formats, fp16/bf16, fp8, int8),
+written as LLVM vector IR.
 
 Numba's loop vectorizer kept the nibble kernels' lane accumulators in memory (a store and
-a reload per block) and left a scalar chain for the blocks' offsets. These
+a reload per block) and left a scalar chain for the blocks' offsets; the 16- and 8-bit
+formats went through a table lookup per weight, which does not vectorize. These
 `numba.extending.intrinsic`s build one row's loop themselves: the accumulators are SSA
 vectors (registers), the codes are widened once per block, and a block's scale is one
 broadcast from memory. The IR is target-independent (`<16 x float>`, `fpext half`): LLVM
@@ -223,7 +225,7 @@ def _row_codegen(fmt: str, mode: str = "codes"):
 
 
 def _dense_codegen(fmt: str):
-    """One row of 16-bit floats (fp16, bf16) or int8 codes: sum_k x[k] * value(w[k])."""
+    """One row of fp16, bf16, fp8 or int8 codes: sum_k x[k] * value(w[k]), 16 lanes then the rest."""
     width = 16
 
     def codegen(context, builder, sig, args):

@@ -20,8 +20,8 @@ Variants:
    values, the low and high nibbles' partners. Each row's loop is LLVM vector IR
    (`vector_ir.q4_1_row`, `q4_0_row`): numba's own vectorizer kept its accumulators in
    memory. Takes tuples of weights, so a layer's q, k, v (or gate, up), which read the
-   same x, are one launch (`linear_group`). Tasks of 16 rows, whose scales and offsets are
-   converted from fp16 together.
+   same x, are one launch (`linear_group`). Each thread takes one contiguous range of
+   rows and converts their fp16 scales and offsets 64 rows at a time.
 4. `_linear_q8_0`: int8 blocks of 32 with an fp16 scale (`vector_ir.q8_0_row`).
 """
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from tilesim.device.kernels import vector_ir as ir
 from tilesim.device.kernels.vector_ir import half_to_f32
@@ -211,79 +211,88 @@ def _padded(x, blocks):
 
 
 _DECODE_ONCE = 4  # x rows (a prefill) from which a weight row is decoded once, then dotted with each
-_CHUNK = 16  # rows per parallel task (their scales are converted to fp32 at once, into scratch);
-# small, so that even a 192-row matrix splits evenly over the threads
+_CHUNK = 64  # rows whose fp16 scales are converted together, into the thread's scratch
 
 
-@njit(cache=True, fastmath=True, parallel=True)
-def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs):
-    """Several nibble-block weights (tuples, same K) applied to the same x: one launch for
-    a layer's q, k and v, or its gate and up (their rows are one range of parallel tasks)."""
-    m_rows = x.shape[0]
-    blocks = d16s[0].shape[1]
-    x_lo, x_hi = _split_halves(x, blocks)
-    firsts = np.zeros(len(qss) + 1, np.int64)
-    for w in range(len(qss)):
-        firsts[w + 1] = firsts[w] + (d16s[w].shape[0] + _CHUNK - 1) // _CHUNK
-    for task in prange(firsts[-1]):
-        w = 0
-        while task >= firsts[w + 1]:
-            w += 1
-        qs, d16, m16, bias, out = qss[w], d16s[w], m16s[w], biases[w], outs[w]
-        has_bias = bias.shape[0] > 0  # (0,) when there is none
-        c = task - firsts[w]
-        first, last = c * _CHUNK, min(d16.shape[0], (c + 1) * _CHUNK)
-        size = (last - first) * blocks
-        d = np.empty(size, np.float32)
-        offset = np.empty(size if not symmetric else 0, np.float32)
-        half_to_f32(d16[first:last].reshape(-1), d)
+@njit(cache=True, fastmath=True)
+def _q4_rows(x_lo, x_hi, qs, d16, m16, symmetric, bias, out, first, last, d, offset, wl, wh):
+    """Rows first..last of one nibble-block weight, with the calling thread's scratch."""
+    m_rows, blocks = x_lo.shape[0], d16.shape[1]
+    once = m_rows >= _DECODE_ONCE
+    has_bias = bias.shape[0] > 0  # (0,) when there is none
+    for start in range(first, last, _CHUNK):
+        stop = min(last, start + _CHUNK)
+        size = (stop - start) * blocks
+        half_to_f32(d16[start:stop].reshape(-1), d[:size])
         if not symmetric:
-            half_to_f32(m16[first:last].reshape(-1), offset)
-        once = m_rows >= _DECODE_ONCE
-        wl = np.empty(blocks * 16 if once else 0, np.float32)
-        wh = np.empty(blocks * 16 if once else 0, np.float32)
-        b = bias[first:last] if has_bias else np.zeros(last - first, np.float32)
-        for n in range(first, last):
-            at = (n - first) * blocks
+            half_to_f32(m16[start:stop].reshape(-1), offset[:size])
+        for n in range(start, stop):
+            at = (n - start) * blocks
             dn, mn = d[at : at + blocks], offset[at : at + blocks]
+            b = bias[n] if has_bias else np.float32(0.0)
             if not once:
                 for m in range(m_rows):
                     if symmetric:
-                        out[m, n] = ir.q4_0_row(x_lo[m], x_hi[m], qs[n], dn) + b[n - first]
+                        out[m, n] = ir.q4_0_row(x_lo[m], x_hi[m], qs[n], dn) + b
                     else:
-                        out[m, n] = ir.q4_1_row(x_lo[m], x_hi[m], qs[n], dn, mn) + b[n - first]
+                        out[m, n] = ir.q4_1_row(x_lo[m], x_hi[m], qs[n], dn, mn) + b
             elif symmetric:
                 ir.q4_0_decode(qs[n], wl, wh)
                 for m in range(m_rows):
-                    out[m, n] = ir.q4_0_decoded(x_lo[m], x_hi[m], wl, wh, dn) + b[n - first]
+                    out[m, n] = ir.q4_0_decoded(x_lo[m], x_hi[m], wl, wh, dn) + b
             else:
                 ir.q4_1_decode(qs[n], dn, mn, wl, wh)
                 for m in range(m_rows):
-                    out[m, n] = ir.q4_1_decoded(x_lo[m], x_hi[m], wl, wh) + b[n - first]
+                    out[m, n] = ir.q4_1_decoded(x_lo[m], x_hi[m], wl, wh) + b
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def _linear_q8_0(x, qs, d16, bias, out):
-    m_rows = x.shape[0]
+def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs, threads):
+    """Several nibble-block weights (tuples, same K) applied to the same x: one launch for
+    a layer's q, k and v, or its gate and up. Their rows, end to end, are split evenly into
+    one contiguous range per thread."""
+    blocks = d16s[0].shape[1]
+    x_lo, x_hi = _split_halves(x, blocks)
+    starts = np.zeros(len(qss) + 1, np.int64)
+    for w in range(len(qss)):
+        starts[w + 1] = starts[w] + d16s[w].shape[0]
+    for t in prange(threads):
+        d = np.empty(_CHUNK * blocks, np.float32)
+        offset = np.empty(_CHUNK * blocks if not symmetric else 0, np.float32)
+        once = x.shape[0] >= _DECODE_ONCE
+        wl = np.empty(blocks * 16 if once else 0, np.float32)
+        wh = np.empty(blocks * 16 if once else 0, np.float32)
+        lo, hi = starts[-1] * t // threads, starts[-1] * (t + 1) // threads
+        for w in range(len(qss)):
+            first, last = max(lo, starts[w]) - starts[w], min(hi, starts[w + 1]) - starts[w]
+            if first < last:
+                _q4_rows(
+                    x_lo, x_hi, qss[w], d16s[w], m16s[w], symmetric, biases[w], outs[w], first, last, d, offset, wl, wh
+                )
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def _linear_q8_0(x, qs, d16, bias, out, threads):
     n_rows, blocks = d16.shape
     has_bias = bias.shape[0] > 0
     xp = _padded(x, blocks)
-    for c in prange((n_rows + _CHUNK - 1) // _CHUNK):
-        first, last = c * _CHUNK, min(n_rows, (c + 1) * _CHUNK)
-        d = np.empty((last - first) * blocks, np.float32)
-        half_to_f32(d16[first:last].reshape(-1), d)
-        once = m_rows >= _DECODE_ONCE
+    once = x.shape[0] >= _DECODE_ONCE
+    for t in prange(threads):
+        d = np.empty(_CHUNK * blocks, np.float32)
         codes = np.empty(blocks * 32 if once else 0, np.float32)
-        for n in range(first, last):
-            dn = d[(n - first) * blocks : (n - first + 1) * blocks]
-            b = bias[n] if has_bias else np.float32(0.0)
-            if once:
-                ir.q8_0_decode(qs[n], codes)
-                for m in range(m_rows):
-                    out[m, n] = ir.q8_0_decoded(xp[m], codes, dn) + b
-            else:
-                for m in range(m_rows):
-                    out[m, n] = ir.q8_0_row(xp[m], qs[n], dn) + b
+        for start in range(n_rows * t // threads, n_rows * (t + 1) // threads, _CHUNK):
+            stop = min(n_rows * (t + 1) // threads, start + _CHUNK)
+            half_to_f32(d16[start:stop].reshape(-1), d[: (stop - start) * blocks])
+            for n in range(start, stop):
+                dn = d[(n - start) * blocks : (n - start + 1) * blocks]
+                b = bias[n] if has_bias else np.float32(0.0)
+                if once:
+                    ir.q8_0_decode(qs[n], codes)
+                    for m in range(x.shape[0]):
+                        out[m, n] = ir.q8_0_decoded(xp[m], codes, dn) + b
+                else:
+                    for m in range(x.shape[0]):
+                        out[m, n] = ir.q8_0_row(xp[m], qs[n], dn) + b
 
 
 _EMPTY = np.zeros(0, dtype=np.float32)
@@ -320,7 +329,7 @@ def _bind_q4(ps: list[Packed], biases: list[np.ndarray | None]) -> Products:
     m = tuple(p.arrays.get("m", _NO_M) for p in ps)
     b = tuple(_EMPTY if bias is None else bias for bias in biases)
     symmetric = ps[0].fmt == "q4_0"
-    return lambda x, outs: _linear_q4(x, qs, d, m, symmetric, b, outs)
+    return lambda x, outs: _linear_q4(x, qs, d, m, symmetric, b, outs, get_num_threads())
 
 
 def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.ndarray], None]:
@@ -342,7 +351,7 @@ def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.nd
         return lambda x, out: _linear_fp8(x, w, e5m2, scale, b, out)
     if p.fmt == "q8_0":
         qs, d = a["qs"], a["d"]
-        return lambda x, out: _linear_q8_0(x, qs, d, b, out)
+        return lambda x, out: _linear_q8_0(x, qs, d, b, out, get_num_threads())
     group = _bind_q4([p], [bias])
     return lambda x, out: group(x, (out,))
 

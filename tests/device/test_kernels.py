@@ -4,7 +4,8 @@ Each test checks shape and dtype first, then values within the tolerance stated 
 - products and sums of K terms (linear, attention scores): |error| <= gamma(K) * sum |terms|,
   with gamma(n) = n u / (1 - n u) and u = 2**-24, which holds for any order of summation;
 - norms, activations, rotary: relative 2e-6 of each value plus 2e-6 of the row's scale
-  (a few roundings of fp32 per element).
+  (a few roundings of fp32 per element), plus, where the formula cancels (layer norm's
+  x - mean, gelu's 1 + tanh), the absolute error fp32 leaves at that cancellation.
 """
 
 import numpy as np
@@ -31,10 +32,10 @@ def check_shape(out, ref):
     assert out.dtype == np.float32
 
 
-def check_close(out, ref, rel=2e-6):
+def check_close(out, ref, rel=2e-6, floor=0.0):
     check_shape(out, ref)
     scale = np.abs(ref).max(axis=-1, keepdims=True) if ref.ndim else abs(ref)
-    assert np.all(np.abs(out - ref) <= rel * np.abs(ref) + rel * scale + 1e-30)
+    assert np.all(np.abs(out - ref) <= rel * np.abs(ref) + rel * scale + floor + 1e-30)
 
 
 @given(dims, dims, dims, st.booleans(), seeds)
@@ -58,7 +59,12 @@ def test_norms(m, k, seed):
     norms.rms_norm(x, w, 1e-5, out)
     check_close(out, reference.rms_norm(x, w, 1e-5), rel=4e-6)
     norms.layer_norm(x, w, b, 1e-5, out)
-    check_close(out, reference.layer_norm(x, w, b, 1e-5), rel=4e-6 * np.sqrt(k))
+    # x - mean cancels in a nearly constant row: fp32 leaves ~(k + 2) u max|x| in it, which
+    # the division by the row's deviation magnifies
+    x64 = x.astype(np.float64)
+    deviation = np.sqrt(x64.var(axis=-1, keepdims=True) + 1e-5)
+    floor = 4 * (k + 2) * U32 * np.abs(x64).max(axis=-1, keepdims=True) / deviation * np.abs(w)
+    check_close(out, reference.layer_norm(x, w, b, 1e-5), rel=4e-6 * np.sqrt(k), floor=floor)
 
 
 @given(dims, dims, seeds, st.sampled_from(sorted(activations.ACTIVATIONS)))
@@ -67,7 +73,8 @@ def test_activations(m, k, seed, kind):
     x = rand(rng, m, k, scale=4.0)
     out = np.empty_like(x)
     activations.ACTIVATIONS[kind](x, out)
-    check_close(out, getattr(reference, kind)(x))
+    # gelu's 1 + tanh (or erf) cancels for negative x: fp32 keeps an absolute error ~u |x|
+    check_close(out, getattr(reference, kind)(x), floor=2e-6 * np.abs(x))
 
 
 @given(dims, dims, seeds)

@@ -280,8 +280,9 @@ def _linear_q8_0(x, qs, d16, bias, out, threads):
     for t in prange(threads):
         d = np.empty(_CHUNK * blocks, np.float32)
         codes = np.empty(blocks * 32 if once else 0, np.float32)
-        for start in range(n_rows * t // threads, n_rows * (t + 1) // threads, _CHUNK):
-            stop = min(n_rows * (t + 1) // threads, start + _CHUNK)
+        lo, hi = n_rows * t // threads, n_rows * (t + 1) // threads
+        for start in range(lo, hi, _CHUNK):
+            stop = min(hi, start + _CHUNK)
             half_to_f32(d16[start:stop].reshape(-1), d[: (stop - start) * blocks])
             for n in range(start, stop):
                 dn = d[(n - start) * blocks : (n - start + 1) * blocks]
@@ -358,13 +359,10 @@ def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.nd
 
 def linear(x: np.ndarray, p: Packed, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
     """`out = x @ dequantized(p).T + bias`, reading `p` as it is stored."""
-    if not (x.flags.c_contiguous and out.flags.c_contiguous):  # the row loops read C-order rows
-        x, result = np.ascontiguousarray(x), out
-        out = np.empty(out.shape, np.float32)
-        bind([p], [bias])(x, (out,))
-        result[...] = out
-        return result
-    bind([p], [bias])(x, (out,))
+    target = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # the row loops need C order
+    bind([p], [bias])(np.ascontiguousarray(x), (target,))
+    if target is not out:
+        out[...] = target
     return out
 
 

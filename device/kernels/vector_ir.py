@@ -116,32 +116,26 @@ def _check(*pairs: tuple) -> None:
             raise TypingError(f"expected a C-contiguous {ndim}-d array of {dtype}, got {ty}")
 
 
-@intrinsic
-def half_to_f32(typingctx, src, dst):
-    _check((src, types.uint16, 1), (dst, types.float32, 1))
+def _in_lanes(builder: ir.IRBuilder, n: ir.Value, width: int, step, inits: list) -> tuple[list, list]:
+    """`step(at, lanes, state)` over n items: `width` lanes at a time, then one at a time (as
+    1-lane vectors, so a step is written once); the two final states."""
+    vectors = builder.sdiv(n, _int(width))
+    wide = _loop(builder, _int(0), vectors, inits[0], lambda i, st: step(builder.mul(i, _int(width)), width, st))
+    narrow = _loop(builder, builder.mul(vectors, _int(width)), n, inits[1], lambda i, st: step(i, 1, st))
+    return wide, narrow
 
-    def codegen(context, builder, sig, args):
-        s, d = (_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True))
-        n = s.nitems
-        vectors = builder.sdiv(n, _int(16))
 
-        def vector(i, state):
-            at = builder.mul(i, _int(16))
-            h = builder.bitcast(_load_vec(builder, s.data, at, I16, 16), _vec(HALF, 16))
-            p = builder.bitcast(builder.gep(d.data, [at]), _vec(F32, 16).as_pointer())
-            builder.store(builder.fpext(h, _vec(F32, 16)), p, align=4)
-            return state
+def _half_to_f32_codegen(context, builder, sig, args):
+    s, d = (_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True))
 
-        def scalar(i, state):
-            h = builder.bitcast(builder.load(builder.gep(s.data, [i])), HALF)
-            builder.store(builder.fpext(h, F32), builder.gep(d.data, [i]))
-            return state
+    def convert(at, lanes, state):
+        h = builder.bitcast(_load_vec(builder, s.data, at, I16, lanes), _vec(HALF, lanes))
+        p = builder.bitcast(builder.gep(d.data, [at]), _vec(F32, lanes).as_pointer())
+        builder.store(builder.fpext(h, _vec(F32, lanes)), p, align=4)
+        return state
 
-        _loop(builder, _int(0), vectors, [], vector)
-        _loop(builder, builder.mul(vectors, _int(16)), n, [], scalar)
-        return context.get_dummy_value()
-
-    return types.void(src, dst), codegen
+    _in_lanes(builder, s.nitems, 16, convert, [[], []])
+    return context.get_dummy_value()
 
 
 def _row_codegen(fmt: str, mode: str = "codes"):
@@ -226,83 +220,59 @@ def _row_codegen(fmt: str, mode: str = "codes"):
 
 def _dense_codegen(fmt: str):
     """One row of fp16, bf16, fp8 or int8 codes: sum_k x[k] * value(w[k]), 16 lanes then the rest."""
-    width = 16
+    elem = I16 if fmt in ("fp16", "bf16") else I8
 
     def codegen(context, builder, sig, args):
         x, w = (_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True))
-        elem = I16 if fmt in ("fp16", "bf16") else I8
 
-        def value(v, n):
-            if fmt.startswith("fp8"):
-                return _fp8_value(builder, v, n, fmt)
-            if fmt == "fp16":
-                return builder.fpext(
-                    builder.bitcast(v, _vec(HALF, n) if n > 1 else HALF), _vec(F32, n) if n > 1 else F32
-                )
-            if fmt == "bf16":  # the top half of an fp32: exact
-                wide = builder.shl(
-                    builder.zext(v, _vec(I32, n) if n > 1 else I32),
-                    ir.Constant(_vec(I32, n), [16] * n) if n > 1 else ir.Constant(I32, 16),
-                )
-                return builder.bitcast(wide, _vec(F32, n) if n > 1 else F32)
-            return builder.sitofp(v, _vec(F32, n) if n > 1 else F32)
-
-        def vector(i, state):
-            at = builder.mul(i, _int(width))
-            prod = builder.fmul(
-                _load_vec(builder, x.data, at, F32, width),
-                value(_load_vec(builder, w.data, at, elem, width), width),
-                flags=FAST,
-            )
+        def step(at, lanes, state):
+            codes = _load_vec(builder, w.data, at, elem, lanes)
+            prod = builder.fmul(_load_vec(builder, x.data, at, F32, lanes), _widen(builder, codes, fmt), flags=FAST)
             return [builder.fadd(state[0], prod, flags=FAST)]
 
-        def scalar(i, state):
-            prod = builder.fmul(
-                builder.load(builder.gep(x.data, [i])), value(builder.load(builder.gep(w.data, [i])), 1), flags=FAST
-            )
-            return [builder.fadd(state[0], prod, flags=FAST)]
-
-        vectors = builder.sdiv(w.nitems, _int(width))
-        (acc,) = _loop(builder, _int(0), vectors, [ir.Constant(_vec(F32, width), [0.0] * width)], vector)
-        (rest,) = _loop(builder, builder.mul(vectors, _int(width)), w.nitems, [ir.Constant(F32, 0.0)], scalar)
-        return builder.fadd(_hsum(builder, acc), rest, flags=FAST)
+        zeros = [[ir.Constant(_vec(F32, n), [0.0] * n)] for n in (16, 1)]
+        (acc,), (rest,) = _in_lanes(builder, w.nitems, 16, step, zeros)
+        return builder.fadd(_hsum(builder, acc), _hsum(builder, rest), flags=FAST)
 
     return codegen
 
 
-def _fp8_value(builder: ir.IRBuilder, v: ir.Value, n: int, fmt: str) -> ir.Value:
-    """fp8 codes to fp32, exactly: an fp8 code is the top of an fp16 with a narrower exponent.
-    e5m2 is fp16's top byte as it is; e4m3fn's magnitude bits, shifted into an fp16, read as
-    2^-8 times the value (subnormals included), and its one NaN code per sign is kept NaN."""
-    i16, f32 = (_vec(I16, n), _vec(F32, n)) if n > 1 else (I16, F32)
+def _widen(builder: ir.IRBuilder, codes: ir.Value, fmt: str) -> ir.Value:
+    """A vector of codes to the fp32 values they stand for, exactly. An fp8 code is the top of
+    an fp16 with a narrower exponent: e5m2 is fp16's top byte as it is; e4m3fn's magnitude
+    bits, shifted into an fp16, read as 2^-8 times the value (subnormals included), and its
+    one NaN code per sign is kept NaN. bf16 is the top half of an fp32."""
+    n = codes.type.count
 
-    def k(c, t=i16):
-        return ir.Constant(t, [c] * n) if n > 1 else ir.Constant(t, c)
+    def k(c, t=I16):
+        return ir.Constant(_vec(t, n), [c] * n)
 
-    b = builder.zext(v, i16)
+    def from_half(bits):
+        return builder.fpext(builder.bitcast(bits, _vec(HALF, n)), _vec(F32, n))
+
+    if fmt == "int8":
+        return builder.sitofp(codes, _vec(F32, n))
+    if fmt == "fp16":
+        return from_half(codes)
+    if fmt == "bf16":
+        return builder.bitcast(builder.shl(builder.zext(codes, _vec(I32, n)), k(16, I32)), _vec(F32, n))
+    b = builder.zext(codes, _vec(I16, n))
     if fmt == "fp8_e5m2":
-        return builder.fpext(builder.bitcast(builder.shl(b, k(8)), _vec(HALF, n) if n > 1 else HALF), f32)
+        return from_half(builder.shl(b, k(8)))
     magnitude = builder.and_(b, k(0x7F))
-    bits = builder.or_(builder.shl(magnitude, k(7)), builder.shl(builder.and_(b, k(0x80)), k(8)))
-    value = builder.fmul(builder.fpext(builder.bitcast(bits, _vec(HALF, n) if n > 1 else HALF), f32), k(256.0, f32))
-    return builder.select(builder.icmp_unsigned("==", magnitude, k(0x7F)), k(float("nan"), f32), value)
+    value = builder.fmul(
+        from_half(builder.or_(builder.shl(magnitude, k(7)), builder.shl(builder.and_(b, k(0x80)), k(8)))), k(256.0, F32)
+    )
+    return builder.select(builder.icmp_unsigned("==", magnitude, k(0x7F)), k(float("nan"), F32), value)
 
 
-def _dense(fmt: str, dtype) -> object:
-    def typer(typingctx, x, w):
-        _check((x, types.float32, 1), (w, dtype, 1))
-        return types.float32(x, w), _dense_codegen(fmt)
-
-    return intrinsic(typer)
-
-
-def _intrinsic(fmt: str, mode: str, spec: list) -> object:
-    """An intrinsic over 1-d C arrays of the given dtypes: float32 result, or void for "decode".
-    (numba reads the typer's parameters, so each arity is spelled out.)"""
+def _intrinsic(codegen, spec: list, result=types.float32) -> object:
+    """An intrinsic over 1-d C arrays of the given dtypes (numba reads the typer's
+    parameters, so each arity is spelled out)."""
 
     def sig(args: tuple) -> tuple:
         _check(*((a, dtype, 1) for a, dtype in zip(args, spec, strict=True)))
-        return (types.void if mode == "decode" else types.float32)(*args), _row_codegen(fmt, mode)
+        return result(*args), codegen
 
     typers = {
         2: lambda typingctx, a, b: sig((a, b)),
@@ -313,18 +283,19 @@ def _intrinsic(fmt: str, mode: str, spec: list) -> object:
     return intrinsic(typers[len(spec)])
 
 
-F, U8 = types.float32, types.uint8
-q4_1_row = _intrinsic("q4_1", "codes", [F, F, U8, F, F])  # (xl, xh, qs, d, m)
-q4_0_row = _intrinsic("q4_0", "codes", [F, F, U8, F])  # (xl, xh, qs, d)
-q8_0_row = _intrinsic("q8_0", "codes", [F, types.int8, F])  # (x, qs, d)
-q4_1_decode = _intrinsic("q4_1", "decode", [U8, F, F, F, F])  # (qs, d, m, wl, wh)
-q4_0_decode = _intrinsic("q4_0", "decode", [U8, F, F])  # (qs, wl, wh)
-q8_0_decode = _intrinsic("q8_0", "decode", [types.int8, F])  # (qs, c)
-q4_1_decoded = _intrinsic("q4_1", "decoded", [F, F, F, F])  # (xl, xh, wl, wh)
-q4_0_decoded = _intrinsic("q4_0", "decoded", [F, F, F, F, F])  # (xl, xh, wl, wh, d)
-q8_0_decoded = _intrinsic("q8_0", "decoded", [F, F, F])  # (x, c, d)
-fp16_row = _dense("fp16", types.uint16)  # (x, w): w the fp16 bit patterns
-bf16_row = _dense("bf16", types.uint16)
-int8_row = _dense("int8", types.int8)
-fp8_e4m3_row = _dense("fp8_e4m3", types.uint8)
-fp8_e5m2_row = _dense("fp8_e5m2", types.uint8)
+F, U8, I8T, U16, VOID = types.float32, types.uint8, types.int8, types.uint16, types.void
+half_to_f32 = _intrinsic(_half_to_f32_codegen, [U16, F], VOID)  # (src, dst)
+q4_1_row = _intrinsic(_row_codegen("q4_1"), [F, F, U8, F, F])  # (xl, xh, qs, d, m)
+q4_0_row = _intrinsic(_row_codegen("q4_0"), [F, F, U8, F])  # (xl, xh, qs, d)
+q8_0_row = _intrinsic(_row_codegen("q8_0"), [F, I8T, F])  # (x, qs, d)
+q4_1_decode = _intrinsic(_row_codegen("q4_1", "decode"), [U8, F, F, F, F], VOID)  # (qs, d, m, wl, wh)
+q4_0_decode = _intrinsic(_row_codegen("q4_0", "decode"), [U8, F, F], VOID)  # (qs, wl, wh)
+q8_0_decode = _intrinsic(_row_codegen("q8_0", "decode"), [I8T, F], VOID)  # (qs, c)
+q4_1_decoded = _intrinsic(_row_codegen("q4_1", "decoded"), [F, F, F, F])  # (xl, xh, wl, wh)
+q4_0_decoded = _intrinsic(_row_codegen("q4_0", "decoded"), [F, F, F, F, F])  # (xl, xh, wl, wh, d)
+q8_0_decoded = _intrinsic(_row_codegen("q8_0", "decoded"), [F, F, F])  # (x, c, d)
+fp16_row = _intrinsic(_dense_codegen("fp16"), [F, U16])  # (x, w): w the fp16 bit patterns
+bf16_row = _intrinsic(_dense_codegen("bf16"), [F, U16])
+int8_row = _intrinsic(_dense_codegen("int8"), [F, I8T])
+fp8_e4m3_row = _intrinsic(_dense_codegen("fp8_e4m3"), [F, U8])
+fp8_e5m2_row = _intrinsic(_dense_codegen("fp8_e5m2"), [F, U8])

@@ -2,7 +2,9 @@
 
 Decode only: each side generates 1 token and then NEW_TOKENS tokens from the same prompt,
 greedily; the decode rate is (NEW_TOKENS - 1) / (time of the long run - time of the short
-run), so prefill and loading cancel out. Both use the same thread count. Also prints the
+run), so prefill and loading cancel out. Both use the same thread count. tilesim runs
+SmolLM2's weights dequantized to fp32, as stored (native Q4_1 blocks, fp32 activations), and
+as stored with int8 activations (`--act-dtype int8`: integer dot products, as llama.cpp). Also prints the
 machine's read bandwidth and the tokens/s it allows at each precision (every decode step
 reads every weight once), and, when llama-cpp-python is installed (`make bench-llamacpp`),
 llama.cpp on the same GGUF file.
@@ -48,8 +50,8 @@ def transformers_runner(ids):
     return run, torch.get_num_threads()
 
 
-def tilesim_runner(checkpoint, ids, tp: int, dtype: str):
-    model = Model(checkpoint, tilesim.Device("trn1", cores=tp), tp, dtype=dtype)
+def tilesim_runner(checkpoint, ids, tp: int, dtype: str, act_dtype: str | None = None):
+    model = Model(checkpoint, tilesim.Device("trn1", cores=tp), tp, dtype=dtype, act_dtype=act_dtype)
     model.generate([ids], max_new_tokens=2, eos_token_id=None)  # warm the kernels
 
     def run(n: int) -> None:
@@ -82,11 +84,15 @@ def main() -> None:
     hf, threads = transformers_runner(ids)
     runners = {"transformers fp32": hf}
     models = {}
-    for dtype in ("fp32", "native"):
-        for tp in (1, 3):
-            run, model = tilesim_runner(checkpoint, ids, tp, dtype)
-            runners[f"tilesim {dtype} tp{tp}"] = run
-            models[(dtype, tp)] = model
+    for label, dtype, act, tps in (
+        ("fp32", "fp32", None, (1, 3)),
+        ("native", "native", None, (1, 3)),
+        ("int8act", "native", "int8", (1,)),
+    ):
+        for tp in tps:
+            run, model = tilesim_runner(checkpoint, ids, tp, dtype, act)
+            runners[f"tilesim {label} tp{tp}"] = run
+            models[(label, tp)] = model
     llama = llama_cpp_runner(ids)
     if llama:
         runners["llama.cpp Q4_1"] = llama
@@ -109,8 +115,15 @@ def main() -> None:
         bound = f"{r / (bandwidth / weights):.0%}" if weights else "-"
         print(f"{name:24s} {r:9.1f} {r / rate['transformers fp32']:15.2f}x {bound:>19s}")
     print(f"native Q4_1 tp1 / fp32 tp1: {rate['tilesim native tp1'] / rate['tilesim fp32 tp1']:.2f}x")
+    print(
+        f"native Q4_1, int8 activations, tp1 / fp32 tp1: {rate['tilesim int8act tp1'] / rate['tilesim fp32 tp1']:.2f}x"
+    )
     if llama:
         print(f"native Q4_1 tp1 / llama.cpp: {rate['tilesim native tp1'] / rate['llama.cpp Q4_1']:.2f}x")
+        print(
+            f"native Q4_1, int8 activations, tp1 / llama.cpp: "
+            f"{rate['tilesim int8act tp1'] / rate['llama.cpp Q4_1']:.2f}x"
+        )
     print(f"rounds: {ROUNDS}, medians; spread: " + ", ".join(f"{n} {np.ptp(v):.1f}" for n, v in rates.items()))
 
 

@@ -10,7 +10,15 @@ from pathlib import Path
 from common import machine
 
 HERE = Path(__file__).parent
-SCRIPTS = ["decode_speed.py", "kernels.py", "startup.py", "timing_only.py", "precision_table.py", "fidelity.py"]
+SCRIPTS = [
+    "decode_speed.py",
+    "kernels.py",
+    "startup.py",
+    "timing_only.py",
+    "precision_table.py",
+    "precision_error.py",
+    "fidelity.py",
+]
 
 
 def main() -> None:

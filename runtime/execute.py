@@ -62,7 +62,7 @@ class Executor:
         fabric: AnalyticFabric,
         algorithms: Callable[[str, int], str],
         rope_tables: tuple[np.ndarray, np.ndarray] | None,
-        act_dtype: str = "fp32",
+        act_dtype: str = "fp32",  # fp32, fp16, bf16 (rounded after every op) or int8 (the products' inputs)
     ):
         self.graph, self.sp = graph, sp
         self.weights, self.kv, self.acts = weights, kv, acts
@@ -85,7 +85,7 @@ class Executor:
                 i += len(group)
                 continue
             op = getattr(self, f"_bind_{node.op}")(node, after and node.op != "select_last")
-            if act_dtype != "fp32" and node.out and node.op not in ("rope", "gather_logits"):
+            if act_dtype in ("fp16", "bf16") and node.out and node.op not in ("rope", "gather_logits"):
                 op = self._rounded(op, node, after and node.op != "select_last")
             self.ops.append(op)
             i += 1
@@ -177,7 +177,7 @@ class Executor:
 
     def _same_input_linears(self, nodes: list[Node], i: int) -> list[Node]:
         """nodes[i] and the linears right after it that read the same input (q, k, v; gate, up)."""
-        if nodes[i].op != "linear" or self.act_dtype != "fp32":
+        if nodes[i].op != "linear" or self.act_dtype in ("fp16", "bf16"):
             return nodes[i : i + 1]
         j = i + 1
         while j < len(nodes) and nodes[j].op == "linear" and nodes[j].inputs[0] == nodes[i].inputs[0]:
@@ -191,15 +191,16 @@ class Executor:
         ws = list(zip(*(self._params(n, 0) for n in group), strict=True))
         bs = list(zip(*(self._params(n, 1) for n in group), strict=True))
         views = list(xs) + [o for out in outs for o in out]
+        act = "int8" if self.act_dtype == "int8" else "fp32"  # 16-bit activations are rounded after fp32 products
         if not all(v.flags.c_contiguous for v in views):  # the kernels' fast path needs C order
 
             def checked(inputs: StepInputs) -> None:
                 m = self._rows(inputs, after)
                 for c in range(self.tp):
-                    quant.linear_group(xs[c][:m], list(ws[c]), list(bs[c]), [o[:m] for o in outs[c]])
+                    quant.linear_group(xs[c][:m], list(ws[c]), list(bs[c]), [o[:m] for o in outs[c]], act)
 
             return checked
-        calls = [quant.bind(list(ws[c]), list(bs[c])) for c in range(self.tp)]
+        calls = [quant.bind(list(ws[c]), list(bs[c]), act) for c in range(self.tp)]
         single = len(group) == 1
 
         def run(inputs: StepInputs) -> None:

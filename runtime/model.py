@@ -124,7 +124,7 @@ class Model:
         self.wall = {"load_s": time.perf_counter() - start, "compile_s": 0.0}
         if not timing_only:
             compile_start = time.perf_counter()
-            kernels.warm_up()
+            kernels.warm_up(self.precision.activations == "int8")
             self.wall["compile_s"] = time.perf_counter() - compile_start
 
     # -- placement ----------------------------------------------------------------------
@@ -196,7 +196,14 @@ class Model:
                         raw[offset : offset + rows * width * 4].view(np.float32).reshape(rows, width)
                     )
         self.timer = StepTimer(
-            self.graph, self.sp, self.device, self.weight_bytes, self.precision, plan.regions["activations"], self.algo
+            self.graph,
+            self.sp,
+            self.device,
+            self.weight_bytes,
+            self.precision,
+            plan.regions["activations"],
+            self.algo,
+            self.formats,
         )
         self.executor = None
         if not self.timing_only and self.weights[0]:

@@ -10,7 +10,10 @@
 - `native` (the default for GGUF files): every tensor as the file stores it (Q4_0, Q4_1,
   Q8_0, F16, F32) and read by the kernels as stored; other GGUF types are dequantized.
 Norm weights, biases and learned positions are always fp32. `--act-dtype` and `--kv-dtype`
-override the activation and KV-cache precisions.
+override the activation and KV-cache precisions. `--act-dtype int8` quantizes the inputs of
+block-quantized products (Q4_0, Q4_1, Q8_0, int4) to int8 blocks of 32 and computes them as
+integer dot products, as llama.cpp does (device/kernels/q8_act.py); it needs such weights
+(`--dtype native` on a GGUF file, or `int4`), and everything else stays fp32.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from dataclasses import dataclass
 from tilesim.errors import ConfigError
 
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "native")
-ACT_DTYPES = ("fp32", "fp16", "bf16")
+ACT_DTYPES = ("fp32", "fp16", "bf16", "int8")
+INT8_PRODUCT_FORMATS = ("q4_0", "q4_1", "int4", "q8_0")  # weights --act-dtype int8 multiplies in integers
 KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
 WEIGHT_ONLY = ("fp8_e4m3", "fp8_e5m2", "int8", "int4")
 _GGUF_NATIVE = {"Q4_0": "q4_0", "Q4_1": "q4_1", "Q8_0": "q8_0", "F16": "fp16", "F32": "fp32"}
@@ -57,7 +61,12 @@ class Precision:
         act = act_dtype or (weights if weights in ("fp16", "bf16") else "fp32")
         if act not in ACT_DTYPES:
             raise ConfigError(f"--act-dtype {act!r} is not supported; use one of {', '.join(ACT_DTYPES)}")
-        kv = kv_dtype or act
+        if act == "int8" and weights not in ("native", "int4"):
+            raise ConfigError(
+                "--act-dtype int8 multiplies int8 activations with block-quantized weights; "
+                f"use it with --dtype int4 or a GGUF file's native blocks, not --dtype {dtype}"
+            )
+        kv = kv_dtype or (act if act != "int8" else "fp32")
         if kv not in KV_DTYPES:
             raise ConfigError(f"--kv-dtype {kv!r} is not supported; use one of {', '.join(KV_DTYPES)}")
         return cls(weights, act, kv)
@@ -68,12 +77,17 @@ class Precision:
 
     @property
     def act_bytes(self) -> int:
-        return 4 if self.activations == "fp32" else 2
+        return 2 if self.activations in ("fp16", "bf16") else 4  # int8 activations are kept in fp32
 
     @property
     def compute_dtype(self) -> str:
-        """The dtype whose peak the matmuls run at: the activations' (weights are decoded to it)."""
-        return self.activations
+        """The dtype whose peak the kernels run at: the activations' (weights are decoded to
+        it); with int8 activations, fp32 for all but the int8 products (`product_dtype`)."""
+        return "fp32" if self.activations == "int8" else self.activations
+
+    def product_dtype(self, fmt: str) -> str:
+        """The dtype whose peak a matrix product with weights stored as `fmt` runs at."""
+        return "int8" if self.activations == "int8" and fmt in INT8_PRODUCT_FORMATS else self.compute_dtype
 
     def format_for(self, param: str, ndim: int, stored: str | None = None) -> str:
         """The storage format of `param`; `stored` is a GGUF tensor type for native runs."""
@@ -82,5 +96,5 @@ class Precision:
         if self.weights == "native":
             return _GGUF_NATIVE.get(stored or "F32", "fp32")
         if self.weights in WEIGHT_ONLY and weight_class(param) in ("embedding", "lm_head"):
-            return self.activations
+            return "fp32" if self.activations == "int8" else self.activations  # int8 activations are held in fp32
         return self.weights

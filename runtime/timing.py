@@ -73,6 +73,7 @@ class StepTimer:
         precision: Precision,
         act_region: str,
         algo: str = "auto",
+        formats: dict[str, str] | None = None,
     ):
         self.graph, self.sp, self.device = graph, sp, device
         self.weight_bytes = weight_bytes
@@ -82,6 +83,7 @@ class StepTimer:
         self.act_region = act_region
         self.algo = algo
         self.dtype = precision.compute_dtype
+        self.precision, self.formats = precision, formats or {}  # formats: param -> storage format
         self._cache: dict[StepShape, StepTiming] = {}
         self._collective_cache: dict[tuple[str, int], tuple[str, float, tuple]] = {}
 
@@ -201,7 +203,14 @@ class StepTimer:
             name = "lm_head" if node.op == "lm_head" else w.rsplit(".", 2)[-2]
             wb = self.weight_bytes.get(w, 4.0)
             return linear_cost(
-                rows, out_f, in_f, weight_bytes_per_elem=wb, act_bytes=a, bias=len(node.params) > 1, dtype=dt, name=name
+                rows,
+                out_f,
+                in_f,
+                weight_bytes_per_elem=wb,
+                act_bytes=a,
+                bias=len(node.params) > 1,
+                dtype=self.precision.product_dtype(self.formats.get(w, "fp32")),
+                name=name,
             )
         n = rows * width[node.out][core] if node.out else 0
         if node.op == "embed":

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from tilesim.device import Device
 from tilesim.models.checkpoint import open_checkpoint
+from tilesim.models.named import open_for_timing
 from tilesim.runtime.model import Model
 
 
@@ -26,7 +27,8 @@ def load(
 ) -> Model:
     """Open a checkpoint and place it, split `tp` ways, on `device`.
 
-    `path_or_name` is a HF checkpoint folder, a `.gguf` file, or a short name (`smollm2`).
+    `path_or_name` is a HF checkpoint folder, a `.gguf` file, or a short name (`smollm2`);
+    with `timing_only`, also a named config (`llama-2-70b`, see models/configs/).
     `device` is a Device or a preset name (then it gets `tp` cores). `tp` defaults to the
     device's core count. `dtype` is the weights' precision (fp32, fp16, bf16, fp8, fp8_e5m2,
     int8, int4, or native for a GGUF's stored types; default: as the checkpoint stores them);
@@ -36,7 +38,8 @@ def load(
     if isinstance(device, str):
         device = Device(device, cores=tp, backed=not timing_only)
     tp = tp or device.num_cores
-    checkpoint = open_checkpoint(path_or_name)
+    # timing needs only the config: a named model, a folder's config.json, a GGUF's metadata
+    checkpoint = open_for_timing(path_or_name) if timing_only else open_checkpoint(path_or_name)
     return Model(
         checkpoint,
         device,

@@ -16,8 +16,9 @@ not compile again. The references live in `reference.py`; the cost functions ret
 """
 
 
-def warm_up() -> None:
-    """Compile (or load from numba's cache) every kernel for the array types the runtime uses."""
+def warm_up(int8_products: bool = False) -> None:
+    """Compile (or load from numba's cache) every kernel for the array types the runtime uses;
+    the int8-activation products (`q8_act`) only when asked, since few runs use them."""
     import numpy as np
 
     from tilesim.device.kernels import activations, attention, elementwise, matmul, norms, quant, rotary
@@ -72,3 +73,9 @@ def warm_up() -> None:
     for count in (2, 3):  # a layer's gate and up, its q, k and v: one launch over a tuple of weights
         quant.linear_group(x64, [quant.pack(w32, "q4_1")] * count, [None] * count, [np.empty((2, 4), f32)] * count)
     activations.round_bf16(y)
+    if int8_products:
+        for count in (1, 2, 3):
+            ps = [quant.pack(w32, "q4_1")] * count
+            quant.linear_group(x64, ps, [None] * count, [np.empty((2, 4), f32)] * count, "int8")
+        for fmt in ("q4_0", "q8_0"):
+            quant.linear(x64, quant.pack(w32, fmt), None, o4, "int8")

@@ -21,8 +21,10 @@ Variants:
    (`vector_ir.q4_1_row`, `q4_0_row`): numba's own vectorizer kept its accumulators in
    memory. Takes tuples of weights, so a layer's q, k, v (or gate, up), which read the
    same x, are one launch (`linear_group`). Each thread takes one contiguous range of
-   rows and converts their fp16 scales and offsets 64 rows at a time.
+   rows; the row loops convert the fp16 scales and offsets where they read them (a
+   separate conversion pass into scratch cost a fifth of a decode step's products).
 4. `_linear_q8_0`: int8 blocks of 32 with an fp16 scale (`vector_ir.q8_0_row`).
+5. With int8 activations (`act="int8"`), block weights go to `q8_act` instead.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ import ml_dtypes
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from tilesim.device.kernels import q8_act
 from tilesim.device.kernels import vector_ir as ir
-from tilesim.device.kernels.vector_ir import half_to_f32
 from tilesim.errors import ConfigError
 
 FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "q4_0", "q4_1", "q8_0")
@@ -211,39 +213,30 @@ def _padded(x, blocks):
 
 
 _DECODE_ONCE = 4  # x rows (a prefill) from which a weight row is decoded once, then dotted with each
-_CHUNK = 64  # rows whose fp16 scales are converted together, into the thread's scratch
 
 
 @njit(cache=True, fastmath=True)
-def _q4_rows(x_lo, x_hi, qs, d16, m16, symmetric, bias, out, first, last, d, offset, wl, wh):
+def _q4_rows(x_lo, x_hi, qs, d16, m16, symmetric, bias, out, first, last, wl, wh):
     """Rows first..last of one nibble-block weight, with the calling thread's scratch."""
-    m_rows, blocks = x_lo.shape[0], d16.shape[1]
+    m_rows = x_lo.shape[0]
     once = m_rows >= _DECODE_ONCE
     has_bias = bias.shape[0] > 0  # (0,) when there is none
-    for start in range(first, last, _CHUNK):
-        stop = min(last, start + _CHUNK)
-        size = (stop - start) * blocks
-        half_to_f32(d16[start:stop].reshape(-1), d[:size])
-        if not symmetric:
-            half_to_f32(m16[start:stop].reshape(-1), offset[:size])
-        for n in range(start, stop):
-            at = (n - start) * blocks
-            dn, mn = d[at : at + blocks], offset[at : at + blocks]
-            b = bias[n] if has_bias else np.float32(0.0)
-            if not once:
-                for m in range(m_rows):
-                    if symmetric:
-                        out[m, n] = ir.q4_0_row(x_lo[m], x_hi[m], qs[n], dn) + b
-                    else:
-                        out[m, n] = ir.q4_1_row(x_lo[m], x_hi[m], qs[n], dn, mn) + b
-            elif symmetric:
-                ir.q4_0_decode(qs[n], wl, wh)
-                for m in range(m_rows):
-                    out[m, n] = ir.q4_0_decoded(x_lo[m], x_hi[m], wl, wh, dn) + b
-            else:
-                ir.q4_1_decode(qs[n], dn, mn, wl, wh)
-                for m in range(m_rows):
-                    out[m, n] = ir.q4_1_decoded(x_lo[m], x_hi[m], wl, wh) + b
+    for n in range(first, last):
+        b = bias[n] if has_bias else np.float32(0.0)
+        if not once:
+            for m in range(m_rows):
+                if symmetric:
+                    out[m, n] = ir.q4_0_row(x_lo[m], x_hi[m], qs[n], d16[n]) + b
+                else:
+                    out[m, n] = ir.q4_1_row(x_lo[m], x_hi[m], qs[n], d16[n], m16[n]) + b
+        elif symmetric:
+            ir.q4_0_decode(qs[n], wl, wh)
+            for m in range(m_rows):
+                out[m, n] = ir.q4_0_decoded(x_lo[m], x_hi[m], wl, wh, d16[n]) + b
+        else:
+            ir.q4_1_decode(qs[n], d16[n], m16[n], wl, wh)
+            for m in range(m_rows):
+                out[m, n] = ir.q4_1_decoded(x_lo[m], x_hi[m], wl, wh) + b
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -257,8 +250,6 @@ def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs, threads):
     for w in range(len(qss)):
         starts[w + 1] = starts[w] + d16s[w].shape[0]
     for t in prange(threads):
-        d = np.empty(_CHUNK * blocks, np.float32)
-        offset = np.empty(_CHUNK * blocks if not symmetric else 0, np.float32)
         once = x.shape[0] >= _DECODE_ONCE
         wl = np.empty(blocks * 16 if once else 0, np.float32)
         wh = np.empty(blocks * 16 if once else 0, np.float32)
@@ -266,9 +257,7 @@ def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs, threads):
         for w in range(len(qss)):
             first, last = max(lo, starts[w]) - starts[w], min(hi, starts[w + 1]) - starts[w]
             if first < last:
-                _q4_rows(
-                    x_lo, x_hi, qss[w], d16s[w], m16s[w], symmetric, biases[w], outs[w], first, last, d, offset, wl, wh
-                )
+                _q4_rows(x_lo, x_hi, qss[w], d16s[w], m16s[w], symmetric, biases[w], outs[w], first, last, wl, wh)
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -278,22 +267,16 @@ def _linear_q8_0(x, qs, d16, bias, out, threads):
     xp = _padded(x, blocks)
     once = x.shape[0] >= _DECODE_ONCE
     for t in prange(threads):
-        d = np.empty(_CHUNK * blocks, np.float32)
         codes = np.empty(blocks * 32 if once else 0, np.float32)
-        lo, hi = n_rows * t // threads, n_rows * (t + 1) // threads
-        for start in range(lo, hi, _CHUNK):
-            stop = min(hi, start + _CHUNK)
-            half_to_f32(d16[start:stop].reshape(-1), d[: (stop - start) * blocks])
-            for n in range(start, stop):
-                dn = d[(n - start) * blocks : (n - start + 1) * blocks]
-                b = bias[n] if has_bias else np.float32(0.0)
-                if once:
-                    ir.q8_0_decode(qs[n], codes)
-                    for m in range(x.shape[0]):
-                        out[m, n] = ir.q8_0_decoded(xp[m], codes, dn) + b
-                else:
-                    for m in range(x.shape[0]):
-                        out[m, n] = ir.q8_0_row(xp[m], qs[n], dn) + b
+        for n in range(n_rows * t // threads, n_rows * (t + 1) // threads):
+            b = bias[n] if has_bias else np.float32(0.0)
+            if once:
+                ir.q8_0_decode(qs[n], codes)
+                for m in range(x.shape[0]):
+                    out[m, n] = ir.q8_0_decoded(xp[m], codes, d16[n]) + b
+            else:
+                for m in range(x.shape[0]):
+                    out[m, n] = ir.q8_0_row(xp[m], qs[n], d16[n]) + b
 
 
 _EMPTY = np.zeros(0, dtype=np.float32)
@@ -304,22 +287,31 @@ Products = Callable[[np.ndarray, tuple[np.ndarray, ...]], None]
 _NIBBLES = ("q4_0", "q4_1", "int4")
 
 
-def bind(ps: list[Packed], biases: list[np.ndarray | None]) -> Products:
+def bind(ps: list[Packed], biases: list[np.ndarray | None], act: str = "fp32") -> Products:
     """`run(x, outs)`: `outs[i] = x @ dequantized(ps[i]).T + biases[i]` for weights that read
     the same x, each read as stored. Arrays are looked up once, here, so a decode step pays
     only the kernel call; nibble-block weights of one format share one launch. `outs` must
-    be C-contiguous (`linear_group` checks; the executor's planned views are)."""
-    fmt = ps[0].fmt
-    if fmt in _NIBBLES and all(p.fmt == fmt for p in ps):
-        return _bind_q4(ps, biases)
-    calls = [_bind_one(p, b) for p, b in zip(ps, biases, strict=True)]
-    if len(calls) == 1:
-        call = calls[0]
-        return lambda x, outs: call(x, outs[0])
+    be C-contiguous (`linear_group` checks; the executor's planned views are).
 
+    `act="int8"`: block weights (q8_act.FORMATS) meet x quantized to int8 blocks, in integer
+    dot products (`q8_act`); other weights still take x in fp32."""
+    if act not in ("fp32", "int8"):
+        raise ConfigError(f"products take fp32 or int8 activations, not {act!r}")
+    if act == "int8" and all(p.fmt in q8_act.FORMATS for p in ps):
+        return q8_act.bind(ps, biases)
+    fmt = ps[0].fmt
+    if fmt in _NIBBLES and all(p.fmt == fmt for p in ps) and act == "fp32":
+        return _bind_q4(ps, biases)
+    if len(ps) > 1:
+        return _each([bind([p], [b], act) for p, b in zip(ps, biases, strict=True)])
+    call = _bind_one(ps[0], biases[0])
+    return lambda x, outs: call(x, outs[0])
+
+
+def _each(calls: list[Products]) -> Products:
     def run(x: np.ndarray, outs: tuple[np.ndarray, ...]) -> None:
         for one, out in zip(calls, outs, strict=True):
-            one(x, out)
+            one(x, (out,))
 
     return run
 
@@ -357,20 +349,23 @@ def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.nd
     return lambda x, out: group(x, (out,))
 
 
-def linear(x: np.ndarray, p: Packed, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
-    """`out = x @ dequantized(p).T + bias`, reading `p` as it is stored."""
+def linear(x: np.ndarray, p: Packed, bias: np.ndarray | None, out: np.ndarray, act: str = "fp32") -> np.ndarray:
+    """`out = x @ dequantized(p).T + bias`, reading `p` as it is stored (`act`: see `bind`)."""
     target = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)  # the row loops need C order
-    bind([p], [bias])(np.ascontiguousarray(x), (target,))
+    bind([p], [bias], act)(np.ascontiguousarray(x), (target,))
     if target is not out:
         out[...] = target
     return out
 
 
-def linear_group(x: np.ndarray, ps: list[Packed], biases: list[np.ndarray | None], outs: list[np.ndarray]) -> None:
-    """`linear` for several weights that read the same x (a layer's q, k, v): nibble-block
-    weights of one format go through one kernel launch; anything else, one call each."""
+def linear_group(
+    x: np.ndarray, ps: list[Packed], biases: list[np.ndarray | None], outs: list[np.ndarray], act: str = "fp32"
+) -> None:
+    """`linear` for several weights that read the same x (a layer's q, k, v): block weights
+    of one format (any block format, with int8 activations) go through one kernel launch;
+    anything else, one call each."""
     if all(o.flags.c_contiguous for o in outs) and x.flags.c_contiguous:
-        bind(ps, biases)(x, tuple(outs))
+        bind(ps, biases, act)(x, tuple(outs))
         return
     for p, b, out in zip(ps, biases, outs, strict=True):
-        linear(x, p, b, out)
+        linear(x, p, b, out, act)

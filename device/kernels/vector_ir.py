@@ -5,11 +5,12 @@ Numba's loop vectorizer kept the nibble kernels' lane accumulators in memory (a 
 a reload per block) and left a scalar chain for the blocks' offsets; the 16- and 8-bit
 formats went through a table lookup per weight, which does not vectorize. These
 `numba.extending.intrinsic`s build one row's loop themselves: the accumulators are SSA
-vectors (registers), the codes are widened once per block, and a block's scale is one
-broadcast from memory. The IR is target-independent (`<16 x float>`, `fpext half`): LLVM
-lowers it to AVX-512, AVX2 or NEON as the host has. One row per call on purpose:
-interleaving four rows shared the loads of x but cut the rate at which the weights stream
-from memory by more than half (measured on SmolLM2's output head).
+vectors (registers), the codes are widened once per block, and a block's scale is read as
+the fp16 the file stores, converted and broadcast where the block is read. The IR is
+target-independent (`<16 x float>`, `fpext half`): LLVM lowers it to AVX-512, AVX2 or NEON
+as the host has. One row per call on purpose: interleaving four rows shared the loads of x
+but cut the rate at which the weights stream from memory by more than half (measured on
+SmolLM2's output head).
 
 Every product is fp32 arithmetic on the stored values, accumulated in fp32 lanes and summed
 once per row in a fixed order (bit-identical reruns). A scale is factored out of a block's
@@ -19,8 +20,8 @@ before they meet x, since pulling the offset out of the sum would add error prop
 to |m| where q * d + m cancels.
 
 Intrinsics (numba calls them like functions inside `@njit` code); xl_b, xh_b are the 16 x
-values that block b's low and high nibbles pair with, d and m the blocks' fp32 scales and offsets:
-- `half_to_f32(src, dst)`: fp16 bit patterns (uint16) to float32, 16 at a time.
+values that block b's low and high nibbles pair with, d and m the blocks' scales and offsets as
+the fp16 bits the file stores (each converted where its block is read):
 - `q4_1_row(xl, xh, qs, d, m)`: `sum_b xl_b . (lo_b * d_b + m_b) + xh_b . (hi_b * d_b + m_b)`.
 - `q4_0_row(xl, xh, qs, d)`: `sum_b d_b * (xl_b . (lo_b - 8) + xh_b . (hi_b - 8))`.
 - `q8_0_row(x, qs, d)`: one row of int8 blocks of 32: `sum_b d_b * (x_b . q_b)`.
@@ -125,19 +126,6 @@ def _in_lanes(builder: ir.IRBuilder, n: ir.Value, width: int, step, inits: list)
     return wide, narrow
 
 
-def _half_to_f32_codegen(context, builder, sig, args):
-    s, d = (_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True))
-
-    def convert(at, lanes, state):
-        h = builder.bitcast(_load_vec(builder, s.data, at, I16, lanes), _vec(HALF, lanes))
-        p = builder.bitcast(builder.gep(d.data, [at]), _vec(F32, lanes).as_pointer())
-        builder.store(builder.fpext(h, _vec(F32, lanes)), p, align=4)
-        return state
-
-    _in_lanes(builder, s.nitems, 16, convert, [[], []])
-    return context.get_dummy_value()
-
-
 def _row_codegen(fmt: str, mode: str = "codes"):
     """One output row of `q4_1`, `q4_0` (16 bytes of nibble pairs per block) or `q8_0` blocks.
 
@@ -155,8 +143,9 @@ def _row_codegen(fmt: str, mode: str = "codes"):
         def const(v, t=I32):
             return ir.Constant(_vec(t, width), [v] * width)
 
-        def at_block(arr, b):
-            return _splat(builder, builder.load(builder.gep(arr.data, [b])), width)
+        def at_block(arr, b):  # block b's scale (fp16 bits, as stored) in every lane
+            bits = builder.bitcast(builder.load(builder.gep(arr.data, [b])), HALF)
+            return _splat(builder, builder.fpext(bits, F32), width)
 
         def fma(a, b, c):
             return builder.fadd(builder.fmul(a, b, flags=FAST), c, flags=FAST)
@@ -279,21 +268,21 @@ def _intrinsic(codegen, spec: list, result=types.float32) -> object:
         3: lambda typingctx, a, b, c: sig((a, b, c)),
         4: lambda typingctx, a, b, c, d: sig((a, b, c, d)),
         5: lambda typingctx, a, b, c, d, e: sig((a, b, c, d, e)),
+        6: lambda typingctx, a, b, c, d, e, f: sig((a, b, c, d, e, f)),
     }
     return intrinsic(typers[len(spec)])
 
 
 F, U8, I8T, U16, VOID = types.float32, types.uint8, types.int8, types.uint16, types.void
-half_to_f32 = _intrinsic(_half_to_f32_codegen, [U16, F], VOID)  # (src, dst)
-q4_1_row = _intrinsic(_row_codegen("q4_1"), [F, F, U8, F, F])  # (xl, xh, qs, d, m)
-q4_0_row = _intrinsic(_row_codegen("q4_0"), [F, F, U8, F])  # (xl, xh, qs, d)
-q8_0_row = _intrinsic(_row_codegen("q8_0"), [F, I8T, F])  # (x, qs, d)
-q4_1_decode = _intrinsic(_row_codegen("q4_1", "decode"), [U8, F, F, F, F], VOID)  # (qs, d, m, wl, wh)
+q4_1_row = _intrinsic(_row_codegen("q4_1"), [F, F, U8, U16, U16])  # (xl, xh, qs, d, m)
+q4_0_row = _intrinsic(_row_codegen("q4_0"), [F, F, U8, U16])  # (xl, xh, qs, d)
+q8_0_row = _intrinsic(_row_codegen("q8_0"), [F, I8T, U16])  # (x, qs, d)
+q4_1_decode = _intrinsic(_row_codegen("q4_1", "decode"), [U8, U16, U16, F, F], VOID)  # (qs, d, m, wl, wh)
 q4_0_decode = _intrinsic(_row_codegen("q4_0", "decode"), [U8, F, F], VOID)  # (qs, wl, wh)
 q8_0_decode = _intrinsic(_row_codegen("q8_0", "decode"), [I8T, F], VOID)  # (qs, c)
 q4_1_decoded = _intrinsic(_row_codegen("q4_1", "decoded"), [F, F, F, F])  # (xl, xh, wl, wh)
-q4_0_decoded = _intrinsic(_row_codegen("q4_0", "decoded"), [F, F, F, F, F])  # (xl, xh, wl, wh, d)
-q8_0_decoded = _intrinsic(_row_codegen("q8_0", "decoded"), [F, F, F])  # (x, c, d)
+q4_0_decoded = _intrinsic(_row_codegen("q4_0", "decoded"), [F, F, F, F, U16])  # (xl, xh, wl, wh, d)
+q8_0_decoded = _intrinsic(_row_codegen("q8_0", "decoded"), [F, F, U16])  # (x, c, d)
 fp16_row = _intrinsic(_dense_codegen("fp16"), [F, U16])  # (x, w): w the fp16 bit patterns
 bf16_row = _intrinsic(_dense_codegen("bf16"), [F, U16])
 int8_row = _intrinsic(_dense_codegen("int8"), [F, I8T])

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from numba import njit
 
 from tilesim.device.kernels import attention, quant, reference, vector_ir
-from tilesim.device.kernels.vector_ir import half_to_f32
 
 U32 = 2.0**-24
 seeds = st.integers(0, 2**32 - 1)
@@ -113,21 +112,6 @@ def test_every_code_widens_to_the_value_its_format_library_gives(row, codes, dty
     assert np.array_equal(one, expected, equal_nan=True)
     with np.errstate(over="ignore", invalid="ignore"):  # nan and inf codes; bf16's largest overflow x16
         assert np.array_equal(sixteen, expected * np.float32(16), equal_nan=True)
-
-
-@njit
-def _convert(src, dst):
-    half_to_f32(src, dst)
-
-
-@pytest.mark.parametrize("n", [65536, 1, 15, 17, 33])
-def test_fp16_codes_widen_to_the_floats_numpy_gives(n):
-    codes = np.arange(65536, dtype=np.uint16)[::-1][:n].copy()  # all patterns: subnormals, inf, nan
-    out = np.full(n, -1.0, np.float32)
-    _convert(codes, out)
-    expected = codes.view(np.float16).astype(np.float32)
-    assert np.array_equal(out, expected, equal_nan=True)
-    assert np.array_equal(np.signbit(out), np.signbit(expected))
 
 
 @pytest.mark.parametrize(("fmt", "qtype"), [("q4_0", "Q4_0"), ("q4_1", "Q4_1"), ("q8_0", "Q8_0"), ("int4", "Q4_1")])

@@ -18,6 +18,7 @@ BOUNDS = {
     ("fp16", None): 5e-3, ("bf16", None): 5e-2, ("int8", None): 0.1, ("fp8", None): 0.25, ("fp8_e5m2", None): 0.5,
     ("int4", None): 1.0, ("fp32", "fp16"): 2e-3, ("fp32", "bf16"): 2e-2, ("fp32", "int8"): 5e-2, ("fp32", "fp8"): 0.25,
 }  # fmt: skip
+INT8_ACT_BOUND = 0.1  # int4 weights with int8 activations against the same weights with fp32 activations
 
 
 def greedy_with_logits(model, steps=STEPS):
@@ -31,7 +32,21 @@ def test_logits_stay_within_the_bound_and_greedy_agrees_where_it_must(tiny_model
     folder = str(tiny_model(arch))
     fp32 = tilesim.load(folder, device="tiny", tp=1)
     low = tilesim.load(folder, device="tiny", tp=1, dtype=dtype, kv_dtype=kv)
-    bound = BOUNDS[(dtype, kv)]
+    assert_within(low, fp32, BOUNDS[(dtype, kv)])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "opt"])
+def test_int8_activations_stay_within_their_bound_of_fp32_activations(tiny_model, arch):
+    folder = str(tiny_model(arch))
+    fp32_act = tilesim.load(folder, device="tiny", tp=1, dtype="int4")
+    int8_act = tilesim.load(folder, device="tiny", tp=1, dtype="int4", act_dtype="int8")
+    assert int8_act.precision.kv == "fp32"
+    assert_within(int8_act, fp32_act, INT8_ACT_BOUND)
+
+
+def assert_within(low, fp32, bound):
+    """low's logits within `bound` of fp32's (relative to the largest), and its greedy tokens
+    equal wherever fp32's margin says they must be."""
     ref_all = fp32.generate([PROMPT], 1, eos_token_id=None, return_logits="all").logits[0]
     got_all = low.generate([PROMPT], 1, eos_token_id=None, return_logits="all").logits[0]
     assert np.max(np.abs(got_all - ref_all)) <= bound * np.max(np.abs(ref_all))
@@ -58,6 +73,30 @@ def test_lower_precision_takes_less_memory_and_less_simulated_time(tiny_model, d
         "int4" if dtype == "int4" else dtype
     ]
     assert precision["weights"]["norms and biases"]["formats"] == ["fp32"]
+
+
+def test_int8_activations_run_the_products_at_the_int8_peak_and_the_rest_at_fp32(tiny_model):
+    model = tilesim.load("llama-2-7b", device="trn1", tp=2, dtype="int4", act_dtype="int8", timing_only=True)
+    out = model.generate([PROMPT * 8], 2, eos_token_id=None)
+    assert out.trace.model["act_dtype"] == "int8"
+    weights = out.trace.model["precision"]["weights"]
+    assert weights["mlp"]["formats"] == ["int4"] and weights["embedding"]["formats"] == ["fp32"]  # held as fp32
+    core = model.device.spec.core
+    products = {"q", "k", "v", "o", "gate", "up", "down"}
+    checked = set()
+    for span in out.trace.steps[0].spans:
+        if span.lane != "compute" or not span.flops or span.op_type not in ("attention", "mlp", "norm"):
+            continue
+        kind = "matmul" if span.name in products else "elementwise" if span.op_type == "norm" else None
+        if kind is None:
+            continue
+        peak = core.peak_flops["int8" if kind == "matmul" else "fp32"]
+        assert span.compute_s == pytest.approx(span.flops / (peak * core.efficiency[kind].compute), rel=1e-9)
+        checked.add(kind)
+    assert checked == {"matmul", "elementwise"}
+    folder = str(tiny_model("llama"))
+    with pytest.raises(ConfigError, match="--act-dtype int8 multiplies int8 activations with block-quantized"):
+        tilesim.load(folder, device="tiny", tp=1, dtype="fp16", act_dtype="int8")
 
 
 def test_native_is_for_gguf_files_only(tiny_model):

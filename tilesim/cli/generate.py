@@ -56,8 +56,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="weights: fp32, fp16, bf16, fp8, fp8_e5m2, int8, int4, native "
         "(default: as the checkpoint stores them; native for GGUF)",
     )
-    p.add_argument("--act-dtype", default=None, help="activations: fp32, fp16, bf16 (default: follows --dtype)")
-    p.add_argument("--kv-dtype", default=None, help="KV cache: fp32, fp16, bf16, fp8, int8 (default: the activations')")
+    p.add_argument(
+        "--act-dtype",
+        default=None,
+        help="activations: fp32, fp16, bf16, or int8 (the inputs of block-quantized products) "
+        "(default: follows --dtype)",
+    )
+    p.add_argument(
+        "--kv-dtype",
+        default=None,
+        help="KV cache: fp32, fp16, bf16, fp8, int8 (default: the activations', fp32 for int8)",
+    )
     p.add_argument("--algo", default="auto", help="all-reduce algorithm (default: chosen by size)")
     p.add_argument("--timing-only", action="store_true", help="time the run without weights or arithmetic")
     p.add_argument(

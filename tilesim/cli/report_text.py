@@ -48,8 +48,11 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
             print(f"note: {note}")
     precision = report.get("precision")
     if precision:
+        acts = precision["activations"]
+        if acts == "int8":
+            acts = "int8 (block products' inputs, in blocks of 32; fp32 elsewhere)"
         print(
-            f"\nprecision: activations {precision['activations']}, KV cache {precision['kv_cache']}; weights "
+            f"\nprecision: activations {acts}, KV cache {precision['kv_cache']}; weights "
             f"{fmt_bytes(precision['weight_bytes'])} over all cores, {fmt_bytes(precision['bytes_saved'])} "
             "less than fp32"
         )

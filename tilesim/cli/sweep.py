@@ -2,7 +2,8 @@
 
 Each configuration is loaded and run (timing-only with `--timing-only`); a row says its time
 to first token, time per token, tokens per second and memory per core, or why it does not
-run (heads that do not divide, memory that does not fit). `--plot` draws time per token
+run (heads that do not divide, memory that does not fit). A dtype may name the activations
+too: `int4:int8` is int4 weights with int8 activations. `--plot` draws time per token
 against the TP degree, one line per device (and dtype).
 """
 
@@ -31,7 +32,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        help="comma-separated weight dtypes (default: as the checkpoint stores them; native for GGUF)",
+        help="comma-separated weight dtypes, each optionally :activations (int4:int8 runs int4 weights "
+        "with int8 activations; default: as the checkpoint stores them; native for GGUF)",
     )
     p.add_argument("--prompt-len", type=int, default=64, help="prompt length in tokens")
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -80,14 +82,15 @@ def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], ar
         device = Device(preset, cores=tp, backed=not args.timing_only)
         context = args.max_context or max(256, 1 << (len(prompt) + args.max_new_tokens - 1).bit_length())
         context = min(context, checkpoint.graph.max_positions)
-        model = Model(checkpoint, device, tp, dtype=dtype, max_context=context, timing_only=args.timing_only,
-                      pad_heads=args.timing_only)  # fmt: skip
+        weights, _, act = (dtype or "").partition(":")
+        model = Model(checkpoint, device, tp, dtype=weights or None, act_dtype=act or None, max_context=context,
+                      timing_only=args.timing_only, pad_heads=args.timing_only)  # fmt: skip
         out = model.generate([prompt], args.max_new_tokens, eos_token_id=None)
     except TilesimError as exc:
         row["reason"] = f"{type(exc).__name__}: {exc}"
         return row
     report = out.report
-    row["dtype"] = model.dtype
+    row["dtype"] = model.dtype + (f":{act}" if act else "")
     row.update(
         fits=True,
         ttft_s=report["ttft_s"],

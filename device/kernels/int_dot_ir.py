@@ -1,0 +1,199 @@
+"""Row loops of block-quantized weights times int8-quantized activations, as LLVM vector IR:
+integer dot products per block of 32, as llama.cpp computes them.
+
+The activations x are quantized per block of 32 (`q8_act.quantize_rows`): int8 codes qx, an
+fp32 scale dx, the codes' integer sum qsum and sx = dx * qsum. A weight block b with codes q,
+scale d (and offset m for q4_1) then contributes
+
+- q4_1: `d * dx * (q . qx) + m * sx` (w = q * d + m),
+- q4_0: `d * dx * (q . qx - 8 * qsum)` (w = (q - 8) * d),
+- q8_0: `d * dx * (|q| . (sign(q) qx))` (w = q * d; as llama.cpp does, the weight's sign moves
+  to x so the codes are unsigned bytes),
+
+where the dot products and corrections are exact 32-bit integers: the only rounding is x's
+quantization and the fp32 sum over blocks. The byte products go through x86's
+`pmaddubsw`/`pmaddwd` (unsigned codes times signed x, four products per 32-bit lane) when
+numba compiles for a host with AVX2; LLVM's generic integer vectors otherwise (same
+results, bit for bit, since the integer sums are exact). Two blocks per step (16 lanes),
+then one.
+
+Intrinsics, over 1-d C arrays (`blocks` = d's length; d and m are the fp16 bit patterns as
+stored, converted two at a time in the loop):
+- `q4_1_row(qx, dx, sx, qs, d, m)`, `q4_0_row(qx, dx, qsum, qs, d)`: qs the 16 bytes of
+  nibble pairs per block (low nibbles pair with x's first 16 values, high with the last 16);
+- `q8_0_row(qx, dx, qs, d)`: qs the 32 codes per block, read as uint8.
+`make_rows(how)` builds the three for `how` = "avx2" or "generic" (tests compare both).
+
+numba's on-disk cache is keyed on the calling kernel's file (q8_act.py): after editing this
+module, delete device/kernels/__pycache__.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+
+from tilesim.device.kernels.vector_ir import (
+    F32,
+    FAST,
+    HALF,
+    I8,
+    I16,
+    I32,
+    _array,
+    _hsum,
+    _in_lanes,
+    _int,
+    _intrinsic,
+    _load_vec,
+    _vec,
+)
+
+
+def host_int_dots() -> str:
+    """ "avx2" when numba compiles for this machine's CPU and it has AVX2, else "generic"."""
+    from llvmlite import binding
+    from numba.core import config
+
+    if config.CPU_NAME is not None:  # compiling for another CPU (e.g. a portable cache)
+        return "generic"
+    return "avx2" if binding.get_host_cpu_features().get("avx2") else "generic"
+
+
+def _declare(module: ir.Module, name: str, ret: ir.Type, params: list) -> ir.Function:
+    existing = module.globals.get(name)
+    return existing if existing is not None else ir.Function(module, ir.FunctionType(ret, params), name)
+
+
+def _concat(builder: ir.IRBuilder, parts: list) -> ir.Value:
+    while len(parts) > 1:
+        n = parts[0].type.count
+        mask = ir.Constant(_vec(I32, 2 * n), list(range(2 * n)))
+        parts = [builder.shuffle_vector(parts[i], parts[i + 1], mask) for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def _int_dots(builder: ir.IRBuilder, codes: ir.Value, x: ir.Value, how: str) -> ir.Value:
+    """Unsigned codes times signed x, summed in groups of 4 bytes: <n x i8> -> <n/4 x i32>.
+    Sums of two products fit an i16 (codes at most 128, |x| at most 127), so pmaddubsw
+    never saturates here."""
+    n = codes.type.count
+    if how == "generic":
+        return _sum_quads(builder, builder.mul(builder.zext(codes, _vec(I32, n)), builder.sext(x, _vec(I32, n))))
+    module = builder.module
+    pairs = _declare(module, "llvm.x86.avx2.pmadd.ub.sw", _vec(I16, 16), [_vec(I8, 32)] * 2)
+    quads = _declare(module, "llvm.x86.avx2.pmadd.wd", _vec(I32, 8), [_vec(I16, 16)] * 2)
+    ones = ir.Constant(_vec(I16, 16), [1] * 16)
+    parts = []
+    for c in range(n // 32):
+        if n == 32:
+            a, b = codes, x
+        else:
+            part = ir.Constant(_vec(I32, 32), list(range(32 * c, 32 * c + 32)))
+            a, b = builder.shuffle_vector(codes, codes, part), builder.shuffle_vector(x, x, part)
+        parts.append(builder.call(quads, [builder.call(pairs, [a, b]), ones]))
+    return _concat(builder, parts)
+
+
+def _signed_dots(builder: ir.IRBuilder, w: ir.Value, x: ir.Value) -> ir.Value:
+    """Signed bytes times signed bytes, summed in groups of 4: <n x i8> -> <n/4 x i32>."""
+    n = w.type.count
+    return _sum_quads(builder, builder.mul(builder.sext(w, _vec(I32, n)), builder.sext(x, _vec(I32, n))))
+
+
+def _sum_quads(builder: ir.IRBuilder, products: ir.Value) -> ir.Value:
+    """<n x i32> -> <n/4 x i32>, adjacent pairs twice: the shape x86 compiles to pmaddwd."""
+    n = products.type.count
+    for lanes in (n // 2, n // 4):
+        even, odd = (ir.Constant(_vec(I32, lanes), list(range(j, 2 * lanes, 2))) for j in (0, 1))
+        products = builder.add(
+            builder.shuffle_vector(products, products, even), builder.shuffle_vector(products, products, odd)
+        )
+    return products
+
+
+def _row_codegen(fmt: str, how: str):
+    def codegen(context, builder, sig, args):
+        arrays = [_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True)]
+        if fmt == "q8_0":
+            (qx, dx, qs, d), extra, m = arrays, None, None
+        else:
+            qx, dx, extra, qs, d = arrays[:5]  # extra: q4_0's code sums, q4_1's dx * code sums
+            m = arrays[5] if fmt == "q4_1" else None
+
+        def bytes_(v, n):
+            return ir.Constant(_vec(I8, n), [v] * n)
+
+        def _halves(b, arr, nb):  # nb fp16 scales from b on, as fp32
+            bits = builder.bitcast(_load_vec(builder, arr.data, b, I16, nb), _vec(HALF, nb))
+            return builder.fpext(bits, _vec(F32, nb))
+
+        def spread(v, nb, fill=None):  # <nb> -> <8 nb>: each block's value in its 8 lanes
+            mask = (
+                [j // 8 for j in range(8 * nb)]
+                if fill is None
+                else [j // 8 if j % 8 == 0 else nb for j in range(8 * nb)]
+            )
+            other = v if fill is None else fill
+            return builder.shuffle_vector(v, other, ir.Constant(_vec(I32, 8 * nb), mask))
+
+        def step(b, nb, state):  # blocks b .. b + nb - 1
+            x = _load_vec(builder, qx.data, builder.mul(b, _int(32)), I8, 32 * nb)
+            if fmt == "q8_0":
+                w = _load_vec(builder, qs.data, builder.mul(b, _int(32)), I8, 32 * nb)
+                dots = _signed_dots(builder, w, x)
+            else:
+                c = _load_vec(builder, qs.data, builder.mul(b, _int(16)), I8, 16 * nb)
+                lo, hi = builder.and_(c, bytes_(15, 16 * nb)), builder.lshr(c, bytes_(4, 16 * nb))
+                order = [
+                    k
+                    for j in range(nb)
+                    for k in [*range(16 * j, 16 * j + 16), *range(16 * (nb + j), 16 * (nb + j) + 16)]
+                ]
+                codes = builder.shuffle_vector(lo, hi, ir.Constant(_vec(I32, 32 * nb), order))
+                dots = _int_dots(builder, codes, x, how)
+            if fmt == "q4_0":
+                sums = _load_vec(builder, extra.data, b, I32, nb)
+                minus = builder.mul(sums, ir.Constant(_vec(I32, nb), [-8] * nb))
+                dots = builder.add(dots, spread(minus, nb, ir.Constant(_vec(I32, nb), [0] * nb)))
+            xscale = _load_vec(builder, dx.data, b, F32, nb)
+            scale = builder.fmul(_halves(b, d, nb), xscale, flags=FAST)
+            acc = builder.fadd(
+                builder.fmul(builder.sitofp(dots, _vec(F32, 8 * nb)), spread(scale, nb), flags=FAST),
+                state[0],
+                flags=FAST,
+            )
+            if m is None:
+                return [acc]
+            shift = builder.fmul(_halves(b, m, nb), _load_vec(builder, extra.data, b, F32, nb), flags=FAST)
+            return [acc, builder.fadd(shift, state[1], flags=FAST)]
+
+        def zeros(n):
+            return ir.Constant(_vec(F32, n), [0.0] * n)
+
+        inits = [[zeros(16), zeros(2)], [zeros(8), zeros(1)]]
+        if m is None:
+            inits = [init[:1] for init in inits]
+        wide, narrow = _in_lanes(builder, d.nitems, 2, step, inits)
+        total = builder.fadd(_hsum(builder, wide[0]), _hsum(builder, narrow[0]), flags=FAST)
+        if m is not None:
+            total = builder.fadd(
+                total, builder.fadd(_hsum(builder, wide[1]), _hsum(builder, narrow[1]), flags=FAST), flags=FAST
+            )
+        return total
+
+    return codegen
+
+
+def make_rows(how: str) -> tuple:
+    """(q4_1_row, q4_0_row, q8_0_row) with byte products done the `how` way."""
+    i8, u8, f32, i32 = types.int8, types.uint8, types.float32, types.int32
+    u16 = types.uint16  # the blocks' scales and offsets, as the fp16 bits the file stores
+    return (
+        _intrinsic(_row_codegen("q4_1", how), [i8, f32, f32, u8, u16, u16]),  # qx, dx, sx, qs, d, m
+        _intrinsic(_row_codegen("q4_0", how), [i8, f32, i32, u8, u16]),  # qx, dx, qsum, qs, d
+        _intrinsic(_row_codegen("q8_0", how), [i8, f32, u8, u16]),  # qx, dx, qs, d
+    )
+
+
+q4_1_row, q4_0_row, q8_0_row = make_rows(host_int_dots())

@@ -1,0 +1,106 @@
+"""Block-quantized matrix products with int8 activations (`--act-dtype int8`).
+
+Each product quantizes its input x per block of 32 along K, the way llama.cpp does for its
+Q4/Q8 dot products: codes `qx = round(x / dx)` in -127..127 (ties to even) with one fp32
+scale `dx = max|x| / 127` per block. The weight blocks (q4_0, q4_1 / int4, q8_0, as stored)
+then meet x in exact integer dot products, one scale multiplication per block and an fp32
+sum over blocks (`int_dot_ir`). Against fp32 activations this trades x's rounding (at most
+dx / 2 per value, about 0.4% of the block's largest) for integer arithmetic that is several
+times faster on CPUs with byte dot products; logits no longer match `transformers` exactly
+(docs/precision.md gives the measured error). Everything else in the model stays fp32.
+
+`bind(ps, biases)` gives `run(x, outs)` for weights that read the same x (a layer's q, k, v
+or gate, up): one launch, each thread one contiguous range of their rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from tilesim.device.kernels import int_dot_ir as ir
+
+FORMATS = ("q4_0", "q4_1", "int4", "q8_0")
+BLOCK = 32
+_KIND = {"q4_1": 0, "int4": 0, "q4_0": 1, "q8_0": 2}
+_EMPTY = np.zeros(0, dtype=np.float32)
+_NO_M = np.zeros((1, 1), dtype=np.uint16)
+
+
+@njit(cache=True)
+def quantize_rows(x, blocks, qx, dx, qsum, sx):
+    """x (M, K) fp32 into int8 blocks of 32: codes qx (M, blocks * 32), scales dx, code sums
+    qsum and sx = dx * qsum (M, blocks). Values past K are zero codes. A block holding a NaN or an
+    infinity gets a NaN scale, so the product is NaN as fp32 arithmetic would make it."""
+    k_dim = x.shape[1]
+    for r in range(x.shape[0]):
+        for b in range(blocks):
+            lo, hi = b * BLOCK, min(k_dim, (b + 1) * BLOCK)
+            amax = np.float32(0.0)
+            finite = True
+            for k in range(lo, hi):
+                v = x[r, k]
+                if not np.isfinite(v):
+                    finite = False
+                amax = max(amax, abs(v))
+            scale = amax / np.float32(127.0)
+            inverse = np.float32(1.0) / scale if scale > 0 and finite else np.float32(0.0)
+            total = 0
+            for j in range(BLOCK):
+                code = 0
+                if finite and lo + j < hi:
+                    code = min(127, max(-127, int(np.rint(x[r, lo + j] * inverse))))
+                qx[r, lo + j] = code
+                total += code
+            dx[r, b] = scale if finite else np.float32(np.nan)
+            qsum[r, b] = total
+            sx[r, b] = dx[r, b] * np.float32(total)
+
+
+@njit(cache=True)
+def _rows(qx, dx, qsum, sx, kind, qs, d16, m16, bias, out, first, last):
+    """Rows first..last of one weight (kind 0: q4_1, 1: q4_0, 2: q8_0)."""
+    has_bias = bias.shape[0] > 0
+    for n in range(first, last):
+        b = bias[n] if has_bias else np.float32(0.0)
+        for r in range(qx.shape[0]):
+            if kind == 0:
+                out[r, n] = ir.q4_1_row(qx[r], dx[r], sx[r], qs[n], d16[n], m16[n]) + b
+            elif kind == 1:
+                out[r, n] = ir.q4_0_row(qx[r], dx[r], qsum[r], qs[n], d16[n]) + b
+            else:
+                out[r, n] = ir.q8_0_row(qx[r], dx[r], qs[n], d16[n]) + b
+
+
+@njit(cache=True, parallel=True)
+def _linear(x, kinds, qss, d16s, m16s, biases, outs, threads):
+    """Block weights (tuples, same K) applied to the same x, quantized once to int8 blocks."""
+    blocks = d16s[0].shape[1]
+    qx = np.empty((x.shape[0], blocks * BLOCK), np.int8)
+    dx = np.empty((x.shape[0], blocks), np.float32)
+    qsum = np.empty((x.shape[0], blocks), np.int32)
+    sx = np.empty((x.shape[0], blocks), np.float32)
+    quantize_rows(x, blocks, qx, dx, qsum, sx)
+    starts = np.zeros(len(qss) + 1, np.int64)
+    for w in range(len(qss)):
+        starts[w + 1] = starts[w] + d16s[w].shape[0]
+    for t in prange(threads):
+        lo, hi = starts[-1] * t // threads, starts[-1] * (t + 1) // threads
+        for w in range(len(qss)):
+            first, last = max(lo, starts[w]) - starts[w], min(hi, starts[w + 1]) - starts[w]
+            if first < last:
+                _rows(qx, dx, qsum, sx, kinds[w], qss[w], d16s[w], m16s[w], biases[w], outs[w], first, last)
+
+
+def bind(ps: list, biases: list[np.ndarray | None]) -> Callable[[np.ndarray, tuple[np.ndarray, ...]], None]:
+    """`run(x, outs)`: `outs[i] = x @ dequantized(ps[i]).T + biases[i]` with x quantized to
+    int8 blocks; `ps` are `quant.Packed` block weights of the same K (FORMATS), `outs` and x
+    C-contiguous."""
+    kinds = tuple(_KIND[p.fmt] for p in ps)
+    qs = tuple(p.arrays["qs"].view(np.uint8) for p in ps)  # q8_0's int8 codes are read as bytes
+    d = tuple(p.arrays["d"] for p in ps)
+    m = tuple(p.arrays.get("m", _NO_M) for p in ps)
+    b = tuple(_EMPTY if bias is None else bias for bias in biases)
+    return lambda x, outs: _linear(x, kinds, qs, d, m, b, outs, get_num_threads())

@@ -25,6 +25,7 @@ from tilesim.device.kernels import int_dot_ir as ir
 FORMATS = ("q4_0", "q4_1", "int4", "q8_0")
 BLOCK = 32
 _KIND = {"q4_1": 0, "int4": 0, "q4_0": 1, "q8_0": 2}
+_CHUNK = 64  # weight rows (18 KiB of q4 at K = 576) run through each x row before the next
 _EMPTY = np.zeros(0, dtype=np.float32)
 _NO_M = np.zeros((1, 1), dtype=np.uint16)
 
@@ -61,17 +62,24 @@ def quantize_rows(x, blocks, qx, dx, qsum, sx):
 
 @njit(cache=True)
 def _rows(qx, dx, qsum, sx, kind, qs, d16, m16, bias, out, first, last):
-    """Rows first..last of one weight (kind 0: q4_1, 1: q4_0, 2: q8_0)."""
+    """Rows first..last of one weight (kind 0: q4_1, 1: q4_0, 2: q8_0), _CHUNK rows at a
+    time for each x row (x's row views made once per chunk, the chunk's weights in cache)."""
     has_bias = bias.shape[0] > 0
-    for n in range(first, last):
-        b = bias[n] if has_bias else np.float32(0.0)
+    for start in range(first, last, _CHUNK):
+        stop = min(last, start + _CHUNK)
         for r in range(qx.shape[0]):
+            xr, scale, sums, shifts, o = qx[r], dx[r], qsum[r], sx[r], out[r]
             if kind == 0:
-                out[r, n] = ir.q4_1_row(qx[r], dx[r], sx[r], qs[n], d16[n], m16[n]) + b
+                for n in range(start, stop):
+                    o[n] = ir.q4_1_row(xr, scale, shifts, qs[n], d16[n], m16[n])
             elif kind == 1:
-                out[r, n] = ir.q4_0_row(qx[r], dx[r], qsum[r], qs[n], d16[n]) + b
+                for n in range(start, stop):
+                    o[n] = ir.q4_0_row(xr, scale, sums, qs[n], d16[n])
             else:
-                out[r, n] = ir.q8_0_row(qx[r], dx[r], qs[n], d16[n]) + b
+                for n in range(start, stop):
+                    o[n] = ir.q8_0_row(xr, scale, qs[n], d16[n])
+            if has_bias:
+                o[start:stop] += bias[start:stop]
 
 
 @njit(cache=True, parallel=True)

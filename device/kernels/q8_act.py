@@ -111,4 +111,5 @@ def bind(ps: list, biases: list[np.ndarray | None]) -> Callable[[np.ndarray, tup
     d = tuple(p.arrays["d"] for p in ps)
     m = tuple(p.arrays.get("m", _NO_M) for p in ps)
     b = tuple(_EMPTY if bias is None else bias for bias in biases)
-    return lambda x, outs: _linear(x, kinds, qs, d, m, b, outs, get_num_threads())
+    threads = get_num_threads()  # read once: it takes a lock (see quant.bind)
+    return lambda x, outs: _linear(x, kinds, qs, d, m, b, outs, threads)

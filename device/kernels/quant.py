@@ -291,7 +291,10 @@ def bind(ps: list[Packed], biases: list[np.ndarray | None], act: str = "fp32") -
     """`run(x, outs)`: `outs[i] = x @ dequantized(ps[i]).T + biases[i]` for weights that read
     the same x, each read as stored. Arrays are looked up once, here, so a decode step pays
     only the kernel call; nibble-block weights of one format share one launch. `outs` must
-    be C-contiguous (`linear_group` checks; the executor's planned views are).
+    be C-contiguous (`linear_group` checks; the executor's planned views are). The block
+    kernels split their rows into as many ranges as numba had threads here (reading the
+    count takes a lock, a microsecond per call); a later `numba.set_num_threads` leaves the
+    results as they are and only the split uneven.
 
     `act="int8"`: block weights (q8_act.FORMATS) meet x quantized to int8 blocks, in integer
     dot products (`q8_act`); other weights still take x in fp32."""
@@ -322,7 +325,8 @@ def _bind_q4(ps: list[Packed], biases: list[np.ndarray | None]) -> Products:
     m = tuple(p.arrays.get("m", _NO_M) for p in ps)
     b = tuple(_EMPTY if bias is None else bias for bias in biases)
     symmetric = ps[0].fmt == "q4_0"
-    return lambda x, outs: _linear_q4(x, qs, d, m, symmetric, b, outs, get_num_threads())
+    threads = get_num_threads()
+    return lambda x, outs: _linear_q4(x, qs, d, m, symmetric, b, outs, threads)
 
 
 def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.ndarray], None]:
@@ -344,7 +348,8 @@ def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.nd
         return lambda x, out: _linear_fp8(x, w, e5m2, scale, b, out)
     if p.fmt == "q8_0":
         qs, d = a["qs"], a["d"]
-        return lambda x, out: _linear_q8_0(x, qs, d, b, out, get_num_threads())
+        threads = get_num_threads()
+        return lambda x, out: _linear_q8_0(x, qs, d, b, out, threads)
     group = _bind_q4([p], [bias])
     return lambda x, out: group(x, (out,))
 

@@ -42,10 +42,10 @@ from tilesim.device.kernels.vector_ir import (
     I32,
     _array,
     _hsum,
-    _in_lanes,
     _int,
     _intrinsic,
     _load_vec,
+    _loop,
     _vec,
 )
 
@@ -128,58 +128,74 @@ def _row_codegen(fmt: str, how: str):
             bits = builder.bitcast(_load_vec(builder, arr.data, b, I16, nb), _vec(HALF, nb))
             return builder.fpext(bits, _vec(F32, nb))
 
-        def spread(v, nb, fill=None):  # <nb> -> <8 nb>: each block's value in its 8 lanes
-            mask = (
-                [j // 8 for j in range(8 * nb)]
-                if fill is None
-                else [j // 8 if j % 8 == 0 else nb for j in range(8 * nb)]
-            )
-            other = v if fill is None else fill
-            return builder.shuffle_vector(v, other, ir.Constant(_vec(I32, 8 * nb), mask))
-
-        def step(b, nb, state):  # blocks b .. b + nb - 1
+        def raw_dots(b, nb):  # blocks b .. b + nb - 1: <8 nb x i32>, block j's sums in lanes 8j..8j+7
             x = _load_vec(builder, qx.data, builder.mul(b, _int(32)), I8, 32 * nb)
             if fmt == "q8_0":
-                w = _load_vec(builder, qs.data, builder.mul(b, _int(32)), I8, 32 * nb)
-                dots = _signed_dots(builder, w, x)
-            else:
-                c = _load_vec(builder, qs.data, builder.mul(b, _int(16)), I8, 16 * nb)
-                lo, hi = builder.and_(c, bytes_(15, 16 * nb)), builder.lshr(c, bytes_(4, 16 * nb))
-                order = [
-                    k
-                    for j in range(nb)
-                    for k in [*range(16 * j, 16 * j + 16), *range(16 * (nb + j), 16 * (nb + j) + 16)]
-                ]
-                codes = builder.shuffle_vector(lo, hi, ir.Constant(_vec(I32, 32 * nb), order))
-                dots = _int_dots(builder, codes, x, how)
+                return _signed_dots(builder, _load_vec(builder, qs.data, builder.mul(b, _int(32)), I8, 32 * nb), x)
+            c = _load_vec(builder, qs.data, builder.mul(b, _int(16)), I8, 16 * nb)
+            lo, hi = builder.and_(c, bytes_(15, 16 * nb)), builder.lshr(c, bytes_(4, 16 * nb))
+            order = [
+                k for j in range(nb) for k in [*range(16 * j, 16 * j + 16), *range(16 * (nb + j), 16 * (nb + j) + 16)]
+            ]
+            return _int_dots(builder, builder.shuffle_vector(lo, hi, ir.Constant(_vec(I32, 32 * nb), order)), x, how)
+
+        def lanes(v, picks, fill=None):  # a vector of 8 lanes per pick: v[pick] (or one v[pick] and fill)
+            mask = [p for p in picks for _ in range(8)]
+            if fill is not None:
+                mask = [p if j % 8 == 0 else v.type.count for j, p in enumerate(mask)]
+            return builder.shuffle_vector(v, v if fill is None else fill, ir.Constant(_vec(I32, len(mask)), mask))
+
+        def fma(a, b, c):
+            return builder.fadd(builder.fmul(a, b, flags=FAST), c, flags=FAST)
+
+        def zeros(n, t=F32):
+            return ir.Constant(_vec(t, n), [0.0 if t == F32 else 0] * n)
+
+        def group(g, state):  # blocks 16 g .. 16 g + 15: their scales and offsets as 16-lane vectors
+            b0 = builder.mul(g, _int(16))
+            scales = builder.fmul(_halves(b0, d, 16), _load_vec(builder, dx.data, b0, F32, 16), flags=FAST)
             if fmt == "q4_0":
-                sums = _load_vec(builder, extra.data, b, I32, nb)
-                minus = builder.mul(sums, ir.Constant(_vec(I32, nb), [-8] * nb))
-                dots = builder.add(dots, spread(minus, nb, ir.Constant(_vec(I32, nb), [0] * nb)))
-            xscale = _load_vec(builder, dx.data, b, F32, nb)
-            scale = builder.fmul(_halves(b, d, nb), xscale, flags=FAST)
-            acc = builder.fadd(
-                builder.fmul(builder.sitofp(dots, _vec(F32, 8 * nb)), spread(scale, nb), flags=FAST),
-                state[0],
-                flags=FAST,
-            )
+                minus = builder.mul(_load_vec(builder, extra.data, b0, I32, 16), ir.Constant(_vec(I32, 16), [-8] * 16))
+            acc = state[0]
+            for j in range(0, 16, 2):
+                dots = raw_dots(builder.add(b0, _int(j)), 2)
+                if fmt == "q4_0":
+                    dots = builder.add(dots, lanes(minus, [j, j + 1], zeros(16, I32)))
+                acc = fma(builder.sitofp(dots, _vec(F32, 16)), lanes(scales, [j, j + 1]), acc)
             if m is None:
                 return [acc]
-            shift = builder.fmul(_halves(b, m, nb), _load_vec(builder, extra.data, b, F32, nb), flags=FAST)
-            return [acc, builder.fadd(shift, state[1], flags=FAST)]
+            return [acc, fma(_halves(b0, m, 16), _load_vec(builder, extra.data, b0, F32, 16), state[1])]
 
-        def zeros(n):
-            return ir.Constant(_vec(F32, n), [0.0] * n)
+        def step(b, nb, state):  # blocks b .. b + nb - 1 past the last whole group
+            dots = raw_dots(b, nb)
+            if fmt == "q4_0":
+                minus = builder.mul(_load_vec(builder, extra.data, b, I32, nb), ir.Constant(_vec(I32, nb), [-8] * nb))
+                dots = builder.add(dots, lanes(minus, range(nb), zeros(nb, I32)))
+            xscale = _load_vec(builder, dx.data, b, F32, nb)
+            scale = builder.fmul(_halves(b, d, nb), xscale, flags=FAST)
+            acc = fma(builder.sitofp(dots, _vec(F32, 8 * nb)), lanes(scale, range(nb)), state[0])
+            if m is None:
+                return [acc]
+            return [acc, fma(_halves(b, m, nb), _load_vec(builder, extra.data, b, F32, nb), state[1])]
 
-        inits = [[zeros(16), zeros(2)], [zeros(8), zeros(1)]]
-        if m is None:
-            inits = [init[:1] for init in inits]
-        wide, narrow = _in_lanes(builder, d.nitems, 2, step, inits)
-        total = builder.fadd(_hsum(builder, wide[0]), _hsum(builder, narrow[0]), flags=FAST)
-        if m is not None:
-            total = builder.fadd(
-                total, builder.fadd(_hsum(builder, wide[1]), _hsum(builder, narrow[1]), flags=FAST), flags=FAST
-            )
+        blocks = d.nitems
+        offsets = m is not None
+        groups = builder.sdiv(blocks, _int(16))
+        whole = _loop(builder, _int(0), groups, [zeros(16)] + [zeros(16)] * offsets, group)
+        first = builder.mul(groups, _int(16))
+        pairs = builder.sdiv(builder.sub(blocks, first), _int(2))
+        paired = _loop(
+            builder, _int(0), pairs, [whole[0]] + [zeros(2)] * offsets,
+            lambda i, st: step(builder.add(first, builder.mul(i, _int(2))), 2, st),
+        )  # fmt: skip
+        single = _loop(
+            builder, builder.add(first, builder.mul(pairs, _int(2))), blocks, [zeros(8)] + [zeros(1)] * offsets,
+            lambda b, st: step(b, 1, st),
+        )  # fmt: skip
+        total = builder.fadd(_hsum(builder, paired[0]), _hsum(builder, single[0]), flags=FAST)
+        if offsets:
+            shifts = builder.fadd(_hsum(builder, whole[1]), _hsum(builder, paired[1]), flags=FAST)
+            total = builder.fadd(total, builder.fadd(shifts, _hsum(builder, single[1]), flags=FAST), flags=FAST)
         return total
 
     return codegen

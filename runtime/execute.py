@@ -82,6 +82,10 @@ class Executor:
             if node.op == "allreduce" and self.tp == 1:  # one core holds the whole sum already
                 i += 1
                 continue
+            if self._add_then_norm(nodes, i):
+                self.ops.append(self._bind_add_norm(node, nodes[i + 1], after))
+                i += 2
+                continue
             group = self._same_input_linears(nodes, i)
             if len(group) > 1:
                 self.ops.append(self._bind_linear_group(group, after))
@@ -142,6 +146,32 @@ class Executor:
                 out[:m] = 0.0
                 if inside.any():
                     out[:m][inside] = quant.unpack(table, local[inside])
+
+        return run
+
+    def _add_then_norm(self, nodes: list[Node], i: int) -> bool:
+        """A residual add whose sum the next node normalises: one kernel call for both
+        (not with 16-bit activations, which round the sum before the norm reads it)."""
+        nxt = nodes[i + 1] if i + 1 < len(nodes) else None
+        return (
+            nodes[i].op == "add"
+            and nxt is not None
+            and nxt.op == "norm"
+            and nxt.inputs[0] == nodes[i].out
+            and self.act_dtype not in ("fp16", "bf16")
+        )
+
+    def _bind_add_norm(self, add: Node, norm: Node, after: bool) -> Op:
+        a_s, b_s, sums = self._views(add.inputs[0]), self._views(add.inputs[1]), self._views(add.out)
+        outs, ws = self._views(norm.out), self._params(norm, 0)
+        bs = self._params(norm, 1) if norm.attrs["kind"] == "layer_norm" else [None] * self.tp
+        eps = norm.attrs["eps"]
+        cores = list(zip(a_s, b_s, sums, ws, bs, outs, strict=True))
+
+        def run(inputs: StepInputs) -> None:
+            m = self._rows(inputs, after)
+            for a, b, s, w, bias, out in cores:
+                norms.add_norm(a[:m], b[:m], s[:m], w, bias, eps, out[:m])
 
         return run
 

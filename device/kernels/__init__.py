@@ -8,7 +8,7 @@ not compile again. The references live in `reference.py`; the cost functions ret
 | module | kernels |
 |---|---|
 | matmul | linear (matrix-vector when M=1, matrix-matrix otherwise), optional bias |
-| norms | layer_norm, rms_norm |
+| norms | layer_norm, rms_norm, add_norm (a residual add and the next norm) |
 | activations | gelu_tanh, gelu_exact, silu, relu, silu_mul, softmax_rows |
 | rotary | rope_neox, rope_gptj (in place, from cos/sin tables) |
 | attention | attention (causal prefill and decode over the KV cache, grouped-query), kv_write |
@@ -31,6 +31,7 @@ def warm_up(int8_products: bool = False) -> None:
     y = np.empty_like(x)
     norms.rms_norm(x, x[0].copy(), 1e-5, y)
     norms.layer_norm(x, x[0].copy(), x[0].copy(), 1e-5, y)
+    norms.add_norm(x, x, np.empty_like(x), x[0].copy(), None, 1e-5, y)
     for fn in activations.ACTIVATIONS.values():
         fn(x, y)
     activations.silu_mul(x, x, y)

@@ -3,6 +3,9 @@
 Variants:
 1. `_layer_norm`: two passes (mean, then variance of the centred values), as torch does.
 2. `_rms_norm`: `x / sqrt(mean(x^2) + eps) * w` (Llama's form: the weight multiplies last).
+3. `add_norm`: a residual add `s = a + b` and the norm of s in one call, bit for bit what
+   `elementwise.add` then the norm give (a decode step pays per call, and this pair comes
+   twice a layer).
 """
 
 from __future__ import annotations
@@ -43,6 +46,26 @@ def _rms_norm(x, w, eps, out):  # x (M, K), w (K,), out (M, K)
         inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(k_dim) + eps))
         for k in range(k_dim):
             out[m, k] = (x[m, k] * inv) * w[k]
+
+
+@njit(cache=True, fastmath=False)
+def _add_norm(a, b, s, layer, w, bias, eps, out):  # a, b, s, out (M, K)
+    for m in range(a.shape[0]):
+        for k in range(a.shape[1]):
+            s[m, k] = a[m, k] + b[m, k]
+    if layer:
+        _layer_norm(s, w, bias, eps, out)
+    else:
+        _rms_norm(s, w, eps, out)
+
+
+def add_norm(
+    a: np.ndarray, b: np.ndarray, s: np.ndarray, w: np.ndarray, bias: np.ndarray | None, eps: float, out: np.ndarray
+) -> np.ndarray:
+    """s = a + b, then out = layer_norm(s) (with `bias`) or rms_norm(s) (`bias` None)."""
+    layer = bias is not None
+    _add_norm(a, b, s, layer, w, bias if layer else w, np.float32(eps), out)
+    return out
 
 
 def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:

@@ -160,3 +160,19 @@ def test_add_and_add_bias(m, n, seed):
     assert np.array_equal(out, a + b)  # one rounding of an exact sum: identical to numpy's
     elementwise.add_bias(out, bias)
     assert np.array_equal(out, (a + b) + bias)
+
+
+@given(dims, dims, seeds)
+def test_a_residual_add_and_its_norm_in_one_call_give_the_two_calls_bits(m, k, seed):
+    rng = np.random.default_rng(seed)
+    a, b, w, bias = rand(rng, m, k), rand(rng, m, k), rand(rng, k), rand(rng, k)
+    for layer_bias in (None, bias):
+        s, out = np.empty((m, k), np.float32), np.empty((m, k), np.float32)
+        norms.add_norm(a, b, s, w, layer_bias, 1e-5, out)
+        want_s = elementwise.add(a, b, np.empty((m, k), np.float32))
+        want = np.empty((m, k), np.float32)
+        if layer_bias is None:
+            norms.rms_norm(want_s, w, 1e-5, want)
+        else:
+            norms.layer_norm(want_s, w, layer_bias, 1e-5, want)
+        assert np.array_equal(s, want_s) and np.array_equal(out, want)

@@ -166,37 +166,37 @@ def _row_codegen(fmt: str, how: str):
                 return [acc]
             return [acc, fma(_halves(b0, m, 16), _load_vec(builder, extra.data, b0, F32, 16), state[1])]
 
+        def widened(v):  # <n> -> <16>, zeros after: a tail's terms join the 16-lane sums
+            n = v.type.count
+            mask = [j if j < n else n for j in range(16)]
+            return builder.shuffle_vector(v, zeros(n), ir.Constant(_vec(I32, 16), mask))
+
         def step(b, nb, state):  # blocks b .. b + nb - 1 past the last whole group
             dots = raw_dots(b, nb)
             if fmt == "q4_0":
                 minus = builder.mul(_load_vec(builder, extra.data, b, I32, nb), ir.Constant(_vec(I32, nb), [-8] * nb))
                 dots = builder.add(dots, lanes(minus, range(nb), zeros(nb, I32)))
-            xscale = _load_vec(builder, dx.data, b, F32, nb)
-            scale = builder.fmul(_halves(b, d, nb), xscale, flags=FAST)
-            acc = fma(builder.sitofp(dots, _vec(F32, 8 * nb)), lanes(scale, range(nb)), state[0])
+            scale = builder.fmul(_halves(b, d, nb), _load_vec(builder, dx.data, b, F32, nb), flags=FAST)
+            terms = builder.fmul(builder.sitofp(dots, _vec(F32, 8 * nb)), lanes(scale, range(nb)), flags=FAST)
+            acc = builder.fadd(widened(terms) if nb == 1 else terms, state[0], flags=FAST)
             if m is None:
                 return [acc]
-            return [acc, fma(_halves(b, m, nb), _load_vec(builder, extra.data, b, F32, nb), state[1])]
+            shifts = builder.fmul(_halves(b, m, nb), _load_vec(builder, extra.data, b, F32, nb), flags=FAST)
+            return [acc, builder.fadd(widened(shifts), state[1], flags=FAST)]
 
         blocks = d.nitems
-        offsets = m is not None
+        inits = [zeros(16)] * (1 if m is None else 2)  # products; q4_1's offset terms
         groups = builder.sdiv(blocks, _int(16))
-        whole = _loop(builder, _int(0), groups, [zeros(16)] + [zeros(16)] * offsets, group)
+        state = _loop(builder, _int(0), groups, inits, group)
         first = builder.mul(groups, _int(16))
         pairs = builder.sdiv(builder.sub(blocks, first), _int(2))
-        paired = _loop(
-            builder, _int(0), pairs, [whole[0]] + [zeros(2)] * offsets,
-            lambda i, st: step(builder.add(first, builder.mul(i, _int(2))), 2, st),
-        )  # fmt: skip
-        single = _loop(
-            builder, builder.add(first, builder.mul(pairs, _int(2))), blocks, [zeros(8)] + [zeros(1)] * offsets,
-            lambda b, st: step(b, 1, st),
-        )  # fmt: skip
-        total = builder.fadd(_hsum(builder, paired[0]), _hsum(builder, single[0]), flags=FAST)
-        if offsets:
-            shifts = builder.fadd(_hsum(builder, whole[1]), _hsum(builder, paired[1]), flags=FAST)
-            total = builder.fadd(total, builder.fadd(shifts, _hsum(builder, single[1]), flags=FAST), flags=FAST)
-        return total
+        state = _loop(
+            builder, _int(0), pairs, state, lambda i, st: step(builder.add(first, builder.mul(i, _int(2))), 2, st)
+        )
+        state = _loop(
+            builder, builder.add(first, builder.mul(pairs, _int(2))), blocks, state, lambda b, st: step(b, 1, st)
+        )
+        return _hsum(builder, state[0] if m is None else builder.fadd(state[0], state[1], flags=FAST))
 
     return codegen
 

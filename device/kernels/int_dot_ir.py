@@ -46,6 +46,7 @@ from tilesim.device.kernels.vector_ir import (
     _intrinsic,
     _load_vec,
     _loop,
+    _splat,
     _vec,
 )
 
@@ -199,6 +200,59 @@ def _row_codegen(fmt: str, how: str):
         return _hsum(builder, state[0] if m is None else builder.fadd(state[0], state[1], flags=FAST))
 
     return codegen
+
+
+def _quantize_codegen(context, builder, sig, args):
+    """x's whole blocks of 32 to int8 codes: IEEE arithmetic throughout (no fast-math flags), so
+    the same bits as the scalar loop in q8_act.quantize_rows, which does the partial block."""
+    x, qx, dx, qsum, sx = (_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True))
+    module = builder.module
+    f32v, i32v, i1v = _vec(F32, 32), _vec(I32, 32), _vec(ir.IntType(1), 32)
+    fabs = _declare(module, "llvm.fabs.v32f32", f32v, [f32v])
+    rint = _declare(module, "llvm.rint.v32f32", f32v, [f32v])
+    fmax = _declare(module, "llvm.vector.reduce.fmax.v32f32", F32, [f32v])
+    any_ = _declare(module, "llvm.vector.reduce.or.v32i1", ir.IntType(1), [i1v])
+    add = _declare(module, "llvm.vector.reduce.add.v32i32", I32, [i32v])
+    smin = _declare(module, "llvm.smin.v32i32", i32v, [i32v, i32v])
+    smax = _declare(module, "llvm.smax.v32i32", i32v, [i32v, i32v])
+    inf, top = ir.Constant(F32, float("inf")), ir.Constant(F32, 127.0)
+    full = builder.sdiv(x.nitems, _int(32))
+    blocks = builder.select(builder.icmp_signed("<", full, dx.nitems), full, dx.nitems)
+
+    def block(b, state):
+        at = builder.mul(b, _int(32))
+        v = _load_vec(builder, x.data, at, F32, 32)
+        magnitude = builder.call(fabs, [v])
+        bad = builder.call(any_, [builder.fcmp_unordered("==", magnitude, _splat(builder, inf, 32))])  # nan or inf
+        scale = builder.fdiv(builder.call(fmax, [magnitude]), top)
+        usable = builder.and_(builder.fcmp_ordered(">", scale, ir.Constant(F32, 0.0)), builder.not_(bad))
+        inverse = builder.select(usable, builder.fdiv(ir.Constant(F32, 1.0), scale), ir.Constant(F32, 0.0))
+        clean = builder.select(bad, ir.Constant(f32v, [0.0] * 32), v)
+        codes = builder.fptosi(builder.call(rint, [builder.fmul(clean, _splat(builder, inverse, 32))]), i32v)
+        codes = builder.call(
+            smax, [builder.call(smin, [codes, ir.Constant(i32v, [127] * 32)]), ir.Constant(i32v, [-127] * 32)]
+        )
+        builder.store(
+            builder.trunc(codes, _vec(I8, 32)),
+            builder.bitcast(builder.gep(qx.data, [at]), _vec(I8, 32).as_pointer()),
+            align=1,
+        )
+        total = builder.call(add, [codes])
+        xscale = builder.select(bad, ir.Constant(F32, float("nan")), scale)
+        builder.store(xscale, builder.gep(dx.data, [b]))
+        builder.store(total, builder.gep(qsum.data, [b]))
+        builder.store(builder.fmul(xscale, builder.sitofp(total, F32)), builder.gep(sx.data, [b]))
+        return state
+
+    _loop(builder, _int(0), blocks, [], block)
+    return context.get_dummy_value()
+
+
+# (x, qx, dx, qsum, sx): one row's whole blocks; the codes of a block with a nan or an
+# infinity are 0 and its scale nan
+quantize_blocks = _intrinsic(
+    _quantize_codegen, [types.float32, types.int8, types.float32, types.int32, types.float32], types.void
+)
 
 
 def make_rows(how: str) -> tuple:

@@ -34,10 +34,14 @@ _NO_M = np.zeros((1, 1), dtype=np.uint16)
 def quantize_rows(x, blocks, qx, dx, qsum, sx):
     """x (M, K) fp32 into int8 blocks of 32: codes qx (M, blocks * 32), scales dx, code sums
     qsum and sx = dx * qsum (M, blocks). Values past K are zero codes. A block holding a NaN or an
-    infinity gets a NaN scale, so the product is NaN as fp32 arithmetic would make it."""
+    infinity gets a NaN scale, so the product is NaN as fp32 arithmetic would make it. Whole
+    blocks go through vector IR (`int_dot_ir.quantize_blocks`), a partial last block through
+    this loop; both round the same way (x * (1 / scale), ties to even)."""
     k_dim = x.shape[1]
+    whole = min(blocks, k_dim // BLOCK)
     for r in range(x.shape[0]):
-        for b in range(blocks):
+        ir.quantize_blocks(x[r], qx[r], dx[r], qsum[r], sx[r])
+        for b in range(whole, blocks):
             lo, hi = b * BLOCK, min(k_dim, (b + 1) * BLOCK)
             amax = np.float32(0.0)
             finite = True

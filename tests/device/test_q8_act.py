@@ -85,7 +85,7 @@ def _bound(xq, decoded, bias, blocks):
 @given(
     st.lists(st.sampled_from((*q8_act.FORMATS, "fp32")), min_size=1, max_size=3),
     st.integers(1, 6),
-    st.integers(1, 200),
+    st.integers(1, 1100),  # up to 35 blocks: whole groups of 16, pairs and a single block
     st.booleans(),
     seeds,
 )
@@ -132,7 +132,7 @@ def _row_caller(row, fmt):
 
 @pytest.mark.skipif(int_dot_ir.host_int_dots() == "generic", reason="this CPU has only the generic path")
 @pytest.mark.parametrize("index, fmt", [(0, "q4_1"), (1, "q4_0"), (2, "q8_0")])
-@given(st.integers(1, 9), seeds)
+@given(st.integers(1, 40), seeds)
 def test_x86_byte_products_give_the_generic_paths_bits(index, fmt, blocks, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((1, blocks * 32)) * 3).astype(np.float32)

@@ -163,3 +163,23 @@ def tiny_model(tmp_path_factory):
         return save_tiny(name, root / name)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def weight_group():
+    """weight_group(rng, fmts, m, k, with_bias) -> (packs, biases, outs): random weights of
+    the given formats that read one x (m, k), their biases (or None) and NaN-filled outputs."""
+    import numpy as np
+
+    from tilesim.device.kernels import quant
+
+    def make(rng, fmts, m, k, with_bias):
+        packs, biases, outs = [], [], []
+        for fmt in fmts:
+            n = int(rng.integers(1, 50))
+            packs.append(quant.pack((rng.standard_normal((n, k)) * 2).astype(np.float32), fmt))
+            biases.append(rng.standard_normal(n).astype(np.float32) if with_bias else None)
+            outs.append(np.full((m, n), np.nan, np.float32))
+        return packs, biases, outs
+
+    return make

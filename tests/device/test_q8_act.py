@@ -89,17 +89,12 @@ def _bound(xq, decoded, bias, blocks):
     st.booleans(),
     seeds,
 )
-def test_block_weights_meet_the_quantized_x_in_exact_integer_products(fmts, m, k, with_bias, seed):
+def test_block_weights_meet_the_quantized_x_in_exact_integer_products(weight_group, fmts, m, k, with_bias, seed):
     # block weights of any mix share one launch; an fp32 weight in the group still takes fp32 x
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((m, k)).astype(np.float32)
     xq = dequantized(x)
-    packs, biases, outs = [], [], []
-    for fmt in fmts:
-        n = int(rng.integers(1, 50))
-        packs.append(quant.pack((rng.standard_normal((n, k)) * 2).astype(np.float32), fmt))
-        biases.append(rng.standard_normal(n).astype(np.float32) if with_bias else None)
-        outs.append(np.full((m, n), np.nan, np.float32))
+    packs, biases, outs = weight_group(rng, fmts, m, k, with_bias)
     quant.linear_group(x, packs, biases, outs, "int8")
     for p, b, out in zip(packs, biases, outs, strict=True):
         decoded = quant.unpack(p)

@@ -51,16 +51,11 @@ def _bound(x, decoded, bias, k):
     st.booleans(),
     seeds,
 )
-def test_a_group_of_weights_on_one_input_gives_each_weights_product(fmts, m, k, with_bias, seed):
+def test_a_group_of_weights_on_one_input_gives_each_weights_product(weight_group, fmts, m, k, with_bias, seed):
     # one kernel launch when the group shares a nibble format, one call each otherwise: same contract
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    packs, biases, outs = [], [], []
-    for fmt in fmts:
-        n = int(rng.integers(1, 50))
-        packs.append(quant.pack((rng.standard_normal((n, k)) * 2).astype(np.float32), fmt))
-        biases.append(rng.standard_normal(n).astype(np.float32) if with_bias else None)
-        outs.append(np.full((m, n), np.nan, np.float32))
+    packs, biases, outs = weight_group(rng, fmts, m, k, with_bias)
     quant.linear_group(x, packs, biases, outs)
     for p, b, out in zip(packs, biases, outs, strict=True):
         decoded = quant.unpack(p)

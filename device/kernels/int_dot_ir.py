@@ -14,15 +14,21 @@ where the dot products and corrections are exact 32-bit integers: the only round
 quantization and the fp32 sum over blocks. The byte products go through x86's
 `pmaddubsw`/`pmaddwd` (unsigned codes times signed x, four products per 32-bit lane) when
 numba compiles for a host with AVX2; LLVM's generic integer vectors otherwise (same
-results, bit for bit, since the integer sums are exact). Two blocks per step (16 lanes),
-then one.
+results, bit for bit, since the integer sums are exact).
+
+A row runs 16 blocks at a time: their scales d * dx (and q4_1's offset terms) are computed as
+16-lane vectors and picked per pair of blocks by constant shuffles, so the loop body is the
+byte products and one fused multiply-add per pair; the last blocks go by pairs, then singly,
+into the same 16-lane accumulator, and the row ends in one horizontal sum.
 
 Intrinsics, over 1-d C arrays (`blocks` = d's length; d and m are the fp16 bit patterns as
-stored, converted two at a time in the loop):
+stored):
 - `q4_1_row(qx, dx, sx, qs, d, m)`, `q4_0_row(qx, dx, qsum, qs, d)`: qs the 16 bytes of
   nibble pairs per block (low nibbles pair with x's first 16 values, high with the last 16);
 - `q8_0_row(qx, dx, qs, d)`: qs the 32 codes per block, read as uint8.
 `make_rows(how)` builds the three for `how` = "avx2" or "generic" (tests compare both).
+- `quantize_blocks(x, qx, dx, qsum, sx)`: one row's whole blocks of x to int8 codes, their
+  scales, code sums and dx * qsum, in IEEE arithmetic (`q8_act.quantize_rows` uses it).
 
 numba's on-disk cache is keyed on the calling kernel's file (q8_act.py): after editing this
 module, delete device/kernels/__pycache__.
@@ -125,7 +131,7 @@ def _row_codegen(fmt: str, how: str):
         def bytes_(v, n):
             return ir.Constant(_vec(I8, n), [v] * n)
 
-        def _halves(b, arr, nb):  # nb fp16 scales from b on, as fp32
+        def halves(b, arr, nb):  # nb fp16 scales from b on, as fp32
             bits = builder.bitcast(_load_vec(builder, arr.data, b, I16, nb), _vec(HALF, nb))
             return builder.fpext(bits, _vec(F32, nb))
 
@@ -154,7 +160,7 @@ def _row_codegen(fmt: str, how: str):
 
         def group(g, state):  # blocks 16 g .. 16 g + 15: their scales and offsets as 16-lane vectors
             b0 = builder.mul(g, _int(16))
-            scales = builder.fmul(_halves(b0, d, 16), _load_vec(builder, dx.data, b0, F32, 16), flags=FAST)
+            scales = builder.fmul(halves(b0, d, 16), _load_vec(builder, dx.data, b0, F32, 16), flags=FAST)
             if fmt == "q4_0":
                 minus = builder.mul(_load_vec(builder, extra.data, b0, I32, 16), ir.Constant(_vec(I32, 16), [-8] * 16))
             acc = state[0]
@@ -165,7 +171,7 @@ def _row_codegen(fmt: str, how: str):
                 acc = fma(builder.sitofp(dots, _vec(F32, 16)), lanes(scales, [j, j + 1]), acc)
             if m is None:
                 return [acc]
-            return [acc, fma(_halves(b0, m, 16), _load_vec(builder, extra.data, b0, F32, 16), state[1])]
+            return [acc, fma(halves(b0, m, 16), _load_vec(builder, extra.data, b0, F32, 16), state[1])]
 
         def widened(v):  # <n> -> <16>, zeros after: a tail's terms join the 16-lane sums
             n = v.type.count
@@ -177,12 +183,12 @@ def _row_codegen(fmt: str, how: str):
             if fmt == "q4_0":
                 minus = builder.mul(_load_vec(builder, extra.data, b, I32, nb), ir.Constant(_vec(I32, nb), [-8] * nb))
                 dots = builder.add(dots, lanes(minus, range(nb), zeros(nb, I32)))
-            scale = builder.fmul(_halves(b, d, nb), _load_vec(builder, dx.data, b, F32, nb), flags=FAST)
+            scale = builder.fmul(halves(b, d, nb), _load_vec(builder, dx.data, b, F32, nb), flags=FAST)
             terms = builder.fmul(builder.sitofp(dots, _vec(F32, 8 * nb)), lanes(scale, range(nb)), flags=FAST)
             acc = builder.fadd(widened(terms) if nb == 1 else terms, state[0], flags=FAST)
             if m is None:
                 return [acc]
-            shifts = builder.fmul(_halves(b, m, nb), _load_vec(builder, extra.data, b, F32, nb), flags=FAST)
+            shifts = builder.fmul(halves(b, m, nb), _load_vec(builder, extra.data, b, F32, nb), flags=FAST)
             return [acc, builder.fadd(widened(shifts), state[1], flags=FAST)]
 
         blocks = d.nitems

@@ -5,8 +5,8 @@ Q4/Q8 dot products: codes `qx = round(x / dx)` in -127..127 (ties to even) with 
 scale `dx = max|x| / 127` per block. The weight blocks (q4_0, q4_1 / int4, q8_0, as stored)
 then meet x in exact integer dot products, one scale multiplication per block and an fp32
 sum over blocks (`int_dot_ir`). Against fp32 activations this trades x's rounding (at most
-dx / 2 per value, about 0.4% of the block's largest) for integer arithmetic that is several
-times faster on CPUs with byte dot products; logits no longer match `transformers` exactly
+dx / 2 per value, about 0.4% of the block's largest) for integer arithmetic, about twice as
+fast per weight on this project's machine (AVX2 byte dot products); logits no longer match `transformers` exactly
 (docs/precision.md gives the measured error). Everything else in the model stays fp32.
 
 `bind(ps, biases)` gives `run(x, outs)` for weights that read the same x (a layer's q, k, v

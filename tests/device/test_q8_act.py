@@ -117,18 +117,24 @@ def test_int8_activations_differ_from_fp32_by_the_quantization_of_x_only():
     assert np.max(np.abs(got - exact)) > 0 and np.all(np.abs(got - exact) <= allowed * 1.01 + 1e-6)
 
 
-def _row_caller(row, fmt):
-    if fmt == "q4_1":
-        return njit(lambda qx, dx, qsum, qs, d, m: row(qx, dx, dx * qsum.astype(np.float32), qs, d, m))
-    if fmt == "q4_0":
-        return njit(lambda qx, dx, qsum, qs, d, m: row(qx, dx, qsum, qs, d))
-    return njit(lambda qx, dx, qsum, qs, d, m: row(qx, dx, qs, d))
+def _row_callers(how):
+    """fmt -> a compiled call of that format's row with the `how` byte products (built once:
+    each njit compiles on its first call)."""
+    q4_1, q4_0, q8_0 = int_dot_ir.make_rows(how)
+    return {
+        "q4_1": njit(lambda qx, dx, qsum, qs, d, m: q4_1(qx, dx, dx * qsum.astype(np.float32), qs, d, m)),
+        "q4_0": njit(lambda qx, dx, qsum, qs, d, m: q4_0(qx, dx, qsum, qs, d)),
+        "q8_0": njit(lambda qx, dx, qsum, qs, d, m: q8_0(qx, dx, qs, d)),
+    }
+
+
+ROWS = {how: _row_callers(how) for how in {"generic", int_dot_ir.host_int_dots()}}
 
 
 @pytest.mark.skipif(int_dot_ir.host_int_dots() == "generic", reason="this CPU has only the generic path")
-@pytest.mark.parametrize("index, fmt", [(0, "q4_1"), (1, "q4_0"), (2, "q8_0")])
+@pytest.mark.parametrize("fmt", ["q4_1", "q4_0", "q8_0"])
 @given(st.integers(1, 40), seeds)
-def test_x86_byte_products_give_the_generic_paths_bits(index, fmt, blocks, seed):
+def test_x86_byte_products_give_the_generic_paths_bits(fmt, blocks, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((1, blocks * 32)) * 3).astype(np.float32)
     codes, scale, sums = quantized(x)
@@ -137,8 +143,8 @@ def test_x86_byte_products_give_the_generic_paths_bits(index, fmt, blocks, seed)
     d = p.arrays["d"][0]  # fp16 bits, as stored
     m = p.arrays["m"][0] if "m" in p.arrays else d
     args = (codes[0], scale[0], sums[0], qs, d, m)
-    host = _row_caller(int_dot_ir.make_rows(int_dot_ir.host_int_dots())[index], fmt)(*args)
-    generic = _row_caller(int_dot_ir.make_rows("generic")[index], fmt)(*args)
+    host = ROWS[int_dot_ir.host_int_dots()][fmt](*args)
+    generic = ROWS["generic"][fmt](*args)
     assert np.float32(host).tobytes() == np.float32(generic).tobytes()
     decoded = quant.unpack(p).astype(np.float64)
     want = (dequantized(x) @ decoded.T)[0, 0]

@@ -72,6 +72,8 @@ class Executor:
         self.tp = sp.tp
         self._recordings: dict[tuple[str, int], Recording] = {}
         self.act_dtype = act_dtype
+        self.rounds16 = act_dtype in ("fp16", "bf16")  # every op's output rounded to 16 bits
+        self.product_act = "int8" if act_dtype == "int8" else "fp32"  # x as the products take it
         self.ops: list[Op] = []
         after = False
         nodes = list(sp.nodes)
@@ -92,7 +94,7 @@ class Executor:
                 i += len(group)
                 continue
             op = getattr(self, f"_bind_{node.op}")(node, after and node.op != "select_last")
-            if act_dtype in ("fp16", "bf16") and node.out and node.op not in ("rope", "gather_logits"):
+            if self.rounds16 and node.out and node.op not in ("rope", "gather_logits"):
                 op = self._rounded(op, node, after and node.op != "select_last")
             self.ops.append(op)
             i += 1
@@ -158,7 +160,7 @@ class Executor:
             and nxt is not None
             and nxt.op == "norm"
             and nxt.inputs[0] == nodes[i].out
-            and self.act_dtype not in ("fp16", "bf16")
+            and not self.rounds16
         )
 
     def _bind_add_norm(self, add: Node, norm: Node, after: bool) -> Op:
@@ -210,7 +212,7 @@ class Executor:
 
     def _same_input_linears(self, nodes: list[Node], i: int) -> list[Node]:
         """nodes[i] and the linears right after it that read the same input (q, k, v; gate, up)."""
-        if nodes[i].op != "linear" or self.act_dtype in ("fp16", "bf16"):
+        if nodes[i].op != "linear" or self.rounds16:
             return nodes[i : i + 1]
         j = i + 1
         while j < len(nodes) and nodes[j].op == "linear" and nodes[j].inputs[0] == nodes[i].inputs[0]:
@@ -224,7 +226,7 @@ class Executor:
         ws = list(zip(*(self._params(n, 0) for n in group), strict=True))
         bs = list(zip(*(self._params(n, 1) for n in group), strict=True))
         views = list(xs) + [o for out in outs for o in out]
-        act = "int8" if self.act_dtype == "int8" else "fp32"  # 16-bit activations are rounded after fp32 products
+        act = self.product_act
         if not all(v.flags.c_contiguous for v in views):  # the kernels' fast path needs C order
 
             def checked(inputs: StepInputs) -> None:

@@ -20,15 +20,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tilesim.device.kernels.q8_act import FORMATS as INT8_PRODUCT_FORMATS  # weights int8 activations meet
 from tilesim.errors import ConfigError
 
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16", "fp8", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "native")
 ACT_DTYPES = ("fp32", "fp16", "bf16", "int8")
-INT8_PRODUCT_FORMATS = ("q4_0", "q4_1", "int4", "q8_0")  # weights --act-dtype int8 multiplies in integers
 KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
 WEIGHT_ONLY = ("fp8_e4m3", "fp8_e5m2", "int8", "int4")
 _GGUF_NATIVE = {"Q4_0": "q4_0", "Q4_1": "q4_1", "Q8_0": "q8_0", "F16": "fp16", "F32": "fp32"}
 _KV_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0}
+
+
+def _held(activations: str) -> str:
+    """The dtype activations are kept in: int8 activations exist only as the block products'
+    inputs, and are fp32 everywhere else."""
+    return "fp32" if activations == "int8" else activations
 
 
 def weight_class(param: str) -> str:
@@ -66,7 +72,7 @@ class Precision:
                 "--act-dtype int8 multiplies int8 activations with block-quantized weights; "
                 f"use it with --dtype int4 or a GGUF file's native blocks, not --dtype {dtype}"
             )
-        kv = kv_dtype or (act if act != "int8" else "fp32")
+        kv = kv_dtype or _held(act)
         if kv not in KV_DTYPES:
             raise ConfigError(f"--kv-dtype {kv!r} is not supported; use one of {', '.join(KV_DTYPES)}")
         return cls(weights, act, kv)
@@ -76,14 +82,18 @@ class Precision:
         return _KV_BYTES[self.kv]
 
     @property
+    def held(self) -> str:
+        return _held(self.activations)
+
+    @property
     def act_bytes(self) -> int:
-        return 2 if self.activations in ("fp16", "bf16") else 4  # int8 activations are kept in fp32
+        return 2 if self.held in ("fp16", "bf16") else 4
 
     @property
     def compute_dtype(self) -> str:
-        """The dtype whose peak the kernels run at: the activations' (weights are decoded to
-        it); with int8 activations, fp32 for all but the int8 products (`product_dtype`)."""
-        return "fp32" if self.activations == "int8" else self.activations
+        """The dtype whose peak the kernels run at: the activations' as held (weights are
+        decoded to it); int8 products run at int8's (`product_dtype`)."""
+        return self.held
 
     def product_dtype(self, fmt: str) -> str:
         """The dtype whose peak a matrix product with weights stored as `fmt` runs at."""
@@ -96,5 +106,5 @@ class Precision:
         if self.weights == "native":
             return _GGUF_NATIVE.get(stored or "F32", "fp32")
         if self.weights in WEIGHT_ONLY and weight_class(param) in ("embedding", "lm_head"):
-            return "fp32" if self.activations == "int8" else self.activations  # int8 activations are held in fp32
+            return self.held
         return self.weights

@@ -9,25 +9,21 @@ dx / 2 per value, about 0.4% of the block's largest) for integer arithmetic, abo
 fast per weight on this project's machine (AVX2 byte dot products); logits no longer match `transformers` exactly
 (docs/precision.md gives the measured error). Everything else in the model stays fp32.
 
-`bind(ps, biases)` gives `run(x, outs)` for weights that read the same x (a layer's q, k, v
-or gate, up): one launch, each thread one contiguous range of their rows.
+`linear` runs weights that read the same x (a layer's q, k, v or gate, up) in one launch,
+each thread one contiguous range of their rows; `quant.bind(..., act="int8")` calls it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from tilesim.device.kernels import int_dot_ir as ir
 
 FORMATS = ("q4_0", "q4_1", "int4", "q8_0")
 BLOCK = 32
-_KIND = {"q4_1": 0, "int4": 0, "q4_0": 1, "q8_0": 2}
+KIND = {"q4_1": 0, "int4": 0, "q4_0": 1, "q8_0": 2}  # `linear`'s code for each format
 _CHUNK = 64  # weight rows (18 KiB of q4 at K = 576) run through each x row before the next
-_EMPTY = np.zeros(0, dtype=np.float32)
-_NO_M = np.zeros((1, 1), dtype=np.uint16)
 
 
 @njit(cache=True)
@@ -87,8 +83,9 @@ def _rows(qx, dx, qsum, sx, kind, qs, d16, m16, bias, out, first, last):
 
 
 @njit(cache=True, parallel=True)
-def _linear(x, kinds, qss, d16s, m16s, biases, outs, threads):
-    """Block weights (tuples, same K) applied to the same x, quantized once to int8 blocks."""
+def linear(x, kinds, qss, d16s, m16s, biases, outs, threads):
+    """Block weights (tuples, same K: codes as uint8, fp16 scales and offsets, biases, `KIND`
+    codes) applied to the same x, quantized once to int8 blocks."""
     blocks = d16s[0].shape[1]
     qx = np.empty((x.shape[0], blocks * BLOCK), np.int8)
     dx = np.empty((x.shape[0], blocks), np.float32)
@@ -104,16 +101,3 @@ def _linear(x, kinds, qss, d16s, m16s, biases, outs, threads):
             first, last = max(lo, starts[w]) - starts[w], min(hi, starts[w + 1]) - starts[w]
             if first < last:
                 _rows(qx, dx, qsum, sx, kinds[w], qss[w], d16s[w], m16s[w], biases[w], outs[w], first, last)
-
-
-def bind(ps: list, biases: list[np.ndarray | None]) -> Callable[[np.ndarray, tuple[np.ndarray, ...]], None]:
-    """`run(x, outs)`: `outs[i] = x @ dequantized(ps[i]).T + biases[i]` with x quantized to
-    int8 blocks; `ps` are `quant.Packed` block weights of the same K (FORMATS), `outs` and x
-    C-contiguous."""
-    kinds = tuple(_KIND[p.fmt] for p in ps)
-    qs = tuple(p.arrays["qs"].view(np.uint8) for p in ps)  # q8_0's int8 codes are read as bytes
-    d = tuple(p.arrays["d"] for p in ps)
-    m = tuple(p.arrays.get("m", _NO_M) for p in ps)
-    b = tuple(_EMPTY if bias is None else bias for bias in biases)
-    threads = get_num_threads()  # read once: it takes a lock (see quant.bind)
-    return lambda x, outs: _linear(x, kinds, qs, d, m, b, outs, threads)

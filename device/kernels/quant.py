@@ -301,7 +301,10 @@ def bind(ps: list[Packed], biases: list[np.ndarray | None], act: str = "fp32") -
     if act not in ("fp32", "int8"):
         raise ConfigError(f"products take fp32 or int8 activations, not {act!r}")
     if act == "int8" and all(p.fmt in q8_act.FORMATS for p in ps):
-        return q8_act.bind(ps, biases)
+        qs, d, m, b = _block_arrays(ps, biases)
+        kinds, codes = tuple(q8_act.KIND[p.fmt] for p in ps), tuple(q.view(np.uint8) for q in qs)  # q8_0's as bytes
+        threads = get_num_threads()
+        return lambda x, outs: q8_act.linear(x, kinds, codes, d, m, b, outs, threads)
     fmt = ps[0].fmt
     if fmt in _NIBBLES and all(p.fmt == fmt for p in ps) and act == "fp32":
         return _bind_q4(ps, biases)
@@ -319,11 +322,18 @@ def _each(calls: list[Products]) -> Products:
     return run
 
 
-def _bind_q4(ps: list[Packed], biases: list[np.ndarray | None]) -> Products:
+def _block_arrays(ps: list[Packed], biases: list[np.ndarray | None]) -> tuple[tuple, tuple, tuple, tuple]:
+    """Block weights' codes, scales, offsets (a stand-in where there are none) and biases
+    (empty where there are none) as the tuples the group kernels take."""
     qs = tuple(p.arrays["qs"] for p in ps)
     d = tuple(p.arrays["d"] for p in ps)
     m = tuple(p.arrays.get("m", _NO_M) for p in ps)
     b = tuple(_EMPTY if bias is None else bias for bias in biases)
+    return qs, d, m, b
+
+
+def _bind_q4(ps: list[Packed], biases: list[np.ndarray | None]) -> Products:
+    qs, d, m, b = _block_arrays(ps, biases)
     symmetric = ps[0].fmt == "q4_0"
     threads = get_num_threads()
     return lambda x, outs: _linear_q4(x, qs, d, m, symmetric, b, outs, threads)

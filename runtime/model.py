@@ -23,7 +23,7 @@ from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.device import Device, describe
 from tilesim.device.kernels import quant
 from tilesim.device.kernels.rotary import rope_tables
-from tilesim.errors import ConfigError, GenerationError, ShardingError
+from tilesim.errors import ConfigError, GenerationError, NumericalError, ShardingError
 from tilesim.profiler.events import MemorySnapshot, StepRecord, Trace
 from tilesim.profiler.report import build_report
 from tilesim.runtime import memplan, shard
@@ -342,6 +342,11 @@ class Model:
                     kept_logits.append(logits.copy())
                 if inputs.all_logits:
                     logits = logits[inputs.last_rows]
+                if not np.isfinite(logits).all():  # IEEE propagation (docs/numerics.md) makes this visible
+                    raise NumericalError(
+                        f"the logits of step {step} ({shape.phase}) hold NaN or infinity: an activation overflowed "
+                        "or the checkpoint holds such values; check its weights, or try a wider dtype"
+                    )
                 chosen = choose(logits, params, rng)
             else:
                 chosen = np.zeros(b, dtype=np.int64)

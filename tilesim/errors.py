@@ -40,5 +40,9 @@ class CollectiveTimeout(FabricFault):
     """A collective did not complete within its simulated time limit (for instance a deadlock)."""
 
 
+class NumericalError(TilesimError):
+    """A step's logits hold NaN or infinity: an activation overflowed, or the checkpoint holds such values."""
+
+
 class GenerationError(TilesimError):
     """Generation was asked for something the compiled program cannot do (too long, bad ids)."""

@@ -8,7 +8,8 @@ max-subtracted, probabilities are normalised before they weight the values, as
 transformers' eager attention does. Rows t >= valid[b] are padding and come out as zeros.
 
 Variants:
-1. `_attention`: one thread per (sequence, head, query row), scores in a scratch row.
+1. `_attention`: one thread per (sequence, head, query row), scores in a scratch row; q
+   and the cache C-contiguous (each q.k is one `vector_ir.fp32_row`).
 2. `_attention_codes`: the same over a cache kept in a narrower format: 16-bit codes
    (fp16, bf16) or 8-bit codes (fp8, or int8 with one scale per position and head), decoded
    through a table as they are read (`encode_kv` makes the codes).
@@ -22,6 +23,10 @@ import numpy as np
 from numba import njit, prange
 
 from tilesim.device.cost import KernelCost
+from tilesim.device.kernels import jit_cache
+from tilesim.device.kernels import vector_ir as ir
+
+jit_cache.depends_on(__file__, ir)
 
 
 def _attention_impl(q, k_cache, v_cache, start, valid, scale, window, out):
@@ -45,10 +50,7 @@ def _attention_impl(q, k_cache, v_cache, start, valid, scale, window, out):
         scores = np.empty(n, dtype=np.float32)
         mx = np.float32(-np.inf)
         for j in range(n):
-            acc = np.float32(0.0)
-            for i in range(d):
-                acc += q[b, t, h, i] * k_cache[b, g, lo + j, i]
-            acc = acc * scale
+            acc = ir.fp32_row(q[b, t, h], k_cache[b, g, lo + j]) * scale
             scores[j] = acc
             if acc > mx:
                 mx = acc
@@ -123,12 +125,14 @@ def _attention_codes_impl(q, k_codes, v_codes, lut, k_scale, v_scale, has_scale,
 
 
 # Small problems (a decode step) run on one thread: waking the pool costs more than the work.
-# Reassociation lets LLVM vectorize the q.k sums (a serial chain of fp32 adds otherwise, most
-# of a decode step's attention time); no flag that assumes away infinities: the running
-# maximum starts at -inf.
+# Over an fp32 cache the q.k sums are `vector_ir.fp32_row` and nothing else carries a
+# fast-math flag, so both variants give the same bits on every target (docs/numerics.md).
+# Over codes, reassociation lets LLVM vectorize the q.k sums (a serial chain of fp32 adds
+# otherwise, most of a decode step's attention time), so their order follows the target's
+# vector width; no flag that assumes away infinities: the running maximum starts at -inf.
 _FLAGS = {"reassoc", "contract"}
-_attention_serial = njit(cache=True, fastmath=_FLAGS)(_attention_impl)
-_attention_parallel = njit(cache=True, parallel=True, fastmath=_FLAGS)(_attention_impl)
+_attention_serial = njit(cache=True)(_attention_impl)
+_attention_parallel = njit(cache=True, parallel=True)(_attention_impl)
 _codes_serial = njit(cache=True, fastmath=_FLAGS)(_attention_codes_impl)
 _codes_parallel = njit(cache=True, parallel=True, fastmath=_FLAGS)(_attention_codes_impl)
 PARALLEL_WORK = 1 << 16  # query rows x heads x positions above which the thread pool pays off

@@ -30,8 +30,9 @@ stored):
 - `quantize_blocks(x, qx, dx, qsum, sx)`: one row's whole blocks of x to int8 codes, their
   scales, code sums and dx * qsum, in IEEE arithmetic (`q8_act.quantize_rows` uses it).
 
-numba's on-disk cache is keyed on the calling kernel's file (q8_act.py): after editing this
-module, delete device/kernels/__pycache__.
+The float arithmetic carries no fast-math flag (multiply-adds are explicit `llvm.fma`), so
+a row's result is the same bits on every x86-64 target. numba's on-disk cache of q8_act.py
+is stamped with this file's bytes too (`jit_cache.depends_on`): an edit here recompiles it.
 """
 
 from __future__ import annotations
@@ -41,12 +42,11 @@ from numba import types
 
 from tilesim.device.kernels.vector_ir import (
     F32,
-    FAST,
-    HALF,
     I8,
     I16,
     I32,
     _array,
+    _declare,
     _hsum,
     _int,
     _intrinsic,
@@ -54,22 +54,15 @@ from tilesim.device.kernels.vector_ir import (
     _loop,
     _splat,
     _vec,
+    fma,
+    half_to_float,
+    target_has,
 )
 
 
 def host_int_dots() -> str:
-    """ "avx2" when numba compiles for this machine's CPU and it has AVX2, else "generic"."""
-    from llvmlite import binding
-    from numba.core import config
-
-    if config.CPU_NAME is not None:  # compiling for another CPU (e.g. a portable cache)
-        return "generic"
-    return "avx2" if binding.get_host_cpu_features().get("avx2") else "generic"
-
-
-def _declare(module: ir.Module, name: str, ret: ir.Type, params: list) -> ir.Function:
-    existing = module.globals.get(name)
-    return existing if existing is not None else ir.Function(module, ir.FunctionType(ret, params), name)
+    """ "avx2" when numba compiles for a CPU with AVX2 (`vector_ir.target_has`), else "generic"."""
+    return "avx2" if target_has("avx2") else "generic"
 
 
 def _concat(builder: ir.IRBuilder, parts: list) -> ir.Value:
@@ -132,8 +125,7 @@ def _row_codegen(fmt: str, how: str):
             return ir.Constant(_vec(I8, n), [v] * n)
 
         def halves(b, arr, nb):  # nb fp16 scales from b on, as fp32
-            bits = builder.bitcast(_load_vec(builder, arr.data, b, I16, nb), _vec(HALF, nb))
-            return builder.fpext(bits, _vec(F32, nb))
+            return half_to_float(builder, _load_vec(builder, arr.data, b, I16, nb))
 
         def raw_dots(b, nb):  # blocks b .. b + nb - 1: <8 nb x i32>, block j's sums in lanes 8j..8j+7
             x = _load_vec(builder, qx.data, builder.mul(b, _int(32)), I8, 32 * nb)
@@ -152,15 +144,12 @@ def _row_codegen(fmt: str, how: str):
                 mask = [p if j % 8 == 0 else v.type.count for j, p in enumerate(mask)]
             return builder.shuffle_vector(v, v if fill is None else fill, ir.Constant(_vec(I32, len(mask)), mask))
 
-        def fma(a, b, c):
-            return builder.fadd(builder.fmul(a, b, flags=FAST), c, flags=FAST)
-
         def zeros(n, t=F32):
             return ir.Constant(_vec(t, n), [0.0 if t == F32 else 0] * n)
 
         def group(g, state):  # blocks 16 g .. 16 g + 15: their scales and offsets as 16-lane vectors
             b0 = builder.mul(g, _int(16))
-            scales = builder.fmul(halves(b0, d, 16), _load_vec(builder, dx.data, b0, F32, 16), flags=FAST)
+            scales = builder.fmul(halves(b0, d, 16), _load_vec(builder, dx.data, b0, F32, 16))
             if fmt == "q4_0":
                 minus = builder.mul(_load_vec(builder, extra.data, b0, I32, 16), ir.Constant(_vec(I32, 16), [-8] * 16))
             acc = state[0]
@@ -168,10 +157,10 @@ def _row_codegen(fmt: str, how: str):
                 dots = raw_dots(builder.add(b0, _int(j)), 2)
                 if fmt == "q4_0":
                     dots = builder.add(dots, lanes(minus, [j, j + 1], zeros(16, I32)))
-                acc = fma(builder.sitofp(dots, _vec(F32, 16)), lanes(scales, [j, j + 1]), acc)
+                acc = fma(builder, builder.sitofp(dots, _vec(F32, 16)), lanes(scales, [j, j + 1]), acc)
             if m is None:
                 return [acc]
-            return [acc, fma(halves(b0, m, 16), _load_vec(builder, extra.data, b0, F32, 16), state[1])]
+            return [acc, fma(builder, halves(b0, m, 16), _load_vec(builder, extra.data, b0, F32, 16), state[1])]
 
         def widened(v):  # <n> -> <16>, zeros after: a tail's terms join the 16-lane sums
             n = v.type.count
@@ -183,13 +172,13 @@ def _row_codegen(fmt: str, how: str):
             if fmt == "q4_0":
                 minus = builder.mul(_load_vec(builder, extra.data, b, I32, nb), ir.Constant(_vec(I32, nb), [-8] * nb))
                 dots = builder.add(dots, lanes(minus, range(nb), zeros(nb, I32)))
-            scale = builder.fmul(halves(b, d, nb), _load_vec(builder, dx.data, b, F32, nb), flags=FAST)
-            terms = builder.fmul(builder.sitofp(dots, _vec(F32, 8 * nb)), lanes(scale, range(nb)), flags=FAST)
-            acc = builder.fadd(widened(terms) if nb == 1 else terms, state[0], flags=FAST)
+            scale = builder.fmul(halves(b, d, nb), _load_vec(builder, dx.data, b, F32, nb))
+            terms = builder.fmul(builder.sitofp(dots, _vec(F32, 8 * nb)), lanes(scale, range(nb)))
+            acc = builder.fadd(widened(terms) if nb == 1 else terms, state[0])
             if m is None:
                 return [acc]
-            shifts = builder.fmul(halves(b, m, nb), _load_vec(builder, extra.data, b, F32, nb), flags=FAST)
-            return [acc, builder.fadd(widened(shifts), state[1], flags=FAST)]
+            shifts = builder.fmul(halves(b, m, nb), _load_vec(builder, extra.data, b, F32, nb))
+            return [acc, builder.fadd(widened(shifts), state[1])]
 
         blocks = d.nitems
         inits = [zeros(16)] * (1 if m is None else 2)  # products; q4_1's offset terms
@@ -203,7 +192,7 @@ def _row_codegen(fmt: str, how: str):
         state = _loop(
             builder, builder.add(first, builder.mul(pairs, _int(2))), blocks, state, lambda b, st: step(b, 1, st)
         )
-        return _hsum(builder, state[0] if m is None else builder.fadd(state[0], state[1], flags=FAST))
+        return _hsum(builder, state[0] if m is None else builder.fadd(state[0], state[1]))
 
     return codegen
 

@@ -1,9 +1,12 @@
 """Matrix products: `out = x @ w.T + bias`, with weights in `(N, K)` rows as HF stores them.
 
 Variants:
-1. `_linear_f32`: every output feature is one thread's dot products over contiguous rows,
-   so the order of each sum is fixed whatever the thread count (bit-identical reruns).
-   With M = 1 this is the matrix-vector product of decode: it streams each weight row once.
+1. `_linear_f32`: every output feature is one thread's dot products over contiguous rows
+   (`vector_ir.fp32_row`: 16 lanes of fused multiply-adds, then a fixed pairwise sum), so
+   each sum's order is fixed by the code, not by the thread count or by LLVM's choices:
+   the same bits on every x86-64 target, and a row of a prefill gets what a decode step
+   computing it alone gets. With M = 1 this is the matrix-vector product of decode: it
+   streams each weight row once.
 """
 
 from __future__ import annotations
@@ -12,20 +15,20 @@ import numpy as np
 from numba import njit, prange
 
 from tilesim.device.cost import KernelCost
+from tilesim.device.kernels import jit_cache
+from tilesim.device.kernels import vector_ir as ir
+
+jit_cache.depends_on(__file__, ir)
 
 _EMPTY = np.zeros(0, dtype=np.float32)
 
 
-@njit(cache=True, fastmath=True, parallel=True)
-def _linear_f32(x, w, bias, out):  # x (M, K), w (N, K), bias (N,) or (0,), out (M, N)
-    m_rows, k_dim = x.shape
-    n_rows = w.shape[0]
+@njit(cache=True, parallel=True)
+def _linear_f32(x, w, bias, out):  # x (M, K), w (N, K) C-contiguous, bias (N,) or (0,), out (M, N)
     has_bias = bias.shape[0] > 0
-    for n in prange(n_rows):
-        for m in range(m_rows):
-            acc = np.float32(0.0)
-            for k in range(k_dim):
-                acc += x[m, k] * w[n, k]
+    for n in prange(w.shape[0]):
+        for m in range(x.shape[0]):
+            acc = ir.fp32_row(x[m], w[n])
             if has_bias:
                 acc += bias[n]
             out[m, n] = acc
@@ -33,7 +36,7 @@ def _linear_f32(x, w, bias, out):  # x (M, K), w (N, K), bias (N,) or (0,), out 
 
 def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
     """`out[m, n] = sum_k x[m, k] * w[n, k] + bias[n]`; x (M, K), w (N, K), out (M, N), fp32."""
-    _linear_f32(x, w, _EMPTY if bias is None else bias, out)
+    _linear_f32(np.ascontiguousarray(x), np.ascontiguousarray(w), _EMPTY if bias is None else bias, out)
     return out
 
 

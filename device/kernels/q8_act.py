@@ -19,6 +19,9 @@ import numpy as np
 from numba import njit, prange
 
 from tilesim.device.kernels import int_dot_ir as ir
+from tilesim.device.kernels import jit_cache, vector_ir
+
+jit_cache.depends_on(__file__, ir, vector_ir)
 
 FORMATS = ("q4_0", "q4_1", "int4", "q8_0")
 BLOCK = 32

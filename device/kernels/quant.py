@@ -36,9 +36,11 @@ import ml_dtypes
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from tilesim.device.kernels import q8_act
+from tilesim.device.kernels import jit_cache, q8_act
 from tilesim.device.kernels import vector_ir as ir
 from tilesim.errors import ConfigError
+
+jit_cache.depends_on(__file__, ir)
 
 FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "q4_0", "q4_1", "q8_0")
 BLOCK = 32
@@ -162,7 +164,7 @@ def unpack(p: Packed, rows: np.ndarray | None = None) -> np.ndarray:
 # -- kernels -----------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, parallel=True)
 def _linear_half(x, w, bf16, bias, out):  # w (N, K) fp16 or bf16 bit patterns
     has_bias = bias.shape[0] > 0
     for n in prange(w.shape[0]):
@@ -171,7 +173,7 @@ def _linear_half(x, w, bf16, bias, out):  # w (N, K) fp16 or bf16 bit patterns
             out[m, n] = acc + (bias[n] if has_bias else np.float32(0.0))
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, parallel=True)
 def _linear_int8(x, w, scale, bias, out):  # w (N, K) int8, one scale per output channel
     has_bias = bias.shape[0] > 0
     for n in prange(w.shape[0]):
@@ -179,7 +181,7 @@ def _linear_int8(x, w, scale, bias, out):  # w (N, K) int8, one scale per output
             out[m, n] = ir.int8_row(x[m], w[n]) * scale[n] + (bias[n] if has_bias else np.float32(0.0))
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, parallel=True)
 def _linear_fp8(x, w, e5m2, scale, bias, out):  # w (N, K) fp8 codes, one scale per output channel
     has_bias = bias.shape[0] > 0
     for n in prange(w.shape[0]):
@@ -215,7 +217,7 @@ def _padded(x, blocks):
 _DECODE_ONCE = 4  # x rows (a prefill) from which a weight row is decoded once, then dotted with each
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _q4_rows(x_lo, x_hi, qs, d16, m16, symmetric, bias, out, first, last, wl, wh):
     """Rows first..last of one nibble-block weight, with the calling thread's scratch."""
     m_rows = x_lo.shape[0]
@@ -239,7 +241,7 @@ def _q4_rows(x_lo, x_hi, qs, d16, m16, symmetric, bias, out, first, last, wl, wh
                 out[m, n] = ir.q4_1_decoded(x_lo[m], x_hi[m], wl, wh) + b
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, parallel=True)
 def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs, threads):
     """Several nibble-block weights (tuples, same K) applied to the same x: one launch for
     a layer's q, k and v, or its gate and up. Their rows, end to end, are split evenly into
@@ -260,7 +262,7 @@ def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs, threads):
                 _q4_rows(x_lo, x_hi, qss[w], d16s[w], m16s[w], symmetric, biases[w], outs[w], first, last, wl, wh)
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, parallel=True)
 def _linear_q8_0(x, qs, d16, bias, out, threads):
     n_rows, blocks = d16.shape
     has_bias = bias.shape[0] > 0

@@ -7,13 +7,19 @@ formats went through a table lookup per weight, which does not vectorize. These
 `numba.extending.intrinsic`s build one row's loop themselves: the accumulators are SSA
 vectors (registers), the codes are widened once per block, and a block's scale is read as
 the fp16 the file stores, converted and broadcast where the block is read. The IR is
-target-independent (`<16 x float>`, `fpext half`): LLVM lowers it to AVX-512, AVX2 or NEON
-as the host has. One row per call on purpose: interleaving four rows shared the loads of x
-but cut the rate at which the weights stream from memory by more than half (measured on
-SmolLM2's output head).
+target-independent (`<16 x float>`, `fpext half` where the target has F16C, integer
+operations where it has not): LLVM lowers it to AVX-512, AVX2, SSE2 or NEON as the target
+has. One row per call on purpose: interleaving four rows shared the loads of x but cut the
+rate at which the weights stream from memory by more than half (measured on SmolLM2's
+output head).
 
 Every product is fp32 arithmetic on the stored values, accumulated in fp32 lanes and summed
-once per row in a fixed order (bit-identical reruns). A scale is factored out of a block's
+once per row in a fixed order. No fast-math flag is set anywhere here: a multiply-add is an
+explicit `llvm.fma` (one rounding, on every ISA: the FMA unit where the host has one, libm's
+`fmaf` where it has not), every other operation is a plain IEEE one, so LLVM may neither
+reassociate a sum nor choose its own contractions. A row's result is therefore the same bits
+on every x86-64 target (docs/numerics.md), NaN and infinity propagate as IEEE says, and the
+`*_decoded` forms give the `*_row` bits by construction. A scale is factored out of a block's
 sum only where that is exact in the products (q8_0, and q4_0 with signed nibbles q - 8), so
 the rounding error stays bounded by sum |x| |w|; q4_1's weights are decoded (q * d + m)
 before they meet x, since pulling the offset out of the sum would add error proportional
@@ -25,16 +31,16 @@ the fp16 bits the file stores (each converted where its block is read):
 - `q4_1_row(xl, xh, qs, d, m)`: `sum_b xl_b . (lo_b * d_b + m_b) + xh_b . (hi_b * d_b + m_b)`.
 - `q4_0_row(xl, xh, qs, d)`: `sum_b d_b * (xl_b . (lo_b - 8) + xh_b . (hi_b - 8))`.
 - `q8_0_row(x, qs, d)`: one row of int8 blocks of 32: `sum_b d_b * (x_b . q_b)`.
-- `fp16_row(x, w)`, `bf16_row`, `int8_row`, `fp8_e4m3_row`, `fp8_e5m2_row`: `sum_k x[k] * w[k]`
-  for one row of float bit patterns (widened exactly) or int8 codes; the caller applies
+- `fp32_row(x, w)`, `fp16_row(x, w)`, `bf16_row`, `int8_row`, `fp8_e4m3_row`, `fp8_e5m2_row`: `sum_k x[k] * w[k]`
+  for one row of fp32 values, float bit patterns (widened exactly) or int8 codes; the caller applies
   the per-channel scale of int8 and fp8.
 - `*_decode(qs, [d, m,] w...)` write a row's decoded values (q4_1: the weights; q4_0, q8_0:
   the codes as floats) and `*_decoded(x..., w..., [d])` give the `*_row` result from them,
   bit for bit: a prefill decodes each weight row once for all its x rows.
 
-numba's on-disk cache is keyed on the calling kernel's file (quant.py), not on this one:
-after editing this module, delete device/kernels/__pycache__ (an installed release
-rewrites both files, so users are not affected).
+numba's on-disk cache stamps a kernel with its own file only; the kernel modules that call
+these intrinsics add this file's bytes to their stamp (`jit_cache.depends_on`), so an edit
+here recompiles them.
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ from numba.extending import intrinsic
 F32 = ir.FloatType()
 HALF = ir.HalfType()
 I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-FAST = ("fast",)
 
 
 def _vec(t: ir.Type, n: int) -> ir.VectorType:
@@ -71,9 +76,63 @@ def _hsum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
         h = n // 2
         low = builder.shuffle_vector(v, v, ir.Constant(_vec(I32, h), list(range(h))))
         high = builder.shuffle_vector(v, v, ir.Constant(_vec(I32, h), list(range(h, n))))
-        v = builder.fadd(low, high, flags=FAST)
+        v = builder.fadd(low, high)
         n = h
     return builder.extract_element(v, ir.Constant(I32, 0))
+
+
+def target_has(feature: str) -> bool:
+    """Whether numba compiles for a CPU with this LLVM feature: this host's features unless
+    NUMBA_CPU_FEATURES names others (NUMBA_CPU_NAME=generic implies none)."""
+    from llvmlite import binding
+    from numba.core import config
+
+    if config.CPU_FEATURES is not None:
+        return f"+{feature}" in config.CPU_FEATURES.split(",")
+    return bool(binding.get_host_cpu_features().get(feature))
+
+
+def half_to_float(builder: ir.IRBuilder, bits: ir.Value) -> ir.Value:
+    """fp16 bit patterns (i16, or a vector of them) to the fp32 values they stand for,
+    exactly. With F16C this is `fpext half` (one instruction); without it LLVM would call
+    compiler-rt's `__extendhfsf2`, which numba's JIT does not link, so the bits are moved
+    into an fp32 by integer operations (subnormals through one exact subtraction)."""
+    n = bits.type.count if isinstance(bits.type, ir.VectorType) else 0
+
+    def ty(t):
+        return _vec(t, n) if n else t
+
+    if target_has("f16c"):
+        return builder.fpext(builder.bitcast(bits, ty(HALF)), ty(F32))
+
+    def k(v, t=I32):
+        return ir.Constant(ty(t), [v] * n if n else v)
+
+    h = builder.zext(bits, ty(I32))
+    o = builder.shl(builder.and_(h, k(0x7FFF)), k(13))  # exponent and mantissa, in fp32's places
+    exponent = builder.and_(o, k(0x7C00 << 13))
+    o = builder.add(o, k((127 - 15) << 23))  # rebias
+    special = builder.icmp_unsigned("==", exponent, k(0x7C00 << 13))
+    o = builder.select(special, builder.add(o, k((128 - 16) << 23)), o)  # infinity or NaN: exponent all ones
+    tiny = builder.icmp_unsigned("==", exponent, k(0))
+    magic = ir.Constant(ty(F32), [2.0**-14] * n if n else 2.0**-14)  # the bits (113 << 23)
+    subnormal = builder.bitcast(
+        builder.fsub(builder.bitcast(builder.add(o, k(1 << 23)), ty(F32)), magic), ty(I32)
+    )  # mantissa * 2^-24, exactly
+    o = builder.select(tiny, subnormal, o)
+    return builder.bitcast(builder.or_(o, builder.shl(builder.and_(h, k(0x8000)), k(16))), ty(F32))
+
+
+def _declare(module: ir.Module, name: str, ret: ir.Type, params: list) -> ir.Function:
+    existing = module.globals.get(name)
+    return existing if existing is not None else ir.Function(module, ir.FunctionType(ret, params), name)
+
+
+def fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+    """`a * b + c` with one rounding (`llvm.fma`), for float vectors of any width."""
+    t = a.type
+    name = f"llvm.fma.v{t.count}f32" if isinstance(t, ir.VectorType) else "llvm.fma.f32"
+    return builder.call(_declare(builder.module, name, t, [t, t, t]), [a, b, c])
 
 
 def _load_vec(builder: ir.IRBuilder, ptr: ir.Value, index: ir.Value, elem: ir.Type, n: int) -> ir.Value:
@@ -144,11 +203,7 @@ def _row_codegen(fmt: str, mode: str = "codes"):
             return ir.Constant(_vec(t, width), [v] * width)
 
         def at_block(arr, b):  # block b's scale (fp16 bits, as stored) in every lane
-            bits = builder.bitcast(builder.load(builder.gep(arr.data, [b])), HALF)
-            return _splat(builder, builder.fpext(bits, F32), width)
-
-        def fma(a, b, c):
-            return builder.fadd(builder.fmul(a, b, flags=FAST), c, flags=FAST)
+            return _splat(builder, half_to_float(builder, builder.load(builder.gep(arr.data, [b]))), width)
 
         if mode == "decode":
             q, *rest = arrays
@@ -170,7 +225,7 @@ def _row_codegen(fmt: str, mode: str = "codes"):
             if fmt == "q4_0":
                 return [builder.sitofp(builder.sub(c, const(8)), _vec(F32, width)) for c in codes]
             db, mb = at_block(scales[0], b), at_block(scales[1], b)  # q4_1: each weight decoded
-            return [fma(builder.sitofp(c, _vec(F32, width)), db, mb) for c in codes]
+            return [fma(builder, builder.sitofp(c, _vec(F32, width)), db, mb) for c in codes]
 
         if mode == "decode":
 
@@ -188,18 +243,18 @@ def _row_codegen(fmt: str, mode: str = "codes"):
             def step(b, state):  # low and high halves in their own lanes, decoded weights times x
                 at = builder.mul(b, _int(width))
                 v = values(b, at)
-                return [fma(_load_vec(builder, xs[i].data, at, F32, width), v[i], state[i]) for i in range(2)]
+                return [fma(builder, _load_vec(builder, xs[i].data, at, F32, width), v[i], state[i]) for i in range(2)]
 
             low, high = _loop(builder, _int(0), blocks, [zero, zero], step)
-            return _hsum(builder, builder.fadd(low, high, flags=FAST))
+            return _hsum(builder, builder.fadd(low, high))
 
         def step(b, state):  # d * (x . codes): the scale factored out of exact products
             at = builder.mul(b, _int(width))
             v = values(b, at)
-            s = builder.fmul(_load_vec(builder, xs[0].data, at, F32, width), v[0], flags=FAST)
+            s = builder.fmul(_load_vec(builder, xs[0].data, at, F32, width), v[0])
             if halves == 2:
-                s = fma(_load_vec(builder, xs[1].data, at, F32, width), v[1], s)
-            return [fma(s, at_block(scales[-1], b), state[0])]
+                s = fma(builder, _load_vec(builder, xs[1].data, at, F32, width), v[1], s)
+            return [fma(builder, s, at_block(scales[-1], b), state[0])]
 
         (acc,) = _loop(builder, _int(0), blocks, [zero], step)
         return _hsum(builder, acc)
@@ -208,20 +263,20 @@ def _row_codegen(fmt: str, mode: str = "codes"):
 
 
 def _dense_codegen(fmt: str):
-    """One row of fp16, bf16, fp8 or int8 codes: sum_k x[k] * value(w[k]), 16 lanes then the rest."""
-    elem = I16 if fmt in ("fp16", "bf16") else I8
+    """One row of fp32 values or of fp16, bf16, fp8 or int8 codes: sum_k x[k] * value(w[k]),
+    16 lanes then the rest (each lane a chain of fused multiply-adds)."""
+    elem = {"fp32": F32, "fp16": I16, "bf16": I16}.get(fmt, I8)
 
     def codegen(context, builder, sig, args):
         x, w = (_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True))
 
         def step(at, lanes, state):
             codes = _load_vec(builder, w.data, at, elem, lanes)
-            prod = builder.fmul(_load_vec(builder, x.data, at, F32, lanes), _widen(builder, codes, fmt), flags=FAST)
-            return [builder.fadd(state[0], prod, flags=FAST)]
+            return [fma(builder, _load_vec(builder, x.data, at, F32, lanes), _widen(builder, codes, fmt), state[0])]
 
         zeros = [[ir.Constant(_vec(F32, n), [0.0] * n)] for n in (16, 1)]
         (acc,), (rest,) = _in_lanes(builder, w.nitems, 16, step, zeros)
-        return builder.fadd(_hsum(builder, acc), _hsum(builder, rest), flags=FAST)
+        return builder.fadd(_hsum(builder, acc), _hsum(builder, rest))
 
     return codegen
 
@@ -232,12 +287,14 @@ def _widen(builder: ir.IRBuilder, codes: ir.Value, fmt: str) -> ir.Value:
     bits, shifted into an fp16, read as 2^-8 times the value (subnormals included), and its
     one NaN code per sign is kept NaN. bf16 is the top half of an fp32."""
     n = codes.type.count
+    if fmt == "fp32":
+        return codes
 
     def k(c, t=I16):
         return ir.Constant(_vec(t, n), [c] * n)
 
     def from_half(bits):
-        return builder.fpext(builder.bitcast(bits, _vec(HALF, n)), _vec(F32, n))
+        return half_to_float(builder, bits)
 
     if fmt == "int8":
         return builder.sitofp(codes, _vec(F32, n))
@@ -283,6 +340,7 @@ q8_0_decode = _intrinsic(_row_codegen("q8_0", "decode"), [I8T, F], VOID)  # (qs,
 q4_1_decoded = _intrinsic(_row_codegen("q4_1", "decoded"), [F, F, F, F])  # (xl, xh, wl, wh)
 q4_0_decoded = _intrinsic(_row_codegen("q4_0", "decoded"), [F, F, F, F, U16])  # (xl, xh, wl, wh, d)
 q8_0_decoded = _intrinsic(_row_codegen("q8_0", "decoded"), [F, F, U16])  # (x, c, d)
+fp32_row = _intrinsic(_dense_codegen("fp32"), [F, F])  # (x, w)
 fp16_row = _intrinsic(_dense_codegen("fp16"), [F, U16])  # (x, w): w the fp16 bit patterns
 bf16_row = _intrinsic(_dense_codegen("bf16"), [F, U16])
 int8_row = _intrinsic(_dense_codegen("int8"), [F, I8T])

@@ -131,7 +131,10 @@ def _row_callers(how):
 ROWS = {how: _row_callers(how) for how in {"generic", int_dot_ir.host_int_dots()}}
 
 
-@pytest.mark.skipif(int_dot_ir.host_int_dots() == "generic", reason="this CPU has only the generic path")
+NO_AVX2 = "numba compiles for a CPU without AVX2: only the generic path"
+
+
+@pytest.mark.skipif(int_dot_ir.host_int_dots() == "generic", reason=NO_AVX2)
 @pytest.mark.parametrize("fmt", ["q4_1", "q4_0", "q8_0"])
 @given(st.integers(1, 40), seeds)
 def test_x86_byte_products_give_the_generic_paths_bits(fmt, blocks, seed):

@@ -64,7 +64,7 @@ def close(ours, theirs):
 
 
 @pytest.mark.parametrize(("arch", "tp"), CASES)
-def test_logits_and_greedy_tokens_match_transformers(tiny_model, arch, tp):
+def test_logits_and_greedy_tokens_match_transformers(tiny_model, greedy_rule, arch, tp):
     folder = tiny_model(arch)
     _, ref = reference(folder, [PROMPT], STEPS)
     model = tilesim.load(str(folder), device=tilesim.Device("tiny", cores=tp), tp=tp)
@@ -72,13 +72,13 @@ def test_logits_and_greedy_tokens_match_transformers(tiny_model, arch, tp):
     assert prefill.logits[0].shape == ref["prefill"].shape
     assert close(prefill.logits[0], ref["prefill"]), "prefill logits of every position"
     out = model.generate([PROMPT], max_new_tokens=STEPS, eos_token_id=None, return_logits=True)
-    assert out.tokens[0].tolist() == ref["tokens"].tolist()
-    for step, (ours, theirs) in enumerate(zip(out.logits, ref["step_logits"], strict=True)):
+    compared = greedy_rule(out.tokens[0], ref["tokens"], ref["step_logits"], RTOL, f"{arch} tp{tp}")
+    for step, (ours, theirs) in enumerate(zip(out.logits[:compared], ref["step_logits"], strict=False)):
         assert close(ours[0], theirs), f"logits of step {step}"
 
 
 @pytest.mark.parametrize(("arch", "tp"), [("llama", 3), ("gpt2", 2), ("gpt_neox", 3), ("opt", 1)])
-def test_a_batch_of_prompts_of_different_lengths(tiny_model, arch, tp):
+def test_a_batch_of_prompts_of_different_lengths(tiny_model, greedy_rule, arch, tp):
     folder = tiny_model(arch)
     prompts = [PROMPT[:5], PROMPT[3:16]]
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -90,11 +90,21 @@ def test_a_batch_of_prompts_of_different_lengths(tiny_model, arch, tp):
         ids[i, longest - len(p) :] = torch.tensor(p)
         mask[i, longest - len(p) :] = 1
     with torch.no_grad():
-        gen = hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    expected = gen[:, longest:].numpy()
+        gen = hf.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    expected = gen.sequences[:, longest:].numpy()
     model = tilesim.load(str(folder), device=tilesim.Device("tiny", cores=tp), tp=tp)
     out = model.generate(prompts, max_new_tokens=8, eos_token_id=None)
-    assert [t.tolist() for t in out.tokens] == expected.tolist()
+    for i in range(len(prompts)):
+        step_logits = [step[i].numpy() for step in gen.logits]
+        greedy_rule(out.tokens[i], expected[i], step_logits, RTOL, f"{arch} tp{tp} prompt {i}")
 
 
 def test_generation_stops_at_eos_like_transformers(tiny_model):

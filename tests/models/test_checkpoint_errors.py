@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import tilesim
-from tilesim.errors import CheckpointError, GenerationError, OutOfTileMemory, ShardingError
+from tilesim.errors import CheckpointError, GenerationError, NumericalError, OutOfTileMemory, ShardingError
 
 
 def copy(folder, tmp_path):
@@ -124,3 +124,16 @@ def test_prompts_longer_than_the_compiled_context_are_refused(tiny_model):
         model.generate([list(range(30))], max_new_tokens=8)
     with pytest.raises(GenerationError, match="outside the vocabulary"):
         model.generate([[5, 500]], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_infinity_in_the_weights_stops_the_run_with_one_clear_error(tiny_model, tmp_path, bad):
+    # the kernels propagate NaN and infinity as IEEE arithmetic does (docs/numerics.md), so the
+    # logits show them and generation stops instead of choosing a token from them
+    folder = copy(tiny_model("llama"), tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.mlp.down_proj.weight"][3, 5] = bad
+    save_file(tensors, folder / "model.safetensors")
+    model = tilesim.load(str(folder), device="tiny", tp=3)
+    with pytest.raises(NumericalError, match=r"logits of step 0 \(prefill\) hold NaN or infinity"):
+        model.generate([[5, 6, 7]], max_new_tokens=3)

@@ -28,35 +28,31 @@ def greedy_with_logits(model, steps=STEPS):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "opt"])
 @pytest.mark.parametrize(("dtype", "kv"), list(BOUNDS))
-def test_logits_stay_within_the_bound_and_greedy_agrees_where_it_must(tiny_model, arch, dtype, kv):
+def test_logits_stay_within_the_bound_and_greedy_agrees_where_it_must(tiny_model, greedy_rule, arch, dtype, kv):
     folder = str(tiny_model(arch))
     fp32 = tilesim.load(folder, device="tiny", tp=1)
     low = tilesim.load(folder, device="tiny", tp=1, dtype=dtype, kv_dtype=kv)
-    assert_within(low, fp32, BOUNDS[(dtype, kv)])
+    assert_within(low, fp32, BOUNDS[(dtype, kv)], greedy_rule, f"{arch} {dtype} kv {kv}")
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "opt"])
-def test_int8_activations_stay_within_their_bound_of_fp32_activations(tiny_model, arch):
+def test_int8_activations_stay_within_their_bound_of_fp32_activations(tiny_model, greedy_rule, arch):
     folder = str(tiny_model(arch))
     fp32_act = tilesim.load(folder, device="tiny", tp=1, dtype="int4")
     int8_act = tilesim.load(folder, device="tiny", tp=1, dtype="int4", act_dtype="int8")
     assert int8_act.precision.kv == "fp32"
-    assert_within(int8_act, fp32_act, INT8_ACT_BOUND)
+    assert_within(int8_act, fp32_act, INT8_ACT_BOUND, greedy_rule, f"{arch} int4:int8")
 
 
-def assert_within(low, fp32, bound):
+def assert_within(low, fp32, bound, greedy_rule, label):
     """low's logits within `bound` of fp32's (relative to the largest), and its greedy tokens
-    equal wherever fp32's margin says they must be."""
+    equal wherever fp32's margin says they must be (the one token rule, docs/numerics.md)."""
     ref_all = fp32.generate([PROMPT], 1, eos_token_id=None, return_logits="all").logits[0]
     got_all = low.generate([PROMPT], 1, eos_token_id=None, return_logits="all").logits[0]
     assert np.max(np.abs(got_all - ref_all)) <= bound * np.max(np.abs(ref_all))
     ref_tokens, ref_logits = greedy_with_logits(fp32)
     tokens, _ = greedy_with_logits(low)
-    for step, logits in enumerate(ref_logits):
-        top2 = np.sort(logits)[-2:]
-        if top2[1] - top2[0] <= 2 * bound * np.max(np.abs(logits)):
-            break  # close call: a different choice is allowed, and then the sequences differ
-        assert tokens[step] == ref_tokens[step], f"step {step} must agree: the fp32 margin exceeds the bound"
+    greedy_rule(tokens, ref_tokens, ref_logits, bound, label)
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "int8", "int4"])

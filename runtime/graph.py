@@ -181,7 +181,7 @@ class GraphBuilder:
             params.append(bias)
         value_split = "out" if split == "out" else ("partial" if split == "in" else "none")
         out = self._value(hint, out_features, value_split, heads, kv)
-        return self._node("linear", out, [x], params, op_type, split=split)
+        return self._node("linear", out, [x], params, op_type, split=split, kernel=hint)
 
     def rope(self, q: str, k: str, *, style: str, rot: int, inv_freq: Any) -> None:
         self._node("rope", None, [q, k], [], "attention", style=style, rot=rot, inv_freq=inv_freq)

@@ -18,10 +18,11 @@ from tilesim.device.device import Device
 from tilesim.device.memory import ALIGNMENT, Block
 from tilesim.errors import OutOfTileMemory
 from tilesim.runtime.graph import DecoderGraph
-from tilesim.runtime.shard import ShardPlan
+from tilesim.runtime.ops import IN_PLACE_OPS
+from tilesim.runtime.program import Program
 from tilesim.units import fmt_bytes
 
-IN_PLACE_OPS = ("allreduce", "bias", "rope")  # write into an input; make no new value
+__all__ = ["IN_PLACE_OPS", "MemoryPlan", "activation_layout", "lifetimes", "live_bytes", "place", "plan_memory"]
 
 
 def aligned(nbytes: int) -> int:
@@ -54,8 +55,7 @@ class MemoryPlan:
 
 
 def plan_memory(
-    graph: DecoderGraph,
-    sp: ShardPlan,
+    program: Program,
     device: Device,
     *,
     batch: int,
@@ -69,11 +69,11 @@ def plan_memory(
     `weight_sizes[param][core]` lists the bytes of each array the weight is stored as on that
     core; `kv_sizes[core]` those of one layer's KV cache.
     """
-    tp = sp.tp
+    graph, tp = program.graph, program.tp
     rows = batch * prefill_tokens
     weights = [sum(aligned(n) for sizes in weight_sizes.values() for n in sizes[core]) for core in range(tp)]
     kv = [graph.layers * sum(aligned(n) for n in kv_sizes[core]) for core in range(tp)]
-    layouts = [activation_layout(graph, sp, core, rows, batch, all_logits) for core in range(tp)]
+    layouts = [activation_layout(program, core, rows, batch, all_logits) for core in range(tp)]
     activations = [layout.total for layout in layouts]
     regions = dict(device.spec.placement)
     plan = MemoryPlan(weights, kv, activations, regions, layouts, rows)
@@ -81,29 +81,30 @@ def plan_memory(
     return plan
 
 
-def lifetimes(sp: ShardPlan, output: str) -> tuple[dict[str, int], dict[str, int]]:
+def lifetimes(program: Program) -> tuple[dict[str, int], dict[str, int]]:
     """For each activation, the index of the node that makes it and of its last reader."""
     first, last = {}, {}
-    for i, node in enumerate(sp.nodes):
+    count = 0
+    for i, node, _ in program.nodes():
         for name in node.inputs:
             if name in first:
                 last[name] = i
         if node.out and node.op not in IN_PLACE_OPS and node.out not in first:
             first[node.out] = last[node.out] = i
-    last[output] = len(sp.nodes)
+        count = i + 1
+    last[program.graph.output] = count
     return first, last
 
 
-def activation_layout(
-    graph: DecoderGraph, sp: ShardPlan, core: int, rows: int, batch: int, all_logits: bool
-) -> ActivationLayout:
-    """Offsets of every activation of `core` for a step of `rows` token rows, by liveness."""
-    first, last = lifetimes(sp, graph.output)
-    select = next(i for i, node in enumerate(sp.nodes) if node.op == "select_last")
+def activation_layout(program: Program, core: int, rows: int, batch: int, all_logits: bool) -> ActivationLayout:
+    """Offsets of every activation of `core` for a step of `rows` token rows, by liveness; a
+    value of row class `last` has one row per sequence (unless every position's logits are kept)."""
+    first, last = lifetimes(program)
+    row_class = program.row_class()
     shapes = {}
     for name, made in first.items():
-        n_rows = batch if made >= select and not all_logits else rows
-        shapes[name] = (n_rows, sp.widths[name][core])
+        n_rows = batch if row_class[made] == "last" and not all_logits else rows
+        shapes[name] = (n_rows, program.sp.widths[name][core])
     order = sorted(first, key=lambda v: -shapes[v][0] * shapes[v][1])
     placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
     offsets = {}
@@ -121,16 +122,17 @@ def activation_layout(
     return ActivationLayout(offsets, shapes, aligned(total))
 
 
-def live_bytes(graph: DecoderGraph, sp: ShardPlan, layout: ActivationLayout) -> list[tuple[int, int]]:
+def live_bytes(program: Program, layout: ActivationLayout) -> list[tuple[int, int]]:
     """(node index, bytes of activations alive while it runs) for every node of one core."""
-    first, last = lifetimes(sp, graph.output)
-    change = np.zeros(len(sp.nodes) + 2, dtype=np.int64)
+    first, last = lifetimes(program)
+    nodes = len(program.sp.nodes)
+    change = np.zeros(nodes + 2, dtype=np.int64)
     for name, (r, w) in layout.shapes.items():
         size = aligned(r * w * 4)
         change[first[name]] += size
         change[last[name] + 1] -= size
     alive = np.cumsum(change)
-    return [(i, int(alive[i])) for i in range(len(sp.nodes))]
+    return [(i, int(alive[i])) for i in range(nodes)]
 
 
 def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:

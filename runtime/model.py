@@ -31,6 +31,7 @@ from tilesim.runtime.execute import Executor, StepInputs
 from tilesim.runtime.graph import DecoderGraph
 from tilesim.runtime.kvcache import KVCache, kv_arrays
 from tilesim.runtime.precision import Precision, weight_class
+from tilesim.runtime.program import lower
 from tilesim.runtime.sampling import SamplingParams, choose
 from tilesim.runtime.timing import StepShape, StepTimer, bucket
 
@@ -109,6 +110,8 @@ class Model:
                 f"{extra:.0%} more attention work and key/value memory"
             )
         self._keep_blocks_whole()
+        # 16-bit activations round each op's output before the next reads it: no fusion then
+        self.program = lower(self.graph, self.sp, fuse=self.precision.activations not in ("fp16", "bf16"))
         self.weight_sizes = {p: [self._array_bytes(p, c) for c in range(tp)] for p in self.graph.params}
         self.weight_bytes = {
             p: sum(self.weight_sizes[p][0]) / max(1, int(np.prod(self.sp.local_shape(p, spec.shape, 0))))
@@ -159,8 +162,7 @@ class Model:
         kv_layouts = [kv_arrays(self.precision.kv, batch, hi - lo, self.max_context, d) for lo, hi in self.sp.kv_heads]
         kv_sizes = [[int(np.prod(shape)) * dt.itemsize for shape, dt in layout.values()] for layout in kv_layouts]
         plan = memplan.plan_memory(
-            self.graph,
-            self.sp,
+            self.program,
             self.device,
             batch=batch,
             prefill_tokens=bucket(self.max_context, PREFILL_SMALLEST, self.max_context),
@@ -196,8 +198,7 @@ class Model:
                         raw[offset : offset + rows * width * 4].view(np.float32).reshape(rows, width)
                     )
         self.timer = StepTimer(
-            self.graph,
-            self.sp,
+            self.program,
             self.device,
             self.weight_bytes,
             self.precision,
@@ -264,8 +265,7 @@ class Model:
         tables = rope_tables(self.max_context, rope.attrs["inv_freq"]) if rope else None
         fabric = AnalyticFabric(self.device.spec.fabric, self.tp)
         self.executor = Executor(
-            self.graph,
-            self.sp,
+            self.program,
             self.weights,
             self.kv,
             self.acts,
@@ -476,7 +476,7 @@ class Model:
             fullest = np.argsort(-use, kind="stable")[:3]
             tenants.append([(int(t), [(b.name, b.size) for b in tiles.tenants(int(t))[:3]]) for t in fullest])
         spec = self.device.spec.core
-        live = [memplan.live_bytes(self.graph, self.sp, layout) for layout in self.plan.layouts]
+        live = [memplan.live_bytes(self.program, layout) for layout in self.plan.layouts]
         return MemorySnapshot(
             per_core,
             dict(self.plan.regions),

@@ -20,18 +20,13 @@ from dataclasses import dataclass, field
 
 from tilesim.collectives import choose_algorithm
 from tilesim.collectives.api import simulate
-from tilesim.device.cost import KernelCost, KernelTime
+from tilesim.device.cost import KernelTime
 from tilesim.device.device import Device
-from tilesim.device.kernels.activations import activation_cost
-from tilesim.device.kernels.attention import attention_cost, kv_write_cost
-from tilesim.device.kernels.elementwise import add_cost, embed_cost
-from tilesim.device.kernels.matmul import linear_cost
-from tilesim.device.kernels.norms import norm_cost
-from tilesim.device.kernels.rotary import rope_cost
 from tilesim.profiler.events import Messages, Span
-from tilesim.runtime.graph import DecoderGraph, Node
+from tilesim.runtime.graph import Node
+from tilesim.runtime.ops import OPS
 from tilesim.runtime.precision import Precision
-from tilesim.runtime.shard import ShardPlan
+from tilesim.runtime.program import Program
 
 
 @dataclass(frozen=True)
@@ -62,12 +57,12 @@ def bucket(n: int, smallest: int = 16, largest: int | None = None) -> int:
 
 
 class StepTimer:
-    """Times steps of one sharded graph on one device, caching each shape's timeline."""
+    """Times steps of one Program on one device, caching each shape's timeline. It walks the
+    Program's nodes and asks the op table for each one's cost (`ops.OPS`, `costs.py`)."""
 
     def __init__(
         self,
-        graph: DecoderGraph,
-        sp: ShardPlan,
+        program: Program,
         device: Device,
         weight_bytes: dict[str, float],
         precision: Precision,
@@ -75,7 +70,8 @@ class StepTimer:
         algo: str = "auto",
         formats: dict[str, str] | None = None,
     ):
-        self.graph, self.sp, self.device = graph, sp, device
+        self.program, self.graph, self.sp, self.device = program, program.graph, program.sp, device
+        graph = self.graph
         self.weight_bytes = weight_bytes
         self.act_bytes = precision.act_bytes
         # int8 keys and values carry an fp32 scale per position and head
@@ -117,11 +113,10 @@ class StepTimer:
         messages: list[Messages] = []
         overhead = self.device.spec.fabric.collective_overhead_s
         segment: list[list[Span]] = [[] for _ in range(p)]
-        after = False
-        for index, node in enumerate(self.sp.nodes):
-            after = after or node.op == "select_last"
-            rows = shape.batch if after and shape.logits != "all" else shape.rows
-            if node.op in ("allreduce", "gather_logits"):
+        for index, node, row_class in self.program.nodes():
+            rows = shape.batch if row_class == "last" and shape.logits != "all" else shape.rows
+            entry = OPS[node.op]
+            if entry.collective:
                 op, n = self._collective_size(node, rows, shape)
                 algo, duration, moves = self.collective(op, n)
                 start = max(ready)
@@ -154,9 +149,7 @@ class StepTimer:
                 segment = [[] for _ in range(p)]
                 continue
             for core in range(p):
-                cost = self._cost(node, core, rows, shape)
-                if cost is None:
-                    continue
+                cost = entry.cost(self, node, core, rows, shape)
                 t: KernelTime = self.device.kernel_time(cost)
                 span = Span(
                     core,
@@ -192,54 +185,3 @@ class StepTimer:
         if shape.logits == "all":
             per_seq = max(self.sp.widths[node.out])
         return "allgather", rows * per_seq * self.sp.tp
-
-    def _cost(self, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost | None:
-        sp, g = self.sp, self.graph
-        width = sp.widths
-        a, dt = self.act_bytes, self.dtype
-        if node.op in ("linear", "lm_head"):
-            w = node.params[0]
-            out_f, in_f = sp.local_shape(w, g.params[w].shape, core)
-            name = "lm_head" if node.op == "lm_head" else w.rsplit(".", 2)[-2]
-            wb = self.weight_bytes.get(w, 4.0)
-            return linear_cost(
-                rows,
-                out_f,
-                in_f,
-                weight_bytes_per_elem=wb,
-                act_bytes=a,
-                bias=len(node.params) > 1,
-                dtype=self.precision.product_dtype(self.formats.get(w, "fp32")),
-                name=name,
-            )
-        n = rows * width[node.out][core] if node.out else 0
-        if node.op == "embed":
-            return embed_cost(
-                rows, width[node.out][core], weight_bytes=self.weight_bytes.get(node.params[0], 4.0), act_bytes=a
-            )
-        if node.op == "norm":
-            return norm_cost(rows, width[node.out][core], kind=node.attrs["kind"], act_bytes=a, dtype=dt)
-        if node.op == "rope":
-            d = g.head_dim
-            heads = (width[node.inputs[0]][core] + width[node.inputs[1]][core]) // d
-            return rope_cost(rows, heads, node.attrs["rot"], act_bytes=a, dtype=dt)
-        if node.op == "attention":
-            d = g.head_dim
-            hq, hkv = width[node.inputs[0]][core] // d, width[node.inputs[1]][core] // d
-            context = shape.context if shape.phase == "decode" else (shape.tokens + 1) / 2
-            kv = kv_write_cost(shape.batch, shape.tokens, hkv, d, act_bytes=a, kv_bytes=self.kv_itemsize)
-            att = attention_cost(
-                shape.batch, shape.tokens, context, hq, hkv, d, act_bytes=a, kv_bytes=self.kv_itemsize, dtype=dt
-            )
-            traffic = {k: att.bytes.get(k, 0) + kv.bytes.get(k, 0) for k in ("kv_cache", "activations")}
-            return KernelCost("attention", "attention", att.flops, dt, traffic)
-        if node.op == "act":
-            return activation_cost(n, kind=node.attrs["kind"], act_bytes=a, dtype=dt)
-        if node.op == "swiglu":
-            return activation_cost(n, kind="silu_mul", inputs=2, act_bytes=a, dtype=dt)
-        if node.op in ("add", "bias", "add_positions"):
-            return add_cost(n, act_bytes=a, dtype=dt)
-        if node.op == "select_last":
-            n = shape.batch * width[node.out][core]
-            return KernelCost("select_last", "elementwise", 0.0, dt, {"activations": 2 * n * a})
-        raise AssertionError(f"no cost for op {node.op}")

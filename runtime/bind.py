@@ -1,0 +1,240 @@
+"""How each op of a Program binds, once, to the arrays it touches on every core: a closure
+that runs the op's kernels for one step (`ops.OPS` names each op's binder).
+
+A binder gets the executor (the cores' weights, KV caches, planned activation views and
+helpers) and the Program step; the closure gets the step's `StepInputs`. Rows: a step of
+row class `last` sees one row per sequence (all rows when every position's logits are kept).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tilesim.device.kernels import activations, elementwise, norms, quant, rotary
+from tilesim.runtime.program import Op, Step, StepInputs
+
+if TYPE_CHECKING:
+    from tilesim.runtime.execute import Executor
+
+
+def bind_embed(ex: Executor, step: Step) -> Op:
+    node = step.node
+    outs, tables = ex.views(node.out), ex.params(node, 0)
+    starts = [ex.sp.rows[node.params[0]][c][0] for c in range(ex.tp)]
+
+    def run(inputs: StepInputs) -> None:
+        m = inputs.rows
+        for out, table, start in zip(outs, tables, starts, strict=True):
+            if table.fmt == "fp32":
+                elementwise.embed(inputs.ids, table.arrays["w"], start, out[:m])
+                continue
+            local = inputs.ids - start
+            inside = (local >= 0) & (local < table.shape[0])
+            out[:m] = 0.0
+            if inside.any():
+                out[:m][inside] = quant.unpack(table, local[inside])
+
+    return run
+
+
+def bind_add_norm(ex: Executor, step: Step) -> Op:
+    (add, norm), after = step.nodes, step.last
+    a_s, b_s, sums = ex.views(add.inputs[0]), ex.views(add.inputs[1]), ex.views(add.out)
+    outs, ws = ex.views(norm.out), ex.params(norm, 0)
+    bs = ex.params(norm, 1) if norm.attrs["kind"] == "layer_norm" else [None] * ex.tp
+    eps = norm.attrs["eps"]
+    cores = list(zip(a_s, b_s, sums, ws, bs, outs, strict=True))
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, after)
+        for a, b, s, w, bias, out in cores:
+            norms.add_norm(a[:m], b[:m], s[:m], w, bias, eps, out[:m])
+
+    return run
+
+
+def bind_add_positions(ex: Executor, step: Step) -> Op:
+    node = step.node
+    xs, outs = ex.views(node.inputs[0]), ex.views(node.out)
+    tables = [packed.arrays["w"] for packed in ex.params(node, 0)]  # learned positions stay fp32
+    offset = node.attrs["offset"]
+
+    def run(inputs: StepInputs) -> None:
+        m = inputs.rows
+        rows = inputs.positions + offset
+        for x, out, table in zip(xs, outs, tables, strict=True):
+            np.add(x[:m], table[rows], out=out[:m])
+
+    return run
+
+
+def bind_norm(ex: Executor, step: Step) -> Op:
+    node, after = step.node, step.last
+    xs, outs = ex.views(node.inputs[0]), ex.views(node.out)
+    ws, bs = ex.params(node, 0), ex.params(node, 1)
+    eps, layer = node.attrs["eps"], node.attrs["kind"] == "layer_norm"
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, after)
+        for x, out, w, b in zip(xs, outs, ws, bs, strict=True):
+            if layer:
+                norms.layer_norm(x[:m], w, b, eps, out[:m])
+            else:
+                norms.rms_norm(x[:m], w, eps, out[:m])
+
+    return run
+
+
+def bind_linear(ex: Executor, step: Step) -> Op:
+    group, after = step.nodes, step.last
+    """The group's products, core by core; one kernel launch per core for block formats."""
+    xs = ex.views(group[0].inputs[0])
+    outs = list(zip(*(ex.views(n.out) for n in group), strict=True))
+    ws = list(zip(*(ex.params(n, 0) for n in group), strict=True))
+    bs = list(zip(*(ex.params(n, 1) for n in group), strict=True))
+    views = list(xs) + [o for out in outs for o in out]
+    act = ex.product_act
+    if not all(v.flags.c_contiguous for v in views):  # the kernels' fast path needs C order
+
+        def checked(inputs: StepInputs) -> None:
+            m = ex.rows(inputs, after)
+            for c in range(ex.tp):
+                quant.linear_group(xs[c][:m], list(ws[c]), list(bs[c]), [o[:m] for o in outs[c]], act)
+
+        return checked
+    calls = [quant.bind(list(ws[c]), list(bs[c]), act) for c in range(ex.tp)]
+    single = len(group) == 1
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, after)
+        for x, call, out in zip(xs, calls, outs, strict=True):
+            call(x[:m], (out[0][:m],) if single else tuple(o[:m] for o in out))
+
+    return run
+
+
+def bind_bias(ex: Executor, step: Step) -> Op:
+    node, after = step.node, step.last
+    xs, bs = ex.views(node.out), ex.params(node, 0)
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, after)
+        for x, b in zip(xs, bs, strict=True):
+            elementwise.add_bias(x[:m], b)
+
+    return run
+
+
+def bind_allreduce(ex: Executor, step: Step) -> Op | None:
+    node, after = step.node, step.last
+    if ex.tp == 1:  # one core holds the whole sum already
+        return None
+    views = ex.views(node.out)
+    width = views[0].shape[1]
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, after)
+        ex.recording(node.out, m, width, views).replay(np.add)
+
+    return run
+
+
+def bind_rope(ex: Executor, step: Step) -> Op:
+    node = step.node
+    qs, ks = ex.views(node.inputs[0]), ex.views(node.inputs[1])
+    d = ex.graph.head_dim
+    rot, style = node.attrs["rot"], node.attrs["style"]
+    cos, sin = ex.rope_tables
+
+    def run(inputs: StepInputs) -> None:
+        m = inputs.rows
+        for q, k in zip(qs, ks, strict=True):
+            rotary.rope(q[:m].reshape(m, -1, d), inputs.positions, cos, sin, rot, style)
+            rotary.rope(k[:m].reshape(m, -1, d), inputs.positions, cos, sin, rot, style)
+
+    return run
+
+
+def bind_attention(ex: Executor, step: Step) -> Op:
+    node = step.node
+    qs, ks, vs = (ex.views(name) for name in node.inputs)
+    outs = ex.views(node.out)
+    layer = node.layer
+    caches = [ex.kv[c][layer] for c in range(ex.tp)]
+    d, scale, window = ex.graph.head_dim, node.attrs["scale"], node.attrs["window"]
+
+    def run(inputs: StepInputs) -> None:
+        b, t, m = inputs.batch, inputs.tokens, inputs.rows
+        for q, k, v, out, cache in zip(qs, ks, vs, outs, caches, strict=True):
+            cache.write(k[:m].reshape(b, t, -1, d), v[:m].reshape(b, t, -1, d), inputs.start, inputs.valid)
+            q4, out4 = q[:m].reshape(b, t, -1, d), out[:m].reshape(b, t, -1, d)
+            cache.attend(q4, inputs.start, inputs.valid, scale, out4, window)
+
+    return run
+
+
+def bind_act(ex: Executor, step: Step) -> Op:
+    node, after = step.node, step.last
+    xs, outs = ex.views(node.inputs[0]), ex.views(node.out)
+    fn = activations.ACTIVATIONS[node.attrs["kind"]]
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, after)
+        for x, out in zip(xs, outs, strict=True):
+            fn(x[:m], out[:m])
+
+    return run
+
+
+def bind_swiglu(ex: Executor, step: Step) -> Op:
+    node, after = step.node, step.last
+    gates, ups, outs = ex.views(node.inputs[0]), ex.views(node.inputs[1]), ex.views(node.out)
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, after)
+        for g, u, out in zip(gates, ups, outs, strict=True):
+            activations.silu_mul(g[:m], u[:m], out[:m])
+
+    return run
+
+
+def bind_add(ex: Executor, step: Step) -> Op:
+    node, after = step.node, step.last
+    a_s, b_s, outs = ex.views(node.inputs[0]), ex.views(node.inputs[1]), ex.views(node.out)
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, after)
+        for a, b, out in zip(a_s, b_s, outs, strict=True):
+            elementwise.add(a[:m], b[:m], out[:m])
+
+    return run
+
+
+def bind_select_last(ex: Executor, step: Step) -> Op:
+    node = step.node
+    xs, outs = ex.views(node.inputs[0]), ex.views(node.out)
+
+    def run(inputs: StepInputs) -> None:
+        if inputs.all_logits:
+            m = inputs.rows
+            for x, out in zip(xs, outs, strict=True):
+                out[:m] = x[:m]
+            return
+        rows = inputs.last_rows
+        for x, out in zip(xs, outs, strict=True):
+            np.take(x, rows, axis=0, out=out[: inputs.batch])
+
+    return run
+
+
+def bind_gather_logits(ex: Executor, step: Step) -> Op:
+    node = step.node
+    views = ex.views(node.out)
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, True)
+        ex.logits = np.concatenate([v[:m] for v in views], axis=1) if ex.tp > 1 else views[0][:m].copy()
+
+    return run

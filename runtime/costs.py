@@ -1,0 +1,90 @@
+"""What each op of a Program costs on one core for one step shape: a `KernelCost` (FLOPs, and
+bytes by tensor kind) built from the kernel modules' cost functions, which the device's
+roofline turns into time (`ops.OPS` names each op's cost).
+
+A cost function gets the step timer (the sharded graph, the precision and the weights'
+bytes per element), the node, the core, the rows the node runs on and the step's shape.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tilesim.device.cost import KernelCost
+from tilesim.device.kernels.activations import activation_cost
+from tilesim.device.kernels.attention import attention_cost, kv_write_cost
+from tilesim.device.kernels.elementwise import add_cost, embed_cost
+from tilesim.device.kernels.matmul import linear_cost
+from tilesim.device.kernels.norms import norm_cost
+from tilesim.device.kernels.rotary import rope_cost
+from tilesim.runtime.graph import Node
+
+if TYPE_CHECKING:
+    from tilesim.runtime.timing import StepShape, StepTimer
+
+
+def linear(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    w = node.params[0]
+    out_f, in_f = t.sp.local_shape(w, t.graph.params[w].shape, core)
+    return linear_cost(
+        rows,
+        out_f,
+        in_f,
+        weight_bytes_per_elem=t.weight_bytes.get(w, 4.0),
+        act_bytes=t.act_bytes,
+        bias=len(node.params) > 1,
+        dtype=t.precision.product_dtype(t.formats.get(w, "fp32")),
+        name="lm_head" if node.op == "lm_head" else node.attrs["kernel"],
+    )
+
+
+def embed(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    width = t.sp.widths[node.out][core]
+    return embed_cost(rows, width, weight_bytes=t.weight_bytes.get(node.params[0], 4.0), act_bytes=t.act_bytes)
+
+
+def norm(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    width = t.sp.widths[node.out][core]
+    return norm_cost(rows, width, kind=node.attrs["kind"], act_bytes=t.act_bytes, dtype=t.dtype)
+
+
+def rope(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    width = t.sp.widths
+    heads = (width[node.inputs[0]][core] + width[node.inputs[1]][core]) // t.graph.head_dim
+    return rope_cost(rows, heads, node.attrs["rot"], act_bytes=t.act_bytes, dtype=t.dtype)
+
+
+def attention(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    d, width, a = t.graph.head_dim, t.sp.widths, t.act_bytes
+    hq, hkv = width[node.inputs[0]][core] // d, width[node.inputs[1]][core] // d
+    context = shape.context if shape.phase == "decode" else (shape.tokens + 1) / 2
+    kv = kv_write_cost(shape.batch, shape.tokens, hkv, d, act_bytes=a, kv_bytes=t.kv_itemsize)
+    att = attention_cost(
+        shape.batch, shape.tokens, context, hq, hkv, d, act_bytes=a, kv_bytes=t.kv_itemsize, dtype=t.dtype
+    )
+    traffic = {k: att.bytes.get(k, 0) + kv.bytes.get(k, 0) for k in ("kv_cache", "activations")}
+    return KernelCost("attention", "attention", att.flops, t.dtype, traffic)
+
+
+def _elements(t: StepTimer, node: Node, core: int, rows: int) -> int:
+    return rows * t.sp.widths[node.out][core]
+
+
+def act(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    return activation_cost(
+        _elements(t, node, core, rows), kind=node.attrs["kind"], act_bytes=t.act_bytes, dtype=t.dtype
+    )
+
+
+def swiglu(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    n = _elements(t, node, core, rows)
+    return activation_cost(n, kind="silu_mul", inputs=2, act_bytes=t.act_bytes, dtype=t.dtype)
+
+
+def add(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    return add_cost(_elements(t, node, core, rows), act_bytes=t.act_bytes, dtype=t.dtype)
+
+
+def select_last(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    n = shape.batch * t.sp.widths[node.out][core]
+    return KernelCost("select_last", "elementwise", 0.0, t.dtype, {"activations": 2 * n * t.act_bytes})

@@ -39,7 +39,11 @@ class Executor:
         algorithms: Callable[[str, int], str],
         rope_tables: tuple[np.ndarray, np.ndarray] | None,
         act_dtype: str = "fp32",  # fp32, fp16, bf16 (rounded after every op) or int8 (the products' inputs)
+        *,
+        null: bool = False,
     ):
+        """`null=True` binds nothing (timing-only, tinygrad's null device): a step runs no
+        kernel and returns None."""
         self.program, self.graph, self.sp = program, program.graph, program.sp
         self.weights, self.kv, self.acts = weights, kv, acts
         self.fabric = fabric
@@ -54,7 +58,7 @@ class Executor:
         self.product_act = "int8" if act_dtype == "int8" else "fp32"  # x as the products take it
         self.logits: np.ndarray | None = None
         self.ops: list[Op] = []
-        for step in program.steps:
+        for step in [] if null else program.steps:
             op = OPS[step.kind].bind(self, step)
             if op is None:
                 continue

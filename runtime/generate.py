@@ -1,0 +1,191 @@
+"""The generate loop: prefill, then one decode step per new token, each step run on the
+cores (its numbers) and timed from its static shape (its time), with sampling on the host.
+`Model.generate` is this function.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tilesim.errors import GenerationError, NumericalError
+from tilesim.profiler.events import StepRecord, Trace
+from tilesim.profiler.report import build_report
+from tilesim.runtime.program import StepInputs
+from tilesim.runtime.reporting import device_info, memory_snapshot, model_info
+from tilesim.runtime.sampling import SamplingParams, choose
+from tilesim.runtime.session import DECODE_SMALLEST, PREFILL_SMALLEST
+from tilesim.runtime.timing import StepShape, bucket
+
+if TYPE_CHECKING:
+    from tilesim.runtime.model import Model
+
+DEFAULT = object()  # eos_token_id not given: the model's own
+
+
+@dataclass
+class GenerateOutput:
+    """What `generate` returns: new ids per prompt (up to and with EOS), report, trace."""
+
+    tokens: list[np.ndarray]
+    prompt_tokens: list[np.ndarray]
+    report: dict
+    trace: Trace
+    logits: list[np.ndarray] | None = None
+    finished: list[bool] = field(default_factory=list)
+
+    def sequences(self, pad: int = 0) -> np.ndarray:
+        """The new tokens as one (batch, longest) array, shorter rows padded with `pad`."""
+        width = max((len(t) for t in self.tokens), default=0)
+        out = np.full((len(self.tokens), width), pad, dtype=np.int64)
+        for i, t in enumerate(self.tokens):
+            out[i, : len(t)] = t
+        return out
+
+
+def generate(
+    model: Model,
+    prompts: Sequence[Sequence[int]] | np.ndarray,
+    max_new_tokens: int = 32,
+    *,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    eos_token_id: int | Sequence[int] | object | None = DEFAULT,
+    on_token: Callable[[int, int], None] | None = None,
+    return_logits: bool | str = False,
+) -> GenerateOutput:
+    """Generate up to `max_new_tokens` for each prompt (a list of id lists, or a 1-D/2-D array).
+
+    Greedy unless `temperature`, `top_k` or `top_p` is given. A sequence stops after an
+    EOS id (the model's unless `eos_token_id` says otherwise; None never stops).
+    `on_token(prompt_index, id)` sees tokens as they come. `return_logits=True` keeps
+    each step's logits of the last position, `"all"` also every prefill position.
+    """
+    prompts = check_prompts(model, prompts, max_new_tokens)
+    params = SamplingParams(temperature, top_k, top_p, seed)
+    eos = set(model.graph.meta.get("eos_token_ids", ())) if eos_token_id is DEFAULT else _as_set(eos_token_id)
+    b = len(prompts)
+    if b != model.batch or (return_logits == "all") != model.all_logits:
+        model.session(b, return_logits == "all")
+    rng = np.random.default_rng(seed)
+    lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+    new: list[list[int]] = [[] for _ in range(b)]
+    done = [False] * b
+    trace = Trace(device=device_info(model), model=model_info(model))
+    kept_logits: list[np.ndarray] = []
+    gathered = "all" if return_logits == "all" else params.gathered
+    t_prefill = int(lengths.max())
+    shape = StepShape(
+        "prefill",
+        b,
+        bucket(t_prefill, PREFILL_SMALLEST, model.max_context),
+        bucket(t_prefill, PREFILL_SMALLEST, model.max_context),
+        gathered,
+    )
+    ids = np.zeros((b, t_prefill), dtype=np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = p
+    inputs = StepInputs(
+        ids.reshape(-1),
+        np.tile(np.arange(t_prefill, dtype=np.int64), b),
+        np.zeros(b, np.int64),
+        lengths.copy(),
+        b,
+        t_prefill,
+        return_logits == "all",
+    )
+    wall_decode, decode_steps = 0.0, 0
+    clock = 0.0
+    for step in range(max_new_tokens):
+        timing = model.timer.time(shape)
+        t0 = time.perf_counter()
+        logits = model.executor.step(inputs)  # None when timing-only: the Program bound nothing
+        if logits is not None:
+            if return_logits:
+                kept_logits.append(logits.copy())
+            if inputs.all_logits:
+                logits = logits[inputs.last_rows]
+            if not np.isfinite(logits).all():  # IEEE propagation (docs/numerics.md) makes this visible
+                raise NumericalError(
+                    f"the logits of step {step} ({shape.phase}) hold NaN or infinity: an activation overflowed "
+                    "or the checkpoint holds such values; check its weights, or try a wider dtype"
+                )
+            chosen = choose(logits, params, rng)
+        else:
+            chosen = np.zeros(b, dtype=np.int64)
+        active = sum(not d for d in done)
+        detail = timing.messages if step < 2 else []  # fabric messages: prefill and the first decode step
+        trace.steps.append(
+            StepRecord(step, shape.phase, clock, timing.latency, vars(shape).copy(), timing.spans, detail, active)
+        )
+        clock += timing.latency
+        for i in range(b):
+            if done[i]:
+                continue
+            token = int(chosen[i])
+            if logits is not None:
+                new[i].append(token)
+                if on_token:
+                    on_token(i, token)
+            if token in eos:
+                done[i] = True
+        lengths += 1
+        if step > 0:
+            wall_decode += time.perf_counter() - t0
+            decode_steps += 1
+        if all(done) or step == max_new_tokens - 1:
+            break
+        context = int(lengths.max())
+        shape = StepShape("decode", b, 1, bucket(context, DECODE_SMALLEST, model.max_context), params.gathered)
+        inputs = StepInputs(chosen.astype(np.int64), lengths - 1, lengths - 1, np.ones(b, np.int64), b, 1)
+    trace.memory = memory_snapshot(model)
+    trace.wall = {
+        **model.wall,
+        "decode_s": wall_decode,
+        "decode_tokens_per_s": (decode_steps * b / wall_decode) if wall_decode > 0 else 0.0,
+    }
+    return GenerateOutput(
+        tokens=[np.array(t, dtype=np.int64) for t in new],
+        prompt_tokens=[np.array(p, dtype=np.int64) for p in prompts],
+        report=build_report(trace),
+        trace=trace,
+        logits=kept_logits if return_logits else None,
+        finished=done,
+    )
+
+
+def check_prompts(model: Model, prompts, max_new_tokens: int) -> list[list[int]]:
+    if isinstance(prompts, np.ndarray):
+        prompts = [prompts.tolist()] if prompts.ndim == 1 else prompts.tolist()
+    prompts = [list(map(int, p)) for p in prompts]
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise GenerationError("every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise GenerationError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    vocab = model.graph.vocab_size
+    for p in prompts:
+        bad = [t for t in p if not 0 <= t < vocab]
+        if bad:
+            raise GenerationError(f"token id {bad[0]} is outside the vocabulary of {vocab} ids")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > model.max_context:
+        raise GenerationError(
+            f"a prompt of {longest} tokens plus {max_new_tokens} new ones needs "
+            f"{longest + max_new_tokens} positions, but the model was compiled for max_context={model.max_context}; "
+            "load it with a larger max_context"
+        )
+    return prompts
+
+
+def _as_set(eos) -> set[int]:
+    if eos is None:
+        return set()
+    if isinstance(eos, int | np.integer):
+        return {int(eos)}
+    return {int(e) for e in eos}

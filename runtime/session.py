@@ -1,0 +1,93 @@
+"""A session's placement: the KV cache and the activations of `batch` sequences, planned and
+placed in every core's memory beside the weights (which stay across sessions).
+
+The memory plan (`memplan.plan_memory`) raises OutOfTileMemory before anything is placed if
+the model does not fit. Timing-only sessions place the same blocks and make no views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tilesim.device.device import Device
+from tilesim.device.memory import Block
+from tilesim.runtime import memplan
+from tilesim.runtime.kvcache import KVCache, kv_arrays
+from tilesim.runtime.program import Program
+from tilesim.runtime.timing import bucket
+
+PREFILL_SMALLEST, DECODE_SMALLEST = 16, 128  # smallest compiled buckets (tokens, context)
+
+
+@dataclass
+class Session:
+    """What one batch size placed: the plan, each core's KV caches and activation views."""
+
+    plan: memplan.MemoryPlan
+    batch: int
+    all_logits: bool
+    kv: list[list[KVCache]]
+    acts: list[dict[str, np.ndarray]]
+    blocks: list[tuple[int, Block]] = field(default_factory=list)
+
+    def free(self, device: Device) -> None:
+        for core, block in self.blocks:
+            device.cores[core].memory.free(block)
+        self.blocks = []
+
+
+def place(
+    program: Program,
+    device: Device,
+    *,
+    kv_format: str,
+    max_context: int,
+    batch: int,
+    all_logits: bool,
+    weight_sizes: dict[str, list[list[int]]],
+    notes: list[str],
+    views: bool,
+    replacing: Session | None = None,
+) -> Session:
+    """Plan and place a session; `all_logits` keeps the LM head's output for every prefill
+    position (for tests that compare them), which needs a larger logits buffer. The session
+    it replaces is freed once the new one is planned (so a plan that does not fit leaves it
+    in place), before the new one is placed."""
+    graph, tp = program.graph, program.tp
+    d = graph.head_dim
+    kv_layouts = [kv_arrays(kv_format, batch, hi - lo, max_context, d) for lo, hi in program.sp.kv_heads]
+    kv_sizes = [[int(np.prod(shape)) * dt.itemsize for shape, dt in layout.values()] for layout in kv_layouts]
+    plan = memplan.plan_memory(
+        program,
+        device,
+        batch=batch,
+        prefill_tokens=bucket(max_context, PREFILL_SMALLEST, max_context),
+        weight_sizes=weight_sizes,
+        kv_sizes=kv_sizes,
+        all_logits=all_logits,
+    )
+    plan.notes[:0] = notes
+    if replacing is not None:
+        replacing.free(device)
+    session = Session(plan, batch, all_logits, [[] for _ in range(tp)], [{} for _ in range(tp)])
+    for core in range(tp):
+        memory = device.cores[core].memory
+        for layer in range(graph.layers):
+            arrays = {}
+            for name, (shape, dt) in kv_layouts[core].items():
+                nbytes = int(np.prod(shape)) * dt.itemsize
+                block = memplan.place(plan, device, core, "kv_cache", nbytes, f"kv.{layer}.{name}")
+                session.blocks.append((core, block))
+                arrays[name] = memory.view(block, dt, shape) if views else None
+            session.kv[core].append(KVCache(kv_format, **arrays))
+        layout = plan.layouts[core]
+        block = memplan.place(plan, device, core, "activations", layout.total, "activations")
+        session.blocks.append((core, block))
+        if views:
+            raw = memory.view(block, np.uint8, (layout.total,))
+            for name, offset in layout.offsets.items():
+                rows, width = layout.shapes[name]
+                session.acts[core][name] = raw[offset : offset + rows * width * 4].view(np.float32).reshape(rows, width)
+    return session

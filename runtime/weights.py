@@ -1,0 +1,115 @@
+"""A model's weights on the cores: the format each is stored in, the bytes of each core's
+slice, and loading (each core's slice read from the checkpoint, packed and copied into its
+arena). Timing-only runs place the same bytes, with nothing read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from tilesim.device.device import Device
+from tilesim.device.kernels import quant
+from tilesim.device.memory import Block
+from tilesim.runtime import memplan
+from tilesim.runtime.graph import DecoderGraph
+from tilesim.runtime.precision import Precision
+from tilesim.runtime.shard import ShardPlan
+
+BLOCK_FORMATS = ("q4_0", "q4_1", "q8_0")
+BLOCK = quant.BLOCK
+
+
+def storage_formats(graph: DecoderGraph, precision: Precision, checkpoint) -> dict[str, str]:
+    """param -> the format it is stored in on the cores."""
+    return {p: precision.format_for(p, len(s.shape), checkpoint.stored_type(p)) for p, s in graph.params.items()}
+
+
+def keep_blocks_whole(formats: dict[str, str], graph: DecoderGraph, sp: ShardPlan) -> list[str]:
+    """A block-quantized weight split by columns off block boundaries (or padded) is
+    dequantized (changes `formats`); the notes say which."""
+    notes = []
+    for param, fmt in formats.items():
+        if fmt not in BLOCK_FORMATS:
+            continue
+        cols = sp.cols[param]
+        shape = graph.params[param].shape
+        padded = any(hi > shape[0] for _, hi in sp.rows[param]) or any(c is not None and c[1] > shape[1] for c in cols)
+        if padded or any(c is not None and (c[0] % BLOCK or c[1] % BLOCK) for c in cols):
+            formats[param] = "fp32"
+            notes.append(f"{param}: its column split is not a multiple of {BLOCK}; dequantized to fp32")
+    return notes
+
+
+def array_bytes(graph: DecoderGraph, sp: ShardPlan, formats: dict[str, str], param: str, core: int) -> list[int]:
+    """The bytes of each array `param`'s slice on `core` is stored as."""
+    shape = sp.local_shape(param, graph.params[param].shape, core)
+    if len(shape) == 1:
+        return [shape[0] * 4]
+    return [int(np.prod(s)) * d.itemsize for s, d in quant.array_shapes(formats[param], shape).values()]
+
+
+def load(
+    checkpoint,
+    sp: ShardPlan,
+    formats: dict[str, str],
+    sizes: dict[str, list[list[int]]],
+    plan: memplan.MemoryPlan,
+    device: Device,
+    *,
+    timing_only: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[dict[str, object]], list[tuple[int, Block]]]:
+    """Every core's weights (name -> fp32 array or Packed views into its arena; empty when
+    timing-only) and the blocks they occupy."""
+    graph = checkpoint.graph
+    weights: list[dict[str, object]] = [{} for _ in range(sp.tp)]
+    blocks: list[tuple[int, Block]] = []
+    params = list(graph.params.items())
+    total, done = len(params) * sp.tp, 0
+    for name, spec in params:
+        for core in range(sp.tp):
+            if timing_only:
+                for i, nbytes in enumerate(sizes[name][core]):
+                    blocks.append((core, memplan.place(plan, device, core, "weights", nbytes, f"{name}[{i}]")))
+            else:
+                shape = sp.local_shape(name, spec.shape, core)
+                value = _read(checkpoint, sp, name, formats[name], core, shape)
+                weights[core][name] = _place(plan, device, blocks, name, core, value)
+            done += 1
+            if progress:
+                progress(done, total)
+    return weights, blocks
+
+
+def _read(checkpoint, sp: ShardPlan, name: str, fmt: str, core: int, shape: tuple[int, ...]):
+    """This core's slice of a weight, in its storage format (a Packed, or fp32 for vectors)."""
+    lo, hi = sp.rows[name][core]
+    cols = sp.cols[name][core]
+    if fmt in BLOCK_FORMATS and checkpoint.stored_type(name) == fmt.upper():
+        block_cols = None if cols is None else slice(cols[0] // BLOCK, cols[1] // BLOCK)
+        return quant.from_blocks(checkpoint.read_stored(name, slice(lo, hi), block_cols), fmt, shape)
+    real = checkpoint.graph.params[name].shape
+    values = checkpoint.read(
+        name, slice(lo, min(hi, real[0])), None if cols is None else slice(cols[0], min(cols[1], real[1]))
+    )
+    if values.shape != shape:  # padded heads: zero rows or columns beyond the real ones
+        padded = np.zeros(shape, np.float32)
+        padded[tuple(slice(0, n) for n in values.shape)] = values
+        values = padded
+    return values if len(shape) == 1 else quant.pack(values, fmt)
+
+
+def _place(plan: memplan.MemoryPlan, device: Device, blocks: list, name: str, core: int, value):
+    """Copy a weight into the core's memory; returns the views the kernels will read."""
+    memory = device.cores[core].memory
+    arrays = {"w": value} if isinstance(value, np.ndarray) else value.arrays
+    views = {}
+    for i, (key, array) in enumerate(arrays.items()):
+        block = memplan.place(plan, device, core, "weights", array.nbytes, f"{name}[{i}]" if i else name)
+        blocks.append((core, block))
+        view = memory.view(block, array.dtype, array.shape)
+        view[...] = array
+        views[key] = view
+    return views["w"] if isinstance(value, np.ndarray) else quant.Packed(value.fmt, value.shape, views)

@@ -19,7 +19,6 @@ from common import NEW_TOKENS, PROMPT_TEXT, machine, median, read_bandwidth
 
 import tilesim
 from tilesim.models.checkpoint import open_checkpoint, resolve
-from tilesim.runtime.model import Model
 
 ROUNDS = 5
 
@@ -51,7 +50,7 @@ def transformers_runner(ids):
 
 
 def tilesim_runner(checkpoint, ids, tp: int, dtype: str, act_dtype: str | None = None):
-    model = Model(checkpoint, tilesim.Device("trn1", cores=tp), tp, dtype=dtype, act_dtype=act_dtype)
+    model = tilesim.load(checkpoint, tilesim.Device("trn1", cores=tp), tp, dtype=dtype, act_dtype=act_dtype)
     model.generate([ids], max_new_tokens=2, eos_token_id=None)  # warm the kernels
 
     def run(n: int) -> None:

@@ -10,7 +10,6 @@ from common import PROMPT_TEXT, machine
 
 import tilesim
 from tilesim.models.checkpoint import open_checkpoint
-from tilesim.runtime.model import Model
 
 STEPS = 32
 RUNS = [  # weights, KV cache, activations (None: the default for the weights)
@@ -31,7 +30,7 @@ RUNS = [  # weights, KV cache, activations (None: the default for the weights)
 
 
 def run(checkpoint, ids, dtype, kv, act):
-    model = Model(checkpoint, tilesim.Device("trn1", cores=1), 1, dtype=dtype, kv_dtype=kv, act_dtype=act)
+    model = tilesim.load(checkpoint, tilesim.Device("trn1", cores=1), 1, dtype=dtype, kv_dtype=kv, act_dtype=act)
     logits = model.generate([ids], 1, eos_token_id=None, return_logits="all").logits[0]
     tokens = model.generate([ids], STEPS, eos_token_id=None).tokens[0]
     return model.precision, logits, list(tokens)

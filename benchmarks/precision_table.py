@@ -7,7 +7,6 @@ from common import machine
 
 import tilesim
 from tilesim.models.checkpoint import open_checkpoint
-from tilesim.runtime.model import Model
 
 DTYPES = ["native", "native:int8", "fp32", "fp16", "bf16", "fp8", "int8", "int4", "int4:int8"]  # weights[:activations]
 
@@ -23,7 +22,7 @@ def main() -> None:
             for dtype in DTYPES:
                 device = tilesim.Device(preset, cores=tp, backed=False)
                 weights, _, act = dtype.partition(":")
-                model = Model(
+                model = tilesim.load(
                     checkpoint, device, tp, dtype=weights, act_dtype=act or None, timing_only=True, max_context=256
                 )
                 out = model.generate([[1] * 64], max_new_tokens=16, eos_token_id=None)

@@ -18,14 +18,15 @@ from common import machine
 import tilesim
 from tilesim.models.decoder import build_graph
 from tilesim.models.named import open_for_timing
-from tilesim.runtime.model import Model
 from tilesim.runtime.timing import StepShape
 
 
 def whole_run() -> float:
     t = time.perf_counter()
     checkpoint = open_for_timing("llama-2-70b")
-    model = Model(checkpoint, tilesim.Device("trn1", cores=32, backed=False), 32, timing_only=True, max_context=512)
+    model = tilesim.load(
+        checkpoint, tilesim.Device("trn1", cores=32, backed=False), 32, timing_only=True, max_context=512
+    )
     out = model.generate([[0] * 256], max_new_tokens=16, eos_token_id=None)
     wall = time.perf_counter() - t
     r = out.report
@@ -46,7 +47,7 @@ def scaling() -> None:
         for cores in (8, 16, 32):
             try:
                 device = tilesim.Device("trn1", cores=cores, backed=False)
-                model = Model(checkpoint, device, cores, dtype="fp16", timing_only=True, max_context=512)
+                model = tilesim.load(checkpoint, device, cores, dtype="fp16", timing_only=True, max_context=512)
             except tilesim.OutOfTileMemory:
                 print(f"{layers:6d} {cores:5d} {'does not fit':>15s}")
                 continue

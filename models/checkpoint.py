@@ -43,7 +43,7 @@ class Checkpoint:
     def read(self, param: str, out: slice, cols: slice | None = None) -> np.ndarray:
         """Rows `out` (and columns `cols`) of canonical weight `param`, as float32."""
         if self.reader is None:
-            raise CheckpointError(f"{self.name} has no weights (a config only): run it with --timing-only")
+            raise CheckpointError(f"{self.name} has no weights (a config only): run it with timing_only=True")
         return read_weight(self.reader, self.refs[param], self.graph.params[param].shape, out, cols)
 
     def stored_type(self, param: str) -> str | None:
@@ -95,7 +95,7 @@ def resolve(name_or_path: str) -> Path:
 
         named = (resources.files("tilesim.models.configs") / f"{name_or_path}.json").is_file()
         if named:
-            raise CheckpointError(f"{name_or_path} is a named config without weights: run it with --timing-only")
+            raise CheckpointError(f"{name_or_path} is a named config without weights: run it with timing_only=True")
         known = ", ".join(sorted(SHORT_NAMES))
         raise CheckpointError(f"{name_or_path}: no such file or folder (short names: {known})")
     return path

@@ -178,7 +178,7 @@ def check_prompts(model: Model, prompts, max_new_tokens: int) -> list[list[int]]
         raise GenerationError(
             f"a prompt of {longest} tokens plus {max_new_tokens} new ones needs "
             f"{longest + max_new_tokens} positions, but the model was compiled for max_context={model.max_context}; "
-            "load it with a larger max_context"
+            "load it with a larger `max_context`"
         )
     return prompts
 

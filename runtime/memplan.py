@@ -161,7 +161,7 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:
             raise OutOfTileMemory(
                 f"{graph.name} does not fit on {len(plan.weights)} core(s) of {device.name}: core {worst} needs "
                 f"{fmt_bytes(need[region])} of {where} ({parts}) but has {fmt_bytes(capacity[region])}; use a higher "
-                "--tp, a smaller --max-context or batch, or a device with more memory"
+                "`tp`, a smaller `max_context` or `batch`, or a device with more memory"
             )
 
 

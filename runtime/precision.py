@@ -60,21 +60,21 @@ class Precision:
         cls, dtype: str, act_dtype: str | None = None, kv_dtype: str | None = None, gguf: bool = False
     ) -> Precision:
         if dtype not in WEIGHT_DTYPES:
-            raise ConfigError(f"--dtype {dtype!r} is not supported; use one of {', '.join(WEIGHT_DTYPES)}")
+            raise ConfigError(f"dtype={dtype!r} is not supported; use one of {', '.join(WEIGHT_DTYPES)}")
         if dtype == "native" and not gguf:
-            raise ConfigError("--dtype native runs a GGUF file's tensors as stored; this checkpoint is not GGUF")
+            raise ConfigError("dtype='native' runs a GGUF file's tensors as stored; this checkpoint is not GGUF")
         weights = "fp8_e4m3" if dtype == "fp8" else dtype
         act = act_dtype or (weights if weights in ("fp16", "bf16") else "fp32")
         if act not in ACT_DTYPES:
-            raise ConfigError(f"--act-dtype {act!r} is not supported; use one of {', '.join(ACT_DTYPES)}")
+            raise ConfigError(f"act_dtype={act!r} is not supported; use one of {', '.join(ACT_DTYPES)}")
         if act == "int8" and weights not in ("native", "int4"):
             raise ConfigError(
-                "--act-dtype int8 multiplies int8 activations with block-quantized weights; "
-                f"use it with --dtype int4 or a GGUF file's native blocks, not --dtype {dtype}"
+                "act_dtype='int8' multiplies int8 activations with block-quantized weights; "
+                f"use it with dtype='int4' or a GGUF file's native blocks, not dtype={dtype!r}"
             )
         kv = kv_dtype or _held(act)
         if kv not in KV_DTYPES:
-            raise ConfigError(f"--kv-dtype {kv!r} is not supported; use one of {', '.join(KV_DTYPES)}")
+            raise ConfigError(f"kv_dtype={kv!r} is not supported; use one of {', '.join(KV_DTYPES)}")
         return cls(weights, act, kv)
 
     @property

@@ -22,6 +22,7 @@ from tilesim.collectives import choose_algorithm
 from tilesim.collectives.api import simulate
 from tilesim.device.cost import KernelTime
 from tilesim.device.device import Device
+from tilesim.errors import GenerationError
 from tilesim.profiler.events import Messages, Span
 from tilesim.runtime.graph import Node
 from tilesim.runtime.ops import OPS
@@ -54,6 +55,15 @@ def bucket(n: int, smallest: int = 16, largest: int | None = None) -> int:
     """The compiled size for n: the next power of two, at least `smallest`, at most `largest`."""
     size = max(smallest, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
     return min(size, largest) if largest else size
+
+
+def kv_context(needed: int, limit: int) -> int:
+    """The KV cache's positions for a run that needs `needed` (prompt and new tokens): the
+    next power of two, at least 256, within the model's `limit` (the one rule every caller
+    uses: the command line, sweeps, fidelity)."""
+    if needed > limit:
+        raise GenerationError(f"the prompt and new tokens need {needed} positions; the model has {limit}")
+    return bucket(needed, 256, limit)
 
 
 class StepTimer:

@@ -10,8 +10,16 @@ from tilesim.models.named import open_for_timing
 from tilesim.runtime.model import Model
 
 
+def open_source(path_or_name, timing_only: bool = False):
+    """The checkpoint `load` reads: a path or name opened (timing needs only the config: a
+    named model, a folder's config.json, a GGUF's metadata), or an already opened one as it is."""
+    if not isinstance(path_or_name, str):
+        return path_or_name
+    return open_for_timing(path_or_name) if timing_only else open_checkpoint(path_or_name)
+
+
 def load(
-    path_or_name: str,
+    path_or_name,
     device: Device | str = "trn1",
     tp: int | None = None,
     dtype: str | None = None,
@@ -28,7 +36,8 @@ def load(
     """Open a checkpoint and place it, split `tp` ways, on `device`.
 
     `path_or_name` is a HF checkpoint folder, a `.gguf` file, or a short name (`smollm2`);
-    with `timing_only`, also a named config (`llama-2-70b`, see models/configs/).
+    with `timing_only`, also a named config (`llama-2-70b`, see models/configs/); or a
+    checkpoint opened before (`open_source`), so that many loads share one reading of it.
     `device` is a Device or a preset name (then it gets `tp` cores). `tp` defaults to the
     device's core count. `dtype` is the weights' precision (fp32, fp16, bf16, fp8, fp8_e5m2,
     int8, int4, or native for a GGUF's stored types; default: as the checkpoint stores them);
@@ -38,8 +47,7 @@ def load(
     if isinstance(device, str):
         device = Device(device, cores=tp, backed=not timing_only)
     tp = tp or device.num_cores
-    # timing needs only the config: a named model, a folder's config.json, a GGUF's metadata
-    checkpoint = open_for_timing(path_or_name) if timing_only else open_checkpoint(path_or_name)
+    checkpoint = open_source(path_or_name, timing_only)
     return Model(
         checkpoint,
         device,

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tilesim.api import load
 from tilesim.device import Device
 from tilesim.models.named import open_for_timing
-from tilesim.runtime.model import Model
+from tilesim.runtime.timing import kv_context
 
 _MODELS = {
     "Llama-2-13b": "llama-2-13b",
@@ -82,8 +83,7 @@ def predict(row: Row, **overrides: Any) -> dict[str, Any]:
     limit = checkpoint.graph.max_positions
     prompt = row.input_len or 1
     new = min(row.output_len, limit - prompt - 1)  # the model's positions bound the request
-    context = min(limit, max(256, 1 << (prompt + new).bit_length()))
-    model = Model(
+    model = load(
         checkpoint,
         device,
         row.tp,
@@ -93,7 +93,7 @@ def predict(row: Row, **overrides: Any) -> dict[str, Any]:
         timing_only=True,
         pad_heads=True,
         batch=row.batch,
-        max_context=context,
+        max_context=kv_context(prompt + new + 1, limit),  # the prefill's token and `new` decode steps
     )
     # The first new token comes from the prefill; `output_len` decode steps follow it.
     out = model.generate(

@@ -117,3 +117,16 @@ def test_the_installed_command_runs():
 def test_a_named_config_needs_timing_only(capsys):
     assert main(["generate", "llama-2-13b", "--prompt-len", "4"]) == 2
     assert "named config without weights: run it with --timing-only" in capsys.readouterr().err
+
+
+def test_python_is_told_its_arguments_and_the_command_line_its_flags(capsys, tiny_model):
+    import tilesim
+    from tilesim.errors import ConfigError
+
+    folder = str(tiny_model("llama"))
+    with pytest.raises(ConfigError) as python:
+        tilesim.load(folder, device="tiny", tp=1, max_context=100000)
+    assert "max_context=100000 is out of range" in str(python.value) and "--" not in str(python.value)
+    code = main(["generate", folder, "--prompt-ids", "1,2", "--device", "tiny", "--tp", "1", "--max-context", "100000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-context 100000 is out of range" in err and "max_context" not in err

@@ -112,7 +112,7 @@ def test_a_model_that_does_not_fit_fails_before_loading_with_per_core_totals(tin
     with pytest.raises(
         OutOfTileMemory,
         match=r"does not fit on 1 core\(s\) of tiny: core 0 needs .* of off-chip memory "
-        r"\(weights .*, KV cache .*\) but has 200 KiB; use a higher --tp",
+        r"\(weights .*, KV cache .*\) but has 200 KiB; use a higher `tp`",
     ):
         tilesim.load(str(tiny_model("gpt2")), device=device, tp=1)
     assert device.cores[0].memory.used == 0  # nothing was half-loaded

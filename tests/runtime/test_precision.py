@@ -91,12 +91,12 @@ def test_int8_activations_run_the_products_at_the_int8_peak_and_the_rest_at_fp32
         checked.add(kind)
     assert checked == {"matmul", "elementwise"}
     folder = str(tiny_model("llama"))
-    with pytest.raises(ConfigError, match="--act-dtype int8 multiplies int8 activations with block-quantized"):
+    with pytest.raises(ConfigError, match="act_dtype='int8' multiplies int8 activations with block-quantized"):
         tilesim.load(folder, device="tiny", tp=1, dtype="fp16", act_dtype="int8")
 
 
 def test_native_is_for_gguf_files_only(tiny_model):
-    with pytest.raises(ConfigError, match="--dtype native runs a GGUF"):
+    with pytest.raises(ConfigError, match="dtype='native' runs a GGUF"):
         tilesim.load(str(tiny_model("gpt2")), device="tiny", tp=1, dtype="native")
-    with pytest.raises(ConfigError, match="--dtype 'int3' is not supported"):
+    with pytest.raises(ConfigError, match="dtype='int3' is not supported"):
         tilesim.load(str(tiny_model("gpt2")), device="tiny", tp=1, dtype="int3")

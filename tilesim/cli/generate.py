@@ -13,12 +13,11 @@ import time
 
 from tqdm import tqdm
 
+from tilesim.api import load, open_source
 from tilesim.cli.report_text import print_report
 from tilesim.device import Device
-from tilesim.errors import ConfigError, GenerationError
-from tilesim.models.checkpoint import open_checkpoint
-from tilesim.models.named import open_for_timing
-from tilesim.runtime.model import Model
+from tilesim.errors import ConfigError
+from tilesim.runtime.timing import kv_context
 
 
 def add_parser(subparsers) -> None:
@@ -106,12 +105,12 @@ def _prompts(args: argparse.Namespace, checkpoint) -> tuple[list[list[int]], obj
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    checkpoint = open_checkpoint(args.model) if not args.timing_only else open_for_timing(args.model)
+    checkpoint = open_source(args.model, args.timing_only)
     prompts, tokenizer = _prompts(args, checkpoint)
     if args.prompt_len and not args.timing_only:
         raise ConfigError("--prompt-len is for --timing-only runs; give --prompt or --prompt-ids to run the numbers")
     longest = max(len(p) for p in prompts)
-    max_context = args.max_context or _fit_context(longest + args.max_new_tokens, checkpoint.graph.max_positions)
+    max_context = args.max_context or kv_context(longest + args.max_new_tokens, checkpoint.graph.max_positions)
     device = Device(args.device, cores=args.cores or args.tp, backed=not args.timing_only)
     quiet = args.json or not sys.stderr.isatty()
     bar = tqdm(total=0, desc="loading", unit="tensor", disable=quiet, leave=False)
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    model = Model(
+    model = load(
         checkpoint,
         device,
         args.tp,
@@ -158,16 +157,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{i}] new token ids: {','.join(map(str, tokens.tolist()))}")
     print_report(out.report, out.trace, full=args.report or args.profile)
     return 0
-
-
-def _fit_context(needed: int, limit: int) -> int:
-    """The smallest power of two (at least 256) that holds the run, within the model's limit."""
-    size = 256
-    while size < needed:
-        size *= 2
-    if needed > limit:
-        raise GenerationError(f"the prompt and new tokens need {needed} positions; the model has {limit}")
-    return min(size, limit)
 
 
 def _write_artifacts(args: argparse.Namespace, out) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from tilesim import __version__
@@ -21,6 +22,25 @@ SUBCOMMANDS = {
     "profile": "generate",
     "sweep": "sweep",
 }
+
+
+# Python arguments the library's messages name, and the flags that set them here
+_ARGUMENTS = ("max_context", "max_new_tokens", "act_dtype", "kv_dtype", "dtype", "tp", "cores", "batch", "algo")
+_SWITCHES = {"timing_only=True": "--timing-only", "pad_heads=True": "--pad-heads"}
+
+
+def in_cli_words(message: str) -> str:
+    """A library message in the command line's words: `name=value` and `name` (Python
+    arguments, as the library writes them) become `--name value` and `--name`."""
+    for python, flag in _SWITCHES.items():
+        message = message.replace(python, flag)
+    names = "|".join(_ARGUMENTS)
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    message = re.sub(rf"\b({names})=(['\"]?)([^\s'\",;:)]*)\2", lambda m: f"{flag(m[1])} {m[3]}", message)
+    return re.sub(rf"`({names})`", lambda m: flag(m[1]), message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except TilesimError as exc:
-        print(f"tilesim: error: {exc}", file=sys.stderr)
+        print(f"tilesim: error: {in_cli_words(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tilesim: interrupted", file=sys.stderr)

@@ -16,11 +16,11 @@ import sys
 
 from tqdm import tqdm
 
+from tilesim.api import load, open_source
 from tilesim.cli.table import print_table
 from tilesim.device import Device
 from tilesim.errors import ConfigError, TilesimError
-from tilesim.models.checkpoint import open_checkpoint
-from tilesim.runtime.model import Model
+from tilesim.runtime.timing import kv_context
 from tilesim.units import fmt_bytes, fmt_time
 
 
@@ -52,12 +52,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.timing_only:
-        from tilesim.models.named import open_for_timing
-
-        checkpoint = open_for_timing(args.model)
-    else:
-        checkpoint = open_checkpoint(args.model)
+    checkpoint = open_source(args.model, args.timing_only)
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
     dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()] if args.dtype else [None]
     configs = list(itertools.product(devices, _ints(args.tp, "tp"), dtypes))
@@ -80,11 +75,10 @@ def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], ar
     row = {"device": preset, "tp": tp, "dtype": dtype or "default", "fits": False, "reason": ""}
     try:
         device = Device(preset, cores=tp, backed=not args.timing_only)
-        context = args.max_context or max(256, 1 << (len(prompt) + args.max_new_tokens - 1).bit_length())
-        context = min(context, checkpoint.graph.max_positions)
+        context = args.max_context or kv_context(len(prompt) + args.max_new_tokens, checkpoint.graph.max_positions)
         weights, _, act = (dtype or "").partition(":")
-        model = Model(checkpoint, device, tp, dtype=weights or None, act_dtype=act or None, max_context=context,
-                      timing_only=args.timing_only, pad_heads=args.timing_only)  # fmt: skip
+        model = load(checkpoint, device, tp, dtype=weights or None, act_dtype=act or None, max_context=context,
+                     timing_only=args.timing_only, pad_heads=args.timing_only)  # fmt: skip
         out = model.generate([prompt], args.max_new_tokens, eos_token_id=None)
     except TilesimError as exc:
         row["reason"] = f"{type(exc).__name__}: {exc}"

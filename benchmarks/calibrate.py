@@ -23,7 +23,6 @@ import numpy as np
 from tilesim.fidelity import load_rows, predict
 
 CSV = Path(__file__).parent / "calibration" / "neuron_published.csv"
-CORE_DEFAULTS = {"matmul": {"compute": 0.5, "memory": 0.85}, "elementwise": {"compute": 0.5, "memory": 0.5}}
 
 
 def overrides(overhead: float, latency: float, attention_memory: float, matmul_memory: float = 0.85) -> dict:

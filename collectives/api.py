@@ -26,7 +26,7 @@ from tilesim.collectives import (
     reference,
     ring,
 )
-from tilesim.collectives.cost import AlphaBeta, lower_bound, model_for
+from tilesim.collectives.cost import AlphaBeta, egress_share, lower_bound, model_for
 from tilesim.collectives.execute import run_analytic, run_des
 from tilesim.collectives.numerics import dtype_name, dtype_of, reduce_fn, working_dtype
 from tilesim.collectives.schedule import Schedule, bounds
@@ -107,15 +107,7 @@ class CollectiveResult:
     @property
     def busbw(self) -> float:
         """algbw scaled by what each link must carry (nccl-tests' busbw)."""
-        p = self.cores
-        factor = {
-            "allreduce": 2 * (p - 1) / p,
-            "reducescatter": (p - 1) / p,
-            "allgather": (p - 1) / p,
-            "broadcast": 1.0,
-            "alltoall": (p - 1) / p,
-        }[self.op]
-        return self.algbw * factor
+        return self.algbw * egress_share(self.op, self.cores)
 
     def as_row(self) -> dict:
         return {
@@ -142,7 +134,6 @@ def buffer_region(device: Device, nbytes_per_core: int) -> str:
     return "offchip"
 
 
-@functools.lru_cache(maxsize=4096)
 @functools.lru_cache(maxsize=4096)
 def _simulation(
     fabric: FabricSpec, p: int, op: str, algo: str, n: int, itemsize: int, root: int, gamma: float

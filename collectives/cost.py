@@ -66,11 +66,15 @@ def lower_bound(op: str, p: int, nbytes: float, model: AlphaBeta) -> float:
     """
     if p <= 1 or nbytes == 0:
         return 0.0
-    share = {
+    return egress_share(op, p) * nbytes / model.egress
+
+
+def egress_share(op: str, p: int) -> float:
+    """The fraction of the vector each core must send (nccl-tests' busbw factor)."""
+    return {
         "allreduce": 2 * (p - 1) / p,
         "reducescatter": (p - 1) / p,
         "allgather": (p - 1) / p,
         "alltoall": (p - 1) / p,
         "broadcast": 1.0,
     }[op]
-    return share * nbytes / model.egress

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tilesim.collectives.numerics import sum_error_bound
+from tilesim.collectives.numerics import REDUCE_OPS, sum_error_bound
 from tilesim.collectives.schedule import bounds
-
-_NUMPY_REDUCE = {"sum": np.add, "max": np.maximum, "min": np.minimum}
 
 
 def expected(op: str, inputs: list[np.ndarray], reduce_op: str, root: int = 0) -> list[np.ndarray]:
@@ -34,7 +32,7 @@ def expected(op: str, inputs: list[np.ndarray], reduce_op: str, root: int = 0) -
 
 
 def _reduce(inputs: list[np.ndarray], reduce_op: str) -> np.ndarray:
-    ufunc = _NUMPY_REDUCE[reduce_op]
+    ufunc = REDUCE_OPS[reduce_op]
     total = np.asarray(inputs[0], np.float64).copy()
     for x in inputs[1:]:
         ufunc(total, np.asarray(x, np.float64), out=total)

@@ -24,7 +24,6 @@ class AnalyticFabric:
         self.topology = Topology(spec, cores)
         self.now = 0.0
         self._messages: dict[tuple[int, int, Any], tuple[float, np.ndarray | None, int]] = {}
-        self.bytes_sent = 0
 
     def send(self, src: int, dst: int, tag: Any, payload: np.ndarray | None, nbytes: int, copy: bool = True) -> float:
         """Post a message at `now`; returns its arrival time. The receiver gets a copy of
@@ -33,13 +32,9 @@ class AnalyticFabric:
         if copy and payload is not None:
             payload = np.array(payload, copy=True)
         self._messages[(dst, src, tag)] = (arrival, payload, nbytes)
-        self.bytes_sent += nbytes
         return arrival
 
     def recv(self, dst: int, src: int, tag: Any) -> tuple[float, np.ndarray | None] | None:
         """(arrival time, payload) of the message, or None if it has not been sent yet."""
         entry = self._messages.pop((dst, src, tag), None)
         return None if entry is None else (entry[0], entry[1])
-
-    def pending(self) -> int:
-        return len(self._messages)

@@ -81,7 +81,6 @@ class Fabric:
         self.on_transfer = on_transfer
         self._links = {link.id: simpy.Resource(self.env, capacity=1) for link in self.topology.links}
         self._mailboxes: dict[tuple[int, int, Any], simpy.Store] = {}
-        self.bytes_sent = 0
 
     @property
     def now(self) -> float:
@@ -116,7 +115,6 @@ class Fabric:
             start = yield from self._stream(route, nbytes)
             latency = sum(link.latency for link in route)
             bandwidth = min((self._bandwidth(link) for link in route), default=np.inf)
-            self.bytes_sent += nbytes
             outcome, arrived, bad_link = self._cross(route, payload, tag)
             if outcome == "ok" and arrived is not None and checksum(arrived) != crc:
                 outcome = "corrupt"

@@ -171,8 +171,7 @@ def _parse_value(kind: str, value: Any, where: str) -> Any:
         return _parse_efficiency_map(value, where)
     if kind == "chip":
         return _parse_chip(value, where)
-    unit_kind = {"bytes": "bytes", "bandwidth": "bandwidth", "time": "time"}.get(kind, kind)
-    number = parse_quantity(value, unit_kind, where)
+    number = parse_quantity(value, kind, where)
     if not math.isfinite(number) or number < 0:
         raise ConfigError(f"{where}: must be a finite number >= 0, got {value!r}")
     return int(number) if kind == "bytes" else number

@@ -22,10 +22,9 @@ from tilesim.errors import ShardingError
 from tilesim.runtime.graph import DecoderGraph, Node
 
 
-def valid_degrees(heads: int, kv_heads: int, up_to: int | None = None) -> list[int]:
+def valid_degrees(heads: int, kv_heads: int) -> list[int]:
     """The tensor-parallel degrees a model with these head counts can be split over."""
-    top = up_to or heads
-    return [d for d in range(1, top + 1) if heads % d == 0 and (kv_heads % d == 0 or d % kv_heads == 0)]
+    return [d for d in range(1, heads + 1) if heads % d == 0 and (kv_heads % d == 0 or d % kv_heads == 0)]
 
 
 @dataclass

@@ -158,9 +158,6 @@ def _scale_write(ks, vs, k_scale, v_scale, start, valid):  # ks, vs (B, T, Hkv)
                 v_scale[b, h, start[b] + t] = vs[b, t, h]
 
 
-KV_FORMATS = ("fp32", "fp16", "bf16", "fp8", "int8")
-
-
 def kv_code_dtype(fmt: str) -> np.dtype:
     return np.dtype({"fp32": np.float32, "fp16": np.uint16, "bf16": np.uint16, "fp8": np.uint8, "int8": np.uint8}[fmt])
 

@@ -73,6 +73,13 @@ def build_schedule(op: str, algo: str, p: int, n: int, root: int = 0, itemsize: 
     return schedule
 
 
+@functools.lru_cache(maxsize=4096)
+def schedule_for(op: str, algo: str, p: int, n: int, root: int = 0, itemsize: int = 4) -> Schedule:
+    """`build_schedule`, built once per arguments: the timed run and the data run of a
+    collective share it (treat it as read-only)."""
+    return build_schedule(op, algo, p, n, root, itemsize)
+
+
 def predict(op: str, algo: str, p: int, n: int, itemsize: int, model: AlphaBeta, root: int = 0) -> float:
     """The closed-form alpha-beta-gamma time of `algo` (see each algorithm's module doc)."""
     return ALGORITHMS[algo].predict(op, p, n, itemsize, model, root)
@@ -140,7 +147,7 @@ def _simulation(
 ) -> tuple[float, tuple[TransferRecord, ...]]:
     from tilesim.device.fabric import Fabric
 
-    schedule = build_schedule(op, algo, p, n, root, itemsize)
+    schedule = schedule_for(op, algo, p, n, root, itemsize)
     run = run_des(schedule, Fabric(fabric, p), [None] * p, _no_combine, itemsize, gamma, timeout=1e6)
     return run.time, tuple(run.transfers)
 

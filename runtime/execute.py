@@ -10,14 +10,12 @@ and replayed, in the schedule's order, so each core ends with what arrived.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from tilesim.collectives import build_schedule
 from tilesim.collectives.execute import Recording, record
 from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.kernels import activations
+from tilesim.runtime.collective_plan import CollectivePlan
 from tilesim.runtime.graph import Node
 from tilesim.runtime.kvcache import KVCache
 from tilesim.runtime.ops import OPS
@@ -36,7 +34,7 @@ class Executor:
         kv: list[list[KVCache]],
         acts: list[dict[str, np.ndarray]],
         fabric: AnalyticFabric,
-        algorithms: Callable[[str, int], str],
+        collectives: CollectivePlan,
         rope_tables: tuple[np.ndarray, np.ndarray] | None,
         act_dtype: str = "fp32",  # fp32, fp16, bf16 (rounded after every op) or int8 (the products' inputs)
         *,
@@ -47,7 +45,7 @@ class Executor:
         self.program, self.graph, self.sp = program, program.graph, program.sp
         self.weights, self.kv, self.acts = weights, kv, acts
         self.fabric = fabric
-        self.algorithms = algorithms  # (op, elements) -> algorithm name
+        self.collectives = collectives  # shared with the step timer: the schedules it timed
         self.rope_tables = rope_tables
         self.tp = program.tp
         self._recordings: dict[tuple[str, int], Recording] = {}
@@ -105,7 +103,7 @@ class Executor:
         rec = self._recordings.get(key)
         if rec is None:
             n = m * width
-            schedule = build_schedule("allreduce", self.algorithms("allreduce", n), self.tp, n)
+            schedule = self.collectives.get("allreduce", n).schedule
             buffers = []
             for v in views:
                 flat = v[:m].reshape(-1)

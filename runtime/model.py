@@ -25,6 +25,7 @@ from tilesim.device.device import Device
 from tilesim.device.kernels.rotary import rope_tables
 from tilesim.errors import ConfigError, ShardingError
 from tilesim.runtime import shard, weights
+from tilesim.runtime.collective_plan import CollectivePlan
 from tilesim.runtime.execute import Executor
 from tilesim.runtime.generate import DEFAULT, GenerateOutput, generate
 from tilesim.runtime.graph import DecoderGraph
@@ -141,14 +142,10 @@ class Model:
             replacing=self._session,
         )
         self._session = new
+        itemsize, region = self.precision.act_bytes, new.plan.regions["activations"]
+        self.collectives = CollectivePlan(self.device, self.tp, itemsize, region, self.algo)
         self.timer = StepTimer(
-            self.program,
-            self.device,
-            self.weight_bytes,
-            self.precision,
-            new.plan.regions["activations"],
-            self.algo,
-            self.formats,
+            self.program, self.device, self.weight_bytes, self.precision, self.collectives, self.formats
         )
         if self.weights[0] or self.timing_only:
             self._bind()
@@ -164,7 +161,7 @@ class Model:
             self._session.kv,
             self._session.acts,
             AnalyticFabric(self.device.spec.fabric, self.tp),
-            self.timer.algorithm,
+            self.collectives,
             tables,
             self.precision.activations,
             null=self.timing_only,

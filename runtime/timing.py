@@ -18,12 +18,11 @@ import gc
 import math
 from dataclasses import dataclass, field
 
-from tilesim.collectives import choose_algorithm
-from tilesim.collectives.api import simulate
 from tilesim.device.cost import KernelTime
 from tilesim.device.device import Device
 from tilesim.errors import GenerationError
 from tilesim.profiler.events import Messages, Span
+from tilesim.runtime.collective_plan import CollectivePlan
 from tilesim.runtime.graph import Node
 from tilesim.runtime.ops import OPS
 from tilesim.runtime.precision import Precision
@@ -76,8 +75,7 @@ class StepTimer:
         device: Device,
         weight_bytes: dict[str, float],
         precision: Precision,
-        act_region: str,
-        algo: str = "auto",
+        collectives: CollectivePlan,
         formats: dict[str, str] | None = None,
     ):
         self.program, self.graph, self.sp, self.device = program, program.graph, program.sp, device
@@ -86,24 +84,10 @@ class StepTimer:
         self.act_bytes = precision.act_bytes
         # int8 keys and values carry an fp32 scale per position and head
         self.kv_itemsize = precision.kv_bytes + (4.0 / graph.head_dim if precision.kv == "int8" else 0.0)
-        self.act_region = act_region
-        self.algo = algo
+        self.collectives = collectives  # shared with the executor: the schedules it replays
         self.dtype = precision.compute_dtype
         self.precision, self.formats = precision, formats or {}  # formats: param -> storage format
         self._cache: dict[StepShape, StepTiming] = {}
-        self._collective_cache: dict[tuple[str, int], tuple[str, float, tuple]] = {}
-
-    def collective(self, op: str, n: int) -> tuple[str, float, tuple]:
-        """(algorithm, seconds, fabric transfers) of a collective of n activation elements per core."""
-        key = (op, n)
-        if key not in self._collective_cache:
-            p, size, region = self.sp.tp, self.act_bytes, self.act_region
-            algo = self.algo if self.algo != "auto" else choose_algorithm(self.device, op, p, n, size, 0, region)
-            self._collective_cache[key] = (algo, *simulate(self.device, op, algo, p, n, size, region))
-        return self._collective_cache[key]
-
-    def algorithm(self, op: str, n: int) -> str:
-        return self.collective(op, n)[0]
 
     def time(self, shape: StepShape) -> StepTiming:
         if shape not in self._cache:
@@ -128,7 +112,8 @@ class StepTimer:
             entry = OPS[node.op]
             if entry.collective:
                 op, n = self._collective_size(node, rows, shape)
-                algo, duration, moves = self.collective(op, n)
+                planned = self.collectives.get(op, n)
+                algo, duration, moves = planned.algo, planned.seconds, planned.transfers
                 start = max(ready)
                 if moves:
                     messages.append(Messages(index, start + overhead, moves))

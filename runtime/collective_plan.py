@@ -1,0 +1,42 @@
+"""The collectives of a Program, per operation and size: the algorithm (chosen by size unless
+one is named), its schedule (built once), and the time the discrete-event fabric gives it.
+
+The step timer and the executor share one `CollectivePlan`: the timer takes the time and the
+transfers, the executor records the same schedule's data moves and replays them, so the
+bytes that move are the ones that were timed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tilesim.collectives import choose_algorithm
+from tilesim.collectives.api import schedule_for, simulate
+from tilesim.collectives.schedule import Schedule
+from tilesim.device.device import Device
+from tilesim.device.fabric import TransferRecord
+
+
+@dataclass(frozen=True)
+class Planned:
+    algo: str
+    schedule: Schedule
+    seconds: float  # on an idle fabric, the fixed per-collective overhead included
+    transfers: tuple[TransferRecord, ...]
+
+
+class CollectivePlan:
+    """`get(op, n)`: the planned collective of n activation elements per core (cached)."""
+
+    def __init__(self, device: Device, cores: int, itemsize: int, region: str, algo: str = "auto"):
+        self.device, self.cores, self.itemsize, self.region, self.algo = device, cores, itemsize, region, algo
+        self._planned: dict[tuple[str, int], Planned] = {}
+
+    def get(self, op: str, n: int) -> Planned:
+        key = (op, n)
+        if key not in self._planned:
+            p, size, region = self.cores, self.itemsize, self.region
+            algo = self.algo if self.algo != "auto" else choose_algorithm(self.device, op, p, n, size, 0, region)
+            seconds, transfers = simulate(self.device, op, algo, p, n, size, region)
+            self._planned[key] = Planned(algo, schedule_for(op, algo, p, n, 0, size), seconds, transfers)
+        return self._planned[key]

@@ -206,6 +206,10 @@ def run_collective(
     """Run `op` over `device`'s cores: with `inputs` (one 1-D array per core), or timing only
     with `n` elements of `dtype`. See the module doc; raises FabricFault or CollectiveTimeout."""
     p = device.num_cores
+    if faults is not None and faults.active and fabric == "analytic":
+        raise ConfigError("faults are injected on the discrete-event fabric; use fabric='des' with them")
+    if faults is not None:
+        _check_fault_links(faults, device)
     if inputs is not None:
         if len(inputs) != p:
             raise ConfigError(f"{op} needs one input per core: got {len(inputs)} for {p} cores")
@@ -265,6 +269,19 @@ def run_collective(
         transfers=run.transfers,
         finish_s=[f + overhead for f in run.finish],
     )
+
+
+def _check_fault_links(faults: FaultSpec, device: Device) -> None:
+    """Every link a fault names exists on this device's fabric (a fault on no link is a mistake)."""
+    links = {(link.src, link.dst) for link in device.topology.links}
+    named = list(faults.dead) + [k for k in faults.slow if k is not None]
+    for src, dst in named:
+        if (src, dst) not in links and (dst, src) not in links:
+            shown = ", ".join(f"{a}-{b}" for a, b in sorted(links)[:8])
+            raise ConfigError(
+                f"no link {src}-{dst} on the {device.num_cores} cores of {device.name} "
+                f"({device.spec.fabric.topology}); links are e.g. {shown}"
+            )
 
 
 def _check_inputs(op: str, inputs: list[np.ndarray], dtype: np.dtype, p: int) -> int:

@@ -91,12 +91,23 @@ def _llama3_inv_freq(inv_freq: np.ndarray, s: dict) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
+_COUNTS = (
+    "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "num_attention_heads", "n_head",
+    "num_key_value_heads", "intermediate_size", "ffn_dim", "n_inner", "max_position_embeddings", "n_positions",
+    "head_dim", "word_embed_proj_dim", "rotary_dim",
+)  # fmt: skip
+
+
 class HFConfig:
     """Reads keys of a config.json, raising CheckpointError that names the file and the key."""
 
     def __init__(self, raw: dict[str, Any], where: str):
         self.raw = raw
         self.where = where
+        for key in _COUNTS:  # a zero or negative size would fail later as a division or a shape
+            value = raw.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise CheckpointError(f"{where}: {key!r} is {value!r}; it must be a whole number of at least 1")
 
     def get(self, *keys: str, default: Any = ...) -> Any:
         for key in keys:

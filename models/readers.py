@@ -181,7 +181,14 @@ def _parse(path: Path) -> dict:
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as exc:  # the gguf package raises ValueError, struct.error, IndexError...
-        raise CheckpointError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise CheckpointError(f"{path}: not a GGUF file (it does not start with the GGUF magic)") from None
+        raise CheckpointError(
+            f"{path}: truncated or damaged: a GGUF header whose tables run past what the file holds "
+            f"({type(exc).__name__}: {exc}); download or convert it again"
+        ) from None
     fields = {}
     for key, field in reader.fields.items():
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tilesim.profiler.events import Trace
+from tilesim.profiler.output import atomic
 
 COMPUTE, MEMORY, COLLECTIVE = 1, 2, 3
 _US = 1e6
@@ -199,7 +200,9 @@ def _memory_counter(pid: int, ts: float, fixed: dict[str, int], activations: int
 
 
 def write_chrome_trace(trace: Trace, path: str | Path) -> Path:
-    """Write the trace as JSON to `path` (folders are made as needed)."""
+    """Write the trace as JSON to `path` (folders are made as needed), atomically. The trace
+    holds simulated time only, so reruns write the same bytes; host wall times are in
+    `Trace.wall` (the command line's --json), not here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {
@@ -209,9 +212,8 @@ def write_chrome_trace(trace: Trace, path: str | Path) -> Path:
             "clock": "simulated device time, microseconds",
             "device": trace.device.get("name"),
             "model": trace.model,
-            "wall": trace.wall,
         },
     }
-    with path.open("w") as f:
+    with atomic(path) as f:
         json.dump(document, f, separators=(",", ":"), default=float)
     return path

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tilesim.profiler.events import StepRecord, Trace
+from tilesim.profiler.output import all_or_nothing
 from tilesim.profiler.report import step_breakdown
 
 COLOURS = {
@@ -71,7 +72,7 @@ def timeline(trace: Trace, path: Path) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
     ax.legend(handles, list(COLOURS), ncol=5, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -99,7 +100,7 @@ def memory(trace: Trace, path: Path) -> None:
     bars.set_title("memory per core")
     bars.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -126,7 +127,7 @@ def roofline(trace: Trace, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -147,17 +148,17 @@ def breakdown(trace: Trace, path: Path) -> None:
     ax.set_title("latency per step by op type (critical path)")
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
 def write_plots(trace: Trace, report: dict, folder: str | Path) -> list[Path]:
-    """Write the four PNGs into `folder` (made as needed); returns their paths."""
+    """Write the four PNGs into `folder` (made as needed), all or none; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, draw in (("timeline", timeline), ("memory", memory), ("roofline", roofline), ("breakdown", breakdown)):
-        path = folder / f"{name}.png"
-        draw(trace, path)
-        paths.append(path)
+    draws = (("timeline", timeline), ("memory", memory), ("roofline", roofline), ("breakdown", breakdown))
+    paths = [folder / f"{name}.png" for name, _ in draws]
+    with all_or_nothing(paths) as temporary:
+        for (_, draw), path in zip(draws, temporary, strict=True):
+            draw(trace, path)
     return paths

@@ -5,6 +5,7 @@ cores (its numbers) and timed from its static shape (its time), with sampling on
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import numpy as np
 from tilesim.errors import GenerationError, NumericalError
 from tilesim.profiler.events import StepRecord, Trace
 from tilesim.profiler.report import build_report
+from tilesim.runtime.checks import whole
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.reporting import device_info, memory_snapshot, model_info
 from tilesim.runtime.sampling import SamplingParams, choose
@@ -67,6 +69,8 @@ def generate(
     `on_token(prompt_index, id)` sees tokens as they come. `return_logits=True` keeps
     each step's logits of the last position, `"all"` also every prefill position.
     """
+    if return_logits not in (False, True, "all"):
+        raise GenerationError(f"return_logits={return_logits!r} must be False, True or 'all'")
     prompts = check_prompts(model, prompts, max_new_tokens)
     params = SamplingParams(temperature, top_k, top_p, seed)
     eos = set(model.graph.meta.get("eos_token_ids", ())) if eos_token_id is DEFAULT else _as_set(eos_token_id)
@@ -161,13 +165,11 @@ def generate(
 
 
 def check_prompts(model: Model, prompts, max_new_tokens: int) -> list[list[int]]:
-    if isinstance(prompts, np.ndarray):
-        prompts = [prompts.tolist()] if prompts.ndim == 1 else prompts.tolist()
-    prompts = [list(map(int, p)) for p in prompts]
+    """The prompts as lists of ints, or one GenerationError saying what is wrong with them."""
+    whole("max_new_tokens", max_new_tokens, 1, GenerationError)
+    prompts = _id_lists(prompts)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GenerationError("every prompt needs at least one token")
-    if max_new_tokens < 1:
-        raise GenerationError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     vocab = model.graph.vocab_size
     for p in prompts:
         bad = [t for t in p if not 0 <= t < vocab]
@@ -183,9 +185,42 @@ def check_prompts(model: Model, prompts, max_new_tokens: int) -> list[list[int]]
     return prompts
 
 
+def _id_lists(prompts) -> list[list[int]]:
+    """A list of id lists (or a 1-D / 2-D integer array) as lists of ints."""
+    if isinstance(prompts, np.ndarray):
+        if prompts.dtype.kind not in "iu" or prompts.ndim not in (1, 2):
+            raise GenerationError(
+                f"prompts must be token ids: a 1-D or 2-D integer array, not {prompts.ndim}-D {prompts.dtype}"
+            )
+        return [prompts.tolist()] if prompts.ndim == 1 else prompts.tolist()
+    if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
+        raise GenerationError(
+            "prompts must be a list of token-id lists (text goes through the tokenizer first), "
+            f"not {type(prompts).__name__}"
+        )
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, numbers.Integral):
+            raise GenerationError(f"prompts must be a list of token-id lists; wrap one prompt as [[{p}, ...]]")
+        if isinstance(p, np.ndarray) and p.dtype.kind in "iu" and p.ndim == 1:
+            out.append(p.tolist())
+            continue
+        if isinstance(p, str | bytes) or not isinstance(p, Sequence):
+            raise GenerationError(f"prompt {i} must be a list of token ids, not {type(p).__name__}")
+        bad = next((t for t in p if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+        if bad is not None:
+            raise GenerationError(f"prompt {i} holds {bad!r}; token ids are whole numbers")
+        out.append([int(t) for t in p])
+    return out
+
+
 def _as_set(eos) -> set[int]:
     if eos is None:
         return set()
-    if isinstance(eos, int | np.integer):
+    if isinstance(eos, numbers.Integral) and not isinstance(eos, bool):
         return {int(eos)}
-    return {int(e) for e in eos}
+    if isinstance(eos, Sequence | set | frozenset) and all(
+        isinstance(e, numbers.Integral) and not isinstance(e, bool) for e in eos
+    ):
+        return {int(e) for e in eos}
+    raise GenerationError(f"eos_token_id={eos!r} must be a token id, a list of them, or None")

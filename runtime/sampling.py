@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tilesim.errors import GenerationError
+from tilesim.runtime.checks import real, whole
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,10 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.temperature is not None and self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise GenerationError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+        real("temperature", self.temperature, GenerationError, low=0.0)
+        whole("top_k", self.top_k, 1, GenerationError, optional=True)
+        real("top_p", self.top_p, GenerationError, low=0.0, high=1.0, open_low=True)
+        whole("seed", self.seed, 0, GenerationError)
 
     @property
     def greedy(self) -> bool:

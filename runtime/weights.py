@@ -91,9 +91,12 @@ def _read(checkpoint, sp: ShardPlan, name: str, fmt: str, core: int, shape: tupl
         block_cols = None if cols is None else slice(cols[0] // BLOCK, cols[1] // BLOCK)
         return quant.from_blocks(checkpoint.read_stored(name, slice(lo, hi), block_cols), fmt, shape)
     real = checkpoint.graph.params[name].shape
-    values = checkpoint.read(
-        name, slice(lo, min(hi, real[0])), None if cols is None else slice(cols[0], min(cols[1], real[1]))
-    )
+    rows = slice(lo, min(hi, real[0]))
+    columns = None if cols is None else slice(cols[0], min(cols[1], real[1]))
+    if rows.start >= rows.stop or (columns is not None and columns.start >= columns.stop):
+        values = np.zeros((0,) * len(shape), np.float32)  # only padding heads on this core: nothing to read
+    else:
+        values = checkpoint.read(name, rows, columns)
     if values.shape != shape:  # padded heads: zero rows or columns beyond the real ones
         padded = np.zeros(shape, np.float32)
         padded[tuple(slice(0, n) for n in values.shape)] = values

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
+from tilesim.collectives import ALGORITHMS
 from tilesim.device import Device
+from tilesim.errors import CheckpointError, ConfigError, ShardingError
 from tilesim.models.checkpoint import open_checkpoint
 from tilesim.models.named import open_for_timing
+from tilesim.runtime.checks import whole
 from tilesim.runtime.model import Model
+
+
+def _check(path_or_name, device, tp, batch, max_context, algo) -> None:
+    """The arguments of `load`, each checked where it enters (one sentence in Python's words)."""
+    if not isinstance(path_or_name, str | os.PathLike) and not hasattr(path_or_name, "graph"):
+        raise CheckpointError(
+            f"path_or_name={path_or_name!r} must be a checkpoint folder, a .gguf file or a short name (a str)"
+        )
+    if not isinstance(device, str | Device):
+        raise ConfigError(f"device={device!r} must be a tilesim.Device or a preset name such as 'trn1'")
+    whole("tp", tp, 1, ShardingError, optional=True)
+    whole("batch", batch, 1, ConfigError)
+    whole("max_context", max_context, 1, ConfigError, optional=True)
+    if algo != "auto" and algo not in ALGORITHMS:
+        raise ConfigError(f"algo={algo!r} is not an all-reduce algorithm; use auto or one of {', '.join(ALGORITHMS)}")
 
 
 def open_source(path_or_name, timing_only: bool = False):
     """The checkpoint `load` reads: a path or name opened (timing needs only the config: a
     named model, a folder's config.json, a GGUF's metadata), or an already opened one as it is."""
+    if isinstance(path_or_name, os.PathLike):
+        path_or_name = os.fspath(path_or_name)
     if not isinstance(path_or_name, str):
         return path_or_name
     return open_for_timing(path_or_name) if timing_only else open_checkpoint(path_or_name)
@@ -44,9 +65,10 @@ def load(
     `act_dtype` and `kv_dtype` set the activations' and the KV cache's (see
     runtime/precision.py). `algo` names the all-reduce algorithm (default: chosen by size).
     """
+    _check(path_or_name, device, tp, batch, max_context, algo)
     if isinstance(device, str):
         device = Device(device, cores=tp, backed=not timing_only)
-    tp = tp or device.num_cores
+    tp = tp if tp is not None else device.num_cores
     checkpoint = open_source(path_or_name, timing_only)
     return Model(
         checkpoint,

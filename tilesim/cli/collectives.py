@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -20,6 +21,7 @@ from tilesim.collectives.numerics import DTYPES
 from tilesim.collectives.schedule import bounds
 from tilesim.device import Device, FaultSpec
 from tilesim.errors import ConfigError
+from tilesim.profiler.output import atomic_save, writable_file
 from tilesim.units import fmt_bytes, fmt_time, parse_size
 
 
@@ -74,7 +76,23 @@ def _exact_sums(cores: int, dtype: str) -> bool:
     return 4 * cores <= limit
 
 
+HOST_COPIES = 5  # per core: the input, in and out buffers, scratch, the float64 reference
+
+
+def _fits_in_host(size: int, cores: int, asked: str) -> None:
+    """The run holds every core's buffers in this machine's memory: refuse what it cannot."""
+    need = size * cores * HOST_COPIES
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > 0.8 * have:
+        raise ConfigError(
+            f"--bytes {asked}: {fmt_bytes(size)} on each of {cores} cores needs about {fmt_bytes(need)} of this "
+            f"machine's memory ({fmt_bytes(have)}); give smaller sizes or fewer --cores"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        writable_file(args.plot, "--plot")
     device = Device(args.device, cores=args.cores)
     p = device.num_cores
     topology = device.spec.fabric.topology
@@ -82,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     faults = FaultSpec.parse(args.fault) if args.fault else None
     itemsize = DTYPES[args.dtype].itemsize
     sizes = sizes_from(args.bytes)
+    _fits_in_host(max(sizes), p, args.bytes)
     rows = []
     jobs = [(algo, size) for algo in algos for size in sizes]
     show = not args.json and sys.stderr.isatty()
@@ -162,5 +181,5 @@ def _plot(rows: list[dict], path: str, device: Device, op: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=120, format="png"))
     plt.close(fig)

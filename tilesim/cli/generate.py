@@ -16,7 +16,9 @@ from tqdm import tqdm
 from tilesim.api import load, open_source
 from tilesim.cli.report_text import print_report
 from tilesim.device import Device
-from tilesim.errors import ConfigError
+from tilesim.errors import ConfigError, ShardingError
+from tilesim.profiler.output import writable_file, writable_folder
+from tilesim.runtime.checks import whole
 from tilesim.runtime.timing import kv_context
 
 
@@ -105,13 +107,21 @@ def _prompts(args: argparse.Namespace, checkpoint) -> tuple[list[list[int]], obj
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    if args.trace:  # before the run: a long run must not fail at its end for want of a place to write
+        writable_file(args.trace, "--trace")
+    if args.plots:
+        writable_folder(args.plots, "--plots")
     checkpoint = open_source(args.model, args.timing_only)
     prompts, tokenizer = _prompts(args, checkpoint)
     if args.prompt_len and not args.timing_only:
         raise ConfigError("--prompt-len is for --timing-only runs; give --prompt or --prompt-ids to run the numbers")
     longest = max(len(p) for p in prompts)
-    max_context = args.max_context or kv_context(longest + args.max_new_tokens, checkpoint.graph.max_positions)
-    device = Device(args.device, cores=args.cores or args.tp, backed=not args.timing_only)
+    whole("tp", args.tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
+    needed = longest + args.max_new_tokens
+    max_context = (
+        args.max_context if args.max_context is not None else kv_context(needed, checkpoint.graph.max_positions)
+    )
+    device = Device(args.device, cores=args.cores if args.cores is not None else args.tp, backed=not args.timing_only)
     quiet = args.json or not sys.stderr.isatty()
     bar = tqdm(total=0, desc="loading", unit="tensor", disable=quiet, leave=False)
 

@@ -7,6 +7,7 @@ with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import re
 import sys
@@ -25,7 +26,10 @@ SUBCOMMANDS = {
 
 
 # Python arguments the library's messages name, and the flags that set them here
-_ARGUMENTS = ("max_context", "max_new_tokens", "act_dtype", "kv_dtype", "dtype", "tp", "cores", "batch", "algo")
+_ARGUMENTS = (
+    "max_context", "max_new_tokens", "act_dtype", "kv_dtype", "dtype", "tp", "cores", "batch", "algo",
+    "temperature", "top_k", "top_p", "seed", "fabric",
+)  # fmt: skip
 _SWITCHES = {"timing_only=True": "--timing-only", "pad_heads=True": "--pad-heads"}
 
 
@@ -43,6 +47,16 @@ def in_cli_words(message: str) -> str:
     return re.sub(rf"`({names})`", lambda m: flag(m[1]), message)
 
 
+class _Defaults(argparse.HelpFormatter):
+    """Help that shows each option's default where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, argparse.SUPPRESS, []) and "default" not in text
+        return f"{text} (default: {default})" if shown and action.option_strings else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tilesim",
@@ -50,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the tokens they would generate and the time and memory they would take.",
     )
     parser.add_argument("--version", action="version", version=f"tilesim {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Defaults),
+    )
     added = set()
     for module_name in SUBCOMMANDS.values():
         if module_name not in added:

@@ -19,7 +19,10 @@ from tqdm import tqdm
 from tilesim.api import load, open_source
 from tilesim.cli.table import print_table
 from tilesim.device import Device
-from tilesim.errors import ConfigError, TilesimError
+from tilesim.device.spec import preset_names
+from tilesim.errors import ConfigError, TilesimError, UnknownPreset
+from tilesim.profiler.output import atomic_save, writable_file
+from tilesim.runtime.precision import ACT_DTYPES, WEIGHT_DTYPES
 from tilesim.runtime.timing import kv_context
 from tilesim.units import fmt_bytes, fmt_time
 
@@ -52,10 +55,14 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    checkpoint = open_source(args.model, args.timing_only)
+    if args.plot:
+        writable_file(args.plot, "--plot")
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
     dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()] if args.dtype else [None]
-    configs = list(itertools.product(devices, _ints(args.tp, "tp"), dtypes))
+    degrees = _ints(args.tp, "tp")
+    _check_points(devices, degrees, dtypes, args)  # every point's names before any point runs
+    checkpoint = open_source(args.model, args.timing_only)
+    configs = list(itertools.product(devices, degrees, dtypes))
     prompt = [i % checkpoint.graph.vocab_size for i in range(1, args.prompt_len + 1)]
     rows = []
     bar = tqdm(configs, desc="sweep", disable=args.json or not sys.stderr.isatty(), leave=False)
@@ -68,14 +75,40 @@ def run(args: argparse.Namespace) -> int:
         _print(rows, checkpoint.name)
     if args.plot:
         _plot(rows, args.plot, checkpoint.name)
+    if not any(row["fits"] for row in rows):
+        print("tilesim: error: no configuration of the sweep ran (the table says why)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_points(devices: list[str], degrees: list[int], dtypes: list[str | None], args) -> None:
+    known = preset_names()
+    for name in devices:
+        if name not in known and not name.endswith((".yaml", ".yml")):
+            raise UnknownPreset(f"--device {name!r}: unknown device preset; known presets: {', '.join(known)}")
+    if not devices or not degrees:
+        raise ConfigError("--device and --tp each need at least one value")
+    bad = [d for d in degrees if d < 1]
+    if bad:
+        raise ConfigError(f"--tp {bad[0]}: a tensor-parallel degree is at least 1")
+    for spec in dtypes:
+        weights, _, act = (spec or "").partition(":")
+        if weights and weights not in WEIGHT_DTYPES:
+            raise ConfigError(
+                f"--dtype {spec!r}: unknown weight dtype {weights!r}; use one of {', '.join(WEIGHT_DTYPES)}"
+            )
+        if act and act not in ACT_DTYPES:
+            raise ConfigError(f"--dtype {spec!r}: unknown activation dtype {act!r}; use one of {', '.join(ACT_DTYPES)}")
+    if args.prompt_len < 1 or args.max_new_tokens < 1:
+        raise ConfigError("--prompt-len and --max-new-tokens must each be at least 1")
 
 
 def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], args) -> dict:
     row = {"device": preset, "tp": tp, "dtype": dtype or "default", "fits": False, "reason": ""}
     try:
         device = Device(preset, cores=tp, backed=not args.timing_only)
-        context = args.max_context or kv_context(len(prompt) + args.max_new_tokens, checkpoint.graph.max_positions)
+        needed, limit = len(prompt) + args.max_new_tokens, checkpoint.graph.max_positions
+        context = args.max_context if args.max_context is not None else kv_context(needed, limit)
         weights, _, act = (dtype or "").partition(":")
         model = load(checkpoint, device, tp, dtype=weights or None, act_dtype=act or None, max_context=context,
                      timing_only=args.timing_only, pad_heads=args.timing_only)  # fmt: skip
@@ -142,5 +175,5 @@ def _plot(rows: list[dict], path: str, name: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=120, format="png"))
     plt.close(fig)

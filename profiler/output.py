@@ -1,0 +1,87 @@
+"""Writing outputs so that a failed or interrupted run never leaves a partial file: each file
+is written beside its destination under a temporary name and renamed into place (one
+atomic step on POSIX file systems); and checking, before a long run starts, that its
+outputs can be written at all.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from tilesim.errors import ConfigError
+
+
+@contextmanager
+def atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """`with atomic(path) as f:` writes `f` to `path` only if the block completes."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, mode) as f:
+            yield f
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(path: str | Path, save: Callable[[str], None]) -> None:
+    """`save(temporary_path)` (e.g. matplotlib's savefig), then the file renamed into place."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def all_or_nothing(paths: list[Path]) -> Iterator[list[Path]]:
+    """Temporary paths beside `paths` to write; renamed into place together when the block
+    completes, all removed if it does not."""
+    temporary = [p.with_name(f".{p.name}.partial") for p in paths]
+    try:
+        yield temporary
+        for t, p in zip(temporary, paths, strict=True):
+            os.replace(t, p)
+    except BaseException:
+        for t in temporary:
+            t.unlink(missing_ok=True)
+        raise
+
+
+def writable_file(path: str | Path, what: str) -> Path:
+    """`path` as a file output: its folder is made if missing and must take a new file; the
+    path itself must not be a folder. Raises ConfigError naming `what` (e.g. '--trace')."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path}: is a folder; give a file name")
+    _can_write_in(path.parent, f"{what} {path}")
+    return path
+
+
+def writable_folder(path: str | Path, what: str) -> Path:
+    """`path` as a folder of outputs: made if missing; must take new files."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path}: is a file; give a folder")
+    _can_write_in(path, f"{what} {path}")
+    return path
+
+
+def _can_write_in(folder: Path, label: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{label}: cannot write there ({reason.lower()}); choose another place") from None

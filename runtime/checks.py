@@ -1,0 +1,38 @@
+"""Checks of the values a caller passes in, where they enter (`tilesim.load`, `generate`):
+one sentence in the caller's words (Python argument names; the command line translates
+them into its flags), raised as the `TilesimError` subclass given.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from tilesim.errors import TilesimError
+
+
+def whole(name: str, value, minimum: int, error: type[TilesimError], *, optional: bool = False) -> int | None:
+    """`value` as an int >= minimum (None allowed when `optional`); bools and floats refused."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise error(f"{name}={value!r} must be a whole number of at least {minimum}")
+    if value < minimum:
+        raise error(f"{name}={value!r} must be at least {minimum}")
+    return int(value)
+
+
+def real(
+    name: str, value, error: type[TilesimError], *, low: float, high: float = math.inf, open_low: bool = False
+) -> float | None:
+    """`value` as a finite float in [low, high] ((low, high] with `open_low`), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise error(f"{name}={value!r} must be a number")
+    v = float(value)
+    inside = (v > low if open_low else v >= low) and v <= high
+    if not math.isfinite(v) or not inside:
+        where = f"{'(' if open_low else '['}{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise error(f"{name}={value!r} must be a finite number {'in ' if math.isfinite(high) else ''}{where}")
+    return v

@@ -1,0 +1,175 @@
+"""Bad input, table-driven: every case gets one clear line (the command line: exit status 2,
+flags named, no traceback; Python: a TilesimError subclass naming its arguments), and a
+hypothesis test that random argument values never end in a traceback."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tilesim
+from tilesim.cli.main import main
+from tilesim.errors import CheckpointError, ConfigError, GenerationError, ShardingError, UnknownPreset
+
+# (arguments after the model, a phrase of the one-line error)
+GENERATE = [
+    (["--temperature", "nan"], "--temperature nan must be a finite number"),
+    (["--temperature", "-1"], "--temperature -1.0 must be a finite number >= 0"),
+    (["--seed", "-1"], "--seed -1 must be at least 0"),
+    (["--top-k", "0"], "--top-k 0 must be at least 1"),
+    (["--top-p", "1.5"], "--top-p 1.5 must be a finite number in (0, 1]"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),
+    (["--tp", "0"], "--tp 0 must be at least 1"),
+    (["--cores", "0"], "must be at least 1"),
+    (["--max-context", "0"], "--max-context 0 must be at least 1"),
+    (["--max-context", "100000"], "--max-context 100000 is out of range"),
+    (["--device", "warp-drive"], "unknown device preset 'warp-drive'"),
+    (["--dtype", "int3"], "--dtype int3 is not supported"),
+    (["--kv-dtype", "int2"], "--kv-dtype int2 is not supported"),
+    (["--act-dtype", "int8"], "--act-dtype int8 multiplies int8 activations"),
+    (["--algo", "bogus"], "--algo bogus is not an all-reduce algorithm"),
+    (["--tp", "4", "--device", "tiny"], "cannot be split over 4 cores"),
+    (["--tp", "9", "--device", "trn1", "--cores", "3"], "--tp 9 needs 9 cores but the device has 3; give it --cores 9"),
+    (["--trace", "/proc/tilesim/t.json"], "--trace /proc/tilesim/t.json: cannot write there"),
+    (["--trace", "/tmp"], "--trace /tmp: is a folder; give a file name"),
+    (["--plots", "/etc/hostname"], "--plots /etc/hostname: is a file; give a folder"),
+    (["--prompt-len", "4"], "--prompt-len is for --timing-only runs"),
+]
+
+
+@pytest.mark.parametrize(("args", "phrase"), GENERATE)
+def test_generate_gets_one_line_for_each_mistake(capsys, tiny_model, args, phrase):
+    folder = str(tiny_model("llama"))
+    capsys.readouterr()  # what making the tiny model printed
+    code = main(["generate", folder, "--prompt-ids", "1,2", "--max-new-tokens", "2", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("tilesim: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert phrase in err, err
+    assert "_" not in err.split("error: ", 1)[1].split(" ")[0], "a Python argument name reached the command line"
+
+
+OTHERS = [
+    (["collectives", "--device", "ipu-gc200", "--cores", "1000"], "--cores 1000 is more than this device's max_cores"),
+    (["collectives", "--bytes", "1T", "--cores", "2"], "--bytes 1T: 1 TiB on each of 2 cores needs about"),
+    (["collectives", "--fault", "dead=2-9", "--cores", "4"], "no link 2-9 on the 4 cores of trn1"),
+    (["collectives", "--fabric", "analytic", "--fault", "corrupt=0.1"], "use --fabric des with them"),
+    (["collectives", "--plot", "/proc/tilesim/bw.png"], "--plot /proc/tilesim/bw.png: cannot write there"),
+    (["sweep", "{llama}", "--device", "trn1,foo"], "--device 'foo': unknown device preset"),
+    (["sweep", "{llama}", "--dtype", "fp16,bogus"], "unknown weight dtype 'bogus'"),
+    (["sweep", "{llama}", "--dtype", "int4:int3"], "unknown activation dtype 'int3'"),
+    (["sweep", "{llama}", "--prompt-len", "0"], "--prompt-len and --max-new-tokens must each be at least 1"),
+    (["sweep", "{llama}", "--tp", "0"], "--tp 0: a tensor-parallel degree is at least 1"),
+    (["sweep", "{llama}", "--plot", "/proc/tilesim/s.png"], "--plot /proc/tilesim/s.png: cannot write there"),
+]
+
+
+@pytest.mark.parametrize(("args", "phrase"), OTHERS)
+def test_collectives_and_sweep_get_one_line_for_each_mistake(capsys, tiny_model, args, phrase):
+    folder = str(tiny_model("llama"))
+    capsys.readouterr()
+    code = main([a.format(llama=folder) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("tilesim: error: ") and err.count("\n") == 1 and phrase in err, err
+
+
+def test_a_sweep_whose_every_point_fails_exits_non_zero(capsys, tiny_model):
+    folder = str(tiny_model("llama"))
+    capsys.readouterr()
+    code = main(["sweep", folder, "--device", "tiny", "--tp", "4,5", "--json"])
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert code == 1 and rows and not any(r["fits"] for r in rows)
+    assert "no configuration of the sweep ran" in captured.err
+
+
+def test_a_failed_run_leaves_no_trace_or_plot_behind(capsys, tiny_model, tmp_path):
+    trace, plots = tmp_path / "t.json", tmp_path / "plots"
+    folder = str(tiny_model("llama"))
+    code = main(["generate", folder, "--prompt-ids", "1,2", "--tp", "4", "--device", "tiny", "--trace", str(trace)])
+    assert code == 2 and not trace.exists()
+    ok = main(["generate", folder, "--prompt-ids", "1,2", "--max-new-tokens", "2", "--trace", str(trace)])
+    ok2 = main(["generate", folder, "--prompt-ids", "1,2", "--max-new-tokens", "2", "--plots", str(plots)])
+    assert ok == ok2 == 0 and json.loads(trace.read_text())["traceEvents"]
+    assert sorted(p.name for p in plots.iterdir()) == ["breakdown.png", "memory.png", "roofline.png", "timeline.png"]
+    assert not list(tmp_path.glob(".*partial*")) and not list(plots.glob(".*"))
+
+
+def test_traces_are_byte_identical_across_reruns(capsys, tiny_model, tmp_path):
+    folder = str(tiny_model("llama"))
+    for name in ("a.json", "b.json"):
+        args = ["generate", folder, "--prompt-ids", "1,2,3", "--max-new-tokens", "3", "--trace", str(tmp_path / name)]
+        assert main(args) == 0
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+API_LOAD = [
+    ({"path_or_name": None}, CheckpointError, "path_or_name=None must be"),
+    ({"device": None}, ConfigError, "device=None must be a tilesim.Device or a preset name"),
+    ({"tp": 0}, ShardingError, "tp=0 must be at least 1"),
+    ({"tp": 2.5}, ShardingError, "tp=2.5 must be a whole number"),
+    ({"batch": 0}, ConfigError, "batch=0 must be at least 1"),
+    ({"batch": -1}, ConfigError, "batch=-1 must be at least 1"),
+    ({"max_context": 0}, ConfigError, "max_context=0 must be at least 1"),
+    ({"algo": "bogus"}, ConfigError, "algo='bogus' is not an all-reduce algorithm"),
+    ({"dtype": "int3"}, ConfigError, "dtype='int3' is not supported"),
+    ({"device": "warp-drive"}, UnknownPreset, "unknown device preset 'warp-drive'"),
+    ({"path_or_name": "/no/such/model"}, CheckpointError, "no such file or folder"),
+]
+
+
+@pytest.mark.parametrize(("change", "error", "phrase"), API_LOAD)
+def test_load_names_the_argument_that_is_wrong(tiny_model, change, error, phrase):
+    kwargs = {"path_or_name": str(tiny_model("llama")), "device": "tiny", "tp": 1, **change}
+    with pytest.raises(error) as raised:
+        tilesim.load(kwargs.pop("path_or_name"), **kwargs)
+    assert phrase in str(raised.value) and "--" not in str(raised.value)
+
+
+API_GENERATE = [
+    ("hello", {}, "prompts must be a list of token-id lists"),
+    ([1, 2, 3], {}, "wrap one prompt as [[1, ...]]"),
+    ([[1, 2.5]], {}, "prompt 0 holds 2.5; token ids are whole numbers"),
+    ([[1, 200]], {}, "token id 200 is outside the vocabulary of 101 ids"),
+    ([[]], {}, "every prompt needs at least one token"),
+    (np.array([[1.5, 2.0]]), {}, "a 1-D or 2-D integer array"),
+    ([[1, 2]], {"max_new_tokens": "3"}, "max_new_tokens='3' must be a whole number"),
+    ([[1, 2]], {"top_k": 2.5}, "top_k=2.5 must be a whole number"),
+    ([[1, 2]], {"top_p": 0}, "top_p=0 must be a finite number in (0, 1]"),
+    ([[1, 2]], {"temperature": float("inf")}, "temperature=inf must be a finite number"),
+    ([[1, 2]], {"seed": -1}, "seed=-1 must be at least 0"),
+    ([[1, 2]], {"eos_token_id": "x"}, "eos_token_id='x' must be a token id"),
+    ([[1, 2]], {"return_logits": "yes"}, "return_logits='yes' must be False, True or 'all'"),
+    ([list(range(1, 30))], {"max_new_tokens": 300}, "load it with a larger `max_context`"),
+]
+
+
+@pytest.mark.parametrize(("prompts", "kwargs", "phrase"), API_GENERATE)
+def test_generate_names_the_argument_that_is_wrong(tiny_model, prompts, kwargs, phrase):
+    model = tilesim.load(str(tiny_model("llama")), device="tiny", tp=1, max_context=256)
+    with pytest.raises(GenerationError) as raised:
+        model.generate(prompts, **kwargs)
+    assert phrase in str(raised.value)
+
+
+VALUES = st.one_of(
+    st.integers(-5, 300).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str), st.text(max_size=6)
+)
+FLAGS = ["--tp", "--cores", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--max-context"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(FLAGS), VALUES), min_size=1, max_size=3))
+def test_random_argument_values_never_end_in_a_traceback(tiny_model, pairs):
+    folder = str(tiny_model("llama"))
+    args = ["generate", folder, "--prompt-ids", "1,2", "--max-new-tokens", "1", "--device", "tiny"]
+    for flag, value in pairs:
+        args += [flag, value]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own refusal of a value that is not a number
+        code = exit_.code
+    assert code in (0, 2)

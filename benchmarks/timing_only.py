@@ -48,7 +48,7 @@ def scaling() -> None:
             try:
                 device = tilesim.Device("trn1", cores=cores, backed=False)
                 model = tilesim.load(checkpoint, device, cores, dtype="fp16", timing_only=True, max_context=512)
-            except tilesim.OutOfTileMemory:
+            except tilesim.OutOfMemory:
                 print(f"{layers:6d} {cores:5d} {'does not fit':>15s}")
                 continue
             shape = StepShape("decode", 1, 1, 512, "argmax")

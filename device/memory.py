@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tilesim.errors import OutOfTileMemory
+from tilesim.errors import OutOfOffchipMemory, OutOfTileMemory
 from tilesim.units import fmt_bytes
 
 ALIGNMENT = 64  # bytes: a cache line, and a multiple of every dtype's size
@@ -103,8 +103,9 @@ class Region:
     def allocate(self, nbytes: int, name: str, kind: str, tile: int | None = None) -> Block:
         """Place `nbytes` for tensor `name`; `tile` pins it inside one tile.
 
-        Raises OutOfTileMemory naming the core, the region or tile, the bytes asked and free,
-        and the largest tenants. Nothing is placed when it raises.
+        Raises OutOfTileMemory (OutOfOffchipMemory for off-chip memory) naming the core, the
+        region or tile, the bytes asked and free, and the largest tenants. Nothing is placed
+        when it raises.
         """
         if nbytes < 0:
             raise ValueError("nbytes must be >= 0")
@@ -116,7 +117,8 @@ class Region:
             lo, hi = tile * self.tile_bytes, (tile + 1) * self.tile_bytes
         offset = self._find(size, lo, hi)
         if offset is None:
-            raise OutOfTileMemory(self._oom_message(nbytes, name, kind, tile))
+            error = OutOfTileMemory if self.name == "tiles" else OutOfOffchipMemory
+            raise error(self._oom_message(nbytes, name, kind, tile))
         self._take(offset, size)
         block = Block(name, kind, self.name, self.core, offset, int(nbytes), size)
         self.blocks[offset] = block

@@ -50,17 +50,20 @@ def build_report(trace: Trace) -> dict[str, Any]:
     total_time = sum(s.latency for s in trace.steps)
     new_tokens = sum(s.tokens for s in trace.steps)
     itl = [s.latency for s in decode]
+    decode_time = sum(itl)
     report: dict[str, Any] = {
         "device": trace.device.get("name"),
         "cores": trace.device.get("cores"),
         "ttft_s": prefill[0].latency if prefill else 0.0,
-        "itl_s": float(np.mean(itl)) if itl else 0.0,
+        # None (n/a) when the run had no decode step: one new token comes from the prefill
+        "itl_s": float(np.mean(itl)) if itl else None,
         "tpot_s": {
-            "mean": float(np.mean(itl)) if itl else 0.0,
-            "p50": _percentile(itl, 50),
-            "p99": _percentile(itl, 99),
+            "mean": float(np.mean(itl)) if itl else None,
+            "p50": _percentile(itl, 50) if itl else None,
+            "p99": _percentile(itl, 99) if itl else None,
         },
-        "sim_tokens_per_s": new_tokens / total_time if total_time else 0.0,
+        "sim_tokens_per_s": new_tokens / total_time if total_time else 0.0,  # prefill included
+        "sim_decode_tokens_per_s": sum(s.tokens for s in decode) / decode_time if decode_time else None,
         "sim_total_s": total_time,
         "steps": len(trace.steps),
     }
@@ -77,37 +80,58 @@ def build_report(trace: Trace) -> dict[str, Any]:
     return report
 
 
-def _shared_spans(trace: Trace) -> list[tuple[list, int]]:
-    """Each distinct list of spans with the number of steps that share it (steps of one shape)."""
-    groups: dict[int, list] = {}
-    for step in trace.steps:
-        entry = groups.setdefault(id(step.spans), [step.spans, 0])
-        entry[1] += 1
-    return [(spans, count) for spans, count in groups.values()]
-
-
 def utilisation(trace: Trace) -> dict[str, Any]:
-    """MFU and MBU over the whole run, and the busiest kernels with their bound."""
+    """MFU (against the peak of the run's compute dtype) and MBU over the whole run, and the
+    kernels, cumulative over the run and per phase, each with the bound that dominates its
+    time (compute or memory, summed over its calls)."""
     cores = trace.device.get("cores", 1)
     peak = trace.device.get("peak_flops", 0.0)
     bandwidth = trace.device.get("memory_bandwidth", 0.0)
     flops = bytes_ = 0.0
     kernels: dict[str, dict[str, Any]] = {}
-    for spans, count in _shared_spans(trace):
+    phases: dict[str, dict[str, dict[str, Any]]] = {}
+    for spans, count, phase in _shared_spans(trace):
         for span in spans:
             if span.lane != "compute":
                 continue
             flops += span.flops * count
             bytes_ += span.bytes * count
-            entry = kernels.setdefault(span.name, {"time_s": 0.0, "flops": 0.0, "bytes": 0.0, "bound": span.bound})
-            entry["time_s"] += span.duration / cores * count
-            entry["flops"] += span.flops * count
-            entry["bytes"] += span.bytes * count
+            for table in (kernels, phases.setdefault(phase, {})):
+                entry = table.setdefault(
+                    span.name, {"time_s": 0.0, "flops": 0.0, "bytes": 0.0, "compute_s": 0.0, "memory_s": 0.0}
+                )
+                entry["time_s"] += span.duration / cores * count
+                entry["flops"] += span.flops * count
+                entry["bytes"] += span.bytes * count
+                entry["compute_s"] += span.compute_s * count
+                entry["memory_s"] += span.memory_s * count
+    for table in (kernels, *phases.values()):
+        for entry in table.values():
+            entry["bound"] = "compute" if entry["compute_s"] > entry["memory_s"] else "memory"
     total = trace.end
     mfu = flops / (total * peak * cores) if total and peak else 0.0
     mbu = bytes_ / (total * bandwidth * cores) if total and bandwidth else 0.0
-    top = sorted(kernels.items(), key=lambda kv: -kv[1]["time_s"])[:8]
-    return {"mfu": mfu, "mbu": mbu, "kernels": {name: entry for name, entry in top}}
+    top = sorted(kernels.items(), key=lambda kv: -kv[1]["time_s"])[:TOP_KERNELS]
+    return {
+        "mfu": mfu,
+        "mfu_peak": {"dtype": trace.model.get("compute_dtype"), "flops_per_core": peak},
+        "mbu": mbu,
+        "kernels": dict(top),  # cumulative over the run, the TOP_KERNELS longest
+        "kernels_shown": f"{len(top)} of {len(kernels)}, cumulative over the run",
+        "kernels_by_phase": phases,  # every kernel, per phase
+    }
+
+
+TOP_KERNELS = 8
+
+
+def _shared_spans(trace: Trace) -> list[tuple[list, int, str]]:
+    """Each distinct list of spans (steps of one shape share one), how many steps share it, and their phase."""
+    groups: dict[int, list] = {}
+    for step in trace.steps:
+        entry = groups.setdefault(id(step.spans), [step.spans, 0, step.phase])
+        entry[1] += 1
+    return [tuple(entry) for entry in groups.values()]
 
 
 def memory_report(trace: Trace) -> dict[str, Any]:

@@ -5,7 +5,7 @@ Per core: the weight slices it holds, a KV cache of `max_context` positions per 
 packed by liveness (a buffer whose last reader has run is reused by a later one, greedy by
 size). Each kind goes to the memory the device's placement names; activations that do not
 fit in tile memory fall back to off-chip memory when the core has it. A model that does not
-fit raises OutOfTileMemory with the per-core totals, before any weight is read.
+fit raises OutOfTileMemory (or OutOfOffchipMemory) with the per-core totals, before any weight is read.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from tilesim.device.device import Device
 from tilesim.device.memory import ALIGNMENT, Block
-from tilesim.errors import OutOfTileMemory
+from tilesim.errors import OutOfOffchipMemory, OutOfTileMemory
 from tilesim.runtime.graph import DecoderGraph
 from tilesim.runtime.ops import IN_PLACE_OPS
 from tilesim.runtime.program import Program
@@ -158,7 +158,8 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:
                 if plan.regions[kind] == region
             )
             where = "tile memory" if region == "tiles" else "off-chip memory"
-            raise OutOfTileMemory(
+            error = OutOfTileMemory if region == "tiles" else OutOfOffchipMemory
+            raise error(
                 f"{graph.name} does not fit on {len(plan.weights)} core(s) of {device.name}: core {worst} needs "
                 f"{fmt_bytes(need[region])} of {where} ({parts}) but has {fmt_bytes(capacity[region])}; use a higher "
                 "`tp`, a smaller `max_context` or `batch`, or a device with more memory"

@@ -37,6 +37,7 @@ def model_info(model: Model) -> dict:
         "tp": model.tp,
         "dtype": model.dtype,
         "act_dtype": model.precision.activations,
+        "compute_dtype": model.precision.compute_dtype,  # the peak MFU is measured against
         "kv_dtype": model.precision.kv,
         "max_context": model.max_context,
         "batch": model.batch,
@@ -60,11 +61,20 @@ def precision_report(model: Model) -> dict:
         entry["formats"] = sorted(entry["formats"])
     stored = sum(e["bytes"] for e in classes.values())
     fp32 = sum(e["fp32_bytes"] for e in classes.values())
+    distinct = 0  # a slice held by several cores (replicated norms, key/value heads) counted once
+    for param in model.graph.params:
+        seen = set()
+        for core in range(model.tp):
+            key = (model.sp.rows[param][core], model.sp.cols[param][core])
+            if key not in seen:
+                seen.add(key)
+                distinct += sum(model.weight_sizes[param][core])
     return {
         "weights": classes,
         "activations": model.precision.activations,
         "kv_cache": model.precision.kv,
-        "weight_bytes": stored,
+        "weight_bytes": stored,  # held over all cores, replicated copies on each core counted
+        "distinct_weight_bytes": distinct,
         "fp32_weight_bytes": fp32,
         "bytes_saved": fp32 - stored,
     }

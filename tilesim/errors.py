@@ -20,8 +20,16 @@ class UnknownPreset(ConfigError):
     """No device preset (or named model) has the name asked for."""
 
 
-class OutOfTileMemory(TilesimError):
-    """A core's tile memory or off-chip memory cannot hold what was asked of it."""
+class OutOfMemory(TilesimError):
+    """A core's memory cannot hold what was asked of it (`OutOfTileMemory`, `OutOfOffchipMemory`)."""
+
+
+class OutOfTileMemory(OutOfMemory):
+    """A core's tile memory (SRAM: a tile, or all of them) cannot hold what was asked of it."""
+
+
+class OutOfOffchipMemory(OutOfMemory):
+    """A core's off-chip memory (HBM, streaming memory) cannot hold what was asked of it."""
 
 
 class ShardingError(TilesimError):

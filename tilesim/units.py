@@ -89,8 +89,10 @@ def fmt_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def fmt_time(seconds: float) -> str:
-    """`2.5e-6` -> `'2.5 us'`; picks s, ms, us or ns."""
+def fmt_time(seconds: float | None) -> str:
+    """`2.5e-6` -> `'2.5 us'`; picks s, ms, us or ns; None (undefined) -> `'n/a'`."""
+    if seconds is None:
+        return "n/a"
     s = float(seconds)
     if s == 0:
         return "0 s"

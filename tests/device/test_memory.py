@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tilesim.device import Device
 from tilesim.device.memory import ALIGNMENT, Arena, Region
-from tilesim.errors import OutOfTileMemory
+from tilesim.errors import OutOfOffchipMemory, OutOfTileMemory
 
 
 def test_blocks_are_aligned_views_into_the_regions_bytes():
@@ -107,7 +107,7 @@ def test_out_of_offchip_memory_names_the_offchip_memory():
     memory = Device("trn1").cores[1].memory
     memory.allocate(15 * 2**30, "weights.all", "weights")
     with pytest.raises(
-        OutOfTileMemory, match=r"core 1, off-chip memory \(16 GiB\): cannot place 'kv' .*2 GiB asked, 1 GiB free"
+        OutOfOffchipMemory, match=r"core 1, off-chip memory \(16 GiB\): cannot place 'kv' .*2 GiB asked, 1 GiB free"
     ):
         memory.allocate(2 * 2**30, "kv", "kv_cache")
 
@@ -139,3 +139,15 @@ def test_arena_places_each_kind_where_the_preset_says():
     a = arena.allocate(100, "a", "activations")
     assert (w.region, a.region) == ("offchip", "tiles")
     assert arena.used_by_kind() == {"weights": 128, "activations": 128}
+
+
+def test_the_memory_that_is_full_names_its_error_class():
+    from tilesim.errors import OutOfMemory
+
+    tiles = Region(core=0, name="tiles", capacity=4096, tile_bytes=1024, backed=False)
+    offchip = Region(core=0, name="offchip", capacity=4096, tile_bytes=None, backed=False)
+    with pytest.raises(OutOfTileMemory):
+        tiles.allocate(8192, "w", "weights")
+    with pytest.raises(OutOfOffchipMemory) as raised:
+        offchip.allocate(8192, "w", "weights")
+    assert isinstance(raised.value, OutOfMemory) and not isinstance(raised.value, OutOfTileMemory)

@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import tilesim
-from tilesim.errors import CheckpointError, GenerationError, NumericalError, OutOfTileMemory, ShardingError
+from tilesim.errors import CheckpointError, GenerationError, NumericalError, OutOfOffchipMemory, ShardingError
 
 
 def copy(folder, tmp_path):
@@ -110,7 +110,7 @@ def test_heads_that_do_not_divide_name_the_heads_and_the_degrees_that_work(tiny_
 def test_a_model_that_does_not_fit_fails_before_loading_with_per_core_totals(tiny_model):
     device = tilesim.Device("tiny", cores=1, offchip_bytes="200 KiB")
     with pytest.raises(
-        OutOfTileMemory,
+        OutOfOffchipMemory,
         match=r"does not fit on 1 core\(s\) of tiny: core 0 needs .* of off-chip memory "
         r"\(weights .*, KV cache .*\) but has 200 KiB; use a higher `tp`",
     ):

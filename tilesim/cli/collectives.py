@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(rows: list[dict], device: Device, args: argparse.Namespace) -> None:
     print(
-        f"# {args.op} on {device.num_cores} cores of {device.name} ({device.spec.fabric.topology}), "
+        f"# {args.op} on {device.num_cores} cores of {device.name} ({device.spec.fabric.topology} topology), "
         f"{args.dtype}, reduce={args.reduce_op}, fabric={args.fabric}"
     )
     table = []

@@ -20,6 +20,7 @@ from tilesim.errors import ConfigError, ShardingError
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
 from tilesim.runtime.timing import kv_context
+from tilesim.units import fmt_bytes
 
 
 def add_parser(subparsers) -> None:
@@ -165,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
     if not stream and not args.timing_only:
         for i, tokens in enumerate(out.tokens):
             print(f"[{i}] new token ids: {','.join(map(str, tokens.tolist()))}")
+    for i, (done, tokens) in enumerate(zip(out.finished, out.tokens, strict=True)):
+        if done and not args.timing_only:
+            print(f"[{i}] stopped at the end-of-sequence token after {len(tokens)} new tokens")
     print_report(out.report, out.trace, full=args.report or args.profile)
     return 0
 
@@ -173,17 +177,21 @@ def _write_artifacts(args: argparse.Namespace, out) -> None:
     if args.trace:
         from tilesim.profiler.chrome import write_chrome_trace
 
-        write_chrome_trace(out.trace, args.trace)
+        if len(out.trace.steps) > 200:
+            print(f"writing the trace of {len(out.trace.steps)} steps to {args.trace} ...", file=sys.stderr)
+        path = write_chrome_trace(out.trace, args.trace)
+        print(f"wrote {path} ({fmt_bytes(path.stat().st_size)})", file=sys.stderr)
     if args.plots:
         from tilesim.profiler.plots import write_plots
 
-        write_plots(out.trace, out.report, args.plots)
+        paths = write_plots(out.trace, out.report, args.plots)
+        print(f"wrote {', '.join(p.name for p in paths)} in {args.plots}", file=sys.stderr)
 
 
 def _as_json(out, tokenizer) -> dict:
     outputs = []
-    for prompt, tokens in zip(out.prompt_tokens, out.tokens, strict=True):
-        entry = {"prompt_tokens": prompt.tolist(), "tokens": tokens.tolist()}
+    for prompt, tokens, done in zip(out.prompt_tokens, out.tokens, out.finished, strict=True):
+        entry = {"prompt_tokens": prompt.tolist(), "tokens": tokens.tolist(), "stopped_at_eos": bool(done)}
         entry["text"] = tokenizer.decode(tokens.tolist(), skip_special_tokens=True) if tokenizer else None
         outputs.append(entry)
     return {"outputs": outputs, "report": out.report, "wall": out.trace.wall}

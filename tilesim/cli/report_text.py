@@ -15,11 +15,19 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
     )
     tpot = report["tpot_s"]
     print(f"simulated time to first token  {fmt_time(report['ttft_s'])}")
+    if tpot["mean"] is None:
+        print("simulated time per token       n/a (one new token: it comes from the prefill, no decode step ran)")
+    else:
+        print(
+            f"simulated time per token       {fmt_time(tpot['mean'])} mean, {fmt_time(tpot['p50'])} p50, "
+            f"{fmt_time(tpot['p99'])} p99 (decode steps)"
+        )
+    decode_rate = report.get("sim_decode_tokens_per_s")
+    decode = f", {decode_rate:.1f} in decode alone" if decode_rate else ""
     print(
-        f"simulated time per token       {fmt_time(tpot['mean'])} mean, {fmt_time(tpot['p50'])} p50, "
-        f"{fmt_time(tpot['p99'])} p99"
+        f"simulated tokens per second    {report['sim_tokens_per_s']:.1f} over the whole run, prefill included"
+        f"{decode} (batch of {model['batch']})"
     )
-    print(f"simulated tokens per second    {report['sim_tokens_per_s']:.1f} (batch of {model['batch']})")
     memory = report.get("memory")
     if memory:
         rows = []
@@ -51,10 +59,12 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         acts = precision["activations"]
         if acts == "int8":
             acts = "int8 (block products' inputs, in blocks of 32; fp32 elsewhere)"
+        distinct = precision.get("distinct_weight_bytes")
+        copies = f" ({fmt_bytes(distinct)} distinct; replicated weights counted on each core)" if distinct else ""
         print(
             f"\nprecision: activations {acts}, KV cache {precision['kv_cache']}; weights "
-            f"{fmt_bytes(precision['weight_bytes'])} over all cores, {fmt_bytes(precision['bytes_saved'])} "
-            "less than fp32"
+            f"{fmt_bytes(precision['weight_bytes'])} held over all cores{copies}, "
+            f"{fmt_bytes(precision['bytes_saved'])} less than fp32"
         )
         if full:
             print_table(
@@ -73,9 +83,11 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
     if model.get("timing_only"):
         print(f"emulator (timing only): load {wall.get('load_s', 0):.2f} s, whole run {wall.get('total_s', 0):.2f} s")
     elif "decode_tokens_per_s" in wall:
+        rate = wall["decode_tokens_per_s"]
+        decode = f"decode {rate:.1f} tokens/s" if rate else "decode n/a (no decode step)"
         print(
             f"emulator: load {wall.get('load_s', 0):.2f} s, compile {wall.get('compile_s', 0):.2f} s, "
-            f"decode {wall['decode_tokens_per_s']:.1f} tokens/s (wall clock)"
+            f"{decode} (wall clock)"
         )
     if not full:
         return
@@ -107,10 +119,13 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
             right=("compute", "communication", "waiting"),
         )
     util = report["utilisation"]
+    dtype = util.get("mfu_peak", {}).get("dtype") or model.get("dtype")
     print(
-        f"\nutilisation: MFU {util['mfu']:.2%} of {fmt_flops(device['peak_flops'])} per core, "
+        f"\nutilisation: MFU {util['mfu']:.2%} of the {dtype} peak, {fmt_flops(device['peak_flops'])} per core; "
         f"MBU {util['mbu']:.2%} of the weights' memory bandwidth"
     )
+    shown = util.get("kernels_shown", "cumulative")
+    print(f"kernels, whole run ({shown}); bound: the larger of its compute and memory time")
     print_table(
         [
             {"kernel": name, "time per core": fmt_time(k["time_s"]), "bound": k["bound"]}
@@ -118,3 +133,7 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         ],
         right=("time per core",),
     )
+    for phase, table in util.get("kernels_by_phase", {}).items():
+        top = sorted(table.items(), key=lambda kv: -kv[1]["time_s"])[:4]
+        shown = ", ".join(f"{name} {fmt_time(k['time_s'])} ({k['bound']})" for name, k in top)
+        print(f"  {phase}, the longest: {shown}")

@@ -173,3 +173,18 @@ def test_random_argument_values_never_end_in_a_traceback(tiny_model, pairs):
     except SystemExit as exit_:  # argparse's own refusal of a value that is not a number
         code = exit_.code
     assert code in (0, 2)
+
+
+def test_a_full_disk_or_a_closed_pipe_on_stdout_is_one_line_or_silence():
+    import subprocess
+    import sys
+
+    exe = [sys.executable, "-m", "tilesim.cli.main", "devices"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(exe, stdout=full, stderr=subprocess.PIPE, text=True, check=False)
+    assert (
+        done.returncode == 2 and done.stderr == "tilesim: error: cannot write the output: no space left on the device\n"
+    )
+    closed = subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    closed.stdout.close()  # the reader is gone before the first line
+    assert closed.wait() == 0 and "Traceback" not in closed.stderr.read()

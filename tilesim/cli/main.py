@@ -7,8 +7,11 @@ with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import functools
 import importlib
+import os
 import re
 import sys
 
@@ -79,18 +82,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        args = build_parser().parse_args(argv)  # imports the subcommands: Ctrl-C may come here too
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a full disk or a closed pipe shows here, not at the interpreter's exit
+        return code
     except TilesimError as exc:
         print(f"tilesim: error: {in_cli_words(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tilesim: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+        _silence_stdout()
         return 0
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or exc.filename is not None:
+            raise
+        _silence_stdout()
+        print("tilesim: error: cannot write the output: no space left on the device", file=sys.stderr)
+        return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of what could not be written stays quiet."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

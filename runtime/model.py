@@ -15,6 +15,7 @@ loop is `generate.py`, what a run reports about the model `reporting.py`.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -33,7 +34,7 @@ from tilesim.runtime.precision import Precision
 from tilesim.runtime.program import lower
 from tilesim.runtime.reporting import precision_report
 from tilesim.runtime.session import Session, place
-from tilesim.runtime.timing import StepTimer
+from tilesim.runtime.timing import StepTimer, position_limit
 
 __all__ = ["GenerateOutput", "Model"]
 
@@ -68,20 +69,35 @@ class Model:
         self.precision = Precision.make(dtype or ("native" if gguf else stored), act_dtype, kv_dtype, gguf)
         self.dtype = self.precision.weights
         self.max_context = int(max_context or min(self.graph.max_positions, 2048))
-        if not 1 <= self.max_context <= self.graph.max_positions:
+        limit = position_limit(self.graph)
+        if limit is not None and not 1 <= self.max_context <= limit:
             raise ConfigError(
                 f"max_context={self.max_context} is out of range: {self.graph.name} has "
-                f"{self.graph.max_positions} positions"
+                f"{self.graph.max_positions} learned positions"
             )
+        self.notes: list[str] = []
+        if self.max_context > self.graph.max_positions:
+            beyond = (
+                f"max_context={self.max_context} is beyond the {self.graph.max_positions} positions "
+                f"{self.graph.name} was trained for (rotary positions extend; quality there is not known)"
+            )
+            warnings.warn(beyond, stacklevel=2)
+            self.notes.append(beyond)
         self.formats = weights.storage_formats(self.graph, self.precision, checkpoint)
         blocky = any(f in weights.BLOCK_FORMATS for f in self.formats.values())
         self.sp = shard.plan(self.graph, tp, granule=weights.BLOCK if blocky else 1, pad_heads=pad_heads)
-        self.notes: list[str] = []
         if self.sp.heads[0] != self.graph.heads:
             extra = self.sp.heads[0] / self.graph.heads - 1
+            kv = self.graph.kv_heads
+            cache = f", key/value heads {kv} -> {self.sp.heads[1]}" if self.sp.heads[1] != kv else ""
+            replicated = (
+                ", each core holding one key/value head"
+                if self.sp.kv_heads[0][1] - self.sp.kv_heads[0][0] == 1 and kv < tp
+                else ""
+            )
             self.notes.append(
-                f"{self.graph.heads} attention heads padded to {self.sp.heads[0]} for {tp} cores: "
-                f"{extra:.0%} more attention work and key/value memory"
+                f"{self.graph.heads} attention heads padded to {self.sp.heads[0]} for {tp} cores{cache}{replicated}: "
+                f"{extra:.0%} more attention work"
             )
         self.notes += weights.keep_blocks_whole(self.formats, self.graph, self.sp)
         # 16-bit activations round each op's output before the next reads it: no fusion then

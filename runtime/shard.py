@@ -8,9 +8,17 @@
 - Query heads must divide by the degree; key/value heads either divide by it or, when there
   are fewer of them than cores, are replicated (each core keeps the one its queries use).
 - Splits that are not about heads (MLP width, vocabulary) may be uneven.
-- With `pad_heads`, a model whose heads do not divide by the degree gets zero heads added
-  up to the next multiple (as transformers-neuronx pads them): Llama-2-13b's 40 heads
-  become 64 on 32 cores. The padded heads cost real work, and the report says how much.
+- With `pad_heads`, a model whose heads do not divide by the degree runs anyway, padded with
+  zero heads as transformers-neuronx's shard-over-heads does (their projections are zero
+  rows, their output columns zero, so the numbers do not change):
+  - at least as many key/value heads as cores: key/value heads (each with its group of
+    query heads) are added up to a multiple of the degree: Llama-2-13b's 40 heads become 64
+    on 32 cores;
+  - fewer key/value heads than cores: every core holds one key/value head (replicated over
+    the cores that share it) and the same number of query heads, each query group padded to
+    fill its cores: Llama-2-70b's 64 query / 8 key/value heads on 24 cores hold 3 query heads
+    per core, 72 in all.
+  The padded heads cost real work, and the report says how much.
 """
 
 from __future__ import annotations
@@ -39,13 +47,24 @@ class ShardPlan:
     cols: dict[str, list[tuple[int, int] | None]]  # param -> per core [lo, hi) of its second axis
     widths: dict[str, list[int]]  # value -> per core local width
     nodes: list[Node] = field(default_factory=list)
+    # param -> per core rows (cols) held when padding makes them more than the range read
+    local_rows: dict[str, list[int]] = field(default_factory=dict)
+    local_cols: dict[str, list[int]] = field(default_factory=dict)
 
     def local_shape(self, param: str, shape: tuple[int, ...], core: int) -> tuple[int, ...]:
         lo, hi = self.rows[param][core]
+        rows = self.local_rows[param][core] if param in self.local_rows else hi - lo
         if len(shape) == 1:
-            return (hi - lo,)
+            return (rows,)
         col = self.cols[param][core]
-        return (hi - lo, shape[1] if col is None else col[1] - col[0])
+        cols = (
+            self.local_cols[param][core] if param in self.local_cols else shape[1] if col is None else col[1] - col[0]
+        )
+        return (rows, cols)
+
+    def padded(self, param: str) -> bool:
+        """Whether some core holds zero rows or columns of `param` beyond what it reads."""
+        return param in self.local_rows or param in self.local_cols
 
 
 def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False) -> ShardPlan:
@@ -57,28 +76,18 @@ def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False
     """
     if tp < 1:
         raise ShardingError(f"the tensor-parallel degree must be at least 1, got {tp}")
-    nh, nkv = graph.heads, graph.kv_heads
-    if nh % tp or (nkv % tp and tp % nkv):
-        ok = ", ".join(str(d) for d in valid_degrees(nh, nkv))
-        kv = f" and {nkv} key/value heads" if nkv != nh else ""
-        if not pad_heads or nkv != nh:
-            hint = ", or pad heads (--pad-heads)" if nkv == nh else ""
-            raise ShardingError(
-                f"{graph.name} has {nh} attention heads{kv}, which cannot be split over {tp} cores; "
-                f"use a tensor-parallel degree of {ok}{hint}"
-            )
-        nh = nkv = -(-nh // tp) * tp
-    per = nh // tp
-    q_heads = [(c * per, (c + 1) * per) for c in range(tp)]
-    if nkv % tp == 0:
-        kv_heads = [(c * nkv // tp, (c + 1) * nkv // tp) for c in range(tp)]
-    else:  # fewer key/value heads than cores: replicate each over tp / nkv cores
-        kv_heads = [(c * nkv // tp, c * nkv // tp + 1) for c in range(tp)]
-    sp = ShardPlan(tp, (nh, nkv), q_heads, kv_heads, {}, {}, {})
+    q_heads, kv_heads, heads, per_core = _head_split(graph, tp, pad_heads)
+    sp = ShardPlan(tp, heads, q_heads, kv_heads, {}, {}, {})
+    real = {False: graph.heads, True: graph.kv_heads}
 
     def head_ranges(heads: tuple[int, int], kv: bool) -> list[tuple[int, int]]:
+        """Each core's range of real heads, in features (clipped: padding reads nothing)."""
         _, d = heads
-        return [(lo * d, hi * d) for lo, hi in (kv_heads if kv else q_heads)]
+        return [(min(lo, real[kv]) * d, min(hi, real[kv]) * d) for lo, hi in (kv_heads if kv else q_heads)]
+
+    def head_width(heads: tuple[int, int], kv: bool) -> list[int]:
+        """Each core's features of those heads, padding included."""
+        return [per_core[kv] * heads[1]] * tp
 
     def even(n: int) -> list[tuple[int, int]]:
         unit = granule if n % granule == 0 and n // granule >= tp else 1
@@ -91,7 +100,7 @@ def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False
 
     for name, v in graph.values.items():
         if v.split == "out":
-            sp.widths[name] = [hi - lo for lo, hi in value_ranges(name)]
+            sp.widths[name] = head_width(v.heads, v.kv) if v.heads else [hi - lo for lo, hi in value_ranges(name)]
         else:
             sp.widths[name] = [v.width] * tp
 
@@ -102,15 +111,66 @@ def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False
             sp.cols[param] = [None] * tp
             if spec.split == "out":
                 sp.rows[param] = head_ranges(spec.heads, spec.kv) if spec.heads else even(spec.shape[0])
+                if spec.heads and any(
+                    hi - lo != w for (lo, hi), w in zip(sp.rows[param], head_width(spec.heads, spec.kv), strict=True)
+                ):
+                    sp.local_rows[param] = head_width(spec.heads, spec.kv)
             elif spec.split == "vocab":
                 sp.rows[param] = even(spec.shape[0])
             elif spec.split == "in" and len(spec.shape) == 2:
                 sp.rows[param] = full
                 sp.cols[param] = value_ranges(node.inputs[0])
+                v = graph.values[node.inputs[0]]
+                if v.heads and any(
+                    hi - lo != w for (lo, hi), w in zip(sp.cols[param], sp.widths[node.inputs[0]], strict=True)
+                ):
+                    sp.local_cols[param] = sp.widths[node.inputs[0]]
             else:
                 sp.rows[param] = full
     sp.nodes = _with_collectives(graph, tp)
     return sp
+
+
+def _head_split(graph: DecoderGraph, tp: int, pad_heads: bool):
+    """(query head ranges, key/value head ranges, (query, key/value) heads after padding,
+    {False: query heads per core, True: key/value heads per core}). Ranges are of head
+    indices in the padded layout when padding appends heads, and of real heads otherwise."""
+    nh, nkv = graph.heads, graph.kv_heads
+    group = nh // nkv
+    if nh % tp == 0 and (nkv % tp == 0 or tp % nkv == 0):
+        per = nh // tp
+        q = [(c * per, (c + 1) * per) for c in range(tp)]
+        if nkv % tp == 0:
+            kv = [(c * nkv // tp, (c + 1) * nkv // tp) for c in range(tp)]
+        else:  # fewer key/value heads than cores: replicate each over tp / nkv cores
+            kv = [(c * nkv // tp, c * nkv // tp + 1) for c in range(tp)]
+        return q, kv, (nh, nkv), {False: per, True: kv[0][1] - kv[0][0]}
+    if not pad_heads:
+        ok = ", ".join(str(d) for d in valid_degrees(nh, nkv))
+        kv_text = f" and {nkv} key/value heads" if nkv != nh else ""
+        raise ShardingError(
+            f"{graph.name} has {nh} attention heads{kv_text}, which cannot be split over {tp} cores; "
+            f"use a tensor-parallel degree of {ok}, or pad heads (`pad_heads`)"
+        )
+    if nkv >= tp:  # add key/value heads, each with a group of zero query heads, up to a multiple of tp
+        per_kv = -(-nkv // tp)
+        per_q = per_kv * group
+        q = [(c * per_q, (c + 1) * per_q) for c in range(tp)]
+        kv = [(c * per_kv, (c + 1) * per_kv) for c in range(tp)]
+        return q, kv, (per_q * tp, per_kv * tp), {False: per_q, True: per_kv}
+    # fewer key/value heads than cores: core c holds key/value head owner[c] and the same
+    # number of query heads, its share of that head's group (zero heads where it runs out)
+    owner = [c * nkv // tp for c in range(tp)]
+    cores_of = [owner.count(k) for k in range(nkv)]
+    per_q = max(-(-group // n) for n in cores_of)
+    q, kv = [], []
+    for c in range(tp):
+        k = owner[c]
+        j = c - owner.index(k)  # the core's place among the cores of head k
+        lo, hi = k * group + min(j * per_q, group), k * group + min((j + 1) * per_q, group)
+        q.append((lo, hi))
+        kv.append((k, k + 1))
+    return q, kv, (per_q * tp, nkv), {False: per_q, True: 1}
 
 
 def _with_collectives(graph: DecoderGraph, tp: int) -> list[Node]:

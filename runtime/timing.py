@@ -56,13 +56,23 @@ def bucket(n: int, smallest: int = 16, largest: int | None = None) -> int:
     return min(size, largest) if largest else size
 
 
-def kv_context(needed: int, limit: int) -> int:
+def kv_context(needed: int, limit: int | None) -> int:
     """The KV cache's positions for a run that needs `needed` (prompt and new tokens): the
-    next power of two, at least 256, within the model's `limit` (the one rule every caller
-    uses: the command line, sweeps, fidelity)."""
+    next power of two, at least 256, within the model's `limit` (None: no limit, for rotary
+    positions; see `position_limit`). The one rule every caller uses: the command line,
+    sweeps, fidelity."""
+    if limit is None:
+        return bucket(needed, 256)
     if needed > limit:
         raise GenerationError(f"the prompt and new tokens need {needed} positions; the model has {limit}")
     return bucket(needed, 256, limit)
+
+
+def position_limit(graph) -> int | None:
+    """The most positions a run of `graph` may use: its learned position table's rows, or
+    None for rotary positions, which extend past the config's `max_position_embeddings`
+    (transformers-neuronx runs Llama-2 at 8k on a 4k config; quality beyond is the user's call)."""
+    return None if any(node.op == "rope" for node in graph.nodes) else graph.max_positions
 
 
 class StepTimer:

@@ -34,9 +34,7 @@ def keep_blocks_whole(formats: dict[str, str], graph: DecoderGraph, sp: ShardPla
         if fmt not in BLOCK_FORMATS:
             continue
         cols = sp.cols[param]
-        shape = graph.params[param].shape
-        padded = any(hi > shape[0] for _, hi in sp.rows[param]) or any(c is not None and c[1] > shape[1] for c in cols)
-        if padded or any(c is not None and (c[0] % BLOCK or c[1] % BLOCK) for c in cols):
+        if sp.padded(param) or any(c is not None and (c[0] % BLOCK or c[1] % BLOCK) for c in cols):
             formats[param] = "fp32"
             notes.append(f"{param}: its column split is not a multiple of {BLOCK}; dequantized to fp32")
     return notes

@@ -56,6 +56,18 @@ def configs():
             ),
             [1, 3, 6],
         ),
+        "llama_gqa10": (  # 10 query / 2 key-value heads: runs at TP 4 and 5 only padded
+            T.LlamaConfig(
+                hidden_size=80,
+                intermediate_size=88,
+                num_hidden_layers=2,
+                num_attention_heads=10,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                **common,
+            ),
+            [1, 2, 10],
+        ),
         "mistral": (
             T.MistralConfig(
                 hidden_size=48,

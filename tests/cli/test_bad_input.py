@@ -24,7 +24,6 @@ GENERATE = [
     (["--tp", "0"], "--tp 0 must be at least 1"),
     (["--cores", "0"], "must be at least 1"),
     (["--max-context", "0"], "--max-context 0 must be at least 1"),
-    (["--max-context", "100000"], "--max-context 100000 is out of range"),
     (["--device", "warp-drive"], "unknown device preset 'warp-drive'"),
     (["--dtype", "int3"], "--dtype int3 is not supported"),
     (["--kv-dtype", "int2"], "--kv-dtype int2 is not supported"),
@@ -74,6 +73,19 @@ def test_collectives_and_sweep_get_one_line_for_each_mistake(capsys, tiny_model,
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("tilesim: error: ") and err.count("\n") == 1 and phrase in err, err
+
+
+def test_a_context_beyond_the_positions_is_refused_for_learned_positions_and_warned_for_rotary(capsys, tiny_model):
+    learned, rotary = str(tiny_model("gpt2")), str(tiny_model("llama"))
+    capsys.readouterr()
+    code = main(["generate", learned, "--prompt-ids", "1,2", "--max-new-tokens", "1", "--max-context", "512"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-context 512 is out of range" in err and "256 learned positions" in err
+    with pytest.warns(UserWarning, match="max_context=512 is beyond the 256 positions"):
+        model = tilesim.load(rotary, device="tiny", tp=1, max_context=512)
+    out = model.generate([list(range(1, 100))] * 1, max_new_tokens=300, eos_token_id=None)
+    assert len(out.tokens[0]) == 300  # positions 256..398 run: rotary tables cover the whole context
+    assert any("beyond the 256 positions" in note for note in out.report["memory"]["notes"])
 
 
 def test_a_sweep_whose_every_point_fails_exits_non_zero(capsys, tiny_model):

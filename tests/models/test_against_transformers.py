@@ -77,6 +77,25 @@ def test_logits_and_greedy_tokens_match_transformers(tiny_model, greedy_rule, ar
         assert close(ours[0], theirs), f"logits of step {step}"
 
 
+PADDED = [("llama_gqa10", 4), ("llama_gqa10", 5), ("llama_gqa10", 3), ("llama", 4), ("mistral", 4), ("gpt2", 4)]
+
+
+@pytest.mark.parametrize(("arch", "tp"), PADDED)
+def test_heads_padded_as_transformers_neuronx_pads_them_give_transformers_logits(tiny_model, greedy_rule, arch, tp):
+    # degrees the heads do not divide: zero query heads (and replicated or added key/value
+    # heads) fill every core, and the numbers stay transformers'
+    folder = tiny_model(arch)
+    _, ref = reference(folder, [PROMPT], STEPS)
+    model = tilesim.load(str(folder), device=tilesim.Device("tiny", cores=tp), tp=tp, pad_heads=True)
+    assert model.sp.heads[0] % tp == 0 and model.sp.heads[0] > model.graph.heads
+    prefill = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert close(prefill.logits[0], ref["prefill"]), "prefill logits of every position"
+    out = model.generate([PROMPT], max_new_tokens=STEPS, eos_token_id=None, return_logits=True)
+    compared = greedy_rule(out.tokens[0], ref["tokens"], ref["step_logits"], RTOL, f"{arch} tp{tp} padded")
+    for step, (ours, theirs) in enumerate(zip(out.logits[:compared], ref["step_logits"], strict=False)):
+        assert close(ours[0], theirs), f"logits of step {step}"
+
+
 @pytest.mark.parametrize(("arch", "tp"), [("llama", 3), ("gpt2", 2), ("gpt_neox", 3), ("opt", 1)])
 def test_a_batch_of_prompts_of_different_lengths(tiny_model, greedy_rule, arch, tp):
     folder = tiny_model(arch)

@@ -19,7 +19,7 @@ from tilesim.device import Device
 from tilesim.errors import ConfigError, ShardingError
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
-from tilesim.runtime.timing import kv_context
+from tilesim.runtime.timing import kv_context, position_limit
 from tilesim.units import fmt_bytes
 
 
@@ -45,6 +45,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     p.add_argument("--prompt-ids", action="append", default=[], help="a prompt as token ids, e.g. 1,2,3")
     p.add_argument("--prompt-len", type=int, default=None, help="timing-only: a prompt of N tokens")
+    p.add_argument("--batch", type=int, default=1, help="run the prompts this many times over, as one batch")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=None)
@@ -99,8 +100,11 @@ def _prompts(args: argparse.Namespace, checkpoint) -> tuple[list[list[int]], obj
                 prompts.append(tokenizer.chat_ids([{"role": "user", "content": text}]))
             else:
                 prompts.append(tokenizer.encode(text))
-    if args.prompt_len:
+    if args.prompt_len is not None:
+        whole("prompt_len", args.prompt_len, 1, ConfigError)
         prompts.append([0] * args.prompt_len)
+    whole("batch", args.batch, 1, ConfigError)
+    prompts = prompts * args.batch
     if not prompts:
         raise ConfigError("give a prompt: --prompt TEXT, --prompt-ids 1,2,3, or --prompt-len N with --timing-only")
     return prompts, tokenizer
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     whole("tp", args.tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
     needed = longest + args.max_new_tokens
     max_context = (
-        args.max_context if args.max_context is not None else kv_context(needed, checkpoint.graph.max_positions)
+        args.max_context if args.max_context is not None else kv_context(needed, position_limit(checkpoint.graph))
     )
     device = Device(args.device, cores=args.cores if args.cores is not None else args.tp, backed=not args.timing_only)
     quiet = args.json or not sys.stderr.isatty()

@@ -31,7 +31,7 @@ SUBCOMMANDS = {
 # Python arguments the library's messages name, and the flags that set them here
 _ARGUMENTS = (
     "max_context", "max_new_tokens", "act_dtype", "kv_dtype", "dtype", "tp", "cores", "batch", "algo",
-    "temperature", "top_k", "top_p", "seed", "fabric",
+    "temperature", "top_k", "top_p", "seed", "fabric", "pad_heads", "prompt_len",
 )  # fmt: skip
 _SWITCHES = {"timing_only=True": "--timing-only", "pad_heads=True": "--pad-heads"}
 

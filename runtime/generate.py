@@ -20,8 +20,7 @@ from tilesim.runtime.checks import whole
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.reporting import device_info, memory_snapshot, model_info
 from tilesim.runtime.sampling import SamplingParams, choose
-from tilesim.runtime.session import DECODE_SMALLEST, PREFILL_SMALLEST
-from tilesim.runtime.timing import StepShape, bucket
+from tilesim.runtime.session import decode_shape, prefill_shape
 
 if TYPE_CHECKING:
     from tilesim.runtime.model import Model
@@ -85,13 +84,7 @@ def generate(
     kept_logits: list[np.ndarray] = []
     gathered = "all" if return_logits == "all" else params.gathered
     t_prefill = int(lengths.max())
-    shape = StepShape(
-        "prefill",
-        b,
-        bucket(t_prefill, PREFILL_SMALLEST, model.max_context),
-        bucket(t_prefill, PREFILL_SMALLEST, model.max_context),
-        gathered,
-    )
+    shape = prefill_shape(b, t_prefill, model.max_context, gathered)
     ids = np.zeros((b, t_prefill), dtype=np.int64)
     for i, p in enumerate(prompts):
         ids[i, : len(p)] = p
@@ -146,7 +139,7 @@ def generate(
         if all(done) or step == max_new_tokens - 1:
             break
         context = int(lengths.max())
-        shape = StepShape("decode", b, 1, bucket(context, DECODE_SMALLEST, model.max_context), params.gathered)
+        shape = decode_shape(b, context, model.max_context, params.gathered)
         inputs = StepInputs(chosen.astype(np.int64), lengths - 1, lengths - 1, np.ones(b, np.int64), b, 1)
     trace.memory = memory_snapshot(model)
     trace.wall = {

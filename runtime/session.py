@@ -16,9 +16,20 @@ from tilesim.device.memory import Block
 from tilesim.runtime import memplan
 from tilesim.runtime.kvcache import KVCache, kv_arrays
 from tilesim.runtime.program import Program
-from tilesim.runtime.timing import bucket
+from tilesim.runtime.timing import StepShape, bucket
 
 PREFILL_SMALLEST, DECODE_SMALLEST = 16, 128  # smallest compiled buckets (tokens, context)
+
+
+def prefill_shape(batch: int, tokens: int, max_context: int, gathered: str = "argmax") -> StepShape:
+    """The compiled step that prefills `tokens` positions of `batch` sequences (its bucket)."""
+    size = bucket(tokens, PREFILL_SMALLEST, max_context)
+    return StepShape("prefill", batch, size, size, gathered)
+
+
+def decode_shape(batch: int, context: int, max_context: int, gathered: str = "argmax") -> StepShape:
+    """The compiled decode step whose longest sequence holds `context` positions (its bucket)."""
+    return StepShape("decode", batch, 1, bucket(context, DECODE_SMALLEST, max_context), gathered)
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Any
 from tilesim.api import load
 from tilesim.device import Device
 from tilesim.models.named import open_for_timing
-from tilesim.runtime.timing import kv_context
+from tilesim.runtime.session import decode_shape, prefill_shape
+from tilesim.runtime.timing import kv_context, position_limit
 
 _MODELS = {
     "Llama-2-13b": "llama-2-13b",
@@ -115,3 +116,87 @@ def predict(row: Row, **overrides: Any) -> dict[str, Any]:
         "ttft_s": out.trace.steps[0].latency,
         "decode_mean_s": sum(decode) / max(1, len(decode)),
     }
+
+
+SDK218 = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration" / "neuron_sdk218_llama2.csv"
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """One row of the Neuron SDK 2.18 latency tables: a request's TTFT and TPOT (p50)."""
+
+    model: str
+    instance: str
+    tp: int
+    batch: int
+    input_len: int
+    output_len: int
+    ttft_s: float
+    tpot_s: float
+    source: str
+
+
+def load_latency_rows(path: str | Path = SDK218) -> list[LatencyRow]:
+    with open(path, newline="") as f:
+        return [
+            LatencyRow(
+                r["model"], r["instance"], int(r["tp"]), int(r["batch"]), int(r["input_len"]), int(r["output_len"]),
+                float(r["ttft_p50_ms"]) / 1e3, float(r["tpot_p50_ms"]) / 1e3, r["source"],
+            )
+            for r in csv.DictReader(f)
+        ]  # fmt: skip
+
+
+def predict_latency(row: LatencyRow) -> dict[str, Any]:
+    """The simulated TTFT and TPOT (p50 over the request's decode steps) of `row`, as
+    transformers-neuronx runs it: fp16 weights, bf16 matmuls and KV cache, heads padded, a
+    KV cache of the whole request. Each step shape is timed once (`StepTimer`); the decode
+    steps' latencies are weighted by how many of the request's steps fall in each bucket."""
+    needed = row.input_len + row.output_len
+    checkpoint = open_for_timing(_MODELS[row.model])
+    model = load(
+        checkpoint,
+        Device(row.instance, cores=row.tp, backed=False),
+        row.tp,
+        dtype="fp16",
+        act_dtype="bf16",
+        kv_dtype="bf16",
+        timing_only=True,
+        pad_heads=True,
+        batch=row.batch,
+        max_context=kv_context(needed, position_limit(checkpoint.graph)),
+    )
+    ttft = model.timer.time(prefill_shape(row.batch, row.input_len, model.max_context)).latency
+    steps: dict[float, int] = {}
+    context = row.input_len + 1  # the first decode step's longest sequence
+    while context < needed:
+        shape = decode_shape(row.batch, context, model.max_context)
+        span = min(needed, shape.context + 1) - context  # decode steps in this bucket
+        latency = model.timer.time(shape).latency
+        steps[latency] = steps.get(latency, 0) + span
+        context += span
+    tpot = _weighted_median(steps) if steps else None
+    return {
+        "model": row.model,
+        "instance": row.instance,
+        "tp": row.tp,
+        "batch": row.batch,
+        "input_len": row.input_len,
+        "output_len": row.output_len,
+        "ttft_s": row.ttft_s,
+        "predicted_ttft_s": ttft,
+        "ttft_error": ttft / row.ttft_s - 1,
+        "tpot_s": row.tpot_s,
+        "predicted_tpot_s": tpot,
+        "tpot_error": (tpot / row.tpot_s - 1) if tpot else None,
+        "heads": list(model.sp.heads),
+    }
+
+
+def _weighted_median(counts: dict[float, int]) -> float:
+    total, seen = sum(counts.values()), 0
+    for value in sorted(counts):
+        seen += counts[value]
+        if 2 * seen >= total:
+            return value
+    return max(counts)

@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "generate": "generate",
     "profile": "generate",
     "sweep": "sweep",
+    "fidelity": "fidelity",
 }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from tilesim.errors import ConfigError, ShardingError
 from tilesim.runtime import shard, weights
 from tilesim.runtime.collective_plan import CollectivePlan
 from tilesim.runtime.execute import Executor
-from tilesim.runtime.generate import DEFAULT, GenerateOutput, generate
+from tilesim.runtime.generate import GenerateOutput, generate
 from tilesim.runtime.graph import DecoderGraph
 from tilesim.runtime.precision import Precision
 from tilesim.runtime.program import lower
@@ -183,38 +183,7 @@ class Model:
             null=self.timing_only,
         )
 
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]] | np.ndarray,
-        max_new_tokens: int = 32,
-        *,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int = 0,
-        eos_token_id: int | Sequence[int] | object | None = DEFAULT,
-        on_token: Callable[[int, int], None] | None = None,
-        return_logits: bool | str = False,
-    ) -> GenerateOutput:
-        """Generate up to `max_new_tokens` for each prompt (a list of id lists, or a 1-D/2-D array).
-
-        Greedy unless `temperature`, `top_k` or `top_p` is given. A sequence stops after an
-        EOS id (the model's unless `eos_token_id` says otherwise; None never stops).
-        `on_token(prompt_index, id)` sees tokens as they come. `return_logits=True` keeps
-        each step's logits of the last position, `"all"` also every prefill position.
-        """
-        return generate(
-            self,
-            prompts,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            eos_token_id=eos_token_id,
-            on_token=on_token,
-            return_logits=return_logits,
-        )
+    generate = generate  # the loop is runtime/generate.py's `generate(model, prompts, ...)`
 
     def precision_report(self) -> dict:
         """The format of every weight class, its bytes over all cores, and the bytes saved against fp32."""

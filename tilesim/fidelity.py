@@ -80,22 +80,11 @@ def predict(row: Row, **overrides: Any) -> dict[str, Any]:
     `overrides` change preset figures (as Device overrides), for fitting.
     """
     checkpoint = open_for_timing(_MODELS[row.model])
-    device = Device(row.instance, cores=row.tp, backed=False, **overrides)
     limit = checkpoint.graph.max_positions
     prompt = row.input_len or 1
     new = min(row.output_len, limit - prompt - 1)  # the model's positions bound the request
-    model = load(
-        checkpoint,
-        device,
-        row.tp,
-        dtype="fp16",
-        act_dtype="bf16",
-        kv_dtype="fp16",
-        timing_only=True,
-        pad_heads=True,
-        batch=row.batch,
-        max_context=kv_context(prompt + new + 1, limit),  # the prefill's token and `new` decode steps
-    )
+    context = kv_context(prompt + new + 1, limit)  # the prefill's token and `new` decode steps
+    model = _as_neuronx_runs_it(checkpoint, row.instance, row.tp, row.batch, context, "fp16", **overrides)
     # The first new token comes from the prefill; `output_len` decode steps follow it.
     out = model.generate(
         [[0] * prompt] * row.batch, max_new_tokens=new + (1 if row.input_len else 0), eos_token_id=None
@@ -154,18 +143,8 @@ def predict_latency(row: LatencyRow) -> dict[str, Any]:
     steps' latencies are weighted by how many of the request's steps fall in each bucket."""
     needed = row.input_len + row.output_len
     checkpoint = open_for_timing(_MODELS[row.model])
-    model = load(
-        checkpoint,
-        Device(row.instance, cores=row.tp, backed=False),
-        row.tp,
-        dtype="fp16",
-        act_dtype="bf16",
-        kv_dtype="bf16",
-        timing_only=True,
-        pad_heads=True,
-        batch=row.batch,
-        max_context=kv_context(needed, position_limit(checkpoint.graph)),
-    )
+    context = kv_context(needed, position_limit(checkpoint.graph))
+    model = _as_neuronx_runs_it(checkpoint, row.instance, row.tp, row.batch, context, "bf16")
     ttft = model.timer.time(prefill_shape(row.batch, row.input_len, model.max_context)).latency
     steps: dict[float, int] = {}
     context = row.input_len + 1  # the first decode step's longest sequence
@@ -191,6 +170,16 @@ def predict_latency(row: LatencyRow) -> dict[str, Any]:
         "tpot_error": (tpot / row.tpot_s - 1) if tpot else None,
         "heads": list(model.sp.heads),
     }
+
+
+def _as_neuronx_runs_it(checkpoint, instance: str, tp: int, batch: int, context: int, kv: str, **overrides: Any):
+    """A timing-only model as transformers-neuronx runs the published rows: fp16 weights,
+    bf16 matmuls, heads padded (`overrides` change preset figures, for fitting)."""
+    device = Device(instance, cores=tp, backed=False, **overrides)
+    return load(
+        checkpoint, device, tp, dtype="fp16", act_dtype="bf16", kv_dtype=kv, timing_only=True, pad_heads=True,
+        batch=batch, max_context=context,
+    )  # fmt: skip
 
 
 def _weighted_median(counts: dict[float, int]) -> float:

@@ -12,6 +12,7 @@ from common import machine
 HERE = Path(__file__).parent
 SCRIPTS = [
     "decode_speed.py",
+    "scaling.py",
     "kernels.py",
     "startup.py",
     "timing_only.py",

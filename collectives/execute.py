@@ -1,11 +1,11 @@
 """Run a `Schedule`: on the discrete-event fabric, or on the closed-form analytic fabric.
 
-Both executors move whatever the buffers hold (real numbers, `None` for timing only, or
-contribution counts for the symbolic proof) with the same step semantics (schedule.py),
-so they produce identical data; they differ only in how time passes:
-- `run_des`: one SimPy process per core on a `Fabric`; links queue; faults apply.
-- `run_analytic`: no events; each core keeps a clock; a transfer takes its route's
-  idle-fabric time. Cores run in turn until each blocks on a message not yet sent.
+One interpreter, `_stream`, runs a stream of steps over any `Transport` (device/fabric.py)
+and moves whatever the buffers hold (real numbers, `None` for timing only, contribution
+counts for the symbolic proof, or a `Recording`); two drivers make time pass:
+- `run_des`: one SimPy process per stream on a `Fabric`; links queue; faults apply.
+- `run_analytic`: no events; each stream keeps a clock; a transfer takes its route's
+  idle-fabric time. Streams run in turn until each waits for a message not yet sent.
 Reducing a received message costs `max(0, gamma - beta_route)` per byte beyond its arrival
 (it streams in); a local reduction costs `gamma` per byte; local copies are free.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from tilesim.collectives.schedule import Local, Recv, Schedule, Send
 from tilesim.device.analytic import AnalyticFabric
-from tilesim.device.fabric import Fabric, TransferRecord
+from tilesim.device.fabric import Fabric, TransferRecord, Transport
 from tilesim.errors import CollectiveTimeout
 
 Buffers = list[dict[str, np.ndarray] | None]
@@ -119,46 +119,89 @@ def _streams(schedule: Schedule) -> list[tuple[int, list]]:
     return out
 
 
+class _Recv:
+    """What a stream waits for: the message of `step` (a Recv) to arrive."""
+
+    __slots__ = ("step",)
+
+    def __init__(self, step: Recv):
+        self.step = step
+
+
+def _stream(core: int, steps: list, transport: Transport, buffers: Buffers, combine: Combine, itemsize: int,
+            gamma: float, copy: bool, pc: list[int], k: int):  # fmt: skip
+    """The one interpreter of a stream of steps, over any `Transport`. It yields what it waits
+    for (a `_Recv`, answered with the received payload; a number of seconds to spend) and
+    returns the sends it posted (what `send` returned for each); its driver makes time pass."""
+    sent = []
+    for step in steps:
+        if isinstance(step, Send):
+            nbytes = (step.hi - step.lo) * itemsize
+            sent.append(transport.send(core, step.peer, step.tag, _payload(buffers, core, step), nbytes, copy=copy))
+        elif isinstance(step, Recv):
+            data = yield _Recv(step)
+            extra = _recv_extra(transport.topology, core, step, itemsize, gamma)
+            if extra:
+                yield extra
+            _apply_recv(buffers, core, step, data, combine)
+        else:
+            cost = _local_cost(step, itemsize, gamma)
+            if cost:
+                yield cost
+            _apply_local(buffers, core, step, combine)
+        pc[k] += 1
+    return sent
+
+
 def run_analytic(
     schedule: Schedule, fabric: AnalyticFabric, buffers: Buffers, combine: Combine, itemsize: int, gamma: float
 ) -> Run:
-    """Execute with closed-form transfer times; raises CollectiveTimeout on a deadlock."""
+    """Drive `_stream` with closed-form transfer times: each stream keeps a clock, and streams
+    run in turn until each waits for a message not yet sent. Raises CollectiveTimeout on a deadlock."""
     streams = _streams(schedule)
-    recording = isinstance(buffers, Recording)
-    clock = [0.0] * len(streams)
-    last_arrival = [0.0] * len(streams)
+    copy = not isinstance(buffers, Recording)  # recorded moves keep the staging arrays they name
     pc = [0] * len(streams)
-    remaining = sum(len(steps) for _, steps in streams)
-    while remaining:
+    clock = [0.0] * len(streams)
+    finish = [0.0] * schedule.p
+    # per stream: [generator, the receive it is blocked on (or None), what to send it next]
+    state = {
+        k: [_stream(core, steps, fabric, buffers, combine, itemsize, gamma, copy, pc, k), None, None]
+        for k, (core, steps) in enumerate(streams)
+    }
+    while state:
         progress = False
-        for k, (core, steps) in enumerate(streams):
-            while pc[k] < len(steps):
-                step = steps[pc[k]]
-                fabric.now = clock[k]
-                if isinstance(step, Send):
-                    nbytes = (step.hi - step.lo) * itemsize
-                    payload = _payload(buffers, core, step)
-                    arrival = fabric.send(core, step.peer, step.tag, payload, nbytes, copy=not recording)
-                    last_arrival[k] = max(last_arrival[k], arrival)
-                elif isinstance(step, Recv):
-                    got = fabric.recv(core, step.peer, step.tag)
-                    if got is None:
+        for k in list(state):
+            gen, wait, answer = state[k]
+            core, before = streams[k][0], pc[k]
+            ended = False
+            while True:
+                if wait is not None:
+                    got = fabric.recv(core, wait.step.peer, wait.step.tag)
+                    if got is None:  # not sent yet: this stream waits for a later round
                         break
-                    arrival, data = got
-                    extra = _recv_extra(fabric.topology, core, step, itemsize, gamma)
-                    clock[k] = max(clock[k], arrival) + extra
-                    _apply_recv(buffers, core, step, data, combine)
+                    arrival, answer = got
+                    clock[k] = max(clock[k], arrival)
+                    wait, progress = None, True
+                fabric.now = clock[k]
+                try:
+                    yielded = gen.send(answer)
+                except StopIteration as done:
+                    finish[core] = max(finish[core], clock[k], *(done.value or []))
+                    ended = True
+                    break
+                answer = None
+                if isinstance(yielded, _Recv):
+                    wait = yielded
                 else:
-                    clock[k] += _local_cost(step, itemsize, gamma)
-                    _apply_local(buffers, core, step, combine)
-                pc[k] += 1
-                remaining -= 1
+                    clock[k] += yielded
+            if ended:
+                del state[k]
                 progress = True
+            else:
+                state[k] = [gen, wait, answer]
+            progress = progress or pc[k] != before
         if not progress:
             raise CollectiveTimeout(_deadlock_message(streams, pc))
-    finish = [0.0] * schedule.p
-    for k, (core, _) in enumerate(streams):
-        finish[core] = max(finish[core], clock[k], last_arrival[k])
     return Run(finish)
 
 
@@ -171,8 +214,9 @@ def run_des(
     gamma: float,
     timeout: float,
 ) -> Run:
-    """Execute on the SimPy fabric. Raises FabricFault from the fabric, or CollectiveTimeout
-    if some core has not finished `timeout` simulated seconds after the start."""
+    """Drive `_stream` on the SimPy fabric, one process per stream. Raises FabricFault from the
+    fabric, or CollectiveTimeout if some core has not finished `timeout` simulated seconds
+    after the start."""
     env = fabric.env
     start = env.now
     streams = _streams(schedule)
@@ -188,29 +232,25 @@ def run_des(
 
     fabric.on_transfer = hook
 
-    def stream_process(k: int, core: int, steps: list):
-        pending = []
-        for step in steps:
-            if isinstance(step, Send):
-                nbytes = (step.hi - step.lo) * itemsize
-                pending.append(fabric.send(core, step.peer, step.tag, _payload(buffers, core, step), nbytes))
-            elif isinstance(step, Recv):
-                data = yield fabric.recv(core, step.peer, step.tag)
-                extra = _recv_extra(fabric.topology, core, step, itemsize, gamma)
-                if extra:
-                    yield env.timeout(extra)
-                _apply_recv(buffers, core, step, data, combine)
+    def process(k: int, core: int, steps: list):
+        gen = _stream(core, steps, fabric, buffers, combine, itemsize, gamma, True, pc, k)
+        answer = None
+        while True:
+            try:
+                yielded = gen.send(answer)
+            except StopIteration as done:
+                pending = done.value or []
+                break
+            if isinstance(yielded, _Recv):
+                answer = yield fabric.recv(core, yielded.step.peer, yielded.step.tag)
             else:
-                cost = _local_cost(step, itemsize, gamma)
-                if cost:
-                    yield env.timeout(cost)
-                _apply_local(buffers, core, step, combine)
-            pc[k] += 1
+                answer = None
+                yield env.timeout(yielded)
         if pending:
             yield env.all_of(pending)
         finish[core] = max(finish[core], env.now - start)
 
-    processes = [env.process(stream_process(k, core, steps)) for k, (core, steps) in enumerate(streams)]
+    processes = [env.process(process(k, core, steps)) for k, (core, steps) in enumerate(streams)]
     try:
         env.run(until=start + timeout)
     finally:

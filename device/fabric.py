@@ -31,12 +31,21 @@ from tilesim.errors import FabricFault
 
 
 class Transport(Protocol):
-    """What a collective needs from a fabric (the discrete-event one, or a stand-in)."""
+    """What a collective needs from a fabric: the discrete-event `Fabric` and the closed-form
+    `AnalyticFabric` both satisfy it, and `collectives.execute._stream` is the one interpreter
+    of a schedule over either (its two drivers make time pass their own way).
+
+    `send` posts a message and returns what the driver waits on (an event, or the arrival
+    time); `recv` returns what delivers the payload (an event, or (arrival, payload) / None
+    when it has not been sent); `topology` gives routes, for the cost of reducing as bytes
+    stream in."""
+
+    topology: Topology
 
     @property
     def now(self) -> float: ...
 
-    def send(self, src: int, dst: int, tag: Any, payload: np.ndarray | None, nbytes: int) -> Any: ...
+    def send(self, src: int, dst: int, tag: Any, payload: np.ndarray | None, nbytes: int, copy: bool = True) -> Any: ...
 
     def recv(self, dst: int, src: int, tag: Any) -> Any: ...
 
@@ -93,13 +102,16 @@ class Fabric:
             box = self._mailboxes[key] = simpy.Store(self.env)
         return box
 
-    def send(self, src: int, dst: int, tag: Any, payload: np.ndarray | None, nbytes: int) -> simpy.Process:
+    def send(
+        self, src: int, dst: int, tag: Any, payload: np.ndarray | None, nbytes: int, copy: bool = True
+    ) -> simpy.Process:
         """Post a message; the returned event fires once it has been delivered.
 
-        The sender does not wait: the bytes are copied now, so it may reuse its buffer.
-        `payload` is None in timing-only runs; `nbytes` is what crosses the links.
+        The sender does not wait: the bytes are copied now (unless `copy=False`: the caller
+        hands over a buffer it will not touch), so it may reuse its buffer. `payload` is None
+        in timing-only runs; `nbytes` is what crosses the links.
         """
-        snapshot = None if payload is None else np.array(payload, copy=True)
+        snapshot = np.array(payload, copy=True) if copy and payload is not None else payload
         return self.env.process(self._deliver(src, dst, tag, snapshot, int(nbytes)))
 
     def recv(self, dst: int, src: int, tag: Any) -> simpy.events.Event:

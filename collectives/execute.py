@@ -26,14 +26,43 @@ Buffers = list[dict[str, np.ndarray] | None]
 Combine = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+class _Direct:
+    """The data path that moves the bytes as the steps run (real arrays, None for timing
+    only, or contribution counts for the symbolic proof)."""
+
+    copies = True  # a sent payload is copied: the sender may reuse its buffer
+
+    def __init__(self, buffers: Buffers):
+        self.buffers = buffers
+
+    def payload(self, core: int, step: Send) -> np.ndarray | None:
+        bufs = self.buffers[core]
+        return None if bufs is None else bufs[step.buf][step.lo : step.hi]
+
+    def received(self, core: int, step: Recv, data: np.ndarray | None, combine: Combine) -> None:
+        bufs = self.buffers[core]
+        if bufs is None or data is None:
+            return
+        target = bufs[step.buf][step.lo : step.hi]
+        target[...] = combine(target, data) if step.reduce else data
+
+    def local(self, core: int, step: Local, combine: Combine) -> None:
+        views = _local_views(self.buffers[core], step)
+        if views:
+            dst, src = views
+            dst[...] = src if step.kind == "copy" else combine(dst, src)
+
+
 class Recording:
-    """Buffers stand-in that records a schedule's data moves instead of doing them.
+    """A data path that records a schedule's data moves instead of doing them.
 
     Running a schedule once on a Recording (with `run_analytic`) yields `moves`: in an order
     that respects every dependency, `(kind, dst, src)` with kind "copy" or "reduce", over
     views of the real buffers and of one staging array per message. Replaying them is the
     schedule's data path without the interpreter: same operations, same order, same bits.
     """
+
+    copies = False  # the recorded moves keep the staging arrays they name
 
     def __init__(self, buffers: list[dict[str, np.ndarray]]):
         self.buffers = buffers
@@ -46,6 +75,37 @@ class Recording:
             else:
                 dst[...] = combine(dst, src)
 
+    def payload(self, core: int, step: Send) -> np.ndarray:
+        source = self.buffers[core][step.buf][step.lo : step.hi]
+        staging = np.empty_like(source)
+        self.moves.append(("copy", staging, source))
+        return staging
+
+    def received(self, core: int, step: Recv, data: np.ndarray, combine: Combine) -> None:
+        target = self.buffers[core][step.buf][step.lo : step.hi]
+        self.moves.append(("reduce" if step.reduce else "copy", target, data))
+
+    def local(self, core: int, step: Local, combine: Combine) -> None:
+        views = _local_views(self.buffers[core], step)
+        if views:
+            self.moves.append((step.kind, *views))
+
+
+def _local_views(bufs: dict[str, np.ndarray] | None, step: Local) -> tuple[np.ndarray, np.ndarray] | None:
+    """(dst, src) of a local step, or None when there is nothing to do (no data, no
+    elements, or a copy in place: `in` is `out`)."""
+    if bufs is None or step.count == 0:
+        return None
+    dst = bufs[step.dst][step.dst_lo : step.dst_lo + step.count]
+    src = bufs[step.src][step.src_lo : step.src_lo + step.count]
+    if step.kind == "copy" and dst.ctypes.data == src.ctypes.data:
+        return None
+    return dst, src
+
+
+def _data_path(buffers: Buffers | Recording) -> _Direct | Recording:
+    return buffers if isinstance(buffers, Recording) else _Direct(buffers)
+
 
 @dataclass
 class Run:
@@ -57,44 +117,6 @@ class Run:
     @property
     def time(self) -> float:
         return max(self.finish, default=0.0)
-
-
-def _payload(buffers: Buffers, core: int, step: Send) -> np.ndarray | None:
-    if isinstance(buffers, Recording):
-        source = buffers.buffers[core][step.buf][step.lo : step.hi]
-        staging = np.empty_like(source)
-        buffers.moves.append(("copy", staging, source))
-        return staging
-    bufs = buffers[core]
-    return None if bufs is None else bufs[step.buf][step.lo : step.hi]
-
-
-def _apply_recv(buffers: Buffers, core: int, step: Recv, data: np.ndarray | None, combine: Combine) -> None:
-    if isinstance(buffers, Recording):
-        target = buffers.buffers[core][step.buf][step.lo : step.hi]
-        buffers.moves.append(("reduce" if step.reduce else "copy", target, data))
-        return
-    bufs = buffers[core]
-    if bufs is None or data is None:
-        return
-    target = bufs[step.buf][step.lo : step.hi]
-    target[...] = combine(target, data) if step.reduce else data
-
-
-def _apply_local(buffers: Buffers, core: int, step: Local, combine: Combine) -> None:
-    bufs = buffers.buffers[core] if isinstance(buffers, Recording) else buffers[core]
-    if bufs is None or step.count == 0:
-        return
-    dst = bufs[step.dst][step.dst_lo : step.dst_lo + step.count]
-    src = bufs[step.src][step.src_lo : step.src_lo + step.count]
-    if step.kind == "copy" and dst.ctypes.data == src.ctypes.data:
-        return  # in place, `in` is `out`: nothing to copy
-    if isinstance(buffers, Recording):
-        buffers.moves.append((step.kind, dst, src))
-    elif step.kind == "copy":
-        dst[...] = src
-    else:
-        dst[...] = combine(dst, src)
 
 
 def _recv_extra(topology, core: int, step: Recv, itemsize: int, gamma: float) -> float:
@@ -128,8 +150,8 @@ class _Recv:
         self.step = step
 
 
-def _stream(core: int, steps: list, transport: Transport, buffers: Buffers, combine: Combine, itemsize: int,
-            gamma: float, copy: bool, pc: list[int], k: int):  # fmt: skip
+def _stream(core: int, steps: list, transport: Transport, data: _Direct | Recording, combine: Combine,
+            itemsize: int, gamma: float, pc: list[int], k: int):  # fmt: skip
     """The one interpreter of a stream of steps, over any `Transport`. It yields what it waits
     for (a `_Recv`, answered with the received payload; a number of seconds to spend) and
     returns the sends it posted (what `send` returned for each); its driver makes time pass."""
@@ -137,18 +159,18 @@ def _stream(core: int, steps: list, transport: Transport, buffers: Buffers, comb
     for step in steps:
         if isinstance(step, Send):
             nbytes = (step.hi - step.lo) * itemsize
-            sent.append(transport.send(core, step.peer, step.tag, _payload(buffers, core, step), nbytes, copy=copy))
+            sent.append(transport.send(core, step.peer, step.tag, data.payload(core, step), nbytes, copy=data.copies))
         elif isinstance(step, Recv):
-            data = yield _Recv(step)
+            payload = yield _Recv(step)
             extra = _recv_extra(transport.topology, core, step, itemsize, gamma)
             if extra:
                 yield extra
-            _apply_recv(buffers, core, step, data, combine)
+            data.received(core, step, payload, combine)
         else:
             cost = _local_cost(step, itemsize, gamma)
             if cost:
                 yield cost
-            _apply_local(buffers, core, step, combine)
+            data.local(core, step, combine)
         pc[k] += 1
     return sent
 
@@ -159,13 +181,13 @@ def run_analytic(
     """Drive `_stream` with closed-form transfer times: each stream keeps a clock, and streams
     run in turn until each waits for a message not yet sent. Raises CollectiveTimeout on a deadlock."""
     streams = _streams(schedule)
-    copy = not isinstance(buffers, Recording)  # recorded moves keep the staging arrays they name
+    data = _data_path(buffers)
     pc = [0] * len(streams)
     clock = [0.0] * len(streams)
     finish = [0.0] * schedule.p
     # per stream: [generator, the receive it is blocked on (or None), what to send it next]
     state = {
-        k: [_stream(core, steps, fabric, buffers, combine, itemsize, gamma, copy, pc, k), None, None]
+        k: [_stream(core, steps, fabric, data, combine, itemsize, gamma, pc, k), None, None]
         for k, (core, steps) in enumerate(streams)
     }
     while state:
@@ -220,6 +242,7 @@ def run_des(
     env = fabric.env
     start = env.now
     streams = _streams(schedule)
+    data = _data_path(buffers)
     finish = [0.0] * schedule.p
     pc = [0] * len(streams)
     records: list[TransferRecord] = []
@@ -233,7 +256,7 @@ def run_des(
     fabric.on_transfer = hook
 
     def process(k: int, core: int, steps: list):
-        gen = _stream(core, steps, fabric, buffers, combine, itemsize, gamma, True, pc, k)
+        gen = _stream(core, steps, fabric, data, combine, itemsize, gamma, pc, k)
         answer = None
         while True:
             try:

@@ -8,6 +8,7 @@ row class `last` sees one row per sequence (all rows when every position's logit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -188,28 +189,25 @@ def bind_act(ex: Executor, step: Step) -> Op:
     return run
 
 
-def bind_swiglu(ex: Executor, step: Step) -> Op:
-    node, after = step.node, step.last
-    gates, ups, outs = ex.views(node.inputs[0]), ex.views(node.inputs[1]), ex.views(node.out)
+def _two_inputs(kernel) -> Callable[[Executor, Step], Op]:
+    """The binder of an element-wise op of two inputs: `kernel(a, b, out)` on every core."""
 
-    def run(inputs: StepInputs) -> None:
-        m = ex.rows(inputs, after)
-        for g, u, out in zip(gates, ups, outs, strict=True):
-            activations.silu_mul(g[:m], u[:m], out[:m])
+    def bind(ex: Executor, step: Step) -> Op:
+        node, after = step.node, step.last
+        a_s, b_s, outs = ex.views(node.inputs[0]), ex.views(node.inputs[1]), ex.views(node.out)
 
-    return run
+        def run(inputs: StepInputs) -> None:
+            m = ex.rows(inputs, after)
+            for a, b, out in zip(a_s, b_s, outs, strict=True):
+                kernel(a[:m], b[:m], out[:m])
+
+        return run
+
+    return bind
 
 
-def bind_add(ex: Executor, step: Step) -> Op:
-    node, after = step.node, step.last
-    a_s, b_s, outs = ex.views(node.inputs[0]), ex.views(node.inputs[1]), ex.views(node.out)
-
-    def run(inputs: StepInputs) -> None:
-        m = ex.rows(inputs, after)
-        for a, b, out in zip(a_s, b_s, outs, strict=True):
-            elementwise.add(a[:m], b[:m], out[:m])
-
-    return run
+bind_swiglu = _two_inputs(activations.silu_mul)  # silu(gate) * up
+bind_add = _two_inputs(elementwise.add)
 
 
 def bind_select_last(ex: Executor, step: Step) -> Op:

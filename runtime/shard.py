@@ -111,24 +111,24 @@ def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False
             sp.cols[param] = [None] * tp
             if spec.split == "out":
                 sp.rows[param] = head_ranges(spec.heads, spec.kv) if spec.heads else even(spec.shape[0])
-                if spec.heads and any(
-                    hi - lo != w for (lo, hi), w in zip(sp.rows[param], head_width(spec.heads, spec.kv), strict=True)
-                ):
+                if spec.heads and _wider(sp.rows[param], head_width(spec.heads, spec.kv)):
                     sp.local_rows[param] = head_width(spec.heads, spec.kv)
             elif spec.split == "vocab":
                 sp.rows[param] = even(spec.shape[0])
             elif spec.split == "in" and len(spec.shape) == 2:
                 sp.rows[param] = full
                 sp.cols[param] = value_ranges(node.inputs[0])
-                v = graph.values[node.inputs[0]]
-                if v.heads and any(
-                    hi - lo != w for (lo, hi), w in zip(sp.cols[param], sp.widths[node.inputs[0]], strict=True)
-                ):
+                if graph.values[node.inputs[0]].heads and _wider(sp.cols[param], sp.widths[node.inputs[0]]):
                     sp.local_cols[param] = sp.widths[node.inputs[0]]
             else:
                 sp.rows[param] = full
     sp.nodes = _with_collectives(graph, tp)
     return sp
+
+
+def _wider(ranges: list[tuple[int, int]], widths: list[int]) -> bool:
+    """Whether some core holds more (zero-padded) features than the range it reads."""
+    return any(hi - lo != w for (lo, hi), w in zip(ranges, widths, strict=True))
 
 
 def _head_split(graph: DecoderGraph, tp: int, pad_heads: bool):

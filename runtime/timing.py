@@ -68,6 +68,12 @@ def kv_context(needed: int, limit: int | None) -> int:
     return bucket(needed, 256, limit)
 
 
+def context_for(graph, needed: int, asked: int | None = None) -> int:
+    """The KV context of a run of `graph` that needs `needed` positions: `asked` if given,
+    else `kv_context` within the graph's `position_limit`."""
+    return asked if asked is not None else kv_context(needed, position_limit(graph))
+
+
 def position_limit(graph) -> int | None:
     """The most positions a run of `graph` may use: its learned position table's rows, or
     None for rotary positions, which extend past the config's `max_position_embeddings`

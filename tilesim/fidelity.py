@@ -18,7 +18,7 @@ from tilesim.api import load
 from tilesim.device import Device
 from tilesim.models.named import open_for_timing
 from tilesim.runtime.session import decode_shape, prefill_shape
-from tilesim.runtime.timing import kv_context, position_limit
+from tilesim.runtime.timing import context_for, kv_context
 
 _MODELS = {
     "Llama-2-13b": "llama-2-13b",
@@ -143,7 +143,7 @@ def predict_latency(row: LatencyRow) -> dict[str, Any]:
     steps' latencies are weighted by how many of the request's steps fall in each bucket."""
     needed = row.input_len + row.output_len
     checkpoint = open_for_timing(_MODELS[row.model])
-    context = kv_context(needed, position_limit(checkpoint.graph))
+    context = context_for(checkpoint.graph, needed)
     model = _as_neuronx_runs_it(checkpoint, row.instance, row.tp, row.batch, context, "bf16")
     ttft = model.timer.time(prefill_shape(row.batch, row.input_len, model.max_context)).latency
     steps: dict[float, int] = {}

@@ -19,7 +19,7 @@ from tilesim.device import Device
 from tilesim.errors import ConfigError, ShardingError
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
-from tilesim.runtime.timing import kv_context, position_limit
+from tilesim.runtime.timing import context_for
 from tilesim.units import fmt_bytes
 
 
@@ -123,9 +123,7 @@ def run(args: argparse.Namespace) -> int:
     longest = max(len(p) for p in prompts)
     whole("tp", args.tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
     needed = longest + args.max_new_tokens
-    max_context = (
-        args.max_context if args.max_context is not None else kv_context(needed, position_limit(checkpoint.graph))
-    )
+    max_context = context_for(checkpoint.graph, needed, args.max_context)
     device = Device(args.device, cores=args.cores if args.cores is not None else args.tp, backed=not args.timing_only)
     quiet = args.json or not sys.stderr.isatty()
     bar = tqdm(total=0, desc="loading", unit="tensor", disable=quiet, leave=False)

@@ -23,7 +23,7 @@ from tilesim.device.spec import preset_names
 from tilesim.errors import ConfigError, TilesimError, UnknownPreset
 from tilesim.profiler.output import atomic_save, writable_file
 from tilesim.runtime.precision import ACT_DTYPES, WEIGHT_DTYPES
-from tilesim.runtime.timing import kv_context, position_limit
+from tilesim.runtime.timing import context_for
 from tilesim.units import fmt_bytes, fmt_time
 
 
@@ -107,8 +107,7 @@ def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], ar
     row = {"device": preset, "tp": tp, "dtype": dtype or "default", "fits": False, "reason": ""}
     try:
         device = Device(preset, cores=tp, backed=not args.timing_only)
-        needed, limit = len(prompt) + args.max_new_tokens, position_limit(checkpoint.graph)
-        context = args.max_context if args.max_context is not None else kv_context(needed, limit)
+        context = context_for(checkpoint.graph, len(prompt) + args.max_new_tokens, args.max_context)
         weights, _, act = (dtype or "").partition(":")
         model = load(checkpoint, device, tp, dtype=weights or None, act_dtype=act or None, max_context=context,
                      timing_only=args.timing_only, pad_heads=args.timing_only)  # fmt: skip

@@ -1,83 +1,381 @@
-"""Fit the timing parameters of the Neuron instance presets to the published rows.
+"""Fit the timing parameters of the Neuron instance presets to the published Neuron SDK 2.18
+rows (benchmarks/calibration/neuron_sdk218_llama2.csv), and judge the fit on rows it did not see.
 
-The predicted time of a row is close to affine in three physical parameters:
-- `kernel_overhead_s`, the fixed cost of every kernel (times the kernels on the critical path),
-- `link_latency`, the cost of one hop of a collective (times the hops on the critical path),
-- 1 / efficiency of attention's memory traffic (the KV cache is read in small strided pieces).
-We measure each row's slopes by finite differences and solve for the parameters that make
-the errors zero, or, with fewer rows than parameters, hold the rest at their physical
-defaults. NeuronCore-v2 is the same core in trn1 and inf2: the core's parameters (kernel
-overhead, efficiencies) come from the trn1 rows and are shared; inf2's own row fixes only its
-fabric's hop latency. Everything else (matmul efficiency 0.5 of compute and 0.85 of HBM
-bandwidth, element-wise 0.5, 10 us per collective launch) stays at physically typical values.
+The parameters are physical figures of a preset (docs/timing-model.md), one set per instance
+for every model:
+- the core: the fixed cost of a kernel; the achieved fraction of HBM bandwidth of products
+  (weights streamed) and of attention (the KV cache); the cost of one DMA piece (the cache
+  is read one position at a time); the achieved fraction of the tensor engine's peak of
+  products and of attention;
+- the fabric: the latency of one hop, the fixed cost of a collective, the achieved fraction
+  of the links' bandwidth;
+- the host: launching a step's program, a request's setup before its prefill, sampling one
+  sequence.
+Held, not fitted: peaks and bandwidths (published), the 128-wide systolic array, the
+runtime's context batch of one sequence (transformers-neuronx compiles its context encoding
+for one sequence), element-wise efficiencies.
 
-Run it to print the fitted values; they are written by hand into device/presets/*.yaml.
+The fit minimises the mean absolute relative error of TTFT and TPOT over the rows: a row's
+predicted times are close to linear in the parameters (times, and the inverse of each
+efficiency), so each round measures the slopes by finite differences (the model is loaded
+once per row and retimed: `Model.timer_for`), solves a reweighted non-negative
+least-squares problem and keeps the step if it lowers the error (else halves it).
+
+Run: `python benchmarks/calibrate.py` (in-sample fit of both instances, then
+leave-one-model-out: fit on two of Llama-2-7b/13b/70b, predict the third). `--write` puts the
+fitted figures into device/presets/<instance>.yaml. Takes a few minutes on 2 cores.
 """
 
 from __future__ import annotations
 
+import argparse
+import multiprocessing
+import re
+import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tilesim.fidelity import load_rows, predict
+from tilesim.device.spec import load_preset
+from tilesim.fidelity import LatencyRow, load_latency_rows, predict_latency
 
-CSV = Path(__file__).parent / "calibration" / "neuron_published.csv"
+PRESETS = Path(__file__).resolve().parent.parent / "device" / "presets"
 
 
-def overrides(overhead: float, latency: float, attention_memory: float, matmul_memory: float = 0.85) -> dict:
-    eff = {
-        "matmul": {"compute": 0.5, "memory": matmul_memory},
-        "elementwise": {"compute": 0.5, "memory": 0.5},
-        "attention": {"compute": 0.3, "memory": attention_memory},
+@dataclass(frozen=True)
+class Param:
+    name: str  # as in the preset YAML (efficiency: class.compute|memory)
+    inverse: bool  # an efficiency, fitted as 1/eff - 1 >= 1/MAX_EFFICIENCY - 1; else a time >= 0
+    unit: str  # for printing and writing: "us" | "ns" | "ms" | ""
+
+
+# No kernel class of a real device sustains more of its peak; a fit at this bound says what
+# the model misses (docs/fidelity.md).
+MAX_EFFICIENCY = 0.9
+
+
+PARAMS = (
+    Param("kernel_overhead_s", False, "us"),
+    Param("matmul.memory", True, ""),
+    Param("attention.memory", True, ""),
+    Param("dma_piece_s", False, "ns"),
+    Param("matmul.compute", True, ""),
+    Param("attention.compute", True, ""),
+    Param("link_latency", False, "us"),
+    Param("collective_overhead_s", False, "us"),
+    Param("bandwidth_efficiency", True, ""),
+    Param("step_overhead_s", False, "ms"),
+    Param("request_overhead_s", False, "ms"),
+    Param("sample_s", False, "ms"),
+)
+SCALE = {"us": 1e-6, "ns": 1e-9, "ms": 1e-3, "": 1.0}
+
+
+# Where every fit starts: typical figures, not the shipped ones (a leave-one-model-out fit
+# must not start from a fit that saw the model it predicts).
+START = {
+    "kernel_overhead_s": 4e-6,
+    "matmul.memory": 0.85,
+    "attention.memory": 0.85,
+    "dma_piece_s": 1e-9,
+    "matmul.compute": 0.5,
+    "attention.compute": 0.3,
+    "link_latency": 2e-6,
+    "collective_overhead_s": 10e-6,
+    "bandwidth_efficiency": 0.8,
+    "step_overhead_s": 1e-3,
+    "request_overhead_s": 5e-3,
+    "sample_s": 0.1e-3,
+    "_elementwise": (0.5, 0.5),
+}
+
+
+def current(instance: str) -> dict[str, float]:
+    """The preset's present figures for every fitted parameter."""
+    spec = load_preset(instance)
+    eff = spec.core.efficiency
+    values = {
+        "kernel_overhead_s": spec.core.kernel_overhead_s,
+        "dma_piece_s": spec.core.dma_piece_s,
+        "link_latency": spec.fabric.link_latency,
+        "collective_overhead_s": spec.fabric.collective_overhead_s,
+        "bandwidth_efficiency": spec.fabric.bandwidth_efficiency,
+        "step_overhead_s": spec.host.step_overhead_s,
+        "request_overhead_s": spec.host.request_overhead_s,
+        "sample_s": spec.host.sample_s,
     }
-    return {"kernel_overhead_s": overhead, "link_latency": latency, "efficiency": eff, "collective_overhead_s": 10e-6}
+    for cls in ("matmul", "attention"):
+        values[f"{cls}.compute"] = eff[cls].compute
+        values[f"{cls}.memory"] = eff[cls].memory
+    values["_elementwise"] = (eff["elementwise"].compute, eff["elementwise"].memory)
+    return values
 
 
-def seconds(row, overhead: float, latency: float, attention_memory: float, matmul_memory: float = 0.85) -> float:
-    return predict(row, **overrides(overhead, latency, attention_memory, matmul_memory))["predicted_s"]
+def overrides(values: dict[str, float]) -> dict:
+    """Device overrides for a set of parameter values ("class.compute|memory" are
+    efficiencies; a "matmul:<format>" class takes matmul's figure for what it does not give)."""
+    ew = values["_elementwise"]
+    out = {k: v for k, v in values.items() if "." not in k and not k.startswith("_")}
+    efficiency = {"elementwise": {"compute": ew[0], "memory": ew[1]}}
+    for key in sorted(k for k in values if "." in k):
+        cls, part = key.split(".")
+        efficiency.setdefault(cls, {})[part] = values[key]
+    for cls, parts in efficiency.items():
+        base = efficiency.get(cls.split(":")[0], {})
+        for part in ("compute", "memory"):
+            parts.setdefault(part, base.get(part, 1.0))
+    out["efficiency"] = efficiency
+    return out
 
 
-def fit_trn1(rows, overhead: float, start=(2e-6, 0.3)) -> tuple[float, float]:
-    """Link latency and attention memory efficiency that make both trn1 rows exact (Newton steps)."""
-    latency, inv_eff = start[0], 1 / start[1]
-    for _ in range(3):
-        jac, residual = [], []
-        for row in rows:
-            base = seconds(row, overhead, latency, 1 / inv_eff)
-            d_lat = (seconds(row, overhead, latency + 1e-7, 1 / inv_eff) - base) / 1e-7
-            d_inv = (seconds(row, overhead, latency, 1 / (inv_eff + 0.05)) - base) / 0.05
-            jac.append([d_lat, d_inv])
-            residual.append(row.published_s - base)
-        step = np.linalg.solve(np.array(jac), np.array(residual))
-        latency, inv_eff = latency + step[0], inv_eff + step[1]
-    return latency, 1 / inv_eff
+_FLOOR = 1 / MAX_EFFICIENCY - 1
 
 
-def fit_inf2(row, overhead: float, latency: float, attention_memory: float) -> float:
-    """The matmul HBM efficiency that makes inf2's row exact, with trn1's core and link figures."""
-    inv = 1 / 0.85
-    for _ in range(3):
-        base = seconds(row, overhead, latency, attention_memory, 1 / inv)
-        slope = (seconds(row, overhead, latency, attention_memory, 1 / (inv + 0.05)) - base) / 0.05
-        inv += (row.published_s - base) / slope
-    return 1 / inv
+def to_x(values: dict[str, float], params: tuple[Param, ...] = PARAMS) -> np.ndarray:
+    """The fitted variables, each >= 0: a time, or 1/eff - 1/MAX_EFFICIENCY."""
+    return np.array(
+        [1 / min(values[p.name], MAX_EFFICIENCY) - 1 - _FLOOR if p.inverse else values[p.name] for p in params]
+    )
+
+
+def from_x(x: np.ndarray, base: dict[str, float], params: tuple[Param, ...] = PARAMS) -> dict[str, float]:
+    out = dict(base)
+    for p, v in zip(params, x, strict=True):
+        out[p.name] = 1 / (1 + _FLOOR + max(v, 0.0)) if p.inverse else max(v, 0.0)
+    return out
+
+
+def predictions(rows: list[LatencyRow], values: dict[str, float]) -> np.ndarray:
+    """Predicted over published, minus one, for TTFT then TPOT of every row."""
+    o = overrides(values)
+    out = []
+    for row in rows:
+        r = predict_latency(row, **o)
+        out += [r["ttft_error"], r["tpot_error"]]
+    return np.array(out)
+
+
+def fit(rows: list, start: dict[str, float], rounds: int = 8, params: tuple[Param, ...] = PARAMS, predict=None):
+    """The parameter values that minimise the mean absolute relative error on `rows` (the
+    goal's measure; least squares would trade many good rows for one outlier): Gauss-Newton
+    steps on iteratively reweighted least squares."""
+    predict = predict or predictions
+    x = to_x(start, params)
+    err = predict(rows, start)
+    for _ in range(rounds):
+        jac = np.empty((len(err), len(params)))
+        for j, p in enumerate(params):
+            h = max(abs(x[j]) * 0.05, 0.05 if p.inverse else 0.05 * SCALE[p.unit])
+            xh = x.copy()
+            xh[j] += h
+            jac[:, j] = (predict(rows, from_x(xh, start, params)) - err) / h
+        # err(x') ~ err + J (x' - x); solve min |W (J x' - (J x - err))| with x' >= 0,
+        # W = 1 / sqrt|err| so that the weighted squares approximate the absolute errors
+        weight = 1 / np.sqrt(np.maximum(np.abs(err), 0.02))
+        target = (jac @ x - err) * weight
+        cols = np.abs(jac).max(axis=0) > 0
+        new = x.copy()
+        new[cols] = nnls(jac[:, cols] * weight[:, None], target)
+        step = new - x
+        for _ in range(6):
+            trial = predict(rows, from_x(x + step, start, params))
+            if np.abs(trial).sum() < np.abs(err).sum():
+                x, err = x + step, trial
+                break
+            step /= 2
+        else:
+            break
+    return from_x(x, start, params)
+
+
+def nnls(a: np.ndarray, b: np.ndarray, iterations: int = 200) -> np.ndarray:
+    """min |a x - b| subject to x >= 0 (Lawson and Hanson's active-set method)."""
+    n = a.shape[1]
+    active = np.zeros(n, dtype=bool)
+    x = np.zeros(n)
+    for _ in range(iterations):
+        w = a.T @ (b - a @ x)
+        if active.all() or w[~active].max() <= 1e-12:
+            break
+        active[np.argmax(np.where(active, -np.inf, w))] = True
+        while True:
+            z = np.zeros(n)
+            z[active] = np.linalg.lstsq(a[:, active], b, rcond=None)[0]
+            if (z[active] > 0).all():
+                x = z
+                break
+            neg = active & (z <= 0)
+            alpha = np.min(x[neg] / (x[neg] - z[neg]))
+            x = x + alpha * (z - x)
+            active &= x > 1e-15
+    return x
+
+
+def summary(label: str, rows: list[LatencyRow], err: np.ndarray) -> str:
+    ttft, tpot = np.abs(err[0::2]), np.abs(err[1::2])
+    return (
+        f"{label}: {len(rows)} rows, TTFT mean |error| {100 * ttft.mean():.1f}% (worst {100 * ttft.max():.0f}%), "
+        f"TPOT {100 * tpot.mean():.1f}% (worst {100 * tpot.max():.0f}%)"
+    )
+
+
+def show(values: dict[str, float], params: tuple[Param, ...] = PARAMS) -> str:
+    parts = []
+    for p in params:
+        v = values[p.name]
+        parts.append(f"{p.name} {v / SCALE[p.unit]:.4g}{(' ' + p.unit) if p.unit else ''}")
+    return ", ".join(parts)
+
+
+def write_preset(instance: str, values: dict[str, float]) -> None:
+    """Put the fitted figures into the preset's YAML, keeping its comments' layout."""
+    path = PRESETS / f"{instance}.yaml"
+    text = path.read_text()
+    fitted = "# fitted to this instance's Neuron SDK 2.18 rows (benchmarks/calibrate.py, docs/fidelity.md)"
+
+    def set_field(text: str, key: str, value: str) -> str:
+        pattern = re.compile(rf"^(\s*{re.escape(key)}:)\s*[^#\n]*?(\s*#.*)?$", re.M)
+        if not pattern.search(text):
+            raise SystemExit(f"{path}: no field {key!r} to write")
+        return pattern.sub(lambda m: f"{m.group(1)} {value}".ljust(31) + f" {fitted}", text, count=1)
+
+    for p in PARAMS:
+        v = values[p.name]
+        if "." in p.name:
+            continue
+        text = set_field(text, p.name, f"{v / SCALE[p.unit]:.4g} {p.unit}".strip())
+    for cls in ("matmul", "attention"):
+        value = f"{{compute: {values[cls + '.compute']:.3f}, memory: {values[cls + '.memory']:.3f}}}"
+        text = set_field(text, cls, value)
+    path.write_text(text)
+
+
+# The A100 preset against gpt-fast's decode rows (benchmarks/calibration/gpu_published.csv:
+# TP 1-8, bf16/int8/int4, batch 1): a decode step is the weights streamed (at a fraction of
+# HBM bandwidth that depends on the weight format: unpacking int8 and int4 costs the
+# kernels bandwidth), a fixed cost per kernel, the all-reduces, and the step's launch.
+GPU_PARAMS = (
+    Param("matmul.memory", True, ""),
+    Param("matmul:int8.memory", True, ""),
+    Param("matmul:int4.memory", True, ""),
+    Param("kernel_overhead_s", False, "us"),
+    Param("link_latency", False, "us"),
+    Param("collective_overhead_s", False, "us"),
+    Param("bandwidth_efficiency", True, ""),
+    Param("step_overhead_s", False, "ms"),
+)
+GPU_START = {
+    "matmul.memory": 0.85,
+    "matmul:int8.memory": 0.85,
+    "matmul:int4.memory": 0.85,
+    "matmul.compute": 0.5,
+    "attention.compute": 0.5,
+    "attention.memory": 0.85,
+    "kernel_overhead_s": 3e-6,
+    "link_latency": 1e-6,
+    "collective_overhead_s": 10e-6,
+    "step_overhead_s": 0.1e-3,
+    "bandwidth_efficiency": 0.8,
+    "_elementwise": (0.5, 0.85),
+}
+
+
+def gpu_predictions(rows: list, values: dict[str, float]) -> np.ndarray:
+    """Relative errors of gpt-fast decode rows and nccl-tests all-reduce points (one fabric
+    serves both: the all-reduces inside a decode step are the curve's small sizes)."""
+    from tilesim.fidelity import AllReduceRow, predict_allreduce, predict_gpu
+
+    o = overrides(values)
+    fabric = {k: o[k] for k in ("link_latency", "collective_overhead_s", "bandwidth_efficiency", "step_overhead_s")}
+    return np.array(
+        [
+            predict_allreduce(row, **fabric)["error"]
+            if isinstance(row, AllReduceRow)
+            else predict_gpu(row, **o)["tpot_error"]
+            for row in rows
+        ]
+    )
+
+
+def gpu_main(write: bool) -> None:
+    from tilesim.fidelity import load_allreduce_rows, load_gpu_rows
+
+    warnings.simplefilter("ignore")
+    decode, curve = load_gpu_rows(), load_allreduce_rows()
+
+    def line(label, rs, params):
+        err = np.abs(gpu_predictions(rs, params))
+        return f"{label}: {len(rs)} rows, mean |error| {100 * err.mean():.1f}% (worst {100 * err.max():.0f}%)"
+
+    fitted = fit(decode + curve, GPU_START, params=GPU_PARAMS, predict=gpu_predictions)
+    print(line("a100 fitted in sample: gpt-fast TPOT", decode, fitted))
+    print(
+        line(
+            "a100 fitted in sample: nccl-tests all-reduce >= 1 MiB",
+            [r for r in curve if r.size_bytes >= 1 << 20],
+            fitted,
+        )
+    )
+    print(
+        line(
+            "a100 fitted in sample: nccl-tests all-reduce < 1 MiB", [r for r in curve if r.size_bytes < 1 << 20], fitted
+        )
+    )
+    print(f"  {show(fitted, GPU_PARAMS)}", flush=True)
+    for held in sorted({r.model for r in decode}):
+        train = [r for r in decode if r.model != held] + curve
+        params = fit(train, GPU_START, params=GPU_PARAMS, predict=gpu_predictions)
+        print(line(f"  leave {held} out: predicted", [r for r in decode if r.model == held], params), flush=True)
+    if write:
+        print("  (write the a100 figures into device/presets/a100.yaml by hand)")
+
+
+def _task(task: tuple[str, str | None]) -> tuple[str, str | None, dict[str, float], list[str]]:
+    """Fit one instance on all its rows (held None) or on all but one model's; report lines."""
+    warnings.simplefilter("ignore")  # contexts past Llama-2's 4096 positions, as the benchmark ran them
+    instance, held = task
+    mine = [r for r in load_latency_rows() if r.instance == instance]
+    train = [r for r in mine if r.model != held]
+    params = fit(train, START)
+    if held is None:
+        lines = [
+            summary(f"{instance} as shipped", mine, predictions(mine, current(instance))),
+            summary(f"{instance} fitted in sample", mine, predictions(mine, params)),
+            f"  {show(params)}",
+        ]
+    else:
+        test = [r for r in mine if r.model == held]
+        lines = [
+            summary(f"{instance}, {held} left out: fitted on the others", train, predictions(train, params)),
+            summary(f"{instance}, {held} left out: predicted", test, predictions(test, params)),
+        ]
+    return instance, held, params, lines
 
 
 def main() -> None:
-    rows = load_rows(CSV)
-    trn = [r for r in rows if r.instance == "trn1.32xlarge"]
-    inf = [r for r in rows if r.instance == "inf2.48xlarge"]
-    overhead = 4e-6  # a typical per-kernel launch cost on NeuronCore-v2; see the module doc
-    latency, attention = fit_trn1(trn, overhead)
-    print(
-        f"trn1.32xlarge: kernel overhead {overhead * 1e6:.1f} us (held), link latency {latency * 1e6:.2f} us, "
-        f"attention memory efficiency {attention:.3f}"
-    )
-    for row in inf:
-        matmul = fit_inf2(row, overhead, latency, attention)
-        print(f"inf2.48xlarge: same core and link figures; matmul HBM efficiency {matmul:.3f}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="write the in-sample fit into the presets")
+    parser.add_argument("--no-lomo", action="store_true", help="skip leave-one-model-out")
+    parser.add_argument("--instance", action="append", help="fit only this instance (repeatable)")
+    parser.add_argument("--jobs", type=int, default=2, help="fits run in parallel (default 2)")
+    parser.add_argument("--gpu", action="store_true", help="fit the a100 preset to the gpt-fast rows instead")
+    args = parser.parse_args()
+    if args.gpu:
+        return gpu_main(args.write)
+    rows = load_latency_rows()
+    instances = args.instance or sorted({r.instance for r in rows})
+    tasks: list[tuple[str, str | None]] = [(i, None) for i in instances]
+    if not args.no_lomo:
+        tasks += [(i, m) for i in instances for m in sorted({r.model for r in rows if r.instance == i})]
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        for instance, held, params, lines in pool.imap(_task, tasks):
+            print("\n".join(lines), flush=True)
+            if args.write and held is None:
+                write_preset(instance, params)
+                print(f"  wrote {PRESETS / (instance + '.yaml')}", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

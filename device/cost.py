@@ -1,7 +1,8 @@
 """How long a kernel takes on a core: the roofline, in one place.
 
     time = overhead + max(FLOPs / (peak[dtype] * eff.compute),
-                          sum over memories of bytes / (bandwidth * eff.memory))
+                          sum over memories of bytes / (bandwidth * eff.memory)
+                          + pieces * dma_piece_s)
 
 - FLOPs count a multiply-add as 2; `dtype` is the compute dtype whose peak applies.
 - Bytes are read plus written, split by the kind of tensor they belong to (weights,
@@ -9,7 +10,13 @@
   (tile SRAM or off-chip), and so which bandwidth applies.
 - `overhead` is the core's fixed per-kernel cost (launch, synchronisation).
 - `eff` is the achieved fraction of peak for the kernel's class (matmul, attention,
-  elementwise), 1.0 unless a preset was calibrated (see docs/timing-model.md).
+  elementwise), 1.0 unless a preset was calibrated (see docs/timing-model.md); a preset may
+  give a product of one weight format its own (`matmul:int4`: unpacking costs bandwidth).
+- `pieces` is the number of contiguous pieces the kernel's off-chip traffic is cut into
+  (a DMA descriptor each, `dma_piece_s` apiece): decode attention reads the KV cache one
+  position at a time, a piece of batch x heads x head_dim elements.
+- On a core with a systolic array (`array`), a product's N and K are padded to multiples of
+  the array's side (a 432-wide shard runs as 512); `shape` = (M, N, K) says which.
 A kernel is compute-bound when its compute term is the larger one, memory-bound otherwise.
 """
 
@@ -31,6 +38,9 @@ class KernelCost:
     flops: float
     dtype: str  # compute dtype: fp32 | fp16 | bf16 | fp8 | int8
     bytes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    pieces: float = 0.0  # contiguous pieces of off-chip traffic (one DMA descriptor each)
+    shape: tuple[int, int, int] | None = None  # (M, N, K) of a product, for the array's padding
+    variant: str = ""  # a product's weight format: `efficiency["matmul:<variant>"]` applies if given
 
     @property
     def total_bytes(self) -> float:
@@ -53,11 +63,19 @@ class KernelTime:
 
 def kernel_time(core: CoreSpec, placement: Mapping[str, str], cost: KernelCost) -> KernelTime:
     """The roofline time of `cost` on `core`, with tensors placed as `placement` says."""
-    eff = core.efficiency[cost.op_class]
-    compute = cost.flops / (core.peak_flops[cost.dtype] * eff.compute) if cost.flops else 0.0
-    memory = 0.0
+    eff = core.efficiency.get(f"{cost.op_class}:{cost.variant}") or core.efficiency[cost.op_class]
+    flops = cost.flops
+    if core.array and cost.shape:
+        m, n, k = cost.shape
+        flops = 2.0 * m * _padded(n, core.array) * _padded(k, core.array)
+    compute = flops / (core.peak_flops[cost.dtype] * eff.compute) if flops else 0.0
+    memory = cost.pieces * core.dma_piece_s
     for kind, nbytes in cost.bytes.items():
         if nbytes:
             memory += nbytes / (core.bandwidth(placement.get(kind, "tiles")) * eff.memory)
     overhead = core.kernel_overhead_s
     return KernelTime(overhead + max(compute, memory), compute, memory, overhead)
+
+
+def _padded(n: int, side: int) -> int:
+    return -(-n // side) * side

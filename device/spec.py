@@ -56,6 +56,11 @@ class CoreSpec:
     efficiency: MappingProxyType = field(
         default_factory=lambda: MappingProxyType({k: Efficiency() for k in KERNEL_CLASSES})
     )
+    array: int | None = None  # a product's N and K are padded to multiples of this (systolic array side)
+    dma_piece_s: float = 0.0  # fixed cost of each contiguous piece an off-chip transfer is cut into
+    # What the device's runtime holds on each core beside the model's tensors (category ->
+    # bytes, off-chip if the core has off-chip memory): program code, DMA rings, ...
+    reserved: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def tile_memory_bytes(self) -> int:
@@ -93,6 +98,27 @@ class FabricSpec:
     links_per_core: int
     collective_overhead_s: float = 0.0
     chip: ChipSpec | None = None
+    bandwidth_efficiency: float = 1.0  # achieved fraction of every link's bandwidth
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """What the host and the device's runtime add around the kernels of a step (seconds).
+
+    - `step_overhead_s`: launching one compiled program (a prefill or a decode step);
+    - `request_overhead_s`: once per request, before its prefill (inputs to the device,
+      switching to the prefill program); counted in time to first token;
+    - `sample_s`: per sequence and step, taking the logits off the device and sampling;
+    - `context_batch`: how many sequences one prefill program takes; a bigger batch is
+      prefilled in turn, that many at a time (transformers-neuronx compiles its context
+      encoding for one sequence). None: the whole batch at once.
+    All zero / None unless a preset was calibrated against a runtime.
+    """
+
+    step_overhead_s: float = 0.0
+    request_overhead_s: float = 0.0
+    sample_s: float = 0.0
+    context_batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,11 +133,12 @@ class DeviceSpec:
     placement: MappingProxyType
     max_cores: int | None = None
     source: str = ""
+    host: HostSpec = field(default_factory=HostSpec)
 
     def with_overrides(self, **overrides: Any) -> DeviceSpec:
         """A copy with some figures changed, e.g. `link_bandwidth=2 * spec.fabric.link_bandwidth`.
 
-        Accepted names are `cores` and the fields of `CoreSpec` and `FabricSpec`; values may
+        Accepted names are `cores` and the fields of `CoreSpec`, `FabricSpec` and `HostSpec`; values may
         carry units as in presets (`link_latency="1 us"`). `peak_flops` is merged by dtype.
         """
         spec = self
@@ -131,6 +158,9 @@ _CORE_FIELDS = {
     "clock_hz": "frequency",
     "kernel_overhead_s": "time",
     "efficiency": "efficiency_map",
+    "array": "count",
+    "dma_piece_s": "time",
+    "reserved": "bytes_map",
 }
 _FABRIC_FIELDS = {
     "topology": "topology",
@@ -139,9 +169,28 @@ _FABRIC_FIELDS = {
     "links_per_core": "count",
     "collective_overhead_s": "time",
     "chip": "chip",
+    "bandwidth_efficiency": "fraction",
+}
+_HOST_FIELDS = {
+    "step_overhead_s": "time",
+    "request_overhead_s": "time",
+    "sample_s": "time",
+    "context_batch": "count",
 }
 _CHIP_FIELDS = {"cores_per_chip": "count", "link_bandwidth": "bandwidth", "link_latency": "time"}
-_OPTIONAL = {"efficiency", "collective_overhead_s", "chip", "max_cores", "source"}
+_OPTIONAL = {
+    "efficiency",
+    "collective_overhead_s",
+    "chip",
+    "max_cores",
+    "source",
+    "array",
+    "dma_piece_s",
+    "reserved",
+    "bandwidth_efficiency",
+    "host",
+    *_HOST_FIELDS,
+}
 _TOP_FIELDS = {
     "name",
     "description",
@@ -151,6 +200,7 @@ _TOP_FIELDS = {
     "fabric",
     "placement",
     "source",
+    "host",
 }
 
 
@@ -171,6 +221,17 @@ def _parse_value(kind: str, value: Any, where: str) -> Any:
         return _parse_efficiency_map(value, where)
     if kind == "chip":
         return _parse_chip(value, where)
+    if kind == "bytes_map":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a map of category to bytes")
+        clash = set(value) & set(TENSOR_KINDS)
+        if clash:
+            raise ConfigError(f"{where}.{sorted(clash)[0]}: a reserved category cannot be named as a tensor kind")
+        return MappingProxyType({str(k): _parse_value("bytes", v, f"{where}.{k}") for k, v in value.items()})
+    if kind == "fraction":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ConfigError(f"{where}: must be a fraction in (0, 1], got {value!r}")
+        return float(value)
     number = parse_quantity(value, kind, where)
     if not math.isfinite(number) or number < 0:
         raise ConfigError(f"{where}: must be a finite number >= 0, got {value!r}")
@@ -198,11 +259,15 @@ def _parse_flops_map(value: Any, where: str) -> MappingProxyType:
 def _parse_efficiency_map(value: Any, where: str) -> MappingProxyType:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a map of kernel class to {{compute, memory}}")
-    unknown = set(value) - set(KERNEL_CLASSES)
+    # "<class>:<weight format>" (e.g. matmul:int4) overrides a class for products of that format
+    variants = sorted(k for k in value if isinstance(k, str) and k.split(":")[0] in KERNEL_CLASSES and ":" in k)
+    unknown = set(value) - set(KERNEL_CLASSES) - set(variants)
     if unknown:
-        raise ConfigError(f"{where}: unknown kernel class {sorted(unknown)[0]!r}; known: {KERNEL_CLASSES}")
+        raise ConfigError(
+            f"{where}: unknown kernel class {sorted(unknown)[0]!r}; known: {KERNEL_CLASSES} (or class:format)"
+        )
     out = {}
-    for cls in KERNEL_CLASSES:
+    for cls in (*KERNEL_CLASSES, *variants):
         entry = value.get(cls, {})
         if not isinstance(entry, dict) or set(entry) - {"compute", "memory"}:
             raise ConfigError(f"{where}.{cls}: expected {{compute: f, memory: f}}")
@@ -256,6 +321,7 @@ def spec_from_dict(raw: Any, where: str) -> DeviceSpec:
     core = CoreSpec(**_parse_section(raw["core"], _CORE_FIELDS, f"{where}: core"))
     fabric = FabricSpec(**_parse_section(raw["fabric"], _FABRIC_FIELDS, f"{where}: fabric"))
     placement = _parse_placement(raw["placement"], f"{where}: placement")
+    host = HostSpec(**_parse_section(raw.get("host", {}), _HOST_FIELDS, f"{where}: host"))
     max_cores = raw.get("max_cores")
     if max_cores is not None:
         max_cores = _parse_value("count", max_cores, f"{where}.max_cores")
@@ -268,6 +334,7 @@ def spec_from_dict(raw: Any, where: str) -> DeviceSpec:
         placement=placement,
         max_cores=max_cores,
         source=str(raw.get("source", "")),
+        host=host,
     )
     _check_device(spec, where)
     return spec
@@ -326,9 +393,12 @@ def _override(spec: DeviceSpec, name: str, value: Any) -> DeviceSpec:
     if name in _FABRIC_FIELDS:
         parsed = _parse_value(_FABRIC_FIELDS[name], value, where)
         return dataclasses.replace(spec, fabric=dataclasses.replace(spec.fabric, **{name: parsed}))
+    if name in _HOST_FIELDS:
+        parsed = None if value is None and name == "context_batch" else _parse_value(_HOST_FIELDS[name], value, where)
+        return dataclasses.replace(spec, host=dataclasses.replace(spec.host, **{name: parsed}))
     if name == "placement":
         return dataclasses.replace(spec, placement=_parse_placement({**spec.placement, **value}, where))
-    known = ", ".join(["cores", "placement", *_CORE_FIELDS, *_FABRIC_FIELDS])
+    known = ", ".join(["cores", "placement", *_CORE_FIELDS, *_FABRIC_FIELDS, *_HOST_FIELDS])
     raise ConfigError(f"unknown device override {name!r}; known: {known}")
 
 

@@ -62,7 +62,7 @@ class Topology:
         same_chip = (
             chip is not None and src >= 0 and dst >= 0 and src // chip.cores_per_chip == dst // chip.cores_per_chip
         )
-        bandwidth = chip.link_bandwidth if same_chip else self.spec.link_bandwidth
+        bandwidth = (chip.link_bandwidth if same_chip else self.spec.link_bandwidth) * self.spec.bandwidth_efficiency
         latency = chip.link_latency if same_chip else self.spec.link_latency
         if half_latency:
             latency /= 2

@@ -123,16 +123,17 @@ def chrome_events(trace: Trace) -> list[dict]:
                         "args": {"algo": span.algo, "bytes": span.bytes},
                     }
                 )
-            else:
+            else:  # waiting for a collective, or the host's part of the step (on the compute lane)
+                host = span.lane == "host"
                 events.append(
                     {
                         "ph": "X",
                         "pid": pid,
-                        "tid": COLLECTIVE,
+                        "tid": COMPUTE if host else COLLECTIVE,
                         "name": span.name,
                         "ts": ts,
                         "dur": dur,
-                        "cat": "wait",
+                        "cat": "host" if host else "wait",
                         "args": {},
                     }
                 )

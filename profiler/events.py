@@ -18,10 +18,11 @@ from typing import Any
 
 @dataclass
 class Span:
-    """One interval on one core's lane: a kernel, a collective, or waiting for a collective."""
+    """One interval on one core's lane: a kernel, a collective, waiting for a collective, or
+    the host's part of a step (launch, sampling, a request's setup)."""
 
     core: int
-    lane: str  # "compute" | "collective" | "wait" | "link"
+    lane: str  # "compute" | "collective" | "wait" | "link" | "host"
     name: str
     op_type: str  # attention, mlp, norm, embedding, lm_head, residual, collective, idle
     layer: int | None

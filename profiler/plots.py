@@ -29,6 +29,7 @@ COLOURS = {
     "collective": "#dd8452",
     "idle": "#dddddd",
     "transfer": "#937860",
+    "host": "#8c8c8c",
 }
 
 

@@ -149,7 +149,17 @@ def memory_report(trace: Trace) -> dict[str, Any]:
             }
         )
     tiles = np.array(mem.tile_usage, dtype=np.int64) if mem.tile_usage else np.zeros((0, 0))
+    tensors = ("weights", "kv_cache", "activations")
+    reserved = {k: v for k, v in mem.per_core[0].items() if k not in tensors} if mem.per_core else {}
+    weights_kv = sum(kinds.get("weights", 0) + kinds.get("kv_cache", 0) for kinds in mem.per_core)
     return {
+        # the device runtime's own memory on each core (model code, DMA rings...: the preset's `reserved`)
+        "reserved": reserved,
+        # transformers-neuronx's sizing rule: weights and KV cache within the cores' off-chip memory
+        "sizing_rule": {
+            "weights_and_kv_bytes": weights_kv,
+            "capacity_bytes": mem.capacity["offchip"] * len(mem.per_core),
+        },
         "per_core_peak_bytes": list(mem.peak),
         "max_tile_bytes": int(tiles.max()) if tiles.size else 0,
         "mean_tile_bytes": float(tiles.mean()) if tiles.size else 0.0,

@@ -25,12 +25,22 @@ class Planned:
     transfers: tuple[TransferRecord, ...]
 
 
+# Plans are shared by every CollectivePlan of the same fabric (its spec, the bandwidth the
+# reductions run at, cores, element size, region, algorithm choice): a sweep or a fit that
+# builds many devices with the same fabric simulates each collective once.
+_SHARED: dict[tuple, dict[tuple[str, int], Planned]] = {}
+_SHARED_LIMIT = 256
+
+
 class CollectivePlan:
     """`get(op, n)`: the planned collective of n activation elements per core (cached)."""
 
     def __init__(self, device: Device, cores: int, itemsize: int, region: str, algo: str = "auto"):
         self.device, self.cores, self.itemsize, self.region, self.algo = device, cores, itemsize, region, algo
-        self._planned: dict[tuple[str, int], Planned] = {}
+        key = (device.spec.fabric, device.spec.core.bandwidth(region), cores, itemsize, region, algo)
+        if key not in _SHARED and len(_SHARED) >= _SHARED_LIMIT:
+            _SHARED.clear()
+        self._planned = _SHARED.setdefault(key, {})
 
     def get(self, op: str, n: int) -> Planned:
         key = (op, n)

@@ -35,6 +35,7 @@ def linear(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> 
         bias=len(node.params) > 1,
         dtype=t.precision.product_dtype(t.formats.get(w, "fp32")),
         name="lm_head" if node.op == "lm_head" else node.attrs["kernel"],
+        variant=t.formats.get(w, "fp32"),
     )
 
 
@@ -63,7 +64,7 @@ def attention(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) 
         shape.batch, shape.tokens, context, hq, hkv, d, act_bytes=a, kv_bytes=t.kv_itemsize, dtype=t.dtype
     )
     traffic = {k: att.bytes.get(k, 0) + kv.bytes.get(k, 0) for k in ("kv_cache", "activations")}
-    return KernelCost("attention", "attention", att.flops, t.dtype, traffic)
+    return KernelCost("attention", "attention", att.flops, t.dtype, traffic, pieces=att.pieces + kv.pieces)
 
 
 def _elements(t: StepTimer, node: Node, core: int, rows: int) -> int:

@@ -49,9 +49,15 @@ class MemoryPlan:
     layouts: list[ActivationLayout]
     rows: int  # activation rows of the largest step (batch x prefill tokens)
     notes: list[str] = field(default_factory=list)
+    reserved: dict[str, int] = field(default_factory=dict)  # per core: the runtime's categories (CoreSpec.reserved)
 
     def per_core(self, core: int) -> dict[str, int]:
-        return {"weights": self.weights[core], "kv_cache": self.kv_cache[core], "activations": self.activations[core]}
+        return {
+            "weights": self.weights[core],
+            "kv_cache": self.kv_cache[core],
+            "activations": self.activations[core],
+            **self.reserved,
+        }
 
 
 def plan_memory(
@@ -73,10 +79,19 @@ def plan_memory(
     rows = batch * prefill_tokens
     weights = [sum(aligned(n) for sizes in weight_sizes.values() for n in sizes[core]) for core in range(tp)]
     kv = [graph.layers * sum(aligned(n) for n in kv_sizes[core]) for core in range(tp)]
-    layouts = [activation_layout(program, core, rows, batch, all_logits) for core in range(tp)]
+    # cores whose activations have the same widths have the same layout: plan each kind once
+    by_widths: dict[tuple[int, ...], ActivationLayout] = {}
+    layouts = []
+    for core in range(tp):
+        key = tuple(widths[core] for widths in program.sp.widths.values())
+        if key not in by_widths:
+            by_widths[key] = activation_layout(program, core, rows, batch, all_logits)
+        layouts.append(by_widths[key])
     activations = [layout.total for layout in layouts]
     regions = dict(device.spec.placement)
-    plan = MemoryPlan(weights, kv, activations, regions, layouts, rows)
+    reserved = {name: aligned(n) for name, n in device.spec.core.reserved.items()}
+    regions.update(dict.fromkeys(reserved, "offchip" if device.spec.core.offchip_bytes else "tiles"))
+    plan = MemoryPlan(weights, kv, activations, regions, layouts, rows, reserved=reserved)
     _fit(plan, graph, device)
     return plan
 
@@ -153,7 +168,7 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:
         if need[region] > capacity[region]:
             label = {"weights": "weights", "kv_cache": "KV cache", "activations": "activations"}
             parts = ", ".join(
-                f"{label[kind]} {fmt_bytes(n)}"
+                f"{label.get(kind, kind.replace('_', ' '))} {fmt_bytes(n)}"
                 for kind, n in plan.per_core(worst).items()
                 if plan.regions[kind] == region
             )

@@ -161,10 +161,30 @@ class Model:
         itemsize, region = self.precision.act_bytes, new.plan.regions["activations"]
         self.collectives = CollectivePlan(self.device, self.tp, itemsize, region, self.algo)
         self.timer = StepTimer(
-            self.program, self.device, self.weight_bytes, self.precision, self.collectives, self.formats
-        )
+            self.program, self.device, self.weight_bytes, self.precision, self.collectives, self.formats,
+            activations_per_row=self._activations_per_row(),
+        )  # fmt: skip
         if self.weights[0] or self.timing_only:
             self._bind()
+
+    def timer_for(self, device: Device, *, spans: bool = True) -> StepTimer:
+        """A step timer of this model, placed as it is, on `device`: the same device with
+        other timing figures (e.g. `Device(name, cores=tp, link_latency="1 us")`), to ask what
+        a figure changes without loading the model again. `spans=False`: latencies only."""
+        if device.num_cores != self.device.num_cores:
+            raise ConfigError(f"the model runs on {self.device.num_cores} cores; the device has {device.num_cores}")
+        itemsize, region = self.precision.act_bytes, self._session.plan.regions["activations"]
+        plan = CollectivePlan(device, self.tp, itemsize, region, self.algo)
+        return StepTimer(
+            self.program, device, self.weight_bytes, self.precision, plan, self.formats, spans=spans,
+            activations_per_row=self._activations_per_row(),
+        )  # fmt: skip
+
+    def _activations_per_row(self) -> float:
+        """Live activation bytes per token row of a step on the fullest core (the plan lays
+        activations out in fp32; they are `act_bytes` wide)."""
+        plan = self._session.plan
+        return max(plan.activations) / max(plan.rows, 1) * self.precision.act_bytes / 4
 
     def _bind(self) -> None:
         """The executor of this session: the Program bound to the cores' arrays (to nothing

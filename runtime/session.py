@@ -96,6 +96,8 @@ def place(
         layout = plan.layouts[core]
         block = memplan.place(plan, device, core, "activations", layout.total, "activations")
         session.blocks.append((core, block))
+        for name, nbytes in plan.reserved.items():  # the device runtime's own (CoreSpec.reserved)
+            session.blocks.append((core, memplan.place(plan, device, core, name, nbytes, f"runtime.{name}")))
         if views:
             raw = memory.view(block, np.uint8, (layout.total,))
             for name, offset in layout.offsets.items():

@@ -9,16 +9,19 @@ runs its kernels back to back (each kernel's time from the roofline in device/co
 at a collective all cores wait for the slowest, then the collective takes the time the
 discrete-event fabric gives its algorithm and size. The critical path of a step is, for
 each stretch between collectives, the slowest core's kernels, then the collective: its
-spans add up to the step's latency.
+spans add up to the step's latency. The host's part (`HostSpec`: launching the step's program,
+sampling each sequence, a request's setup before its prefill) is on the critical path too,
+and a prefill of more sequences than the runtime's context batch runs as programs in turn.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 from dataclasses import dataclass, field
 
-from tilesim.device.cost import KernelTime
+from tilesim.device.cost import kernel_time
 from tilesim.device.device import Device
 from tilesim.errors import GenerationError
 from tilesim.profiler.events import Messages, Span
@@ -48,6 +51,13 @@ class StepTiming:
     latency: float
     spans: list[Span] = field(default_factory=list)
     messages: list[Messages] = field(default_factory=list)
+
+
+def _shifted(span: Span, by: float) -> Span:
+    """A copy of `span` `by` seconds later (without dataclasses.replace's checks: many spans)."""
+    out = object.__new__(Span)
+    out.__dict__.update(span.__dict__, start=span.start + by, end=span.end + by)
+    return out
 
 
 def bucket(n: int, smallest: int = 16, largest: int | None = None) -> int:
@@ -93,6 +103,9 @@ class StepTimer:
         precision: Precision,
         collectives: CollectivePlan,
         formats: dict[str, str] | None = None,
+        *,
+        spans: bool = True,
+        activations_per_row: float = 0.0,
     ):
         self.program, self.graph, self.sp, self.device = program, program.graph, program.sp, device
         graph = self.graph
@@ -104,87 +117,154 @@ class StepTimer:
         self.dtype = precision.compute_dtype
         self.precision, self.formats = precision, formats or {}  # formats: param -> storage format
         self._cache: dict[StepShape, StepTiming] = {}
+        self._classes: list[int] | None = None
+        self.spans = spans  # False: latencies only (fitting), no per-core spans
+        self.activations_per_row = activations_per_row  # live activation bytes per token row (worst core)
 
     def time(self, shape: StepShape) -> StepTiming:
         if shape not in self._cache:
             collecting = gc.isenabled()
             gc.disable()  # tens of thousands of small spans: the collector would rescan them all
             try:
-                self._cache[shape] = self._simulate(shape)
+                self._cache[shape] = self._step(shape)
             finally:
                 if collecting:
                     gc.enable()
         return self._cache[shape]
 
-    def _simulate(self, shape: StepShape) -> StepTiming:
-        p = self.sp.tp
-        ready = [0.0] * p
+    def _step(self, shape: StepShape) -> StepTiming:
+        """A step as the host runs it: a prefill bigger than the runtime's context batch runs
+        as several programs in turn; a prefill starts its request (`HostSpec`)."""
+        host = self.device.spec.host
+        if shape.phase != "prefill":
+            return self._simulate(shape)
+        per = host.context_batch or shape.batch
+        parts = [min(per, shape.batch - i) for i in range(0, shape.batch, per)]
         spans: list[Span] = []
         messages: list[Messages] = []
+        clock = 0.0
+        if host.request_overhead_s:
+            spans += self._host_spans("request", clock, host.request_overhead_s)
+            clock += host.request_overhead_s
+        timed: dict[int, StepTiming] = {}
+        for rows in parts:
+            if rows not in timed:
+                timed[rows] = self._simulate(dataclasses.replace(shape, batch=rows))
+            part = timed[rows]
+            spans += [_shifted(s, clock) for s in part.spans] if clock else part.spans
+            messages += [dataclasses.replace(m, offset=m.offset + clock) for m in part.messages]
+            clock += part.latency
+        return StepTiming(shape, clock, spans, messages)
+
+    def _host_spans(self, name: str, start: float, seconds: float) -> list[Span]:
+        """Host work on the step's critical path: on every core's lane, critical on core 0's."""
+        if not self.spans:
+            return []
+        return [
+            Span(core, "host", name, "host", None, start, start + seconds, critical=core == 0)
+            for core in range(self.sp.tp)
+        ]
+
+    def _core_classes(self) -> list[int]:
+        """For each core, the first core whose kernels cost the same (same local widths and
+        weight shapes): each class is costed once per node."""
+        first: dict[tuple, int] = {}
+        out = []
+        for core in range(self.sp.tp):
+            key = (
+                tuple(w[core] for w in self.sp.widths.values()),
+                tuple(self.sp.local_shape(n, v.shape, core) for n, v in self.graph.params.items()),
+            )
+            out.append(first.setdefault(key, core))
+        return out
+
+    def _simulate(self, shape: StepShape) -> StepTiming:
+        """One program's timeline. Cores of one class (`_core_classes`) run the same kernels
+        in the same time, so time is kept per class; spans are made per core."""
+        p = self.sp.tp
+        host = self.device.spec.host
+        if self._classes is None:
+            self._classes = self._core_classes()
+        classes = self._classes
+        reps = sorted(set(classes))
+        spans: list[Span] = []
+        messages: list[Messages] = []
+        launch = host.step_overhead_s
+        if launch and self.spans:
+            spans += self._host_spans("launch", 0.0, launch)
+        ready = dict.fromkeys(reps, launch)
         overhead = self.device.spec.fabric.collective_overhead_s
-        segment: list[list[Span]] = [[] for _ in range(p)]
+        placement = self._placement(shape)
+        segment: dict[int, list[Span]] = {rep: [] for rep in reps}  # the kernels since the last collective
         for index, node, row_class in self.program.nodes():
             rows = shape.batch if row_class == "last" and shape.logits != "all" else shape.rows
             entry = OPS[node.op]
             if entry.collective:
                 op, n = self._collective_size(node, rows, shape)
                 planned = self.collectives.get(op, n)
-                algo, duration, moves = planned.algo, planned.seconds, planned.transfers
-                start = max(ready)
-                if moves:
-                    messages.append(Messages(index, start + overhead, moves))
-                slowest = max(range(p), key=lambda c: ready[c])
-                for span in segment[slowest]:
-                    span.critical = True
-                for core in range(p):
-                    if ready[core] < start:
-                        spans.append(
-                            Span(core, "wait", f"wait for {op}", "idle", node.layer, ready[core], start, node=index)
-                        )
-                    spans.append(
-                        Span(
-                            core,
-                            "collective",
-                            op,
-                            "collective",
-                            node.layer,
-                            start,
-                            start + duration,
-                            bytes=n * self.act_bytes,
-                            algo=algo,
-                            critical=core == slowest,
-                            node=index,
-                        )
-                    )
-                ready = [start + duration] * p
-                segment = [[] for _ in range(p)]
+                start = max(ready.values())
+                if self.spans:
+                    if planned.transfers:
+                        messages.append(Messages(index, start + overhead, planned.transfers))
+                    slowest = max(reps, key=lambda c: ready[c])
+                    for span in segment[slowest]:
+                        span.critical = True
+                    spans += self._collective_spans(node, index, op, n, planned, ready, classes, start, slowest)
+                ready = dict.fromkeys(reps, start + planned.seconds)
+                segment = {rep: [] for rep in reps}
                 continue
-            for core in range(p):
-                cost = entry.cost(self, node, core, rows, shape)
-                t: KernelTime = self.device.kernel_time(cost)
-                span = Span(
-                    core,
-                    "compute",
-                    cost.name,
-                    node.op_type,
-                    node.layer,
-                    ready[core],
-                    ready[core] + t.total,
-                    cost.flops,
-                    cost.total_bytes,
-                    t.bound,
-                    node=index,
-                    compute_s=t.compute,
-                    memory_s=t.memory,
-                    overhead_s=t.overhead,
-                )
-                spans.append(span)
-                segment[core].append(span)
-                ready[core] += t.total
-        slowest = max(range(p), key=lambda c: ready[c])
+            timed = {}
+            for rep in reps:
+                cost = entry.cost(self, node, rep, rows, shape)
+                timed[rep] = (cost, kernel_time(self.device.spec.core, placement, cost))
+            if self.spans:
+                for core in range(p):
+                    cost, t = timed[classes[core]]
+                    start = ready[classes[core]]
+                    span = Span(
+                        core, "compute", cost.name, node.op_type, node.layer, start, start + t.total, cost.flops,
+                        cost.total_bytes, t.bound, node=index, compute_s=t.compute, memory_s=t.memory,
+                        overhead_s=t.overhead,
+                    )  # fmt: skip
+                    spans.append(span)
+                    if core == classes[core]:
+                        segment[core].append(span)
+            for rep in reps:
+                ready[rep] += timed[rep][1].total
+        slowest = max(reps, key=lambda c: ready[c])
         for span in segment[slowest]:
             span.critical = True
-        return StepTiming(shape, max(ready), spans, messages)
+        end = max(ready.values())
+        if host.sample_s:
+            if self.spans:
+                spans += self._host_spans("sample", end, host.sample_s * shape.batch)
+            end += host.sample_s * shape.batch
+        return StepTiming(shape, end, spans, messages)
+
+    def _placement(self, shape: StepShape) -> dict[str, str]:
+        """Where each kind of tensor is read from in this step: activations are staged in tile
+        memory when the step's live activations fit there, else they stream through off-chip
+        memory (a long prefill spills out of a NeuronCore's 24 MiB SBUF; a decode step does not)."""
+        placement = dict(self.device.spec.placement)
+        core = self.device.spec.core
+        spills = self.activations_per_row * shape.rows > core.tile_memory_bytes
+        if placement["activations"] == "tiles" and core.offchip_bytes and spills:
+            placement["activations"] = "offchip"
+        return placement
+
+    def _collective_spans(self, node, index, op, n, planned, ready, classes, start, slowest) -> list[Span]:
+        out = []
+        for core in range(self.sp.tp):
+            waited = ready[classes[core]]
+            if waited < start:
+                out.append(Span(core, "wait", f"wait for {op}", "idle", node.layer, waited, start, node=index))
+            out.append(
+                Span(
+                    core, "collective", op, "collective", node.layer, start, start + planned.seconds,
+                    bytes=n * self.act_bytes, algo=planned.algo, critical=core == slowest, node=index,
+                )
+            )  # fmt: skip
+        return out
 
     def _collective_size(self, node: Node, rows: int, shape: StepShape) -> tuple[str, int]:
         if node.op == "allreduce":

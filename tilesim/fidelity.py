@@ -1,15 +1,17 @@
-"""Predicting published measurements: the calibration rows of benchmarks/calibration/.
+"""Predicting published measurements: the Neuron SDK 2.18 rows of benchmarks/calibration/.
 
 A row names a model (a named config), an instance (a preset), a TP degree, a batch, input and
-output lengths, and the published throughput (input + output tokens over the request) or,
-when no input length is given, the latency per generated token. `predict` runs the model
-timing-only on the preset, with heads padded as transformers-neuronx pads them, fp16
-weights and bf16 matmuls, and returns the prediction beside the published figure.
+output lengths, and the published p50 time to first token and time per output token.
+`predict_latency` runs the model timing-only on the preset as transformers-neuronx runs it
+(heads padded, fp16 weights, bf16 matmuls and KV cache) and returns both predictions beside
+the published figures. The rows of older SDKs (neuron_published.csv) are kept for the record
+only: their software differs too much from 2.18 to be predicted by the same figures.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from tilesim.api import load
 from tilesim.device import Device
 from tilesim.models.named import open_for_timing
 from tilesim.runtime.session import decode_shape, prefill_shape
-from tilesim.runtime.timing import context_for, kv_context
+from tilesim.runtime.timing import context_for
 
 _MODELS = {
     "Llama-2-13b": "llama-2-13b",
@@ -28,83 +30,6 @@ _MODELS = {
     "opt-66b": "opt-66b",
     "Llama-2-7b": "llama-2-7b",
 }
-
-
-@dataclass(frozen=True)
-class Row:
-    model: str
-    instance: str
-    tp: int
-    batch: int
-    input_len: int | None
-    output_len: int
-    throughput: float
-    latency_ms: float
-    source: str
-
-    @property
-    def published_s(self) -> float:
-        """End-to-end seconds of the request, or seconds per generated token without an input length."""
-        if self.input_len is None:
-            return self.latency_ms / 1e3
-        return (self.input_len + self.output_len) / self.throughput
-
-    @property
-    def what(self) -> str:
-        return "per generated token" if self.input_len is None else "end to end"
-
-
-def load_rows(path: str | Path) -> list[Row]:
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append(
-                Row(
-                    model=r["model"],
-                    instance=r["instance"],
-                    tp=int(r["tp"]),
-                    batch=int(r["batch"]),
-                    input_len=int(r["input_len"]) if r["input_len"] else None,
-                    output_len=int(r["output_len"]),
-                    throughput=float(r["throughput_tok_s"]),
-                    latency_ms=float(r["latency_per_token_ms"]),
-                    source=r["source"],
-                )
-            )
-    return rows
-
-
-def predict(row: Row, **overrides: Any) -> dict[str, Any]:
-    """The simulated figure for `row` (same meaning as `row.published_s`), and the error.
-
-    `overrides` change preset figures (as Device overrides), for fitting.
-    """
-    checkpoint = open_for_timing(_MODELS[row.model])
-    limit = checkpoint.graph.max_positions
-    prompt = row.input_len or 1
-    new = min(row.output_len, limit - prompt - 1)  # the model's positions bound the request
-    context = kv_context(prompt + new + 1, limit)  # the prefill's token and `new` decode steps
-    model = _as_neuronx_runs_it(checkpoint, row.instance, row.tp, row.batch, context, "fp16", **overrides)
-    # The first new token comes from the prefill; `output_len` decode steps follow it.
-    out = model.generate(
-        [[0] * prompt] * row.batch, max_new_tokens=new + (1 if row.input_len else 0), eos_token_id=None
-    )
-    decode = [s.latency for s in out.trace.steps if s.phase == "decode"]
-    per_token = sum(decode) / len(decode)
-    predicted = per_token if row.input_len is None else out.trace.steps[0].latency + sum(decode)
-    return {
-        "model": row.model,
-        "instance": row.instance,
-        "tp": row.tp,
-        "input_len": row.input_len,
-        "output_len": row.output_len,
-        "what": row.what,
-        "published_s": row.published_s,
-        "predicted_s": predicted,
-        "error": predicted / row.published_s - 1,
-        "ttft_s": out.trace.steps[0].latency,
-        "decode_mean_s": sum(decode) / max(1, len(decode)),
-    }
 
 
 SDK218 = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration" / "neuron_sdk218_llama2.csv"
@@ -136,25 +61,18 @@ def load_latency_rows(path: str | Path = SDK218) -> list[LatencyRow]:
         ]  # fmt: skip
 
 
-def predict_latency(row: LatencyRow) -> dict[str, Any]:
+def predict_latency(row: LatencyRow, **overrides: Any) -> dict[str, Any]:
     """The simulated TTFT and TPOT (p50 over the request's decode steps) of `row`, as
     transformers-neuronx runs it: fp16 weights, bf16 matmuls and KV cache, heads padded, a
     KV cache of the whole request. Each step shape is timed once (`StepTimer`); the decode
-    steps' latencies are weighted by how many of the request's steps fall in each bucket."""
-    needed = row.input_len + row.output_len
-    checkpoint = open_for_timing(_MODELS[row.model])
-    context = context_for(checkpoint.graph, needed)
-    model = _as_neuronx_runs_it(checkpoint, row.instance, row.tp, row.batch, context, "bf16")
-    ttft = model.timer.time(prefill_shape(row.batch, row.input_len, model.max_context)).latency
-    steps: dict[float, int] = {}
-    context = row.input_len + 1  # the first decode step's longest sequence
-    while context < needed:
-        shape = decode_shape(row.batch, context, model.max_context)
-        span = min(needed, shape.context + 1) - context  # decode steps in this bucket
-        latency = model.timer.time(shape).latency
-        steps[latency] = steps.get(latency, 0) + span
-        context += span
-    tpot = _weighted_median(steps) if steps else None
+    steps' latencies are weighted by how many of the request's steps fall in each bucket.
+    `overrides` change preset figures (as Device overrides), for fitting: the model is loaded
+    once per row and retimed."""
+    model = neuronx_model(row)
+    timer = model.timer
+    if overrides:
+        timer = model.timer_for(Device(row.instance, cores=row.tp, backed=False, **overrides), spans=False)
+    ttft, tpot = request_latency(timer, row, model.max_context)
     return {
         "model": row.model,
         "instance": row.instance,
@@ -170,6 +88,30 @@ def predict_latency(row: LatencyRow) -> dict[str, Any]:
         "tpot_error": (tpot / row.tpot_s - 1) if tpot else None,
         "heads": list(model.sp.heads),
     }
+
+
+@functools.lru_cache(maxsize=64)
+def neuronx_model(row: LatencyRow):
+    """The timing-only model of `row` as transformers-neuronx runs it (see `predict_latency`)."""
+    checkpoint = open_for_timing(_MODELS[row.model])
+    context = context_for(checkpoint.graph, row.input_len + row.output_len)
+    return _as_neuronx_runs_it(checkpoint, row.instance, row.tp, row.batch, context, "bf16")
+
+
+def request_latency(timer, row: LatencyRow, max_context: int) -> tuple[float, float | None]:
+    """(TTFT, p50 TPOT) of `row`'s request from `timer`: the prefill of its prompt, then one
+    decode step per new token, each in its KV bucket."""
+    needed = row.input_len + row.output_len
+    ttft = timer.time(prefill_shape(row.batch, row.input_len, max_context)).latency
+    steps: dict[float, int] = {}
+    context = row.input_len + 1  # the first decode step's longest sequence
+    while context < needed:
+        shape = decode_shape(row.batch, context, max_context)
+        span = min(needed, shape.context + 1) - context  # decode steps in this bucket
+        latency = timer.time(shape).latency
+        steps[latency] = steps.get(latency, 0) + span
+        context += span
+    return ttft, (_weighted_median(steps) if steps else None)
 
 
 def _as_neuronx_runs_it(checkpoint, instance: str, tp: int, batch: int, context: int, kv: str, **overrides: Any):
@@ -189,3 +131,105 @@ def _weighted_median(counts: dict[float, int]) -> float:
         if 2 * seen >= total:
             return value
     return max(counts)
+
+
+GPU = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration" / "gpu_published.csv"
+_GPU_DTYPES = {"bf16": "bf16", "int8 (per channel)": "int8", "int4 (group 32)": "int4"}
+_GPU_PRESETS = {"A100-80GB (power-limited 330 W)": "a100"}
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    """One gpt-fast row: decode tokens/s per user at batch 1 (a 5-token prompt, 200 new tokens)."""
+
+    model: str
+    instance: str  # the preset
+    tp: int
+    batch: int
+    prompt_len: int
+    dtype: str
+    tpot_s: float
+    source: str
+
+
+def load_gpu_rows(path: str | Path = GPU) -> list[GpuRow]:
+    with open(path, newline="") as f:
+        return [
+            GpuRow(
+                r["model"].replace("llama", "Llama"), _GPU_PRESETS[r["gpu"]], int(r["tp"]), int(r["batch"]),
+                int(r["prompt_len"]), _GPU_DTYPES[r["weights"]], 1.0 / float(r["decode_tok_s"]), r["source"],
+            )
+            for r in csv.DictReader(f)
+        ]  # fmt: skip
+
+
+GPT_FAST_NEW_TOKENS = 200  # gpt-fast's benchmark generates 200 tokens per prompt
+
+
+def predict_gpu(row: GpuRow, **overrides: Any) -> dict[str, Any]:
+    """The simulated decode step of `row` (its median context: the prompt and half of the new
+    tokens), as gpt-fast runs it: bf16 activations and KV cache, weights as the row says."""
+    model = _gpu_model(row)
+    timer = model.timer_for(Device(row.instance, cores=row.tp, backed=False, **overrides), spans=False)
+    shape = decode_shape(row.batch, row.prompt_len + GPT_FAST_NEW_TOKENS // 2, model.max_context)
+    tpot = timer.time(shape).latency
+    return {
+        "model": row.model,
+        "instance": row.instance,
+        "tp": row.tp,
+        "batch": row.batch,
+        "dtype": row.dtype,
+        "tpot_s": row.tpot_s,
+        "predicted_tpot_s": tpot,
+        "tpot_error": tpot / row.tpot_s - 1,
+    }
+
+
+@functools.lru_cache(maxsize=32)
+def _gpu_model(row: GpuRow):
+    checkpoint = open_for_timing(_MODELS[row.model])
+    device = Device(row.instance, cores=row.tp, backed=False)
+    context = context_for(checkpoint.graph, row.prompt_len + GPT_FAST_NEW_TOKENS)
+    return load(
+        checkpoint, device, row.tp, dtype=row.dtype, act_dtype="bf16", kv_dtype="bf16", timing_only=True,
+        batch=row.batch, max_context=context,
+    )  # fmt: skip
+
+
+NCCL = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration" / "nccl_a100_allreduce.csv"
+
+
+@dataclass(frozen=True)
+class AllReduceRow:
+    """One point of nccl-tests' all_reduce_perf on 8 A100s (float32 elements, in place)."""
+
+    size_bytes: int
+    time_s: float
+    instance: str = "a100"
+    cores: int = 8
+
+
+def load_allreduce_rows(path: str | Path = NCCL) -> list[AllReduceRow]:
+    with open(path, newline="") as f:
+        return [AllReduceRow(int(r["size_bytes"]), float(r["time_us"]) * 1e-6) for r in csv.DictReader(f)]
+
+
+def predict_allreduce(row: AllReduceRow, **overrides: Any) -> dict[str, Any]:
+    """The modelled all-reduce of `row`'s size on its device, the algorithm the tuner picks.
+    Run on its own, as nccl-tests runs it, a collective is a program of one op: it pays the
+    host's launch (`HostSpec.step_overhead_s`), which a decode step pays once for all its ops
+    (gpt-fast captures each step in a CUDA graph)."""
+    from tilesim.collectives.api import choose_algorithm, simulate
+
+    device = Device(row.instance, cores=row.cores, backed=False, **overrides)
+    n = row.size_bytes // 4
+    algo = choose_algorithm(device, "allreduce", row.cores, n, 4, 0, "offchip")
+    seconds, _ = simulate(device, "allreduce", algo, row.cores, n, 4, "offchip")
+    seconds += device.spec.host.step_overhead_s
+    return {
+        "size_bytes": row.size_bytes,
+        "time_s": row.time_s,
+        "predicted_s": seconds,
+        "error": seconds / row.time_s - 1,
+        "algo": algo,
+    }

@@ -223,14 +223,25 @@ def attention_cost(
 ) -> KernelCost:
     """Scores and weighted sum: 4*B*T*Hq*ctx*D FLOPs (+ softmax); the cache read once per head group.
 
-    `context` is the number of cached positions attended to (the compiled bucket).
+    `context` is the number of cached positions attended to (the compiled bucket). A decode
+    step (t = 1) reads the cache position by position: the cache is laid out (position,
+    sequence, head, dim), as transformers-neuronx lays it out, so each position's keys (and
+    values) of the whole batch are one contiguous piece, 2 * context pieces in all. A prefill
+    attends to the keys and values it has just made, on chip (flash attention): no pieces.
     """
     flops = 4.0 * batch * t * hq * context * d + 5.0 * batch * t * hq * context
     kv = 2.0 * batch * hkv * context * d * kv_bytes
     acts = 2.0 * batch * t * hq * d * act_bytes
-    return KernelCost("attention", "attention", flops, dtype, {"kv_cache": kv, "activations": acts})
+    pieces = 2.0 * context if t == 1 else 0.0
+    return KernelCost("attention", "attention", flops, dtype, {"kv_cache": kv, "activations": acts}, pieces=pieces)
 
 
 def kv_write_cost(batch: int, t: int, hkv: int, d: int, *, act_bytes: int = 4, kv_bytes: float = 4) -> KernelCost:
+    """The new keys and values into the cache: one piece per sequence for each of K and V
+    when a sequence writes one position (decode), per position otherwise (prefill rows of
+    one sequence are `batch` rows apart in the cache's layout, contiguous at batch 1)."""
     n = 2.0 * batch * t * hkv * d
-    return KernelCost("kv_write", "elementwise", 0.0, "fp32", {"activations": n * act_bytes, "kv_cache": n * kv_bytes})
+    pieces = 2.0 * batch * (t if batch > 1 else 1)
+    return KernelCost(
+        "kv_write", "elementwise", 0.0, "fp32", {"activations": n * act_bytes, "kv_cache": n * kv_bytes}, pieces=pieces
+    )

@@ -50,8 +50,10 @@ def linear_cost(
     bias: bool = False,
     dtype: str = "fp32",
     name: str = "linear",
+    variant: str = "",
 ) -> KernelCost:
     """2*M*N*K FLOPs; weights read once, x read and out written once."""
     weights = n * k * weight_bytes_per_elem + (n * act_bytes if bias else 0)
     activations = (m * k + m * n) * act_bytes
-    return KernelCost(name, "matmul", 2.0 * m * n * k, dtype, {"weights": weights, "activations": activations})
+    traffic = {"weights": weights, "activations": activations}
+    return KernelCost(name, "matmul", 2.0 * m * n * k, dtype, traffic, shape=(m, n, k), variant=variant)

@@ -75,7 +75,9 @@ def test_on_a_ring_fabric_halving_doubling_pays_for_hops_and_shared_links():
 
 
 def test_two_trees_sharing_links_queue_on_a_large_switch():
-    dev = Device("a100", cores=48)
+    # the fabric's figures this was written for (the calibrated a100's 7.5 us hops hide the
+    # queueing at this size): what is tested is the simulator's queueing, not the preset
+    dev = Device("a100", cores=48, link_latency="1 us", bandwidth_efficiency=1.0)
     result = run_collective("allreduce", None, device=dev, algo="double_binary_tree", n=300_000)
     assert result.time_s > result.predicted_time_s * 1.005
     waits = [t.start - t.queued for t in result.transfers if t.start > t.queued]

@@ -49,3 +49,35 @@ def test_attention_cost_reads_the_cache_once_per_kv_head():
     cost = attention_cost(batch=1, t=1, context=128, hq=8, hkv=2, d=64)
     assert cost.bytes["kv_cache"] == 2 * 2 * 128 * 64 * 4
     assert cost.flops == 4 * 8 * 128 * 64 + 5 * 8 * 128
+
+
+def test_the_systolic_array_pads_n_and_k_but_not_the_rows():
+    """array 128: a 432 x 200 product costs as 512 x 256; the rows stream through unpadded."""
+    dev = Device("tiny", array=128)
+    t = dev.kernel_time(linear_cost(300, 432, 200))
+    assert t.compute == pytest.approx(2 * 300 * 512 * 256 / 1e12, rel=1e-12)
+    assert linear_cost(300, 432, 200).flops == 2 * 300 * 432 * 200  # the report counts the real work
+    plain = Device("tiny").kernel_time(linear_cost(300, 432, 200))
+    assert plain.compute == pytest.approx(2 * 300 * 432 * 200 / 1e12, rel=1e-12)
+
+
+def test_a_decode_step_reads_the_kv_cache_one_position_at_a_time():
+    """(position, sequence, head, dim) layout: 2 * context pieces whatever the batch, each
+    piece `dma_piece_s`; a prefill reads no cache."""
+    decode = attention_cost(batch=4, t=1, context=256, hq=8, hkv=2, d=64, kv_bytes=2)
+    assert decode.pieces == 2 * 256
+    assert attention_cost(batch=1, t=1, context=256, hq=8, hkv=2, d=64).pieces == 2 * 256
+    assert attention_cost(batch=1, t=128, context=64.5, hq=8, hkv=2, d=64).pieces == 0
+    dev = Device("tiny", dma_piece_s="3 ns")
+    t = dev.kernel_time(decode)
+    kv = 2 * 4 * 2 * 256 * 64 * 2 / 100e9  # the cache is off-chip on tiny
+    acts = 2 * 4 * 8 * 64 * 4 / 1e12
+    assert t.memory == pytest.approx(kv + acts + 512 * 3e-9, rel=1e-12)
+
+
+def test_a_reserved_category_must_not_be_named_as_a_tensor_kind():
+    from tilesim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"reserved\.weights"):
+        Device("tiny", reserved={"weights": "1 MiB"})
+    assert Device("tiny", reserved={"model_code": "96 MiB"}).spec.core.reserved == {"model_code": 96 * 2**20}

@@ -44,5 +44,73 @@ def test_a_rows_prediction_is_what_generate_shows_for_the_same_request():
 
 
 def test_the_command_refuses_an_instance_with_no_rows(capsys):
-    assert main(["fidelity", "--device", "a100"]) == 2
-    assert "--device 'a100': no published rows" in capsys.readouterr().err
+    assert main(["fidelity", "--device", "h100"]) == 2
+    assert "--device 'h100': no published rows" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def table():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return [predict_latency(row) for row in ROWS]
+
+
+@pytest.mark.parametrize("instance", ["trn1.32xlarge", "inf2.48xlarge"])
+def test_the_shipped_figures_give_each_published_time_per_token_within_15_percent(table, instance):
+    """The goal of the fit (docs/fidelity.md), met for TPOT on every row: a decode step is
+    each weight read once, the KV cache read position by position, the host's launch and
+    sampling, and the all-reduces."""
+    errors = np.array([r["tpot_error"] for r in table if r["instance"] == instance])
+    assert np.abs(errors).mean() <= 0.05
+    assert np.abs(errors).max() <= 0.15
+
+
+@pytest.mark.parametrize("instance", ["trn1.32xlarge", "inf2.48xlarge"])
+def test_the_shipped_figures_give_time_to_first_token_within_the_stated_bounds(table, instance):
+    """TTFT: mean |error| at most 18% per instance, and every row within 35% but the rows
+    docs/fidelity.md lists as inconsistent with the others of their instance (on inf2 a
+    batch-8 4k prefill 21 times a batch-1 one; on trn1 a batch-4 8k prefill 1.95 times a
+    batch-1 one where batch 8 at 4k is 7.7 times, and Llama-2-70b's 1k prompts 3 times
+    faster per token than its 2k ones)."""
+    outliers = {
+        ("inf2.48xlarge", "Llama-2-13b", 8, 4096),
+        ("trn1.32xlarge", "Llama-2-13b", 4, 8192),
+        ("trn1.32xlarge", "Llama-2-70b", 1, 1024),
+    }
+    mine = [r for r in table if r["instance"] == instance]
+    errors = np.array([r["ttft_error"] for r in mine])
+    assert np.abs(errors).mean() <= 0.18
+    for r in mine:
+        if (r["instance"], r["model"], r["batch"], r["input_len"]) not in outliers:
+            assert abs(r["ttft_error"]) <= 0.35, r
+
+
+def test_the_a100_preset_gives_gpt_fasts_decode_steps_within_15_percent():
+    """gpt-fast on A100-80GB, TP 1-8, bf16/int8/int4 weights: the shipped figures
+    (benchmarks/calibrate.py --gpu) give every row's time per token within 15%."""
+    from tilesim.fidelity import load_gpu_rows, predict_gpu
+
+    rows = load_gpu_rows()
+    assert len(rows) == 10
+    errors = np.array([predict_gpu(r)["tpot_error"] for r in rows])
+    assert np.abs(errors).max() <= 0.15
+
+
+def test_the_a100_fabric_follows_the_nccl_tests_all_reduce_curve_within_the_stated_bounds():
+    """nccl-tests all_reduce_perf on 8 A100s with the same fabric figures: from 1 MiB up
+    within 15% on average and 25% on every point (16-128 MiB, where NCCL's bus bandwidth
+    dips, are 12-24% slow in the model: docs/fidelity.md), the latency floor within 25%."""
+    from tilesim.fidelity import load_allreduce_rows, predict_allreduce
+
+    results = [predict_allreduce(r) for r in load_allreduce_rows()]
+    big = np.abs([r["error"] for r in results if r["size_bytes"] >= 1 << 20])
+    small = np.abs([r["error"] for r in results if r["size_bytes"] < 1 << 20])
+    assert big.mean() <= 0.15 and big.max() <= 0.25
+    assert small.max() <= 0.25
+
+
+def test_the_command_prints_the_gpu_rows_and_the_curve(capsys):
+    assert main(["fidelity", "--device", "a100"]) == 0
+    out = capsys.readouterr().out
+    assert "gpt-fast on A100-80GB" in out and "nccl-tests all_reduce_perf" in out
+    assert "Llama-2-70b" in out and "int4" in out and "16 GiB" in out

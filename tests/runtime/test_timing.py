@@ -70,3 +70,51 @@ def test_more_cores_share_the_weights_and_the_time(tiny_model):
     w1 = one.report["memory"]["per_core"][0]["weights"]
     w6 = six.report["memory"]["per_core"][0]["weights"]
     assert w6 < w1 / 3
+
+
+HOST = {"step_overhead_s": "1 ms", "sample_s": "0.1 ms", "request_overhead_s": "5 ms"}
+
+
+def _steps(folder, batch, **host):
+    device = tilesim.Device("tiny", cores=3, **host)
+    model = tilesim.load(str(folder), device=device, tp=3, batch=batch)
+    prompts = [PROMPT, PROMPT[:5]][:batch]
+    return model.generate(prompts, max_new_tokens=3, eos_token_id=None).trace.steps
+
+
+def test_the_host_adds_a_launch_per_program_a_sample_per_sequence_and_a_request_setup(tiny_model):
+    folder = tiny_model("llama")
+    bare, host = _steps(folder, 2), _steps(folder, 2, **HOST)
+    prefill, decode = host[0], host[-1]
+    assert decode.latency == pytest.approx(bare[-1].latency + 1e-3 + 2 * 0.1e-3, rel=1e-12)
+    assert prefill.latency == pytest.approx(bare[0].latency + 5e-3 + 1e-3 + 2 * 0.1e-3, rel=1e-12)
+    names = {s.name for s in decode.spans if s.lane == "host"}
+    assert names == {"launch", "sample"}
+    for step in host:
+        critical = sum(s.duration for s in step.spans if s.critical)
+        assert critical == pytest.approx(step.latency, rel=1e-12)
+
+
+def test_a_context_batch_of_one_prefills_the_sequences_in_turn(tiny_model):
+    """transformers-neuronx compiles its context encoding for one sequence: a batch of two
+    prompts is prefilled as two programs, each with its launch and its sequence's sampling."""
+    folder = tiny_model("llama")
+    one = _steps(folder, 1, **HOST)[0]
+    two = _steps(folder, 2, **HOST, context_batch=1)[0]
+    assert two.latency == pytest.approx(5e-3 + 2 * (one.latency - 5e-3), rel=1e-12)
+    launches = sorted(s.start for s in two.spans if s.name == "launch" and s.core == 0)
+    assert launches == pytest.approx([5e-3, one.latency])
+
+
+def test_a_step_whose_activations_do_not_fit_in_tile_memory_reads_them_off_chip(tiny_model):
+    """tiny: tiles at 1 TB/s, off-chip at 100 GB/s. With 8 KiB of tiles, a 64-token prefill's
+    activations spill (the plan's bytes per row times the rows), a one-row decode step's do not."""
+    device = tilesim.Device("tiny", cores=1, tiles=8, tile_bytes="1 KiB")
+    model = tilesim.load(str(tiny_model("gpt2")), device=device, tp=1, max_context=128)
+    per_row = model.timer.activations_per_row
+    assert 64 * per_row > 8 * 1024 > per_row
+    out = model.generate([[i % 90 + 1 for i in range(64)]], max_new_tokens=2, eos_token_id=None)
+    for step, rows, act_bw in ((out.trace.steps[0], 64, 100e9), (out.trace.steps[-1], 1, 1e12)):
+        up = next(s for s in step.spans if s.name == "up" and s.layer == 0)
+        weights = (192 * 48 + 192) * 4 / 100e9
+        assert up.memory_s == pytest.approx(weights + rows * (48 + 192) * 4 / act_bw, rel=1e-12)

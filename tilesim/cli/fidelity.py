@@ -1,5 +1,7 @@
-"""`tilesim fidelity`: the published Neuron SDK 2.18 latency rows (benchmarks/calibration/)
-beside what the timing model predicts for each, with the errors and their mean."""
+"""`tilesim fidelity`: the published rows of benchmarks/calibration/ beside what the timing
+model predicts for each, with the errors and their mean: the Neuron SDK 2.18 latency rows
+(trn1.32xlarge, inf2.48xlarge), gpt-fast's decode rows and the nccl-tests all-reduce curve
+(a100)."""
 
 from __future__ import annotations
 
@@ -14,47 +16,105 @@ from tqdm import tqdm
 from tilesim.cli.table import print_table
 from tilesim.errors import ConfigError
 from tilesim.profiler.output import atomic_save, writable_file
-from tilesim.units import fmt_time
+from tilesim.units import fmt_bytes, fmt_time
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "fidelity",
-        help="predicted against published time to first token and per token (Neuron SDK 2.18 Llama-2 rows)",
+        help="predicted against published times (Neuron SDK 2.18 Llama-2 rows, gpt-fast and nccl-tests on A100)",
     )
-    p.add_argument("--device", default=None, help="only rows of these instances, e.g. trn1.32xlarge,inf2.48xlarge")
-    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    p.add_argument(
+        "--device", default=None, help="only rows of these devices, e.g. trn1.32xlarge,inf2.48xlarge or a100"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON: {neuron: [...], gpu: [...], allreduce: [...]}")
     p.add_argument("--plot", default=None, metavar="PATH", help="predicted against published on log axes (PNG)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tilesim.fidelity import load_latency_rows, predict_latency
+    from tilesim.fidelity import (
+        load_allreduce_rows,
+        load_gpu_rows,
+        load_latency_rows,
+        predict_allreduce,
+        predict_gpu,
+        predict_latency,
+    )
 
     if args.plot:
         writable_file(args.plot, "--plot")
-    rows = load_latency_rows()
+    rows, gpu, curve = load_latency_rows(), load_gpu_rows(), load_allreduce_rows()
     if args.device:
         wanted = {d.strip() for d in args.device.split(",") if d.strip()}
-        known = {r.instance for r in rows}
+        known = {r.instance for r in rows} | {r.instance for r in gpu}
         unknown = wanted - known
         if unknown:
             raise ConfigError(
                 f"--device {sorted(unknown)[0]!r}: no published rows; the rows are of {', '.join(sorted(known))}"
             )
         rows = [r for r in rows if r.instance in wanted]
-    results = []
+        gpu = [r for r in gpu if r.instance in wanted]
+        curve = [r for r in curve if r.instance in wanted]
+    quiet = args.json or not sys.stderr.isatty()
     with warnings.catch_warnings():  # the tables run Llama-2 past its 4096 positions, as transformers-neuronx did
         warnings.simplefilter("ignore", UserWarning)
-        for row in tqdm(rows, desc="fidelity", disable=args.json or not sys.stderr.isatty(), leave=False):
-            results.append(predict_latency(row))
+        results = [predict_latency(r) for r in tqdm(rows, desc="fidelity", disable=quiet, leave=False)]
+        gpu_results = [predict_gpu(r) for r in gpu]
+        curve_results = [predict_allreduce(r) for r in curve]
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"neuron": results, "gpu": gpu_results, "allreduce": curve_results}, indent=2))
     else:
-        _print(results)
+        if results:
+            _print(results)
+        if gpu_results:
+            _print_gpu(gpu_results, curve_results)
     if args.plot:
-        _plot(results, args.plot)
+        _plot(results + [{**r, "ttft_s": None, "predicted_ttft_s": None} for r in gpu_results], args.plot)
     return 0
+
+
+def _print_gpu(results: list[dict], curve: list[dict]) -> None:
+    print("\n# gpt-fast on A100-80GB (batch 1, 5-token prompt): published decode step against predicted")
+    print_table(
+        [
+            {
+                "model": r["model"],
+                "tp": r["tp"],
+                "weights": r["dtype"],
+                "TPOT": fmt_time(r["tpot_s"]),
+                "predicted": fmt_time(r["predicted_tpot_s"]),
+                "error": f"{r['tpot_error']:+.0%}",
+            }
+            for r in results
+        ],
+        right=("tp", "TPOT", "predicted", "error"),
+    )
+    errors = np.abs([r["tpot_error"] for r in results])
+    print(f"{len(results)} rows; mean |error| {errors.mean():.0%} (worst {errors.max():.0%})")
+    if not curve:
+        return
+    print("\n# nccl-tests all_reduce_perf on 8 A100s (NVSwitch): published against predicted")
+    print_table(
+        [
+            {
+                "bytes": fmt_bytes(r["size_bytes"]),
+                "time": fmt_time(r["time_s"]),
+                "predicted": fmt_time(r["predicted_s"]),
+                "error": f"{r['error']:+.0%}",
+                "algorithm": r["algo"],
+            }
+            for r in curve
+        ],
+        right=("bytes", "time", "predicted", "error"),
+    )
+    big = np.abs([r["error"] for r in curve if r["size_bytes"] >= 1 << 20])
+    small = np.abs([r["error"] for r in curve if r["size_bytes"] < 1 << 20])
+    if big.size:
+        print(f"from 1 MiB up: mean |error| {big.mean():.0%} (worst {big.max():.0%})", end="")
+    if small.size:
+        print(f"; below 1 MiB (the latency floor): mean {small.mean():.0%} (worst {small.max():.0%})", end="")
+    print()
 
 
 def summary(results: list[dict]) -> dict[str, float]:
@@ -107,7 +167,7 @@ def _plot(results: list[dict], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 6))
     for key, marker in (("ttft", "o"), ("tpot", "s")):
-        pairs = [(r[f"{key}_s"], r[f"predicted_{key}_s"]) for r in results if r[f"predicted_{key}_s"]]
+        pairs = [(r[f"{key}_s"], r[f"predicted_{key}_s"]) for r in results if r.get(f"predicted_{key}_s")]
         published, predicted = zip(*pairs, strict=True) if pairs else ((), ())
         ax.scatter(published, predicted, marker=marker, label=key.upper(), alpha=0.75)
     values = [v for r in results for v in (r["ttft_s"], r["tpot_s"], r["predicted_ttft_s"], r["predicted_tpot_s"]) if v]
@@ -116,7 +176,7 @@ def _plot(results: list[dict], path: str) -> None:
     for factor in (1.15, 1 / 1.15):
         ax.plot([lo, hi], [lo * factor, hi * factor], color="grey", linewidth=0.5, linestyle="--")
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="published (s)", ylabel="predicted (s)")
-    ax.set_title("Neuron SDK 2.18 Llama-2 rows: predicted against published\n(dashed: ±15%)")
+    ax.set_title("Published rows (Neuron SDK 2.18, gpt-fast): predicted against published\n(dashed: ±15%)")
     ax.legend()
     fig.tight_layout()
     atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))

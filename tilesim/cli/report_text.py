@@ -31,12 +31,14 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
     memory = report.get("memory")
     if memory:
         rows = []
+        reserved = memory["reserved"]
         for core, entry in enumerate(memory["per_core"]):
             row = {
                 "core": str(core),
                 "weights": fmt_bytes(entry.get("weights", 0)),
                 "KV cache": fmt_bytes(entry.get("kv_cache", 0)),
                 "activations": fmt_bytes(entry.get("activations", 0)),
+                **({"runtime": fmt_bytes(sum(entry.get(k, 0) for k in reserved))} if reserved else {}),
                 "peak": fmt_bytes(entry["peak"]),
                 "free": ", ".join(f"{fmt_bytes(v)} {k}" for k, v in entry["free"].items() if memory["capacity"][k]),
             }
@@ -46,7 +48,17 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
             else:
                 rows.append(row)
         print("\nmemory per core")
-        print_table(rows, right=("weights", "KV cache", "activations", "peak"))
+        print_table(rows, right=("weights", "KV cache", "activations", "runtime", "peak"))
+        if memory["reserved"]:
+            parts = ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in memory["reserved"].items())
+            print(f"runtime memory per core (the device runtime's own, as its tools report it): {parts}")
+        rule = memory["sizing_rule"]
+        if rule["capacity_bytes"]:
+            verdict = "fits" if rule["weights_and_kv_bytes"] < rule["capacity_bytes"] else "does not fit"
+            print(
+                f"sizing rule (weights + KV cache < off-chip memory x cores): {fmt_bytes(rule['weights_and_kv_bytes'])}"
+                f" of {fmt_bytes(rule['capacity_bytes'])}: {verdict}; the per-core table above is the stricter answer"
+            )
         print(
             f"fullest tile: {fmt_bytes(memory['max_tile_bytes'])} of {fmt_bytes(memory['tile_bytes'])} "
             f"(mean {fmt_bytes(memory['mean_tile_bytes'])}); weights in {memory['regions']['weights']}, "

@@ -19,7 +19,7 @@ from tilesim.device.memory import ALIGNMENT, Block
 from tilesim.errors import OutOfOffchipMemory, OutOfTileMemory
 from tilesim.runtime.graph import DecoderGraph
 from tilesim.runtime.ops import IN_PLACE_OPS
-from tilesim.runtime.program import Program
+from tilesim.runtime.program import Buffer, Program
 from tilesim.units import fmt_bytes
 
 __all__ = ["IN_PLACE_OPS", "MemoryPlan", "activation_layout", "lifetimes", "live_bytes", "place", "plan_memory"]
@@ -94,6 +94,17 @@ def plan_memory(
     plan = MemoryPlan(weights, kv, activations, regions, layouts, rows, reserved=reserved)
     _fit(plan, graph, device)
     return plan
+
+
+def buffers(plan: MemoryPlan) -> list[dict[str, Buffer]]:
+    """Every core's activation buffers, as the Program carries them (`Program.assign`): the
+    layout's offsets and shapes, fp32 (16-bit activations are rounded in place), in the
+    region the plan put activations in."""
+    region = plan.regions["activations"]
+    return [
+        {name: Buffer(name, layout.shapes[name], "float32", region, offset) for name, offset in layout.offsets.items()}
+        for layout in plan.layouts
+    ]
 
 
 def lifetimes(program: Program) -> tuple[dict[str, int], dict[str, int]]:

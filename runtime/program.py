@@ -11,6 +11,10 @@ included):
   as one launch (`linear_group`). Neither is fused with 16-bit activations, which round
   every op's output before the next op reads it.
 
+Once a session is planned, each core's buffer of every value (shape, dtype, region, offset:
+`Buffer`) is in `Program.buffers`, so a step's buffers are `Program.writes(step, core)`; the
+session's arrays are views of exactly those bytes.
+
 A fusion is the emulator's way of running the ops on the host (fewer calls); the device
 model still times each op as its own kernel, as a device toolchain that does not fuse them
 would run them, so `Program.nodes()` (every node, in order, with its index) is what the
@@ -20,7 +24,7 @@ timer and the memory plan walk and `Program.steps` what the executor binds.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -71,14 +75,50 @@ class Step:
         return self.rows == "last"
 
 
+@dataclass(frozen=True)
+class Buffer:
+    """Where one value lives on one core for the session it was planned for: `shape` (rows,
+    local width) in `dtype`, at byte `offset` of the core's activation block in `region`."""
+
+    value: str
+    shape: tuple[int, int]
+    dtype: str
+    region: str
+    offset: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * np.dtype(self.dtype).itemsize
+
+
 @dataclass
 class Program:
-    """A sharded graph for one device, as steps; see the module doc."""
+    """A sharded graph for one device, as steps; see the module doc. `buffers[core]` maps
+    every activation value to its `Buffer` once a session is planned (`assign`)."""
 
     graph: DecoderGraph
     sp: ShardPlan
     steps: list[Step]
     fused: bool
+    buffers: list[dict[str, Buffer]] = field(default_factory=list)
+
+    def assign(self, buffers: list[dict[str, Buffer]]) -> None:
+        """The memory plan's buffers of a session (runtime/memplan.py), one map per core."""
+        if len(buffers) != self.tp:
+            raise ValueError(f"buffers for {len(buffers)} cores, the program runs on {self.tp}")
+        self.buffers = buffers
+
+    def writes(self, step: Step, core: int) -> list[Buffer]:
+        """The buffers `step` writes on `core`: each node's output, or for an op that runs in
+        place (a bias, rope, an all-reduce) the input it overwrites."""
+        from tilesim.runtime.ops import OPS  # the op table imports the binders, which import this module
+
+        out = []
+        for node in step.nodes:
+            name = node.inputs[0] if OPS[node.op].in_place else node.out
+            if name in self.buffers[core]:
+                out.append(self.buffers[core][name])
+        return out
 
     @property
     def tp(self) -> int:

@@ -93,14 +93,15 @@ def place(
                 session.blocks.append((core, block))
                 arrays[name] = memory.view(block, dt, shape) if views else None
             session.kv[core].append(KVCache(kv_format, **arrays))
-        layout = plan.layouts[core]
-        block = memplan.place(plan, device, core, "activations", layout.total, "activations")
+        block = memplan.place(plan, device, core, "activations", plan.layouts[core].total, "activations")
         session.blocks.append((core, block))
         for name, nbytes in plan.reserved.items():  # the device runtime's own (CoreSpec.reserved)
             session.blocks.append((core, memplan.place(plan, device, core, name, nbytes, f"runtime.{name}")))
-        if views:
-            raw = memory.view(block, np.uint8, (layout.total,))
-            for name, offset in layout.offsets.items():
-                rows, width = layout.shapes[name]
-                session.acts[core][name] = raw[offset : offset + rows * width * 4].view(np.float32).reshape(rows, width)
+    program.assign(memplan.buffers(plan))
+    if views:
+        for core in range(tp):
+            block = next(b for c, b in session.blocks if c == core and b.kind == "activations")
+            raw = device.cores[core].memory.view(block, np.uint8, (plan.layouts[core].total,))
+            for name, buf in program.buffers[core].items():
+                session.acts[core][name] = raw[buf.offset : buf.offset + buf.nbytes].view(buf.dtype).reshape(buf.shape)
     return session

@@ -67,3 +67,27 @@ def test_weights_live_where_the_preset_puts_them(tiny_model):
     reserved = sum(trn.plan.reserved.values())
     assert reserved == sum(trn.device.spec.core.reserved.values()) == (96 + 64 + 64) * 2**20
     assert trn.device.cores[0].memory.regions["offchip"].used == trn.plan.weights[0] + trn.plan.kv_cache[0] + reserved
+
+
+@pytest.mark.parametrize(("arch", "tp"), [("llama", 3), ("gpt2", 2)])
+def test_every_step_of_the_program_names_the_buffers_it_writes_and_the_arrays_are_those_bytes(tiny_model, arch, tp):
+    """Program.writes(step, core): each node's output (an in-place op's input), with the shape,
+    dtype, region and offset the plan gave it; the executor's arrays are views of those bytes."""
+    model = tilesim.load(str(tiny_model(arch)), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    program = model.program
+    for core in range(tp):
+        block = next(b for c, b in model._session.blocks if c == core and b.kind == "activations")
+        base = model.device.cores[core].memory.view(block, np.uint8, (block.nbytes,))
+        for step in program.steps:
+            written = program.writes(step, core)
+            wanted = [n.inputs[0] if n.op in IN_PLACE_OPS else n.out for n in step.nodes]
+            assert [b.value for b in written] == [w for w in wanted if w in program.buffers[core]]
+            for buf in written:
+                assert buf.shape == model.plan.layouts[core].shapes[buf.value]
+                assert buf.offset == model.plan.layouts[core].offsets[buf.value]
+                assert buf.region == model.plan.regions["activations"] and buf.dtype == "float32"
+                array = model._session.acts[core][buf.value]
+                assert array.shape == buf.shape
+                assert np.shares_memory(array, base[buf.offset : buf.offset + buf.nbytes])
+    made = {n.out for n in model.sp.nodes if n.out and n.op not in IN_PLACE_OPS}
+    assert made <= set(program.buffers[0])

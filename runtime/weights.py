@@ -27,14 +27,17 @@ def storage_formats(graph: DecoderGraph, precision: Precision, checkpoint) -> di
 
 
 def keep_blocks_whole(formats: dict[str, str], graph: DecoderGraph, sp: ShardPlan) -> list[str]:
-    """A block-quantized weight split by columns off block boundaries (or padded) is
-    dequantized (changes `formats`); the notes say which."""
+    """A block-quantized weight split by columns off block boundaries, or padded (heads) to a
+    width that is not whole blocks, is dequantized (changes `formats`); the notes say which.
+    Padding by whole blocks keeps the checkpoint's blocks, with zero blocks added."""
     notes = []
     for param, fmt in formats.items():
         if fmt not in BLOCK_FORMATS:
             continue
         cols = sp.cols[param]
-        if sp.padded(param) or any(c is not None and (c[0] % BLOCK or c[1] % BLOCK) for c in cols):
+        widths = sp.local_cols.get(param)
+        off_block = any(c is not None and (c[0] % BLOCK or c[1] % BLOCK) for c in cols)
+        if off_block or (widths is not None and any(w % BLOCK for w in widths)):
             formats[param] = "fp32"
             notes.append(f"{param}: its column split is not a multiple of {BLOCK}; dequantized to fp32")
     return notes
@@ -85,16 +88,19 @@ def _read(checkpoint, sp: ShardPlan, name: str, fmt: str, core: int, shape: tupl
     """This core's slice of a weight, in its storage format (a Packed, or fp32 for vectors)."""
     lo, hi = sp.rows[name][core]
     cols = sp.cols[name][core]
-    if fmt in BLOCK_FORMATS and checkpoint.stored_type(name) == fmt.upper():
-        block_cols = None if cols is None else slice(cols[0] // BLOCK, cols[1] // BLOCK)
-        return quant.from_blocks(checkpoint.read_stored(name, slice(lo, hi), block_cols), fmt, shape)
     real = checkpoint.graph.params[name].shape
     rows = slice(lo, min(hi, real[0]))
     columns = None if cols is None else slice(cols[0], min(cols[1], real[1]))
-    if rows.start >= rows.stop or (columns is not None and columns.start >= columns.stop):
-        values = np.zeros((0,) * len(shape), np.float32)  # only padding heads on this core: nothing to read
-    else:
-        values = checkpoint.read(name, rows, columns)
+    nothing = rows.start >= rows.stop or (columns is not None and columns.start >= columns.stop)
+    if fmt in BLOCK_FORMATS and checkpoint.stored_type(name) == fmt.upper():
+        if nothing:  # only padding heads on this core
+            return quant.zeros(fmt, shape)
+        block_cols = None if columns is None else slice(columns.start // BLOCK, columns.stop // BLOCK)
+        width = real[1] if columns is None else columns.stop - columns.start
+        stored = quant.from_blocks(checkpoint.read_stored(name, rows, block_cols), fmt, (rows.stop - rows.start, width))
+        return stored if stored.shape == tuple(shape) else quant.padded(stored, shape)
+    # only padding heads on this core: nothing to read
+    values = np.zeros((0,) * len(shape), np.float32) if nothing else checkpoint.read(name, rows, columns)
     if values.shape != shape:  # padded heads: zero rows or columns beyond the real ones
         padded = np.zeros(shape, np.float32)
         padded[tuple(slice(0, n) for n in values.shape)] = values

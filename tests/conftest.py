@@ -56,6 +56,18 @@ def configs():
             ),
             [1, 3, 6],
         ),
+        "llama_gguf_wide": (  # head_dim 32: padded heads are whole 32-column blocks
+            T.LlamaConfig(
+                hidden_size=192,
+                intermediate_size=192,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                max_position_embeddings=256,
+                vocab_size=128,
+            ),
+            [1, 3, 6],
+        ),
         "llama_gqa10": (  # 10 query / 2 key-value heads: runs at TP 4 and 5 only padded
             T.LlamaConfig(
                 hidden_size=80,

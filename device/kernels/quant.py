@@ -139,6 +139,24 @@ def from_blocks(blocks: np.ndarray, fmt: str, shape: tuple[int, int]) -> Packed:
     return Packed(fmt, (n, k), {"qs": np.ascontiguousarray(b[:, :, 4:]).reshape(n, -1), "d": d.copy(), "m": m.copy()})
 
 
+def padded(p: Packed, shape: tuple[int, int]) -> Packed:
+    """`p` grown to `shape` with zero rows and whole zero blocks, which decode to 0.0 in every
+    format (a zero scale): padded heads stay in their checkpoint's blocks. `shape[1]` and
+    `p.shape[1]` must be whole blocks for a block format."""
+    arrays = {}
+    for key, (full, dtype) in array_shapes(p.fmt, shape).items():
+        grown = np.zeros(full, dtype)
+        source = p.arrays[key]
+        grown[tuple(slice(0, n) for n in source.shape)] = source
+        arrays[key] = grown
+    return Packed(p.fmt, tuple(shape), arrays)
+
+
+def zeros(fmt: str, shape: tuple[int, int]) -> Packed:
+    """A weight of `shape` whose every value is 0.0, stored as `fmt`."""
+    return Packed(fmt, tuple(shape), {k: np.zeros(s, d) for k, (s, d) in array_shapes(fmt, shape).items()})
+
+
 def unpack(p: Packed, rows: np.ndarray | None = None) -> np.ndarray:
     """The fp32 values of a packed weight (or of some of its rows): the kernels' reference."""
     a = {name: (arr if rows is None else arr[rows]) for name, arr in p.arrays.items()}

@@ -100,3 +100,22 @@ def test_a_truncated_gguf_is_refused(tiny_model, tmp_path):
     cut.write_bytes(path.read_bytes()[: path.stat().st_size - 1000])
     with pytest.raises(CheckpointError, match=r"cut\.gguf: (truncated|not a readable GGUF)"):
         tilesim.load(str(cut), device="tiny", tp=1)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1"])
+@pytest.mark.parametrize("tp", [2, 4])
+def test_padded_heads_keep_the_checkpoints_blocks_and_match_transformers(tiny_model, tmp_path, qtype, tp):
+    """6 heads / 3 key-value heads of 32 dims at TP 2 and 4 run only padded: the padding is
+    whole zero blocks, so q/k/v/o stay in the file's blocks (not dequantized), and the
+    logits are transformers' from the same file."""
+    folder = tiny_model("llama_gguf_wide")
+    path = write_gguf(folder, tmp_path / f"wide-{qtype}.gguf", qtype)
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT])).logits[0].numpy()
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp, dtype="native", pad_heads=True)
+    padded = [p for p in model.formats if model.sp.padded(p) and len(model.graph.params[p].shape) == 2]
+    assert len(padded) >= 2 * 2  # q and o of both layers (k and v too where key/value heads are added)
+    assert all(model.formats[p] == qtype.lower() for p in padded)
+    out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))

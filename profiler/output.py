@@ -16,6 +16,13 @@ from typing import IO
 from tilesim.errors import ConfigError
 
 
+def _usual_mode(temporary: str) -> None:
+    """Give a temporary file the mode a plain `open` would (mkstemp makes it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+
+
 @contextmanager
 def atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """`with atomic(path) as f:` writes `f` to `path` only if the block completes."""
@@ -24,6 +31,7 @@ def atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
     try:
         with os.fdopen(handle, mode) as f:
             yield f
+        _usual_mode(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -37,6 +45,7 @@ def atomic_save(path: str | Path, save: Callable[[str], None]) -> None:
     os.close(handle)
     try:
         save(temporary)
+        _usual_mode(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -111,3 +111,15 @@ def test_plots_are_written(run, tmp_path):
     assert sorted(p.name for p in paths) == ["breakdown.png", "memory.png", "roofline.png", "timeline.png"]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_the_hosts_part_of_each_step_is_in_the_trace_on_the_compute_lane(tiny_model, tmp_path):
+    device = tilesim.Device("tiny", cores=3, step_overhead_s="1 ms", sample_s="0.1 ms", request_overhead_s="2 ms")
+    model = tilesim.load(str(tiny_model("llama")), device=device, tp=3)
+    out = model.generate([[5, 6, 7, 8, 9]], max_new_tokens=3, eos_token_id=None)
+    document = json.loads(write_chrome_trace(out.trace, tmp_path / "t.json").read_text())
+    check_trace_event_format(document)
+    host = [e for e in document["traceEvents"] if e["ph"] == "X" and e.get("cat") == "host" and e["pid"] == 1]
+    assert sorted({e["name"] for e in host}) == ["launch", "request", "sample"]
+    assert [e["dur"] for e in host if e["name"] == "request"] == [pytest.approx(2000.0)]
+    assert len([e for e in host if e["name"] == "launch"]) == len(out.trace.steps)

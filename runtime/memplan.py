@@ -132,19 +132,22 @@ def activation_layout(program: Program, core: int, rows: int, batch: int, all_lo
         n_rows = batch if row_class[made] == "last" and not all_logits else rows
         shapes[name] = (n_rows, program.sp.widths[name][core])
     order = sorted(first, key=lambda v: -shapes[v][0] * shapes[v][1])
-    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
+    # the values placed so far, as columns: offset, end, first and last node
+    placed = np.zeros((4, len(order)), dtype=np.int64)
     offsets = {}
-    for name in order:
+    for count, name in enumerate(order):
         size = aligned(shapes[name][0] * shapes[name][1] * 4)
-        busy = sorted((o, e) for o, e, f, l in placed if not (l < first[name] or last[name] < f))
+        o, e, f, l = placed[:, :count]
+        alive = ~((l < first[name]) | (last[name] < f))  # lifetimes that overlap this value's
+        busy = np.lexsort((e[alive], o[alive]))
         offset = 0
-        for o, e in busy:
-            if offset + size <= o:
+        for start, end in zip(o[alive][busy].tolist(), e[alive][busy].tolist(), strict=True):
+            if offset + size <= start:
                 break
-            offset = max(offset, e)
-        placed.append((offset, offset + size, first[name], last[name]))
+            offset = max(offset, end)
+        placed[:, count] = (offset, offset + size, first[name], last[name])
         offsets[name] = offset
-    total = max((e for _, e, _, _ in placed), default=0)
+    total = int(placed[1].max()) if len(order) else 0
     return ActivationLayout(offsets, shapes, aligned(total))
 
 

@@ -5,6 +5,7 @@ arena). Timing-only runs place the same bytes, with nothing read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -48,7 +49,7 @@ def array_bytes(graph: DecoderGraph, sp: ShardPlan, formats: dict[str, str], par
     shape = sp.local_shape(param, graph.params[param].shape, core)
     if len(shape) == 1:
         return [shape[0] * 4]
-    return [int(np.prod(s)) * d.itemsize for s, d in quant.array_shapes(formats[param], shape).values()]
+    return [math.prod(s) * d.itemsize for s, d in quant.array_shapes(formats[param], shape).values()]
 
 
 def load(

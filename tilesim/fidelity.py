@@ -67,11 +67,10 @@ def predict_latency(row: LatencyRow, **overrides: Any) -> dict[str, Any]:
     KV cache of the whole request. Each step shape is timed once (`StepTimer`); the decode
     steps' latencies are weighted by how many of the request's steps fall in each bucket.
     `overrides` change preset figures (as Device overrides), for fitting: the model is loaded
-    once per row and retimed."""
+    once per row and retimed (the same times as `generate` gives: test_fidelity_table.py)."""
     model = neuronx_model(row)
-    timer = model.timer
-    if overrides:
-        timer = model.timer_for(Device(row.instance, cores=row.tp, backed=False, **overrides), spans=False)
+    device = Device(row.instance, cores=row.tp, backed=False, **overrides) if overrides else model.device
+    timer = model.timer_for(device, spans=False)  # latencies only: a table needs no per-core spans
     ttft, tpot = request_latency(timer, row, model.max_context)
     return {
         "model": row.model,

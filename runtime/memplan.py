@@ -101,10 +101,14 @@ def buffers(plan: MemoryPlan) -> list[dict[str, Buffer]]:
     layout's offsets and shapes, fp32 (16-bit activations are rounded in place), in the
     region the plan put activations in."""
     region = plan.regions["activations"]
-    return [
-        {name: Buffer(name, layout.shapes[name], "float32", region, offset) for name, offset in layout.offsets.items()}
-        for layout in plan.layouts
-    ]
+    by_layout: dict[int, dict[str, Buffer]] = {}  # cores alike share one layout, and one map
+    for layout in plan.layouts:
+        if id(layout) not in by_layout:
+            by_layout[id(layout)] = {
+                name: Buffer(name, layout.shapes[name], "float32", region, offset)
+                for name, offset in layout.offsets.items()
+            }
+    return [by_layout[id(layout)] for layout in plan.layouts]
 
 
 def lifetimes(program: Program) -> tuple[dict[str, int], dict[str, int]]:

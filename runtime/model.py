@@ -160,10 +160,7 @@ class Model:
         self._session = new
         itemsize, region = self.precision.act_bytes, new.plan.regions["activations"]
         self.collectives = CollectivePlan(self.device, self.tp, itemsize, region, self.algo)
-        self.timer = StepTimer(
-            self.program, self.device, self.weight_bytes, self.precision, self.collectives, self.formats,
-            activations_per_row=self._activations_per_row(),
-        )  # fmt: skip
+        self.timer = self._timer(self.device, self.collectives)
         if self.weights[0] or self.timing_only:
             self._bind()
 
@@ -174,17 +171,16 @@ class Model:
         if device.num_cores != self.device.num_cores:
             raise ConfigError(f"the model runs on {self.device.num_cores} cores; the device has {device.num_cores}")
         itemsize, region = self.precision.act_bytes, self._session.plan.regions["activations"]
-        plan = CollectivePlan(device, self.tp, itemsize, region, self.algo)
-        return StepTimer(
-            self.program, device, self.weight_bytes, self.precision, plan, self.formats, spans=spans,
-            activations_per_row=self._activations_per_row(),
-        )  # fmt: skip
+        return self._timer(device, CollectivePlan(device, self.tp, itemsize, region, self.algo), spans)
 
-    def _activations_per_row(self) -> float:
-        """Live activation bytes per token row of a step on the fullest core (the plan lays
-        activations out in fp32; they are `act_bytes` wide)."""
+    def _timer(self, device: Device, collectives: CollectivePlan, spans: bool = True) -> StepTimer:
         plan = self._session.plan
-        return max(plan.activations) / max(plan.rows, 1) * self.precision.act_bytes / 4
+        # live activation bytes per token row on the fullest core (laid out in fp32, `act_bytes` wide)
+        per_row = max(plan.activations) / max(plan.rows, 1) * self.precision.act_bytes / 4
+        return StepTimer(
+            self.program, device, self.weight_bytes, self.precision, collectives, self.formats, spans=spans,
+            activations_per_row=per_row,
+        )  # fmt: skip
 
     def _bind(self) -> None:
         """The executor of this session: the Program bound to the cores' arrays (to nothing

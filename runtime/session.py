@@ -83,6 +83,7 @@ def place(
     if replacing is not None:
         replacing.free(device)
     session = Session(plan, batch, all_logits, [[] for _ in range(tp)], [{} for _ in range(tp)])
+    activation_blocks = []
     for core in range(tp):
         memory = device.cores[core].memory
         for layer in range(graph.layers):
@@ -95,12 +96,13 @@ def place(
             session.kv[core].append(KVCache(kv_format, **arrays))
         block = memplan.place(plan, device, core, "activations", plan.layouts[core].total, "activations")
         session.blocks.append((core, block))
+        activation_blocks.append(block)
         for name, nbytes in plan.reserved.items():  # the device runtime's own (CoreSpec.reserved)
             session.blocks.append((core, memplan.place(plan, device, core, name, nbytes, f"runtime.{name}")))
     program.assign(memplan.buffers(plan))
     if views:
         for core in range(tp):
-            block = next(b for c, b in session.blocks if c == core and b.kind == "activations")
+            block = activation_blocks[core]
             raw = device.cores[core].memory.view(block, np.uint8, (plan.layouts[core].total,))
             for name, buf in program.buffers[core].items():
                 session.acts[core][name] = raw[buf.offset : buf.offset + buf.nbytes].view(buf.dtype).reshape(buf.shape)

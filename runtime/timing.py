@@ -190,7 +190,7 @@ class StepTimer:
         spans: list[Span] = []
         messages: list[Messages] = []
         launch = host.step_overhead_s
-        if launch and self.spans:
+        if launch:
             spans += self._host_spans("launch", 0.0, launch)
         ready = dict.fromkeys(reps, launch)
         overhead = self.device.spec.fabric.collective_overhead_s
@@ -236,8 +236,7 @@ class StepTimer:
             span.critical = True
         end = max(ready.values())
         if host.sample_s:
-            if self.spans:
-                spans += self._host_spans("sample", end, host.sample_s * shape.batch)
+            spans += self._host_spans("sample", end, host.sample_s * shape.batch)
             end += host.sample_s * shape.batch
         return StepTiming(shape, end, spans, messages)
 

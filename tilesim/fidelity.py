@@ -94,7 +94,11 @@ def neuronx_model(row: LatencyRow):
     """The timing-only model of `row` as transformers-neuronx runs it (see `predict_latency`)."""
     checkpoint = open_for_timing(_MODELS[row.model])
     context = context_for(checkpoint.graph, row.input_len + row.output_len)
-    return _as_neuronx_runs_it(checkpoint, row.instance, row.tp, row.batch, context, "bf16")
+    device = Device(row.instance, cores=row.tp, backed=False)
+    return load(
+        checkpoint, device, row.tp, dtype="fp16", act_dtype="bf16", kv_dtype="bf16", timing_only=True, pad_heads=True,
+        batch=row.batch, max_context=context,
+    )  # fmt: skip
 
 
 def request_latency(timer, row: LatencyRow, max_context: int) -> tuple[float, float | None]:
@@ -111,16 +115,6 @@ def request_latency(timer, row: LatencyRow, max_context: int) -> tuple[float, fl
         steps[latency] = steps.get(latency, 0) + span
         context += span
     return ttft, (_weighted_median(steps) if steps else None)
-
-
-def _as_neuronx_runs_it(checkpoint, instance: str, tp: int, batch: int, context: int, kv: str, **overrides: Any):
-    """A timing-only model as transformers-neuronx runs the published rows: fp16 weights,
-    bf16 matmuls, heads padded (`overrides` change preset figures, for fitting)."""
-    device = Device(instance, cores=tp, backed=False, **overrides)
-    return load(
-        checkpoint, device, tp, dtype="fp16", act_dtype="bf16", kv_dtype=kv, timing_only=True, pad_heads=True,
-        batch=batch, max_context=context,
-    )  # fmt: skip
 
 
 def _weighted_median(counts: dict[float, int]) -> float:

@@ -90,8 +90,7 @@ def _print_gpu(results: list[dict], curve: list[dict]) -> None:
         ],
         right=("tp", "TPOT", "predicted", "error"),
     )
-    errors = np.abs([r["tpot_error"] for r in results])
-    print(f"{len(results)} rows; mean |error| {errors.mean():.0%} (worst {errors.max():.0%})")
+    print(f"{len(results)} rows; {_mean_and_worst([r['tpot_error'] for r in results])}")
     if not curve:
         return
     print("\n# nccl-tests all_reduce_perf on 8 A100s (NVSwitch): published against predicted")
@@ -108,13 +107,16 @@ def _print_gpu(results: list[dict], curve: list[dict]) -> None:
         ],
         right=("bytes", "time", "predicted", "error"),
     )
-    big = np.abs([r["error"] for r in curve if r["size_bytes"] >= 1 << 20])
-    small = np.abs([r["error"] for r in curve if r["size_bytes"] < 1 << 20])
-    if big.size:
-        print(f"from 1 MiB up: mean |error| {big.mean():.0%} (worst {big.max():.0%})", end="")
-    if small.size:
-        print(f"; below 1 MiB (the latency floor): mean {small.mean():.0%} (worst {small.max():.0%})", end="")
-    print()
+    big = [r["error"] for r in curve if r["size_bytes"] >= 1 << 20]
+    small = [r["error"] for r in curve if r["size_bytes"] < 1 << 20]
+    parts = [f"from 1 MiB up: {_mean_and_worst(big)}"] if big else []
+    parts += [f"below 1 MiB (the latency floor): {_mean_and_worst(small)}"] if small else []
+    print("; ".join(parts))
+
+
+def _mean_and_worst(errors: list[float]) -> str:
+    values = np.abs(errors)
+    return f"mean |error| {values.mean():.0%} (worst {values.max():.0%})"
 
 
 def summary(results: list[dict]) -> dict[str, float]:

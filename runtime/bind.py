@@ -168,7 +168,10 @@ def bind_attention(ex: Executor, step: Step) -> Op:
 
     def run(inputs: StepInputs) -> None:
         b, t, m = inputs.batch, inputs.tokens, inputs.rows
+        first = inputs.first_slot
         for q, k, v, out, cache in zip(qs, ks, vs, outs, caches, strict=True):
+            if first or b != cache.slots:  # a server's step over some of the session's slots
+                cache = cache.of_slots(first, b)
             cache.write(k[:m].reshape(b, t, -1, d), v[:m].reshape(b, t, -1, d), inputs.start, inputs.valid)
             q4, out4 = q[:m].reshape(b, t, -1, d), out[:m].reshape(b, t, -1, d)
             cache.attend(q4, inputs.start, inputs.valid, scale, out4, window)

@@ -58,7 +58,10 @@ def rope(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> Ke
 def attention(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
     d, width, a = t.graph.head_dim, t.sp.widths, t.act_bytes
     hq, hkv = width[node.inputs[0]][core] // d, width[node.inputs[1]][core] // d
-    context = shape.context if shape.phase == "decode" else (shape.tokens + 1) / 2
+    # a prefill's query rows see (T + 1) / 2 of its own keys on average, and a chunk after
+    # cached positions (context > tokens) sees those too
+    cached = max(0, shape.context - shape.tokens)
+    context = shape.context if shape.phase == "decode" else cached + (shape.tokens + 1) / 2
     kv = kv_write_cost(shape.batch, shape.tokens, hkv, d, act_bytes=a, kv_bytes=t.kv_itemsize)
     att = attention_cost(
         shape.batch, shape.tokens, context, hq, hkv, d, act_bytes=a, kv_bytes=t.kv_itemsize, dtype=t.dtype

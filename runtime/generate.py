@@ -74,7 +74,7 @@ def generate(
     params = SamplingParams(temperature, top_k, top_p, seed)
     eos = set(model.graph.meta.get("eos_token_ids", ())) if eos_token_id is DEFAULT else _as_set(eos_token_id)
     b = len(prompts)
-    if b != model.batch or (return_logits == "all") != model.all_logits:
+    if b != model.batch or b != model.prefill_batch or (return_logits == "all") != model.all_logits:
         model.session(b, return_logits == "all")
     rng = np.random.default_rng(seed)
     lengths = np.array([len(p) for p in prompts], dtype=np.int64)

@@ -35,6 +35,22 @@ class KVCache:
     k_scale: np.ndarray | None = None
     v_scale: np.ndarray | None = None
 
+    @property
+    def slots(self) -> int:
+        """The sequences the cache holds (the session's batch)."""
+        return self.k.shape[0]
+
+    def of_slots(self, first: int, count: int) -> KVCache:
+        """The cache of slots first .. first + count - 1 (views of the same memory)."""
+        if first < 0 or first + count > self.slots:
+            raise ValueError(f"slots {first}..{first + count - 1} are outside the cache's {self.slots}")
+        part = slice(first, first + count)
+
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[part]
+
+        return KVCache(self.fmt, self.k[part], self.v[part], cut(self.k_scale), cut(self.v_scale))
+
     def write(self, k: np.ndarray, v: np.ndarray, start: np.ndarray, valid: np.ndarray) -> None:
         """Store new keys and values (B, T, Hkv, D) at positions start[b] + t."""
         if self.fmt == "fp32":

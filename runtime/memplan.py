@@ -47,7 +47,7 @@ class MemoryPlan:
     activations: list[int]
     regions: dict[str, str]  # kind -> region
     layouts: list[ActivationLayout]
-    rows: int  # activation rows of the largest step (batch x prefill tokens)
+    rows: int  # activation rows of the largest step (prefill batch x prefill tokens, at least batch)
     notes: list[str] = field(default_factory=list)
     reserved: dict[str, int] = field(default_factory=dict)  # per core: the runtime's categories (CoreSpec.reserved)
 
@@ -69,14 +69,17 @@ def plan_memory(
     weight_sizes: dict[str, list[list[int]]],
     kv_sizes: list[list[int]],
     all_logits: bool = False,
+    prefill_batch: int | None = None,
 ) -> MemoryPlan:
     """Plan every core's memory; raises OutOfTileMemory (with per-core totals) if it cannot fit.
 
     `weight_sizes[param][core]` lists the bytes of each array the weight is stored as on that
-    core; `kv_sizes[core]` those of one layer's KV cache.
+    core; `kv_sizes[core]` those of one layer's KV cache. `prefill_batch` is how many
+    sequences the largest prefill step holds (default: all `batch`; a server that prefills
+    one request at a time while `batch` decode needs far fewer rows).
     """
     graph, tp = program.graph, program.tp
-    rows = batch * prefill_tokens
+    rows = max(batch, (batch if prefill_batch is None else prefill_batch) * prefill_tokens)
     weights = [sum(aligned(n) for sizes in weight_sizes.values() for n in sizes[core]) for core in range(tp)]
     kv = [graph.layers * sum(aligned(n) for n in kv_sizes[core]) for core in range(tp)]
     # cores whose activations have the same widths have the same layout: plan each kind once

@@ -140,11 +140,17 @@ class Model:
         return self._session.batch
 
     @property
+    def prefill_batch(self) -> int:
+        """The most sequences one prefill step of this session holds."""
+        return self._session.prefill_batch
+
+    @property
     def all_logits(self) -> bool:
         return self._session.all_logits
 
-    def session(self, batch: int, all_logits: bool) -> None:
-        """Plan and place the KV cache and activations for `batch` sequences (weights stay)."""
+    def session(self, batch: int, all_logits: bool, prefill_batch: int | None = None) -> None:
+        """Plan and place the KV cache and activations for `batch` sequences (weights stay),
+        for prefill steps of up to `prefill_batch` of them (default: all)."""
         new = place(
             self.program,
             self.device,
@@ -156,6 +162,7 @@ class Model:
             notes=self.notes,
             views=not self.timing_only,
             replacing=self._session,
+            prefill_batch=prefill_batch,
         )
         self._session = new
         itemsize, region = self.precision.act_bytes, new.plan.regions["activations"]

@@ -43,6 +43,7 @@ class StepInputs:
     batch: int
     tokens: int
     all_logits: bool = False
+    first_slot: int = 0  # the step's sequences are the KV cache's slots first_slot .. first_slot + batch - 1
 
     @property
     def rows(self) -> int:

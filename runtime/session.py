@@ -39,6 +39,7 @@ class Session:
     plan: memplan.MemoryPlan
     batch: int
     all_logits: bool
+    prefill_batch: int
     kv: list[list[KVCache]]
     acts: list[dict[str, np.ndarray]]
     blocks: list[tuple[int, Block]] = field(default_factory=list)
@@ -61,11 +62,13 @@ def place(
     notes: list[str],
     views: bool,
     replacing: Session | None = None,
+    prefill_batch: int | None = None,
 ) -> Session:
     """Plan and place a session; `all_logits` keeps the LM head's output for every prefill
     position (for tests that compare them), which needs a larger logits buffer. The session
     it replaces is freed once the new one is planned (so a plan that does not fit leaves it
-    in place), before the new one is placed."""
+    in place), before the new one is placed. `prefill_batch`: the most sequences one
+    prefill step holds (default `batch`)."""
     graph, tp = program.graph, program.tp
     d = graph.head_dim
     kv_layouts = [kv_arrays(kv_format, batch, hi - lo, max_context, d) for lo, hi in program.sp.kv_heads]
@@ -78,11 +81,15 @@ def place(
         weight_sizes=weight_sizes,
         kv_sizes=kv_sizes,
         all_logits=all_logits,
+        prefill_batch=prefill_batch,
     )
     plan.notes[:0] = notes
     if replacing is not None:
         replacing.free(device)
-    session = Session(plan, batch, all_logits, [[] for _ in range(tp)], [{} for _ in range(tp)])
+    session = Session(
+        plan, batch, all_logits, batch if prefill_batch is None else prefill_batch, [[] for _ in range(tp)],
+        [{} for _ in range(tp)],
+    )  # fmt: skip
     activation_blocks = []
     for core in range(tp):
         memory = device.cores[core].memory

@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "profile": "generate",
     "sweep": "sweep",
     "fidelity": "fidelity",
+    "serve-sim": "serve_sim",
 }
 
 
@@ -33,6 +34,7 @@ SUBCOMMANDS = {
 _ARGUMENTS = (
     "max_context", "max_new_tokens", "act_dtype", "kv_dtype", "dtype", "tp", "cores", "batch", "algo",
     "temperature", "top_k", "top_p", "seed", "fabric", "pad_heads", "prompt_len",
+    "max_num_seqs", "chunk_size", "requests", "rate",
 )  # fmt: skip
 _SWITCHES = {"timing_only=True": "--timing-only", "pad_heads=True": "--pad-heads"}
 

@@ -1,0 +1,109 @@
+"""Service-level objectives and the highest arrival rate that meets them.
+
+An SLO is a set of bounds on latency statistics: `ttft_p90=0.5,tpot_p99=50ms` (each
+`METRIC_STAT=TIME`, METRIC one of ttft, tpot, e2e, queue; STAT one of mean, p50, p90, p99,
+max; TIME in seconds or with a unit). `max_rate` replays one workload drawn at unit rate
+with its arrival times scaled to each candidate rate (the same requests and the same
+randomness at every rate, so more load never means luckier requests), doubles or halves the
+rate until the SLO's answer changes, then bisects, geometrically, to `tolerance`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tilesim.serving.metrics import PERCENTILES
+from tilesim.serving.workload import Request, WorkloadError, at_rate
+from tilesim.units import parse_quantity
+
+METRICS = ("ttft", "tpot", "e2e", "queue")
+STATS = ("mean", *(f"p{q}" for q in PERCENTILES), "max")
+
+
+def parse_slo(text: str) -> dict[tuple[str, str], float]:
+    """`ttft_p90=0.5,tpot_p99=0.05` as {(metric, stat): seconds}."""
+    out = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        metric, _, stat = name.strip().lower().partition("_")
+        if not eq or metric not in METRICS or stat not in STATS:
+            raise WorkloadError(
+                f"SLO term {part!r}: write METRIC_STAT=TIME, METRIC one of {', '.join(METRICS)}, "
+                f"STAT one of {', '.join(STATS)}, e.g. ttft_p90=0.5,tpot_p99=50ms"
+            )
+        seconds = parse_quantity(value.strip(), "time", f"SLO term {part!r}")
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise WorkloadError(f"SLO term {part!r}: the bound must be a positive time")
+        out[(metric, stat)] = seconds
+    if not out:
+        raise WorkloadError(f"SLO {text!r} names no bound; e.g. ttft_p90=0.5,tpot_p99=0.05")
+    return out
+
+
+def meets(summary: dict, slo: dict[tuple[str, str], float]) -> bool:
+    return all(summary[metric][stat] <= bound for (metric, stat), bound in slo.items())
+
+
+@dataclass
+class RateSearch:
+    slo: dict[tuple[str, str], float]
+    rate: float  # the highest rate found to meet the SLO (0: none of those tried)
+    summary: dict | None  # the run at that rate
+    tried: list[tuple[float, bool]] = field(default_factory=list)  # (rate, met) in the order tried
+
+
+def max_rate(
+    run: Callable[[Sequence[Request]], dict],
+    unit_workload: Sequence[Request],
+    slo: dict[tuple[str, str], float],
+    *,
+    start: float = 1.0,
+    tolerance: float = 0.02,
+    steps: int = 40,
+    on_try: Callable[[float, bool], None] | None = None,
+) -> RateSearch:
+    """The highest rate (requests/s) at which `run(workload)` (a summary) meets `slo`."""
+    if not start > 0:
+        raise WorkloadError(f"the search's starting rate must be positive, not {start!r}")
+    search = RateSearch(slo, 0.0, None)
+
+    def attempt(rate: float) -> bool:
+        summary = run(at_rate(unit_workload, rate))
+        ok = meets(summary, slo)
+        search.tried.append((rate, ok))
+        if ok and rate > search.rate:
+            search.rate, search.summary = rate, summary
+        if on_try:
+            on_try(rate, ok)
+        return ok
+
+    lo = hi = None
+    rate = start
+    for _ in range(steps):
+        if attempt(rate):
+            lo = rate
+            if hi is not None:
+                break
+            rate *= 2
+        else:
+            hi = rate
+            if lo is not None:
+                break
+            rate /= 2
+        if rate < start * 2.0**-30:
+            return search  # not even a trickle meets it
+    if lo is None or hi is None:
+        return search
+    for _ in range(steps):
+        if hi / lo <= 1 + tolerance:
+            break
+        middle = math.sqrt(lo * hi)
+        if attempt(middle):
+            lo = middle
+        else:
+            hi = middle
+    return search

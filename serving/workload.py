@@ -1,0 +1,210 @@
+"""Workloads for request-level simulation: requests that arrive at given times with a prompt
+length and an output length, read from a file or drawn from a seeded generator.
+
+A file is JSONL (one object per line) or CSV (a header row), with the fields
+`arrival` (seconds from the start), `prompt_tokens` and `output_tokens`, and optionally `id`
+and `seed` (the request's sampling seed). A bad line is refused with its line number.
+
+Generators (`synthetic`): Poisson arrivals (exponential gaps at `rate` per second) or gamma
+arrivals (gaps with the same mean and a coefficient of variation `cv`: bursty above 1);
+lengths `fixed:N`, `uniform:LO,HI` or `zipf:S,LO,HI` (a Zipf law of exponent S over LO..HI,
+the long tail of real prompts). Everything comes from one numpy generator seeded by `seed`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from tilesim.errors import ConfigError
+
+
+class WorkloadError(ConfigError):
+    """A workload file or generator that cannot be read: names the line or the option."""
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    arrival: float  # seconds from the start of the run
+    prompt_tokens: int
+    output_tokens: int
+    seed: int = 0  # the request's own sampling seed
+    prompt: tuple[int, ...] | None = None  # token ids, for functional runs (else made from the id)
+
+
+FIELDS = ("arrival", "prompt_tokens", "output_tokens")
+
+
+def read_workload(path: str | Path) -> list[Request]:
+    """The requests of a JSONL or CSV file, ordered by arrival (ties by line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WorkloadError(f"workload file {path} does not exist") from None
+    except IsADirectoryError:
+        raise WorkloadError(f"workload {path} is a folder; give a .jsonl or .csv file") from None
+    except UnicodeDecodeError:
+        raise WorkloadError(f"workload file {path} is not text (JSONL or CSV)") from None
+    stripped = text.lstrip()
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson") or stripped.startswith("{"):
+        rows = _jsonl(text, path)
+    elif path.suffix.lower() in (".csv", ".txt") or "," in stripped.split("\n", 1)[0]:
+        rows = _csv(text, path)
+    else:
+        raise WorkloadError(f"workload file {path} is neither JSONL (one object per line) nor CSV (a header row)")
+    if not rows:
+        raise WorkloadError(f"workload file {path} holds no requests")
+    requests = [_request(fields, line, path, i) for i, (line, fields) in enumerate(rows)]
+    return _ordered(requests)
+
+
+def _jsonl(text: str, path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise WorkloadError(f"{path}, line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(value, dict):
+            raise WorkloadError(f"{path}, line {number}: each line must be a JSON object with {', '.join(FIELDS)}")
+        rows.append((number, value))
+    return rows
+
+
+def _csv(text: str, path: Path) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in reader.fieldnames or []]
+    missing = [f for f in FIELDS if f not in header]
+    if missing:
+        raise WorkloadError(f"{path}, line 1: the CSV header lacks {', '.join(missing)} (it has {', '.join(header)})")
+    rows = []
+    for record in reader:
+        fields = {(k or "").strip(): v for k, v in record.items()}
+        if None in record.values() or "" in fields.values():
+            raise WorkloadError(f"{path}, line {reader.line_num}: a field is missing")
+        rows.append((reader.line_num, fields))
+    return rows
+
+
+def _request(fields: dict, line: int, path: Path, index: int) -> Request:
+    where = f"{path}, line {line}"
+    missing = [f for f in FIELDS if f not in fields]
+    if missing:
+        raise WorkloadError(f"{where}: missing {', '.join(missing)}")
+    arrival = _number(fields["arrival"], "arrival", where)
+    if not math.isfinite(arrival) or arrival < 0:
+        raise WorkloadError(f"{where}: arrival {fields['arrival']!r} must be a time in seconds, 0 or later")
+    prompt = _count(fields["prompt_tokens"], "prompt_tokens", where, 1)
+    output = _count(fields["output_tokens"], "output_tokens", where, 1)
+    seed = _count(fields.get("seed", 0), "seed", where, 0)
+    rid = _count(fields.get("id", index), "id", where, 0)
+    return Request(rid, arrival, prompt, output, seed)
+
+
+def _number(value, name: str, where: str) -> float:
+    if isinstance(value, bool):
+        raise WorkloadError(f"{where}: {name} must be a number, not {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise WorkloadError(f"{where}: {name} must be a number, not {value!r}") from None
+
+
+def _count(value, name: str, where: str, low: int) -> int:
+    number = _number(value, name, where)
+    if not math.isfinite(number) or number != int(number) or number < low:
+        raise WorkloadError(f"{where}: {name} must be a whole number of at least {low}, not {value!r}")
+    return int(number)
+
+
+def _ordered(requests: list[Request]) -> list[Request]:
+    ids = [r.id for r in requests]
+    if len(set(ids)) != len(ids):
+        seen: set[int] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise WorkloadError(f"request id {dup} appears twice in the workload")
+    return sorted(requests, key=lambda r: r.arrival)  # stable: ties keep the file's order
+
+
+def parse_lengths(text: str, what: str) -> tuple[str, tuple[int, ...]]:
+    """`fixed:N`, `uniform:LO,HI`, `zipf:S,LO,HI` (or a bare N) as (kind, numbers)."""
+    kind, _, rest = text.partition(":")
+    if not rest and kind.strip().isdigit():
+        kind, rest = "fixed", kind
+    kind = kind.strip().lower()
+    try:
+        numbers = tuple(float(x) for x in rest.split(","))
+    except ValueError:
+        numbers = ()
+    shapes = {"fixed": 1, "uniform": 2, "zipf": 3}
+    if kind not in shapes or len(numbers) != shapes[kind]:
+        raise WorkloadError(f"{what} {text!r}: give fixed:N, uniform:LO,HI or zipf:S,LO,HI (token counts)")
+    counts = numbers[1:] if kind == "zipf" else numbers
+    if any(c != int(c) or c < 1 for c in counts) or (len(counts) == 2 and counts[0] > counts[1]):
+        raise WorkloadError(f"{what} {text!r}: token counts are whole numbers of at least 1, LO <= HI")
+    if kind == "zipf" and numbers[0] <= 0:
+        raise WorkloadError(f"{what} {text!r}: the Zipf exponent must be positive")
+    return kind, tuple(int(c) if i or kind != "zipf" else c for i, c in enumerate(numbers))
+
+
+def _draw(kind: str, numbers: tuple, n: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "fixed":
+        return np.full(n, numbers[0], dtype=np.int64)
+    if kind == "uniform":
+        return rng.integers(numbers[0], numbers[1] + 1, size=n)
+    s, lo, hi = numbers
+    values = np.arange(lo, hi + 1)
+    weights = (values - lo + 1.0) ** -s
+    return rng.choice(values, size=n, p=weights / weights.sum())
+
+
+def synthetic(
+    requests: int,
+    rate: float,
+    *,
+    prompt: str = "fixed:128",
+    output: str = "fixed:128",
+    arrivals: str = "poisson",
+    cv: float = 1.0,
+    seed: int = 0,
+) -> list[Request]:
+    """`requests` requests arriving at `rate` per second on average (see the module doc)."""
+    if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
+        raise WorkloadError(f"requests={requests!r} must be a whole number of at least 1")
+    if not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
+        raise WorkloadError(f"rate={rate!r} must be a positive number of requests per second")
+    if arrivals not in ("poisson", "gamma"):
+        raise WorkloadError(f"arrivals={arrivals!r}: use poisson or gamma")
+    if not math.isfinite(cv) or cv <= 0:
+        raise WorkloadError(f"cv={cv!r} must be a positive coefficient of variation")
+    rng = np.random.default_rng(seed)
+    gaps = unit_gaps(requests, arrivals, cv, rng) / rate
+    times = np.cumsum(gaps) - gaps[0]  # the first request at 0
+    prompts = _draw(*parse_lengths(prompt, "prompt"), requests, rng)
+    outputs = _draw(*parse_lengths(output, "output"), requests, rng)
+    seeds = rng.integers(0, 2**31, size=requests)
+    return [Request(i, float(times[i]), int(prompts[i]), int(outputs[i]), int(seeds[i])) for i in range(requests)]
+
+
+def unit_gaps(n: int, arrivals: str, cv: float, rng: np.random.Generator) -> np.ndarray:
+    """Inter-arrival gaps of mean 1 (scaled by 1/rate by the caller)."""
+    if arrivals == "poisson":
+        return rng.exponential(1.0, size=n)
+    shape = 1.0 / cv**2  # a gamma of shape k and scale 1/k has mean 1 and cv 1/sqrt(k)
+    return rng.gamma(shape, 1.0 / shape, size=n)
+
+
+def at_rate(requests: Sequence[Request], factor: float) -> list[Request]:
+    """The same requests with arrival times divided by `factor` (the rate multiplied by it)."""
+    return [replace(r, arrival=r.arrival / factor) for r in requests]

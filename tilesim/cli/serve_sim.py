@@ -1,0 +1,175 @@
+"""`tilesim serve-sim`: a stream of requests served on an emulated device.
+
+The workload comes from `--workload FILE` (JSONL or CSV: arrival, prompt_tokens,
+output_tokens) or is drawn (`--requests N --rate R`, Poisson or gamma arrivals, lengths
+`fixed:N`, `uniform:LO,HI`, `zipf:S,LO,HI`, seeded). A named config (llama-2-70b ...) runs
+timing-only; a checkpoint runs the real tokens unless `--timing-only`. Prints latency
+percentiles, throughput, batch and memory; `--slo` searches the highest arrival rate that
+meets the objectives instead; `--plots DIR`, `--trace PATH`, `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+from tilesim.api import load, open_source
+from tilesim.cli.table import print_table
+from tilesim.device import Device
+from tilesim.errors import ConfigError, ShardingError
+from tilesim.models.named import named_configs
+from tilesim.profiler.output import writable_file, writable_folder
+from tilesim.runtime.checks import whole
+from tilesim.runtime.timing import context_for
+from tilesim.serving import SCHEDULERS, max_rate, parse_slo, read_workload, serve, synthetic
+from tilesim.serving.workload import at_rate
+from tilesim.units import fmt_bytes, fmt_time
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve-sim", help="serve a stream of requests on an emulated device: latency percentiles, throughput, SLOs"
+    )
+    p.add_argument("model", help="a named config (timing-only), HF checkpoint folder, .gguf file or short name")
+    p.add_argument("--device", default="trn1", help="device preset (see `tilesim devices`)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--dtype", default=None, help="weights' dtype (default: bf16 timing-only, else as stored)")
+    p.add_argument("--timing-only", action="store_true", help="time without weights (named configs always are)")
+    p.add_argument("--workload", default=None, metavar="FILE", help="requests from a JSONL or CSV file")
+    p.add_argument("--requests", type=int, default=100, help="drawn workload: how many requests")
+    p.add_argument("--rate", type=float, default=1.0, help="drawn workload: mean arrivals per second")
+    p.add_argument("--arrivals", default="poisson", choices=("poisson", "gamma"))
+    p.add_argument("--cv", type=float, default=1.0, help="gamma arrivals: coefficient of variation of the gaps")
+    p.add_argument("--prompt-len", default="uniform:64,512", help="fixed:N, uniform:LO,HI or zipf:S,LO,HI")
+    p.add_argument("--output-len", default="uniform:64,512", help="fixed:N, uniform:LO,HI or zipf:S,LO,HI")
+    p.add_argument("--seed", type=int, default=0, help="the drawn workload's seed")
+    p.add_argument("--scheduler", default="continuous", choices=sorted(SCHEDULERS))
+    p.add_argument("--max-num-seqs", type=int, default=8, help="sequence slots (the decode program's batch)")
+    p.add_argument("--chunk-size", type=int, default=None, help="chunked prefill: prompt tokens per step")
+    p.add_argument("--max-context", type=int, default=None, help="positions per slot (default: the longest request)")
+    p.add_argument("--slo", default=None, help="search the highest rate meeting e.g. ttft_p90=0.5,tpot_p99=0.05")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write latency_cdf.png and serving_timeline.png")
+    p.add_argument("--trace", default=None, metavar="PATH", help="write the requests as a Chrome/Perfetto trace")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.trace:
+        writable_file(args.trace, "--trace")
+    if args.plots:
+        writable_folder(args.plots, "--plots")
+    if args.slo:
+        slo = parse_slo(args.slo)
+        if args.workload:
+            raise ConfigError("--slo scales a drawn workload's rate; give --requests and --rate, not --workload")
+    whole("tp", args.tp, 1, ShardingError)
+    whole("requests", args.requests, 1, ConfigError)
+    timing_only = args.timing_only or args.model in named_configs()
+    checkpoint = open_source(args.model, timing_only)
+    requests = read_workload(args.workload) if args.workload else _drawn(args, 1.0 if args.slo else args.rate)
+    needed = max(r.prompt_tokens + r.output_tokens for r in requests)
+    max_context = context_for(checkpoint.graph, needed, args.max_context)
+    device = Device(args.device, cores=args.tp, backed=not timing_only)
+    dtype = args.dtype or ("bf16" if timing_only and checkpoint.format == "config" else None)
+    model = load(
+        checkpoint, device, args.tp, dtype=dtype, max_context=max_context, timing_only=timing_only,
+        pad_heads=timing_only,
+    )  # fmt: skip
+    quiet = args.json or not sys.stderr.isatty()
+    options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size}
+    if args.slo:
+        return _search(args, model, requests, slo, options, quiet)
+    with tqdm(total=len(requests), desc="serving", unit="req", disable=quiet, leave=False) as bar:
+        result = serve(model, requests, progress=bar.update, **options)
+    summary = result.summary()
+    if args.json:
+        out = {"summary": summary}
+        if result.functional:
+            out["tokens"] = {str(k): v for k, v in result.tokens().items()}
+        print(json.dumps(out, indent=2))
+    else:
+        print_summary(summary)
+    sys.stdout.flush()
+    _write(args, result)
+    return 0
+
+
+def _drawn(args: argparse.Namespace, rate: float):
+    return synthetic(
+        args.requests, rate, prompt=args.prompt_len, output=args.output_len, arrivals=args.arrivals, cv=args.cv,
+        seed=args.seed,
+    )  # fmt: skip
+
+
+def _search(args, model, unit_workload, slo, options, quiet) -> int:
+    bar = tqdm(desc="rate search", unit="run", disable=quiet, leave=False)
+
+    def tried(rate: float, ok: bool) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"{rate:.3g} req/s {'meets' if ok else 'misses'}")
+
+    search = max_rate(lambda w: serve(model, w, **options).summary(), unit_workload, slo, start=args.rate,
+                      on_try=tried)  # fmt: skip
+    bar.close()
+    terms = ", ".join(f"{m}_{s} <= {fmt_time(v)}" for (m, s), v in slo.items())
+    if args.json:
+        print(json.dumps({"slo": {f"{m}_{s}": v for (m, s), v in slo.items()}, "max_rate": search.rate,
+                          "tried": search.tried, "summary": search.summary}, indent=2))  # fmt: skip
+    elif search.summary is None:
+        print(f"no arrival rate tried meets {terms} (down to {min(r for r, _ in search.tried):.3g} req/s)")
+    else:
+        print(f"highest rate meeting {terms}: {search.rate:.3g} requests/s ({len(search.tried)} runs)\n")
+        print_summary(search.summary)
+    if (args.plots or args.trace) and search.summary is not None:  # the run at the rate found
+        _write(args, serve(model, at_rate(unit_workload, search.rate), **options))
+    return 0 if search.summary is not None else 1
+
+
+def _write(args: argparse.Namespace, result) -> None:
+    if args.plots:
+        from tilesim.serving.plots import write_plots
+
+        paths = write_plots(result, args.plots)
+        print(f"wrote {', '.join(p.name for p in paths)} in {args.plots}", file=sys.stderr)
+    if args.trace:
+        from tilesim.serving.trace import write_request_trace
+
+        path = write_request_trace(result, args.trace)
+        print(f"wrote {path} ({fmt_bytes(path.stat().st_size)})", file=sys.stderr)
+
+
+def print_summary(s: dict) -> None:
+    m = s["model"]
+    print(
+        f"{m['name']} on {s['device']['name']} (TP {m['tp']}, {m['dtype']}), {s['scheduler']} batching, "
+        f"{s['max_num_seqs']} slots{', chunks of ' + str(s['chunk_size']) if s['chunk_size'] else ''}, "
+        f"{'real tokens' if s['functional'] else 'timing-only'}"
+    )
+    rows = []
+    for key, label in (("ttft", "time to first token"), ("tpot", "time per output token"),
+                       ("e2e", "end-to-end latency"), ("queue", "queueing delay")):  # fmt: skip
+        rows.append({"": label, **{k: fmt_time(s[key][k]) for k in ("p50", "p90", "p99", "mean", "max")}})
+    print_table(rows, right=("p50", "p90", "p99", "mean", "max"))
+    mem = s["memory"]
+    print(
+        f"\n{s['requests']} requests over {fmt_time(s['span_s'])}: {s['throughput_rps']:.3g} requests/s, "
+        f"{s['output_tokens_per_s']:.4g} output tokens/s; device busy {s['busy_fraction']:.0%}, "
+        f"{s['batch_mean']:.1f} slots held on average (at most {s['batch_max']})"
+    )
+    allocated = sum(mem["allocated"].values())
+    print(
+        f"memory on core {mem['core']}: {fmt_bytes(allocated)} of {fmt_bytes(mem['capacity'])} allocated "
+        f"(KV cache {fmt_bytes(mem['allocated']['kv_cache'])} for the slots; at most "
+        f"{fmt_bytes(mem['kv_in_use_max'])} of it in use)"
+    )
+    offered = s["offered_rps"]
+    # served slower than offered, with requests queued for a good part of the run: not a warm-up tail
+    if offered and s["throughput_rps"] < 0.9 * offered and s["queue"]["mean"] > 0.1 * s["span_s"]:
+        print(
+            f"overloaded: {offered:.3g} requests/s offered, {s['throughput_rps']:.3g} served; the queue grows "
+            "through the run (more slots, a higher TP degree, or a lower rate)"
+        )

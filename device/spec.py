@@ -49,6 +49,7 @@ class CoreSpec:
     # What the device's runtime holds on each core beside the model's tensors (category ->
     # bytes, off-chip if the core has off-chip memory): program code, DMA rings, ...
     reserved: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    program_bytes: int = 0  # what each compiled program (one bucket) holds on a core: its code and descriptors
 
     @property
     def tile_memory_bytes(self) -> int:
@@ -149,6 +150,7 @@ _CORE_FIELDS = {
     "array": "count",
     "dma_piece_s": "time",
     "reserved": "bytes_map",
+    "program_bytes": "bytes",
 }
 _FABRIC_FIELDS = {
     "topology": "topology",
@@ -175,6 +177,7 @@ _OPTIONAL = {
     "array",
     "dma_piece_s",
     "reserved",
+    "program_bytes",
     "bandwidth_efficiency",
     "host",
     *_HOST_FIELDS,

@@ -21,6 +21,7 @@ from typing import Any
 
 from tilesim.profiler.events import Trace
 from tilesim.profiler.output import atomic
+from tilesim.profiler.report import bucket_of
 
 COMPUTE, MEMORY, COLLECTIVE = 1, 2, 3
 _US = 1e6
@@ -65,7 +66,7 @@ def chrome_events(trace: Trace) -> list[dict]:
                 "ts": step.start * _US,
                 "dur": step.latency * _US,
                 "cat": "step",
-                "args": {**step.shape, "tokens": step.tokens},
+                "args": {**step.shape, "tokens": step.tokens, "bucket": bucket_of(step)},
             }
         )
         counters_at = {}

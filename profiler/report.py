@@ -72,12 +72,28 @@ def build_report(trace: Trace) -> dict[str, Any]:
     if decode:
         report["decode_breakdown_s"] = step_breakdown(decode[-1])
         report["decode_cores"] = core_breakdown(decode[-1], trace.device.get("cores", 1))
+    if "buckets" in trace.model:
+        report["buckets"] = buckets_used(trace)
     report["utilisation"] = utilisation(trace)
     if "precision" in trace.model:
         report["precision"] = trace.model["precision"]
     if trace.memory is not None:
         report["memory"] = memory_report(trace)
     return report
+
+
+def bucket_of(step: StepRecord) -> int:
+    """The compiled bucket a step ran in: its prompt length (prefill) or KV length (decode)."""
+    return step.shape["tokens"] if step.phase == "prefill" else step.shape["context"]
+
+
+def buckets_used(trace: Trace) -> dict[str, Any]:
+    """The compiled buckets, and how many steps ran in each."""
+    used: dict[str, int] = {}
+    for step in trace.steps:
+        key = f"{step.phase} {bucket_of(step)}"
+        used[key] = used.get(key, 0) + 1
+    return {**trace.model["buckets"], "steps": used}
 
 
 def utilisation(trace: Trace) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from tilesim.runtime.checks import whole
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.reporting import device_info, memory_snapshot, model_info
 from tilesim.runtime.sampling import SamplingParams, choose
-from tilesim.runtime.session import decode_shape, prefill_shape
 
 if TYPE_CHECKING:
     from tilesim.runtime.model import Model
@@ -84,7 +83,7 @@ def generate(
     kept_logits: list[np.ndarray] = []
     gathered = "all" if return_logits == "all" else params.gathered
     t_prefill = int(lengths.max())
-    shape = prefill_shape(b, t_prefill, model.max_context, gathered)
+    shape = model.buckets.prefill_shape(b, t_prefill, gathered)
     ids = np.zeros((b, t_prefill), dtype=np.int64)
     for i, p in enumerate(prompts):
         ids[i, : len(p)] = p
@@ -139,7 +138,7 @@ def generate(
         if all(done) or step == max_new_tokens - 1:
             break
         context = int(lengths.max())
-        shape = decode_shape(b, context, model.max_context, params.gathered)
+        shape = model.buckets.decode_shape(b, context, params.gathered)
         inputs = StepInputs(chosen.astype(np.int64), lengths - 1, lengths - 1, np.ones(b, np.int64), b, 1)
     trace.memory = memory_snapshot(model)
     trace.wall = {
@@ -175,6 +174,7 @@ def check_prompts(model: Model, prompts, max_new_tokens: int) -> list[list[int]]
             f"{longest + max_new_tokens} positions, but the model was compiled for max_context={model.max_context}; "
             "load it with a larger `max_context`"
         )
+    model.buckets.check(longest, longest + max_new_tokens - 1)
     return prompts
 
 

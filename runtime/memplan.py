@@ -70,13 +70,15 @@ def plan_memory(
     kv_sizes: list[list[int]],
     all_logits: bool = False,
     prefill_batch: int | None = None,
+    programs: int = 1,
 ) -> MemoryPlan:
     """Plan every core's memory; raises OutOfTileMemory (with per-core totals) if it cannot fit.
 
     `weight_sizes[param][core]` lists the bytes of each array the weight is stored as on that
     core; `kv_sizes[core]` those of one layer's KV cache. `prefill_batch` is how many
     sequences the largest prefill step holds (default: all `batch`; a server that prefills
-    one request at a time while `batch` decode needs far fewer rows).
+    one request at a time while `batch` decode needs far fewer rows). `programs`: the
+    compiled programs (buckets), each holding `CoreSpec.program_bytes` on every core.
     """
     graph, tp = program.graph, program.tp
     rows = max(batch, (batch if prefill_batch is None else prefill_batch) * prefill_tokens)
@@ -93,6 +95,8 @@ def plan_memory(
     activations = [layout.total for layout in layouts]
     regions = dict(device.spec.placement)
     reserved = {name: aligned(n) for name, n in device.spec.core.reserved.items()}
+    if device.spec.core.program_bytes:
+        reserved["compiled_programs"] = programs * aligned(device.spec.core.program_bytes)
     regions.update(dict.fromkeys(reserved, "offchip" if device.spec.core.offchip_bytes else "tiles"))
     plan = MemoryPlan(weights, kv, activations, regions, layouts, rows, reserved=reserved)
     _fit(plan, graph, device)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from tilesim.device.device import Device
 from tilesim.device.kernels.rotary import rope_tables
 from tilesim.errors import ConfigError, ShardingError
 from tilesim.runtime import shard, weights
+from tilesim.runtime.buckets import Buckets
 from tilesim.runtime.collective_plan import CollectivePlan
 from tilesim.runtime.execute import Executor
 from tilesim.runtime.generate import GenerateOutput, generate
@@ -57,6 +58,8 @@ class Model:
         timing_only: bool = False,
         pad_heads: bool = False,
         progress: Callable | None = None,
+        prefill_buckets: Sequence[int] | None = None,
+        decode_buckets: Sequence[int] | None = None,
     ):
         start = time.perf_counter()
         if tp > device.num_cores:
@@ -111,6 +114,7 @@ class Model:
             for p, spec in self.graph.params.items()
         }
         self.algo = algo
+        self.buckets = Buckets.make(self.max_context, prefill_buckets, decode_buckets)
         self.weights: list[dict[str, object]] = [{} for _ in range(tp)]
         self._session: Session | None = None
         self.session(batch, False)  # plans memory for everything, raising before any weight is read
@@ -163,6 +167,7 @@ class Model:
             views=not self.timing_only,
             replacing=self._session,
             prefill_batch=prefill_batch,
+            buckets=self.buckets,
         )
         self._session = new
         itemsize, region = self.precision.act_bytes, new.plan.regions["activations"]

@@ -44,6 +44,7 @@ def model_info(model: Model) -> dict:
         "precision": precision_report(model),
         "heads_padded_to": model.sp.heads[0],
         "timing_only": model.timing_only,
+        "buckets": {"prefill": list(model.buckets.prefill), "decode": list(model.buckets.decode)},
     }
 
 

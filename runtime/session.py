@@ -14,22 +14,20 @@ import numpy as np
 from tilesim.device.device import Device
 from tilesim.device.memory import Block
 from tilesim.runtime import memplan
+from tilesim.runtime.buckets import Buckets
 from tilesim.runtime.kvcache import KVCache, kv_arrays
 from tilesim.runtime.program import Program
-from tilesim.runtime.timing import StepShape, bucket
-
-PREFILL_SMALLEST, DECODE_SMALLEST = 16, 128  # smallest compiled buckets (tokens, context)
+from tilesim.runtime.timing import StepShape
 
 
 def prefill_shape(batch: int, tokens: int, max_context: int, gathered: str = "argmax") -> StepShape:
-    """The compiled step that prefills `tokens` positions of `batch` sequences (its bucket)."""
-    size = bucket(tokens, PREFILL_SMALLEST, max_context)
-    return StepShape("prefill", batch, size, size, gathered)
+    """The step that prefills `tokens` positions of `batch` sequences in the default buckets."""
+    return Buckets.make(max_context).prefill_shape(batch, tokens, gathered)
 
 
 def decode_shape(batch: int, context: int, max_context: int, gathered: str = "argmax") -> StepShape:
-    """The compiled decode step whose longest sequence holds `context` positions (its bucket)."""
-    return StepShape("decode", batch, 1, bucket(context, DECODE_SMALLEST, max_context), gathered)
+    """The decode step whose longest sequence holds `context` positions, in the default buckets."""
+    return Buckets.make(max_context).decode_shape(batch, context, gathered)
 
 
 @dataclass
@@ -63,6 +61,7 @@ def place(
     views: bool,
     replacing: Session | None = None,
     prefill_batch: int | None = None,
+    buckets: Buckets | None = None,
 ) -> Session:
     """Plan and place a session; `all_logits` keeps the LM head's output for every prefill
     position (for tests that compare them), which needs a larger logits buffer. The session
@@ -70,6 +69,7 @@ def place(
     in place), before the new one is placed. `prefill_batch`: the most sequences one
     prefill step holds (default `batch`)."""
     graph, tp = program.graph, program.tp
+    buckets = buckets or Buckets.make(max_context)
     d = graph.head_dim
     kv_layouts = [kv_arrays(kv_format, batch, hi - lo, max_context, d) for lo, hi in program.sp.kv_heads]
     kv_sizes = [[int(np.prod(shape)) * dt.itemsize for shape, dt in layout.values()] for layout in kv_layouts]
@@ -77,11 +77,12 @@ def place(
         program,
         device,
         batch=batch,
-        prefill_tokens=bucket(max_context, PREFILL_SMALLEST, max_context),
+        prefill_tokens=buckets.prefill[-1],
         weight_sizes=weight_sizes,
         kv_sizes=kv_sizes,
         all_logits=all_logits,
         prefill_batch=prefill_batch,
+        programs=buckets.programs,
     )
     plan.notes[:0] = notes
     if replacing is not None:

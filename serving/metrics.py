@@ -68,6 +68,7 @@ def summarise(result) -> dict:
         # slots held, weighted by time: the batch the device ran on average
         "batch_mean": float((running * durations).sum() / busy) if busy else 0.0,
         "batch_max": int(running.max()) if len(running) else 0,
+        "programs": dict(sorted(result.programs.items(), key=lambda kv: -kv[1])),
         "memory": {
             "core": result.memory["core"],
             "capacity": result.memory["capacity"],

@@ -27,8 +27,6 @@ import numpy as np
 from tilesim.errors import GenerationError, NumericalError
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.sampling import SamplingParams, choose
-from tilesim.runtime.session import PREFILL_SMALLEST, decode_shape, prefill_shape
-from tilesim.runtime.timing import StepShape, bucket
 from tilesim.serving.scheduler import Live, Scheduler, ServerState, StepPlan, make_scheduler
 from tilesim.serving.workload import Request, WorkloadError
 
@@ -71,6 +69,7 @@ class ServeResult:
     memory: dict  # per core (the fullest): bytes by kind, and the KV bytes per cached position
     device: dict
     model: dict
+    programs: dict[str, int] = field(default_factory=dict)  # compiled bucket -> times it ran
 
     def tokens(self) -> dict[int, list[int]]:
         """Each request's generated ids, by request id (functional runs)."""
@@ -86,28 +85,34 @@ class _Clock:
     """Each step's time from the model's step timer (cached per compiled shape)."""
 
     def __init__(self, model, max_num_seqs: int, gathered: str):
-        self.timer, self.max_context = model.timer, model.max_context
+        self.timer, self.buckets = model.timer, model.buckets
         self.request_overhead = model.device.spec.host.request_overhead_s
         self.slots, self.gathered = max_num_seqs, gathered
-        self._prefill: dict[tuple[int, int, int], float] = {}
+        self._prefill: dict[tuple[int, int, int], tuple[float, str]] = {}
+        self.programs: dict[str, int] = {}  # compiled bucket -> programs run in it
 
     def prefill(self, batch: int, tokens: int, cached: int) -> float:
         key = (batch, tokens, cached)
-        seconds = self._prefill.get(key)
-        if seconds is None:
+        known = self._prefill.get(key)
+        if known is None:
             if cached == 0:
-                shape = prefill_shape(batch, tokens, self.max_context, self.gathered)
+                shape = self.buckets.prefill_shape(batch, tokens, self.gathered)
+                name = f"prefill {shape.tokens}"
             else:  # a chunk: the bucket of its tokens, attending to the cached positions too
-                size = bucket(tokens, PREFILL_SMALLEST, self.max_context)
-                shape = StepShape("prefill", batch, size, max(size, bucket(cached + tokens, PREFILL_SMALLEST, None)))
+                shape = self.buckets.chunk_shape(batch, tokens, cached, self.gathered)
+                name = f"prefill {shape.tokens} over {shape.context}"
             seconds = self.timer.time(shape).latency
             if cached:  # the request was set up before its first chunk
                 seconds -= self.request_overhead
-            self._prefill[key] = seconds
-        return seconds
+            known = self._prefill[key] = (seconds, name)
+        self.programs[known[1]] = self.programs.get(known[1], 0) + 1
+        return known[0]
 
     def decode(self, context: int) -> float:
-        return self.timer.time(decode_shape(self.slots, context, self.max_context, self.gathered)).latency
+        shape = self.buckets.decode_shape(self.slots, context, self.gathered)
+        name = f"decode {shape.context}"
+        self.programs[name] = self.programs.get(name, 0) + 1
+        return self.timer.time(shape).latency
 
     def step(self, plan: StepPlan) -> float:
         seconds = 0.0
@@ -220,6 +225,7 @@ def serve(
         served, log, policy.name, max_num_seqs, chunk_size, functional, _memory(model, max_num_seqs),
         _device(model), {"name": model.checkpoint.name, "tp": model.tp, "dtype": model.dtype,
                          "max_context": model.max_context},
+        dict(clock.programs),
     )  # fmt: skip
 
 
@@ -278,6 +284,10 @@ def _checked(
                 f"request {r.id} needs {r.prompt_tokens} prompt + {r.output_tokens} output = {needed} positions, "
                 f"but the model was loaded with max_context={model.max_context}"
             )
+        try:
+            model.buckets.check(min(r.prompt_tokens, chunk_size or r.prompt_tokens), needed - 1)
+        except GenerationError as exc:
+            raise WorkloadError(f"request {r.id}: {exc}") from None
         if r.prompt is None:
             r = _with_prompt(r, vocab) if functional else r
         elif len(r.prompt) != r.prompt_tokens or not all(0 <= t < vocab for t in r.prompt):

@@ -57,7 +57,7 @@ def read_workload(path: str | Path) -> list[Request]:
     stripped = text.lstrip()
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson") or stripped.startswith("{"):
         rows = _jsonl(text, path)
-    elif path.suffix.lower() in (".csv", ".txt") or "," in stripped.split("\n", 1)[0]:
+    elif path.suffix.lower() == ".csv" or "," in stripped.split("\n", 1)[0]:
         rows = _csv(text, path)
     else:
         raise WorkloadError(f"workload file {path} is neither JSONL (one object per line) nor CSV (a header row)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tilesim.collectives import ALGORITHMS
 from tilesim.device import Device
@@ -53,6 +53,8 @@ def load(
     timing_only: bool = False,
     pad_heads: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    prefill_buckets: Sequence[int] | None = None,
+    decode_buckets: Sequence[int] | None = None,
 ) -> Model:
     """Open a checkpoint and place it, split `tp` ways, on `device`.
 
@@ -64,6 +66,8 @@ def load(
     int8, int4, or native for a GGUF's stored types; default: as the checkpoint stores them);
     `act_dtype` and `kv_dtype` set the activations' and the KV cache's (see
     runtime/precision.py). `algo` names the all-reduce algorithm (default: chosen by size).
+    `prefill_buckets` and `decode_buckets` are the compiled prompt lengths and KV lengths
+    (runtime/buckets.py; default: powers of two up to `max_context`).
     """
     _check(path_or_name, device, tp, batch, max_context, algo)
     if isinstance(device, str):
@@ -83,4 +87,6 @@ def load(
         timing_only=timing_only,
         pad_heads=pad_heads,
         progress=progress,
+        prefill_buckets=prefill_buckets,
+        decode_buckets=decode_buckets,
     )

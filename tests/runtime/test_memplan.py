@@ -63,9 +63,12 @@ def test_weights_live_where_the_preset_puts_them(tiny_model):
         ipu.plan.kv_cache[0] + ipu.plan.activations[0]
     )
     trn = tilesim.load(str(tiny_model("gpt2")), device=tilesim.Device("trn1", cores=1), tp=1)
-    # off-chip: the weights, the KV cache, and what the Neuron runtime reserves (model code, DMA rings, collectives)
+    # off-chip: the weights, the KV cache, and what the Neuron runtime reserves (model code, DMA rings,
+    # collectives, and each compiled bucket's program)
     reserved = sum(trn.plan.reserved.values())
-    assert reserved == sum(trn.device.spec.core.reserved.values()) == (96 + 64 + 64) * 2**20
+    programs = len(trn.buckets.prefill) + len(trn.buckets.decode)
+    assert reserved == sum(trn.device.spec.core.reserved.values()) + programs * 4 * 2**20
+    assert reserved == (96 + 64 + 64 + 4 * programs) * 2**20
     assert trn.device.cores[0].memory.regions["offchip"].used == trn.plan.weights[0] + trn.plan.kv_cache[0] + reserved
 
 

@@ -77,10 +77,37 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="pad attention heads with zero heads when they do not divide by --tp (on with --timing-only)",
     )
+    add_bucket_arguments(p)
     p.add_argument("--trace", default=None, metavar="PATH", help="write a Chrome/Perfetto trace (JSON)")
     p.add_argument("--plots", default=None, metavar="DIR", help="write timeline, memory, roofline, breakdown PNGs")
     p.add_argument("--report", action="store_true", help="print the latency and memory report")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_bucket_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prefill-buckets", default=None, metavar="N,N,...",
+        help="compiled prompt lengths, as context_length_estimate (default: powers of two from 16)",
+    )  # fmt: skip
+    p.add_argument(
+        "--decode-buckets", default=None, metavar="N,N,...",
+        help="compiled KV lengths, as n_positions (default: powers of two from 128)",
+    )  # fmt: skip
+
+
+def bucket_lists(args: argparse.Namespace) -> dict:
+    """`load`'s bucket arguments from --prefill-buckets and --decode-buckets."""
+    out = {}
+    for name in ("prefill_buckets", "decode_buckets"):
+        text = getattr(args, name)
+        if text is None:
+            continue
+        try:
+            out[name] = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {text!r}: give comma-separated token counts, e.g. 128,512,2048") from None
+    return out
 
 
 def _prompts(args: argparse.Namespace, checkpoint) -> tuple[list[list[int]], object]:
@@ -146,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         timing_only=args.timing_only,
         pad_heads=args.pad_heads or args.timing_only,
         progress=progress,
+        **bucket_lists(args),
     )
     bar.close()
     stream = _Streamer(tokenizer, len(prompts)) if tokenizer and not args.json and not args.timing_only else None

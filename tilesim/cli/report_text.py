@@ -28,6 +28,13 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         f"simulated tokens per second    {report['sim_tokens_per_s']:.1f} over the whole run, prefill included"
         f"{decode} (batch of {model['batch']})"
     )
+    buckets = report.get("buckets")
+    if buckets:
+        used = ", ".join(f"{k} x{n}" for k, n in buckets["steps"].items())
+        print(
+            f"compiled buckets               prefill {_sizes(buckets['prefill'])}, decode {_sizes(buckets['decode'])};"
+            f" steps ran in {used}"
+        )
     memory = report.get("memory")
     if memory:
         rows = []
@@ -149,3 +156,7 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         top = sorted(table.items(), key=lambda kv: -kv[1]["time_s"])[:4]
         shown = ", ".join(f"{name} {fmt_time(k['time_s'])} ({k['bound']})" for name, k in top)
         print(f"  {phase}, the longest: {shown}")
+
+
+def _sizes(sizes: list[int]) -> str:
+    return ",".join(map(str, sizes)) if len(sizes) <= 4 else f"{sizes[0]}..{sizes[-1]} ({len(sizes)})"

@@ -17,6 +17,7 @@ import sys
 from tqdm import tqdm
 
 from tilesim.api import load, open_source
+from tilesim.cli.generate import add_bucket_arguments, bucket_lists
 from tilesim.cli.table import print_table
 from tilesim.device import Device
 from tilesim.errors import ConfigError, ShardingError
@@ -50,6 +51,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-num-seqs", type=int, default=8, help="sequence slots (the decode program's batch)")
     p.add_argument("--chunk-size", type=int, default=None, help="chunked prefill: prompt tokens per step")
     p.add_argument("--max-context", type=int, default=None, help="positions per slot (default: the longest request)")
+    add_bucket_arguments(p)
     p.add_argument("--slo", default=None, help="search the highest rate meeting e.g. ttft_p90=0.5,tpot_p99=0.05")
     p.add_argument("--plots", default=None, metavar="DIR", help="write latency_cdf.png and serving_timeline.png")
     p.add_argument("--trace", default=None, metavar="PATH", help="write the requests as a Chrome/Perfetto trace")
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = args.dtype or ("bf16" if timing_only and checkpoint.format == "config" else None)
     model = load(
         checkpoint, device, args.tp, dtype=dtype, max_context=max_context, timing_only=timing_only,
-        pad_heads=timing_only,
+        pad_heads=timing_only, **bucket_lists(args),
     )  # fmt: skip
     quiet = args.json or not sys.stderr.isatty()
     options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size}
@@ -166,6 +168,9 @@ def print_summary(s: dict) -> None:
         f"(KV cache {fmt_bytes(mem['allocated']['kv_cache'])} for the slots; at most "
         f"{fmt_bytes(mem['kv_in_use_max'])} of it in use)"
     )
+    programs = list(s["programs"].items())
+    shown = ", ".join(f"{name} x{n}" for name, n in programs[:6]) + (", ..." if len(programs) > 6 else "")
+    print(f"compiled buckets run: {shown}")
     offered = s["offered_rps"]
     # served slower than offered, with requests queued for a good part of the run: not a warm-up tail
     if offered and s["throughput_rps"] < 0.9 * offered and s["queue"]["mean"] > 0.1 * s["span_s"]:

@@ -17,6 +17,7 @@ import sys
 from tqdm import tqdm
 
 from tilesim.api import load, open_source
+from tilesim.cli import sweep_slo
 from tilesim.cli.table import print_table
 from tilesim.device import Device
 from tilesim.device.spec import preset_names
@@ -44,6 +45,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--timing-only", action="store_true", help="time without weights or arithmetic")
     p.add_argument("--plot", default=None, metavar="PATH", help="write time per token against TP degree (PNG)")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    sweep_slo.add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()] if args.dtype else [None]
     degrees = _ints(args.tp, "tp")
     _check_points(devices, degrees, dtypes, args)  # every point's names before any point runs
+    unit = sweep_slo.workload(args) if args.slo else None
     checkpoint = open_source(args.model, args.timing_only)
     configs = list(itertools.product(devices, degrees, dtypes))
     prompt = [i % checkpoint.graph.vocab_size for i in range(1, args.prompt_len + 1)]
@@ -68,12 +71,16 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(configs, desc="sweep", disable=args.json or not sys.stderr.isatty(), leave=False)
     for preset, tp, dtype in bar:
         bar.set_postfix_str(f"{preset} tp={tp} {dtype}")
-        rows.append(_run_one(checkpoint, preset, tp, dtype, prompt, args))
+        rows.append(_run_one(checkpoint, preset, tp, dtype, prompt, args, unit))
+    if unit is not None:
+        sweep_slo.mark_pareto([r for r in rows if r["fits"]])
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        _print(rows, checkpoint.name)
-    if args.plot:
+        _print(rows, checkpoint.name, slo=unit is not None)
+    if args.plot and unit is not None:
+        sweep_slo.plot_pareto([r for r in rows if r["fits"]], args.plot, checkpoint.name, args.slo)
+    elif args.plot:
         _plot(rows, args.plot, checkpoint.name)
     if not any(row["fits"] for row in rows):
         print("tilesim: error: no configuration of the sweep ran (the table says why)", file=sys.stderr)
@@ -103,15 +110,20 @@ def _check_points(devices: list[str], degrees: list[int], dtypes: list[str | Non
         raise ConfigError("--prompt-len and --max-new-tokens must each be at least 1")
 
 
-def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], args) -> dict:
+def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], args, unit=None) -> dict:
     row = {"device": preset, "tp": tp, "dtype": dtype or "default", "fits": False, "reason": ""}
+    needed = len(prompt) + args.max_new_tokens
+    if unit is not None:
+        needed = max(needed, sweep_slo.needed_context(unit))
     try:
         device = Device(preset, cores=tp, backed=not args.timing_only)
-        context = context_for(checkpoint.graph, len(prompt) + args.max_new_tokens, args.max_context)
+        context = context_for(checkpoint.graph, needed, args.max_context)
         weights, _, act = (dtype or "").partition(":")
         model = load(checkpoint, device, tp, dtype=weights or None, act_dtype=act or None, max_context=context,
                      timing_only=args.timing_only, pad_heads=args.timing_only)  # fmt: skip
         out = model.generate([prompt], args.max_new_tokens, eos_token_id=None)
+        if unit is not None:
+            row.update(sweep_slo.slo_row(model, unit, args))
     except TilesimError as exc:
         row["reason"] = f"{type(exc).__name__}: {exc}"
         return row
@@ -128,10 +140,12 @@ def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], ar
     return row
 
 
-def _print(rows: list[dict], name: str) -> None:
+def _print(rows: list[dict], name: str, slo: bool = False) -> None:
     print(f"# sweep of {name}")
     fits = [r for r in rows if r["fits"]]
-    if fits:
+    if fits and slo:
+        sweep_slo.print_rows(fits)
+    elif fits:
         print_table(
             [
                 {

@@ -1,0 +1,112 @@
+"""`tilesim serve-sim`: the percentiles, JSON, plots and request trace of a named model
+(timing-only), real tokens of a checkpoint, the SLO search, and bad input as one line."""
+
+import json
+
+import pytest
+
+from tilesim.cli.main import main
+from tilesim.serving import parse_slo
+from tilesim.serving.slo import max_rate
+
+BASE = ["llama-2-7b", "--device", "trn1", "--tp", "8", "--requests", "60", "--prompt-len", "uniform:32,256",
+        "--output-len", "uniform:8,64"]  # fmt: skip
+
+
+def test_percentiles_plots_and_trace_of_a_named_model(tmp_path, capsys):
+    trace = tmp_path / "requests.json"
+    assert main(["serve-sim", *BASE, "--rate", "5", "--plots", str(tmp_path / "out"), "--trace", str(trace)]) == 0
+    text = capsys.readouterr().out
+    for phrase in ("time to first token", "time per output token", "queueing delay", "p99", "timing-only",
+                   "60 requests over"):  # fmt: skip
+        assert phrase in text
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"latency_cdf.png", "serving_timeline.png"}
+    events = json.loads(trace.read_text())["traceEvents"]
+    decode = [e for e in events if e.get("cat") == "decode"]
+    assert len(decode) == 60 and all(e["dur"] > 0 for e in decode)
+    assert {e["tid"] for e in decode} <= set(range(8))
+
+
+def test_json_is_the_summary(capsys):
+    assert main(["serve-sim", *BASE, "--rate", "5", "--scheduler", "chunked", "--chunk-size", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["summary"]
+    assert out["requests"] == 60 and out["scheduler"] == "chunked" and out["chunk_size"] == 64
+    assert out["ttft"]["p50"] <= out["ttft"]["p90"] <= out["ttft"]["p99"] <= out["ttft"]["max"]
+    assert 0 < out["batch_mean"] <= 8
+
+
+def test_a_checkpoint_serves_its_real_tokens(tiny_model, capsys):
+    folder = str(tiny_model("llama"))
+    args = ["serve-sim", folder, "--device", "tiny", "--tp", "3", "--requests", "6", "--rate", "1000000",
+            "--prompt-len", "uniform:2,20", "--output-len", "fixed:5", "--max-num-seqs", "2", "--json"]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["functional"] and len(out["tokens"]) == 6
+
+
+def test_the_slo_search_finds_the_highest_rate_that_meets_it(capsys):
+    slo = "ttft_p90=150ms,tpot_p99=30ms"
+    assert main(["serve-sim", *BASE, "--slo", slo, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rate, tried = out["max_rate"], out["tried"]
+    assert rate > 0 and out["summary"]["ttft"]["p90"] <= 0.150 and out["summary"]["tpot"]["p99"] <= 0.030
+    above = min(r for r, ok in tried if not ok and r > rate)
+    assert above <= rate * 1.021, "bracketed to the search's tolerance"
+
+
+def test_max_rate_against_a_closed_form():
+    """A latency that grows as 1 / (1 - rate / 10): the SLO `e2e_mean <= 2` holds up to rate 5."""
+
+    def run(workload):
+        rate = (len(workload) - 1) / workload[-1].arrival
+        value = 1 / (1 - rate / 10) if rate < 10 else float("inf")
+        return {"e2e": {"mean": value}}
+
+    from tilesim.serving import Request
+
+    unit = [Request(i, float(i), 1, 1) for i in range(101)]  # exactly one per second
+    search = max_rate(run, unit, parse_slo("e2e_mean=2"), start=0.3, tolerance=0.001)
+    assert search.rate == pytest.approx(5.0, rel=0.002) and search.rate <= 5.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "0"], "--rate 0.0 must be a positive number"),
+        (["--requests", "0"], "--requests 0 must be at least 1"),
+        (["--max-num-seqs", "0"], "--max-num-seqs 0 must be a whole number of at least 1"),
+        (["--chunk-size", "0"], "--chunk-size 0 must be a whole number"),
+        (["--prompt-len", "uniform:9"], "prompt 'uniform:9': give fixed:N"),
+        (["--output-len", "fixed:4000", "--max-context", "512"], "request 0 needs"),
+        (["--slo", "latency=3"], "SLO term 'latency=3'"),
+        (["--slo", "ttft_p90=-1"], "positive time"),
+        (["--slo", "ttft_p90=fast"], "SLO term 'ttft_p90=fast'"),
+        (["--workload", "/nonexistent.jsonl"], "does not exist"),
+        (["--slo", "ttft_p90=1", "--workload", "w.jsonl"], "--slo scales a drawn workload"),
+        (["--device", "warp-drive"], "unknown device preset 'warp-drive'"),
+    ],
+)
+def test_bad_input_is_one_line(capsys, args, message):
+    assert main(["serve-sim", *BASE, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_bad_workload_line_is_named(tmp_path, capsys):
+    path = tmp_path / "w.csv"
+    path.write_text("arrival,prompt_tokens,output_tokens\n0,10,5\n-2,10,5\n")
+    assert main(["serve-sim", "llama-2-7b", "--device", "trn1", "--tp", "8", "--workload", str(path)]) == 2
+    assert "line 3: arrival '-2'" in capsys.readouterr().err
+
+
+def test_sweep_ranks_configurations_by_the_rate_meeting_the_slo(tmp_path, capsys):
+    plot = tmp_path / "pareto.png"
+    args = ["sweep", "llama-2-7b", "--device", "trn1", "--tp", "2,8", "--timing-only",
+            "--slo", "ttft_p90=1,tpot_p99=40ms", "--requests", "40", "--prompt-len", "128",
+            "--max-new-tokens", "32", "--plot", str(plot), "--json"]  # fmt: skip
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["tp"] for r in rows] == [2, 8] and all(r["fits"] for r in rows)
+    assert rows[1]["max_rate_rps"] > rows[0]["max_rate_rps"] > 0, "more cores serve more"
+    assert all(r["tpot_p99_s"] <= 0.040 and r["ttft_p90_s"] <= 1 for r in rows)
+    assert rows[1]["pareto"] and plot.stat().st_size > 0

@@ -1,0 +1,66 @@
+"""Compiled buckets (transformers-neuronx's context_length_estimate and n_positions): a step
+runs in the smallest bucket that holds it, the report and trace say which, every bucket's
+program holds device memory, and requests beyond the largest bucket are refused."""
+
+import json
+
+import pytest
+
+import tilesim
+from tilesim.errors import ConfigError, GenerationError
+from tilesim.profiler.chrome import chrome_events
+from tilesim.runtime.buckets import Buckets
+from tilesim.serving import Request, serve
+from tilesim.units import parse_size
+
+
+def test_the_default_buckets_are_powers_of_two_up_to_the_context():
+    b = Buckets.make(1000)
+    assert b.prefill == (16, 32, 64, 128, 256, 512, 1000) and b.decode == (128, 256, 512, 1000)
+    assert Buckets.make(8).prefill == (8,) and Buckets.make(8).decode == (8,)
+    for n in (1, 16, 17, 500, 512, 513, 1000):
+        assert b.prefill_for(n) == min(1000, max(16, 1 << (n - 1).bit_length()))
+
+
+def test_steps_run_in_the_smallest_bucket_that_holds_them(tmp_path):
+    model = tilesim.load("llama-2-7b", device="trn1", tp=8, timing_only=True, max_context=1024,
+                         prefill_buckets=[512, 128], decode_buckets=[400, 700])  # fmt: skip
+    prompt, new = 300, 300
+    out = model.generate([[0] * prompt], max_new_tokens=new, eos_token_id=None)
+    # decode steps see contexts prompt+1 .. prompt+new-1: up to 400 in the first bucket, the rest in 700
+    assert out.report["buckets"]["steps"] == {"prefill 512": 1, "decode 400": 400 - prompt, "decode 700": 599 - 400}
+    assert out.report["ttft_s"] == model.timer.time(model.buckets.prefill_shape(1, 512)).latency
+    steps = {e["name"]: e["args"]["bucket"] for e in chrome_events(out.trace) if e.get("cat") == "step"}
+    assert steps["prefill"] == 512 and steps["decode 100"] == 400 and steps["decode 101"] == 700
+    reserved = out.report["memory"]["reserved"]
+    assert reserved["compiled_programs"] == 4 * parse_size("4MiB"), "four programs of the preset's program_bytes"
+    json.dumps(out.report)
+
+
+def test_more_buckets_hold_more_memory():
+    few = tilesim.load("llama-2-7b", device="trn1", tp=8, timing_only=True, max_context=2048, prefill_buckets=[2048],
+                       decode_buckets=[2048])  # fmt: skip
+    many = tilesim.load("llama-2-7b", device="trn1", tp=8, timing_only=True, max_context=2048)
+    per = parse_size("4MiB")
+    assert few.plan.reserved["compiled_programs"] == 2 * per
+    assert many.plan.reserved["compiled_programs"] == (8 + 5) * per  # 16..2048 and 128..2048
+
+
+def test_runs_beyond_the_largest_bucket_are_refused_before_they_start():
+    model = tilesim.load("llama-2-7b", device="trn1", tp=8, timing_only=True, max_context=1024,
+                         prefill_buckets=[128], decode_buckets=[256])  # fmt: skip
+    with pytest.raises(GenerationError, match="no compiled prefill bucket holds 200 prompt tokens"):
+        model.generate([[0] * 200], max_new_tokens=4)
+    with pytest.raises(GenerationError, match="no compiled decode bucket holds 299 positions: the largest is 256"):
+        model.generate([[0] * 100], max_new_tokens=200)
+    with pytest.raises(tilesim.TilesimError, match="request 3: no compiled prefill bucket"):
+        serve(model, [Request(3, 0.0, 200, 4)])
+    assert serve(model, [Request(3, 0.0, 200, 4)], scheduler="chunked", chunk_size=100).requests[0].generated == 4
+
+
+@pytest.mark.parametrize(
+    ("buckets", "message"), [([], "non-empty"), ([0, 128], "0"), ([4096], "4096"), ("128", "non-empty"), ([1.5], "1.5")]
+)
+def test_bad_bucket_lists_are_refused(buckets, message):
+    with pytest.raises(ConfigError, match=f"prefill_buckets.*{message}"):
+        tilesim.load("llama-2-7b", device="trn1", tp=8, timing_only=True, max_context=1024, prefill_buckets=buckets)

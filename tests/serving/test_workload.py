@@ -1,0 +1,119 @@
+"""Workloads: files (JSONL, CSV) read or refused with the line named; drawn workloads
+reproducible from their seed and distributed as asked (checked against the distributions'
+closed-form moments and ranges)."""
+
+import numpy as np
+import pytest
+
+from tilesim.serving import read_workload, synthetic
+from tilesim.serving.workload import WorkloadError, at_rate
+
+
+def test_jsonl_and_csv_give_the_same_requests_in_arrival_order(tmp_path):
+    jsonl = tmp_path / "w.jsonl"
+    jsonl.write_text(
+        '{"arrival": 0.5, "prompt_tokens": 10, "output_tokens": 3}\n\n'
+        '{"arrival": 0.1, "prompt_tokens": 20, "output_tokens": 5, "seed": 9}\n'
+    )
+    csv = tmp_path / "w.csv"
+    csv.write_text("arrival,prompt_tokens,output_tokens,seed\n0.5,10,3,0\n0.1,20,5,9\n")
+    for path in (jsonl, csv):
+        requests = read_workload(path)
+        assert [(r.id, r.arrival, r.prompt_tokens, r.output_tokens, r.seed) for r in requests] == [
+            (1, 0.1, 20, 5, 9),
+            (0, 0.5, 10, 3, 0),
+        ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("neg.jsonl", '{"arrival": 0, "prompt_tokens": 1, "output_tokens": 1}\n'
+                      '{"arrival": -1, "prompt_tokens": 1, "output_tokens": 1}\n', "line 2: arrival"),
+        ("nan.csv", "arrival,prompt_tokens,output_tokens\nnan,1,1\n", "line 2: arrival"),
+        ("zero.csv", "arrival,prompt_tokens,output_tokens\n0,1,1\n0,0,1\n", "line 3: prompt_tokens"),
+        ("frac.jsonl", '{"arrival": 0, "prompt_tokens": 1.5, "output_tokens": 1}\n', "line 1: prompt_tokens"),
+        ("word.jsonl", '{"arrival": "soon", "prompt_tokens": 1, "output_tokens": 1}\n', "line 1: arrival"),
+        ("missing.jsonl", '{"arrival": 0, "prompt_tokens": 1}\n', "line 1: missing output_tokens"),
+        ("broken.jsonl", '{"arrival": 0, "prompt_tokens": 1, "output_tokens": 1}\n{"arrival": \n', "line 2: not JSON"),
+        ("list.jsonl", "[1, 2, 3]\n", "not JSONL|line 1"),
+        ("header.csv", "time,prompt,output\n0,1,1\n", "line 1: the CSV header lacks arrival"),
+        ("short.csv", "arrival,prompt_tokens,output_tokens\n0,1\n", "line 2: a field is missing"),
+        ("prose.txt", "hello there\nthis is not a workload\n", "neither JSONL"),
+        ("empty.jsonl", "\n\n", "no requests"),
+        ("dup.jsonl", '{"id": 3, "arrival": 0, "prompt_tokens": 1, "output_tokens": 1}\n'
+                      '{"id": 3, "arrival": 1, "prompt_tokens": 1, "output_tokens": 1}\n', "id 3 appears twice"),
+    ],
+)  # fmt: skip
+def test_a_bad_workload_file_is_refused_naming_its_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(WorkloadError, match=message):
+        read_workload(path)
+
+
+def test_missing_folder_and_binary_files_are_refused(tmp_path):
+    with pytest.raises(WorkloadError, match="does not exist"):
+        read_workload(tmp_path / "nope.jsonl")
+    with pytest.raises(WorkloadError, match="is a folder"):
+        read_workload(tmp_path)
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(WorkloadError, match="not text"):
+        read_workload(tmp_path / "bin.jsonl")
+
+
+def test_a_drawn_workload_is_its_seeds():
+    a = synthetic(50, 3.0, prompt="zipf:1.2,8,512", output="uniform:4,64", arrivals="gamma", cv=2.0, seed=5)
+    b = synthetic(50, 3.0, prompt="zipf:1.2,8,512", output="uniform:4,64", arrivals="gamma", cv=2.0, seed=5)
+    c = synthetic(50, 3.0, prompt="zipf:1.2,8,512", output="uniform:4,64", arrivals="gamma", cv=2.0, seed=6)
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize(("arrivals", "cv"), [("poisson", 1.0), ("gamma", 0.5), ("gamma", 3.0)])
+def test_arrival_gaps_have_the_asked_mean_and_variation(arrivals, cv):
+    rate, n = 4.0, 40_000
+    times = np.array([r.arrival for r in synthetic(n, rate, arrivals=arrivals, cv=cv, seed=1)])
+    gaps = np.diff(times)
+    assert times[0] == 0.0 and np.all(gaps >= 0)
+    assert gaps.mean() == pytest.approx(1 / rate, rel=0.03)
+    assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.05)
+
+
+def test_lengths_follow_their_laws():
+    n = 20_000
+    fixed = synthetic(10, 1.0, prompt="fixed:77", output="5", seed=0)
+    assert {r.prompt_tokens for r in fixed} == {77} and {r.output_tokens for r in fixed} == {5}
+    uniform = np.array([r.prompt_tokens for r in synthetic(n, 1.0, prompt="uniform:10,20", seed=0)])
+    assert uniform.min() == 10 and uniform.max() == 20 and uniform.mean() == pytest.approx(15, rel=0.01)
+    zipf = np.array([r.prompt_tokens for r in synthetic(n, 1.0, prompt="zipf:1.5,1,100", seed=0)])
+    k = np.arange(1, 101)
+    p = k**-1.5 / np.sum(k**-1.5)
+    assert zipf.min() >= 1 and zipf.max() <= 100
+    assert np.mean(zipf == 1) == pytest.approx(p[0], abs=0.01)
+    assert zipf.mean() == pytest.approx(np.sum(k * p), rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "spec", ["uniform:5", "uniform:9,3", "fixed:0", "fixed:2.5", "zipf:0,1,9", "normal:3,4", "", "fixed:x"]
+)
+def test_bad_length_laws_are_refused(spec):
+    with pytest.raises(WorkloadError, match="prompt"):
+        synthetic(3, 1.0, prompt=spec)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"requests": 0}, "requests"), ({"rate": 0.0}, "rate"), ({"rate": float("inf")}, "rate"),
+     ({"arrivals": "uniform"}, "arrivals"), ({"cv": -1.0}, "cv")],
+)  # fmt: skip
+def test_bad_generator_options_are_refused(kwargs, message):
+    args = {"requests": 3, "rate": 1.0, **kwargs}
+    with pytest.raises(WorkloadError, match=message):
+        synthetic(args.pop("requests"), args.pop("rate"), **args)
+
+
+def test_at_rate_scales_the_arrivals_only():
+    unit = synthetic(20, 1.0, prompt="uniform:1,9", seed=2)
+    faster = at_rate(unit, 4.0)
+    assert [r.arrival * 4 for r in faster] == pytest.approx([r.arrival for r in unit])
+    assert [(r.id, r.prompt_tokens, r.seed) for r in faster] == [(r.id, r.prompt_tokens, r.seed) for r in unit]

@@ -1,0 +1,103 @@
+"""`tilesim sweep --slo`: for every configuration of a sweep, the highest arrival rate whose
+requests meet the SLO (serving.slo.max_rate on one drawn workload, the same for every
+configuration), as a table and as a Pareto plot of that rate against the cores it takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tilesim.cli.table import print_table
+from tilesim.profiler.output import atomic_save
+from tilesim.serving import SCHEDULERS, max_rate, parse_slo, serve, synthetic
+from tilesim.units import fmt_time
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("serving (with --slo)")
+    g.add_argument("--slo", default=None, help="rank by the highest rate meeting e.g. ttft_p90=0.5,tpot_p99=0.05")
+    g.add_argument("--requests", type=int, default=200, help="requests of the drawn workload")
+    g.add_argument("--prompt-dist", default=None, help="prompt lengths (default: fixed at --prompt-len)")
+    g.add_argument("--output-dist", default=None, help="output lengths (default: fixed at --max-new-tokens)")
+    g.add_argument("--scheduler", default="continuous", choices=sorted(SCHEDULERS))
+    g.add_argument("--max-num-seqs", type=int, default=8, help="sequence slots")
+    g.add_argument("--chunk-size", type=int, default=None, help="chunked prefill: prompt tokens per step")
+    g.add_argument("--seed", type=int, default=0, help="the drawn workload's seed")
+
+
+def workload(args: argparse.Namespace):
+    """The sweep's one workload, drawn at one request per second (the search scales it)."""
+    parse_slo(args.slo)  # refused before any point runs
+    return synthetic(
+        args.requests, 1.0, prompt=args.prompt_dist or f"fixed:{args.prompt_len}",
+        output=args.output_dist or f"fixed:{args.max_new_tokens}", seed=args.seed,
+    )  # fmt: skip
+
+
+def needed_context(unit) -> int:
+    return max(r.prompt_tokens + r.output_tokens for r in unit)
+
+
+def slo_row(model, unit, args: argparse.Namespace) -> dict:
+    slo = parse_slo(args.slo)
+    options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size}
+    search = max_rate(lambda w: serve(model, w, **options).summary(), unit, slo)
+    s = search.summary
+    return {
+        "max_rate_rps": search.rate,
+        "rate_per_core": search.rate / model.tp,
+        "ttft_p90_s": s["ttft"]["p90"] if s else None,
+        "tpot_p99_s": s["tpot"]["p99"] if s else None,
+        "output_tokens_per_s": s["output_tokens_per_s"] if s else None,
+    }
+
+
+def print_rows(rows: list[dict]) -> None:
+    print_table(
+        [
+            {
+                "device": r["device"],
+                "tp": r["tp"],
+                "dtype": r["dtype"],
+                "max rate": f"{r['max_rate_rps']:.3g} req/s",
+                "per core": f"{r['rate_per_core']:.3g}",
+                "TTFT p90": fmt_time(r["ttft_p90_s"]),
+                "TPOT p99": fmt_time(r["tpot_p99_s"]),
+                "pareto": "*" if r["pareto"] else "",
+            }
+            for r in rows
+        ],
+        right=("max rate", "per core", "TTFT p90", "TPOT p99"),
+    )
+
+
+def mark_pareto(rows: list[dict]) -> None:
+    """A configuration is on the front when no other meets the SLO at a higher rate with no more cores."""
+    for r in rows:
+        r["pareto"] = r["max_rate_rps"] > 0 and not any(
+            o is not r and o["tp"] <= r["tp"] and o["max_rate_rps"] >= r["max_rate_rps"]
+            and (o["tp"], o["max_rate_rps"]) != (r["tp"], r["max_rate_rps"])
+            for o in rows
+        )  # fmt: skip
+
+
+def plot_pareto(rows: list[dict], path: str, name: str, slo_text: str) -> None:
+    from tilesim.profiler.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for device, dtype in dict.fromkeys((r["device"], r["dtype"]) for r in rows):
+        mine = sorted((r for r in rows if (r["device"], r["dtype"]) == (device, dtype)), key=lambda r: r["tp"])
+        ax.plot([r["tp"] for r in mine], [r["max_rate_rps"] for r in mine], marker="o", label=f"{device} {dtype}")
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["tp"])
+    ax.plot([r["tp"] for r in front], [r["max_rate_rps"] for r in front], color="black", lw=2, ls=":",
+            marker="*", markersize=12, label="Pareto front")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("cores (tensor-parallel degree)")
+    ax.set_ylabel("highest rate meeting the SLO (requests/s)")
+    ax.set_title(f"{name}: {slo_text}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=120, format="png"))
+    plt.close(fig)

@@ -14,6 +14,7 @@ import time
 from tqdm import tqdm
 
 from tilesim.api import load, open_source
+from tilesim.cli import speculate
 from tilesim.cli.report_text import print_report
 from tilesim.device import Device
 from tilesim.errors import ConfigError, ShardingError
@@ -78,6 +79,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="pad attention heads with zero heads when they do not divide by --tp (on with --timing-only)",
     )
     add_bucket_arguments(p)
+    speculate.add_arguments(p)
     p.add_argument("--trace", default=None, metavar="PATH", help="write a Chrome/Perfetto trace (JSON)")
     p.add_argument("--plots", default=None, metavar="DIR", help="write timeline, memory, roofline, breakdown PNGs")
     p.add_argument("--report", action="store_true", help="print the latency and memory report")
@@ -176,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         **bucket_lists(args),
     )
     bar.close()
+    if args.draft:
+        return speculate.run(args, model, prompts, tokenizer)
     stream = _Streamer(tokenizer, len(prompts)) if tokenizer and not args.json and not args.timing_only else None
     out = model.generate(
         prompts,

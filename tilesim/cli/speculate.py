@@ -1,0 +1,50 @@
+"""`tilesim generate MODEL --draft DRAFT --speculate K`: speculative decoding, the draft
+model on its own cores of the same device preset (`--draft-tp`), the tokens as the target
+alone would give them, and the acceptance rate and each model's time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tilesim.api import load
+from tilesim.device import Device
+from tilesim.errors import ConfigError
+from tilesim.runtime.speculative import speculative_generate
+from tilesim.units import fmt_time
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--draft", default=None, metavar="MODEL", help="speculative decoding: the draft model")
+    p.add_argument("--speculate", type=int, default=4, metavar="K", help="tokens the draft proposes per round")
+    p.add_argument("--draft-tp", type=int, default=1, help="the draft's tensor-parallel degree")
+
+
+def run(args: argparse.Namespace, target, prompts: list[list[int]], tokenizer) -> int:
+    if args.timing_only:
+        raise ConfigError("--draft needs the tokens: speculative decoding cannot run --timing-only")
+    if len(prompts) != 1:
+        raise ConfigError("--draft runs one prompt; give one --prompt (and no --batch)")
+    device = Device(args.device, cores=args.draft_tp)
+    draft = load(args.draft, device, args.draft_tp, max_context=target.max_context)
+    out = speculative_generate(
+        target, draft, prompts[0], args.max_new_tokens, k=args.speculate, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    )  # fmt: skip
+    text = tokenizer.decode(out.tokens.tolist(), skip_special_tokens=True) if tokenizer else None
+    if args.json:
+        print(json.dumps({"tokens": out.tokens.tolist(), "text": text, "report": out.report}, indent=2))
+        return 0
+    print(text if text is not None else f"new token ids: {','.join(map(str, out.tokens.tolist()))}")
+    r = out.report
+    rate = "n/a" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.0%}"
+    print(f"\n# speculative decoding: {r['draft']} proposes {r['speculate']} tokens, {r['target']} checks them")
+    print(f"simulated time to first token  {fmt_time(r['ttft_s'])}")
+    print(f"simulated time per token       {fmt_time(r['tpot_s'])}")
+    per_step = r["tokens_per_target_step"]
+    print(f"acceptance rate                {rate} ({per_step:.2f} tokens per target step)" if per_step else "")
+    print(
+        f"time in the target             {fmt_time(r['target_s'])} ({r['target_steps']} steps); "
+        f"in the draft {fmt_time(r['draft_s'])} ({r['draft_steps']} steps)"
+    )
+    return 0

@@ -16,6 +16,7 @@ SCRIPTS = [
     "kernels.py",
     "startup.py",
     "timing_only.py",
+    "serving.py",
     "precision_table.py",
     "precision_error.py",
     "fidelity.py",

@@ -254,16 +254,16 @@ def _check_plan(plan: StepPlan, state: ServerState, name: str) -> None:
     holding = {id(r) for r in state.running}
     for live, n in plan.prefill:
         if id(live) not in holding or not live.prefilling or not 1 <= n <= live.request.prompt_tokens - live.prefilled:
-            raise GenerationError(
+            raise WorkloadError(
                 f"scheduler {name!r} asked to prefill {n} token(s) of request {live.request.id}, which holds "
                 f"{'a slot' if id(live) in holding else 'no slot'} and has {live.prefilled} of "
                 f"{live.request.prompt_tokens} prompt tokens cached"
             )
     for live in plan.decode:
         if id(live) not in holding or live.prefilling or live.done:
-            raise GenerationError(f"scheduler {name!r} asked request {live.request.id} to decode before its prefill")
+            raise WorkloadError(f"scheduler {name!r} asked request {live.request.id} to decode before its prefill")
     if len({id(r) for r in plan.decode}) != len(plan.decode):
-        raise GenerationError(f"scheduler {name!r} decodes a request twice in one step")
+        raise WorkloadError(f"scheduler {name!r} decodes a request twice in one step")
 
 
 def _checked(

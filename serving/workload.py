@@ -23,11 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tilesim.errors import ConfigError
-
-
-class WorkloadError(ConfigError):
-    """A workload file or generator that cannot be read: names the line or the option."""
+from tilesim.errors import WorkloadError
 
 
 @dataclass(frozen=True)

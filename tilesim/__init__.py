@@ -23,6 +23,7 @@ from tilesim.errors import (
     ShardingError,
     TilesimError,
     UnknownPreset,
+    WorkloadError,
 )
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "ShardingError",
     "TilesimError",
     "UnknownPreset",
+    "WorkloadError",
     "__version__",
     "load",
 ]

@@ -16,6 +16,10 @@ class ConfigError(TilesimError):
     """A preset, an override or an argument is malformed or out of range."""
 
 
+class WorkloadError(ConfigError):
+    """A serving workload, scheduler or SLO cannot be used: names the file's line, the request or the option."""
+
+
 class UnknownPreset(ConfigError):
     """No device preset (or named model) has the name asked for."""
 

@@ -24,14 +24,14 @@ def test_the_default_buckets_are_powers_of_two_up_to_the_context():
 
 def test_steps_run_in_the_smallest_bucket_that_holds_them(tmp_path):
     model = tilesim.load("llama-2-7b", device="trn1", tp=8, timing_only=True, max_context=1024,
-                         prefill_buckets=[512, 128], decode_buckets=[400, 700])  # fmt: skip
-    prompt, new = 300, 300
+                         prefill_buckets=[512, 128], decode_buckets=[150, 300])  # fmt: skip
+    prompt, new = 129, 100
     out = model.generate([[0] * prompt], max_new_tokens=new, eos_token_id=None)
-    # decode steps see contexts prompt+1 .. prompt+new-1: up to 400 in the first bucket, the rest in 700
-    assert out.report["buckets"]["steps"] == {"prefill 512": 1, "decode 400": 400 - prompt, "decode 700": 599 - 400}
+    # decode steps see contexts prompt+1 .. prompt+new-1: up to 150 in the first bucket, the rest in 300
+    assert out.report["buckets"]["steps"] == {"prefill 512": 1, "decode 150": 150 - prompt, "decode 300": 228 - 150}
     assert out.report["ttft_s"] == model.timer.time(model.buckets.prefill_shape(1, 512)).latency
     steps = {e["name"]: e["args"]["bucket"] for e in chrome_events(out.trace) if e.get("cat") == "step"}
-    assert steps["prefill"] == 512 and steps["decode 100"] == 400 and steps["decode 101"] == 700
+    assert steps["prefill"] == 512 and steps["decode 21"] == 150 and steps["decode 22"] == 300
     reserved = out.report["memory"]["reserved"]
     assert reserved["compiled_programs"] == 4 * parse_size("4MiB"), "four programs of the preset's program_bytes"
     json.dumps(out.report)

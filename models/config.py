@@ -32,7 +32,7 @@ class ModelConfig:
     norm: str  # "rms" | "layer"
     norm_eps: float
     activation: str  # "swiglu" | "gelu_tanh" | "gelu_exact" | "relu"
-    positions: str  # "rope" | "learned"
+    positions: str  # "rope" | "learned" | "alibi"
     rope_style: str = "neox"  # "neox" | "gptj"
     rotary_dim: int = 0
     rope_theta: float = 10000.0
@@ -45,6 +45,7 @@ class ModelConfig:
     mlp_bias: bool = False
     lm_head_bias: bool = False
     tie_embeddings: bool = False
+    embed_norm: bool = False  # BLOOM: a layer norm right after the embedding
     sliding_window: int = 0
     attention_scale: float = 0.0  # 0: 1/sqrt(head_dim)
     bos_token_id: int | None = None
@@ -95,7 +96,7 @@ _COUNTS = (
     "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "num_attention_heads", "n_head",
     "num_key_value_heads", "intermediate_size", "ffn_dim", "n_inner", "max_position_embeddings", "n_positions",
     "head_dim", "word_embed_proj_dim", "rotary_dim", "num_layers", "ffn_hidden_size", "kv_channels",
-    "multi_query_group_num", "padded_vocab_size", "seq_length",
+    "multi_query_group_num", "padded_vocab_size", "seq_length", "n_head", "n_embed",
 )  # fmt: skip
 
 

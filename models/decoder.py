@@ -4,11 +4,11 @@ Architectures differ in flags of `ModelConfig` (norm kind, activation, positions
 residual, biases, tied embeddings); each architecture module maps its checkpoint's tensor
 names to the canonical weight names used here and calls `build_graph`.
 
-    x = embed(ids) [+ positions]
+    x = embed(ids) [+ positions] [then a norm: BLOOM]
     for every layer:
         h = norm1(x)
         q, k, v = h @ Wq, h @ Wk, h @ Wv          # column-parallel, by heads
-        q, k = rope(q, k)                         # when positions are rotary
+        q, k = rope(q, k)                         # when positions are rotary (ALiBi: biased scores)
         a = attention(q, k, v) @ Wo               # row-parallel: all-reduce
         sequential:  x = x + a; m = mlp(norm2(x)); x = x + m
         parallel:    m = mlp(norm2(x) or h); x = (a + m) + x   (GPT-J, GPT-NeoX)
@@ -18,6 +18,10 @@ silu(gate) by up.
 """
 
 from __future__ import annotations
+
+import math
+
+import numpy as np
 
 from tilesim.models.config import ModelConfig
 from tilesim.runtime.graph import DecoderGraph, GraphBuilder
@@ -54,6 +58,18 @@ def _mlp(g: GraphBuilder, cfg: ModelConfig, h: str, p: str) -> str:
     )
 
 
+def alibi_slopes(heads: int) -> np.ndarray:
+    """ALiBi's slope per head (Press et al.; BLOOM's `_get_alibi_slopes`): a geometric series
+    from 2^(-8/n) for the largest power of two n <= heads, the rest interleaved from 2n's."""
+    n = 2 ** math.floor(math.log2(heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+    slopes = [base**i for i in range(1, n + 1)]
+    if n != heads:
+        extra = 2.0 ** (-(2.0 ** -(math.log2(2 * n) - 3)))
+        slopes += [extra**i for i in range(1, 2 * min(n, heads - n), 2)]
+    return np.array(slopes, dtype=np.float32)
+
+
 def build_graph(cfg: ModelConfig) -> DecoderGraph:
     g = GraphBuilder(
         cfg.model_type,
@@ -66,9 +82,12 @@ def build_graph(cfg: ModelConfig) -> DecoderGraph:
         max_positions=cfg.max_positions,
     )
     x = g.embed("embed.weight")
+    if cfg.embed_norm:
+        x = _norm(g, cfg, x, "embed_norm")
     if cfg.positions == "learned":
         x = g.add_positions(x, "pos.weight", cfg.max_positions + cfg.position_offset, cfg.position_offset)
     inv_freq = cfg.inv_freq() if cfg.positions == "rope" else None
+    slopes = alibi_slopes(cfg.heads) if cfg.positions == "alibi" else None
     hq, hkv, d = cfg.heads, cfg.kv_heads, cfg.head_dim
     for i in range(cfg.layers):
         p = f"layers.{i}."
@@ -109,7 +128,7 @@ def build_graph(cfg: ModelConfig) -> DecoderGraph:
             )
             if inv_freq is not None:
                 g.rope(q, k, style=cfg.rope_style, rot=cfg.rotary_dim, inv_freq=inv_freq)
-            a = g.attention(q, k, v, scale=cfg.scale, window=cfg.sliding_window)
+            a = g.attention(q, k, v, scale=cfg.scale, window=cfg.sliding_window, alibi=slopes)
             o = g.linear(
                 a,
                 f"{p}o.weight",

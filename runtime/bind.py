@@ -165,18 +165,31 @@ def bind_attention(ex: Executor, step: Step) -> Op:
     layer = node.layer
     caches = [ex.kv[c][layer] for c in range(ex.tp)]
     d, scale, window = ex.graph.head_dim, node.attrs["scale"], node.attrs["window"]
+    slopes = [_core_slopes(ex, node, c) for c in range(ex.tp)]
 
     def run(inputs: StepInputs) -> None:
         b, t, m = inputs.batch, inputs.tokens, inputs.rows
         first = inputs.first_slot
-        for q, k, v, out, cache in zip(qs, ks, vs, outs, caches, strict=True):
+        for q, k, v, out, cache, slope in zip(qs, ks, vs, outs, caches, slopes, strict=True):
             if first or b != cache.slots:  # a server's step over some of the session's slots
                 cache = cache.of_slots(first, b)
             cache.write(k[:m].reshape(b, t, -1, d), v[:m].reshape(b, t, -1, d), inputs.start, inputs.valid)
             q4, out4 = q[:m].reshape(b, t, -1, d), out[:m].reshape(b, t, -1, d)
-            cache.attend(q4, inputs.start, inputs.valid, scale, out4, window)
+            cache.attend(q4, inputs.start, inputs.valid, scale, out4, window, slope)
 
     return run
+
+
+def _core_slopes(ex: Executor, node, core: int) -> np.ndarray | None:
+    """One core's ALiBi slopes: those of its real query heads, first, zero for padded heads."""
+    alibi = node.attrs.get("alibi")
+    if alibi is None:
+        return None
+    local = np.zeros(ex.sp.widths[node.inputs[0]][core] // ex.graph.head_dim, np.float32)
+    lo, hi = ex.sp.q_heads[core]
+    real = alibi[lo : max(lo, min(hi, len(alibi)))]
+    local[: len(real)] = real
+    return local
 
 
 def bind_act(ex: Executor, step: Step) -> Op:

@@ -186,9 +186,10 @@ class GraphBuilder:
     def rope(self, q: str, k: str, *, style: str, rot: int, inv_freq: Any) -> None:
         self._node("rope", None, [q, k], [], "attention", style=style, rot=rot, inv_freq=inv_freq)
 
-    def attention(self, q: str, k: str, v: str, *, scale: float, window: int = 0) -> str:
+    def attention(self, q: str, k: str, v: str, *, scale: float, window: int = 0, alibi=None) -> str:
+        """`alibi`: ALiBi slopes, one per (real) query head, or None."""
         out = self._value("attn", self.heads * self.head_dim, "out", (self.heads, self.head_dim))
-        return self._node("attention", out, [q, k, v], [], "attention", scale=scale, window=window)
+        return self._node("attention", out, [q, k, v], [], "attention", scale=scale, window=window, alibi=alibi)
 
     def act(self, x: str, kind: str, op_type: str = "mlp") -> str:
         src = self.values[x]

@@ -63,10 +63,17 @@ class KVCache:
             kernels._scale_write(k_scales, v_scales, self.k_scale, self.v_scale, start, valid)
 
     def attend(
-        self, q: np.ndarray, start: np.ndarray, valid: np.ndarray, scale: float, out: np.ndarray, window: int
+        self,
+        q: np.ndarray,
+        start: np.ndarray,
+        valid: np.ndarray,
+        scale: float,
+        out: np.ndarray,
+        window: int,
+        slopes: np.ndarray | None = None,
     ) -> None:
         if self.fmt == "fp32":
-            kernels.attention(q, self.k, self.v, start, valid, scale, out, window)
+            kernels.attention(q, self.k, self.v, start, valid, scale, out, window, slopes)
             return
         has_scale = self.k_scale is not None
         ks = self.k_scale if has_scale else _NO_SCALE
@@ -84,4 +91,5 @@ class KVCache:
             np.float32(scale),
             int(window),
             out,
+            slopes,
         )

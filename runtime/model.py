@@ -82,7 +82,8 @@ class Model:
         if self.max_context > self.graph.max_positions:
             beyond = (
                 f"max_context={self.max_context} is beyond the {self.graph.max_positions} positions "
-                f"{self.graph.name} was trained for (rotary positions extend; quality there is not known)"
+                f"{self.graph.name} was trained for (rotary positions and ALiBi biases extend; quality there is "
+                "not known)"
             )
             warnings.warn(beyond, stacklevel=2)
             self.notes.append(beyond)

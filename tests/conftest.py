@@ -58,6 +58,10 @@ def configs():
             ),
             [1, 3, 6],
         ),
+        "bloom": (  # 6 heads: slopes from 4 and the interleaved 8-series; TP 1, 2, 3, 6
+            T.BloomConfig(hidden_size=48, n_layer=2, n_head=6, **common),
+            [1, 2, 3, 6],
+        ),
         "llama_gguf": (
             T.LlamaConfig(
                 hidden_size=96,

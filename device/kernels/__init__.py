@@ -49,7 +49,7 @@ def warm_up(int8_products: bool = False) -> None:
     cache = np.zeros((1, 1, 4, 4), f32)
     attention.kv_write(q4[:, :, :1], q4[:, :, :1], cache, cache, start, valid)
     for fn in (attention._attention_serial, attention._attention_parallel):
-        fn(q4, cache, cache, start, valid, np.float32(0.5), 0, out4)
+        fn(q4, cache, cache, start, valid, np.float32(0.5), 0, np.zeros(2, f32), out4)
     scales = np.ones((1, 1, 4), f32)
     for codes in (np.zeros((1, 1, 4, 4), np.uint16), np.zeros((1, 1, 4, 4), np.uint8)):
         lut = quant.LUT_FP16 if codes.dtype == np.uint16 else quant.LUT_INT8
@@ -62,7 +62,7 @@ def warm_up(int8_products: bool = False) -> None:
             valid,
         )
         for fn in (attention._codes_serial, attention._codes_parallel):
-            fn(q4, codes, codes, lut, scales, scales, True, start, valid, np.float32(0.5), 0, out4)
+            fn(q4, codes, codes, lut, scales, scales, True, start, valid, np.float32(0.5), 0, np.zeros(2, f32), out4)
     attention._scale_write(np.ones((1, 1, 1), f32), np.ones((1, 1, 1), f32), scales, scales, start, valid)
     w32 = np.ones((4, 64), f32)
     x64, o4 = np.ones((2, 64), f32), np.empty((2, 4), f32)

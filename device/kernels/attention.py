@@ -6,6 +6,8 @@ keys 0..that position (or the last `window` of them). Query head h reads key/val
 h // (Hq / Hkv) (grouped-query attention). Scores are q.k * scale, the softmax is
 max-subtracted, probabilities are normalised before they weight the values, as
 transformers' eager attention does. Rows t >= valid[b] are padding and come out as zeros.
+ALiBi (BLOOM) adds slopes[h] * j to the score of key position j (softmax is shift-invariant,
+so this is the relative bias); zero slopes change no bit.
 
 Variants:
 1. `_attention`: one thread per (sequence, head, query row), scores in a scratch row; q
@@ -29,7 +31,7 @@ from tilesim.device.kernels import vector_ir as ir
 jit_cache.depends_on(__file__, ir)
 
 
-def _attention_impl(q, k_cache, v_cache, start, valid, scale, window, out):
+def _attention_impl(q, k_cache, v_cache, start, valid, scale, window, slopes, out):
     batch, t_len, hq, d = q.shape
     hkv = k_cache.shape[1]
     group = hq // hkv
@@ -50,7 +52,7 @@ def _attention_impl(q, k_cache, v_cache, start, valid, scale, window, out):
         scores = np.empty(n, dtype=np.float32)
         mx = np.float32(-np.inf)
         for j in range(n):
-            acc = ir.fp32_row(q[b, t, h], k_cache[b, g, lo + j]) * scale
+            acc = ir.fp32_row(q[b, t, h], k_cache[b, g, lo + j]) * scale + slopes[h] * np.float32(lo + j)
             scores[j] = acc
             if acc > mx:
                 mx = acc
@@ -79,7 +81,9 @@ def _kv_write(k, v, k_cache, v_cache, start, valid):  # k, v (B, T, Hkv, D)
                     v_cache[b, h, p, i] = v[b, t, h, i]
 
 
-def _attention_codes_impl(q, k_codes, v_codes, lut, k_scale, v_scale, has_scale, start, valid, scale, window, out):
+def _attention_codes_impl(
+    q, k_codes, v_codes, lut, k_scale, v_scale, has_scale, start, valid, scale, window, slopes, out
+):
     batch, t_len, hq, d = q.shape
     hkv = k_codes.shape[1]
     group = hq // hkv
@@ -105,7 +109,7 @@ def _attention_codes_impl(q, k_codes, v_codes, lut, k_scale, v_scale, has_scale,
                 acc += q[b, t, h, i] * lut[k_codes[b, g, lo + j, i]]
             if has_scale:
                 acc = acc * k_scale[b, g, lo + j]
-            acc = acc * scale
+            acc = acc * scale + slopes[h] * np.float32(lo + j)
             scores[j] = acc
             if acc > mx:
                 mx = acc
@@ -143,9 +147,23 @@ def _parallel(q: np.ndarray, context: int) -> bool:
     return batch * t_len * hq * context > PARALLEL_WORK
 
 
-def attention_codes(q, k_codes, v_codes, lut, k_scale, v_scale, has_scale, start, valid, scale, window, out):
+def no_slopes(heads: int) -> np.ndarray:
+    """Zero ALiBi slopes: attention without position biases (adding 0 changes no bit)."""
+    zeros = _ZEROS.get(heads)
+    if zeros is None:
+        zeros = _ZEROS[heads] = np.zeros(heads, np.float32)
+    return zeros
+
+
+_ZEROS: dict[int, np.ndarray] = {}
+
+
+def attention_codes(
+    q, k_codes, v_codes, lut, k_scale, v_scale, has_scale, start, valid, scale, window, out, slopes=None
+):
     fn = _codes_parallel if _parallel(q, int(start.max()) + q.shape[1]) else _codes_serial
-    fn(q, k_codes, v_codes, lut, k_scale, v_scale, has_scale, start, valid, scale, window, out)
+    slopes = no_slopes(q.shape[2]) if slopes is None else slopes
+    fn(q, k_codes, v_codes, lut, k_scale, v_scale, has_scale, start, valid, scale, window, slopes, out)
 
 
 @njit(cache=True)
@@ -195,10 +213,13 @@ def attention(
     scale: float,
     out: np.ndarray,
     window: int = 0,
+    slopes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """q (B, T, Hq, D) against the cache (B, Hkv, S, D) -> out (B, T, Hq, D); see module doc."""
+    """q (B, T, Hq, D) against the cache (B, Hkv, S, D) -> out (B, T, Hq, D); see module doc.
+    `slopes` (Hq,) are ALiBi's: key position j adds slopes[h] * j to head h's scores."""
     fn = _attention_parallel if _parallel(q, int(start.max()) + q.shape[1]) else _attention_serial
-    fn(q, k_cache, v_cache, start, valid, np.float32(scale), int(window), out)
+    slopes = no_slopes(q.shape[2]) if slopes is None else slopes
+    fn(q, k_cache, v_cache, start, valid, np.float32(scale), int(window), slopes, out)
     return out
 
 

@@ -90,6 +90,7 @@ def attention(
     valid: np.ndarray,
     scale: float,
     window: int = 0,
+    slopes: np.ndarray | None = None,
 ) -> np.ndarray:
     q, k_cache, v_cache = _f64(q, k_cache, v_cache)
     batch, t_len, hq, _ = q.shape
@@ -103,6 +104,8 @@ def attention(
                 k = k_cache[b, h // group, lo : p + 1]
                 v = v_cache[b, h // group, lo : p + 1]
                 scores = k @ q[b, t, h] * scale
+                if slopes is not None:
+                    scores = scores + float(slopes[h]) * np.arange(lo, p + 1)
                 probs = np.exp(scores - scores.max())
                 out[b, t, h] = (probs / probs.sum()) @ v
     return out

@@ -129,6 +129,38 @@ def test_attention_prefill_and_decode_with_grouped_heads(batch, t_len, heads, d,
     assert np.all(np.abs(out - ref) <= bound)
 
 
+@given(st.integers(1, 2), st.integers(1, 5), st.sampled_from([(2, 2), (4, 4), (3, 3)]), st.integers(1, 16), seeds)
+def test_attention_with_alibi_slopes_against_the_reference(batch, t_len, heads, d, seed):
+    """BLOOM's position biases: slopes[h] * key position added to the scores, over an fp32
+    cache and over fp16 codes."""
+    from tilesim.runtime.kvcache import KVCache, kv_arrays
+
+    hq, hkv = heads
+    rng = np.random.default_rng(seed)
+    context = 24
+    slopes = (2.0 ** -rng.integers(1, 8, size=hq)).astype(np.float32)
+    start = rng.integers(0, context - t_len + 1, size=batch)
+    valid = np.full(batch, t_len)
+    q = rand(rng, batch, t_len, hq, d)
+    k_cache, v_cache = rand(rng, batch, hkv, context, d), rand(rng, batch, hkv, context, d)
+    out = np.full_like(q, np.nan)
+    attention.attention(q, k_cache, v_cache, start, valid, 1 / np.sqrt(d), out, slopes=slopes)
+    ref = reference.attention(q, k_cache, v_cache, start, valid, 1 / np.sqrt(d), slopes=slopes)
+    flat = reference.attention(q, k_cache, v_cache, start, valid, 1 / np.sqrt(d))
+    check_shape(out, ref)
+    assert np.allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(v_cache).max())
+    assert t_len * (start.max() + 1) == 1 or not np.allclose(ref, flat), "the slopes move the weights"
+    arrays = {n: np.zeros(shape, dt) for n, (shape, dt) in kv_arrays("fp16", batch, hkv, context, d).items()}
+    cache = KVCache("fp16", **arrays)
+    cache.write(k_cache.transpose(0, 2, 1, 3)[:, :context], v_cache.transpose(0, 2, 1, 3)[:, :context],
+                np.zeros(batch, np.int64), np.full(batch, context))  # fmt: skip
+    coded = np.full_like(q, np.nan)
+    cache.attend(q, start, valid, 1 / np.sqrt(d), coded, 0, slopes)
+    lut = attention.kv_lut("fp16")
+    ref16 = reference.attention(q, lut[cache.k], lut[cache.v], start, valid, 1 / np.sqrt(d), slopes=slopes)
+    assert np.allclose(coded, ref16, rtol=1e-5, atol=1e-5 * np.abs(v_cache).max())
+
+
 def test_kv_write_stores_valid_rows_at_their_positions():
     rng = np.random.default_rng(0)
     k, v = rand(rng, 2, 3, 2, 4), rand(rng, 2, 3, 2, 4)

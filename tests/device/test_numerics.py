@@ -74,7 +74,7 @@ def test_fp32_attention_gives_its_serial_and_parallel_variants_the_same_bits(bat
     outs = []
     for fn in (attention._attention_serial, attention._attention_parallel):
         out = np.full_like(q, np.nan)
-        fn(q, k_cache, v_cache, start, valid, np.float32(0.125), 0, out)
+        fn(q, k_cache, v_cache, start, valid, np.float32(0.125), 0, attention.no_slopes(hq), out)
         outs.append(out.tobytes())
     assert outs[0] == outs[1]
     # a decode step (one query row) at position start + t gets that row of the prefill

@@ -36,6 +36,9 @@ CASES = [
     ("glm", 1),
     ("glm", 3),
     ("glm", 6),
+    ("bloom", 1),
+    ("bloom", 3),
+    ("bloom", 6),
 ]
 PROMPT = [5, 17, 42, 8, 99, 3, 61, 23, 77, 12, 50, 31, 4, 66, 28, 90, 11]
 STEPS = 16
@@ -81,7 +84,7 @@ def test_logits_and_greedy_tokens_match_transformers(tiny_model, greedy_rule, ar
 
 
 PADDED = [("llama_gqa10", 4), ("llama_gqa10", 5), ("llama_gqa10", 3), ("llama", 4), ("mistral", 4), ("gpt2", 4),
-          ("glm", 4)]  # fmt: skip
+          ("glm", 4), ("bloom", 4)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("arch", "tp"), PADDED)
@@ -100,7 +103,9 @@ def test_heads_padded_as_transformers_neuronx_pads_them_give_transformers_logits
         assert close(ours[0], theirs), f"logits of step {step}"
 
 
-@pytest.mark.parametrize(("arch", "tp"), [("llama", 3), ("gpt2", 2), ("gpt_neox", 3), ("opt", 1), ("glm", 3)])
+@pytest.mark.parametrize(
+    ("arch", "tp"), [("llama", 3), ("gpt2", 2), ("gpt_neox", 3), ("opt", 1), ("glm", 3), ("bloom", 3)]
+)
 def test_a_batch_of_prompts_of_different_lengths(tiny_model, greedy_rule, arch, tp):
     folder = tiny_model(arch)
     prompts = [PROMPT[:5], PROMPT[3:16]]

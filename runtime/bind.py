@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tilesim.device.kernels import activations, elementwise, norms, quant, rotary
+from tilesim.device.kernels import activations, elementwise, moe, norms, quant, rotary
 from tilesim.runtime.program import Op, Step, StepInputs
 
 if TYPE_CHECKING:
@@ -250,5 +250,26 @@ def bind_gather_logits(ex: Executor, step: Step) -> Op:
     def run(inputs: StepInputs) -> None:
         m = ex.rows(inputs, True)
         ex.logits = np.concatenate([v[:m] for v in views], axis=1) if ex.tp > 1 else views[0][:m].copy()
+
+    return run
+
+
+def bind_moe(ex: Executor, step: Step) -> Op:
+    node, after = step.node, step.last
+    xs, outs = ex.views(node.inputs[0]), ex.views(node.out)
+    k, n = node.attrs["k"], node.attrs["experts"]
+    cores = []
+    for c in range(ex.tp):
+        packs = [ex.weights[c][p] for p in node.params]
+        experts = [tuple(packs[1 + 3 * e : 4 + 3 * e]) for e in range(n)]
+        cores.append((xs[c], outs[c], packs[0], experts))
+    act = ex.product_act
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, after)
+        for x, out, router, experts in cores:
+            logits = quant.linear(x[:m], router, None, np.empty((m, n), np.float32), act)
+            idx, weights = moe.route(logits, k)
+            moe.experts(x[:m], idx, weights, experts, out[:m], act)
 
     return run

@@ -15,6 +15,7 @@ from tilesim.device.kernels.activations import activation_cost
 from tilesim.device.kernels.attention import attention_cost, kv_write_cost
 from tilesim.device.kernels.elementwise import add_cost, embed_cost
 from tilesim.device.kernels.matmul import linear_cost
+from tilesim.device.kernels.moe import moe_cost
 from tilesim.device.kernels.norms import norm_cost
 from tilesim.device.kernels.rotary import rope_cost
 from tilesim.runtime.graph import Node
@@ -92,3 +93,14 @@ def add(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> Ker
 def select_last(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
     n = shape.batch * t.sp.widths[node.out][core]
     return KernelCost("select_last", "elementwise", 0.0, t.dtype, {"activations": 2 * n * t.act_bytes})
+
+
+def moe(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    router, gate = node.params[0], node.params[1]
+    width, hidden = t.sp.local_shape(gate, t.graph.params[gate].shape, core)
+    fmt = t.formats.get(gate, "fp32")
+    return moe_cost(
+        rows, hidden, width, node.attrs["experts"], node.attrs["k"],
+        weight_bytes_per_elem=t.weight_bytes.get(gate, 4.0), router_bytes_per_elem=t.weight_bytes.get(router, 4.0),
+        act_bytes=t.act_bytes, dtype=t.precision.product_dtype(fmt), variant=fmt,
+    )  # fmt: skip

@@ -37,8 +37,9 @@ OPS = (
 class ParamSpec:
     """A weight in canonical orientation: matrices are (out features, in features).
 
-    `split` is "none" (replicated), "out" (rows), "in" (columns) or "vocab" (rows of an
-    embedding or LM head). `heads=(n, head_dim)` makes an "out" split follow whole heads.
+    `split` is "none" (replicated), "out" (rows), "in" (columns, as the input value is
+    split), "cols" (columns, split evenly: an expert's down projection, whose input is inside
+    its op) or "vocab" (rows of an embedding or LM head). `heads=(n, head_dim)` makes an "out" split follow whole heads.
     """
 
     name: str
@@ -190,6 +191,19 @@ class GraphBuilder:
         """`alibi`: ALiBi slopes, one per (real) query head, or None."""
         out = self._value("attn", self.heads * self.head_dim, "out", (self.heads, self.head_dim))
         return self._node("attention", out, [q, k, v], [], "attention", scale=scale, window=window, alibi=alibi)
+
+    def moe(self, x: str, router: str, experts: list[tuple[str, str, str]], *, k: int, width: int) -> str:
+        """A sparse MoE MLP: `router` (E, hidden) replicated; each expert's gate and up
+        (width, hidden) split by rows and its down (hidden, width) by columns, so every core
+        holds a slice of every expert and makes a partial sum (all-reduced)."""
+        self._param(router, (len(experts), self.hidden))
+        for gate, up, down in experts:
+            self._param(gate, (width, self.hidden), "out")
+            self._param(up, (width, self.hidden), "out")
+            self._param(down, (self.hidden, width), "cols")
+        out = self._value("moe", self.hidden, "partial")
+        params = [router, *(p for triple in experts for p in triple)]
+        return self._node("moe", out, [x], params, "mlp", k=k, experts=len(experts), width=width)
 
     def act(self, x: str, kind: str, op_type: str = "mlp") -> str:
         src = self.values[x]

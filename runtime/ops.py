@@ -43,6 +43,7 @@ OPS: dict[str, OpEntry] = {
     "swiglu": OpEntry(bind.bind_swiglu, costs.swiglu),
     "add": OpEntry(bind.bind_add, costs.add),
     "select_last": OpEntry(bind.bind_select_last, costs.select_last),
+    "moe": OpEntry(bind.bind_moe, costs.moe),
     # fused forms (runtime/program.py decides them)
     "add_norm": OpEntry(bind.bind_add_norm),
     "linear_group": OpEntry(bind.bind_linear),

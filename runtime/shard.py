@@ -115,6 +115,9 @@ def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False
                     sp.local_rows[param] = head_width(spec.heads, spec.kv)
             elif spec.split == "vocab":
                 sp.rows[param] = even(spec.shape[0])
+            elif spec.split == "cols":
+                sp.rows[param] = full
+                sp.cols[param] = even(spec.shape[1])
             elif spec.split == "in" and len(spec.shape) == 2:
                 sp.rows[param] = full
                 sp.cols[param] = value_ranges(node.inputs[0])
@@ -177,7 +180,7 @@ def _with_collectives(graph: DecoderGraph, tp: int) -> list[Node]:
     """The graph's nodes with the communication made explicit.
 
     A row-parallel `linear` loses its bias (added by a `bias` node after an `allreduce`);
-    `embed` is followed by an `allreduce`; `lm_head` by `gather_logits`.
+    `embed` and `moe` are followed by an `allreduce`; `lm_head` by `gather_logits`.
     """
     out: list[Node] = []
     for node in graph.nodes:
@@ -187,7 +190,7 @@ def _with_collectives(graph: DecoderGraph, tp: int) -> list[Node]:
             out.append(Node("allreduce", node.out, (node.out,), (), {}, node.layer, "collective"))
             if bias:
                 out.append(Node("bias", node.out, (node.out,), tuple(bias), {}, node.layer, node.op_type))
-        elif node.op == "embed":
+        elif node.op in ("embed", "moe"):  # partial sums: the cores' vocabulary slices, their expert slices
             out.append(node)
             out.append(Node("allreduce", node.out, (node.out,), (), {}, node.layer, "collective"))
         elif node.op == "lm_head":

@@ -62,6 +62,20 @@ def configs():
             T.BloomConfig(hidden_size=48, n_layer=2, n_head=6, **common),
             [1, 2, 3, 6],
         ),
+        "mixtral": (  # 4 experts, 2 per token; expert widths split unevenly at TP 3 and 6
+            T.MixtralConfig(
+                hidden_size=48,
+                intermediate_size=40,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                max_position_embeddings=256,
+                **common,
+            ),
+            [1, 3, 6],
+        ),
         "llama_gguf": (
             T.LlamaConfig(
                 hidden_size=96,

@@ -118,3 +118,20 @@ def embed(ids: np.ndarray, table: np.ndarray, vocab_start: int) -> np.ndarray:
     inside = (local >= 0) & (local < table.shape[0])
     out[inside] = table[local[inside]]
     return out
+
+
+def moe(x, router, gates, ups, downs, k: int) -> np.ndarray:
+    """Mixtral's sparse MLP in float64: softmax router, top k renormalised, SwiGLU experts."""
+    x, router = _f64(x, router)
+    logits = x @ router.T
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    idx = np.argsort(-p, axis=-1, kind="stable")[:, :k]
+    w = np.take_along_axis(p, idx, -1)
+    w /= w.sum(-1, keepdims=True)
+    out = np.zeros_like(x)
+    for r in range(x.shape[0]):
+        for e, weight in zip(idx[r], w[r], strict=True):
+            g, u, d = _f64(gates[e], ups[e], downs[e])
+            out[r] += weight * (silu_mul(g @ x[r], u @ x[r]) @ d.T)
+    return out

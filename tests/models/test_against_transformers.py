@@ -39,6 +39,9 @@ CASES = [
     ("bloom", 1),
     ("bloom", 3),
     ("bloom", 6),
+    ("mixtral", 1),
+    ("mixtral", 3),
+    ("mixtral", 6),
 ]
 PROMPT = [5, 17, 42, 8, 99, 3, 61, 23, 77, 12, 50, 31, 4, 66, 28, 90, 11]
 STEPS = 16
@@ -84,7 +87,7 @@ def test_logits_and_greedy_tokens_match_transformers(tiny_model, greedy_rule, ar
 
 
 PADDED = [("llama_gqa10", 4), ("llama_gqa10", 5), ("llama_gqa10", 3), ("llama", 4), ("mistral", 4), ("gpt2", 4),
-          ("glm", 4), ("bloom", 4)]  # fmt: skip
+          ("glm", 4), ("bloom", 4), ("mixtral", 4)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("arch", "tp"), PADDED)

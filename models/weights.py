@@ -22,6 +22,8 @@ class WeightRef:
     tensor: str
     transpose: bool = False
     rows_map: np.ndarray | None = None  # canonical row -> file row (along the "out" axis)
+    scale: float = 1.0  # multiplied in as read (RWKV's inference rescaling: powers of two, exact)
+    flat: bool = False  # a vector the file stores with leading axes of size 1 (RWKV's (1, 1, H) mixes)
 
 
 class TensorReader(Protocol):
@@ -55,13 +57,22 @@ def read_weight(
 ) -> np.ndarray:
     """Canonical rows `out` (and columns `cols` of a matrix) of the weight `ref`, as float32."""
     file_rows, gather = _out_rows(ref, out, shape[0])
+    if len(shape) == 1 and ref.flat:
+        data = np.asarray(reader.read(ref.tensor, slice(None), None)).reshape(-1)[file_rows]
+        return _scaled(np.ascontiguousarray(data if gather is None else data[gather], dtype=np.float32), ref)
     if len(shape) == 1:
         data = reader.read(ref.tensor, file_rows, None)
-        return np.ascontiguousarray(data if gather is None else data[gather], dtype=np.float32)
+        return _scaled(np.ascontiguousarray(data if gather is None else data[gather], dtype=np.float32), ref)
     if ref.transpose:  # the file is (in, out): our rows are its columns
         data = reader.read(ref.tensor, cols or slice(None), file_rows).T
     else:
         data = reader.read(ref.tensor, file_rows, cols)
     if gather is not None:
         data = data[gather]
-    return np.ascontiguousarray(data, dtype=np.float32)
+    return _scaled(np.ascontiguousarray(data, dtype=np.float32), ref)
+
+
+def _scaled(data: np.ndarray, ref: WeightRef) -> np.ndarray:
+    if ref.scale != 1.0:
+        data *= np.float32(ref.scale)
+    return data

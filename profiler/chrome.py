@@ -198,6 +198,8 @@ def _live(points: list[tuple[int, int]], node: int) -> int:
 
 def _memory_counter(pid: int, ts: float, fixed: dict[str, int], activations: int) -> dict:
     args = {"weights": fixed.get("weights", 0), "kv_cache": fixed.get("kv_cache", 0), "activations": activations}
+    if "recurrent_state" in fixed:
+        args["recurrent_state"] = fixed["recurrent_state"]
     return {"ph": "C", "pid": pid, "name": "memory in use (bytes)", "ts": ts, "args": args}
 
 

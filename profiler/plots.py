@@ -90,9 +90,11 @@ def memory(trace: Trace, path: Path) -> None:
     heat.set_yticks(range(len(mem.per_core)))
     heat.set_title(f"tile memory in use (fraction of {mem.tile_bytes // 1024} KiB per tile)")
     fig.colorbar(image, ax=heat, fraction=0.03)
-    kinds = ["weights", "kv_cache", "activations"]
+    colours = {"weights": "#4c72b0", "kv_cache": "#dd8452", "recurrent_state": "#c44e52", "activations": "#55a868"}
+    kinds = [k for k in colours if any(k in c for c in mem.per_core)]
     bottom = np.zeros(len(mem.per_core))
-    for kind, colour in zip(kinds, ["#4c72b0", "#dd8452", "#55a868"], strict=True):
+    for kind in kinds:
+        colour = colours[kind]
         values = np.array([c.get(kind, 0) for c in mem.per_core], dtype=float) / 2**20
         bars.bar(range(len(values)), values, bottom=bottom, color=colour, label=f"{kind} ({mem.regions[kind]})")
         bottom += values

@@ -165,7 +165,7 @@ def memory_report(trace: Trace) -> dict[str, Any]:
             }
         )
     tiles = np.array(mem.tile_usage, dtype=np.int64) if mem.tile_usage else np.zeros((0, 0))
-    tensors = ("weights", "kv_cache", "activations")
+    tensors = ("weights", "kv_cache", "recurrent_state", "activations")
     reserved = {k: v for k, v in mem.per_core[0].items() if k not in tensors} if mem.per_core else {}
     weights_kv = sum(kinds.get("weights", 0) + kinds.get("kv_cache", 0) for kinds in mem.per_core)
     return {

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tilesim.device.kernels import activations, elementwise, moe, norms, quant, rotary
+from tilesim.device.kernels import activations, elementwise, moe, norms, quant, recurrent, rotary
 from tilesim.runtime.program import Op, Step, StepInputs
 
 if TYPE_CHECKING:
@@ -223,6 +223,7 @@ def _two_inputs(kernel) -> Callable[[Executor, Step], Op]:
 
 
 bind_swiglu = _two_inputs(activations.silu_mul)  # silu(gate) * up
+bind_mul = _two_inputs(lambda a, b, out: np.multiply(a, b, out=out))  # RWKV: receptance * value
 bind_add = _two_inputs(elementwise.add)
 
 
@@ -271,5 +272,63 @@ def bind_moe(ex: Executor, step: Step) -> Op:
             logits = quant.linear(x[:m], router, None, np.empty((m, n), np.float32), act)
             idx, weights = moe.route(logits, k)
             moe.experts(x[:m], idx, weights, experts, out[:m], act)
+
+    return run
+
+
+def _states(ex: Executor, node, inputs: StepInputs) -> list:
+    """Each core's recurrent state of the node's layer, for the step's slots."""
+    states = [ex.kv[c][node.layer] for c in range(ex.tp)]
+    first, b = inputs.first_slot, inputs.batch
+    return [s.of_slots(first, b) if first or b != s.slots else s for s in states]
+
+
+def bind_shift(ex: Executor, step: Step) -> Op:
+    node = step.node
+    xs, outs, which = ex.views(node.inputs[0]), ex.views(node.out), node.attrs["state"]
+
+    def run(inputs: StepInputs) -> None:
+        m = inputs.rows
+        for x, out, state in zip(xs, outs, _states(ex, node, inputs), strict=True):
+            recurrent.shift(x[:m], getattr(state, which), inputs.start, inputs.valid, inputs.tokens, out[:m])
+
+    return run
+
+
+def bind_mix(ex: Executor, step: Step) -> Op:
+    node = step.node
+    xs, ss, outs = ex.views(node.inputs[0]), ex.views(node.inputs[1]), ex.views(node.out)
+    ws = ex.params(node, 0)  # vectors stay fp32 arrays
+
+    def run(inputs: StepInputs) -> None:
+        m = inputs.rows
+        for x, shifted, w, out in zip(xs, ss, ws, outs, strict=True):
+            recurrent.mix(x[:m], shifted[:m], w, out[:m])
+
+    return run
+
+
+def bind_wkv(ex: Executor, step: Step) -> Op:
+    node = step.node
+    ks, vs, outs = ex.views(node.inputs[0]), ex.views(node.inputs[1]), ex.views(node.out)
+    decays, firsts = ex.params(node, 0), ex.params(node, 1)
+
+    def run(inputs: StepInputs) -> None:
+        m = inputs.rows
+        for k, v, decay, first, out, s in zip(ks, vs, decays, firsts, outs, _states(ex, node, inputs), strict=True):
+            recurrent.wkv(k[:m], v[:m], decay, first, s.num, s.den, s.max, inputs.start, inputs.valid,
+                          inputs.tokens, out[:m])  # fmt: skip
+
+    return run
+
+
+def bind_scale(ex: Executor, step: Step) -> Op:
+    node = step.node
+    xs, factor = ex.views(node.inputs[0]), np.float32(node.attrs["factor"])
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, step.last)
+        for x in xs:
+            x[:m] *= factor
 
     return run

@@ -17,6 +17,7 @@ from tilesim.device.kernels.elementwise import add_cost, embed_cost
 from tilesim.device.kernels.matmul import linear_cost
 from tilesim.device.kernels.moe import moe_cost
 from tilesim.device.kernels.norms import norm_cost
+from tilesim.device.kernels.recurrent import shift_cost, wkv_cost
 from tilesim.device.kernels.rotary import rope_cost
 from tilesim.runtime.graph import Node
 
@@ -104,3 +105,24 @@ def moe(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> Ker
         weight_bytes_per_elem=t.weight_bytes.get(gate, 4.0), router_bytes_per_elem=t.weight_bytes.get(router, 4.0),
         act_bytes=t.act_bytes, dtype=t.precision.product_dtype(fmt), variant=fmt,
     )  # fmt: skip
+
+
+def shift(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    return shift_cost(rows, shape.batch, t.sp.widths[node.out][core], act_bytes=t.act_bytes)
+
+
+def mix(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    return activation_cost(_elements(t, node, core, rows), kind="mix", inputs=2, act_bytes=t.act_bytes, dtype=t.dtype)
+
+
+def wkv(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    return wkv_cost(rows, shape.batch, t.sp.widths[node.out][core], act_bytes=t.act_bytes)
+
+
+def mul(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    return activation_cost(_elements(t, node, core, rows), kind="mul", inputs=2, act_bytes=t.act_bytes, dtype=t.dtype)
+
+
+def scale(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    n = rows * t.sp.widths[node.inputs[0]][core]
+    return activation_cost(n, kind="scale", act_bytes=t.act_bytes, dtype=t.dtype)

@@ -129,7 +129,7 @@ def generate(
                 new[i].append(token)
                 if on_token:
                     on_token(i, token)
-            if token in eos:
+            if logits is not None and token in eos:  # timing-only makes no tokens: it runs them all
                 done[i] = True
         lengths += 1
         if step > 0:

@@ -205,6 +205,37 @@ class GraphBuilder:
         params = [router, *(p for triple in experts for p in triple)]
         return self._node("moe", out, [x], params, "mlp", k=k, experts=len(experts), width=width)
 
+    # -- RWKV's recurrent ops (device/kernels/recurrent.py) ----------------------------
+
+    def shift(self, x: str, state: str, op_type: str) -> str:
+        """Token shift of `x` (full width): each row gets the previous token's; `state` names
+        the layer's state row it keeps ("att_shift" or "ffn_shift")."""
+        out = self._value("shifted", self.values[x].width)
+        return self._node("shift", out, [x], [], op_type, state=state)
+
+    def mix(self, x: str, shifted: str, weight: str, op_type: str) -> str:
+        width = self.values[x].width
+        self._param(weight, (width,))
+        out = self._value("mixed", width)
+        return self._node("mix", out, [x, shifted], [weight], op_type)
+
+    def wkv(self, k: str, v: str, time_decay: str, time_first: str) -> str:
+        """The WKV recurrence over channels split like `k` (its state stays on the core)."""
+        src = self.values[k]
+        for name in (time_decay, time_first):
+            self._param(name, (src.width,), "out")
+        out = self._value("wkv", src.width, src.split)
+        return self._node("wkv", out, [k, v], [time_decay, time_first], "attention")
+
+    def mul(self, a: str, b: str, op_type: str) -> str:
+        src = self.values[b]
+        out = self._value("mul", src.width, src.split)
+        return self._node("mul", out, [a, b], [], op_type)
+
+    def scale(self, x: str, factor: float) -> None:
+        """x *= factor, in place (RWKV's rescaling: halving is exact)."""
+        self._node("scale", None, [x], [], "residual", factor=factor)
+
     def act(self, x: str, kind: str, op_type: str = "mlp") -> str:
         src = self.values[x]
         out = self._value(kind, src.width, src.split, src.heads)

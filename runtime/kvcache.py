@@ -93,3 +93,37 @@ class KVCache:
             out,
             slopes,
         )
+
+
+def state_arrays(batch: int, hidden: int, channels: int) -> dict[str, tuple[tuple, np.dtype]]:
+    """The arrays of one RWKV layer's recurrent state on a core (fp32, as transformers keeps
+    it): the two token-shift rows (time mix, channel mix) and the core's WKV channels."""
+    f32 = np.dtype(np.float32)
+    return {
+        "att_shift": ((batch, hidden), f32),
+        "ffn_shift": ((batch, hidden), f32),
+        "num": ((batch, channels), f32),
+        "den": ((batch, channels), f32),
+        "max": ((batch, channels), f32),
+    }
+
+
+@dataclass
+class RecurrentState:
+    """One layer's recurrent state on one core (RWKV): what a KV cache is to attention."""
+
+    att_shift: np.ndarray
+    ffn_shift: np.ndarray
+    num: np.ndarray
+    den: np.ndarray
+    max: np.ndarray
+
+    @property
+    def slots(self) -> int:
+        return self.att_shift.shape[0]
+
+    def of_slots(self, first: int, count: int) -> RecurrentState:
+        if first < 0 or first + count > self.slots:
+            raise ValueError(f"slots {first}..{first + count - 1} are outside the state's {self.slots}")
+        part = slice(first, first + count)
+        return RecurrentState(*(a[part] for a in (self.att_shift, self.ffn_shift, self.num, self.den, self.max)))

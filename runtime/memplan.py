@@ -50,11 +50,12 @@ class MemoryPlan:
     rows: int  # activation rows of the largest step (prefill batch x prefill tokens, at least batch)
     notes: list[str] = field(default_factory=list)
     reserved: dict[str, int] = field(default_factory=dict)  # per core: the runtime's categories (CoreSpec.reserved)
+    kv_kind: str = "kv_cache"  # or "recurrent_state" (RWKV): what `kv_cache` holds
 
     def per_core(self, core: int) -> dict[str, int]:
         return {
             "weights": self.weights[core],
-            "kv_cache": self.kv_cache[core],
+            self.kv_kind: self.kv_cache[core],
             "activations": self.activations[core],
             **self.reserved,
         }
@@ -71,6 +72,7 @@ def plan_memory(
     all_logits: bool = False,
     prefill_batch: int | None = None,
     programs: int = 1,
+    kv_kind: str = "kv_cache",
 ) -> MemoryPlan:
     """Plan every core's memory; raises OutOfTileMemory (with per-core totals) if it cannot fit.
 
@@ -98,7 +100,8 @@ def plan_memory(
     if device.spec.core.program_bytes:
         reserved["compiled_programs"] = programs * aligned(device.spec.core.program_bytes)
     regions.update(dict.fromkeys(reserved, "offchip" if device.spec.core.offchip_bytes else "tiles"))
-    plan = MemoryPlan(weights, kv, activations, regions, layouts, rows, reserved=reserved)
+    regions.setdefault("recurrent_state", regions["kv_cache"])
+    plan = MemoryPlan(weights, kv, activations, regions, layouts, rows, reserved=reserved, kv_kind=kv_kind)
     _fit(plan, graph, device)
     return plan
 
@@ -191,7 +194,8 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:
             plan.notes.append(f"activations ({fmt_bytes(moved)} per core) do not fit in tile memory: placed off-chip")
     for region in ("offchip", "tiles"):  # off-chip first: there, the weights are what does not fit
         if need[region] > capacity[region]:
-            label = {"weights": "weights", "kv_cache": "KV cache", "activations": "activations"}
+            label = {"weights": "weights", "kv_cache": "KV cache", "activations": "activations",
+                     "recurrent_state": "recurrent state"}  # fmt: skip
             parts = ", ".join(
                 f"{label.get(kind, kind.replace('_', ' '))} {fmt_bytes(n)}"
                 for kind, n in plan.per_core(worst).items()

@@ -44,6 +44,11 @@ OPS: dict[str, OpEntry] = {
     "add": OpEntry(bind.bind_add, costs.add),
     "select_last": OpEntry(bind.bind_select_last, costs.select_last),
     "moe": OpEntry(bind.bind_moe, costs.moe),
+    "shift": OpEntry(bind.bind_shift, costs.shift),
+    "mix": OpEntry(bind.bind_mix, costs.mix),
+    "wkv": OpEntry(bind.bind_wkv, costs.wkv),
+    "mul": OpEntry(bind.bind_mul, costs.mul),
+    "scale": OpEntry(bind.bind_scale, costs.scale, in_place=True),
     # fused forms (runtime/program.py decides them)
     "add_norm": OpEntry(bind.bind_add_norm),
     "linear_group": OpEntry(bind.bind_linear),

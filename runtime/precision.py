@@ -39,14 +39,15 @@ def _held(activations: str) -> str:
 
 def weight_class(param: str) -> str:
     """The class a canonical weight belongs to, for reports: attention, mlp, embedding, ..."""
-    if param.endswith(".bias") or "norm" in param:
+    parts = param.split(".")
+    if param.endswith(".bias") or "norm" in param or any(p.startswith("ln") or p.endswith("_ln") for p in parts):
         return "norms and biases"
     if param.startswith(("embed.", "pos.")):
         return "embedding"
     if param.startswith("lm_head."):
         return "lm_head"
-    part = param.split(".")[2]
-    return "attention" if part in ("q", "k", "v", "o") else "mlp"
+    part = parts[2] if len(parts) > 2 else parts[0]
+    return "attention" if part in ("q", "k", "v", "o", "att") else "mlp"  # att: RWKV's time mix
 
 
 @dataclass(frozen=True)

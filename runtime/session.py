@@ -15,7 +15,7 @@ from tilesim.device.device import Device
 from tilesim.device.memory import Block
 from tilesim.runtime import memplan
 from tilesim.runtime.buckets import Buckets
-from tilesim.runtime.kvcache import KVCache, kv_arrays
+from tilesim.runtime.kvcache import KVCache, RecurrentState, kv_arrays, state_arrays
 from tilesim.runtime.program import Program
 from tilesim.runtime.timing import StepShape
 
@@ -71,7 +71,13 @@ def place(
     graph, tp = program.graph, program.tp
     buckets = buckets or Buckets.make(max_context)
     d = graph.head_dim
-    kv_layouts = [kv_arrays(kv_format, batch, hi - lo, max_context, d) for lo, hi in program.sp.kv_heads]
+    recurrent = graph.meta.get("recurrent")
+    if recurrent:  # RWKV: a fixed state per layer instead of a KV cache
+        channels = program.sp.widths[recurrent]
+        kv_layouts = [state_arrays(batch, graph.meta["hidden"], channels[c]) for c in range(tp)]
+    else:
+        kv_layouts = [kv_arrays(kv_format, batch, hi - lo, max_context, d) for lo, hi in program.sp.kv_heads]
+    kind = "recurrent_state" if recurrent else "kv_cache"
     kv_sizes = [[int(np.prod(shape)) * dt.itemsize for shape, dt in layout.values()] for layout in kv_layouts]
     plan = memplan.plan_memory(
         program,
@@ -83,6 +89,7 @@ def place(
         all_logits=all_logits,
         prefill_batch=prefill_batch,
         programs=buckets.programs,
+        kv_kind=kind,
     )
     plan.notes[:0] = notes
     if replacing is not None:
@@ -98,10 +105,10 @@ def place(
             arrays = {}
             for name, (shape, dt) in kv_layouts[core].items():
                 nbytes = int(np.prod(shape)) * dt.itemsize
-                block = memplan.place(plan, device, core, "kv_cache", nbytes, f"kv.{layer}.{name}")
+                block = memplan.place(plan, device, core, kind, nbytes, f"{kind}.{layer}.{name}")
                 session.blocks.append((core, block))
                 arrays[name] = memory.view(block, dt, shape) if views else None
-            session.kv[core].append(KVCache(kv_format, **arrays))
+            session.kv[core].append(RecurrentState(**arrays) if recurrent else KVCache(kv_format, **arrays))
         block = memplan.place(plan, device, core, "activations", plan.layouts[core].total, "activations")
         session.blocks.append((core, block))
         activation_blocks.append(block)

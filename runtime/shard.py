@@ -139,6 +139,8 @@ def _head_split(graph: DecoderGraph, tp: int, pad_heads: bool):
     {False: query heads per core, True: key/value heads per core}). Ranges are of head
     indices in the padded layout when padding appends heads, and of real heads otherwise."""
     nh, nkv = graph.heads, graph.kv_heads
+    if nh == 0:  # no attention (RWKV): nothing is split by heads
+        return [(0, 0)] * tp, [(0, 0)] * tp, (0, 0), {False: 0, True: 0}
     group = nh // nkv
     if nh % tp == 0 and (nkv % tp == 0 or tp % nkv == 0):
         per = nh // tp

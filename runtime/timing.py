@@ -86,10 +86,11 @@ def context_for(graph, needed: int, asked: int | None = None) -> int:
 
 def position_limit(graph) -> int | None:
     """The most positions a run of `graph` may use: its learned position table's rows, or
-    None for rotary positions and ALiBi biases, which extend past the config's `max_position_embeddings`
-    (transformers-neuronx runs Llama-2 at 8k on a 4k config; quality beyond is the user's call)."""
+    None for rotary positions, ALiBi biases and recurrent models (RWKV), which extend past the
+    config's `max_position_embeddings` (transformers-neuronx runs Llama-2 at 8k on a 4k config;
+    quality beyond is the user's call)."""
     relative = any(n.op == "rope" or (n.op == "attention" and n.attrs.get("alibi") is not None) for n in graph.nodes)
-    return None if relative else graph.max_positions
+    return None if relative or graph.meta.get("recurrent") else graph.max_positions
 
 
 class StepTimer:

@@ -60,7 +60,11 @@ def timeline(result, path: Path) -> None:
     kv = np.asarray(steps.kv_positions) * memory["kv_bytes_per_position"] / 2**30
     axes[1].step(t, kv, where="pre", label="KV cache in use")
     axes[1].axhline(
-        memory["by_kind"]["kv_cache"] / 2**30, color="#999999", lw=0.8, ls="--", label="KV cache reserved by the slots"
+        memory["by_kind"].get("kv_cache", 0) / 2**30,
+        color="#999999",
+        lw=0.8,
+        ls="--",
+        label="KV cache reserved by the slots",
     )
     axes[1].set_ylabel(f"GiB on core {memory['core']}")
     axes[1].legend(loc="upper right", fontsize=8)

@@ -312,6 +312,7 @@ def _memory(model, slots: int) -> dict:
         "core": worst,
         "by_kind": plan.per_core(worst),
         "kv_bytes_per_position": plan.kv_cache[worst] / (slots * model.max_context),
+        "kv_kind": plan.kv_kind,
         "capacity": spec.offchip_bytes or spec.tile_memory_bytes,
     }
 

@@ -25,6 +25,9 @@ PROFILE = "deep" if os.environ.get("TILESIM_DEEP") else "quick" if os.environ.ge
 settings.load_profile(PROFILE)
 
 VOCAB = 101
+# RWKV's recurrence exponentiates its keys: at 3x the initializer's scale a rounding of k is
+# amplified far past what trained checkpoints see, so it keeps the initializer's scale
+WEIGHT_SCALE = {"rwkv": 1.0}
 
 
 def configs():
@@ -75,6 +78,18 @@ def configs():
                 **common,
             ),
             [1, 3, 6],
+        ),
+        "rwkv": (  # RWKV-4; rescale_every=2 over 4 layers exercises transformers' inference rescaling
+            T.RwkvConfig(
+                hidden_size=48,
+                num_hidden_layers=4,
+                attention_hidden_size=48,
+                intermediate_size=96,
+                context_length=256,
+                rescale_every=2,
+                **common,
+            ),
+            [1, 2, 3, 5],
         ),
         "llama_gguf": (
             T.LlamaConfig(
@@ -193,7 +208,7 @@ def save_tiny(name: str, folder: Path, seed: int = 0) -> Path:
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # random weights at initializer scale give near-uniform logits; spread them
         for p in model.parameters():
-            p.mul_(3.0)
+            p.mul_(WEIGHT_SCALE.get(name, 3.0))
     model.save_pretrained(folder)
     _save_word_tokenizer(folder)
     return folder

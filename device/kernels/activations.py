@@ -52,6 +52,19 @@ def _relu(x, out):
 
 
 @njit(cache=True)
+def _sigmoid(x, out):
+    for i in range(x.shape[0]):
+        out[i] = np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-x[i])))
+
+
+@njit(cache=True)
+def _relu_square(x, out):  # RWKV's channel mix: relu(x) ** 2
+    for i in range(x.shape[0]):
+        v = x[i] if x[i] > 0 else np.float32(0.0)
+        out[i] = v * v
+
+
+@njit(cache=True)
 def _silu_mul(gate, up, out):
     for i in range(gate.shape[0]):
         g = gate[i]
@@ -97,6 +110,16 @@ def relu(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def sigmoid(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    _sigmoid(_flat(x), _flat(out))
+    return out
+
+
+def relu_square(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    _relu_square(_flat(x), _flat(out))
+    return out
+
+
 def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray) -> np.ndarray:
     """SwiGLU: silu(gate) * up, element by element."""
     _silu_mul(_flat(gate), _flat(up), _flat(out))
@@ -109,12 +132,16 @@ def softmax_rows(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-ACTIVATIONS = {"gelu_tanh": gelu_tanh, "gelu_exact": gelu_exact, "silu": silu, "relu": relu}
+ACTIVATIONS = {
+    "gelu_tanh": gelu_tanh, "gelu_exact": gelu_exact, "silu": silu, "relu": relu, "sigmoid": sigmoid,
+    "relu_square": relu_square,
+}  # fmt: skip
 
 
 def activation_cost(n: int, *, kind: str, inputs: int = 1, act_bytes: int = 4, dtype: str = "fp32") -> KernelCost:
     """A handful of FLOPs per element (transcendentals counted as 4); inputs read, out written."""
-    per = {"relu": 1, "silu": 6, "gelu_tanh": 10, "gelu_exact": 10, "silu_mul": 7, "softmax": 6}[kind]
+    per = {"relu": 1, "silu": 6, "gelu_tanh": 10, "gelu_exact": 10, "silu_mul": 7, "softmax": 6, "sigmoid": 6,
+           "relu_square": 2, "mul": 1, "scale": 1, "mix": 3}[kind]  # fmt: skip
     return KernelCost(kind, "elementwise", per * n, dtype, {"activations": (inputs + 1) * n * act_bytes})
 
 

@@ -54,6 +54,15 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0)
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    (x,) = _f64(x)
+    return 1 / (1 + np.exp(-x))
+
+
+def relu_square(x: np.ndarray) -> np.ndarray:
+    return relu(x) ** 2
+
+
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return silu(gate) * np.asarray(up, np.float64)
 
@@ -135,3 +144,37 @@ def moe(x, router, gates, ups, downs, k: int) -> np.ndarray:
             g, u, d = _f64(gates[e], ups[e], downs[e])
             out[r] += weight * (silu_mul(g @ x[r], u @ x[r]) @ d.T)
     return out
+
+
+def token_shift(x, state, start, valid, tokens: int):
+    """(shifted rows, new state) in float64; see recurrent.shift."""
+    (x,) = _f64(x)
+    state = np.array(state, np.float64)
+    out = np.zeros_like(x)
+    for b in range(state.shape[0]):
+        rows = x[b * tokens : (b + 1) * tokens]
+        out[b * tokens] = state[b] if start[b] > 0 else 0.0
+        out[b * tokens + 1 : (b + 1) * tokens] = rows[:-1]
+        if valid[b] > 0:
+            state[b] = rows[valid[b] - 1]
+    return out, state
+
+
+def wkv(k, v, time_decay, time_first, state, start, valid, tokens: int):
+    """RWKV-4's WKV in float64, in its plain form: out_t = (a + e^(u + k_t) v_t) / (b + e^(u + k_t)),
+    then a <- e^w a + e^k_t v_t, b <- e^w b + e^k_t, w = -exp(time_decay). `state` is (a, b) as
+    numerator and denominator without the running maximum (that is only for fp32's range)."""
+    k, v, decay, first = _f64(k, v, time_decay, time_first)
+    a, b_ = (np.array(s, np.float64) for s in state)
+    out = np.zeros_like(k)
+    w = np.exp(-np.exp(decay))
+    for s in range(a.shape[0]):
+        if start[s] == 0:
+            a[s], b_[s] = 0.0, 0.0
+        for t in range(valid[s]):
+            r = s * tokens + t
+            e = np.exp(first + k[r])
+            out[r] = (a[s] + e * v[r]) / (b_[s] + e)
+            a[s] = w * a[s] + np.exp(k[r]) * v[r]
+            b_[s] = w * b_[s] + np.exp(k[r])
+    return out, (a, b_)

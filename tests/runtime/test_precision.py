@@ -26,7 +26,7 @@ def greedy_with_logits(model, steps=STEPS):
     return out.tokens[0], [step[0] for step in out.logits]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "opt", "glm", "bloom", "mixtral"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "opt", "glm", "bloom", "mixtral", "rwkv"])
 @pytest.mark.parametrize(("dtype", "kv"), list(BOUNDS))
 def test_logits_stay_within_the_bound_and_greedy_agrees_where_it_must(tiny_model, greedy_rule, arch, dtype, kv):
     folder = str(tiny_model(arch))

@@ -47,6 +47,8 @@ def workload(n=10, seed=3):
         ("llama", 6, "static", None),
         ("gpt2", 3, "chunked", 16),
         ("opt", 1, "static", None),
+        ("rwkv", 3, "chunked", 6),
+        ("rwkv", 2, "continuous", None),
     ],
 )
 def test_every_request_gets_transformers_greedy_tokens(tiny_model, greedy_rule, arch, tp, scheduler, chunk):

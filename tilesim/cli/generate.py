@@ -38,7 +38,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         help="HF checkpoint folder, .gguf file, short name (smollm2), or with --timing-only a named config "
-        "(llama-2-7b, llama-2-13b, llama-2-70b, opt-13b, opt-30b, opt-66b, chatglm2-6b, bloom-7b1, mixtral-8x7b)",
+        "(llama-2-7b, llama-2-13b, llama-2-70b, opt-13b, opt-30b, opt-66b, chatglm2-6b, bloom-7b1, mixtral-8x7b, "
+        "rwkv-4-169m-pile)",
     )
     p.add_argument("--device", default="trn1", help="device preset (see `tilesim devices`)")
     p.add_argument("--cores", type=int, default=None, help="cores of the device (default: the TP degree)")

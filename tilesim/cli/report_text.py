@@ -44,6 +44,7 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
                 "core": str(core),
                 "weights": fmt_bytes(entry.get("weights", 0)),
                 "KV cache": fmt_bytes(entry.get("kv_cache", 0)),
+                **({"state": fmt_bytes(entry["recurrent_state"])} if "recurrent_state" in entry else {}),
                 "activations": fmt_bytes(entry.get("activations", 0)),
                 **({"runtime": fmt_bytes(sum(entry.get(k, 0) for k in reserved))} if reserved else {}),
                 "peak": fmt_bytes(entry["peak"]),
@@ -55,7 +56,7 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
             else:
                 rows.append(row)
         print("\nmemory per core")
-        print_table(rows, right=("weights", "KV cache", "activations", "runtime", "peak"))
+        print_table(rows, right=("weights", "KV cache", "state", "activations", "runtime", "peak"))
         if memory["reserved"]:
             parts = ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in memory["reserved"].items())
             print(f"runtime memory per core (the device runtime's own, as its tools report it): {parts}")

@@ -165,7 +165,7 @@ def print_summary(s: dict) -> None:
     allocated = sum(mem["allocated"].values())
     print(
         f"memory on core {mem['core']}: {fmt_bytes(allocated)} of {fmt_bytes(mem['capacity'])} allocated "
-        f"(KV cache {fmt_bytes(mem['allocated']['kv_cache'])} for the slots; at most "
+        f"(KV cache {fmt_bytes(mem['allocated'].get('kv_cache', 0))} for the slots; at most "
         f"{fmt_bytes(mem['kv_in_use_max'])} of it in use)"
     )
     programs = list(s["programs"].items())

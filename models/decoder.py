@@ -154,6 +154,9 @@ def build_graph(cfg: ModelConfig) -> DecoderGraph:
     last = g.select_last(x)
     head = "embed.weight" if cfg.tie_embeddings else "lm_head.weight"
     logits = g.lm_head(last, head, "lm_head.bias" if cfg.lm_head_bias else None)
-    return g.build(
+    graph = g.build(
         logits, bos_token_id=cfg.bos_token_id, eos_token_ids=cfg.eos_token_ids, pad_token_id=cfg.pad_token_id
     )
+    if cfg.experts:
+        graph.meta["experts"] = (cfg.experts, cfg.experts_per_token)
+    return graph

@@ -265,13 +265,17 @@ def bind_moe(ex: Executor, step: Step) -> Op:
         experts = [tuple(packs[1 + 3 * e : 4 + 3 * e]) for e in range(n)]
         cores.append((xs[c], outs[c], packs[0], experts))
     act = ex.product_act
+    counts = ex.routing.setdefault(node.layer, np.zeros(n, np.int64))  # tokens each expert got (report)
 
     def run(inputs: StepInputs) -> None:
         m = ex.rows(inputs, after)
-        for x, out, router, experts in cores:
+        for c, (x, out, router, experts) in enumerate(cores):
             logits = quant.linear(x[:m], router, None, np.empty((m, n), np.float32), act)
             idx, weights = moe.route(logits, k)
             moe.experts(x[:m], idx, weights, experts, out[:m], act)
+            if c == 0:  # every core routes the same rows alike: count them once, real rows only
+                real = idx if m == inputs.batch else idx[(np.arange(inputs.tokens) < inputs.valid[:, None]).ravel()]
+                np.add(counts, np.bincount(real.ravel(), minlength=n), out=counts)
 
     return run
 

@@ -98,12 +98,15 @@ def select_last(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape
 
 def moe(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
     router, gate = node.params[0], node.params[1]
-    width, hidden = t.sp.local_shape(gate, t.graph.params[gate].shape, core)
+    n = node.attrs["experts"]
+    shapes = [t.sp.local_shape(g, t.graph.params[g].shape, core) for g in node.params[1::3]]
+    held = [s for s in shapes if s[0]]  # the experts this core holds a slice of
+    width, hidden = max(held) if held else (0, shapes[0][1])
     fmt = t.formats.get(gate, "fp32")
     return moe_cost(
-        rows, hidden, width, node.attrs["experts"], node.attrs["k"],
+        rows, hidden, width, n, node.attrs["k"],
         weight_bytes_per_elem=t.weight_bytes.get(gate, 4.0), router_bytes_per_elem=t.weight_bytes.get(router, 4.0),
-        act_bytes=t.act_bytes, dtype=t.precision.product_dtype(fmt), variant=fmt,
+        act_bytes=t.act_bytes, dtype=t.precision.product_dtype(fmt), variant=fmt, held=len(held),
     )  # fmt: skip
 
 

@@ -55,6 +55,7 @@ class Executor:
             raise ValueError("16-bit activations round every op's output: lower the Program with fuse=False")
         self.product_act = "int8" if act_dtype == "int8" else "fp32"  # x as the products take it
         self.logits: np.ndarray | None = None
+        self.routing: dict[int, np.ndarray] = {}  # layer -> tokens routed to each expert (mixtures of experts)
         self.ops: list[Op] = []
         for step in [] if null else program.steps:
             op = OPS[step.kind].bind(self, step)

@@ -98,6 +98,8 @@ def generate(
     )
     wall_decode, decode_steps = 0.0, 0
     clock = 0.0
+    for counts in model.executor.routing.values():  # this run's routing only
+        counts[:] = 0
     for step in range(max_new_tokens):
         timing = model.timer.time(shape)
         t0 = time.perf_counter()
@@ -146,14 +148,38 @@ def generate(
         "decode_s": wall_decode,
         "decode_tokens_per_s": (decode_steps * b / wall_decode) if wall_decode > 0 else 0.0,
     }
+    report = build_report(trace)
+    if model.graph.meta.get("experts"):
+        processed = sum(len(p) for p in prompts) + sum(s.tokens for s in trace.steps if s.phase == "decode")
+        report["experts"] = experts_report(model, processed)
     return GenerateOutput(
         tokens=[np.array(t, dtype=np.int64) for t in new],
         prompt_tokens=[np.array(p, dtype=np.int64) for p in prompts],
-        report=build_report(trace),
+        report=report,
         trace=trace,
         logits=kept_logits if return_logits else None,
         finished=done,
     )
+
+
+def experts_report(model: Model, tokens: int) -> dict:
+    """Tokens per expert: as the data routed them (functional runs), and as the timing assumes
+    them (uniform: the step's cost is static, device/kernels/moe.py)."""
+    n, k = model.graph.meta["experts"]
+    routed = model.executor.routing
+    out = {
+        "experts": n,
+        "per_token": k,
+        "sharding": model.moe,
+        "timing_assumes": "uniform routing",
+        "uniform_tokens_per_expert": tokens * k / n,  # per layer
+    }
+    if routed and not model.timing_only:
+        per_layer = [routed[layer].tolist() for layer in sorted(routed)]
+        out["tokens_per_expert"] = per_layer
+        total = np.sum(per_layer, axis=0)
+        out["imbalance"] = float(total.max() / total.mean()) if total.mean() else None
+    return out
 
 
 def check_prompts(model: Model, prompts, max_new_tokens: int) -> list[list[int]]:

@@ -60,6 +60,7 @@ class Model:
         progress: Callable | None = None,
         prefill_buckets: Sequence[int] | None = None,
         decode_buckets: Sequence[int] | None = None,
+        moe: str = "tp",
     ):
         start = time.perf_counter()
         if tp > device.num_cores:
@@ -89,7 +90,8 @@ class Model:
             self.notes.append(beyond)
         self.formats = weights.storage_formats(self.graph, self.precision, checkpoint)
         blocky = any(f in weights.BLOCK_FORMATS for f in self.formats.values())
-        self.sp = shard.plan(self.graph, tp, granule=weights.BLOCK if blocky else 1, pad_heads=pad_heads)
+        self.sp = shard.plan(self.graph, tp, granule=weights.BLOCK if blocky else 1, pad_heads=pad_heads, moe=moe)
+        self.moe = moe
         if self.sp.heads[0] != self.graph.heads:
             extra = self.sp.heads[0] / self.graph.heads - 1
             kv = self.graph.kv_heads

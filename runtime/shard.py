@@ -67,9 +67,13 @@ class ShardPlan:
         return param in self.local_rows or param in self.local_cols
 
 
-def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False) -> ShardPlan:
+def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False, moe: str = "tp") -> ShardPlan:
     """Split `graph` over `tp` cores; raises ShardingError when the heads do not allow it
     (unless `pad_heads`, for models whose key/value heads equal their query heads).
+
+    `moe`: how a mixture of experts is split: "tp" (every expert over every core, by its
+    width) or "ep" (whole experts on cores: E / tp experts each, or each expert over tp / E
+    cores; `_expert_parallel`).
 
     Feature splits that are not by heads fall on multiples of `granule` where the width
     allows (32 keeps llama.cpp's blocks of 32 weights whole on one core).
@@ -125,8 +129,46 @@ def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False
                     sp.local_cols[param] = sp.widths[node.inputs[0]]
             else:
                 sp.rows[param] = full
+    if moe == "ep":
+        for node in graph.nodes:
+            if node.op == "moe":
+                _expert_parallel(sp, graph, node, tp)
+    elif moe != "tp":
+        raise ShardingError(f"moe={moe!r}: use tp (experts split by width) or ep (whole experts on cores)")
     sp.nodes = _with_collectives(graph, tp)
     return sp
+
+
+def _expert_parallel(sp: ShardPlan, graph: DecoderGraph, node: Node, tp: int) -> None:
+    """Whole experts on cores: core c holds experts c E/tp .. (c+1) E/tp - 1 (E >= tp), or a
+    width slice of expert c // (tp/E) (tp > E). Cores hold empty slices of the others."""
+    n, width = node.attrs["experts"], node.attrs["width"]
+    if not (n % tp == 0 or tp % n == 0):
+        raise ShardingError(
+            f"{graph.name}: {n} experts cannot be placed whole on {tp} cores (expert parallel needs the experts to "
+            f"divide by the cores or the reverse); use moe='tp' or a degree such as "
+            f"{', '.join(map(str, _ep_degrees(n)))}"
+        )
+    for e in range(n):
+        gate, up, down = node.params[1 + 3 * e : 4 + 3 * e]
+        if n >= tp:
+            owner = e // (n // tp)
+            spans = [(0, width) if c == owner else (0, 0) for c in range(tp)]
+        else:
+            group = tp // n
+            part = _split(width, group)
+            spans = [part[c % group] if c // group == e else (0, 0) for c in range(tp)]
+        sp.rows[gate] = sp.rows[up] = spans
+        sp.cols[down] = spans
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    b = bounds(n, parts)
+    return [(b[i], b[i + 1]) for i in range(parts)]
+
+
+def _ep_degrees(n: int) -> list[int]:
+    return sorted({d for d in range(1, n + 1) if n % d == 0} | {n * 2, n * 4})
 
 
 def _wider(ranges: list[tuple[int, int]], widths: list[int]) -> bool:

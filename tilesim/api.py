@@ -55,6 +55,7 @@ def load(
     progress: Callable[[int, int], None] | None = None,
     prefill_buckets: Sequence[int] | None = None,
     decode_buckets: Sequence[int] | None = None,
+    moe: str = "tp",
 ) -> Model:
     """Open a checkpoint and place it, split `tp` ways, on `device`.
 
@@ -67,7 +68,8 @@ def load(
     `act_dtype` and `kv_dtype` set the activations' and the KV cache's (see
     runtime/precision.py). `algo` names the all-reduce algorithm (default: chosen by size).
     `prefill_buckets` and `decode_buckets` are the compiled prompt lengths and KV lengths
-    (runtime/buckets.py; default: powers of two up to `max_context`).
+    (runtime/buckets.py; default: powers of two up to `max_context`). `moe` splits a mixture
+    of experts by each expert's width ("tp") or places whole experts on cores ("ep").
     """
     _check(path_or_name, device, tp, batch, max_context, algo)
     if isinstance(device, str):
@@ -89,4 +91,5 @@ def load(
         progress=progress,
         prefill_buckets=prefill_buckets,
         decode_buckets=decode_buckets,
+        moe=moe,
     )

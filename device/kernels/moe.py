@@ -44,7 +44,7 @@ def experts(
     out[...] = 0.0
     for e, (gate, up, down) in enumerate(packs):
         rows, slot = np.nonzero(idx == e)
-        if not len(rows):
+        if not len(rows) or gate.shape[0] == 0:  # not routed to, or not on this core (expert parallel)
             continue
         xe = np.ascontiguousarray(x[rows])
         width = gate.shape[0]
@@ -73,15 +73,19 @@ def moe_cost(
     act_bytes: int = 4,
     dtype: str = "fp32",
     variant: str = "",
+    held: int | None = None,
 ) -> KernelCost:
-    """Router 2 m E H FLOPs, experts 6 m k H I (gate, up and down of width I on this core);
-    the router's weights and `touched` experts' 3 H I weights read once; x in, out written,
-    and each routed row's gate and up activations."""
-    n_touched = touched(experts_n, k, m)
-    flops = 2.0 * m * experts_n * hidden + 6.0 * m * k * hidden * width
+    """Router 2 m E H FLOPs, experts 6 m k (held / E) H I (gate, up and down of width I on
+    this core, for the share of routed rows that reach the `held` experts it holds: all E
+    when experts are split by width); the router's weights and the held experts that the step
+    touches read once (3 H I each); x in, out written, each routed row's gate and up."""
+    held = experts_n if held is None else held
+    share = held / experts_n
+    n_touched = touched(experts_n, k, m) * share
+    flops = 2.0 * m * experts_n * hidden + 6.0 * m * k * share * hidden * width
     weights = experts_n * hidden * router_bytes_per_elem + n_touched * 3 * hidden * width * weight_bytes_per_elem
-    acts = (2 * m * hidden + 3 * m * k * width) * act_bytes
-    rows_per_expert = max(1, round(m * k / max(n_touched, 1e-9)))
+    acts = (2 * m * hidden + 3 * m * k * share * width) * act_bytes
+    rows_per_expert = max(1, round(m * k * share / max(n_touched, 1e-9)))
     return KernelCost(
         "moe", "matmul", flops, dtype, {"weights": weights, "activations": acts},
         shape=(rows_per_expert, width, hidden), variant=variant,

@@ -81,6 +81,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_bucket_arguments(p)
     speculate.add_arguments(p)
+    p.add_argument("--moe", default="tp", choices=("tp", "ep"),
+                   help="mixture of experts: every expert split over the cores by width (tp), or whole experts "
+                   "on cores (ep)")  # fmt: skip
     p.add_argument("--trace", default=None, metavar="PATH", help="write a Chrome/Perfetto trace (JSON)")
     p.add_argument("--plots", default=None, metavar="DIR", help="write timeline, memory, roofline, breakdown PNGs")
     p.add_argument("--report", action="store_true", help="print the latency and memory report")
@@ -176,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         timing_only=args.timing_only,
         pad_heads=args.pad_heads or args.timing_only,
         progress=progress,
+        moe=args.moe,
         **bucket_lists(args),
     )
     bar.close()

@@ -28,6 +28,17 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         f"simulated tokens per second    {report['sim_tokens_per_s']:.1f} over the whole run, prefill included"
         f"{decode} (batch of {model['batch']})"
     )
+    experts = report.get("experts")
+    if experts:
+        line = (
+            f"mixture of experts             {experts['experts']} experts, {experts['per_token']} per token, "
+            f"split {'by width' if experts['sharding'] == 'tp' else 'whole over the cores'}; timing assumes "
+            f"uniform routing ({experts['uniform_tokens_per_expert']:.1f} tokens per expert and layer)"
+        )
+        if "tokens_per_expert" in experts:
+            total = [sum(col) for col in zip(*experts["tokens_per_expert"], strict=True)]
+            line += f"; routed: {total} over all layers (busiest {experts['imbalance']:.2f}x the mean)"
+        print(line)
     buckets = report.get("buckets")
     if buckets:
         used = ", ".join(f"{k} x{n}" for k, n in buckets["steps"].items())

@@ -65,45 +65,59 @@ def max_rate(
     tolerance: float = 0.02,
     steps: int = 40,
     on_try: Callable[[float, bool], None] | None = None,
+    probes: int = 1,
+    evaluate: Callable[[list[float]], list[dict]] | None = None,
 ) -> RateSearch:
-    """The highest rate (requests/s) at which `run(workload)` (a summary) meets `slo`."""
+    """The highest rate (requests/s) at which `run(workload)` (a summary) meets `slo`.
+
+    Each round tries `probes` rates: doubling (or halving) from `start` until the answer
+    changes, then at geometric steps inside the bracket (one probe: bisection).
+    `evaluate(rates) -> summaries` may run a round's probes at once (`fanout.run_all`); the
+    rates tried, and so the answer, depend only on `probes`."""
     if not start > 0:
         raise WorkloadError(f"the search's starting rate must be positive, not {start!r}")
+    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
+        raise WorkloadError(f"probes={probes!r} must be a whole number of at least 1")
     search = RateSearch(slo, 0.0, None)
+    evaluate = evaluate or (lambda rates: [run(at_rate(unit_workload, r)) for r in rates])
 
-    def attempt(rate: float) -> bool:
-        summary = run(at_rate(unit_workload, rate))
-        ok = meets(summary, slo)
-        search.tried.append((rate, ok))
-        if ok and rate > search.rate:
-            search.rate, search.summary = rate, summary
-        if on_try:
-            on_try(rate, ok)
-        return ok
+    def round_(rates: list[float]) -> tuple[list[float], list[float]]:
+        """(rates that met, rates that did not), each ascending."""
+        met, missed = [], []
+        for rate, summary in zip(rates, evaluate(rates), strict=True):
+            ok = meets(summary, slo)
+            search.tried.append((rate, ok))
+            if ok and rate > search.rate:
+                search.rate, search.summary = rate, summary
+            if on_try:
+                on_try(rate, ok)
+            (met if ok else missed).append(rate)
+        return sorted(met), sorted(missed)
+
+    def narrowed(lo, hi, met, missed):
+        hi = min([*missed, *([hi] if hi is not None else [])], default=None)
+        below = [r for r in met if hi is None or r < hi]
+        lo = max([*below, *([lo] if lo is not None else [])], default=None)
+        return lo, hi
 
     lo = hi = None
-    rate = start
     for _ in range(steps):
-        if attempt(rate):
-            lo = rate
-            if hi is not None:
-                break
-            rate *= 2
+        if lo is None and hi is None:
+            rates = [start * 2.0**i for i in range(probes)]
+        elif hi is None:
+            rates = [lo * 2.0 ** (i + 1) for i in range(probes)]
+        elif lo is None:
+            rates = [hi / 2.0 ** (i + 1) for i in range(probes)]
+            if rates[-1] < start * 2.0**-30:
+                return search  # not even a trickle meets it
         else:
-            hi = rate
-            if lo is not None:
-                break
-            rate /= 2
-        if rate < start * 2.0**-30:
-            return search  # not even a trickle meets it
+            break
+        lo, hi = narrowed(lo, hi, *round_(rates))
     if lo is None or hi is None:
         return search
     for _ in range(steps):
         if hi / lo <= 1 + tolerance:
             break
-        middle = math.sqrt(lo * hi)
-        if attempt(middle):
-            lo = middle
-        else:
-            hi = middle
+        ratio = hi / lo
+        lo, hi = narrowed(lo, hi, *round_([lo * ratio ** (j / (probes + 1)) for j in range(1, probes + 1)]))
     return search

@@ -11,6 +11,7 @@ meets the objectives instead; `--plots DIR`, `--trace PATH`, `--json`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -21,6 +22,7 @@ from tilesim.cli.generate import add_bucket_arguments, bucket_lists
 from tilesim.cli.table import print_table
 from tilesim.device import Device
 from tilesim.errors import ConfigError, ShardingError
+from tilesim.fanout import connect, run_all
 from tilesim.models.named import named_configs
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
@@ -53,6 +55,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-context", type=int, default=None, help="positions per slot (default: the longest request)")
     add_bucket_arguments(p)
     p.add_argument("--slo", default=None, help="search the highest rate meeting e.g. ttft_p90=0.5,tpot_p99=0.05")
+    p.add_argument("--probes", type=int, default=None, help="--slo: rates tried per round (default 1, 4 with --ray)")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS", help="--slo: run each round's probes as Ray tasks")
     p.add_argument("--plots", default=None, metavar="DIR", help="write latency_cdf.png and serving_timeline.png")
     p.add_argument("--trace", default=None, metavar="PATH", help="write the requests as a Chrome/Perfetto trace")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -77,6 +81,15 @@ def run(args: argparse.Namespace) -> int:
     max_context = context_for(checkpoint.graph, needed, args.max_context)
     device = Device(args.device, cores=args.tp, backed=not timing_only)
     dtype = args.dtype or ("bf16" if timing_only and checkpoint.format == "config" else None)
+    spec = (
+        args.model,
+        args.device,
+        args.tp,
+        dtype,
+        max_context,
+        timing_only,
+        tuple(sorted(bucket_lists(args).items())),
+    )
     model = load(
         checkpoint, device, args.tp, dtype=dtype, max_context=max_context, timing_only=timing_only,
         pad_heads=timing_only, **bucket_lists(args),
@@ -84,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.json or not sys.stderr.isatty()
     options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size}
     if args.slo:
-        return _search(args, model, requests, slo, options, quiet)
+        return _search(args, model, spec, requests, slo, options, quiet)
     with tqdm(total=len(requests), desc="serving", unit="req", disable=quiet, leave=False) as bar:
         result = serve(model, requests, progress=bar.update, **options)
     summary = result.summary()
@@ -107,15 +120,25 @@ def _drawn(args: argparse.Namespace, rate: float):
     )  # fmt: skip
 
 
-def _search(args, model, unit_workload, slo, options, quiet) -> int:
+def _search(args, model, spec, unit_workload, slo, options, quiet) -> int:
     bar = tqdm(desc="rate search", unit="run", disable=quiet, leave=False)
 
     def tried(rate: float, ok: bool) -> None:
         bar.update(1)
         bar.set_postfix_str(f"{rate:.3g} req/s {'meets' if ok else 'misses'}")
 
-    search = max_rate(lambda w: serve(model, w, **options).summary(), unit_workload, slo, start=args.rate,
-                      on_try=tried)  # fmt: skip
+    probes = args.probes if args.probes is not None else (4 if args.ray else 1)
+    evaluate, started = None, None
+    if args.ray:  # each task loads the model itself (once per worker) and serves one rate
+        started = connect(args.ray)
+        task = functools.partial(_rate_point, spec, options, tuple(unit_workload))
+        evaluate = functools.partial(run_all, task, ray=args.ray, desc="probes", quiet=True)
+    try:
+        search = max_rate(lambda w: serve(model, w, **options).summary(), unit_workload, slo, start=args.rate,
+                          on_try=tried, probes=probes, evaluate=evaluate)  # fmt: skip
+    finally:
+        if started and started[1]:
+            started[0].shutdown()
     bar.close()
     terms = ", ".join(f"{m}_{s} <= {fmt_time(v)}" for (m, s), v in slo.items())
     if args.json:
@@ -129,6 +152,20 @@ def _search(args, model, unit_workload, slo, options, quiet) -> int:
     if (args.plots or args.trace) and search.summary is not None:  # the run at the rate found
         _write(args, serve(model, at_rate(unit_workload, search.rate), **options))
     return 0 if search.summary is not None else 1
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(spec: tuple):
+    """A model as the driver loaded it, loaded again in a Ray worker (kept for the worker's next task)."""
+    name, device, tp, dtype, max_context, timing_only, buckets = spec
+    return load(
+        name, Device(device, cores=tp, backed=not timing_only), tp, dtype=dtype, max_context=max_context,
+        timing_only=timing_only, pad_heads=timing_only, **dict(buckets),
+    )  # fmt: skip
+
+
+def _rate_point(spec: tuple, options: dict, unit_workload: tuple, rate: float) -> dict:
+    return serve(_loaded(spec), at_rate(unit_workload, rate), **options).summary()
 
 
 def _write(args: argparse.Namespace, result) -> None:

@@ -10,11 +10,10 @@ against the TP degree, one line per device (and dtype).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
-
-from tqdm import tqdm
 
 from tilesim.api import load, open_source
 from tilesim.cli import sweep_slo
@@ -22,6 +21,7 @@ from tilesim.cli.table import print_table
 from tilesim.device import Device
 from tilesim.device.spec import preset_names
 from tilesim.errors import ConfigError, TilesimError, UnknownPreset
+from tilesim.fanout import run_all
 from tilesim.profiler.output import atomic_save, writable_file
 from tilesim.runtime.precision import ACT_DTYPES, WEIGHT_DTYPES
 from tilesim.runtime.timing import context_for
@@ -45,6 +45,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--timing-only", action="store_true", help="time without weights or arithmetic")
     p.add_argument("--plot", default=None, metavar="PATH", help="write time per token against TP degree (PNG)")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS", help="run the points as tasks on a Ray cluster")
     sweep_slo.add_arguments(p)
     p.set_defaults(run=run)
 
@@ -67,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = open_source(args.model, args.timing_only)
     configs = list(itertools.product(devices, degrees, dtypes))
     prompt = [i % checkpoint.graph.vocab_size for i in range(1, args.prompt_len + 1)]
-    rows = []
-    bar = tqdm(configs, desc="sweep", disable=args.json or not sys.stderr.isatty(), leave=False)
-    for preset, tp, dtype in bar:
-        bar.set_postfix_str(f"{preset} tp={tp} {dtype}")
-        rows.append(_run_one(checkpoint, preset, tp, dtype, prompt, args, unit))
+    if args.ray:  # each task opens the checkpoint itself: nothing large passes through the driver
+        fn = functools.partial(_remote_point, args.model, prompt, args, unit)
+    else:
+        fn = functools.partial(_local_point, checkpoint, prompt, args, unit)
+    rows = run_all(fn, configs, ray=args.ray, desc="sweep", quiet=args.json, label=lambda p: f"{p[0]} tp={p[1]} {p[2]}")
     if unit is not None:
         sweep_slo.mark_pareto([r for r in rows if r["fits"]])
     if args.json:
@@ -108,6 +109,14 @@ def _check_points(devices: list[str], degrees: list[int], dtypes: list[str | Non
             raise ConfigError(f"--dtype {spec!r}: unknown activation dtype {act!r}; use one of {', '.join(ACT_DTYPES)}")
     if args.prompt_len < 1 or args.max_new_tokens < 1:
         raise ConfigError("--prompt-len and --max-new-tokens must each be at least 1")
+
+
+def _local_point(checkpoint, prompt, args, unit, point) -> dict:
+    return _run_one(checkpoint, *point, prompt, args, unit)
+
+
+def _remote_point(model: str, prompt, args, unit, point) -> dict:
+    return _run_one(open_source(model, args.timing_only), *point, prompt, args, unit)
 
 
 def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], args, unit=None) -> dict:

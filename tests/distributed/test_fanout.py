@@ -1,0 +1,70 @@
+"""Fanning points out over Ray (a local cluster on 127.0.0.1, started and stopped here): a
+sweep and an SLO rate search give what their serial runs give, in the same order; errors of
+a task arrive as they were raised; without the ray package, one clear line."""
+
+import json
+import sys
+import time
+
+import pytest
+import ray
+
+from tilesim.cli.main import main
+from tilesim.errors import ConfigError, ShardingError
+from tilesim.fanout import run_all
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _slow_square(x):
+    time.sleep(0.05 * (3 - x))  # the first points finish last
+    return x * x
+
+
+def _refuse(x):
+    raise ShardingError(f"point {x} does not split")
+
+
+def test_results_come_back_in_the_points_order(cluster):
+    assert run_all(_slow_square, [0, 1, 2, 3], ray="auto") == [0, 1, 4, 9]
+
+
+def test_an_error_in_a_task_is_raised_as_it_was(cluster):
+    with pytest.raises(ShardingError, match="point 1 does not split"):
+        run_all(_refuse, [1], ray="auto")
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_sweep_on_ray_is_the_serial_sweep(cluster, capsys):
+    argv = ["sweep", "llama-2-7b", "--device", "trn1,inf2", "--tp", "2,8,64", "--timing-only", "--json"]
+    serial = _json(capsys, argv)
+    fanned = _json(capsys, [*argv, "--ray", "auto"])
+    assert fanned == serial and [r["tp"] for r in serial] == [2, 8, 64, 2, 8, 64]
+    assert not serial[2]["fits"], "a point that does not run says why, on Ray too"
+
+
+def test_an_slo_search_on_ray_tries_the_serial_rates(cluster, capsys):
+    argv = ["serve-sim", "llama-2-7b", "--device", "trn1", "--tp", "8", "--requests", "40", "--prompt-len",
+            "fixed:128", "--output-len", "fixed:32", "--slo", "ttft_p90=150ms,tpot_p99=30ms", "--probes", "3",
+            "--json"]  # fmt: skip
+    serial = _json(capsys, argv)
+    fanned = _json(capsys, [*argv, "--ray", "auto"])
+    assert fanned["tried"] == serial["tried"] and fanned["max_rate"] == serial["max_rate"] > 0
+    assert fanned["summary"] == serial["summary"]
+
+
+def test_without_the_ray_package_the_option_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    from tilesim.fanout import connect
+
+    with pytest.raises(ConfigError, match=r"pip install 'tilesim\[ray\]'"):
+        connect("auto")

@@ -1,0 +1,96 @@
+"""Running many independent points (a sweep's configurations, a rate search's probes) one
+after another, or as tasks on a Ray cluster (`ray=` an address, or "auto").
+
+"auto" joins the cluster `ray.init(address="auto")` finds (RAY_ADDRESS, or one started
+with `ray start` on this machine) or else starts a local one bound to 127.0.0.1 for this run;
+an address joins that cluster. A run that started its cluster shuts it down. Results come
+back in the order of the points, whatever order the tasks finish in, so a fanned-out run
+prints what the serial run prints. Errors of the TilesimError family raised in a task are
+raised here as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from tilesim.errors import ConfigError, TilesimError
+
+
+def run_all(
+    fn: Callable[[Any], Any],
+    points: Sequence[Any],
+    *,
+    ray: str | None = None,
+    desc: str = "points",
+    quiet: bool = False,
+    label: Callable[[Any], str] | None = None,
+) -> list[Any]:
+    """[fn(p) for p in points], serially or as Ray tasks, with a progress bar."""
+    quiet = quiet or not sys.stderr.isatty()
+    if ray is None:
+        out = []
+        with tqdm(points, desc=desc, disable=quiet, leave=False) as bar:
+            for p in bar:
+                if label:
+                    bar.set_postfix_str(label(p))
+                out.append(fn(p))
+        return out
+    module, started = connect(ray)
+    try:
+        task = module.remote(_call)
+        shared = module.put(fn)  # one copy of the function (and what it holds) in the object store
+        refs = [task.remote(shared, p) for p in points]
+        pending = list(refs)
+        with tqdm(total=len(refs), desc=f"{desc} (ray)", disable=quiet, leave=False) as bar:
+            while pending:
+                done, pending = module.wait(pending, num_returns=1)
+                bar.update(len(done))
+        return [_result(module, r) for r in refs]
+    finally:
+        if started:
+            module.shutdown()
+
+
+def _call(fn: Callable[[Any], Any], point: Any) -> Any:
+    return fn(point)
+
+
+def connect(address: str):
+    """The ray module, connected; and whether this call started the cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--ray needs the ray package: pip install 'tilesim[ray]'") from None
+    if ray.is_initialized():
+        return ray, False
+    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address != "auto":
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"--ray {address}: cannot join that Ray cluster ({exc})") from None
+        return ray, True
+    try:
+        ray.init(address="auto", **quiet)
+    except (ConnectionError, ValueError, RuntimeError):
+        ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **quiet)
+    return ray, True
+
+
+def cpus(module) -> int:
+    return max(1, int(module.cluster_resources().get("CPU", 1)))
+
+
+def _result(module, ref):
+    try:
+        return module.get(ref)
+    except module.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, TilesimError):
+            raise cause from None
+        raise

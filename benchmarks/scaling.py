@@ -25,14 +25,12 @@ ROUNDS, TOKENS = 3, 24
 
 
 def decode_rate(model, ids) -> float:
+    """Decode tokens/s as generate measures its decode steps alone (a difference of two runs'
+    wall times went negative on a noisy host), best of ROUNDS."""
     best = 0.0
     for _ in range(ROUNDS):
-        t = time.perf_counter()
-        model.generate([ids], max_new_tokens=1, eos_token_id=None)
-        short = time.perf_counter() - t
-        t = time.perf_counter()
-        model.generate([ids], max_new_tokens=TOKENS, eos_token_id=None)
-        best = max(best, (TOKENS - 1) / max(time.perf_counter() - t - short, 1e-9))
+        out = model.generate([ids], max_new_tokens=TOKENS, eos_token_id=None)
+        best = max(best, out.trace.wall["decode_tokens_per_s"])
     return best
 
 
@@ -47,7 +45,8 @@ def split_step(model, ids) -> dict[str, float]:
         def run(inputs):
             t = time.perf_counter()
             op(inputs)
-            spent["collectives" if kind in ("allreduce", "gather_logits") else "kernels"] += time.perf_counter() - t
+            if inputs.tokens == 1:  # decode steps only: the prefill's rows are the prompt's
+                spent["collectives" if kind in ("allreduce", "gather_logits") else "kernels"] += time.perf_counter() - t
 
         return run
 
@@ -56,14 +55,10 @@ def split_step(model, ids) -> dict[str, float]:
         model.generate([ids], max_new_tokens=2, eos_token_id=None)  # warm
         for key in spent:
             spent[key] = 0.0
-        t = time.perf_counter()
-        model.generate([ids], max_new_tokens=1, eos_token_id=None)
-        prefill_wall = time.perf_counter() - t
-        prefill = dict(spent)
-        t = time.perf_counter()
-        model.generate([ids], max_new_tokens=2, eos_token_id=None)
-        wall = time.perf_counter() - t - prefill_wall
-        step = {key: spent[key] - 2 * prefill[key] for key in spent}
+        out = model.generate([ids], max_new_tokens=TOKENS, eos_token_id=None)
+        steps = TOKENS - 1
+        wall = out.trace.wall["decode_s"] / steps
+        step = {key: spent[key] / steps for key in spent}
     finally:
         executor.ops = original
     step["rest"] = max(0.0, wall - step["kernels"] - step["collectives"])

@@ -18,11 +18,12 @@ import sys
 from tilesim.api import load, open_source
 from tilesim.cli import sweep_slo
 from tilesim.cli.table import print_table
+from tilesim.cli.tp_plot import plot_by_tp
 from tilesim.device import Device
 from tilesim.device.spec import preset_names
 from tilesim.errors import ConfigError, TilesimError, UnknownPreset
 from tilesim.fanout import run_all
-from tilesim.profiler.output import atomic_save, writable_file
+from tilesim.profiler.output import writable_file
 from tilesim.runtime.precision import ACT_DTYPES, WEIGHT_DTYPES
 from tilesim.runtime.timing import context_for
 from tilesim.units import fmt_bytes, fmt_time
@@ -178,24 +179,5 @@ def _print(rows: list[dict], name: str, slo: bool = False) -> None:
 
 
 def _plot(rows: list[dict], path: str, name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for device, dtype in dict.fromkeys((r["device"], r["dtype"]) for r in rows):
-        mine = sorted(
-            (r for r in rows if r["device"] == device and r["dtype"] == dtype and r["fits"]), key=lambda r: r["tp"]
-        )
-        if mine:
-            ax.plot([r["tp"] for r in mine], [r["tpot_s"] * 1e3 for r in mine], marker="o", label=f"{device} {dtype}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("tensor-parallel degree")
-    ax.set_ylabel("simulated time per token (ms)")
-    ax.set_title(f"{name}: time per token by TP degree")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=120, format="png"))
-    plt.close(fig)
+    plot_by_tp(rows, path, lambda r: r["tpot_s"] * 1e3, xlabel="tensor-parallel degree",
+               ylabel="simulated time per token (ms)", title=f"{name}: time per token by TP degree")  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from tilesim.cli.table import print_table
-from tilesim.profiler.output import atomic_save
+from tilesim.cli.tp_plot import plot_by_tp
 from tilesim.serving import SCHEDULERS, max_rate, parse_slo, serve, synthetic
 from tilesim.units import fmt_time
 
@@ -82,22 +82,12 @@ def mark_pareto(rows: list[dict]) -> None:
 
 
 def plot_pareto(rows: list[dict], path: str, name: str, slo_text: str) -> None:
-    from tilesim.profiler.plots import _pyplot
+    def front(ax) -> None:
+        best = sorted((r for r in rows if r["pareto"]), key=lambda r: r["tp"])
+        ax.plot([r["tp"] for r in best], [r["max_rate_rps"] for r in best], color="black", lw=2, ls=":",
+                marker="*", markersize=12, label="Pareto front")  # fmt: skip
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for device, dtype in dict.fromkeys((r["device"], r["dtype"]) for r in rows):
-        mine = sorted((r for r in rows if (r["device"], r["dtype"]) == (device, dtype)), key=lambda r: r["tp"])
-        ax.plot([r["tp"] for r in mine], [r["max_rate_rps"] for r in mine], marker="o", label=f"{device} {dtype}")
-    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["tp"])
-    ax.plot([r["tp"] for r in front], [r["max_rate_rps"] for r in front], color="black", lw=2, ls=":",
-            marker="*", markersize=12, label="Pareto front")  # fmt: skip
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("cores (tensor-parallel degree)")
-    ax.set_ylabel("highest rate meeting the SLO (requests/s)")
-    ax.set_title(f"{name}: {slo_text}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=120, format="png"))
-    plt.close(fig)
+    plot_by_tp(
+        rows, path, lambda r: r["max_rate_rps"], xlabel="cores (tensor-parallel degree)",
+        ylabel="highest rate meeting the SLO (requests/s)", title=f"{name}: {slo_text}", decorate=front,
+    )  # fmt: skip

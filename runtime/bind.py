@@ -162,17 +162,12 @@ def bind_attention(ex: Executor, step: Step) -> Op:
     node = step.node
     qs, ks, vs = (ex.views(name) for name in node.inputs)
     outs = ex.views(node.out)
-    layer = node.layer
-    caches = [ex.kv[c][layer] for c in range(ex.tp)]
     d, scale, window = ex.graph.head_dim, node.attrs["scale"], node.attrs["window"]
     slopes = [_core_slopes(ex, node, c) for c in range(ex.tp)]
 
     def run(inputs: StepInputs) -> None:
         b, t, m = inputs.batch, inputs.tokens, inputs.rows
-        first = inputs.first_slot
-        for q, k, v, out, cache, slope in zip(qs, ks, vs, outs, caches, slopes, strict=True):
-            if first or b != cache.slots:  # a server's step over some of the session's slots
-                cache = cache.of_slots(first, b)
+        for q, k, v, out, cache, slope in zip(qs, ks, vs, outs, _states(ex, node, inputs), slopes, strict=True):
             cache.write(k[:m].reshape(b, t, -1, d), v[:m].reshape(b, t, -1, d), inputs.start, inputs.valid)
             q4, out4 = q[:m].reshape(b, t, -1, d), out[:m].reshape(b, t, -1, d)
             cache.attend(q4, inputs.start, inputs.valid, scale, out4, window, slope)
@@ -281,7 +276,8 @@ def bind_moe(ex: Executor, step: Step) -> Op:
 
 
 def _states(ex: Executor, node, inputs: StepInputs) -> list:
-    """Each core's recurrent state of the node's layer, for the step's slots."""
+    """Each core's KV cache (or recurrent state) of the node's layer, for the step's slots
+    (a server's step may run on some of the session's slots)."""
     states = [ex.kv[c][node.layer] for c in range(ex.tp)]
     first, b = inputs.first_slot, inputs.batch
     return [s.of_slots(first, b) if first or b != s.slots else s for s in states]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -298,8 +298,6 @@ def _checked(
 
 def _with_prompt(r: Request, vocab: int) -> Request:
     """A request given prompt ids of its length, drawn from its id (the same ids every run)."""
-    from dataclasses import replace
-
     ids = np.random.default_rng(r.id).integers(0, vocab, size=r.prompt_tokens)
     return replace(r, prompt=tuple(int(i) for i in ids))
 

@@ -11,9 +11,17 @@ Two checkpoint layouts map onto the same graph:
   gate then up; config fields `multi_query_group_num`, `kv_channels`, `ffn_hidden_size`,
   `padded_vocab_size`, `seq_length`). Their config names remote code (`auto_map`); tilesim
   never runs it: this module is what reads them.
+
+The first ChatGLM-6B (`model_type: chatglm` with `position_encoding_2d`) has another block:
+layer norms, a GELU MLP of `inner_hidden_size`, biases everywhere, rotary over two halves of
+each head (token position and block position) and residuals scaled by sqrt(2 * layers). Its
+config maps onto the shared template for timing (those differences cost no product and no
+byte that matters); its weights are refused, since the template does not compute that block.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -27,6 +35,8 @@ __all__ = ["MODEL_TYPES", "build_graph", "config_from_hf", "weight_refs"]
 
 
 def config_from_hf(c: HFConfig) -> ModelConfig:
+    if c.get("model_type") == "chatglm" and c.get("position_encoding_2d", default=False):
+        return _chatglm_v1(c)
     if c.get("model_type") == "chatglm":
         return _chatglm(c)
     act = c.get("hidden_act", default="silu")
@@ -86,6 +96,31 @@ def _chatglm(c: HFConfig) -> ModelConfig:
     )
 
 
+def _chatglm_v1(c: HFConfig) -> ModelConfig:
+    hidden, heads = int(c.get("hidden_size")), int(c.get("num_attention_heads"))
+    cfg = _config(
+        c,
+        "chatglm",
+        vocab=int(c.get("vocab_size")),
+        hidden=hidden,
+        layers=int(c.get("num_layers")),
+        heads=heads,
+        kv_heads=heads,
+        head_dim=hidden // heads,
+        intermediate=int(c.get("inner_hidden_size")),
+        positions=int(c.get("max_sequence_length")),
+        eps=float(c.get("layernorm_epsilon", default=1e-5)),
+        rotary=hidden // heads,
+        theta=10000.0,
+        scaling=(),
+        bias=True,
+        tie=False,
+    )
+    cfg = replace(cfg, norm="layer", activation="gelu_tanh", rope_style="neox", o_bias=True, mlp_bias=True)
+    cfg.extra["timing_only"] = "ChatGLM-6B v1 (2-D rotary positions, residuals scaled by sqrt(2 * layers))"
+    return cfg
+
+
 def _config(c: HFConfig, model_type: str, *, vocab, hidden, layers, heads, kv_heads, head_dim, intermediate,
             positions, eps, rotary, theta, scaling, bias, tie) -> ModelConfig:  # fmt: skip
     if heads % kv_heads:
@@ -124,6 +159,11 @@ def _rows(lo: int, n: int) -> np.ndarray:
 
 
 def weight_refs(cfg: ModelConfig, names: set[str]) -> dict[str, WeightRef]:
+    if "timing_only" in cfg.extra:
+        raise CheckpointError(
+            f"{cfg.extra['timing_only']} runs timing-only in tilesim (timing_only=True, or a named config such as "
+            "chatglm-6b); its weights are not supported: ChatGLM2/3 and GLM checkpoints are"
+        )
     if cfg.model_type == "chatglm":
         return _chatglm_refs(cfg)
     refs = {"embed.weight": WeightRef("model.embed_tokens.weight"), "final_norm.weight": WeightRef("model.norm.weight")}

@@ -268,9 +268,103 @@ def bind_moe(ex: Executor, step: Step) -> Op:
             logits = quant.linear(x[:m], router, None, np.empty((m, n), np.float32), act)
             idx, weights = moe.route(logits, k)
             moe.experts(x[:m], idx, weights, experts, out[:m], act)
-            if c == 0:  # every core routes the same rows alike: count them once, real rows only
-                real = idx if m == inputs.batch else idx[(np.arange(inputs.tokens) < inputs.valid[:, None]).ravel()]
-                np.add(counts, np.bincount(real.ravel(), minlength=n), out=counts)
+            if c == 0:  # every core routes the same rows alike: count them once (the report: real rows only)
+                ex.step_routing[node.layer] = np.bincount(idx.ravel(), minlength=n)
+                np.add(counts, np.bincount(idx[_real_rows(inputs, m)].ravel(), minlength=n), out=counts)
+
+    return run
+
+
+def _real_rows(inputs: StepInputs, m: int) -> np.ndarray:
+    """Which of a step's m token rows are real (not a prefill's padding)."""
+    if m == inputs.batch:
+        return np.ones(m, bool)
+    return (np.arange(inputs.tokens) < inputs.valid[:, None]).ravel()[:m]
+
+
+def _blocks(ex: Executor, m: int, per: int) -> tuple[int, int]:
+    """(rows per core, slots per destination block) of expert parallel's exchange for m rows."""
+    rb = -(-m // ex.tp)
+    return rb, rb * per
+
+
+def bind_moe_dispatch(ex: Executor, step: Step) -> Op:
+    """Expert parallel: each core routes its own block of rows and packs them per destination
+    (device/kernels/moe.py); the combine of the same layer reads back where they went."""
+    node = step.node
+    xs, sends, routers = ex.views(node.inputs[0]), ex.views(node.out), ex.params(node, 0)
+    n, k, per = node.attrs["experts"], node.attrs["k"], node.attrs["per"]
+    owners = node.attrs["owners"]
+    width = ex.graph.params[node.params[0]].shape[1] + 2
+    sent = ex.exchanged.setdefault(node.layer, [None] * ex.tp)
+    counts = ex.routing.setdefault(node.layer, np.zeros(n, np.int64))
+    act = ex.product_act
+
+    def run(inputs: StepInputs) -> None:
+        m = inputs.rows
+        rb, cap = _blocks(ex, m, per)
+        real = _real_rows(inputs, m)
+        step_counts = np.zeros(n, np.int64)
+        for c, (x, send, router) in enumerate(zip(xs, sends, routers, strict=True)):
+            lo, hi = min(c * rb, m), min((c + 1) * rb, m)
+            block = send[: ex.tp * cap].reshape(ex.tp, cap, width)
+            logits = quant.linear(x[lo:hi], router, None, np.empty((hi - lo, n), np.float32), act)
+            idx, weights = moe.route(logits, k)
+            sent[c] = moe.dispatch(x[lo:hi], idx, weights, owners, block)
+            step_counts += np.bincount(idx.ravel(), minlength=n)
+            np.add(counts, np.bincount(idx[real[lo:hi]].ravel(), minlength=n), out=counts)
+        ex.step_routing[node.layer] = step_counts
+
+    return run
+
+
+def bind_moe_experts(ex: Executor, step: Step) -> Op:
+    node = step.node
+    recvs, dones = ex.views(node.inputs[0]), ex.views(node.out)
+    per, width = node.attrs["per"], dones[0].shape[1]
+    held = []
+    for c in range(ex.tp):
+        packs = [ex.weights[c][p] for p in node.params]
+        triples = {e: tuple(packs[3 * e : 3 * e + 3]) for e in range(node.attrs["experts"])}
+        held.append({e: t for e, t in triples.items() if t[0].shape[0]})
+    act = ex.product_act
+
+    def run(inputs: StepInputs) -> None:
+        _, cap = _blocks(ex, inputs.rows, per)
+        for recv, done, mine in zip(recvs, dones, held, strict=True):
+            moe.expert_blocks(recv[: ex.tp * cap].reshape(ex.tp, cap, width + 2), mine,
+                              done[: ex.tp * cap].reshape(ex.tp, cap, width), act)  # fmt: skip
+
+    return run
+
+
+def bind_moe_combine(ex: Executor, step: Step) -> Op:
+    node = step.node
+    backs, owns = ex.views(node.inputs[0]), ex.views(node.out)
+    per, width = node.attrs["per"], owns[0].shape[1]
+    sent = ex.exchanged.setdefault(node.layer, [None] * ex.tp)
+
+    def run(inputs: StepInputs) -> None:
+        rb, cap = _blocks(ex, inputs.rows, per)
+        for c, (back, own) in enumerate(zip(backs, owns, strict=True)):
+            moe.combine(back[: ex.tp * cap].reshape(ex.tp, cap, width), sent[c], own[:rb])
+
+    return run
+
+
+def bind_exchange(ex: Executor, step: Step) -> Op:
+    """An all-to-all or all-gather of expert parallel's buffers: the planned schedule's moves."""
+    node = step.node
+    ins, outs = ex.views(node.inputs[0]), ex.views(node.out)
+    sp = ex.program.sp
+
+    def run(inputs: StepInputs) -> None:
+        src = sp.value_rows(node.inputs[0], inputs.rows) * ins[0].shape[1]
+        dst = sp.value_rows(node.out, inputs.rows) * outs[0].shape[1]
+        n = src if node.op == "alltoall" else dst
+        flat_in = [v.reshape(-1)[:src] for v in ins]
+        flat_out = [v.reshape(-1)[:dst] for v in outs]
+        ex.exchange(node.op, node.out, n, flat_in, flat_out).replay(np.add)
 
     return run
 

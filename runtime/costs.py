@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tilesim.device.cost import KernelCost
 from tilesim.device.kernels.activations import activation_cost
 from tilesim.device.kernels.attention import attention_cost, kv_write_cost
 from tilesim.device.kernels.elementwise import add_cost, embed_cost
 from tilesim.device.kernels.matmul import linear_cost
-from tilesim.device.kernels.moe import moe_cost
+from tilesim.device.kernels.moe import combine_cost, dispatch_cost, experts_cost, moe_cost, uniform_load
 from tilesim.device.kernels.norms import norm_cost
 from tilesim.device.kernels.recurrent import shift_cost, wkv_cost
 from tilesim.device.kernels.rotary import rope_cost
@@ -103,11 +105,44 @@ def moe(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> Ker
     held = [s for s in shapes if s[0]]  # the experts this core holds a slice of
     width, hidden = max(held) if held else (0, shapes[0][1])
     fmt = t.formats.get(gate, "fp32")
+    counts = t.routing.get(node.layer) if t.routing else None
+    routed = (float(counts.sum()), float(np.count_nonzero(counts))) if counts is not None else None
     return moe_cost(
         rows, hidden, width, n, node.attrs["k"],
         weight_bytes_per_elem=t.weight_bytes.get(gate, 4.0), router_bytes_per_elem=t.weight_bytes.get(router, 4.0),
-        act_bytes=t.act_bytes, dtype=t.precision.product_dtype(fmt), variant=fmt, held=len(held),
+        act_bytes=t.act_bytes, dtype=t.precision.product_dtype(fmt), variant=fmt, held=len(held), routed=routed,
     )  # fmt: skip
+
+
+def moe_dispatch(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    router = node.params[0]
+    n, hidden = t.graph.params[router].shape
+    return dispatch_cost(-(-rows // t.sp.tp), hidden, n, node.attrs["k"], act_bytes=t.act_bytes, dtype=t.dtype,
+                         router_bytes_per_elem=t.weight_bytes.get(router, 4.0))  # fmt: skip
+
+
+def moe_experts(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    """A core's held experts on the pairs routed to them: as the step's data routed them
+    (functional runs), else uniform with the busiest core `moe_imbalance` times its share."""
+    n, k, owners = node.attrs["experts"], node.attrs["k"], node.attrs["owners"]
+    mine = [e for e in range(n) if core in owners[e]]
+    gate = node.params[3 * mine[0]]
+    width, hidden = t.sp.local_shape(gate, t.graph.params[gate].shape, core)
+    counts = t.routing.get(node.layer) if t.routing else None
+    if counts is not None:
+        pairs, n_touched = float(counts[mine].sum()), float(np.count_nonzero(counts[mine]))
+    else:
+        pairs, n_touched = uniform_load(n, k, rows, len(mine))
+        pairs = min(pairs * t.moe_imbalance, float(rows * min(k, len(mine))))
+    fmt = t.formats.get(gate, "fp32")
+    return experts_cost(pairs, n_touched, hidden, width, weight_bytes_per_elem=t.weight_bytes.get(gate, 4.0),
+                        act_bytes=t.act_bytes, dtype=t.precision.product_dtype(fmt), variant=fmt)  # fmt: skip
+
+
+def moe_combine(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    n, tp = node.attrs["experts"], t.sp.tp
+    partials = node.attrs["k"] * max(1, tp // n)  # pairs per row, each expert's cores' partial sums
+    return combine_cost(-(-rows // tp), t.sp.widths[node.out][core], partials, act_bytes=t.act_bytes, dtype=t.dtype)
 
 
 def shift(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:

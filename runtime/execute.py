@@ -23,6 +23,10 @@ from tilesim.runtime.program import Op, Program, Step, StepInputs
 
 __all__ = ["Executor", "StepInputs"]
 
+# steps that only move values already rounded (a 16-bit device stores them as they are);
+# expert parallel's packed pairs also carry expert ids and routing weights, kept in fp32
+COPIES = ("rope", "gather_logits", "moe_dispatch", "alltoall", "allgather")
+
 
 class Executor:
     """Runs a Program on the cores' memory; `step(inputs)` returns the logits (rows, vocab)."""
@@ -56,12 +60,14 @@ class Executor:
         self.product_act = "int8" if act_dtype == "int8" else "fp32"  # x as the products take it
         self.logits: np.ndarray | None = None
         self.routing: dict[int, np.ndarray] = {}  # layer -> tokens routed to each expert (mixtures of experts)
+        self.exchanged: dict[int, list] = {}  # layer -> each core's dispatched pairs (expert parallel)
+        self.step_routing: dict[int, np.ndarray] = {}  # layer -> rows routed to each expert in the last step
         self.ops: list[Op] = []
         for step in [] if null else program.steps:
             op = OPS[step.kind].bind(self, step)
             if op is None:
                 continue
-            if self.rounds16 and step.node.out and step.kind not in ("rope", "gather_logits"):
+            if self.rounds16 and step.node.out and step.kind not in COPIES:
                 op = self._rounded(op, step)
             self.ops.append(op)
 
@@ -91,9 +97,11 @@ class Executor:
         to16 = activations.round_bf16 if self.act_dtype == "bf16" else activations.round_fp16
         last = step.last
 
+        name = step.node.out
+
         def run(inputs: StepInputs) -> None:
             op(inputs)
-            m = self.rows(inputs, last)
+            m = self.sp.value_rows(name, self.rows(inputs, last))
             for v in views:
                 to16(v[:m])
 
@@ -109,5 +117,19 @@ class Executor:
             for v in views:
                 flat = v[:m].reshape(-1)
                 buffers.append({"in": flat, "out": flat, "tmp": np.zeros(schedule.tmp_len, np.float32)})
+            rec = self._recordings[key] = record(schedule, buffers, self.fabric, 4)
+        return rec
+
+    def exchange(self, op: str, name: str, n: int, ins: list[np.ndarray], outs: list[np.ndarray]) -> Recording:
+        """The recorded data moves of an all-to-all or all-gather of `n` elements per core
+        (the planned schedule, once per value and size) from `ins` to `outs` (flat views)."""
+        key = (name, n)
+        rec = self._recordings.get(key)
+        if rec is None:
+            schedule = self.collectives.get(op, n).schedule
+            buffers = [
+                {"in": i, "out": o, "tmp": np.zeros(schedule.tmp_len, np.float32)}
+                for i, o in zip(ins, outs, strict=True)
+            ]
             rec = self._recordings[key] = record(schedule, buffers, self.fabric, 4)
         return rec

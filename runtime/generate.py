@@ -101,9 +101,12 @@ def generate(
     for counts in model.executor.routing.values():  # this run's routing only
         counts[:] = 0
     for step in range(max_new_tokens):
-        timing = model.timer.time(shape)
         t0 = time.perf_counter()
         logits = model.executor.step(inputs)  # None when timing-only: the Program bound nothing
+        t_timer = time.perf_counter()
+        routed = model.executor.step_routing if logits is not None else None  # mixtures of experts
+        timing = model.timer.time(shape, routed)
+        t0 += time.perf_counter() - t_timer  # the wall time is the emulator's, not the timing model's
         if logits is not None:
             if return_logits:
                 kept_logits.append(logits.copy())
@@ -163,15 +166,22 @@ def generate(
 
 
 def experts_report(model: Model, tokens: int) -> dict:
-    """Tokens per expert: as the data routed them (functional runs), and as the timing assumes
-    them (uniform: the step's cost is static, device/kernels/moe.py)."""
+    """Tokens per expert: as the data routed them (functional runs, whose steps are timed with
+    that routing), and under uniform routing (what timing-only assumes, with the busiest
+    expert-parallel core `moe_imbalance` times its share)."""
     n, k = model.graph.meta["experts"]
     routed = model.executor.routing
+    if not model.timing_only:
+        assumes = "the routing of each step"
+    elif model.moe_imbalance == 1.0 or model.moe != "ep":
+        assumes = "uniform routing"
+    else:
+        assumes = f"uniform routing, the busiest core {model.moe_imbalance:g}x its share"
     out = {
         "experts": n,
         "per_token": k,
         "sharding": model.moe,
-        "timing_assumes": "uniform routing",
+        "timing_assumes": assumes,
         "uniform_tokens_per_expert": tokens * k / n,  # per layer
     }
     if routed and not model.timing_only:

@@ -143,7 +143,7 @@ def activation_layout(program: Program, core: int, rows: int, batch: int, all_lo
     row_class = program.row_class()
     shapes = {}
     for name, made in first.items():
-        n_rows = batch if row_class[made] == "last" and not all_logits else rows
+        n_rows = batch if row_class[made] == "last" and not all_logits else program.sp.value_rows(name, rows)
         shapes[name] = (n_rows, program.sp.widths[name][core])
     order = sorted(first, key=lambda v: -shapes[v][0] * shapes[v][1])
     # the values placed so far, as columns: offset, end, first and last node

@@ -61,6 +61,7 @@ class Model:
         prefill_buckets: Sequence[int] | None = None,
         decode_buckets: Sequence[int] | None = None,
         moe: str = "tp",
+        moe_imbalance: float = 1.0,
     ):
         start = time.perf_counter()
         if tp > device.num_cores:
@@ -92,6 +93,9 @@ class Model:
         blocky = any(f in weights.BLOCK_FORMATS for f in self.formats.values())
         self.sp = shard.plan(self.graph, tp, granule=weights.BLOCK if blocky else 1, pad_heads=pad_heads, moe=moe)
         self.moe = moe
+        if not (isinstance(moe_imbalance, int | float) and 1.0 <= moe_imbalance <= 1e6):
+            raise ConfigError(f"moe_imbalance={moe_imbalance!r} must be a number of at least 1 (1: uniform routing)")
+        self.moe_imbalance = float(moe_imbalance)
         if self.sp.heads[0] != self.graph.heads:
             extra = self.sp.heads[0] / self.graph.heads - 1
             kv = self.graph.kv_heads
@@ -194,7 +198,7 @@ class Model:
         per_row = max(plan.activations) / max(plan.rows, 1) * self.precision.act_bytes / 4
         return StepTimer(
             self.program, device, self.weight_bytes, self.precision, collectives, self.formats, spans=spans,
-            activations_per_row=per_row,
+            activations_per_row=per_row, moe_imbalance=self.moe_imbalance,
         )  # fmt: skip
 
     def _bind(self) -> None:

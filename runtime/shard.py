@@ -50,6 +50,14 @@ class ShardPlan:
     # param -> per core rows (cols) held when padding makes them more than the range read
     local_rows: dict[str, list[int]] = field(default_factory=dict)
     local_cols: dict[str, list[int]] = field(default_factory=dict)
+    # value -> (blocks, factor) for the exchange buffers of expert parallel, whose rows are
+    # blocks * ceil(m / tp) * factor for a step of m token rows (`value_rows`)
+    row_rules: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def value_rows(self, name: str, rows: int) -> int:
+        """The rows value `name` holds in a step of `rows` token rows."""
+        rule = self.row_rules.get(name)
+        return rows if rule is None else rule[0] * -(-rows // self.tp) * rule[1]
 
     def local_shape(self, param: str, shape: tuple[int, ...], core: int) -> tuple[int, ...]:
         lo, hi = self.rows[param][core]
@@ -136,6 +144,8 @@ def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False
     elif moe != "tp":
         raise ShardingError(f"moe={moe!r}: use tp (experts split by width) or ep (whole experts on cores)")
     sp.nodes = _with_collectives(graph, tp)
+    if moe == "ep" and tp > 1:
+        sp.nodes = _exchanged(sp, graph, sp.nodes)
     return sp
 
 
@@ -160,6 +170,47 @@ def _expert_parallel(sp: ShardPlan, graph: DecoderGraph, node: Node, tp: int) ->
             spans = [part[c % group] if c // group == e else (0, 0) for c in range(tp)]
         sp.rows[gate] = sp.rows[up] = spans
         sp.cols[down] = spans
+
+
+def _exchanged(sp: ShardPlan, graph: DecoderGraph, nodes: list[Node]) -> list[Node]:
+    """Expert parallel with token exchange: each `moe` and the all-reduce after it become
+    route-and-pack (`moe_dispatch`, on each core's own block of ceil(m / tp) rows), an
+    `alltoall`, the held experts (`moe_experts`), an `alltoall` back, `moe_combine` and an
+    `allgather` of the cores' row blocks (device/kernels/moe.py)."""
+    tp = sp.tp
+    out: list[Node] = []
+    skip = False
+    for node in nodes:
+        if skip:  # the all-reduce that completed the width-split partial sums
+            skip = False
+            continue
+        if node.op != "moe":
+            out.append(node)
+            continue
+        k, hidden = node.attrs["k"], graph.params[node.params[0]].shape[1]
+        owners = [[c for c in range(tp) if sp.rows[g][c][1] > sp.rows[g][c][0]] for g in node.params[1::3]]
+        held = [sum(c in cores for cores in owners) for c in range(tp)]
+        per = max(min(k, h) for h in held)  # pairs per row one destination can get
+        base = node.out.split("#")[0]
+        names = {kind: f"{base}.{kind}#{node.out.split('#')[1]}" for kind in ("send", "recv", "done", "back", "own")}
+        exchanged = {"send": hidden + 2, "recv": hidden + 2, "done": hidden, "back": hidden}
+        shapes = [(kind, width, (tp, per)) for kind, width in exchanged.items()] + [("own", hidden, (1, 1))]
+        for kind, width, rule in shapes:
+            sp.widths[names[kind]] = [width] * tp
+            sp.row_rules[names[kind]] = rule
+        sp.row_rules[node.out] = (tp, 1)
+        attrs = dict(node.attrs, per=per, owners=owners, held=held)
+        layer = node.layer
+        out += [
+            Node("moe_dispatch", names["send"], node.inputs, node.params[:1], attrs, layer, "mlp"),
+            Node("alltoall", names["recv"], (names["send"],), (), {}, layer, "collective"),
+            Node("moe_experts", names["done"], (names["recv"],), node.params[1:], attrs, layer, "mlp"),
+            Node("alltoall", names["back"], (names["done"],), (), {}, layer, "collective"),
+            Node("moe_combine", names["own"], (names["back"],), (), attrs, layer, "mlp"),
+            Node("allgather", node.out, (names["own"],), (), {}, layer, "collective"),
+        ]
+        skip = True
+    return out
 
 
 def _split(n: int, parts: int) -> list[tuple[int, int]]:

@@ -2,7 +2,9 @@
 
 A step has a static shape (`StepShape`): prefill of `tokens` positions per sequence (the
 compiled bucket), or one decode token attending to `context` cached positions (the bucket).
-Timing never depends on data, so each shape is timed once and reused.
+Timing does not depend on data, so each shape is timed once and reused; the one exception
+is a mixture of experts in a functional run, whose step is timed with the routing the data
+produced (`time(shape, routing)`: the experts' work per core and the experts read).
 
 Execution is bulk-synchronous, as on the devices modelled: between collectives every core
 runs its kernels back to back (each kernel's time from the roofline in device/cost.py);
@@ -20,6 +22,8 @@ import dataclasses
 import gc
 import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from tilesim.device.cost import kernel_time
 from tilesim.device.device import Device
@@ -108,6 +112,7 @@ class StepTimer:
         *,
         spans: bool = True,
         activations_per_row: float = 0.0,
+        moe_imbalance: float = 1.0,
     ):
         self.program, self.graph, self.sp, self.device = program, program.graph, program.sp, device
         graph = self.graph
@@ -122,17 +127,38 @@ class StepTimer:
         self._classes: list[int] | None = None
         self.spans = spans  # False: latencies only (fitting), no per-core spans
         self.activations_per_row = activations_per_row  # live activation bytes per token row (worst core)
+        # timing-only mixtures of experts: the busiest expert-parallel core gets this many
+        # times its uniform share of the routed rows (an assumption the report states)
+        self.moe_imbalance = moe_imbalance
+        self.routing: dict[int, np.ndarray] | None = None  # the step being timed: rows per expert, per layer
+        self._routed: dict[tuple, StepTiming] = {}
 
-    def time(self, shape: StepShape) -> StepTiming:
+    def time(self, shape: StepShape, routing: dict[int, np.ndarray] | None = None) -> StepTiming:
+        """The step's timing; `routing` (layer -> rows routed to each expert in this step, as
+        the executor's `step_routing`) times a mixture of experts as the data routed it."""
+        if routing:
+            key = (shape, tuple((layer, tuple(c.tolist())) for layer, c in sorted(routing.items())))
+            if key not in self._routed:
+                if len(self._routed) >= 4096:
+                    self._routed.clear()
+                self.routing = routing
+                try:
+                    self._routed[key] = self._timed(shape)
+                finally:
+                    self.routing = None
+            return self._routed[key]
         if shape not in self._cache:
-            collecting = gc.isenabled()
-            gc.disable()  # tens of thousands of small spans: the collector would rescan them all
-            try:
-                self._cache[shape] = self._step(shape)
-            finally:
-                if collecting:
-                    gc.enable()
+            self._cache[shape] = self._timed(shape)
         return self._cache[shape]
+
+    def _timed(self, shape: StepShape) -> StepTiming:
+        collecting = gc.isenabled()
+        gc.disable()  # tens of thousands of small spans: the collector would rescan them all
+        try:
+            return self._step(shape)
+        finally:
+            if collecting:
+                gc.enable()
 
     def _step(self, shape: StepShape) -> StepTiming:
         """A step as the host runs it: a prefill bigger than the runtime's context batch runs
@@ -270,6 +296,10 @@ class StepTimer:
     def _collective_size(self, node: Node, rows: int, shape: StepShape) -> tuple[str, int]:
         if node.op == "allreduce":
             return "allreduce", rows * self.sp.widths[node.out][0]
+        if node.op == "alltoall":  # expert parallel's exchange buffers, as the executor sizes them
+            return "alltoall", self.sp.value_rows(node.inputs[0], rows) * self.sp.widths[node.inputs[0]][0]
+        if node.op == "allgather":
+            return "allgather", self.sp.value_rows(node.out, rows) * self.sp.widths[node.out][0]
         # What leaves each core after its slice of the LM head, gathered to the host's sampler.
         per_seq = {"argmax": 2, "full": max(self.sp.widths[node.out])}.get(shape.logits)
         if shape.logits.startswith("topk:"):

@@ -56,6 +56,7 @@ def load(
     prefill_buckets: Sequence[int] | None = None,
     decode_buckets: Sequence[int] | None = None,
     moe: str = "tp",
+    moe_imbalance: float = 1.0,
 ) -> Model:
     """Open a checkpoint and place it, split `tp` ways, on `device`.
 
@@ -69,7 +70,10 @@ def load(
     runtime/precision.py). `algo` names the all-reduce algorithm (default: chosen by size).
     `prefill_buckets` and `decode_buckets` are the compiled prompt lengths and KV lengths
     (runtime/buckets.py; default: powers of two up to `max_context`). `moe` splits a mixture
-    of experts by each expert's width ("tp") or places whole experts on cores ("ep").
+    of experts by each expert's width ("tp") or places whole experts on cores ("ep", tokens
+    exchanged by all-to-all); `moe_imbalance` (timing-only, expert parallel) gives the busiest
+    core that many times its uniform share of the routed tokens (functional runs time the
+    routing the data produced).
     """
     _check(path_or_name, device, tp, batch, max_context, algo)
     if isinstance(device, str):
@@ -92,4 +96,5 @@ def load(
         prefill_buckets=prefill_buckets,
         decode_buckets=decode_buckets,
         moe=moe,
+        moe_imbalance=moe_imbalance,
     )

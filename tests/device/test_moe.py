@@ -52,3 +52,65 @@ def test_the_cost_reads_the_experts_a_step_touches(rows, expected):
     assert cost.flops == 2 * rows * e * h + 6 * rows * k * h * i
     assert cost.bytes["weights"] == pytest.approx(e * h * 2 + expected * 3 * h * i * 2)
     assert cost.bytes["activations"] == (2 * rows * h + 3 * rows * k * i) * 2
+
+
+@given(st.integers(1, 11), st.sampled_from([(4, 2, 2), (4, 2, 4), (4, 1, 8), (8, 2, 4), (2, 2, 4)]),
+       st.integers(0, 2**31 - 1))  # fmt: skip
+def test_expert_parallel_exchange_sums_the_routed_mlps_weighted(rows, shape, seed):
+    """Rows split over cores, packed per destination, exchanged (the all-to-all done here by
+    hand: block d of every core to core d), run by the cores holding each expert (or a width
+    slice of it), sent back and combined: the float64 reference's sparse MLP."""
+    n, k, cores = shape
+    rng = np.random.default_rng(seed)
+    hidden, width = 16, 12
+    x = rng.standard_normal((rows, hidden)).astype(np.float32)
+    router = rng.standard_normal((n, hidden)).astype(np.float32)
+    packs, seen = _experts(rng, n, width, hidden, "fp32")
+    if n >= cores:  # whole experts: n / cores on each core
+        owners = [[e // (n // cores)] for e in range(n)]
+        slices = {(e, c): packs[e] for e in range(n) for c in owners[e]}
+    else:  # each expert's width over cores / n cores: gate and up by rows, down by columns
+        group = cores // n
+        owners = [list(range(e * group, (e + 1) * group)) for e in range(n)]
+        cut = np.linspace(0, width, group + 1).astype(int)
+        slices = {}
+        for e, (g, u, d) in enumerate(seen):
+            for j, c in enumerate(owners[e]):
+                lo, hi = cut[j], cut[j + 1]
+                slices[(e, c)] = (quant.pack(g[lo:hi], "fp32"), quant.pack(u[lo:hi], "fp32"),
+                                  quant.pack(np.ascontiguousarray(d[:, lo:hi]), "fp32"))  # fmt: skip
+    per = max(min(k, sum(c in o for o in owners)) for c in range(cores))
+    rb = -(-rows // cores)
+    cap = rb * per
+    sends = [np.full((cores, cap, hidden + 2), np.nan, np.float32) for _ in range(cores)]
+    sent = []
+    for c in range(cores):
+        lo, hi = min(c * rb, rows), min((c + 1) * rb, rows)
+        idx, weights = moe.route(x[lo:hi] @ router.T, k)
+        sent.append(moe.dispatch(x[lo:hi], idx, weights, owners, sends[c]))
+    recvs = [np.stack([sends[src][d] for src in range(cores)]) for d in range(cores)]
+    dones = [np.full((cores, cap, hidden), np.nan, np.float32) for _ in range(cores)]
+    for d in range(cores):
+        held = {e: slices[(e, d)] for e in range(n) if d in owners[e]}
+        moe.expert_blocks(recvs[d], held, dones[d])
+    out = np.zeros((rows, hidden), np.float32)
+    for c in range(cores):
+        back = np.stack([dones[d][c] for d in range(cores)])
+        lo, hi = min(c * rb, rows), min((c + 1) * rb, rows)
+        own = np.full((hi - lo, hidden), np.nan, np.float32)
+        out[lo:hi] = moe.combine(back, sent[c], own)
+    ref = reference.moe(x, router, *zip(*seen, strict=True), k)
+    assert np.allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_the_expert_parallel_costs_against_the_closed_form():
+    e, k, h, i = 8, 2, 4096, 14336
+    part = moe.experts_cost(3.0, 2.0, h, i, weight_bytes_per_elem=2, act_bytes=2)
+    assert part.flops == 6 * 3 * h * i and part.bytes["weights"] == 2 * 3 * h * i * 2
+    assert part.bytes["activations"] == 3 * 3 * i * 2 and part.shape == (2, i, h)
+    route = moe.dispatch_cost(5, h, e, k, router_bytes_per_elem=2, act_bytes=2)
+    assert route.flops == 2 * 5 * e * h and route.bytes["weights"] == e * h * 2
+    assert route.bytes["activations"] == (5 * h + 5 * k * (h + 2)) * 2
+    back = moe.combine_cost(5, h, k, act_bytes=2)
+    assert back.flops == 5 * k * h and back.bytes["activations"] == (5 * k * h + 5 * h) * 2
+    assert moe.uniform_load(e, k, 4, 2) == pytest.approx((4 * k * 2 / e, moe.touched(e, k, 4) * 2 / e))

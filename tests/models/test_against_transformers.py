@@ -111,9 +111,11 @@ def test_heads_padded_as_transformers_neuronx_pads_them_give_transformers_logits
 
 
 @pytest.mark.parametrize(
-    ("arch", "tp"), [("llama", 3), ("gpt2", 2), ("gpt_neox", 3), ("opt", 1), ("glm", 3), ("bloom", 3)]
-)
-def test_a_batch_of_prompts_of_different_lengths(tiny_model, greedy_rule, arch, tp):
+    ("arch", "tp", "moe"),
+    [("llama", 3, "tp"), ("gpt2", 2, "tp"), ("gpt_neox", 3, "tp"), ("opt", 1, "tp"), ("glm", 3, "tp"),
+     ("bloom", 3, "tp"), ("mixtral", 3, "tp"), ("mixtral", 4, "ep")],  # ep: tokens exchanged by all-to-all
+)  # fmt: skip
+def test_a_batch_of_prompts_of_different_lengths(tiny_model, greedy_rule, arch, tp, moe):
     folder = tiny_model(arch)
     prompts = [PROMPT[:5], PROMPT[3:16]]
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -135,7 +137,7 @@ def test_a_batch_of_prompts_of_different_lengths(tiny_model, greedy_rule, arch, 
             return_dict_in_generate=True,
         )
     expected = gen.sequences[:, longest:].numpy()
-    model = tilesim.load(str(folder), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    model = tilesim.load(str(folder), device=tilesim.Device("tiny", cores=tp), tp=tp, moe=moe, pad_heads=moe == "ep")
     out = model.generate(prompts, max_new_tokens=8, eos_token_id=None)
     for i in range(len(prompts)):
         step_logits = [step[i].numpy() for step in gen.logits]

@@ -73,3 +73,70 @@ def test_a_core_holding_whole_experts_costs_its_share():
     assert whole.flops == pytest.approx(split.flops) == 2 * m * e * h + 6 * m * k * h * i / 8
     assert whole.bytes["weights"] == pytest.approx(e * h * 4 + touched(e, k, m) / 8 * 3 * h * i * 4)
     assert whole.bytes["weights"] == pytest.approx(split.bytes["weights"])
+
+
+HIDDEN, WIDTH = 48, 40  # the tiny Mixtral's (tests/conftest.py)
+
+
+def _spans(out, step, name):
+    return [s for s in out.trace.steps[step].spans if s.name == name]
+
+
+def test_expert_parallel_exchanges_tokens_by_all_to_all(tiny_model):
+    model = tilesim.load(str(tiny_model("mixtral")), device=tilesim.Device("tiny", cores=4), tp=4, moe="ep",
+                         pad_heads=True)  # fmt: skip
+    ops = [n.op for n in model.program.sp.nodes if n.layer == 0 and n.op_type in ("mlp", "collective")]
+    assert ops[-6:] == ["moe_dispatch", "alltoall", "moe_experts", "alltoall", "moe_combine", "allgather"]
+    out = model.generate([PROMPT], max_new_tokens=3, eos_token_id=None)
+    # one expert per core, so a destination gets at most one pair per row: a block of
+    # ceil(rows / 4) slots, each a row of 48 features, the expert id and the weight (fp32)
+    for step, rows in ((0, 32), (1, 1)):  # the prefill bucket of 17 tokens is 32 rows
+        per_core = -(-rows // 4)
+        sends = [s for s in out.trace.steps[step].spans if s.name == "alltoall" and s.core == 0]
+        assert [s.bytes for s in sends[:2]] == [4 * per_core * (HIDDEN + 2) * 4, 4 * per_core * HIDDEN * 4]
+        gathers = [s for s in out.trace.steps[step].spans if s.name == "allgather" and s.core == 0]
+        assert gathers[0].bytes == 4 * per_core * HIDDEN * 4
+
+
+def test_a_functional_run_is_timed_with_the_routing_the_data_made(tiny_model, reference):
+    """Each decode step's expert work per core, against the experts transformers' router picked
+    for that token: 6 H I FLOPs per (token, expert) pair on the core holding the expert."""
+    tokens, _, _ = reference
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model("mixtral"), dtype=torch.float32).eval()
+    picked: dict[int, list] = {}
+    hooks = [layer.mlp.gate.register_forward_hook(lambda m, i, o, n=n: picked.setdefault(n, []).append(o[2]))
+             for n, layer in enumerate(hf.model.layers)]  # fmt: skip
+    with torch.no_grad():
+        hf(torch.tensor([PROMPT + tokens[:4]]))  # one pass: the router's picks for every position
+    for h in hooks:
+        h.remove()
+    model = tilesim.load(str(tiny_model("mixtral")), device=tilesim.Device("tiny", cores=2), tp=2, moe="ep",
+                         pad_heads=True)  # fmt: skip
+    out = model.generate([PROMPT], max_new_tokens=5, eos_token_id=None)
+    assert out.tokens[0].tolist() == tokens[:5]
+    assert out.report["experts"]["timing_assumes"] == "the routing of each step"
+    differs = False
+    for step in range(1, 5):  # decode step s feeds back token s-1, at position len(PROMPT) + s - 1
+        chosen = {layer: picked[layer][0].reshape(-1, 2)[len(PROMPT) + step - 1].tolist() for layer in picked}
+        for span in _spans(out, step, "moe_experts"):
+            held = {0: (0, 1), 1: (2, 3)}[span.core]
+            pairs = sum(e in held for e in chosen[span.layer])
+            assert span.flops == 6 * HIDDEN * WIDTH * pairs
+            differs |= pairs != 1  # uniform routing would give every core one pair
+    assert differs, "the prompt should route some token's two experts to one core"
+
+
+@pytest.mark.parametrize(("imbalance", "pairs"), [(1.0, 1.0), (1.5, 1.5), (3.0, 2.0)])
+def test_timing_only_assumes_uniform_routing_or_the_given_imbalance(tiny_model, imbalance, pairs):
+    model = tilesim.load(str(tiny_model("mixtral")), device=tilesim.Device("tiny", cores=2), tp=2, moe="ep",
+                         pad_heads=True, timing_only=True, moe_imbalance=imbalance)  # fmt: skip
+    out = model.generate([PROMPT], max_new_tokens=2)
+    # a decode token's 2 of 4 experts, half of them on each core (capped at 2 pairs: both its experts)
+    assert {s.flops for s in _spans(out, 1, "moe_experts")} == {6 * HIDDEN * WIDTH * pairs}
+    assert "uniform routing" in out.report["experts"]["timing_assumes"]
+
+
+def test_the_imbalance_must_be_a_number_of_at_least_one(tiny_model):
+    with pytest.raises(tilesim.TilesimError, match=r"moe_imbalance=0\.5"):
+        tilesim.load(str(tiny_model("mixtral")), device=tilesim.Device("tiny", cores=2), tp=2, moe="ep",
+                     pad_heads=True, timing_only=True, moe_imbalance=0.5)  # fmt: skip

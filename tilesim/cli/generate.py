@@ -38,8 +38,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         help="HF checkpoint folder, .gguf file, short name (smollm2), or with --timing-only a named config "
-        "(llama-2-7b, llama-2-13b, llama-2-70b, opt-13b, opt-30b, opt-66b, chatglm2-6b, bloom-7b1, mixtral-8x7b, "
-        "rwkv-4-169m-pile)",
+        "(llama-2-7b/13b/70b, llama-3-8b/70b, mistral-7b, mixtral-8x7b, opt-13b/30b/66b, gpt2-xl, chatglm-6b, "
+        "chatglm2-6b, glm-4-9b, bloom-7b1, bloom-176b, rwkv-4-169m-pile, rwkv-4-7b)",
     )
     p.add_argument("--device", default="trn1", help="device preset (see `tilesim devices`)")
     p.add_argument("--cores", type=int, default=None, help="cores of the device (default: the TP degree)")
@@ -83,7 +83,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     speculate.add_arguments(p)
     p.add_argument("--moe", default="tp", choices=("tp", "ep"),
                    help="mixture of experts: every expert split over the cores by width (tp), or whole experts "
-                   "on cores (ep)")  # fmt: skip
+                   "on cores, tokens exchanged by all-to-all (ep)")  # fmt: skip
+    p.add_argument("--moe-imbalance", type=float, default=1.0, metavar="F",
+                   help="timing-only mixture of experts: the busiest expert-parallel core gets F times its uniform "
+                   "share of the tokens (default 1: uniform)")  # fmt: skip
     p.add_argument("--trace", default=None, metavar="PATH", help="write a Chrome/Perfetto trace (JSON)")
     p.add_argument("--plots", default=None, metavar="DIR", help="write timeline, memory, roofline, breakdown PNGs")
     p.add_argument("--report", action="store_true", help="print the latency and memory report")
@@ -180,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         pad_heads=args.pad_heads or args.timing_only,
         progress=progress,
         moe=args.moe,
+        moe_imbalance=args.moe_imbalance,
         **bucket_lists(args),
     )
     bar.close()

@@ -140,3 +140,15 @@ def test_the_imbalance_must_be_a_number_of_at_least_one(tiny_model):
     with pytest.raises(tilesim.TilesimError, match=r"moe_imbalance=0\.5"):
         tilesim.load(str(tiny_model("mixtral")), device=tilesim.Device("tiny", cores=2), tp=2, moe="ep",
                      pad_heads=True, timing_only=True, moe_imbalance=0.5)  # fmt: skip
+
+
+def test_the_printed_report_says_which_routing_timed_the_run(tiny_model, capsys):
+    from tilesim.cli.main import main
+
+    folder = str(tiny_model("mixtral"))
+    args = ["generate", folder, "--device", "tiny", "--tp", "2", "--moe", "ep", "--pad-heads", "--prompt-ids", "1,2,3",
+            "--max-new-tokens", "2", "--report"]  # fmt: skip
+    assert main(args) == 0
+    assert "timing assumes the routing of each step" in capsys.readouterr().out
+    assert main([*args, "--timing-only", "--moe-imbalance", "1.5"]) == 0
+    assert "timing assumes uniform routing, the busiest core 1.5x its share" in capsys.readouterr().out

@@ -33,7 +33,8 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         line = (
             f"mixture of experts             {experts['experts']} experts, {experts['per_token']} per token, "
             f"split {'by width' if experts['sharding'] == 'tp' else 'whole over the cores'}; timing assumes "
-            f"uniform routing ({experts['uniform_tokens_per_expert']:.1f} tokens per expert and layer)"
+            f"{experts['timing_assumes']} (uniform: {experts['uniform_tokens_per_expert']:.1f} tokens per expert "
+            "and layer)"
         )
         if "tokens_per_expert" in experts:
             total = [sum(col) for col in zip(*experts["tokens_per_expert"], strict=True)]

@@ -42,7 +42,18 @@ class Device:
         self.backed = backed
         core = self.spec.core
         self.cores = [
-            Core(i, Arena(i, core.tiles, core.tile_bytes, core.offchip_bytes, dict(self.spec.placement), backed))
+            Core(
+                i,
+                Arena(
+                    i,
+                    core.tiles,
+                    core.tile_bytes,
+                    core.offchip_bytes,
+                    dict(self.spec.placement),
+                    backed,
+                    core.tile_grain,
+                ),
+            )
             for i in range(self.spec.cores)
         ]
         self.topology = Topology(self.spec.fabric, self.spec.cores)

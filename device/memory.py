@@ -2,8 +2,13 @@
 
 Each core owns a `Region` per kind of memory. A region is one linear address space; in tile
 memory, tile `i` owns addresses `[i * tile_bytes, (i + 1) * tile_bytes)`, so a tensor placed
-at a contiguous range is spread linearly over consecutive tiles, as Poplar's linear mapping
-spreads a tensor's elements over tiles in order. A tensor may instead be pinned to one tile.
+at a contiguous range fills consecutive tiles. A tensor may instead be pinned to one tile.
+
+A tile region with a `grain` maps tensors as Poplar's `mapTensorLinearly` does: the tensor
+is cut into grains, and the grains are dealt out evenly over the tiles (at most
+ceil(grains / tiles) per tile), starting where the previous tensor ended, so per-tile use
+stays balanced as on the hardware. Such a region keeps per-tile accounting by category
+instead of addresses; each tensor's bytes are its own array.
 
 Capacity is enforced by accounting. The bytes behind a region are an anonymous memory
 mapping of the region's full size made with MAP_NORESERVE, so the host only commits the
@@ -60,8 +65,14 @@ class Region:
         tile_bytes: int | None = None,
         backed: bool = True,
         alignment: int = ALIGNMENT,
+        grain: int = 0,
     ):
         self.core = core
+        self.grain = int(grain) if tile_bytes else 0
+        self._spread: dict[int, tuple[int, int, int, int]] = {}  # key -> first tile, tiles, share, last share
+        self._kind_use: dict[str, np.ndarray] = {}  # spread regions: category -> bytes on each tile
+        self._next_tile = 0
+        self._next_key = 0
         self.name = name
         self.capacity = int(capacity)
         self.tile_bytes = tile_bytes
@@ -109,6 +120,8 @@ class Region:
         """
         if nbytes < 0:
             raise ValueError("nbytes must be >= 0")
+        if self.grain and tile is None:
+            return self._allocate_spread(int(nbytes), name, kind)
         size = self._aligned(nbytes)
         lo, hi = 0, self.capacity
         if tile is not None:
@@ -125,6 +138,58 @@ class Region:
         self.used += size
         self.peak = max(self.peak, self.used)
         return block
+
+    def _spread_of(self, nbytes: int) -> tuple[int, int, int, int]:
+        grains = max(1, -(-nbytes // self.grain))
+        per = -(-grains // self.tiles)  # grains on each tile but the last
+        tiles = -(-grains // per)
+        return self._next_tile, tiles, per * self.grain, (grains - (tiles - 1) * per) * self.grain
+
+    def _tiles_of(self, first: int, tiles: int) -> np.ndarray:
+        return (first + np.arange(tiles)) % self.tiles
+
+    def _allocate_spread(self, nbytes: int, name: str, kind: str) -> Block:
+        first, tiles, share, last = self._spread_of(nbytes)
+        where = self._tiles_of(first, tiles)
+        add = np.full(tiles, share, dtype=np.int64)
+        add[-1] = last
+        use = self.tile_usage()
+        over = np.flatnonzero(use[where] + add > self.tile_bytes)
+        if over.size:
+            tile = int(where[over[0]])
+            raise OutOfTileMemory(self._spread_message(nbytes, name, kind, tile, int(add[over[0]])))
+        key = self._next_key
+        self._next_key += max(self.alignment, nbytes)
+        self._next_tile = (first + tiles) % self.tiles
+        self._spread[key] = (first, tiles, share, last)
+        self._kind_use.setdefault(kind, np.zeros(self.tiles, dtype=np.int64))[where] += add
+        size = int(add.sum())
+        block = Block(name, kind, self.name, self.core, key, nbytes, size)
+        self.blocks[key] = block
+        self.used += size
+        self.peak = max(self.peak, self.used)
+        return block
+
+    def _spread_message(self, nbytes: int, name: str, kind: str, tile: int, share: int) -> str:
+        on_tile = {k: int(v[tile]) for k, v in sorted(self._kind_use.items()) if v[tile]}
+        totals = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in on_tile.items()) or "nothing"
+        top = ", ".join(f"{b.name} ({fmt_bytes(self.bytes_on(b, tile))})" for b in self.tenants(tile)[:3]) or "none"
+        return (
+            f"core {self.core}, tile {tile} of {self.tiles} ({fmt_bytes(self.tile_bytes)}): cannot place {name!r} "
+            f"({kind}, {fmt_bytes(nbytes)} spread over the tiles, {fmt_bytes(share)} on this tile); the tile holds "
+            f"{totals}; largest tenants there: {top}"
+        )
+
+    def bytes_on(self, block: Block, tile: int) -> int:
+        """Bytes of `block` on `tile` (its whole size in memory without tiles)."""
+        if not self.tile_bytes:
+            return block.size
+        if block.offset not in self._spread:
+            lo, hi = tile * self.tile_bytes, (tile + 1) * self.tile_bytes
+            return max(0, min(block.end, hi) - max(block.offset, lo))
+        first, tiles, share, last = self._spread[block.offset]
+        index = (tile - first) % self.tiles
+        return 0 if index >= tiles else last if index == tiles - 1 else share
 
     def _find(self, size: int, lo: int, hi: int) -> int | None:
         for start, length in zip(self._free_offsets, self._free_sizes, strict=True):
@@ -154,6 +219,12 @@ class Region:
         del self.blocks[block.offset]
         self.used -= block.size
         self._own_arrays.pop(block.offset, None)
+        if block.offset in self._spread:
+            first, tiles, share, last = self._spread.pop(block.offset)
+            add = np.full(tiles, share, dtype=np.int64)
+            add[-1] = last
+            self._kind_use[block.kind][self._tiles_of(first, tiles)] -= add
+            return
         offset, size = block.offset, block.size
         i = bisect.bisect_left(self._free_offsets, offset)
         if i < len(self._free_offsets) and self._free_offsets[i] == offset + size:
@@ -177,7 +248,7 @@ class Region:
         count = int(np.prod(shape, dtype=np.int64))
         if count * dtype.itemsize > block.nbytes:
             raise ValueError(f"{block.name!r}: {shape} {dtype} does not fit in {block.nbytes} bytes")
-        backing = self._mapping()
+        backing = None if self.grain else self._mapping()
         if backing is None:
             own = self._own_arrays.get(block.offset)
             if own is None:
@@ -200,6 +271,9 @@ class Region:
     def tenants(self, tile: int | None = None) -> list[Block]:
         """Blocks by size, largest first; with `tile`, only those with bytes on that tile."""
         blocks = list(self.blocks.values())
+        if tile is not None and self.grain:
+            blocks = [b for b in blocks if self.bytes_on(b, tile)]
+            return sorted(blocks, key=lambda b: (-self.bytes_on(b, tile), b.offset))
         if tile is not None and self.tile_bytes:
             lo, hi = tile * self.tile_bytes, (tile + 1) * self.tile_bytes
             blocks = [b for b in blocks if b.offset < hi and b.end > lo]
@@ -209,12 +283,17 @@ class Region:
         """Bytes in use on each tile, shape (tiles,); one entry for off-chip memory."""
         if not self.tile_bytes:
             return np.array([self.used], dtype=np.int64)
+        if self.grain:
+            return sum(self._kind_use.values(), np.zeros(self.tiles, dtype=np.int64))
+        return self._address_usage(list(self.blocks.values()))
+
+    def _address_usage(self, blocks: list[Block]) -> np.ndarray:
         tb = self.tile_bytes
         usage = np.zeros(self.tiles + 1, dtype=np.int64)
-        if not self.blocks:
+        if not blocks:
             return usage[:-1]
-        starts = np.fromiter((b.offset for b in self.blocks.values()), np.int64)
-        ends = np.fromiter((b.end for b in self.blocks.values()), np.int64)
+        starts = np.fromiter((b.offset for b in blocks), np.int64)
+        ends = np.fromiter((b.end for b in blocks), np.int64)
         first, last = starts // tb, (ends - 1) // tb
         # Whole tiles strictly between the first and the last tile of each block.
         full = np.zeros(self.tiles + 1, dtype=np.int64)
@@ -227,6 +306,15 @@ class Region:
         np.add.at(usage, first[split], (first[split] + 1) * tb - starts[split])
         np.add.at(usage, last[split], ends[split] - last[split] * tb)
         return usage[:-1]
+
+    def tile_usage_by_kind(self) -> dict[str, np.ndarray]:
+        """Bytes on each tile per category (weights, kv_cache, activations, the runtime's own)."""
+        if self.grain:
+            return {k: v.copy() for k, v in self._kind_use.items() if v.any()}
+        if not self.tile_bytes:
+            return {}
+        kinds = sorted({b.kind for b in self.blocks.values()})
+        return {k: self._address_usage([b for b in self.blocks.values() if b.kind == k]) for k in kinds}
 
     def _oom_message(self, nbytes: int, name: str, kind: str, tile: int | None) -> str:
         if tile is not None:
@@ -261,10 +349,13 @@ class Arena:
         offchip_bytes: int,
         placement: dict[str, str],
         backed: bool = True,
+        tile_grain: int = 0,
     ):
         self.core = core
         self.placement = dict(placement)
-        self.regions: dict[str, Region] = {"tiles": Region(core, "tiles", tiles * tile_bytes, tile_bytes, backed)}
+        self.regions: dict[str, Region] = {
+            "tiles": Region(core, "tiles", tiles * tile_bytes, tile_bytes, backed, grain=tile_grain)
+        }
         if offchip_bytes > 0:
             self.regions["offchip"] = Region(core, "offchip", offchip_bytes, None, backed)
 

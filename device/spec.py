@@ -50,6 +50,9 @@ class CoreSpec:
     # bytes, off-chip if the core has off-chip memory): program code, DMA rings, ...
     reserved: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     program_bytes: int = 0  # what each compiled program (one bucket) holds on a core: its code and descriptors
+    # Tile memory mapping: 0 fills consecutive tiles; a grain (bytes) deals each tensor's grains
+    # out evenly over all tiles, as Poplar's linear mapping does (IPUs)
+    tile_grain: int = 0
 
     @property
     def tile_memory_bytes(self) -> int:
@@ -151,6 +154,7 @@ _CORE_FIELDS = {
     "dma_piece_s": "time",
     "reserved": "bytes_map",
     "program_bytes": "bytes",
+    "tile_grain": "bytes",
 }
 _FABRIC_FIELDS = {
     "topology": "topology",
@@ -178,6 +182,7 @@ _OPTIONAL = {
     "dma_piece_s",
     "reserved",
     "program_bytes",
+    "tile_grain",
     "bandwidth_efficiency",
     "host",
     *_HOST_FIELDS,

@@ -111,6 +111,7 @@ class MemorySnapshot:
     tenants: list[list[tuple[int, list[tuple[str, int]]]]]  # per core: fullest tiles and their largest tenants
     live_activations: list[list[tuple[int, int]]] = field(default_factory=list)  # per core: (node, live bytes)
     notes: list[str] = field(default_factory=list)
+    tile_kinds: list[dict[str, list[int]]] = field(default_factory=list)  # per core: category -> bytes on each tile
 
 
 @dataclass

@@ -81,9 +81,9 @@ def memory(trace: Trace, path: Path) -> None:
     plt = _pyplot()
     mem = trace.memory
     usage = np.array(mem.tile_usage, dtype=float) / mem.tile_bytes
-    fig, (heat, bars) = plt.subplots(
-        1, 2, figsize=(13, 3 + 0.3 * len(mem.per_core)), gridspec_kw={"width_ratios": [3, 1]}
-    )
+    fig = plt.figure(figsize=(13, 6 + 0.3 * len(mem.per_core)))
+    grid = fig.add_gridspec(2, 2, width_ratios=[3, 1], height_ratios=[1 + 0.1 * len(mem.per_core), 1])
+    heat, bars, by_kind = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
     image = heat.imshow(usage, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     heat.set_xlabel("tile")
     heat.set_ylabel("core")
@@ -91,7 +91,11 @@ def memory(trace: Trace, path: Path) -> None:
     heat.set_title(f"tile memory in use (fraction of {mem.tile_bytes // 1024} KiB per tile)")
     fig.colorbar(image, ax=heat, fraction=0.03)
     colours = {"weights": "#4c72b0", "kv_cache": "#dd8452", "recurrent_state": "#c44e52", "activations": "#55a868"}
-    kinds = [k for k in colours if any(k in c for c in mem.per_core)]
+    tensors = [k for k in colours if any(k in c for c in mem.per_core)]
+    runtime = sorted({k for c in mem.per_core for k in c} - set(tensors))
+    others = iter(("#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"))
+    colours = {**colours, **{k: next(others, "#999999") for k in runtime}}
+    kinds = tensors + runtime
     bottom = np.zeros(len(mem.per_core))
     for kind in kinds:
         colour = colours[kind]
@@ -102,9 +106,33 @@ def memory(trace: Trace, path: Path) -> None:
     bars.set_ylabel("MiB")
     bars.set_title("memory per core")
     bars.legend(fontsize=7)
+    _tiles_by_kind(by_kind, mem, colours)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+def _tiles_by_kind(ax, mem, colours: dict[str, str]) -> None:
+    """The fullest core's tiles, stacked by category (tensors and the runtime's own), as
+    PopVision's memory view shows them."""
+    if not mem.tile_kinds:
+        ax.set_axis_off()
+        return
+    core = int(np.argmax([sum(map(sum, kinds.values())) for kinds in mem.tile_kinds]))
+    kinds = mem.tile_kinds[core]
+    tiles = np.arange(len(mem.tile_usage[core]))
+    bottom = np.zeros(len(tiles))
+    for kind in sorted(kinds, key=lambda k: list(colours).index(k) if k in colours else len(colours)):
+        values = np.array(kinds[kind], dtype=float) / 1024
+        colour = colours.get(kind, "#999999")
+        ax.fill_between(tiles, bottom, bottom + values, step="mid", color=colour, label=kind, linewidth=0)
+        bottom += values
+    ax.axhline(mem.tile_bytes / 1024, color="black", linewidth=0.8, linestyle="--", label="tile capacity")
+    ax.set_xlim(-0.5, len(tiles) - 0.5)
+    ax.set_xlabel("tile")
+    ax.set_ylabel("KiB")
+    ax.set_title(f"core {core}: each tile's memory by category")
+    ax.legend(fontsize=7, ncol=4, loc="upper right")
 
 
 def roofline(trace: Trace, path: Path) -> None:

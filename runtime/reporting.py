@@ -82,7 +82,7 @@ def precision_report(model: Model) -> dict:
 
 
 def memory_snapshot(model: Model) -> MemorySnapshot:
-    per_core, peak, usage, tenants = [], [], [], []
+    per_core, peak, usage, tenants, kinds = [], [], [], [], []
     for core in range(model.tp):
         memory = model.device.cores[core].memory
         per_core.append(memory.used_by_kind())
@@ -91,7 +91,9 @@ def memory_snapshot(model: Model) -> MemorySnapshot:
         use = tiles.tile_usage()
         usage.append(use.tolist())
         fullest = np.argsort(-use, kind="stable")[:3]
-        tenants.append([(int(t), [(b.name, b.size) for b in tiles.tenants(int(t))[:3]]) for t in fullest])
+        tenants.append([(int(t), [(b.name, tiles.bytes_on(b, int(t))) for b in tiles.tenants(int(t))[:3]])
+                        for t in fullest])  # fmt: skip
+        kinds.append({kind: use.tolist() for kind, use in tiles.tile_usage_by_kind().items()})
     spec = model.device.spec.core
     live = [memplan.live_bytes(model.program, layout) for layout in model.plan.layouts]
     return MemorySnapshot(
@@ -104,4 +106,5 @@ def memory_snapshot(model: Model) -> MemorySnapshot:
         tenants,
         live,
         list(model.plan.notes),
+        kinds,
     )

@@ -151,3 +151,51 @@ def test_the_memory_that_is_full_names_its_error_class():
     with pytest.raises(OutOfOffchipMemory) as raised:
         offchip.allocate(8192, "w", "weights")
     assert isinstance(raised.value, OutOfMemory) and not isinstance(raised.value, OutOfTileMemory)
+
+
+def _dealt(nbytes: int, tiles: int, grain: int) -> list[int]:
+    """Poplar's linear mapping, independently: grains dealt ceil(grains / tiles) to a tile, in order."""
+    grains = -(-nbytes // grain)
+    per = -(-grains // tiles)
+    out = []
+    while grains > 0:
+        out.append(min(per, grains) * grain)
+        grains -= per
+    return out + [0] * (tiles - len(out))
+
+
+def test_a_linear_mapping_deals_each_tensor_over_all_tiles():
+    tiles, tile_bytes, grain = 10, 4096, 64
+    region = Region(0, "tiles", tiles * tile_bytes, tile_bytes, backed=False, grain=grain)
+    region.allocate(6400, "w", "weights")  # 100 grains: 10 on every tile
+    assert region.tile_usage().tolist() == _dealt(6400, tiles, grain)
+    region.allocate(130, "b", "weights")  # 3 grains: the first tensor ended on the last tile, so from tile 0
+    both = np.add(_dealt(6400, tiles, grain), _dealt(130, tiles, grain))
+    assert region.tile_usage().tolist() == both.tolist()
+    kv = region.allocate(6000, "kv", "kv_cache")  # 94 grains: 10 on each of 9 tiles, 4 on the 10th
+    usage = region.tile_usage()
+    assert usage.sum() == region.used == 6400 + 192 + 94 * 64
+    assert usage.max() - usage.min() <= 2 * 10 * grain  # balanced within a share of each tensor
+    assert region.tile_usage_by_kind()["kv_cache"].sum() == 94 * 64
+    region.free(kv)
+    assert "kv_cache" not in region.tile_usage_by_kind() and region.used == 6400 + 192
+
+
+def test_a_tile_that_overflows_is_named_with_its_categories_and_tenants():
+    region = Region(3, "tiles", 4 * 1024, 1024, backed=False, grain=64)
+    region.allocate(3072, "layers.0.q.weight", "weights")
+    region.allocate(512, "kv", "kv_cache")
+    with pytest.raises(OutOfTileMemory) as err:
+        region.allocate(2048, "layers.1.q.weight", "weights")
+    message = str(err.value)
+    assert "core 3, tile" in message and "of 4 (1 KiB)" in message
+    assert "weights 768 B" in message and "largest tenants there: layers.0.q.weight (768 B)" in message
+    assert region.used == 3584  # nothing placed
+
+
+def test_a_linearly_mapped_tensor_holds_its_own_bytes():
+    region = Region(0, "tiles", 8 * 1024, 1024, grain=64)
+    a, b = region.allocate(400, "a", "weights"), region.allocate(400, "b", "weights")
+    region.view(a, "float32", (100,))[:] = 1.0
+    region.view(b, "float32", (100,))[:] = 2.0
+    assert region.view(a, "float32", (100,)).sum() == 100.0

@@ -13,7 +13,7 @@ from tilesim.device import Device, load_preset, preset_names
 from tilesim.errors import ConfigError, UnknownPreset
 
 PRESETS = Path(__file__).parents[2] / "device" / "presets"
-REQUIRED = {"ipu-gc200", "ipu-bow", "trn1", "inf2", "a100", "h100", "tiny"}
+REQUIRED = {"ipu-gc200", "ipu-bow", "c600", "trn1", "inf2", "a100", "h100", "tiny"}
 
 
 def test_required_presets_exist_and_load():
@@ -29,6 +29,18 @@ def test_ipu_gc200_figures_match_the_programmers_guide():
     assert spec.core.tiles == 1472
     assert spec.core.tile_bytes == 624 * 1024
     assert dict(spec.placement) == {"weights": "tiles", "kv_cache": "tiles", "activations": "tiles"}
+
+
+def test_bow_and_c600_figures_match_their_datasheets():
+    bow = load_preset("ipu-bow")  # Bow-2000: 4 IPUs, 1.4 PFLOP/s FP16, 5,888 cores, 3.6 GB In-Processor-Memory
+    assert bow.cores == 4 and bow.cores * bow.core.peak_flops["fp16"] == pytest.approx(1.4e15)
+    assert bow.cores * bow.core.tiles == 5888 and bow.core.tile_memory_bytes == pytest.approx(900 * 2**20, rel=0.01)
+    c600 = load_preset("c600")  # one IPU, 900 MB in the IPU and nothing off it, 280 TFLOP/s FP16, FP8 at twice that
+    assert c600.cores == 1 and c600.core.offchip_bytes == 0
+    assert c600.core.tile_memory_bytes == pytest.approx(900 * 2**20, rel=0.01)  # the "900 MB" is 1472 x 624 KiB
+    assert c600.core.peak_flops["fp16"] == 280e12 and c600.core.peak_flops["fp8"] == 560e12
+    for spec in (bow, c600, load_preset("ipu-gc200")):  # Poplar's linear mapping and its program's own memory
+        assert spec.core.tile_grain == 64 and spec.core.reserved
 
 
 def test_neuron_cores_have_16_gib_of_hbm_and_a_24_mib_sbuf():

@@ -59,9 +59,11 @@ def test_the_memory_report_equals_what_the_planner_placed(tiny_model):
 
 def test_weights_live_where_the_preset_puts_them(tiny_model):
     ipu = tilesim.load(str(tiny_model("gpt2")), device=tilesim.Device("ipu-gc200", cores=1), tp=1)
-    assert ipu.device.cores[0].memory.used_by_kind()["weights"] == ipu.device.cores[0].memory.regions["tiles"].used - (
-        ipu.plan.kv_cache[0] + ipu.plan.activations[0]
-    )
+    # tile memory: the weights, the KV cache, the activations and what a Poplar program holds beside them
+    others = ipu.plan.kv_cache[0] + ipu.plan.activations[0] + sum(ipu.plan.reserved.values())
+    assert ipu.plan.reserved == dict(ipu.device.spec.core.reserved)
+    tiles = ipu.device.cores[0].memory.regions["tiles"]
+    assert ipu.device.cores[0].memory.used_by_kind()["weights"] == tiles.used - others
     trn = tilesim.load(str(tiny_model("gpt2")), device=tilesim.Device("trn1", cores=1), tp=1)
     # off-chip: the weights, the KV cache, and what the Neuron runtime reserves (model code, DMA rings,
     # collectives, and each compiled bucket's program)
@@ -94,3 +96,22 @@ def test_every_step_of_the_program_names_the_buffers_it_writes_and_the_arrays_ar
                 assert np.shares_memory(array, base[buf.offset : buf.offset + buf.nbytes])
     made = {n.out for n in model.sp.nodes if n.out and n.op not in IN_PLACE_OPS}
     assert made <= set(program.buffers[0])
+
+
+def test_an_ipu_spreads_every_tensor_over_its_tiles_by_category(tiny_model):
+    """Poplar's linear mapping: each tensor's 64-byte grains dealt over all 1472 tiles, so no
+    tile holds more than the mean plus one grain per tensor (the address mapping filled the
+    first tiles and left the rest empty)."""
+    model = tilesim.load(str(tiny_model("llama")), device=tilesim.Device("ipu-gc200", cores=3), tp=3)
+    out = model.generate([[1, 2, 3]], max_new_tokens=2)
+    mem = out.trace.memory
+    for core in range(3):
+        region = model.device.cores[core].memory.regions["tiles"]
+        usage = np.array(mem.tile_usage[core])
+        assert usage.sum() == region.used
+        assert usage.max() - usage.mean() <= 64 * len(region.blocks)
+        kinds = mem.tile_kinds[core]
+        assert (np.sum(list(kinds.values()), axis=0) == usage).all()
+        assert {"weights", "kv_cache", "activations", *model.device.spec.core.reserved} <= set(kinds)
+        for kind, nbytes in model.device.cores[core].memory.used_by_kind().items():
+            assert sum(kinds[kind]) == nbytes

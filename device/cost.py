@@ -55,6 +55,8 @@ class KernelTime:
     compute: float
     memory: float
     overhead: float
+    sync: float = 0.0  # bulk-synchronous cores (IPUs): the sync after the compute phase
+    exchange: float = 0.0  # and the exchange phase that moves the activations between tiles
 
     @property
     def bound(self) -> str:
@@ -74,7 +76,14 @@ def kernel_time(core: CoreSpec, placement: Mapping[str, str], cost: KernelCost) 
         if nbytes:
             memory += nbytes / (core.bandwidth(placement.get(kind, "tiles")) * eff.memory)
     overhead = core.kernel_overhead_s
-    return KernelTime(overhead + max(compute, memory), compute, memory, overhead)
+    if not core.exchange_bandwidth:
+        return KernelTime(overhead + max(compute, memory), compute, memory, overhead)
+    # A superstep: every tile computes on what it holds (tensors spread evenly, so the busiest
+    # tile's share is the mean), all tiles sync, then the activations move to the tiles that
+    # read them next over the exchange
+    exchange = cost.bytes.get("activations", 0) / core.exchange_bandwidth
+    total = overhead + max(compute, memory) + core.sync_s + exchange
+    return KernelTime(total, compute, memory, overhead, core.sync_s, exchange)
 
 
 def _padded(n: int, side: int) -> int:

@@ -107,4 +107,7 @@ def describe(spec: DeviceSpec) -> dict[str, Any]:
         "topology": fabric.topology,
         "kernel_overhead_s": core.kernel_overhead_s,
         "clock_hz": core.clock_hz,
+        "bulk_synchronous": bool(core.exchange_bandwidth),
+        "sync_s": core.sync_s,
+        "exchange_bandwidth": core.exchange_bandwidth,
     }

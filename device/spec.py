@@ -53,6 +53,10 @@ class CoreSpec:
     # Tile memory mapping: 0 fills consecutive tiles; a grain (bytes) deals each tensor's grains
     # out evenly over all tiles, as Poplar's linear mapping does (IPUs)
     tile_grain: int = 0
+    # Bulk-synchronous cores (IPUs): each kernel is a compute phase, a sync of `sync_s` and an
+    # exchange phase at `exchange_bandwidth` (tile to tile); 0: kernels run back to back
+    sync_s: float = 0.0
+    exchange_bandwidth: float = 0.0
 
     @property
     def tile_memory_bytes(self) -> int:
@@ -155,6 +159,8 @@ _CORE_FIELDS = {
     "reserved": "bytes_map",
     "program_bytes": "bytes",
     "tile_grain": "bytes",
+    "sync_s": "time",
+    "exchange_bandwidth": "bandwidth",
 }
 _FABRIC_FIELDS = {
     "topology": "topology",
@@ -183,6 +189,8 @@ _OPTIONAL = {
     "reserved",
     "program_bytes",
     "tile_grain",
+    "sync_s",
+    "exchange_bandwidth",
     "bandwidth_efficiency",
     "host",
     *_HOST_FIELDS,

@@ -23,7 +23,7 @@ from tilesim.profiler.events import Trace
 from tilesim.profiler.output import atomic
 from tilesim.profiler.report import bucket_of
 
-COMPUTE, MEMORY, COLLECTIVE = 1, 2, 3
+COMPUTE, MEMORY, COLLECTIVE, SUPERSTEPS = 1, 2, 3, 4
 _US = 1e6
 
 
@@ -46,7 +46,10 @@ def chrome_events(trace: Trace) -> list[dict]:
     for core in range(cores):
         pid = core + 1
         events += [_meta(pid, None, "process_name", f"core {core}"), _meta(pid, None, "process_sort_index", pid)]
-        for tid, lane in ((COMPUTE, "compute"), (MEMORY, "memory"), (COLLECTIVE, "collective")):
+        lanes = [(COMPUTE, "compute"), (MEMORY, "memory"), (COLLECTIVE, "collective")]
+        if trace.device.get("bulk_synchronous"):
+            lanes.append((SUPERSTEPS, "supersteps"))
+        for tid, lane in lanes:
             events += [_meta(pid, tid, "thread_name", lane), _meta(pid, tid, "thread_sort_index", tid)]
     live = trace.memory.live_activations if trace.memory else []
     fixed = (
@@ -107,6 +110,8 @@ def chrome_events(trace: Trace) -> list[dict]:
                             "args": {"bytes": span.bytes},
                         }
                     )
+                if span.sync_s or span.exchange_s:
+                    events += _supersteps(pid, span)
                 if step.index < 2 and live and span.core not in counters_at.get(span.node, ()):
                     counters_at.setdefault(span.node, set()).add(span.core)
                     events.append(_memory_counter(pid, ts, fixed[span.core], _live(live[span.core], span.node)))
@@ -221,3 +226,15 @@ def write_chrome_trace(trace: Trace, path: str | Path) -> Path:
     with atomic(path) as f:
         json.dump(document, f, separators=(",", ":"), default=float)
     return path
+
+
+def _supersteps(pid: int, span) -> list[dict]:
+    """A bulk-synchronous kernel's three phases, as PopVision's execution trace shows them."""
+    compute = span.duration - span.sync_s - span.exchange_s
+    phases = (("compute", span.start, compute), ("sync", span.start + compute, span.sync_s),
+              ("exchange", span.start + compute + span.sync_s, span.exchange_s))  # fmt: skip
+    return [
+        {"ph": "X", "pid": pid, "tid": SUPERSTEPS, "name": f"{span.name} {phase}", "ts": start * _US,
+         "dur": seconds * _US, "cat": f"superstep {phase}", "args": {"kernel": span.name}}
+        for phase, start, seconds in phases if seconds > 0
+    ]  # fmt: skip

@@ -37,6 +37,8 @@ class Span:
     compute_s: float = 0.0  # kernels: the roofline's compute term
     memory_s: float = 0.0  # kernels: the roofline's memory term
     overhead_s: float = 0.0  # kernels: the fixed per-kernel cost
+    sync_s: float = 0.0  # kernels of bulk-synchronous cores: the superstep's sync
+    exchange_s: float = 0.0  # and its exchange phase
 
     @property
     def duration(self) -> float:

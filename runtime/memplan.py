@@ -206,8 +206,21 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:
             raise error(
                 f"{graph.name} does not fit on {len(plan.weights)} core(s) of {device.name}: core {worst} needs "
                 f"{fmt_bytes(need[region])} of {where} ({parts}) but has {fmt_bytes(capacity[region])}; use a higher "
-                "`tp`, a smaller `max_context` or `batch`, or a device with more memory"
+                f"`tp`{_cores_needed(plan, region, capacity[region])}, a smaller `max_context` or `batch`, or a "
+                "device with more memory"
             )
+
+
+def _cores_needed(plan: MemoryPlan, region: str, capacity: int) -> str:
+    """By size alone: every core's tensors over what one core has beside its runtime's own."""
+    own = sum(n for kind, n in plan.reserved.items() if plan.regions[kind] == region)
+    tensors = sum(
+        n for core in range(len(plan.weights)) for kind, n in plan.per_core(core).items()
+        if plan.regions[kind] == region and kind not in plan.reserved
+    )  # fmt: skip
+    if capacity <= own:
+        return ""
+    return f" (by size alone at least {-(-tensors // (capacity - own))} cores)"
 
 
 def place(plan: MemoryPlan, device: Device, core: int, kind: str, nbytes: int, name: str) -> Block:

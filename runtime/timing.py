@@ -252,7 +252,7 @@ class StepTimer:
                     span = Span(
                         core, "compute", cost.name, node.op_type, node.layer, start, start + t.total, cost.flops,
                         cost.total_bytes, t.bound, node=index, compute_s=t.compute, memory_s=t.memory,
-                        overhead_s=t.overhead,
+                        overhead_s=t.overhead, sync_s=t.sync, exchange_s=t.exchange,
                     )  # fmt: skip
                     spans.append(span)
                     if core == classes[core]:

@@ -123,3 +123,21 @@ def test_the_hosts_part_of_each_step_is_in_the_trace_on_the_compute_lane(tiny_mo
     assert sorted({e["name"] for e in host}) == ["launch", "request", "sample"]
     assert [e["dur"] for e in host if e["name"] == "request"] == [pytest.approx(2000.0)]
     assert len([e for e in host if e["name"] == "launch"]) == len(out.trace.steps)
+
+
+def test_an_ipu_run_shows_each_kernel_as_a_superstep(tiny_model, tmp_path):
+    model = tilesim.load(str(tiny_model("llama")), device=tilesim.Device("ipu-gc200", cores=3), tp=3)
+    out = model.generate([[5, 6, 7]], max_new_tokens=2, eos_token_id=None)
+    document = json.loads(write_chrome_trace(out.trace, tmp_path / "t.json").read_text())
+    check_trace_event_format(document)
+    events = document["traceEvents"]
+    lanes = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == 1}
+    assert "supersteps" in lanes
+    kernels = [e for e in events if e["ph"] == "X" and e["pid"] == 1 and e["tid"] == 1 and e.get("cat") != "host"]
+    phases = [e for e in events if e["ph"] == "X" and e["pid"] == 1 and e.get("cat", "").startswith("superstep")]
+    assert {e["cat"] for e in phases} == {"superstep compute", "superstep sync", "superstep exchange"}
+    for kernel in kernels[:20]:  # the three phases tile the kernel's span exactly
+        mine = sorted((e for e in phases if e["args"]["kernel"] == kernel["name"] and
+                       kernel["ts"] <= e["ts"] < kernel["ts"] + kernel["dur"]), key=lambda e: e["ts"])  # fmt: skip
+        assert mine[0]["ts"] == pytest.approx(kernel["ts"])
+        assert sum(e["dur"] for e in mine) == pytest.approx(kernel["dur"])

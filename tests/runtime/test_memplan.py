@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tilesim
+from tilesim.errors import OutOfTileMemory
 from tilesim.runtime.memplan import IN_PLACE_OPS
 
 
@@ -115,3 +116,10 @@ def test_an_ipu_spreads_every_tensor_over_its_tiles_by_category(tiny_model):
         assert {"weights", "kv_cache", "activations", *model.device.spec.core.reserved} <= set(kinds)
         for kind, nbytes in model.device.cores[core].memory.used_by_kind().items():
             assert sum(kinds[kind]) == nbytes
+
+
+def test_a_model_too_big_for_its_ipus_is_told_how_many_it_needs_by_size():
+    # Llama-2-7b in fp16: 6.74e9 x 2 bytes of weights (plus ~0.2 GB of KV cache and activations
+    # over 4 IPUs) over 1472 x 624 KiB per IPU less the 116 MiB a Poplar program holds: 16.7 -> 17
+    with pytest.raises(OutOfTileMemory, match="by size alone at least 17 cores"):
+        tilesim.load("llama-2-7b", device="ipu-gc200", tp=4, timing_only=True, max_context=64)

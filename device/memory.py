@@ -120,8 +120,10 @@ class Region:
         """
         if nbytes < 0:
             raise ValueError("nbytes must be >= 0")
-        if self.grain and tile is None:
-            return self._allocate_spread(int(nbytes), name, kind)
+        if self.grain:
+            if tile is not None and not 0 <= tile < self.tiles:
+                raise OutOfTileMemory(f"core {self.core}: there is no tile {tile} in {self.name} memory")
+            return self._allocate_spread(int(nbytes), name, kind, tile)
         size = self._aligned(nbytes)
         lo, hi = 0, self.capacity
         if tile is not None:
@@ -148,8 +150,12 @@ class Region:
     def _tiles_of(self, first: int, tiles: int) -> np.ndarray:
         return (first + np.arange(tiles)) % self.tiles
 
-    def _allocate_spread(self, nbytes: int, name: str, kind: str) -> Block:
-        first, tiles, share, last = self._spread_of(nbytes)
+    def _allocate_spread(self, nbytes: int, name: str, kind: str, pinned: int | None = None) -> Block:
+        if pinned is None:
+            first, tiles, share, last = self._spread_of(nbytes)
+        else:  # the whole tensor on one tile
+            first, tiles, share = pinned, 1, max(1, -(-nbytes // self.grain)) * self.grain
+            last = share
         where = self._tiles_of(first, tiles)
         add = np.full(tiles, share, dtype=np.int64)
         add[-1] = last
@@ -160,7 +166,8 @@ class Region:
             raise OutOfTileMemory(self._spread_message(nbytes, name, kind, tile, int(add[over[0]])))
         key = self._next_key
         self._next_key += max(self.alignment, nbytes)
-        self._next_tile = (first + tiles) % self.tiles
+        if pinned is None:
+            self._next_tile = (first + tiles) % self.tiles
         self._spread[key] = (first, tiles, share, last)
         self._kind_use.setdefault(kind, np.zeros(self.tiles, dtype=np.int64))[where] += add
         size = int(add.sum())

@@ -199,3 +199,14 @@ def test_a_linearly_mapped_tensor_holds_its_own_bytes():
     region.view(a, "float32", (100,))[:] = 1.0
     region.view(b, "float32", (100,))[:] = 2.0
     assert region.view(a, "float32", (100,)).sum() == 100.0
+
+
+def test_a_tensor_pinned_to_one_tile_of_a_linearly_mapped_region_stays_there():
+    region = Region(0, "tiles", 4 * 1024, 1024, backed=False, grain=64)
+    region.allocate(1024, "spread", "weights")  # 256 bytes on every tile
+    region.allocate(100, "pinned", "activations", tile=2)
+    assert region.tile_usage().tolist() == [256, 256, 256 + 128, 256]
+    with pytest.raises(OutOfTileMemory, match="tile 2 of 4"):
+        region.allocate(700, "too big", "activations", tile=2)
+    with pytest.raises(OutOfTileMemory, match="no tile 9"):
+        region.allocate(64, "nowhere", "activations", tile=9)

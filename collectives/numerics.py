@@ -9,17 +9,34 @@ Integers wrap around on overflow, so any order gives the same int32 result.
 
 from __future__ import annotations
 
-import ml_dtypes
+from collections.abc import Iterator, Mapping
+
 import numpy as np
 
 from tilesim.errors import ConfigError
 
-DTYPES: dict[str, np.dtype] = {
-    "fp32": np.dtype(np.float32),
-    "fp16": np.dtype(np.float16),
-    "bf16": np.dtype(ml_dtypes.bfloat16),
-    "int32": np.dtype(np.int32),
-}
+
+class _Dtypes(Mapping):
+    """The collectives' data types by name; bf16's numpy type comes from ml_dtypes, imported
+    on first use (it takes about 0.6 s, which a run without bf16 should not pay)."""
+
+    _names = ("fp32", "fp16", "bf16", "int32")
+
+    def __getitem__(self, name: str) -> np.dtype:
+        if name == "bf16":
+            import ml_dtypes
+
+            return np.dtype(ml_dtypes.bfloat16)
+        return {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16), "int32": np.dtype(np.int32)}[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+DTYPES: Mapping[str, np.dtype] = _Dtypes()
 REDUCE_OPS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
 ACCUMULATE = ("wire", "fp32")
 _UNIT_ROUNDOFF = {"fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8, "int32": 0.0}

@@ -14,7 +14,6 @@ import json
 import struct
 from pathlib import Path
 
-import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, for safetensors' BF16)
 import numpy as np
 
 from tilesim.errors import CheckpointError
@@ -24,6 +23,7 @@ class SafetensorsReader:
     """The tensors of a safetensors checkpoint folder."""
 
     def __init__(self, folder: Path):
+        import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, for safetensors' BF16)
         from safetensors import safe_open
 
         self.path = str(folder)

@@ -183,9 +183,9 @@ def kv_code_dtype(fmt: str) -> np.dtype:
 def kv_lut(fmt: str) -> np.ndarray:
     from tilesim.device.kernels import quant
 
-    return {"fp16": quant.LUT_FP16, "bf16": quant.LUT_BF16, "fp8": quant.LUT_FP8["fp8_e4m3"], "int8": quant.LUT_INT8}[
-        fmt
-    ]
+    if fmt == "fp8":
+        return quant.lut_fp8("fp8_e4m3")
+    return {"fp16": quant.LUT_FP16, "bf16": quant.LUT_BF16, "int8": quant.LUT_INT8}[fmt]
 
 
 def encode_kv(x: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:

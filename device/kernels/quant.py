@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 from numba import get_num_threads, njit, prange
 
@@ -45,12 +44,27 @@ jit_cache.depends_on(__file__, ir)
 FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "q4_0", "q4_1", "q8_0")
 BLOCK = 32
 _BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "int4": 20, "q8_0": 34}  # bytes of one block of 32 weights in GGUF
-_FP8 = {"fp8_e4m3": ml_dtypes.float8_e4m3fn, "fp8_e5m2": ml_dtypes.float8_e5m2}
+FP8 = ("fp8_e4m3", "fp8_e5m2")
 
 LUT_FP16 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
-LUT_BF16 = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
-LUT_FP8 = {name: np.arange(256, dtype=np.uint8).view(t).astype(np.float32) for name, t in _FP8.items()}
+LUT_BF16 = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)  # a bf16 is the top half of an fp32
 LUT_INT8 = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float32)
+_LUT_FP8: dict[str, np.ndarray] = {}
+
+
+def ml_type(fmt: str) -> type:
+    """The ml_dtypes scalar type of a 16- or 8-bit float format; imported on first use (ml_dtypes
+    takes about 0.6 s to import, which runs that use neither bf16 nor fp8 should not pay)."""
+    import ml_dtypes
+
+    return {"bf16": ml_dtypes.bfloat16, "fp8_e4m3": ml_dtypes.float8_e4m3fn, "fp8_e5m2": ml_dtypes.float8_e5m2}[fmt]
+
+
+def lut_fp8(fmt: str) -> np.ndarray:
+    """Every fp8 code of `fmt` as fp32."""
+    if fmt not in _LUT_FP8:
+        _LUT_FP8[fmt] = np.arange(256, dtype=np.uint8).view(ml_type(fmt)).astype(np.float32)
+    return _LUT_FP8[fmt]
 
 
 @dataclass
@@ -96,11 +110,13 @@ def pack(w: np.ndarray, fmt: str) -> Packed:
     if fmt == "fp16":
         return Packed(fmt, (n, k), {"w": w.astype(np.float16).view(np.uint16)})
     if fmt == "bf16":
-        return Packed(fmt, (n, k), {"w": w.astype(ml_dtypes.bfloat16).view(np.uint16)})
-    if fmt in _FP8:
-        top = float(ml_dtypes.finfo(_FP8[fmt]).max)
+        return Packed(fmt, (n, k), {"w": w.astype(ml_type("bf16")).view(np.uint16)})
+    if fmt in FP8:
+        import ml_dtypes
+
+        top = float(ml_dtypes.finfo(ml_type(fmt)).max)
         scale = _channel_scale(w, top)
-        codes = (w / scale[:, None]).astype(_FP8[fmt]).view(np.uint8)
+        codes = (w / scale[:, None]).astype(ml_type(fmt)).view(np.uint8)
         return Packed(fmt, (n, k), {"w": codes, "scale": scale})
     if fmt == "int8":
         scale = _channel_scale(w, 127.0)
@@ -165,8 +181,8 @@ def unpack(p: Packed, rows: np.ndarray | None = None) -> np.ndarray:
         return a["w"].astype(np.float32, copy=True)
     if p.fmt in ("fp16", "bf16"):
         return (LUT_FP16 if p.fmt == "fp16" else LUT_BF16)[a["w"]]
-    if p.fmt in _FP8:
-        return LUT_FP8[p.fmt][a["w"]] * a["scale"][:, None]
+    if p.fmt in FP8:
+        return lut_fp8(p.fmt)[a["w"]] * a["scale"][:, None]
     if p.fmt == "int8":
         return a["w"].astype(np.float32) * a["scale"][:, None]
     d = LUT_FP16[a["d"]][:, :, None]
@@ -373,7 +389,7 @@ def _bind_one(p: Packed, bias: np.ndarray | None) -> Callable[[np.ndarray, np.nd
     if p.fmt == "int8":
         w, scale = a["w"], a["scale"]
         return lambda x, out: _linear_int8(x, w, scale, b, out)
-    if p.fmt in _FP8:
+    if p.fmt in FP8:
         w, scale, e5m2 = a["w"], a["scale"], p.fmt == "fp8_e5m2"
         return lambda x, out: _linear_fp8(x, w, e5m2, scale, b, out)
     if p.fmt == "q8_0":

@@ -130,3 +130,18 @@ def test_python_is_told_its_arguments_and_the_command_line_its_flags(capsys, tin
     code = main(["generate", folder, "--prompt-ids", "1,2", "--device", "tiny", "--tp", "1", "--max-context", "100000"])
     err = capsys.readouterr().err
     assert code == 2 and "--max-context 100000 is out of range" in err and "max_context" not in err
+
+
+def test_a_run_without_bf16_or_fp8_does_not_import_ml_dtypes():
+    """ml_dtypes takes about 0.6 s to import; only runs that use its types may pay it (startup.py)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nimport tilesim\n"
+        "m = tilesim.load('smollm2', device='trn1', tp=1)\n"
+        "m.generate([[1, 2, 3]], max_new_tokens=2)\n"
+        "print('ml_dtypes' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"

@@ -58,3 +58,7 @@ class NumericalError(TilesimError):
 
 class GenerationError(TilesimError):
     """Generation was asked for something the compiled program cannot do (too long, bad ids)."""
+
+
+class HostLost(TilesimError):
+    """A Ray worker or node running part of a run died or left; nothing it computed is used."""

@@ -6,7 +6,7 @@ with `ray start` on this machine) or else starts a local one bound to 127.0.0.1 
 an address joins that cluster. A run that started its cluster shuts it down. Results come
 back in the order of the points, whatever order the tasks finish in, so a fanned-out run
 prints what the serial run prints. Errors of the TilesimError family raised in a task are
-raised here as they are.
+raised here as they are; a worker or node that dies (after Ray's retries) is `HostLost`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tilesim.errors import ConfigError, TilesimError
+from tilesim.errors import ConfigError, HostLost, TilesimError
 
 
 def run_all(
@@ -50,7 +50,7 @@ def run_all(
             while pending:
                 done, pending = module.wait(pending, num_returns=1)
                 bar.update(len(done))
-        return [_result(module, r) for r in refs]
+        return [_result(module, r, label(p) if label else repr(p)) for r, p in zip(refs, points, strict=True)]
     finally:
         if started:
             module.shutdown()
@@ -86,10 +86,21 @@ def cpus(module) -> int:
     return max(1, int(module.cluster_resources().get("CPU", 1)))
 
 
-def _result(module, ref):
+# what Ray raises when the process or node that ran a task is gone
+_LOST = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError")
+
+
+def _result(module, ref, point: str):
+    errors = module.exceptions
+    lost = tuple(getattr(errors, name) for name in _LOST if hasattr(errors, name))
     try:
         return module.get(ref)
-    except module.exceptions.RayTaskError as exc:
+    except lost as exc:
+        raise HostLost(
+            f"the Ray worker running point {point} died or its node left the cluster ({type(exc).__name__}, "
+            "after Ray's retries); rerun: the points are deterministic"
+        ) from None
+    except errors.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, TilesimError):
             raise cause from None

@@ -68,3 +68,17 @@ def test_without_the_ray_package_the_option_says_what_to_install(monkeypatch):
 
     with pytest.raises(ConfigError, match=r"pip install 'tilesim\[ray\]'"):
         connect("auto")
+
+
+def _die(x):
+    import os
+
+    os._exit(1)  # the worker process dies, as on a crash or a node that leaves
+
+
+def test_a_worker_that_dies_is_host_lost_naming_the_point(cluster):
+    from tilesim.errors import HostLost
+
+    with pytest.raises(HostLost, match=r"running point 7 died"):
+        run_all(_die, [7], ray="auto")
+    assert run_all(_slow_square, [2], ray="auto") == [4], "the cluster still runs the next points"

@@ -147,8 +147,11 @@ class Region:
         tiles = -(-grains // per)
         return self._next_tile, tiles, per * self.grain, (grains - (tiles - 1) * per) * self.grain
 
-    def _tiles_of(self, first: int, tiles: int) -> np.ndarray:
-        return (first + np.arange(tiles)) % self.tiles
+    def _shares(self, first: int, tiles: int, share: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tiles a spread tensor is on, and its bytes on each."""
+        add = np.full(tiles, share, dtype=np.int64)
+        add[-1] = last
+        return (first + np.arange(tiles)) % self.tiles, add
 
     def _allocate_spread(self, nbytes: int, name: str, kind: str, pinned: int | None = None) -> Block:
         if pinned is None:
@@ -156,9 +159,7 @@ class Region:
         else:  # the whole tensor on one tile
             first, tiles, share = pinned, 1, max(1, -(-nbytes // self.grain)) * self.grain
             last = share
-        where = self._tiles_of(first, tiles)
-        add = np.full(tiles, share, dtype=np.int64)
-        add[-1] = last
+        where, add = self._shares(first, tiles, share, last)
         use = self.tile_usage()
         over = np.flatnonzero(use[where] + add > self.tile_bytes)
         if over.size:
@@ -227,10 +228,8 @@ class Region:
         self.used -= block.size
         self._own_arrays.pop(block.offset, None)
         if block.offset in self._spread:
-            first, tiles, share, last = self._spread.pop(block.offset)
-            add = np.full(tiles, share, dtype=np.int64)
-            add[-1] = last
-            self._kind_use[block.kind][self._tiles_of(first, tiles)] -= add
+            where, add = self._shares(*self._spread.pop(block.offset))
+            self._kind_use[block.kind][where] -= add
             return
         offset, size = block.offset, block.size
         i = bisect.bisect_left(self._free_offsets, offset)

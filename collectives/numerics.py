@@ -10,6 +10,7 @@ Integers wrap around on overflow, so any order gives the same int32 result.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import ClassVar
 
 import numpy as np
 
@@ -21,13 +22,18 @@ class _Dtypes(Mapping):
     on first use (it takes about 0.6 s, which a run without bf16 should not pay)."""
 
     _names = ("fp32", "fp16", "bf16", "int32")
+    _numpy: ClassVar[dict[str, np.dtype]] = {
+        "fp32": np.dtype(np.float32),
+        "fp16": np.dtype(np.float16),
+        "int32": np.dtype(np.int32),
+    }
 
     def __getitem__(self, name: str) -> np.dtype:
         if name == "bf16":
             import ml_dtypes
 
             return np.dtype(ml_dtypes.bfloat16)
-        return {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16), "int32": np.dtype(np.int32)}[name]
+        return self._numpy[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)

@@ -362,9 +362,11 @@ def bind_exchange(ex: Executor, step: Step) -> Op:
         src = sp.value_rows(node.inputs[0], inputs.rows) * ins[0].shape[1]
         dst = sp.value_rows(node.out, inputs.rows) * outs[0].shape[1]
         n = src if node.op == "alltoall" else dst
-        flat_in = [v.reshape(-1)[:src] for v in ins]
-        flat_out = [v.reshape(-1)[:dst] for v in outs]
-        ex.exchange(node.op, node.out, n, flat_in, flat_out).replay(np.add)
+
+        def flat() -> tuple[list[np.ndarray], list[np.ndarray]]:
+            return [v.reshape(-1)[:src] for v in ins], [v.reshape(-1)[:dst] for v in outs]
+
+        ex.exchange(node.op, node.out, n, flat).replay(np.add)
 
     return run
 

@@ -10,6 +10,8 @@ and replayed, in the schedule's order, so each core ends with what arrived.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from tilesim.collectives.execute import Recording, record
@@ -108,25 +110,25 @@ class Executor:
         return run
 
     def recording(self, name: str, m: int, width: int, views: list[np.ndarray]) -> Recording:
-        key = (name, m)
-        rec = self._recordings.get(key)
-        if rec is None:
-            n = m * width
-            schedule = self.collectives.get("allreduce", n).schedule
-            buffers = []
-            for v in views:
-                flat = v[:m].reshape(-1)
-                buffers.append({"in": flat, "out": flat, "tmp": np.zeros(schedule.tmp_len, np.float32)})
-            rec = self._recordings[key] = record(schedule, buffers, self.fabric, 4)
-        return rec
+        """The recorded all-reduce of value `name` over its first m rows, in place."""
 
-    def exchange(self, op: str, name: str, n: int, ins: list[np.ndarray], outs: list[np.ndarray]) -> Recording:
-        """The recorded data moves of an all-to-all or all-gather of `n` elements per core
-        (the planned schedule, once per value and size) from `ins` to `outs` (flat views)."""
+        def flat() -> tuple[list[np.ndarray], list[np.ndarray]]:
+            flats = [v[:m].reshape(-1) for v in views]
+            return flats, flats
+
+        return self.exchange("allreduce", name, m * width, flat)
+
+    def exchange(
+        self, op: str, name: str, n: int, views: Callable[[], tuple[list[np.ndarray], list[np.ndarray]]]
+    ) -> Recording:
+        """The recorded data moves of collective `op` of `n` elements per core of value `name`
+        (the planned schedule, once per value and size); `views()` gives each core's flat input
+        and output, asked for only when the moves are recorded."""
         key = (name, n)
         rec = self._recordings.get(key)
         if rec is None:
             schedule = self.collectives.get(op, n).schedule
+            ins, outs = views()
             buffers = [
                 {"in": i, "out": o, "tmp": np.zeros(schedule.tmp_len, np.float32)}
                 for i, o in zip(ins, outs, strict=True)

@@ -93,7 +93,7 @@ def memory_snapshot(model: Model) -> MemorySnapshot:
         fullest = np.argsort(-use, kind="stable")[:3]
         tenants.append([(int(t), [(b.name, tiles.bytes_on(b, int(t))) for b in tiles.tenants(int(t))[:3]])
                         for t in fullest])  # fmt: skip
-        kinds.append({kind: use.tolist() for kind, use in tiles.tile_usage_by_kind().items()})
+        kinds.append({kind: on_tiles.tolist() for kind, on_tiles in tiles.tile_usage_by_kind().items()})
     spec = model.device.spec.core
     live = [memplan.live_bytes(model.program, layout) for layout in model.plan.layouts]
     return MemorySnapshot(

@@ -70,11 +70,13 @@ class Messages:
     node: int
     offset: float
     messages: tuple
+    base: int = 0  # the first core of the group the collective ran on (a pipeline stage's)
 
     def transfers(self) -> Iterator[Transfer]:
+        b = self.base
         for m in self.messages:
             link = m.links[0] if m.links else ""
-            yield Transfer(m.src, m.dst, self.offset + m.start, self.offset + m.end, m.nbytes, link, self.node)
+            yield Transfer(m.src + b, m.dst + b, self.offset + m.start, self.offset + m.end, m.nbytes, link, self.node)
 
 
 @dataclass

@@ -74,12 +74,38 @@ def build_report(trace: Trace) -> dict[str, Any]:
         report["decode_cores"] = core_breakdown(decode[-1], trace.device.get("cores", 1))
     if "buckets" in trace.model:
         report["buckets"] = buckets_used(trace)
+    pipe = trace.model.get("pipeline")
+    if pipe and pipe["pp"] > 1:
+        report["pipeline"] = pipeline_report(trace, pipe, decode[-1] if decode else prefill[0] if prefill else None)
     report["utilisation"] = utilisation(trace)
     if "precision" in trace.model:
         report["precision"] = trace.model["precision"]
     if trace.memory is not None:
         report["memory"] = memory_report(trace)
     return report
+
+
+def pipeline_report(trace: Trace, pipe: dict, step: StepRecord | None) -> dict[str, Any]:
+    """The stages, and of one step (the last decode step) how long each stage's cores were
+    busy and the bubble: the fraction of the step a stage's cores wait, on average (1 - 1/pp
+    when the stages run in turn; less when micro-batches overlap them)."""
+    out = {**pipe}
+    if step is None or not step.latency:
+        return out
+    tp = trace.device.get("cores", 1) // pipe["pp"]
+    busy = []
+    for stage in range(pipe["pp"]):
+        core = stage * tp  # the stage's first core: its lanes run alike
+        windows = sorted((s.start, s.end) for s in step.spans if s.core == core and s.lane in ("compute", "collective"))
+        total, reach = 0.0, -1.0
+        for start, end in windows:  # the union of the core's busy spans
+            if end > reach:
+                total += end - max(start, reach)
+                reach = end
+        busy.append(total)
+    out["stage_busy_s"] = busy
+    out["bubble_fraction"] = 1.0 - sum(busy) / (len(busy) * step.latency)
+    return out
 
 
 def bucket_of(step: StepRecord) -> int:

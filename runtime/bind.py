@@ -250,13 +250,27 @@ def bind_gather_logits(ex: Executor, step: Step) -> Op:
     return run
 
 
+def bind_send(ex: Executor, step: Step) -> Op:
+    """A pipeline send: each lane's rows of the value, from its core on one stage to its
+    core on the next (both are views of their own core's memory)."""
+    node, after = step.node, step.last
+    srcs, dsts = ex.views(node.inputs[0]), ex.views(node.out)
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.sp.value_rows(node.out, ex.rows(inputs, after))
+        for src, dst in zip(srcs, dsts, strict=True):
+            dst[:m] = src[:m]
+
+    return run
+
+
 def bind_moe(ex: Executor, step: Step) -> Op:
     node, after = step.node, step.last
     xs, outs = ex.views(node.inputs[0]), ex.views(node.out)
     k, n = node.attrs["k"], node.attrs["experts"]
     cores = []
     for c in range(ex.tp):
-        packs = [ex.weights[c][p] for p in node.params]
+        packs = [ex.held(c)[p] for p in node.params]
         experts = [tuple(packs[1 + 3 * e : 4 + 3 * e]) for e in range(n)]
         cores.append((xs[c], outs[c], packs[0], experts))
     act = ex.product_act
@@ -324,7 +338,7 @@ def bind_moe_experts(ex: Executor, step: Step) -> Op:
     per, width = node.attrs["per"], dones[0].shape[1]
     held = []
     for c in range(ex.tp):
-        packs = [ex.weights[c][p] for p in node.params]
+        packs = [ex.held(c)[p] for p in node.params]
         triples = {e: tuple(packs[3 * e : 3 * e + 3]) for e in range(node.attrs["experts"])}
         held.append({e: t for e, t in triples.items() if t[0].shape[0]})
     act = ex.product_act

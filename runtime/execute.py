@@ -27,7 +27,7 @@ __all__ = ["Executor", "StepInputs"]
 
 # steps that only move values already rounded (a 16-bit device stores them as they are);
 # expert parallel's packed pairs also carry expert ids and routing weights, kept in fp32
-COPIES = ("rope", "gather_logits", "moe_dispatch", "alltoall", "allgather")
+COPIES = ("rope", "gather_logits", "moe_dispatch", "alltoall", "allgather", "send")
 
 
 class Executor:
@@ -36,9 +36,9 @@ class Executor:
     def __init__(
         self,
         program: Program,
-        weights: list[dict[str, object]],
-        kv: list[list[KVCache]],
-        acts: list[dict[str, np.ndarray]],
+        weights: list[dict[str, object]],  # per core (stage * tp + lane)
+        kv: list[list[KVCache]],  # per lane, every layer
+        acts: list[dict[str, np.ndarray]],  # per lane, every value (each on its stage's core)
         fabric: AnalyticFabric,
         collectives: CollectivePlan,
         rope_tables: tuple[np.ndarray, np.ndarray] | None,
@@ -65,7 +65,9 @@ class Executor:
         self.exchanged: dict[int, list] = {}  # layer -> each core's dispatched pairs (expert parallel)
         self.step_routing: dict[int, np.ndarray] = {}  # layer -> rows routed to each expert in the last step
         self.ops: list[Op] = []
+        self.base = 0  # the first core of the stage whose step is being bound
         for step in [] if null else program.steps:
+            self.base = step.stage * self.tp
             op = OPS[step.kind].bind(self, step)
             if op is None:
                 continue
@@ -86,7 +88,11 @@ class Executor:
     def params(self, node: Node, i: int) -> list[np.ndarray | None]:
         if len(node.params) <= i:
             return [None] * self.tp
-        return [self.weights[c][node.params[i]] for c in range(self.tp)]
+        return [self.weights[self.base + c][node.params[i]] for c in range(self.tp)]
+
+    def held(self, lane: int) -> dict[str, object]:
+        """The weights of `lane`'s core on the stage of the step being bound."""
+        return self.weights[self.base + lane]
 
     @staticmethod
     def rows(inputs: StepInputs, last: bool) -> int:

@@ -19,6 +19,7 @@ from tilesim.device.memory import ALIGNMENT, Block
 from tilesim.errors import OutOfOffchipMemory, OutOfTileMemory
 from tilesim.runtime.graph import DecoderGraph
 from tilesim.runtime.ops import IN_PLACE_OPS
+from tilesim.runtime.pipeline import Stages
 from tilesim.runtime.program import Buffer, Program
 from tilesim.units import fmt_bytes
 
@@ -82,17 +83,23 @@ def plan_memory(
     one request at a time while `batch` decode needs far fewer rows). `programs`: the
     compiled programs (buckets), each holding `CoreSpec.program_bytes` on every core.
     """
-    graph, tp = program.graph, program.tp
+    graph, tp, stages = program.graph, program.tp, program.stages
+    pipe = program.pipeline
     rows = max(batch, (batch if prefill_batch is None else prefill_batch) * prefill_tokens)
-    weights = [sum(aligned(n) for sizes in weight_sizes.values() for n in sizes[core]) for core in range(tp)]
-    kv = [graph.layers * sum(aligned(n) for n in kv_sizes[core]) for core in range(tp)]
+    weights, kv = [], []
+    for stage in range(stages.pp):
+        held = [p for p in weight_sizes if stage in pipe.param_stages.get(p, (0,))]
+        for lane in range(tp):
+            weights.append(sum(aligned(n) for p in held for n in weight_sizes[p][lane]))
+            kv.append(stages.layers[stage] * sum(aligned(n) for n in kv_sizes[lane]))
     # cores whose activations have the same widths have the same layout: plan each kind once
-    by_widths: dict[tuple[int, ...], ActivationLayout] = {}
+    by_widths: dict[tuple, ActivationLayout] = {}
     layouts = []
-    for core in range(tp):
-        key = tuple(widths[core] for widths in program.sp.widths.values())
+    for core in range(stages.cores):
+        stage, lane = divmod(core, tp)
+        key = (stage, *(widths[lane] for widths in program.sp.widths.values()))
         if key not in by_widths:
-            by_widths[key] = activation_layout(program, core, rows, batch, all_logits)
+            by_widths[key] = activation_layout(program, lane, rows, batch, all_logits, stage)
         layouts.append(by_widths[key])
     activations = [layout.total for layout in layouts]
     regions = dict(device.spec.placement)
@@ -102,7 +109,7 @@ def plan_memory(
     regions.update(dict.fromkeys(reserved, "offchip" if device.spec.core.offchip_bytes else "tiles"))
     regions.setdefault("recurrent_state", regions["kv_cache"])
     plan = MemoryPlan(weights, kv, activations, regions, layouts, rows, reserved=reserved, kv_kind=kv_kind)
-    _fit(plan, graph, device)
+    _fit(plan, graph, device, stages)
     return plan
 
 
@@ -136,10 +143,15 @@ def lifetimes(program: Program) -> tuple[dict[str, int], dict[str, int]]:
     return first, last
 
 
-def activation_layout(program: Program, core: int, rows: int, batch: int, all_logits: bool) -> ActivationLayout:
-    """Offsets of every activation of `core` for a step of `rows` token rows, by liveness; a
-    value of row class `last` has one row per sequence (unless every position's logits are kept)."""
+def activation_layout(
+    program: Program, core: int, rows: int, batch: int, all_logits: bool, stage: int = 0
+) -> ActivationLayout:
+    """Offsets of the activations lane `core` of `stage` holds, for a step of `rows` token
+    rows, by liveness; a value of row class `last` has one row per sequence (unless every
+    position's logits are kept)."""
     first, last = lifetimes(program)
+    held = program.pipeline.value_stage
+    first = {name: made for name, made in first.items() if held.get(name, 0) == stage}
     row_class = program.row_class()
     shapes = {}
     for name, made in first.items():
@@ -178,7 +190,13 @@ def live_bytes(program: Program, layout: ActivationLayout) -> list[tuple[int, in
     return [(i, int(alive[i])) for i in range(nodes)]
 
 
-def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:
+def _layer_range(stages: Stages, stage: int) -> str:
+    first = sum(stages.layers[:stage])
+    return f"{first}-{first + stages.layers[stage] - 1}"
+
+
+def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device, stages: Stages) -> None:
+    tp = stages.tp
     spec = device.spec.core
     capacity = {"tiles": spec.tile_memory_bytes, "offchip": spec.offchip_bytes}
     worst = max(range(len(plan.weights)), key=lambda c: sum(plan.per_core(c).values()))
@@ -202,11 +220,15 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device) -> None:
                 if plan.regions[kind] == region
             )
             where = "tile memory" if region == "tiles" else "off-chip memory"
+            more = " or `pp`" if stages.pp > 1 else ""
             error = OutOfTileMemory if region == "tiles" else OutOfOffchipMemory
+            stage = ""
+            if stages.pp > 1:
+                stage = f" (pipeline stage {worst // tp}, layers {_layer_range(stages, worst // tp)})"
             raise error(
-                f"{graph.name} does not fit on {len(plan.weights)} core(s) of {device.name}: core {worst} needs "
+                f"{graph.name} does not fit on {len(plan.weights)} core(s) of {device.name}: core {worst}{stage} needs "
                 f"{fmt_bytes(need[region])} of {where} ({parts}) but has {fmt_bytes(capacity[region])}; use a higher "
-                f"`tp`{_cores_needed(plan, region, capacity[region])}, a smaller `max_context` or `batch`, or a "
+                f"`tp`{more}{_cores_needed(plan, region, capacity[region])}, a smaller `max_context` or `batch`, or a "
                 "device with more memory"
             )
 

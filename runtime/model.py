@@ -25,7 +25,7 @@ from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.device import Device
 from tilesim.device.kernels.rotary import rope_tables
 from tilesim.errors import ConfigError, ShardingError
-from tilesim.runtime import shard, weights
+from tilesim.runtime import pipeline, shard, weights
 from tilesim.runtime.buckets import Buckets
 from tilesim.runtime.collective_plan import CollectivePlan
 from tilesim.runtime.execute import Executor
@@ -62,12 +62,20 @@ class Model:
         decode_buckets: Sequence[int] | None = None,
         moe: str = "tp",
         moe_imbalance: float = 1.0,
+        pp: int | None = None,
+        layers_per_stage: Sequence[int] | str | None = None,
+        micro_batches: int = 1,
     ):
         start = time.perf_counter()
-        if tp > device.num_cores:
-            raise ShardingError(f"tp={tp} needs {tp} cores but the device has {device.num_cores}; give it cores={tp}")
-        self.checkpoint, self.device, self.tp = checkpoint, device, tp
         self.graph: DecoderGraph = checkpoint.graph
+        self.stages = pipeline.make_stages(self.graph.layers, tp, pp, layers_per_stage, micro_batches)
+        self.cores = self.stages.cores
+        if self.cores > device.num_cores:
+            what = f"tp={tp}" if self.stages.pp == 1 else f"tp={tp} x pp={self.stages.pp}"
+            raise ShardingError(
+                f"{what} needs {self.cores} cores but the device has {device.num_cores}; give it cores={self.cores}"
+            )
+        self.checkpoint, self.device, self.tp = checkpoint, device, tp
         self.timing_only = timing_only
         gguf = checkpoint.format == "gguf"
         stored = {"float16": "fp16", "bfloat16": "bf16"}.get(checkpoint.config.extra.get("dtype"), "fp32")
@@ -110,8 +118,13 @@ class Model:
                 f"{extra:.0%} more attention work"
             )
         self.notes += weights.keep_blocks_whole(self.formats, self.graph, self.sp)
+        self.pipeline = pipeline.split(self.sp, self.stages)
+        for param in self.pipeline.shared_params():
+            held = ", ".join(map(str, self.pipeline.param_stages[param]))
+            self.notes.append(f"{param} is used on pipeline stages {held}: each holds a copy")
         # 16-bit activations round each op's output before the next reads it: no fusion then
-        self.program = lower(self.graph, self.sp, fuse=self.precision.activations not in ("fp16", "bf16"))
+        fuse = self.precision.activations not in ("fp16", "bf16")
+        self.program = lower(self.graph, self.sp, fuse=fuse, pipeline=self.pipeline)
         self.weight_sizes = {
             p: [weights.array_bytes(self.graph, self.sp, self.formats, p, c) for c in range(tp)]
             for p in self.graph.params
@@ -122,7 +135,7 @@ class Model:
         }
         self.algo = algo
         self.buckets = Buckets.make(self.max_context, prefill_buckets, decode_buckets)
-        self.weights: list[dict[str, object]] = [{} for _ in range(tp)]
+        self.weights: list[dict[str, object]] = [{} for _ in range(self.cores)]
         self._session: Session | None = None
         self.session(batch, False)  # plans memory for everything, raising before any weight is read
         self.weights, self._blocks = weights.load(
@@ -132,6 +145,7 @@ class Model:
             self.weight_sizes,
             self.plan,
             device,
+            self.pipeline,
             timing_only=timing_only,
             progress=progress,
         )

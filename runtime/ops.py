@@ -54,6 +54,7 @@ OPS: dict[str, OpEntry] = {
     "wkv": OpEntry(bind.bind_wkv, costs.wkv),
     "mul": OpEntry(bind.bind_mul, costs.mul),
     "scale": OpEntry(bind.bind_scale, costs.scale, in_place=True),
+    "send": OpEntry(bind.bind_send, collective=True),  # pipeline: one stage's cores to the next's
     # fused forms (runtime/program.py decides them)
     "add_norm": OpEntry(bind.bind_add_norm),
     "linear_group": OpEntry(bind.bind_linear),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tilesim.runtime.graph import DecoderGraph, Node
+from tilesim.runtime.pipeline import Pipeline, Stages, single
 from tilesim.runtime.shard import ShardPlan
 
 
@@ -65,6 +66,7 @@ class Step:
     nodes: tuple[Node, ...]
     index: int  # position of the first node in the sharded graph (a trace's `node`)
     rows: str  # "all" | "last": the rows the step writes
+    stage: int = 0  # the pipeline stage whose cores run it (runtime/pipeline.py)
 
     @property
     def node(self) -> Node:
@@ -95,18 +97,20 @@ class Buffer:
 @dataclass
 class Program:
     """A sharded graph for one device, as steps; see the module doc. `buffers[core]` maps
-    every activation value to its `Buffer` once a session is planned (`assign`)."""
+    every activation value the core holds to its `Buffer` once a session is planned
+    (`assign`). Cores are numbered stage * tp + lane (`pipeline.Stages`)."""
 
     graph: DecoderGraph
     sp: ShardPlan
     steps: list[Step]
     fused: bool
+    pipeline: Pipeline
     buffers: list[dict[str, Buffer]] = field(default_factory=list)
 
     def assign(self, buffers: list[dict[str, Buffer]]) -> None:
         """The memory plan's buffers of a session (runtime/memplan.py), one map per core."""
-        if len(buffers) != self.tp:
-            raise ValueError(f"buffers for {len(buffers)} cores, the program runs on {self.tp}")
+        if len(buffers) != self.cores:
+            raise ValueError(f"buffers for {len(buffers)} cores, the program runs on {self.cores}")
         self.buffers = buffers
 
     def writes(self, step: Step, core: int) -> list[Buffer]:
@@ -125,6 +129,19 @@ class Program:
     def tp(self) -> int:
         return self.sp.tp
 
+    @property
+    def stages(self) -> Stages:
+        return self.pipeline.stages
+
+    @property
+    def cores(self) -> int:
+        """Every core the program runs on: its stages times its tensor-parallel degree."""
+        return self.pipeline.stages.cores
+
+    def stage_of(self, index: int) -> int:
+        """The stage of the node at `index`."""
+        return self.pipeline.node_stage[index]
+
     def nodes(self) -> Iterator[tuple[int, Node, str]]:
         """(index, node, row class) of every node, in execution order."""
         for step in self.steps:
@@ -136,19 +153,23 @@ class Program:
         return [rows for _, _, rows in self.nodes()]
 
 
-def lower(graph: DecoderGraph, sp: ShardPlan, *, fuse: bool = True) -> Program:
-    """The Program of a sharded graph (`fuse=False`: one step per node)."""
+def lower(graph: DecoderGraph, sp: ShardPlan, *, fuse: bool = True, pipeline: Pipeline | None = None) -> Program:
+    """The Program of a sharded graph (`fuse=False`: one step per node), on the stages of
+    `pipeline` (`pipeline.split`, run on `sp` before; default: one stage)."""
+    pipeline = pipeline or single(sp, graph.layers)
     nodes = list(sp.nodes)
+    stage = pipeline.node_stage
     select = next(i for i, node in enumerate(nodes) if node.op == "select_last")
     steps: list[Step] = []
     i = 0
     while i < len(nodes):
         rows = "last" if i >= select else "all"
-        group = _fusion(nodes, i) if fuse else (nodes[i].op, 1)
-        kind, count = group
-        steps.append(Step(kind, tuple(nodes[i : i + count]), i, rows))
+        kind, count = _fusion(nodes, i) if fuse else (nodes[i].op, 1)
+        if len(set(stage[i : i + count])) > 1:  # a fusion never spans two stages' cores
+            kind, count = nodes[i].op, 1
+        steps.append(Step(kind, tuple(nodes[i : i + count]), i, rows, stage[i]))
         i += count
-    return Program(graph, sp, steps, fuse)
+    return Program(graph, sp, steps, fuse, pipeline)
 
 
 def _fusion(nodes: list[Node], i: int) -> tuple[str, int]:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def device_info(model: Model) -> dict:
     info = describe(model.device.spec)
-    info["cores"] = model.tp
+    info["cores"] = model.cores
     info["peak_flops"] = model.device.spec.core.peak_flops[model.precision.compute_dtype]
     return info
 
@@ -35,6 +35,7 @@ def model_info(model: Model) -> dict:
         "kv_heads": cfg.kv_heads,
         "params": cfg.params,
         "tp": model.tp,
+        "pipeline": model.stages.describe(),
         "dtype": model.dtype,
         "act_dtype": model.precision.activations,
         "compute_dtype": model.precision.compute_dtype,  # the peak MFU is measured against
@@ -54,8 +55,9 @@ def precision_report(model: Model) -> dict:
     for param, spec in model.graph.params.items():
         entry = classes.setdefault(weight_class(param), {"formats": set(), "bytes": 0, "fp32_bytes": 0})
         entry["formats"].add(model.formats[param])
-        entry["bytes"] += sum(sum(sizes) for sizes in model.weight_sizes[param])
-        entry["fp32_bytes"] += sum(
+        copies = len(model.pipeline.param_stages.get(param, (0,)))  # a tied embedding: on two stages
+        entry["bytes"] += copies * sum(sum(sizes) for sizes in model.weight_sizes[param])
+        entry["fp32_bytes"] += copies * sum(
             int(np.prod(model.sp.local_shape(param, spec.shape, c))) * 4 for c in range(model.tp)
         )
     for entry in classes.values():
@@ -83,7 +85,7 @@ def precision_report(model: Model) -> dict:
 
 def memory_snapshot(model: Model) -> MemorySnapshot:
     per_core, peak, usage, tenants, kinds = [], [], [], [], []
-    for core in range(model.tp):
+    for core in range(model.cores):
         memory = model.device.cores[core].memory
         per_core.append(memory.used_by_kind())
         peak.append(memory.peak)

@@ -32,7 +32,9 @@ def decode_shape(batch: int, context: int, max_context: int, gathered: str = "ar
 
 @dataclass
 class Session:
-    """What one batch size placed: the plan, each core's KV caches and activation views."""
+    """What one batch size placed: the plan, and per lane (a core's place in its pipeline
+    stage) the KV cache of every layer and the view of every activation, each in the memory
+    of the core of its stage."""
 
     plan: memplan.MemoryPlan
     batch: int
@@ -98,27 +100,31 @@ def place(
         plan, batch, all_logits, batch if prefill_batch is None else prefill_batch, [[] for _ in range(tp)],
         [{} for _ in range(tp)],
     )  # fmt: skip
+    stages = program.stages
     activation_blocks = []
-    for core in range(tp):
+    for core in range(stages.cores):
+        stage, lane = divmod(core, tp)
         memory = device.cores[core].memory
-        for layer in range(graph.layers):
+        first = sum(stages.layers[:stage])
+        for layer in range(first, first + stages.layers[stage]):
             arrays = {}
-            for name, (shape, dt) in kv_layouts[core].items():
+            for name, (shape, dt) in kv_layouts[lane].items():
                 nbytes = int(np.prod(shape)) * dt.itemsize
                 block = memplan.place(plan, device, core, kind, nbytes, f"{kind}.{layer}.{name}")
                 session.blocks.append((core, block))
                 arrays[name] = memory.view(block, dt, shape) if views else None
-            session.kv[core].append(RecurrentState(**arrays) if recurrent else KVCache(kv_format, **arrays))
+            session.kv[lane].append(RecurrentState(**arrays) if recurrent else KVCache(kv_format, **arrays))
         block = memplan.place(plan, device, core, "activations", plan.layouts[core].total, "activations")
         session.blocks.append((core, block))
         activation_blocks.append(block)
         for name, nbytes in plan.reserved.items():  # the device runtime's own (CoreSpec.reserved)
             session.blocks.append((core, memplan.place(plan, device, core, name, nbytes, f"runtime.{name}")))
     program.assign(memplan.buffers(plan))
-    if views:
-        for core in range(tp):
+    if views:  # each lane sees the values of every stage, each in its own stage's core
+        for core in range(stages.cores):
             block = activation_blocks[core]
             raw = device.cores[core].memory.view(block, np.uint8, (plan.layouts[core].total,))
             for name, buf in program.buffers[core].items():
-                session.acts[core][name] = raw[buf.offset : buf.offset + buf.nbytes].view(buf.dtype).reshape(buf.shape)
+                view = raw[buf.offset : buf.offset + buf.nbytes].view(buf.dtype).reshape(buf.shape)
+                session.acts[core % tp][name] = view
     return session

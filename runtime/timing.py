@@ -25,11 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tilesim.collectives.schedule import bounds
 from tilesim.device.cost import kernel_time
 from tilesim.device.device import Device
+from tilesim.device.fabric import TransferRecord
+from tilesim.device.topology import Topology
 from tilesim.errors import GenerationError
 from tilesim.profiler.events import Messages, Span
-from tilesim.runtime.collective_plan import CollectivePlan
+from tilesim.runtime.collective_plan import CollectivePlan, Planned
 from tilesim.runtime.graph import Node
 from tilesim.runtime.ops import OPS
 from tilesim.runtime.precision import Precision
@@ -55,6 +58,7 @@ class StepTiming:
     latency: float
     spans: list[Span] = field(default_factory=list)
     messages: list[Messages] = field(default_factory=list)
+    stage_ends: list[float] = field(default_factory=list)  # when each pipeline stage's last node ended
 
 
 def _shifted(span: Span, by: float) -> Span:
@@ -62,6 +66,24 @@ def _shifted(span: Span, by: float) -> Span:
     out = object.__new__(Span)
     out.__dict__.update(span.__dict__, start=span.start + by, end=span.end + by)
     return out
+
+
+def _critical_cells(ends: list[list[float]], launch: float) -> set[tuple[int, int]]:
+    """The (stage, micro-batch) cells on the pipeline's critical path, from the last back:
+    each cell waited for whichever of its two predecessors ended later."""
+    s, m = len(ends) - 1, len(ends[0]) - 1
+    cells = set()
+    while s >= 0 and m >= 0:
+        cells.add((s, m))
+        up = ends[s - 1][m] if s else launch
+        left = ends[s][m - 1] if m else launch
+        if s == 0 and m == 0:
+            break
+        if (up >= left and s > 0) or m == 0:
+            s -= 1
+        else:
+            m -= 1
+    return cells
 
 
 def bucket(n: int, smallest: int = 16, largest: int | None = None) -> int:
@@ -132,6 +154,8 @@ class StepTimer:
         self.moe_imbalance = moe_imbalance
         self.routing: dict[int, np.ndarray] | None = None  # the step being timed: rows per expert, per layer
         self._routed: dict[tuple, StepTiming] = {}
+        self._sends: dict[tuple[int, int], Planned] = {}
+        self._topology: Topology | None = None
 
     def time(self, shape: StepShape, routing: dict[int, np.ndarray] | None = None) -> StepTiming:
         """The step's timing; `routing` (layer -> rows routed to each expert in this step, as
@@ -165,7 +189,7 @@ class StepTimer:
         as several programs in turn; a prefill starts its request (`HostSpec`)."""
         host = self.device.spec.host
         if shape.phase != "prefill":
-            return self._simulate(shape)
+            return self._program(shape)
         per = host.context_batch or shape.batch
         parts = [min(per, shape.batch - i) for i in range(0, shape.batch, per)]
         spans: list[Span] = []
@@ -175,14 +199,70 @@ class StepTimer:
             spans += self._host_spans("request", clock, host.request_overhead_s)
             clock += host.request_overhead_s
         timed: dict[int, StepTiming] = {}
+        stage_ends: list[float] = []
         for rows in parts:
             if rows not in timed:
-                timed[rows] = self._simulate(dataclasses.replace(shape, batch=rows))
+                timed[rows] = self._program(dataclasses.replace(shape, batch=rows))
             part = timed[rows]
+            stage_ends = [clock + e for e in part.stage_ends]
             spans += [_shifted(s, clock) for s in part.spans] if clock else part.spans
             messages += [dataclasses.replace(m, offset=m.offset + clock) for m in part.messages]
             clock += part.latency
-        return StepTiming(shape, clock, spans, messages)
+        return StepTiming(shape, clock, spans, messages, stage_ends)
+
+    def _program(self, shape: StepShape) -> StepTiming:
+        """One compiled program: its nodes in turn, or with micro-batches through the stages."""
+        stages = self.program.stages
+        if stages.pp > 1 and stages.micro_batches > 1 and shape.batch > 1:
+            return self._pipelined(shape)
+        return self._simulate(shape)
+
+    def _pipelined(self, shape: StepShape) -> StepTiming:
+        """The batch cut into micro-batches that flow through the stages (GPipe): micro-batch
+        m starts on stage s when it has left stage s - 1 and micro-batch m - 1 has left stage
+        s. Each micro-batch's stage times are those of its own program run alone."""
+        stages, host = self.program.stages, self.device.spec.host
+        pp, count = stages.pp, min(stages.micro_batches, shape.batch)
+        cuts = bounds(shape.batch, count)
+        sizes = [cuts[m + 1] - cuts[m] for m in range(count)]
+        runs: dict[int, StepTiming] = {}
+        for size in sizes:
+            if size not in runs:
+                runs[size] = self._simulate(dataclasses.replace(shape, batch=size))
+        launch = host.step_overhead_s
+        starts = [[0.0] * count for _ in range(pp)]  # when micro-batch m began on stage s, in its own run
+        ends = [[0.0] * count for _ in range(pp)]
+        for m, size in enumerate(sizes):
+            run = runs[size]
+            for s in range(pp):
+                began = run.stage_ends[s - 1] if s else launch
+                ready = max(ends[s - 1][m] if s else launch, ends[s][m - 1] if m else launch)
+                starts[s][m] = ready - began  # the shift of this stage's spans
+                ends[s][m] = ready + run.stage_ends[s] - began
+        end = ends[pp - 1][count - 1]
+        spans: list[Span] = self._host_spans("launch", 0.0, launch) if launch else []
+        messages: list[Messages] = []
+        if self.spans:
+            critical = _critical_cells(ends, launch)
+            stage_of = self.program.pipeline.node_stage
+            tp = stages.tp
+            for m, size in enumerate(sizes):
+                run = runs[size]
+                for span in run.spans:
+                    if span.lane == "host":
+                        continue
+                    s = span.core // tp
+                    moved = _shifted(span, starts[s][m])
+                    moved.critical = span.critical and (s, m) in critical
+                    spans.append(moved)
+                for msg in run.messages:
+                    shift = starts[stage_of[msg.node]][m]
+                    messages.append(dataclasses.replace(msg, offset=msg.offset + shift))
+        if host.sample_s:
+            spans += self._host_spans("sample", end, host.sample_s * shape.batch)
+            end += host.sample_s * shape.batch
+        stage_ends = [ends[s][count - 1] for s in range(pp)]
+        return StepTiming(shape, end, spans, messages, stage_ends)
 
     def _host_spans(self, name: str, start: float, seconds: float) -> list[Span]:
         """Host work on the step's critical path: on every core's lane, critical on core 0's."""
@@ -190,7 +270,7 @@ class StepTimer:
             return []
         return [
             Span(core, "host", name, "host", None, start, start + seconds, critical=core == 0)
-            for core in range(self.sp.tp)
+            for core in range(self.program.cores)
         ]
 
     def _core_classes(self) -> list[int]:
@@ -224,20 +304,31 @@ class StepTimer:
         overhead = self.device.spec.fabric.collective_overhead_s
         placement = self._placement(shape)
         segment: dict[int, list[Span]] = {rep: [] for rep in reps}  # the kernels since the last collective
+        stage_of = self.program.pipeline.node_stage
+        stage, stage_ends = 0, []
         for index, node, row_class in self.program.nodes():
             rows = shape.batch if row_class == "last" and shape.logits != "all" else shape.rows
+            while stage < stage_of[index]:
+                stage_ends.append(max(ready.values()))
+                stage += 1
+            base = stage * p  # the first core of the node's stage
             entry = OPS[node.op]
             if entry.collective:
-                op, n = self._collective_size(node, rows, shape)
-                planned = self.collectives.get(op, n)
+                if node.op == "send":
+                    op, n = "send", self.sp.value_rows(node.out, rows) * max(self.sp.widths[node.out])
+                    planned = self._send(node, n)
+                else:
+                    op, n = self._collective_size(node, rows, shape)
+                    planned = self.collectives.get(op, n)
                 start = max(ready.values())
                 if self.spans:
                     if planned.transfers:
-                        messages.append(Messages(index, start + overhead, planned.transfers))
+                        group = 0 if op == "send" else base  # a send's records name its cores already
+                        messages.append(Messages(index, start + overhead, planned.transfers, group))
                     slowest = max(reps, key=lambda c: ready[c])
                     for span in segment[slowest]:
                         span.critical = True
-                    spans += self._collective_spans(node, index, op, n, planned, ready, classes, start, slowest)
+                    spans += self._collective_spans(node, index, op, n, planned, ready, classes, start, slowest, base)
                 ready = dict.fromkeys(reps, start + planned.seconds)
                 segment = {rep: [] for rep in reps}
                 continue
@@ -250,7 +341,7 @@ class StepTimer:
                     cost, t = timed[classes[core]]
                     start = ready[classes[core]]
                     span = Span(
-                        core, "compute", cost.name, node.op_type, node.layer, start, start + t.total, cost.flops,
+                        base + core, "compute", cost.name, node.op_type, node.layer, start, start + t.total, cost.flops,
                         cost.total_bytes, t.bound, node=index, compute_s=t.compute, memory_s=t.memory,
                         overhead_s=t.overhead, sync_s=t.sync, exchange_s=t.exchange,
                     )  # fmt: skip
@@ -263,10 +354,11 @@ class StepTimer:
         for span in segment[slowest]:
             span.critical = True
         end = max(ready.values())
+        stage_ends += [end] * (self.program.stages.pp - len(stage_ends))
         if host.sample_s:
             spans += self._host_spans("sample", end, host.sample_s * shape.batch)
             end += host.sample_s * shape.batch
-        return StepTiming(shape, end, spans, messages)
+        return StepTiming(shape, end, spans, messages, stage_ends)
 
     def _placement(self, shape: StepShape) -> dict[str, str]:
         """Where each kind of tensor is read from in this step: activations are staged in tile
@@ -279,19 +371,43 @@ class StepTimer:
             placement["activations"] = "offchip"
         return placement
 
-    def _collective_spans(self, node, index, op, n, planned, ready, classes, start, slowest) -> list[Span]:
+    def _collective_spans(self, node, index, op, n, planned, ready, classes, start, slowest, base) -> list[Span]:
+        """A collective's spans on the cores of its stage (a send's: on the receiving stage's)."""
         out = []
+        name = f"recv from stage {node.attrs['src']}" if op == "send" else op
+        op_type = "pipeline" if op == "send" else "collective"
         for core in range(self.sp.tp):
             waited = ready[classes[core]]
             if waited < start:
-                out.append(Span(core, "wait", f"wait for {op}", "idle", node.layer, waited, start, node=index))
+                out.append(Span(base + core, "wait", f"wait for {name}", "idle", node.layer, waited, start, node=index))
             out.append(
                 Span(
-                    core, "collective", op, "collective", node.layer, start, start + planned.seconds,
+                    base + core, "collective", name, op_type, node.layer, start, start + planned.seconds,
                     bytes=n * self.act_bytes, algo=planned.algo, critical=core == slowest, node=index,
                 )
             )  # fmt: skip
         return out
+
+    def _send(self, node: Node, n: int) -> Planned:
+        """A pipeline send of `n` elements per lane: every lane's core on stage `src` to the
+        same lane's core on stage `dst`, at once over the fabric (idle-fabric time of each
+        route; the slowest sets the step), plus the fabric's fixed cost per transfer."""
+        key = (node.attrs["src"], n)
+        if key not in self._sends:
+            stages, fabric = self.program.stages, self.device.spec.fabric
+            if self._topology is None:
+                self._topology = Topology(fabric, stages.cores)
+            nbytes = n * self.act_bytes
+            overhead = fabric.collective_overhead_s
+            records, seconds = [], 0.0
+            for lane in range(stages.tp):
+                src, dst = stages.core(node.attrs["src"], lane), stages.core(node.attrs["dst"], lane)
+                t = self._topology.transfer_time(src, dst, nbytes)
+                links = tuple(link.name for link in self._topology.route(src, dst))
+                records.append(TransferRecord(src, dst, "send", int(nbytes), links, 0.0, t, 0.0, 0, "ok"))
+                seconds = max(seconds, t)
+            self._sends[key] = Planned("p2p", None, overhead + seconds, tuple(records))
+        return self._sends[key]
 
     def _collective_size(self, node: Node, rows: int, shape: StepShape) -> tuple[str, int]:
         if node.op == "allreduce":

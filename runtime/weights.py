@@ -15,6 +15,7 @@ from tilesim.device.kernels import quant
 from tilesim.device.memory import Block
 from tilesim.runtime import memplan
 from tilesim.runtime.graph import DecoderGraph
+from tilesim.runtime.pipeline import Pipeline
 from tilesim.runtime.precision import Precision
 from tilesim.runtime.shard import ShardPlan
 
@@ -59,26 +60,34 @@ def load(
     sizes: dict[str, list[list[int]]],
     plan: memplan.MemoryPlan,
     device: Device,
+    pipeline: Pipeline,
     *,
     timing_only: bool,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict[str, object]], list[tuple[int, Block]]]:
     """Every core's weights (name -> fp32 array or Packed views into its arena; empty when
-    timing-only) and the blocks they occupy."""
+    timing-only) and the blocks they occupy. Cores are stage * tp + lane: a weight is read
+    once per lane and placed on that lane's core of every stage that uses it
+    (`Pipeline.param_stages`; one stage unless an embedding is tied to the LM head)."""
     graph = checkpoint.graph
-    weights: list[dict[str, object]] = [{} for _ in range(sp.tp)]
+    tp = sp.tp
+    weights: list[dict[str, object]] = [{} for _ in range(pipeline.stages.cores)]
     blocks: list[tuple[int, Block]] = []
     params = list(graph.params.items())
-    total, done = len(params) * sp.tp, 0
+    total, done = len(params) * tp, 0
     for name, spec in params:
-        for core in range(sp.tp):
+        held = pipeline.param_stages.get(name, (0,))
+        for lane in range(tp):
+            cores = [stage * tp + lane for stage in held]
             if timing_only:
-                for i, nbytes in enumerate(sizes[name][core]):
-                    blocks.append((core, memplan.place(plan, device, core, "weights", nbytes, f"{name}[{i}]")))
+                for core in cores:
+                    for i, nbytes in enumerate(sizes[name][lane]):
+                        blocks.append((core, memplan.place(plan, device, core, "weights", nbytes, f"{name}[{i}]")))
             else:
-                shape = sp.local_shape(name, spec.shape, core)
-                value = _read(checkpoint, sp, name, formats[name], core, shape)
-                weights[core][name] = _place(plan, device, blocks, name, core, value)
+                shape = sp.local_shape(name, spec.shape, lane)
+                value = _read(checkpoint, sp, name, formats[name], lane, shape)
+                for core in cores:
+                    weights[core][name] = _place(plan, device, blocks, name, core, value)
             done += 1
             if progress:
                 progress(done, total)

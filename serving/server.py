@@ -304,7 +304,7 @@ def _with_prompt(r: Request, vocab: int) -> Request:
 
 def _memory(model, slots: int) -> dict:
     plan = model.plan
-    worst = max(range(model.tp), key=lambda c: sum(plan.per_core(c).values()))
+    worst = max(range(model.cores), key=lambda c: sum(plan.per_core(c).values()))
     spec = model.device.spec.core
     return {
         "core": worst,
@@ -316,4 +316,4 @@ def _memory(model, slots: int) -> dict:
 
 
 def _device(model) -> dict:
-    return {"name": model.device.name, "cores": model.tp}
+    return {"name": model.device.name, "cores": model.cores}

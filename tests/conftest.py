@@ -127,6 +127,18 @@ def configs():
             ),
             [1, 2, 10],
         ),
+        "llama_deep": (  # five layers, grouped queries: pipeline stages of one to three layers
+            T.LlamaConfig(
+                hidden_size=48,
+                intermediate_size=88,
+                num_hidden_layers=5,
+                num_attention_heads=6,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                **common,
+            ),
+            [1, 2, 3, 6],
+        ),
         "mistral": (
             T.MistralConfig(
                 hidden_size=48,

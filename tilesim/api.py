@@ -12,6 +12,7 @@ from tilesim.models.checkpoint import open_checkpoint
 from tilesim.models.named import open_for_timing
 from tilesim.runtime.checks import whole
 from tilesim.runtime.model import Model
+from tilesim.runtime.pipeline import stage_count
 
 
 def _check(path_or_name, device, tp, batch, max_context, algo) -> None:
@@ -57,6 +58,9 @@ def load(
     decode_buckets: Sequence[int] | None = None,
     moe: str = "tp",
     moe_imbalance: float = 1.0,
+    pp: int | None = None,
+    layers_per_stage: Sequence[int] | str | None = None,
+    micro_batches: int = 1,
 ) -> Model:
     """Open a checkpoint and place it, split `tp` ways, on `device`.
 
@@ -74,11 +78,18 @@ def load(
     exchanged by all-to-all); `moe_imbalance` (timing-only, expert parallel) gives the busiest
     core that many times its uniform share of the routed tokens (functional runs time the
     routing the data produced).
+    `pp` splits the layers over that many pipeline stages of `tp` cores each (`tp * pp`
+    cores; a preset name then gets that many), or `layers_per_stage` lists each stage's
+    layers (as PopTransformer's `layer_per_ipu`); `micro_batches` cuts a batch into that many
+    micro-batches that flow through the stages (runtime/pipeline.py).
     """
     _check(path_or_name, device, tp, batch, max_context, algo)
+    whole("pp", pp, 1, ShardingError, optional=True)
+    whole("micro_batches", micro_batches, 1, ConfigError)
     if isinstance(device, str):
-        device = Device(device, cores=tp, backed=not timing_only)
-    tp = tp if tp is not None else device.num_cores
+        cores = None if tp is None else tp * stage_count(pp, layers_per_stage)
+        device = Device(device, cores=cores, backed=not timing_only)
+    tp = tp if tp is not None else max(1, device.num_cores // stage_count(pp, layers_per_stage))
     checkpoint = open_source(path_or_name, timing_only)
     return Model(
         checkpoint,
@@ -97,4 +108,7 @@ def load(
         decode_buckets=decode_buckets,
         moe=moe,
         moe_imbalance=moe_imbalance,
+        pp=pp,
+        layers_per_stage=layers_per_stage,
+        micro_batches=micro_batches,
     )

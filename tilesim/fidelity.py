@@ -226,3 +226,66 @@ def predict_allreduce(row: AllReduceRow, **overrides: Any) -> dict[str, Any]:
         "error": seconds / row.time_s - 1,
         "algo": algo,
     }
+
+
+POPTRANSFORMER = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration" / "poptransformer_published.csv"
+_IPU_PRESETS = {"IPU GC200 (Mk2)": "ipu-gc200", "C600": "c600"}
+_IPU_MODELS = {"gpt2-xl": "gpt2-xl"}
+
+
+@dataclass(frozen=True)
+class IpuRow:
+    """One row of PopTransformer's GPT2-XL table: the time of one decode step of the whole
+    batch, in sharding mode (the layers split evenly over `ipus` IPUs, one after another)."""
+
+    model: str
+    instance: str  # the preset
+    ipus: int
+    batch: int
+    max_len: int
+    dtype: str
+    tpot_s: float
+    source: str
+
+
+def load_ipu_rows(path: str | Path = POPTRANSFORMER) -> list[IpuRow]:
+    with open(path, newline="") as f:
+        return [
+            IpuRow(
+                r["model"], _IPU_PRESETS[r["hardware"]], int(r["ipus"]), int(r["batch"]), int(r["max_len"]), r["dtype"],
+                float(r["latency_ms_per_step"]) / 1e3, r["source"],
+            )
+            for r in csv.DictReader(f)
+        ]  # fmt: skip
+
+
+def predict_ipu(row: IpuRow, **overrides: Any) -> dict[str, Any]:
+    """The simulated decode step of `row` as PopTransformer runs it in sharding mode: the
+    layers split evenly over the IPUs (pipeline stages of one IPU each, in turn), fp16
+    weights, activations and KV cache, a static KV buffer of `max_len` positions that every
+    step attends over (the step's time does not depend on how full it is)."""
+    model = _ipu_model(row)
+    device = Device(row.instance, cores=row.ipus, backed=False, **overrides) if overrides else model.device
+    timer = model.timer_for(device, spans=False)
+    tpot = timer.time(decode_shape(row.batch, row.max_len, row.max_len)).latency
+    return {
+        "model": row.model,
+        "instance": row.instance,
+        "ipus": row.ipus,
+        "batch": row.batch,
+        "tpot_s": row.tpot_s,
+        "predicted_tpot_s": tpot,
+        "tpot_error": tpot / row.tpot_s - 1,
+    }
+
+
+@functools.lru_cache(maxsize=16)
+def _ipu_model(row: IpuRow):
+    checkpoint = open_for_timing(_IPU_MODELS[row.model])
+    device = Device(row.instance, cores=row.ipus, backed=False)
+    # one compiled decode program over the whole static KV buffer; prompts are fed in
+    # pieces of 16 (the activations of a prefill of the whole 264 would not fit beside the KV cache)
+    return load(
+        checkpoint, device, 1, dtype=row.dtype, act_dtype=row.dtype, kv_dtype=row.dtype, timing_only=True,
+        batch=row.batch, max_context=row.max_len, pp=row.ipus, decode_buckets=[row.max_len], prefill_buckets=[16],
+    )  # fmt: skip

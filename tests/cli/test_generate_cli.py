@@ -145,3 +145,22 @@ def test_a_run_without_bf16_or_fp8_does_not_import_ml_dtypes():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_pipeline_stages_from_the_command_line_give_the_tokens_of_tp_alone(capsys, tiny_model):
+    folder = str(tiny_model("llama_deep"))
+    common = ["--device", "tiny", "--prompt-ids", "5,6,7,8", "--max-new-tokens", "6"]
+    code, alone = run_json(capsys, folder, "--tp", "2", *common)
+    assert code == 0
+    code, staged = run_json(capsys, folder, "--tp", "2", "--layers-per-stage", "2,3", "--micro-batches", "2", *common)
+    assert code == 0
+    assert [o["tokens"] for o in staged["outputs"]] == [o["tokens"] for o in alone["outputs"]]
+    assert staged["report"]["pipeline"]["layers_per_stage"] == [2, 3]
+    assert len(staged["report"]["memory"]["per_core_peak_bytes"]) == 4  # 2 stages x 2 cores
+
+
+def test_a_pipeline_that_does_not_divide_the_layers_says_so_in_flags(capsys, tiny_model):
+    code = main(["generate", str(tiny_model("llama_deep")), "--device", "tiny", "--pp", "2", "--prompt-ids", "5,6"])
+    err = capsys.readouterr().err
+    assert code != 0 and "do not split evenly over --pp 2" in err and "--layers-per-stage" in err
+    assert "Traceback" not in err

@@ -1,7 +1,7 @@
 """`tilesim fidelity`: the published rows of benchmarks/calibration/ beside what the timing
 model predicts for each, with the errors and their mean: the Neuron SDK 2.18 latency rows
 (trn1.32xlarge, inf2.48xlarge), gpt-fast's decode rows and the nccl-tests all-reduce curve
-(a100)."""
+(a100), and PopTransformer's GPT2-XL rows on 8 IPUs in sharding mode (ipu-gc200, c600)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,17 @@ from tilesim.units import fmt_bytes, fmt_time
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "fidelity",
-        help="predicted against published times (Neuron SDK 2.18 Llama-2 rows, gpt-fast and nccl-tests on A100)",
+        help="predicted against published times (Neuron SDK 2.18 Llama-2 rows, gpt-fast and nccl-tests on A100, "
+        "PopTransformer's GPT2-XL on IPUs)",
     )
     p.add_argument(
-        "--device", default=None, help="only rows of these devices, e.g. trn1.32xlarge,inf2.48xlarge or a100"
+        "--device",
+        default=None,
+        help="only rows of these devices, e.g. trn1.32xlarge,inf2.48xlarge, a100 or ipu-gc200,c600",
     )
-    p.add_argument("--json", action="store_true", help="print JSON: {neuron: [...], gpu: [...], allreduce: [...]}")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON: {neuron: [...], gpu: [...], allreduce: [...], ipu: [...]}"
+    )
     p.add_argument("--plot", default=None, metavar="PATH", help="predicted against published on log axes (PNG)")
     p.set_defaults(run=run)
 
@@ -36,18 +41,20 @@ def run(args: argparse.Namespace) -> int:
     from tilesim.fidelity import (
         load_allreduce_rows,
         load_gpu_rows,
+        load_ipu_rows,
         load_latency_rows,
         predict_allreduce,
         predict_gpu,
+        predict_ipu,
         predict_latency,
     )
 
     if args.plot:
         writable_file(args.plot, "--plot")
-    rows, gpu, curve = load_latency_rows(), load_gpu_rows(), load_allreduce_rows()
+    rows, gpu, curve, ipu = load_latency_rows(), load_gpu_rows(), load_allreduce_rows(), load_ipu_rows()
     if args.device:
         wanted = {d.strip() for d in args.device.split(",") if d.strip()}
-        known = {r.instance for r in rows} | {r.instance for r in gpu}
+        known = {r.instance for r in rows} | {r.instance for r in gpu} | {r.instance for r in ipu}
         unknown = wanted - known
         if unknown:
             raise ConfigError(
@@ -56,21 +63,27 @@ def run(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r.instance in wanted]
         gpu = [r for r in gpu if r.instance in wanted]
         curve = [r for r in curve if r.instance in wanted]
+        ipu = [r for r in ipu if r.instance in wanted]
     quiet = args.json or not sys.stderr.isatty()
     with warnings.catch_warnings():  # the tables run Llama-2 past its 4096 positions, as transformers-neuronx did
         warnings.simplefilter("ignore", UserWarning)
         results = [predict_latency(r) for r in tqdm(rows, desc="fidelity", disable=quiet, leave=False)]
         gpu_results = [predict_gpu(r) for r in gpu]
         curve_results = [predict_allreduce(r) for r in curve]
+        ipu_results = [predict_ipu(r) for r in ipu]
     if args.json:
-        print(json.dumps({"neuron": results, "gpu": gpu_results, "allreduce": curve_results}, indent=2))
+        print(json.dumps({"neuron": results, "gpu": gpu_results, "allreduce": curve_results, "ipu": ipu_results},
+                         indent=2))  # fmt: skip
     else:
         if results:
             _print(results)
         if gpu_results:
             _print_gpu(gpu_results, curve_results)
+        if ipu_results:
+            _print_ipu(ipu_results)
     if args.plot:
-        _plot(results + [{**r, "ttft_s": None, "predicted_ttft_s": None} for r in gpu_results], args.plot)
+        tpot_only = [{**r, "ttft_s": None, "predicted_ttft_s": None} for r in gpu_results + ipu_results]
+        _plot(results + tpot_only, args.plot)
     return 0
 
 
@@ -111,6 +124,30 @@ def _print_gpu(results: list[dict], curve: list[dict]) -> None:
     small = [r["error"] for r in curve if r["size_bytes"] < 1 << 20]
     parts = [f"from 1 MiB up: {_mean_and_worst(big)}"] if big else []
     parts += [f"below 1 MiB (the latency floor): {_mean_and_worst(small)}"] if small else []
+    print("; ".join(parts))
+
+
+def _print_ipu(results: list[dict]) -> None:
+    print("\n# PopTransformer, GPT2-XL on 8 IPUs in sharding mode (6 layers each, fp16, max length 264): decode step")
+    print_table(
+        [
+            {
+                "device": r["instance"],
+                "IPUs": r["ipus"],
+                "batch": r["batch"],
+                "step": fmt_time(r["tpot_s"]),
+                "predicted": fmt_time(r["predicted_tpot_s"]),
+                "error": f"{r['tpot_error']:+.0%}",
+            }
+            for r in results
+        ],
+        right=("IPUs", "batch", "step", "predicted", "error"),
+    )
+    parts = []
+    for instance, note in (("ipu-gc200", "fitted on these rows"), ("c600", "predicted, not fitted")):
+        errors = [r["tpot_error"] for r in results if r["instance"] == instance]
+        if errors:
+            parts.append(f"{instance} ({note}): {_mean_and_worst(errors)}")
     print("; ".join(parts))
 
 
@@ -178,7 +215,8 @@ def _plot(results: list[dict], path: str) -> None:
     for factor in (1.15, 1 / 1.15):
         ax.plot([lo, hi], [lo * factor, hi * factor], color="grey", linewidth=0.5, linestyle="--")
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="published (s)", ylabel="predicted (s)")
-    ax.set_title("Published rows (Neuron SDK 2.18, gpt-fast): predicted against published\n(dashed: ±15%)")
+    title = "Published rows (Neuron SDK 2.18, gpt-fast, PopTransformer):\npredicted against published (dashed: ±15%)"
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))

@@ -20,6 +20,7 @@ from tilesim.device import Device
 from tilesim.errors import ConfigError, ShardingError
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
+from tilesim.runtime.pipeline import stage_count
 from tilesim.runtime.timing import context_for
 from tilesim.units import fmt_bytes
 
@@ -44,6 +45,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="trn1", help="device preset (see `tilesim devices`)")
     p.add_argument("--cores", type=int, default=None, help="cores of the device (default: the TP degree)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    add_pipeline_arguments(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     p.add_argument("--prompt-ids", action="append", default=[], help="a prompt as token ids, e.g. 1,2,3")
     p.add_argument("--prompt-len", type=int, default=None, help="timing-only: a prompt of N tokens")
@@ -91,6 +93,23 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", default=None, metavar="DIR", help="write timeline, memory, roofline, breakdown PNGs")
     p.add_argument("--report", action="store_true", help="print the latency and memory report")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pp", type=int, default=None, help="pipeline stages: layers split over N groups of --tp cores")
+    p.add_argument(
+        "--layers-per-stage", default=None, metavar="N,N,...",
+        help="each pipeline stage's layers, as PopTransformer's layer_per_ipu (instead of --pp)",
+    )  # fmt: skip
+    p.add_argument(
+        "--micro-batches", type=int, default=1, metavar="M",
+        help="cut a batch into M micro-batches that flow through the stages (default 1: stages in turn)",
+    )  # fmt: skip
+
+
+def pipeline_cores(args: argparse.Namespace) -> int:
+    """The cores --tp, --pp and --layers-per-stage ask for."""
+    return args.tp * stage_count(args.pp, args.layers_per_stage)
 
 
 def add_bucket_arguments(p: argparse.ArgumentParser) -> None:
@@ -160,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
     whole("tp", args.tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
     needed = longest + args.max_new_tokens
     max_context = context_for(checkpoint.graph, needed, args.max_context)
-    device = Device(args.device, cores=args.cores if args.cores is not None else args.tp, backed=not args.timing_only)
+    whole("pp", args.pp, 1, ShardingError, optional=True)
+    cores = args.cores if args.cores is not None else pipeline_cores(args)
+    device = Device(args.device, cores=cores, backed=not args.timing_only)
     quiet = args.json or not sys.stderr.isatty()
     bar = tqdm(total=0, desc="loading", unit="tensor", disable=quiet, leave=False)
 
@@ -184,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
         progress=progress,
         moe=args.moe,
         moe_imbalance=args.moe_imbalance,
+        pp=args.pp,
+        layers_per_stage=args.layers_per_stage,
+        micro_batches=args.micro_batches,
         **bucket_lists(args),
     )
     bar.close()

@@ -9,10 +9,10 @@ from tilesim.units import fmt_bytes, fmt_flops, fmt_time
 
 def print_report(report: dict, trace: Trace, full: bool = False) -> None:
     model, device = trace.model, trace.device
-    print(
-        f"\n# {model['name']} ({model['arch']}, {model['dtype']}) on {model['tp']} core(s) of {device['name']}, "
-        f"batch {model['batch']}"
-    )
+    pipe = report.get("pipeline")
+    where = f"{model['tp']} core(s)" if not pipe else f"{pipe['pp']} stages x {model['tp']} core(s)"
+    title = f"{model['name']} ({model['arch']}, {model['dtype']})"
+    print(f"\n# {title} on {where} of {device['name']}, batch {model['batch']}")
     tpot = report["tpot_s"]
     print(f"simulated time to first token  {fmt_time(report['ttft_s'])}")
     if tpot["mean"] is None:
@@ -39,6 +39,15 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         if "tokens_per_expert" in experts:
             total = [sum(col) for col in zip(*experts["tokens_per_expert"], strict=True)]
             line += f"; routed: {total} over all layers (busiest {experts['imbalance']:.2f}x the mean)"
+        print(line)
+    if pipe:
+        line = (
+            f"pipeline                       {pipe['pp']} stages of {','.join(map(str, pipe['layers_per_stage']))} "
+            f"layers, {pipe['micro_batches']} micro-batch(es)"
+        )
+        if "bubble_fraction" in pipe:
+            busy = ", ".join(fmt_time(b) for b in pipe["stage_busy_s"])
+            line += f"; last step: stages busy {busy}, bubble {pipe['bubble_fraction']:.0%}"
         print(line)
     buckets = report.get("buckets")
     if buckets:

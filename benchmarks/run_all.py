@@ -20,6 +20,7 @@ SCRIPTS = [
     "precision_table.py",
     "precision_error.py",
     "fidelity.py",
+    "distributed.py",
 ]
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def bind_embed(ex: Executor, step: Step) -> Op:
     node = step.node
     outs, tables = ex.views(node.out), ex.params(node, 0)
-    starts = [ex.sp.rows[node.params[0]][c][0] for c in range(ex.tp)]
+    starts = [ex.sp.rows[node.params[0]][c][0] for c in ex.lanes]
 
     def run(inputs: StepInputs) -> None:
         m = inputs.rows
@@ -44,7 +44,7 @@ def bind_add_norm(ex: Executor, step: Step) -> Op:
     (add, norm), after = step.nodes, step.last
     a_s, b_s, sums = ex.views(add.inputs[0]), ex.views(add.inputs[1]), ex.views(add.out)
     outs, ws = ex.views(norm.out), ex.params(norm, 0)
-    bs = ex.params(norm, 1) if norm.attrs["kind"] == "layer_norm" else [None] * ex.tp
+    bs = ex.params(norm, 1) if norm.attrs["kind"] == "layer_norm" else [None] * len(ex.lanes)
     eps = norm.attrs["eps"]
     cores = list(zip(a_s, b_s, sums, ws, bs, outs, strict=True))
 
@@ -101,11 +101,11 @@ def bind_linear(ex: Executor, step: Step) -> Op:
 
         def checked(inputs: StepInputs) -> None:
             m = ex.rows(inputs, after)
-            for c in range(ex.tp):
+            for c in range(len(ex.lanes)):
                 quant.linear_group(xs[c][:m], list(ws[c]), list(bs[c]), [o[:m] for o in outs[c]], act)
 
         return checked
-    calls = [quant.bind(list(ws[c]), list(bs[c]), act) for c in range(ex.tp)]
+    calls = [quant.bind(list(ws[c]), list(bs[c]), act) for c in range(len(ex.lanes))]
     single = len(group) == 1
 
     def run(inputs: StepInputs) -> None:
@@ -132,7 +132,7 @@ def bind_allreduce(ex: Executor, step: Step) -> Op | None:
     node, after = step.node, step.last
     if ex.tp == 1:  # one core holds the whole sum already
         return None
-    views = ex.views(node.out)
+    views = ex.views_all(node.out)  # the replay moves bytes among every lane's buffer
     width = views[0].shape[1]
 
     def run(inputs: StepInputs) -> None:
@@ -163,7 +163,7 @@ def bind_attention(ex: Executor, step: Step) -> Op:
     qs, ks, vs = (ex.views(name) for name in node.inputs)
     outs = ex.views(node.out)
     d, scale, window = ex.graph.head_dim, node.attrs["scale"], node.attrs["window"]
-    slopes = [_core_slopes(ex, node, c) for c in range(ex.tp)]
+    slopes = [_core_slopes(ex, node, c) for c in ex.lanes]
 
     def run(inputs: StepInputs) -> None:
         b, t, m = inputs.batch, inputs.tokens, inputs.rows
@@ -369,7 +369,7 @@ def bind_moe_combine(ex: Executor, step: Step) -> Op:
 def bind_exchange(ex: Executor, step: Step) -> Op:
     """An all-to-all or all-gather of expert parallel's buffers: the planned schedule's moves."""
     node = step.node
-    ins, outs = ex.views(node.inputs[0]), ex.views(node.out)
+    ins, outs = ex.views_all(node.inputs[0]), ex.views_all(node.out)
     sp = ex.program.sp
 
     def run(inputs: StepInputs) -> None:
@@ -388,7 +388,7 @@ def bind_exchange(ex: Executor, step: Step) -> Op:
 def _states(ex: Executor, node, inputs: StepInputs) -> list:
     """Each core's KV cache (or recurrent state) of the node's layer, for the step's slots
     (a server's step may run on some of the session's slots)."""
-    states = [ex.kv[c][node.layer] for c in range(ex.tp)]
+    states = [ex.kv[c][node.layer] for c in ex.lanes]
     first, b = inputs.first_slot, inputs.batch
     return [s.of_slots(first, b) if first or b != s.slots else s for s in states]
 

@@ -23,11 +23,31 @@ from tilesim.runtime.kvcache import KVCache
 from tilesim.runtime.ops import OPS
 from tilesim.runtime.program import Op, Program, Step, StepInputs
 
-__all__ = ["Executor", "StepInputs"]
+__all__ = ["Boundary", "Executor", "StepInputs"]
 
 # steps that only move values already rounded (a 16-bit device stores them as they are);
 # expert parallel's packed pairs also carry expert ids and routing weights, kept in fp32
 COPIES = ("rope", "gather_logits", "moe_dispatch", "alltoall", "allgather", "send")
+
+
+# collectives whose bytes cross between lanes: where a partial executor hands over its part
+CROSSING = ("allreduce", "gather_logits", "alltoall", "allgather")
+
+
+class Boundary:
+    """A collective in a partial executor's ops: `op` (None for the logits gather, which the
+    driver assembles) runs once every lane's input is in place (`value`, `rows(inputs)`)."""
+
+    def __init__(self, step: Step, op: Op | None):
+        self.step, self.op = step, op
+        node = step.node
+        self.value = node.inputs[0] if step.kind in ("alltoall", "allgather") else node.out
+
+    def rows(self, ex: Executor, inputs: StepInputs) -> int:
+        return ex.sp.value_rows(self.value, ex.rows(inputs, self.step.last))
+
+    def __call__(self, inputs: StepInputs) -> None:
+        raise RuntimeError("a partial executor's step runs segment by segment (runtime/distributed.py)")
 
 
 class Executor:
@@ -45,15 +65,20 @@ class Executor:
         act_dtype: str = "fp32",  # fp32, fp16, bf16 (rounded after every op) or int8 (the products' inputs)
         *,
         null: bool = False,
+        lanes: list[int] | None = None,
     ):
         """`null=True` binds nothing (timing-only, tinygrad's null device): a step runs no
-        kernel and returns None."""
+        kernel and returns None. `lanes`: run only these lanes' kernels (the cores a Ray actor
+        holds, runtime/distributed.py); each collective is then a `Boundary` in `ops`, where
+        the actor hands its lanes' part to the others and takes theirs before it runs."""
         self.program, self.graph, self.sp = program, program.graph, program.sp
         self.weights, self.kv, self.acts = weights, kv, acts
         self.fabric = fabric
         self.collectives = collectives  # shared with the step timer: the schedules it timed
         self.rope_tables = rope_tables
         self.tp = program.tp
+        self.lanes = list(range(self.tp)) if lanes is None else list(lanes)
+        self.partial = lanes is not None  # hosted on an actor: stop at every collective
         self._recordings: dict[tuple[str, int], Recording] = {}
         self.act_dtype = act_dtype
         self.rounds16 = act_dtype in ("fp16", "bf16")  # every op's output rounded to 16 bits
@@ -64,7 +89,7 @@ class Executor:
         self.routing: dict[int, np.ndarray] = {}  # layer -> tokens routed to each expert (mixtures of experts)
         self.exchanged: dict[int, list] = {}  # layer -> each core's dispatched pairs (expert parallel)
         self.step_routing: dict[int, np.ndarray] = {}  # layer -> rows routed to each expert in the last step
-        self.ops: list[Op] = []
+        self.ops: list[Op | Boundary] = []
         self.base = 0  # the first core of the stage whose step is being bound
         for step in [] if null else program.steps:
             self.base = step.stage * self.tp
@@ -73,6 +98,9 @@ class Executor:
                 continue
             if self.rounds16 and step.node.out and step.kind not in COPIES:
                 op = self._rounded(op, step)
+            if self.partial and step.kind in CROSSING:
+                self.ops.append(Boundary(step, None if step.kind == "gather_logits" else op))
+                continue
             self.ops.append(op)
 
     def step(self, inputs: StepInputs) -> np.ndarray:
@@ -83,12 +111,17 @@ class Executor:
     # -- what the binders use -----------------------------------------------------------
 
     def views(self, name: str) -> list[np.ndarray]:
+        """The value's array on each lane this executor runs."""
+        return [self.acts[c][name] for c in self.lanes]
+
+    def views_all(self, name: str) -> list[np.ndarray]:
+        """The value's array on every lane (a collective's replay moves bytes among all)."""
         return [self.acts[c][name] for c in range(self.tp)]
 
     def params(self, node: Node, i: int) -> list[np.ndarray | None]:
         if len(node.params) <= i:
-            return [None] * self.tp
-        return [self.weights[self.base + c][node.params[i]] for c in range(self.tp)]
+            return [None] * len(self.lanes)
+        return [self.weights[self.base + c][node.params[i]] for c in self.lanes]
 
     def held(self, lane: int) -> dict[str, object]:
         """The weights of `lane`'s core on the stage of the step being bound."""

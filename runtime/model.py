@@ -25,7 +25,7 @@ from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.device import Device
 from tilesim.device.kernels.rotary import rope_tables
 from tilesim.errors import ConfigError, ShardingError
-from tilesim.runtime import pipeline, shard, weights
+from tilesim.runtime import distributed, pipeline, shard, weights
 from tilesim.runtime.buckets import Buckets
 from tilesim.runtime.collective_plan import CollectivePlan
 from tilesim.runtime.execute import Executor
@@ -65,8 +65,24 @@ class Model:
         pp: int | None = None,
         layers_per_stage: Sequence[int] | str | None = None,
         micro_batches: int = 1,
+        cluster: str | None = None,
+        source: str | None = None,
+        cores_per_actor: int | None = None,
+        actor_memory: int | str | None = None,
+        lanes: Sequence[int] | None = None,
     ):
+        """`cluster` (a Ray address or "auto") hosts the cores on Ray actors that read the
+        checkpoint at `source` themselves (runtime/distributed.py); `lanes` is an actor's own
+        share (the driver passes it)."""
         start = time.perf_counter()
+        kwargs = {
+            "dtype": dtype, "act_dtype": act_dtype, "kv_dtype": kv_dtype, "max_context": max_context, "batch": batch,
+            "algo": algo, "pad_heads": pad_heads, "prefill_buckets": prefill_buckets, "decode_buckets": decode_buckets,
+            "moe": moe, "moe_imbalance": moe_imbalance, "pp": pp, "layers_per_stage": layers_per_stage,
+            "micro_batches": micro_batches,
+        }  # fmt: skip
+        self.hosted = cluster is not None and not timing_only  # numbers on actors, time and plan here
+        self.lanes = None if lanes is None else list(lanes)
         self.graph: DecoderGraph = checkpoint.graph
         self.stages = pipeline.make_stages(self.graph.layers, tp, pp, layers_per_stage, micro_batches)
         self.cores = self.stages.cores
@@ -146,12 +162,19 @@ class Model:
             self.plan,
             device,
             self.pipeline,
-            timing_only=timing_only,
+            timing_only=timing_only or self.hosted,
             progress=progress,
+            lanes=self.lanes,
         )
+        self._loaded = True
+        self.remote = None
+        if self.hosted:
+            if not isinstance(source, str):
+                raise ConfigError("cluster= needs the checkpoint as a path or a name (each actor opens it itself)")
+            self.remote = distributed.start(self, source, cluster, cores_per_actor, actor_memory, kwargs)
         self._bind()
         self.wall = {"load_s": time.perf_counter() - start, "compile_s": 0.0}
-        if not timing_only:
+        if not timing_only and not self.hosted:
             compile_start = time.perf_counter()
             kernels.warm_up(self.precision.activations == "int8")
             self.wall["compile_s"] = time.perf_counter() - compile_start
@@ -185,7 +208,7 @@ class Model:
             all_logits=all_logits,
             weight_sizes=self.weight_sizes,
             notes=self.notes,
-            views=not self.timing_only,
+            views=not self.timing_only and not self.hosted,
             replacing=self._session,
             prefill_batch=prefill_batch,
             buckets=self.buckets,
@@ -194,7 +217,9 @@ class Model:
         itemsize, region = self.precision.act_bytes, new.plan.regions["activations"]
         self.collectives = CollectivePlan(self.device, self.tp, itemsize, region, self.algo)
         self.timer = self._timer(self.device, self.collectives)
-        if self.weights[0] or self.timing_only:
+        if getattr(self, "remote", None) is not None:
+            self.remote.session(batch, all_logits, prefill_batch)
+        if self.timing_only or getattr(self, "_loaded", False):
             self._bind()
 
     def timer_for(self, device: Device, *, spans: bool = True) -> StepTimer:
@@ -218,6 +243,9 @@ class Model:
     def _bind(self) -> None:
         """The executor of this session: the Program bound to the cores' arrays (to nothing
         when timing-only, so a step runs no kernel and returns no logits)."""
+        if getattr(self, "remote", None) is not None:  # the numbers run on the actors
+            self.executor = self.remote
+            return
         rope = next((n for n in self.graph.nodes if n.op == "rope"), None)
         tables = rope_tables(self.max_context, rope.attrs["inv_freq"]) if rope and not self.timing_only else None
         self.executor = Executor(
@@ -230,9 +258,15 @@ class Model:
             tables,
             self.precision.activations,
             null=self.timing_only,
+            lanes=self.lanes,
         )
 
     generate = generate  # the loop is runtime/generate.py's `generate(model, prompts, ...)`
+
+    def close(self) -> None:
+        """Stop the Ray actors hosting the cores (and the local cluster this load started)."""
+        if self.remote is not None:
+            self.remote.close()
 
     def precision_report(self) -> dict:
         """The format of every weight class, its bytes over all cores, and the bytes saved against fp32."""

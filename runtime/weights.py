@@ -64,20 +64,23 @@ def load(
     *,
     timing_only: bool,
     progress: Callable[[int, int], None] | None = None,
+    lanes: list[int] | None = None,
 ) -> tuple[list[dict[str, object]], list[tuple[int, Block]]]:
     """Every core's weights (name -> fp32 array or Packed views into its arena; empty when
     timing-only) and the blocks they occupy. Cores are stage * tp + lane: a weight is read
     once per lane and placed on that lane's core of every stage that uses it
-    (`Pipeline.param_stages`; one stage unless an embedding is tied to the LM head)."""
+    (`Pipeline.param_stages`; one stage unless an embedding is tied to the LM head).
+    `lanes`: read only these lanes' slices (a Ray actor's cores, runtime/distributed.py)."""
     graph = checkpoint.graph
     tp = sp.tp
     weights: list[dict[str, object]] = [{} for _ in range(pipeline.stages.cores)]
     blocks: list[tuple[int, Block]] = []
     params = list(graph.params.items())
-    total, done = len(params) * tp, 0
+    mine = list(range(tp)) if lanes is None else list(lanes)
+    total, done = len(params) * len(mine), 0
     for name, spec in params:
         held = pipeline.param_stages.get(name, (0,))
-        for lane in range(tp):
+        for lane in mine:
             cores = [stage * tp + lane for stage in held]
             if timing_only:
                 for core in cores:

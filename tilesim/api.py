@@ -61,6 +61,9 @@ def load(
     pp: int | None = None,
     layers_per_stage: Sequence[int] | str | None = None,
     micro_batches: int = 1,
+    cluster: str | None = None,
+    cores_per_actor: int | None = None,
+    actor_memory: int | str | None = None,
 ) -> Model:
     """Open a checkpoint and place it, split `tp` ways, on `device`.
 
@@ -82,13 +85,18 @@ def load(
     cores; a preset name then gets that many), or `layers_per_stage` lists each stage's
     layers (as PopTransformer's `layer_per_ipu`); `micro_batches` cuts a batch into that many
     micro-batches that flow through the stages (runtime/pipeline.py).
+    `cluster` ("auto" or a Ray address) hosts the emulated cores on Ray actors, one per host
+    or `cores_per_actor` each, every actor reading its own weight slices; `actor_memory`
+    (e.g. "1GiB") is each actor's budget (docs/distributed.md). `Model.close()` stops them.
     """
     _check(path_or_name, device, tp, batch, max_context, algo)
     whole("pp", pp, 1, ShardingError, optional=True)
     whole("micro_batches", micro_batches, 1, ConfigError)
+    if cluster is not None and not isinstance(cluster, str):
+        raise ConfigError(f"cluster={cluster!r} must be a Ray address or 'auto'")
     if isinstance(device, str):
         cores = None if tp is None else tp * stage_count(pp, layers_per_stage)
-        device = Device(device, cores=cores, backed=not timing_only)
+        device = Device(device, cores=cores, backed=not timing_only and cluster is None)
     tp = tp if tp is not None else max(1, device.num_cores // stage_count(pp, layers_per_stage))
     checkpoint = open_source(path_or_name, timing_only)
     return Model(
@@ -111,4 +119,8 @@ def load(
         pp=pp,
         layers_per_stage=layers_per_stage,
         micro_batches=micro_batches,
+        cluster=cluster,
+        source=os.fspath(path_or_name) if isinstance(path_or_name, str | os.PathLike) else None,
+        cores_per_actor=cores_per_actor,
+        actor_memory=actor_memory,
     )

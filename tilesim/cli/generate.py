@@ -46,6 +46,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cores", type=int, default=None, help="cores of the device (default: the TP degree)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
     add_pipeline_arguments(p)
+    p.add_argument(
+        "--ray", default=None, metavar="auto|ADDRESS",
+        help="host the emulated cores on Ray actors (docs/distributed.md); auto: the cluster Ray finds, or a local one",
+    )  # fmt: skip
+    p.add_argument("--cores-per-actor", type=int, default=None, metavar="N",
+                   help="with --ray: cores per actor (default: one actor per host)")  # fmt: skip
+    p.add_argument("--actor-memory", default=None, metavar="SIZE",
+                   help="with --ray: each actor's memory budget, e.g. 1GiB (its cores' planned bytes)")  # fmt: skip
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     p.add_argument("--prompt-ids", action="append", default=[], help="a prompt as token ids, e.g. 1,2,3")
     p.add_argument("--prompt-len", type=int, default=None, help="timing-only: a prompt of N tokens")
@@ -191,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     model = load(
-        checkpoint,
+        args.model if args.ray else checkpoint,  # each actor opens the checkpoint itself
         device,
         args.tp,
         dtype=args.dtype,
@@ -208,9 +216,19 @@ def run(args: argparse.Namespace) -> int:
         pp=args.pp,
         layers_per_stage=args.layers_per_stage,
         micro_batches=args.micro_batches,
+        cluster=args.ray,
+        cores_per_actor=args.cores_per_actor,
+        actor_memory=args.actor_memory,
         **bucket_lists(args),
     )
     bar.close()
+    try:
+        return _run(args, model, prompts, tokenizer, started)
+    finally:
+        model.close()
+
+
+def _run(args: argparse.Namespace, model, prompts, tokenizer, started: float) -> int:
     if args.draft:
         return speculate.run(args, model, prompts, tokenizer)
     stream = _Streamer(tokenizer, len(prompts)) if tokenizer and not args.json and not args.timing_only else None

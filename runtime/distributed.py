@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from tilesim.collectives.schedule import bounds
-from tilesim.errors import ConfigError, HostLost, OutOfTileMemory, TilesimError
+from tilesim.errors import ConfigError, HostLost, OutOfTileMemory
 from tilesim.runtime.execute import CROSSING, Boundary
 from tilesim.runtime.program import StepInputs
 from tilesim.units import fmt_bytes
@@ -208,13 +208,9 @@ class RemoteExecutor:
 
     def _guard(self, run):
         """`run()`, with a lost actor or node raised as HostLost naming the cores it held."""
-        ray = self.ray
-        errors = ray.exceptions
-        lost = tuple(
-            getattr(errors, n) for n in ("RayActorError", "ActorDiedError", "NodeDiedError", "ObjectLostError",
-                                         "OwnerDiedError", "WorkerCrashedError", "RayChannelError",
-                                         "RayChannelTimeoutError") if hasattr(errors, n)
-        )  # fmt: skip
+        from tilesim.fanout import lost_errors, raise_cause
+
+        lost = lost_errors(self.ray, "RayActorError", "ActorDiedError", "RayChannelError", "RayChannelTimeoutError")
         try:
             return run()
         except lost as exc:
@@ -226,11 +222,8 @@ class RemoteExecutor:
                 f"a Ray actor hosting emulated cores died or its node left the cluster ({type(exc).__name__}): "
                 f"{held}; the run stopped (load the model again to rerun it: the tokens are deterministic)"
             ) from None
-        except errors.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, TilesimError):
-                raise cause from None
-            raise
+        except self.ray.exceptions.RayTaskError as exc:
+            raise_cause(exc)
 
     def _dead(self) -> list[int]:
         dead = []

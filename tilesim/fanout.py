@@ -90,18 +90,26 @@ def cpus(module) -> int:
 _LOST = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError")
 
 
+def lost_errors(module, *more: str) -> tuple[type[BaseException], ...]:
+    """The exception classes of this Ray version that mean a worker, actor or node is gone."""
+    return tuple(getattr(module.exceptions, name) for name in (*_LOST, *more) if hasattr(module.exceptions, name))
+
+
+def raise_cause(exc: BaseException) -> None:
+    """Raise a failed Ray task's TilesimError as it was raised in the task, else `exc`."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, TilesimError):
+        raise cause from None
+    raise exc
+
+
 def _result(module, ref, point: str):
-    errors = module.exceptions
-    lost = tuple(getattr(errors, name) for name in _LOST if hasattr(errors, name))
     try:
         return module.get(ref)
-    except lost as exc:
+    except lost_errors(module) as exc:
         raise HostLost(
             f"the Ray worker running point {point} died or its node left the cluster ({type(exc).__name__}, "
             "after Ray's retries); rerun: the points are deterministic"
         ) from None
-    except errors.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, TilesimError):
-            raise cause from None
-        raise
+    except module.exceptions.RayTaskError as exc:
+        raise_cause(exc)

@@ -116,7 +116,7 @@ class CoreHost:
             self._at = 0
         else:
             boundary = ops[self._at]
-            m = boundary.rows(ex, inputs)
+            m = boundary.rows(ex.sp, inputs)
             for part in parts:
                 for lane, rows in part.items():
                     if lane not in self.lanes:
@@ -126,7 +126,7 @@ class CoreHost:
         while self._at < len(ops):
             op = ops[self._at]
             if isinstance(op, Boundary):
-                m = op.rows(ex, inputs)
+                m = op.rows(ex.sp, inputs)
                 return {lane: ex.acts[lane][op.value][:m].copy() for lane in self.lanes}
             op(inputs)
             self._at += 1
@@ -139,7 +139,7 @@ class RemoteExecutor:
     def __init__(self, model, ray, actors: list, placement: Placement, started: bool):
         self.ray, self.actors, self.placement, self.started = ray, actors, placement, started
         self.program = model.program
-        self._crossing = [s for s in model.program.steps if s.kind in CROSSING and _runs(s, model.tp)]
+        self._crossing = [Boundary(s, None) for s in model.program.steps if s.kind in CROSSING and _runs(s, model.tp)]
         self.boundaries = len(self._crossing)
         self.logits: np.ndarray | None = None
         self.routing: dict[int, np.ndarray] = {}
@@ -193,11 +193,9 @@ class RemoteExecutor:
         every other actor, and the logits to the driver."""
         sp, others = self.program.sp, len(self.actors) - 1
         total = 0
-        for step in self._crossing:
-            value = step.node.inputs[0] if step.kind in ("alltoall", "allgather") else step.node.out
-            rows = sp.value_rows(value, inputs.batch if step.last and not inputs.all_logits else inputs.rows)
-            nbytes = rows * sum(sp.widths[value]) * 4
-            total += nbytes if step.kind == "gather_logits" else nbytes * others
+        for boundary in self._crossing:
+            nbytes = boundary.rows(sp, inputs) * sum(sp.widths[boundary.value]) * 4
+            total += nbytes if boundary.step.kind == "gather_logits" else nbytes * others
         return total
 
     def session(self, batch: int, all_logits: bool, prefill_batch: int | None) -> None:

@@ -22,6 +22,7 @@ from tilesim.runtime.graph import Node
 from tilesim.runtime.kvcache import KVCache
 from tilesim.runtime.ops import OPS
 from tilesim.runtime.program import Op, Program, Step, StepInputs
+from tilesim.runtime.shard import ShardPlan
 
 __all__ = ["Boundary", "Executor", "StepInputs"]
 
@@ -43,8 +44,9 @@ class Boundary:
         node = step.node
         self.value = node.inputs[0] if step.kind in ("alltoall", "allgather") else node.out
 
-    def rows(self, ex: Executor, inputs: StepInputs) -> int:
-        return ex.sp.value_rows(self.value, ex.rows(inputs, self.step.last))
+    def rows(self, sp: ShardPlan, inputs: StepInputs) -> int:
+        """The rows of `value` each lane hands over in a step of `inputs`."""
+        return sp.value_rows(self.value, Executor.rows(inputs, self.step.last))
 
     def __call__(self, inputs: StepInputs) -> None:
         raise RuntimeError("a partial executor's step runs segment by segment (runtime/distributed.py)")

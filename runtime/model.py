@@ -82,7 +82,11 @@ class Model:
             "micro_batches": micro_batches,
         }  # fmt: skip
         self.hosted = cluster is not None and not timing_only  # numbers on actors, time and plan here
+        if self.hosted and not isinstance(source, str):
+            raise ConfigError("cluster= needs the checkpoint as a path or a name (each actor opens it itself)")
         self.lanes = None if lanes is None else list(lanes)
+        self.remote: distributed.RemoteExecutor | None = None  # the actors, once they run
+        self._loaded = False  # the weights are in place: sessions bind the executor
         self.graph: DecoderGraph = checkpoint.graph
         self.stages = pipeline.make_stages(self.graph.layers, tp, pp, layers_per_stage, micro_batches)
         self.cores = self.stages.cores
@@ -167,10 +171,7 @@ class Model:
             lanes=self.lanes,
         )
         self._loaded = True
-        self.remote = None
         if self.hosted:
-            if not isinstance(source, str):
-                raise ConfigError("cluster= needs the checkpoint as a path or a name (each actor opens it itself)")
             self.remote = distributed.start(self, source, cluster, cores_per_actor, actor_memory, kwargs)
         self._bind()
         self.wall = {"load_s": time.perf_counter() - start, "compile_s": 0.0}
@@ -217,9 +218,9 @@ class Model:
         itemsize, region = self.precision.act_bytes, new.plan.regions["activations"]
         self.collectives = CollectivePlan(self.device, self.tp, itemsize, region, self.algo)
         self.timer = self._timer(self.device, self.collectives)
-        if getattr(self, "remote", None) is not None:
+        if self.remote is not None:
             self.remote.session(batch, all_logits, prefill_batch)
-        if self.timing_only or getattr(self, "_loaded", False):
+        if self.timing_only or self._loaded:
             self._bind()
 
     def timer_for(self, device: Device, *, spans: bool = True) -> StepTimer:
@@ -243,7 +244,7 @@ class Model:
     def _bind(self) -> None:
         """The executor of this session: the Program bound to the cores' arrays (to nothing
         when timing-only, so a step runs no kernel and returns no logits)."""
-        if getattr(self, "remote", None) is not None:  # the numbers run on the actors
+        if self.remote is not None:  # the numbers run on the actors
             self.executor = self.remote
             return
         rope = next((n for n in self.graph.nodes if n.op == "rope"), None)

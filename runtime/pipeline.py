@@ -21,7 +21,7 @@ each row on its own, so the numbers are those of the micro-batches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tilesim.errors import ConfigError, ShardingError
 from tilesim.runtime.graph import Node
@@ -54,9 +54,6 @@ class Stages:
 
     def core(self, stage: int, lane: int) -> int:
         return stage * self.tp + lane
-
-    def cores_of(self, stage: int) -> range:
-        return range(stage * self.tp, (stage + 1) * self.tp)
 
     def describe(self) -> dict:
         return {"pp": self.pp, "layers_per_stage": list(self.layers), "micro_batches": self.micro_batches}
@@ -132,7 +129,6 @@ class Pipeline:
     node_stage: list[int]
     value_stage: dict[str, int]
     param_stages: dict[str, tuple[int, ...]]
-    sends: list[int] = field(default_factory=list)  # node indices of the sends
 
     def shared_params(self) -> list[str]:
         return [p for p, stages in self.param_stages.items() if len(stages) > 1]
@@ -162,7 +158,6 @@ def split(sp: ShardPlan, stages: Stages) -> Pipeline:
     current: dict[str, str] = {}  # original value -> its copy on the stage running now
     out: list[Node] = []
     out_stage: list[int] = []
-    sends: list[int] = []
     value_stage = {}
     stage = 0
     for node, s in zip(nodes, stage_of, strict=True):
@@ -170,12 +165,11 @@ def split(sp: ShardPlan, stages: Stages) -> Pipeline:
             stage += 1
             crossing = [v for v, m in made.items() if m < stage and readers.get(v, -1) >= stage and v in value_stage]
             for v in crossing:
-                name = f"{v.split('@')[0]}@{stage}"
+                name = f"{v}@{stage}"  # `v` is the graph's own name: copies are named afresh
                 sp.widths[name] = sp.widths[v]
                 if v in sp.row_rules:
                     sp.row_rules[name] = sp.row_rules[v]
                 src = current.get(v, v)
-                sends.append(len(out))
                 out.append(Node("send", name, (src,), (), {"src": stage - 1, "dst": stage}, None, "pipeline"))
                 out_stage.append(stage)
                 current[v] = name
@@ -193,7 +187,7 @@ def split(sp: ShardPlan, stages: Stages) -> Pipeline:
         for p in node.params:
             param_stages.setdefault(p, set()).add(s)
     sp.nodes = out
-    return Pipeline(stages, out_stage, value_stage, {p: tuple(sorted(s)) for p, s in param_stages.items()}, sends)
+    return Pipeline(stages, out_stage, value_stage, {p: tuple(sorted(s)) for p, s in param_stages.items()})
 
 
 def single(sp: ShardPlan, layers: int) -> Pipeline:

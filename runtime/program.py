@@ -138,10 +138,6 @@ class Program:
         """Every core the program runs on: its stages times its tensor-parallel degree."""
         return self.pipeline.stages.cores
 
-    def stage_of(self, index: int) -> int:
-        """The stage of the node at `index`."""
-        return self.pipeline.node_stage[index]
-
     def nodes(self) -> Iterator[tuple[int, Node, str]]:
         """(index, node, row class) of every node, in execution order."""
         for step in self.steps:

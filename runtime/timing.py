@@ -314,12 +314,8 @@ class StepTimer:
             base = stage * p  # the first core of the node's stage
             entry = OPS[node.op]
             if entry.collective:
-                if node.op == "send":
-                    op, n = "send", self.sp.value_rows(node.out, rows) * max(self.sp.widths[node.out])
-                    planned = self._send(node, n)
-                else:
-                    op, n = self._collective_size(node, rows, shape)
-                    planned = self.collectives.get(op, n)
+                op, n = self._collective_size(node, rows, shape)
+                planned = self._send(node, n) if op == "send" else self.collectives.get(op, n)
                 start = max(ready.values())
                 if self.spans:
                     if planned.transfers:
@@ -416,6 +412,8 @@ class StepTimer:
             return "alltoall", self.sp.value_rows(node.inputs[0], rows) * self.sp.widths[node.inputs[0]][0]
         if node.op == "allgather":
             return "allgather", self.sp.value_rows(node.out, rows) * self.sp.widths[node.out][0]
+        if node.op == "send":  # a pipeline send: each lane's rows, the widest lane's for the size
+            return "send", self.sp.value_rows(node.out, rows) * max(self.sp.widths[node.out])
         # What leaves each core after its slice of the LM head, gathered to the host's sampler.
         per_seq = {"argmax": 2, "full": max(self.sp.widths[node.out])}.get(shape.logits)
         if shape.logits.startswith("topk:"):

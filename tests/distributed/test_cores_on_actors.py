@@ -19,13 +19,6 @@ from tilesim.errors import ConfigError, HostLost, OutOfTileMemory
 PROMPTS = [[5, 17, 42, 8, 99, 3], [61, 23, 77]]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _spans(out):
     return [[(s.core, s.lane, s.name, s.start, s.end, s.critical) for s in step.spans] for step in out.trace.steps]
 

@@ -7,18 +7,10 @@ import sys
 import time
 
 import pytest
-import ray
 
 from tilesim.cli.main import main
 from tilesim.errors import ConfigError, ShardingError
 from tilesim.fanout import run_all
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _slow_square(x):

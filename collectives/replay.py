@@ -5,7 +5,9 @@ on 32 cores has about two thousand of them per step. When every array the moves 
 float32 and contiguous and the combine is addition, the moves are lowered once into a
 table over one scratch array: the buffers the schedule works on are gathered into it, the
 messages' staging arrays get room in it, one numba loop runs the moves (kind, destination
-offset, source offset, count), and the buffers are written back. The same element
+offset, source offset, count), and the buffers are written back. The gathering and the write-back
+run inside the loop's call too (the buffers' addresses in a table, device/kernels/addresses.py),
+so an all-reduce is one call whatever the number of cores. The same element
 operations in the same order (IEEE float32 addition, no fast-math), so the same bits as the
 numpy replay (tests/collectives/test_replay.py).
 """
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from tilesim.device.kernels.addresses import Table, at
+
 
 @dataclass
 class Compiled:
@@ -24,6 +28,8 @@ class Compiled:
     buffers: list[np.ndarray]  # flat buffers gathered in and written back, in scratch order
     offsets: list[int]  # where each buffer starts in the scratch array
     size: int  # the scratch array's elements (buffers, then staging)
+    places: np.ndarray  # int64 (buffers, 3): address, elements, offset; `buffers` keeps them alive
+    scratch: np.ndarray  # float32 (size,), kept: a fresh one each replay costs its page faults
 
 
 def compile_moves(moves: list[tuple[str, np.ndarray, np.ndarray]], buffers: list[np.ndarray]) -> Compiled | None:
@@ -70,25 +76,32 @@ def compile_moves(moves: list[tuple[str, np.ndarray, np.ndarray]], buffers: list
         if d != s and d < s + src.size and s < d + dst.size:
             return None  # numpy copies overlapping ranges through a temporary; the loop would not
         table[i] = (0 if kind == "copy" else 1, d, s, dst.size)
-    return Compiled(table, flat, offsets, size)
+    places = Table()
+    for b, offset in zip(flat, offsets, strict=True):
+        places.add(b, b.size, offset)
+    return Compiled(table, flat, offsets, size, places.array(), np.empty(size, np.float32))
 
 
 def replay(c: Compiled) -> None:
-    scratch = np.empty(c.size, np.float32)
-    for b, offset in zip(c.buffers, c.offsets, strict=True):
-        scratch[offset : offset + b.size] = b
-    _replay(c.table, scratch)
-    for b, offset in zip(c.buffers, c.offsets, strict=True):
-        b[...] = scratch[offset : offset + b.size]
+    """Gather the buffers into scratch, run the moves, write the buffers back: one call."""
+    _replay(c.table, c.places, c.scratch)
+
+
+_F32 = np.zeros(0, np.float32)
 
 
 @njit(cache=True)
-def _replay(table, x):  # pragma: no cover - compiled
+def _replay(table, places, x):  # pragma: no cover - compiled
+    for i in range(places.shape[0]):
+        x[places[i, 2] : places[i, 2] + places[i, 1]] = at(places[i, 0], _F32, (places[i, 1],))
     for i in range(table.shape[0]):
         kind, d, s, n = table[i, 0], table[i, 1], table[i, 2], table[i, 3]
+        dst, src = x[d : d + n], x[s : s + n]  # views: no wraparound test per element, so LLVM vectorizes
         if kind == 0:
             for j in range(n):
-                x[d + j] = x[s + j]
+                dst[j] = src[j]
         else:
             for j in range(n):
-                x[d + j] = x[d + j] + x[s + j]
+                dst[j] = dst[j] + src[j]
+    for i in range(places.shape[0]):
+        at(places[i, 0], _F32, (places[i, 1],))[:] = x[places[i, 2] : places[i, 2] + places[i, 1]]

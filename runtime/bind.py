@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tilesim.device.kernels import activations, elementwise, moe, norms, quant, recurrent, rotary
+from tilesim.device.kernels import activations, attention, cores, elementwise, moe, norms, quant, recurrent, rotary
 from tilesim.runtime.program import Op, Step, StepInputs
 
 if TYPE_CHECKING:
@@ -46,11 +46,18 @@ def bind_add_norm(ex: Executor, step: Step) -> Op:
     outs, ws = ex.views(norm.out), ex.params(norm, 0)
     bs = ex.params(norm, 1) if norm.attrs["kind"] == "layer_norm" else [None] * len(ex.lanes)
     eps = norm.attrs["eps"]
-    cores = list(zip(a_s, b_s, sums, ws, bs, outs, strict=True))
+    every = cores.bind_add_norm(a_s, b_s, sums, ws, bs, outs, eps)
+    if every is not None:
+
+        def all_cores(inputs: StepInputs) -> None:
+            every(ex.rows(inputs, after))
+
+        return all_cores
+    lanes = list(zip(a_s, b_s, sums, ws, bs, outs, strict=True))
 
     def run(inputs: StepInputs) -> None:
         m = ex.rows(inputs, after)
-        for a, b, s, w, bias, out in cores:
+        for a, b, s, w, bias, out in lanes:
             norms.add_norm(a[:m], b[:m], s[:m], w, bias, eps, out[:m])
 
     return run
@@ -105,6 +112,13 @@ def bind_linear(ex: Executor, step: Step) -> Op:
                 quant.linear_group(xs[c][:m], list(ws[c]), list(bs[c]), [o[:m] for o in outs[c]], act)
 
         return checked
+    every = cores.bind_linear(xs, ws, bs, outs) if act == "fp32" else None
+    if every is not None:  # one call for all cores' products
+
+        def all_cores(inputs: StepInputs) -> None:
+            every(ex.rows(inputs, after))
+
+        return all_cores
     calls = [quant.bind(list(ws[c]), list(bs[c]), act) for c in range(len(ex.lanes))]
     single = len(group) == 1
 
@@ -148,6 +162,13 @@ def bind_rope(ex: Executor, step: Step) -> Op:
     d = ex.graph.head_dim
     rot, style = node.attrs["rot"], node.attrs["style"]
     cos, sin = ex.rope_tables
+    every = cores.bind_rope(qs, ks, d, cos, sin, rot, style)
+    if every is not None:
+
+        def all_cores(inputs: StepInputs) -> None:
+            every(inputs.rows, inputs.positions)
+
+        return all_cores
 
     def run(inputs: StepInputs) -> None:
         m = inputs.rows
@@ -164,9 +185,19 @@ def bind_attention(ex: Executor, step: Step) -> Op:
     outs = ex.views(node.out)
     d, scale, window = ex.graph.head_dim, node.attrs["scale"], node.attrs["window"]
     slopes = [_core_slopes(ex, node, c) for c in ex.lanes]
+    caches = [ex.kv[c][node.layer] for c in ex.lanes]
+    every = None
+    if all(cache.fmt == "fp32" for cache in caches):  # one call for all cores, from the session's first slot
+        zero = [attention.no_slopes(q.shape[1] // d) if s is None else s for q, s in zip(qs, slopes, strict=True)]
+        every = cores.bind_attention(
+            qs, ks, vs, [c.k for c in caches], [c.v for c in caches], outs, zero, d, scale, window
+        )  # fmt: skip
 
     def run(inputs: StepInputs) -> None:
         b, t, m = inputs.batch, inputs.tokens, inputs.rows
+        if every is not None and inputs.first_slot == 0:
+            every(b, t, inputs.start, inputs.valid)
+            return
         for q, k, v, out, cache, slope in zip(qs, ks, vs, outs, _states(ex, node, inputs), slopes, strict=True):
             cache.write(k[:m].reshape(b, t, -1, d), v[:m].reshape(b, t, -1, d), inputs.start, inputs.valid)
             q4, out4 = q[:m].reshape(b, t, -1, d), out[:m].reshape(b, t, -1, d)
@@ -200,12 +231,20 @@ def bind_act(ex: Executor, step: Step) -> Op:
     return run
 
 
-def _two_inputs(kernel) -> Callable[[Executor, Step], Op]:
-    """The binder of an element-wise op of two inputs: `kernel(a, b, out)` on every core."""
+def _two_inputs(kernel, every_core=None) -> Callable[[Executor, Step], Op]:
+    """The binder of an element-wise op of two inputs: `kernel(a, b, out)` on every core, or
+    one call of `every_core(a_s, b_s, outs)(m)` for all cores where it binds."""
 
     def bind(ex: Executor, step: Step) -> Op:
         node, after = step.node, step.last
         a_s, b_s, outs = ex.views(node.inputs[0]), ex.views(node.inputs[1]), ex.views(node.out)
+        every = every_core(a_s, b_s, outs) if every_core else None
+        if every is not None:
+
+            def all_cores(inputs: StepInputs) -> None:
+                every(ex.rows(inputs, after))
+
+            return all_cores
 
         def run(inputs: StepInputs) -> None:
             m = ex.rows(inputs, after)
@@ -217,7 +256,7 @@ def _two_inputs(kernel) -> Callable[[Executor, Step], Op]:
     return bind
 
 
-bind_swiglu = _two_inputs(activations.silu_mul)  # silu(gate) * up
+bind_swiglu = _two_inputs(activations.silu_mul, cores.bind_silu_mul)  # silu(gate) * up
 bind_mul = _two_inputs(lambda a, b, out: np.multiply(a, b, out=out))  # RWKV: receptance * value
 bind_add = _two_inputs(elementwise.add)
 
@@ -268,17 +307,17 @@ def bind_moe(ex: Executor, step: Step) -> Op:
     node, after = step.node, step.last
     xs, outs = ex.views(node.inputs[0]), ex.views(node.out)
     k, n = node.attrs["k"], node.attrs["experts"]
-    cores = []
+    lanes = []
     for c in range(ex.tp):
         packs = [ex.held(c)[p] for p in node.params]
         experts = [tuple(packs[1 + 3 * e : 4 + 3 * e]) for e in range(n)]
-        cores.append((xs[c], outs[c], packs[0], experts))
+        lanes.append((xs[c], outs[c], packs[0], experts))
     act = ex.product_act
     counts = ex.routing.setdefault(node.layer, np.zeros(n, np.int64))  # tokens each expert got (report)
 
     def run(inputs: StepInputs) -> None:
         m = ex.rows(inputs, after)
-        for c, (x, out, router, experts) in enumerate(cores):
+        for c, (x, out, router, experts) in enumerate(lanes):
             logits = quant.linear(x[:m], router, None, np.empty((m, n), np.float32), act)
             idx, weights = moe.route(logits, k)
             moe.experts(x[:m], idx, weights, experts, out[:m], act)

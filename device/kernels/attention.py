@@ -31,42 +31,49 @@ from tilesim.device.kernels import vector_ir as ir
 jit_cache.depends_on(__file__, ir)
 
 
-def _attention_impl(q, k_cache, v_cache, start, valid, scale, window, slopes, out):
-    batch, t_len, hq, d = q.shape
-    hkv = k_cache.shape[1]
-    group = hq // hkv
-    for idx in prange(batch * hq * t_len):
-        b = idx // (hq * t_len)
-        h = (idx // t_len) % hq
-        t = idx % t_len
-        if t >= valid[b]:
-            for i in range(d):
-                out[b, t, h, i] = 0.0
-            continue
-        g = h // group
-        p = start[b] + t
-        lo = 0
-        if window > 0 and p - window + 1 > 0:
-            lo = p - window + 1
-        n = p + 1 - lo
-        scores = np.empty(n, dtype=np.float32)
-        mx = np.float32(-np.inf)
-        for j in range(n):
-            acc = ir.fp32_row(q[b, t, h], k_cache[b, g, lo + j]) * scale + slopes[h] * np.float32(lo + j)
-            scores[j] = acc
-            if acc > mx:
-                mx = acc
-        total = np.float32(0.0)
-        for j in range(n):
-            e = np.float32(math.exp(scores[j] - mx))
-            scores[j] = e
-            total += e
+@njit(cache=True)
+def attend_one(q, k_cache, v_cache, start, valid, scale, window, slopes, out, idx):
+    """Query row `idx` of the (sequence, head, row) order of `_attention`: the unit of work
+    every fp32-cache attention kernel shares (cores.py runs it over every core)."""
+    _, t_len, hq, d = q.shape
+    group = hq // k_cache.shape[1]
+    b = idx // (hq * t_len)
+    h = (idx // t_len) % hq
+    t = idx % t_len
+    if t >= valid[b]:
         for i in range(d):
             out[b, t, h, i] = 0.0
-        for j in range(n):
-            pj = scores[j] / total
-            for i in range(d):
-                out[b, t, h, i] += pj * v_cache[b, g, lo + j, i]
+        return
+    g = h // group
+    p = start[b] + t
+    lo = 0
+    if window > 0 and p - window + 1 > 0:
+        lo = p - window + 1
+    n = p + 1 - lo
+    scores = np.empty(n, dtype=np.float32)
+    mx = np.float32(-np.inf)
+    for j in range(n):
+        acc = ir.fp32_row(q[b, t, h], k_cache[b, g, lo + j]) * scale + slopes[h] * np.float32(lo + j)
+        scores[j] = acc
+        if acc > mx:
+            mx = acc
+    total = np.float32(0.0)
+    for j in range(n):
+        e = np.float32(math.exp(scores[j] - mx))
+        scores[j] = e
+        total += e
+    for i in range(d):
+        out[b, t, h, i] = 0.0
+    for j in range(n):
+        pj = scores[j] / total
+        for i in range(d):
+            out[b, t, h, i] += pj * v_cache[b, g, lo + j, i]
+
+
+def _attention_impl(q, k_cache, v_cache, start, valid, scale, window, slopes, out):
+    batch, t_len, hq, _ = q.shape
+    for idx in prange(batch * hq * t_len):
+        attend_one(q, k_cache, v_cache, start, valid, scale, window, slopes, out, idx)
 
 
 @njit(cache=True)

@@ -23,15 +23,21 @@ jit_cache.depends_on(__file__, ir)
 _EMPTY = np.zeros(0, dtype=np.float32)
 
 
-@njit(cache=True, parallel=True)
-def _linear_f32(x, w, bias, out):  # x (M, K), w (N, K) C-contiguous, bias (N,) or (0,), out (M, N)
+@njit(cache=True)
+def _f32_rows(x, w, bias, out, first, last):  # output features first..last
     has_bias = bias.shape[0] > 0
-    for n in prange(w.shape[0]):
+    for n in range(first, last):
         for m in range(x.shape[0]):
             acc = ir.fp32_row(x[m], w[n])
             if has_bias:
                 acc += bias[n]
             out[m, n] = acc
+
+
+@njit(cache=True, parallel=True)
+def _linear_f32(x, w, bias, out):  # x (M, K), w (N, K) C-contiguous, bias (N,) or (0,), out (M, N)
+    for n in prange(w.shape[0]):
+        _f32_rows(x, w, bias, out, n, n + 1)
 
 
 def linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:

@@ -296,23 +296,30 @@ def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs, threads):
                 _q4_rows(x_lo, x_hi, qss[w], d16s[w], m16s[w], symmetric, biases[w], outs[w], first, last, wl, wh)
 
 
+@njit(cache=True)
+def _q8_0_rows(xp, qs, d16, bias, out, first, last, codes):
+    """Rows first..last of a q8_0 weight for x padded to whole blocks, with the calling thread's scratch."""
+    once = xp.shape[0] >= _DECODE_ONCE
+    has_bias = bias.shape[0] > 0
+    for n in range(first, last):
+        b = bias[n] if has_bias else np.float32(0.0)
+        if once:
+            ir.q8_0_decode(qs[n], codes)
+            for m in range(xp.shape[0]):
+                out[m, n] = ir.q8_0_decoded(xp[m], codes, d16[n]) + b
+        else:
+            for m in range(xp.shape[0]):
+                out[m, n] = ir.q8_0_row(xp[m], qs[n], d16[n]) + b
+
+
 @njit(cache=True, parallel=True)
 def _linear_q8_0(x, qs, d16, bias, out, threads):
     n_rows, blocks = d16.shape
-    has_bias = bias.shape[0] > 0
     xp = _padded(x, blocks)
     once = x.shape[0] >= _DECODE_ONCE
     for t in prange(threads):
         codes = np.empty(blocks * 32 if once else 0, np.float32)
-        for n in range(n_rows * t // threads, n_rows * (t + 1) // threads):
-            b = bias[n] if has_bias else np.float32(0.0)
-            if once:
-                ir.q8_0_decode(qs[n], codes)
-                for m in range(x.shape[0]):
-                    out[m, n] = ir.q8_0_decoded(xp[m], codes, d16[n]) + b
-            else:
-                for m in range(x.shape[0]):
-                    out[m, n] = ir.q8_0_row(xp[m], qs[n], d16[n]) + b
+        _q8_0_rows(xp, qs, d16, bias, out, n_rows * t // threads, n_rows * (t + 1) // threads, codes)
 
 
 _EMPTY = np.zeros(0, dtype=np.float32)

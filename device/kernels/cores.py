@@ -1,0 +1,314 @@
+"""One op on every emulated core in one kernel call.
+
+Each core's operands live in its own memory, so an op of a step used to be one kernel call
+per core; at TP 9 the calls' fixed costs (Python dispatch, argument unboxing, the thread
+pool's launch, each kernel's set-up) outweighed the work, which is the same at every
+degree. These kernels take every core's arrays as an address table (`addresses.Table`)
+and spread all cores' rows over the host's threads in one launch. Each element is computed
+by the same row function as the per-core kernel (`quant._q4_rows`, `quant._q8_0_rows`,
+`matmul._f32_rows`, the norms), so the bits are the same (tests/device/test_cores.py).
+
+Variants:
+1. `linear`: every core's products of a step (a layer's q, k, v on each core is one
+   `group`), for fp32, q4_0/q4_1/int4 and q8_0 weights with fp32 activations; `bind_linear`
+   returns None for anything else, and the caller keeps the per-core kernels.
+2. `add_norm`: every core's residual add and RMS or layer norm.
+3. `silu_mul`: every core's SwiGLU.
+4. `attention`: every core's KV-cache write and attention over an fp32 cache
+   (`attention.attend_one` per query row of every core, on one thread for a small step).
+5. `rope`: every core's query and key heads rotated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from tilesim.device.kernels import attention, jit_cache, norms, quant, rotary
+from tilesim.device.kernels import vector_ir as ir
+from tilesim.device.kernels.activations import _silu_mul
+from tilesim.device.kernels.addresses import Table, at, contiguous
+from tilesim.device.kernels.matmul import _f32_rows
+
+jit_cache.depends_on(__file__, ir)
+
+_F32 = np.zeros(0, np.float32)
+_U8 = np.zeros(0, np.uint8)
+_U16 = np.zeros(0, np.uint16)
+_I8 = np.zeros(0, np.int8)
+_DECODE_ONCE = quant._DECODE_ONCE
+
+# columns of a products table: one row per (core, weight)
+_CORE, _W, _D, _M, _BIAS, _NBIAS, _OUT, _OUT_ROWS, _N = range(9)
+
+
+def bind_linear(
+    xs: Sequence[np.ndarray],
+    weights: Sequence[Sequence[quant.Packed]],
+    biases: Sequence[Sequence[np.ndarray | None]],
+    outs: Sequence[Sequence[np.ndarray]],
+) -> Callable[[int], None] | None:
+    """`run(m)`: on every core c, `outs[c][i][:m] = xs[c][:m] @ weights[c][i].T + biases[c][i]`,
+    in one call. None when the weights are not all of one format this module runs (fp32,
+    nibble blocks, q8_0), the cores' inputs differ in width, or an array is not C-contiguous."""
+    fmts = {p.fmt for ps in weights for p in ps}
+    if len(fmts) != 1 or not contiguous(*xs, *(o for os in outs for o in os), *(b for bs in biases for b in bs)):
+        return None
+    fmt = fmts.pop()
+    kind = "q4" if fmt in quant._NIBBLES else fmt
+    k = xs[0].shape[1]
+    if kind not in ("q4", "q8_0", "fp32") or any(x.shape[1] != k for x in xs):
+        return None  # (an uneven split gives the cores inputs of different widths)
+    if any(p.shape[1] != k for ps in weights for p in ps):
+        return None
+    xt = Table()
+    for x in xs:
+        xt.add(x, x.shape[0])
+    table = Table()
+    for c, (ps, bs, os) in enumerate(zip(weights, biases, outs, strict=True)):
+        for p, b, o in zip(ps, bs, os, strict=True):
+            a = p.arrays
+            w = a["w"] if kind == "fp32" else a["qs"]
+            d = a.get("d", w)
+            bias = _F32 if b is None else b
+            if not contiguous(w, d):
+                return None
+            table.add(c, w, d, a.get("m", d), bias, bias.shape[0], o, o.shape[0], o.shape[1])
+    x_addr, t = xt.array(), table.array()
+    threads = get_num_threads()
+    if kind == "fp32":
+        return lambda m: _linear_f32(x_addr, t, m, k, threads)
+    blocks = weights[0][0].arrays["d"].shape[1]
+    if kind == "q8_0":
+        return lambda m: _linear_q8_0(x_addr, t, m, k, blocks, threads)
+    symmetric = fmt == "q4_0"
+    return lambda m: _linear_q4(x_addr, t, m, k, blocks, symmetric, threads)
+
+
+@njit(cache=True)
+def _starts(t):
+    """Where each entry's output features start, all entries end to end."""
+    starts = np.zeros(t.shape[0] + 1, np.int64)
+    for e in range(t.shape[0]):
+        starts[e + 1] = starts[e] + t[e, _N]
+    return starts
+
+
+@njit(cache=True)
+def _range(starts, e, t, threads):
+    """Thread t's share of entry e's output features (each thread one contiguous range of all)."""
+    lo, hi = starts[-1] * t // threads, starts[-1] * (t + 1) // threads
+    return max(lo, starts[e]) - starts[e], min(hi, starts[e + 1]) - starts[e]
+
+
+@njit(cache=True)
+def _out(t, e, m):
+    return at(t[e, _OUT], _F32, (t[e, _OUT_ROWS], t[e, _N]))[:m]
+
+
+@njit(cache=True)
+def _bias(t, e):
+    return at(t[e, _BIAS], _F32, (t[e, _NBIAS],))
+
+
+@njit(cache=True)
+def _x(x_addr, c, m, k):
+    return at(x_addr[c, 0], _F32, (x_addr[c, 1], k))[:m]
+
+
+@njit(cache=True, parallel=True)
+def _linear_f32(x_addr, t, m, k, threads):  # pragma: no cover - compiled
+    starts = _starts(t)
+    for th in prange(threads):
+        for e in range(t.shape[0]):
+            first, last = _range(starts, e, th, threads)
+            if first < last:
+                w = at(t[e, _W], _F32, (t[e, _N], k))
+                _f32_rows(_x(x_addr, t[e, _CORE], m, k), w, _bias(t, e), _out(t, e, m), first, last)
+
+
+@njit(cache=True, parallel=True)
+def _linear_q8_0(x_addr, t, m, k, blocks, threads):  # pragma: no cover - compiled
+    cores = x_addr.shape[0]
+    xp = np.zeros((cores, m, blocks * 32), np.float32)
+    for c in range(cores):
+        xp[c, :, :k] = _x(x_addr, c, m, k)
+    starts = _starts(t)
+    once = m >= _DECODE_ONCE
+    for th in prange(threads):
+        codes = np.empty(blocks * 32 if once else 0, np.float32)
+        for e in range(t.shape[0]):
+            first, last = _range(starts, e, th, threads)
+            if first < last:
+                n = t[e, _N]
+                qs, d16 = at(t[e, _W], _I8, (n, blocks * 32)), at(t[e, _D], _U16, (n, blocks))
+                quant._q8_0_rows(xp[t[e, _CORE]], qs, d16, _bias(t, e), _out(t, e, m), first, last, codes)
+
+
+@njit(cache=True, parallel=True)
+def _linear_q4(x_addr, t, m, k, blocks, symmetric, threads):  # pragma: no cover - compiled
+    cores = x_addr.shape[0]
+    x_lo = np.empty((cores, m, blocks * 16), np.float32)
+    x_hi = np.empty((cores, m, blocks * 16), np.float32)
+    for c in range(cores):
+        lo, hi = quant._split_halves(_x(x_addr, c, m, k), blocks)
+        x_lo[c] = lo
+        x_hi[c] = hi
+    starts = _starts(t)
+    once = m >= _DECODE_ONCE
+    for th in prange(threads):
+        wl = np.empty(blocks * 16 if once else 0, np.float32)
+        wh = np.empty(blocks * 16 if once else 0, np.float32)
+        for e in range(t.shape[0]):
+            first, last = _range(starts, e, th, threads)
+            if first < last:
+                c, n = t[e, _CORE], t[e, _N]
+                qs = at(t[e, _W], _U8, (n, blocks * 16))
+                d16, m16 = at(t[e, _D], _U16, (n, blocks)), at(t[e, _M], _U16, (n, blocks))
+                quant._q4_rows(
+                    x_lo[c], x_hi[c], qs, d16, m16, symmetric, _bias(t, e), _out(t, e, m), first, last, wl, wh
+                )
+
+
+# -- element-wise ops over every core ---------------------------------------------------
+
+
+def bind_add_norm(
+    a_s: Sequence[np.ndarray],
+    b_s: Sequence[np.ndarray],
+    sums: Sequence[np.ndarray],
+    ws: Sequence[np.ndarray],
+    bs: Sequence[np.ndarray | None],
+    outs: Sequence[np.ndarray],
+    eps: float,
+) -> Callable[[int], None] | None:
+    """`run(m)`: on every core, `sums = a + b` and `outs = norm(sums)` over the first m rows
+    (layer norm where `bs` has biases, RMS norm otherwise); None if an array is not C-contiguous."""
+    if not contiguous(*a_s, *b_s, *sums, *ws, *bs, *outs):
+        return None
+    layer = bs[0] is not None
+    table = Table()
+    for a, b, s, w, bias, out in zip(a_s, b_s, sums, ws, bs, outs, strict=True):
+        table.add(a, b, s, w, w if bias is None else bias, out, a.shape[0], a.shape[1])
+    t, eps32 = table.array(), np.float32(eps)
+    return lambda m: _add_norm(t, m, layer, eps32)
+
+
+@njit(cache=True)
+def _add_norm(t, m, layer, eps):  # pragma: no cover - compiled
+    for c in range(t.shape[0]):
+        rows, k = t[c, 6], t[c, 7]
+        a, b, s = at(t[c, 0], _F32, (rows, k))[:m], at(t[c, 1], _F32, (rows, k))[:m], at(t[c, 2], _F32, (rows, k))[:m]
+        w, bias, out = at(t[c, 3], _F32, (k,)), at(t[c, 4], _F32, (k,)), at(t[c, 5], _F32, (rows, k))[:m]
+        norms._add_norm(a, b, s, layer, w, bias, eps, out)
+
+
+def bind_silu_mul(
+    gates: Sequence[np.ndarray], ups: Sequence[np.ndarray], outs: Sequence[np.ndarray]
+) -> Callable[[int], None] | None:
+    """`run(m)`: on every core, `outs[:m] = silu(gates[:m]) * ups[:m]`; None if an array is not C-contiguous."""
+    if not contiguous(*gates, *ups, *outs):
+        return None
+    table = Table()
+    for g, u, o in zip(gates, ups, outs, strict=True):
+        table.add(g, u, o, g.shape[1])  # (an uneven split gives the cores different widths)
+    t = table.array()
+    return lambda m: _silu_mul_all(t, m)
+
+
+@njit(cache=True)
+def _silu_mul_all(t, m):  # pragma: no cover - compiled
+    for c in range(t.shape[0]):
+        n = m * t[c, 3]
+        _silu_mul(at(t[c, 0], _F32, (n,)), at(t[c, 1], _F32, (n,)), at(t[c, 2], _F32, (n,)))
+
+
+# -- attention over every core's fp32 KV cache ------------------------------------------
+
+
+def bind_attention(
+    qs: Sequence[np.ndarray],
+    ks: Sequence[np.ndarray],
+    vs: Sequence[np.ndarray],
+    k_caches: Sequence[np.ndarray],
+    v_caches: Sequence[np.ndarray],
+    outs: Sequence[np.ndarray],
+    slopes: Sequence[np.ndarray],
+    head_dim: int,
+    scale: float,
+    window: int,
+) -> Callable[[int, int, np.ndarray, np.ndarray], None] | None:
+    """`run(batch, tokens, start, valid)`: on every core, the step's new keys and values
+    (rows of `ks`, `vs`) written into its fp32 cache (slots, kv heads, positions, head_dim)
+    from slot 0, then attention of its query rows into `outs`: what `KVCache.write` and
+    `attend` do core by core. None if an array is not C-contiguous."""
+    if not contiguous(*qs, *ks, *vs, *k_caches, *v_caches, *outs, *slopes):
+        return None
+    if len({q.shape[1] for q in qs}) > 1 or len({c.shape for c in (*k_caches, *v_caches)}) > 1:
+        return None  # cores with different numbers of heads: core by core
+    table = Table()
+    for cells in zip(qs, ks, vs, k_caches, v_caches, outs, slopes, strict=True):
+        table.add(*cells)
+    t = table.array()
+    hq, hkv = qs[0].shape[1] // head_dim, ks[0].shape[1] // head_dim
+    cache_shape = k_caches[0].shape  # (slots, kv heads, positions, head_dim)
+    scale32, window = np.float32(scale), int(window)
+
+    def run(batch: int, tokens: int, start: np.ndarray, valid: np.ndarray) -> None:
+        work = len(qs) * batch * tokens * hq * (int(start.max()) + tokens)
+        fn = _attention_parallel if work > attention.PARALLEL_WORK else _attention_serial
+        fn(t, batch, tokens, hq, hkv, head_dim, cache_shape, start, valid, scale32, window)
+
+    return run
+
+
+def _attention_impl(t, batch, tokens, hq, hkv, d, cache_shape, start, valid, scale, window):  # pragma: no cover
+    n_cores = t.shape[0]
+    for c in range(n_cores):
+        k, v = at(t[c, 1], _F32, (batch, tokens, hkv, d)), at(t[c, 2], _F32, (batch, tokens, hkv, d))
+        attention._kv_write(k, v, at(t[c, 3], _F32, cache_shape), at(t[c, 4], _F32, cache_shape), start, valid)
+    per = batch * hq * tokens
+    for idx in prange(n_cores * per):
+        c = idx // per
+        q, out = at(t[c, 0], _F32, (batch, tokens, hq, d)), at(t[c, 5], _F32, (batch, tokens, hq, d))
+        k_cache, v_cache = at(t[c, 3], _F32, cache_shape), at(t[c, 4], _F32, cache_shape)
+        slopes = at(t[c, 6], _F32, (hq,))
+        attention.attend_one(q, k_cache, v_cache, start, valid, scale, window, slopes, out, idx % per)
+
+
+_attention_serial = njit(cache=True)(_attention_impl)
+_attention_parallel = njit(cache=True, parallel=True)(_attention_impl)
+
+
+def bind_rope(
+    qs: Sequence[np.ndarray],
+    ks: Sequence[np.ndarray],
+    head_dim: int,
+    cos: np.ndarray,
+    sin: np.ndarray,
+    rot: int,
+    style: str,
+) -> Callable[[int, np.ndarray], None] | None:
+    """`run(m, positions)`: every core's query and key rows (m, heads * head_dim) rotated in
+    place at `positions`, as `rotary.rope` does; None if an array is not C-contiguous."""
+    if not contiguous(*qs, *ks, cos, sin):
+        return None
+    table = Table()
+    for x in (*qs, *ks):
+        table.add(x, x.shape[1] // head_dim)
+    t, neox = table.array(), style == "neox"
+    return lambda m, positions: _rope_all(t, m, head_dim, positions, cos, sin, rot, neox)
+
+
+@njit(cache=True)
+def _rope_all(t, m, d, positions, cos, sin, rot, neox):  # pragma: no cover - compiled
+    if rot == 0:
+        return
+    for i in range(t.shape[0]):
+        x = at(t[i, 0], _F32, (m, t[i, 1], d))
+        if neox:
+            rotary._rope_neox(x, positions, cos, sin, rot)
+        else:
+            rotary._rope_gptj(x, positions, cos, sin, rot)

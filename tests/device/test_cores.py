@@ -1,0 +1,150 @@
+"""One op on every core in one call (device/kernels/cores.py): the same bits as the per-core
+kernels (which tests/device/test_quant.py and test_kernels.py check against float64), and
+within the float64 reference's bound on their own."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tilesim.device.kernels import activations, cores, norms, quant, reference
+from tilesim.device.kernels.addresses import Table
+
+seeds = st.integers(0, 2**32 - 1)
+U32 = 2.0**-24
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["fp32", "q4_0", "q4_1", "int4", "q8_0"]),
+    st.integers(1, 5),
+    st.integers(1, 3),
+    st.sampled_from([1, 2, 5]),
+    st.integers(1, 100),
+    st.booleans(),
+    seeds,
+)
+def test_every_cores_products_in_one_call_equal_the_per_core_kernels(fmt, n_cores, group, m, k, with_bias, seed):
+    rng = np.random.default_rng(seed)
+    rows = m + 2  # the planned views hold more rows than a step uses
+    xs = [rng.standard_normal((rows, k)).astype(np.float32) for _ in range(n_cores)]
+    packs, biases, outs, expected = [], [], [], []
+    for c in range(n_cores):
+        ns = rng.integers(1, 40, size=group)
+        packs.append([quant.pack(rng.standard_normal((n, k)).astype(np.float32), fmt) for n in ns])
+        biases.append([rng.standard_normal(n).astype(np.float32) if with_bias else None for n in ns])
+        outs.append([np.full((rows, n), np.nan, np.float32) for n in ns])
+        want = [np.full((m, n), np.nan, np.float32) for n in ns]
+        quant.linear_group(xs[c][:m], packs[c], biases[c], want)
+        expected.append(want)
+    run = cores.bind_linear(xs, packs, biases, outs)
+    assert run is not None
+    run(m)
+    for c in range(n_cores):
+        for p, b, out, want in zip(packs[c], biases[c], outs[c], expected[c], strict=True):
+            assert out.shape == (rows, want.shape[1]) and out.dtype == np.float32
+            np.testing.assert_array_equal(out[:m], want)
+            assert np.isnan(out[m:]).all()  # rows past m untouched
+            decoded = quant.unpack(p)
+            ref = reference.linear(xs[c][:m], decoded, b)
+            magnitude = np.abs(xs[c][:m]).astype(np.float64) @ np.abs(decoded).T.astype(np.float64)
+            bound = 4 * (k + 8) * U32 * (magnitude + (0 if b is None else np.abs(b))) + 1e-30
+            assert np.all(np.abs(out[:m] - ref) <= bound)
+
+
+def test_formats_it_does_not_run_and_strided_arrays_are_left_to_the_per_core_kernels():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+    w = rng.standard_normal((4, 32)).astype(np.float32)
+    out = np.zeros((2, 4), np.float32)
+    assert cores.bind_linear([x], [[quant.pack(w, "bf16")]], [[None]], [[out]]) is None
+    assert (
+        cores.bind_linear([x], [[quant.pack(w, "fp32"), quant.pack(w, "q8_0")]], [[None, None]], [[out, out]]) is None
+    )
+    uneven = [x, rng.standard_normal((2, 30)).astype(np.float32)]
+    halves = [[quant.pack(w, "q4_1")], [quant.pack(w[:, :30], "q4_1")]]
+    assert cores.bind_linear(uneven, halves, [[None], [None]], [[out], [out.copy()]]) is None
+    strided = np.zeros((2, 8), np.float32)[:, ::2]
+    assert cores.bind_linear([x], [[quant.pack(w, "q4_1")]], [[None]], [[strided]]) is None
+    with pytest.raises(ValueError, match="C-contiguous"):
+        Table().add(strided)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 70), st.booleans(), seeds)
+def test_add_norm_and_swiglu_on_every_core_equal_the_per_core_kernels(n_cores, m, k, layer, seed):
+    rng = np.random.default_rng(seed)
+    rows = m + 1
+
+    def arrays(width=k):
+        return [rng.standard_normal((rows, width)).astype(np.float32) for _ in range(n_cores)]
+
+    a_s, b_s, ws = arrays(), arrays(), [rng.standard_normal(k).astype(np.float32) for _ in range(n_cores)]
+    bs = [rng.standard_normal(k).astype(np.float32) if layer else None for _ in range(n_cores)]
+    sums, outs = arrays(), arrays()
+    cores.bind_add_norm(a_s, b_s, sums, ws, bs, outs, 1e-5)(m)
+    for a, b, s, w, bias, out in zip(a_s, b_s, sums, ws, bs, outs, strict=True):
+        want_s, want = np.empty((m, k), np.float32), np.empty((m, k), np.float32)
+        norms.add_norm(a[:m], b[:m], want_s, w, bias, 1e-5, want)
+        np.testing.assert_array_equal(s[:m], want_s)
+        np.testing.assert_array_equal(out[:m], want)
+        np.testing.assert_array_equal(s[:m], (a[:m].astype(np.float64) + b[:m]).astype(np.float32))
+
+    widths = [k + c for c in range(n_cores)]  # an uneven split: each core its own width
+    gates, ups, outs = ([rng.standard_normal((rows, w)).astype(np.float32) for w in widths] for _ in range(3))
+    untouched = [o[m:].copy() for o in outs]
+    cores.bind_silu_mul(gates, ups, outs)(m)
+    for g, u, o, rest in zip(gates, ups, outs, untouched, strict=True):
+        want = np.empty((m, g.shape[1]), np.float32)
+        activations.silu_mul(g[:m], u[:m], want)
+        np.testing.assert_array_equal(o[:m], want)
+        np.testing.assert_array_equal(o[m:], rest)
+        g64 = g[:m].astype(np.float64)
+        np.testing.assert_allclose(o[:m], g64 / (1 + np.exp(-g64)) * u[:m], rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 3), st.integers(1, 4), st.sampled_from([(4, 2), (2, 2), (3, 1)]), seeds)
+def test_rope_and_attention_on_every_core_equal_the_per_core_kernels(n_cores, batch, tokens, heads, seed):
+    from tilesim.device.kernels import attention as attn
+    from tilesim.device.kernels import rotary
+
+    rng = np.random.default_rng(seed)
+    (hq, hkv), d, slots, positions = heads, 8, batch + 1, 16
+    m = batch * tokens
+    start = rng.integers(0, positions - tokens, size=batch).astype(np.int64)
+    valid = np.full(batch, tokens, np.int64)
+    valid[0] = max(1, tokens - 1)  # a padded row
+    rows = np.concatenate([s + np.arange(tokens) for s in start]).astype(np.int64)
+    cos, sin = rotary.rope_tables(positions, rotary.rope_inv_freq(d, 10000.0))
+
+    def per_core(n):
+        return [rng.standard_normal((m + 1, n * d)).astype(np.float32) for _ in range(n_cores)]
+
+    qs, ks, vs = per_core(hq), per_core(hkv), per_core(hkv)
+    caches = [[rng.standard_normal((slots, hkv, positions, d)).astype(np.float32) for _ in range(2)] for _ in qs]
+    slopes = [rng.standard_normal(hq).astype(np.float32) for _ in qs]
+    outs = [np.full((m + 1, hq * d), np.nan, np.float32) for _ in qs]
+    copies = [[a.copy() for a in (q, k, v, kc, vc)] for q, k, v, (kc, vc) in zip(qs, ks, vs, caches, strict=True)]
+
+    cores.bind_rope(qs, ks, d, cos, sin, d, "neox")(m, rows)
+    run = cores.bind_attention(qs, ks, vs, *zip(*caches, strict=True), outs, slopes, d, 0.35, 0)
+    run(batch, tokens, start, valid)
+    for c, (q, k, v, kc, vc) in enumerate(copies):
+        for x in (q, k):
+            rotary.rope(x[:m].reshape(m, -1, d), rows, cos, sin, d, "neox")
+        np.testing.assert_array_equal(qs[c], q)
+        attn.kv_write(k[:m].reshape(batch, tokens, hkv, d), v[:m].reshape(batch, tokens, hkv, d), kc, vc, start, valid)
+        np.testing.assert_array_equal(caches[c][0], kc)
+        np.testing.assert_array_equal(caches[c][1], vc)
+        want = np.empty((batch, tokens, hq, d), np.float32)
+        attn.attention(q[:m].reshape(batch, tokens, hq, d), kc, vc, start, valid, 0.35, want, 0, slopes[c])
+        np.testing.assert_array_equal(outs[c][:m].reshape(batch, tokens, hq, d), want)
+        assert np.isnan(outs[c][m:]).all()
+        # against float64: the first sequence's last valid query row, head 0
+        t, b = valid[0] - 1, 0
+        keys = kc[b, 0, : start[b] + t + 1].astype(np.float64)
+        scores = keys @ q[t, :d].astype(np.float64) * 0.35 + slopes[c][0] * np.arange(len(keys))
+        p = np.exp(scores - scores.max())
+        ref = (p / p.sum()) @ vc[b, 0, : len(keys)].astype(np.float64)
+        np.testing.assert_allclose(outs[c][t, :d], ref, rtol=1e-4, atol=1e-5)

@@ -13,7 +13,7 @@ HERE = Path(__file__).parent
 SCRIPTS = [
     "decode_speed.py",
     "scaling.py",
-    "kernel_speed.py",  # not kernels.py: a file of that name in sys.path[0] hides the `kernels` package transformers imports
+    "kernel_speed.py",  # not kernels.py: in sys.path[0] it hid the `kernels` package transformers imports
     "startup.py",
     "timing_only.py",
     "serving.py",

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from tilesim.runtime.execute import Executor
 
 
+def _every_core(ex: Executor, after: bool, every: Callable[[int], None]) -> Op:
+    """A step's op as one call for every core (device/kernels/cores.py) over the step's rows."""
+
+    def run(inputs: StepInputs) -> None:
+        every(ex.rows(inputs, after))
+
+    return run
+
+
 def bind_embed(ex: Executor, step: Step) -> Op:
     node = step.node
     outs, tables = ex.views(node.out), ex.params(node, 0)
@@ -48,11 +57,7 @@ def bind_add_norm(ex: Executor, step: Step) -> Op:
     eps = norm.attrs["eps"]
     every = cores.bind_add_norm(a_s, b_s, sums, ws, bs, outs, eps)
     if every is not None:
-
-        def all_cores(inputs: StepInputs) -> None:
-            every(ex.rows(inputs, after))
-
-        return all_cores
+        return _every_core(ex, after, every)
     lanes = list(zip(a_s, b_s, sums, ws, bs, outs, strict=True))
 
     def run(inputs: StepInputs) -> None:
@@ -114,11 +119,7 @@ def bind_linear(ex: Executor, step: Step) -> Op:
         return checked
     every = cores.bind_linear(xs, ws, bs, outs) if act == "fp32" else None
     if every is not None:  # one call for all cores' products
-
-        def all_cores(inputs: StepInputs) -> None:
-            every(ex.rows(inputs, after))
-
-        return all_cores
+        return _every_core(ex, after, every)
     calls = [quant.bind(list(ws[c]), list(bs[c]), act) for c in range(len(ex.lanes))]
     single = len(group) == 1
 
@@ -240,11 +241,7 @@ def _two_inputs(kernel, every_core=None) -> Callable[[Executor, Step], Op]:
         a_s, b_s, outs = ex.views(node.inputs[0]), ex.views(node.inputs[1]), ex.views(node.out)
         every = every_core(a_s, b_s, outs) if every_core else None
         if every is not None:
-
-            def all_cores(inputs: StepInputs) -> None:
-                every(ex.rows(inputs, after))
-
-            return all_cores
+            return _every_core(ex, after, every)
 
         def run(inputs: StepInputs) -> None:
             m = ex.rows(inputs, after)

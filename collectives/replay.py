@@ -25,11 +25,9 @@ from tilesim.device.kernels.addresses import Table, at
 @dataclass
 class Compiled:
     table: np.ndarray  # int64 (moves, 4): kind (0 copy, 1 add), destination, source, count
-    buffers: list[np.ndarray]  # flat buffers gathered in and written back, in scratch order
-    offsets: list[int]  # where each buffer starts in the scratch array
-    size: int  # the scratch array's elements (buffers, then staging)
-    places: np.ndarray  # int64 (buffers, 3): address, elements, offset; `buffers` keeps them alive
-    scratch: np.ndarray  # float32 (size,), kept: a fresh one each replay costs its page faults
+    buffers: list[np.ndarray]  # flat buffers gathered in and written back, in scratch order (kept alive)
+    places: np.ndarray  # int64 (buffers, 3): each buffer's address, elements, offset in scratch
+    scratch: np.ndarray  # float32: the buffers, then staging; kept: a fresh one each replay costs its page faults
 
 
 def compile_moves(moves: list[tuple[str, np.ndarray, np.ndarray]], buffers: list[np.ndarray]) -> Compiled | None:
@@ -79,7 +77,7 @@ def compile_moves(moves: list[tuple[str, np.ndarray, np.ndarray]], buffers: list
     places = Table()
     for b, offset in zip(flat, offsets, strict=True):
         places.add(b, b.size, offset)
-    return Compiled(table, flat, offsets, size, places.array(), np.empty(size, np.float32))
+    return Compiled(table, flat, places.array(), np.empty(size, np.float32))
 
 
 def replay(c: Compiled) -> None:

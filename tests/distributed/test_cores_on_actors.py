@@ -5,6 +5,9 @@ one actor's budget refuses runs over four, with transformers' tokens."""
 
 import gc
 import json
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 import tilesim
 from tilesim.cli.main import main
 from tilesim.errors import ConfigError, HostLost, OutOfTileMemory
+from tilesim.runtime.distributed import _lowest_priority
 
 PROMPTS = [[5, 17, 42, 8, 99, 3], [61, 23, 77]]
 
@@ -143,3 +147,25 @@ def test_a_1b_model_one_actor_cannot_hold_runs_over_four_with_transformers_token
     finally:
         model.close()
     assert out.tokens[0].tolist() == expected
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+def test_a_waiting_thread_runs_only_when_a_core_would_idle_and_leaves_the_others_alone():
+    """Ray's channel reads spin: the driver's and the actors' waiting threads lower themselves
+    (docs/distributed.md)."""
+    policies = {}
+
+    def waiter():
+        _lowest_priority()
+        policies["waiter"] = os.sched_getscheduler(0)
+        worker = threading.Thread(target=lambda: policies.update(spawned=os.sched_getscheduler(0)))
+        worker.start()
+        worker.join()
+
+    before = os.sched_getscheduler(0)
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    thread.join()
+    assert policies["waiter"] == os.SCHED_IDLE
+    assert policies["spawned"] == os.SCHED_IDLE  # why an actor starts its work thread before lowering
+    assert os.sched_getscheduler(0) == before != os.SCHED_IDLE

@@ -75,7 +75,8 @@ class Recording:
         if combine is np.add:  # the usual sum: one compiled loop over the moves (replay.py), same bits
             if self._compiled is None:
                 arrays = [a for bufs in self.buffers if bufs for a in bufs.values()]
-                self._compiled = compile_moves(self.moves, arrays) or False
+                scratch = [bufs["tmp"] for bufs in self.buffers if bufs and "tmp" in bufs]  # the schedule's own
+                self._compiled = compile_moves(self.moves, arrays, scratch) or False
             if self._compiled:
                 replay_compiled(self._compiled)
                 return

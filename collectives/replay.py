@@ -1,15 +1,19 @@
-"""A recorded collective's data moves (`execute.Recording`) as one compiled loop.
+"""A recorded collective's data moves (`execute.Recording`) as one compiled call.
 
 Replaying a recording move by move costs one numpy call per move, and a direct all-reduce
 on 32 cores has about two thousand of them per step. When every array the moves touch is
-float32 and contiguous and the combine is addition, the moves are lowered once into a
-table over one scratch array: the buffers the schedule works on are gathered into it, the
-messages' staging arrays get room in it, one numba loop runs the moves (kind, destination
-offset, source offset, count), and the buffers are written back. The gathering and the write-back
-run inside the loop's call too (the buffers' addresses in a table, device/kernels/addresses.py),
-so an all-reduce is one call whatever the number of cores. The same element
-operations in the same order (IEEE float32 addition, no fast-math), so the same bits as the
-numpy replay (tests/collectives/test_replay.py).
+float32 and contiguous and the combine is addition, the moves are lowered once, like a
+compiler would: they are run on names instead of numbers (`_values`), so that what each
+buffer element ends up holding is known as an expression of the elements the collective
+started from. The copies vanish (a name is passed on, nothing is computed), an addition of
+the same two operands is computed once however many cores repeat it (a direct all-reduce
+has every core add x[0] + x[1] + ... in the same order: the sum is formed once, not p
+times), and additions no result depends on are dropped. What remains is one call: gather
+the elements read into a scratch array, run the additions there, write each changed
+element to its buffer. A buffer named private (the schedule's `tmp`) is not written back
+unless the collective reads it before writing it. The same additions of the same operands
+in the same order (IEEE float32, no fast-math), so the same bits as the numpy replay
+(tests/collectives/test_replay.py).
 """
 
 from __future__ import annotations
@@ -19,21 +23,26 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from tilesim.device.kernels.addresses import Table, at
+from tilesim.device.kernels.addresses import at
 
 
 @dataclass
 class Compiled:
-    table: np.ndarray  # int64 (moves, 4): kind (0 copy, 1 add), destination, source, count
-    buffers: list[np.ndarray]  # flat buffers gathered in and written back, in scratch order (kept alive)
-    places: np.ndarray  # int64 (buffers, 3): each buffer's address, elements, offset in scratch
-    scratch: np.ndarray  # float32: the buffers, then staging; kept: a fresh one each replay costs its page faults
+    gather: np.ndarray  # int64 (runs, 3): address, elements, offset in scratch: what is read
+    adds: np.ndarray  # int64 (runs, 4): destination, left, right (scratch offsets), elements
+    writes: np.ndarray  # int64 (runs, 3): address, elements, offset in scratch: what changed
+    buffers: list[np.ndarray]  # the flat buffers the addresses point into (kept alive)
+    scratch: np.ndarray  # float32; kept: a fresh one each replay costs its page faults
 
 
-def compile_moves(moves: list[tuple[str, np.ndarray, np.ndarray]], buffers: list[np.ndarray]) -> Compiled | None:
-    """The table of `moves` over the flat float32 `buffers` they work on (every other array a
-    move names is a message's staging array, written before it is read). None when some
-    array is not contiguous float32, or ranges overlap: the caller replays with numpy then."""
+def compile_moves(
+    moves: list[tuple[str, np.ndarray, np.ndarray]], buffers: list[np.ndarray], private: list[np.ndarray] = ()
+) -> Compiled | None:
+    """The moves over the flat float32 `buffers` they work on as one call (every other array
+    a move names is a message's staging array, written before it is read; a `private`
+    buffer's contents afterwards do not matter). None when some array is not contiguous
+    float32, ranges overlap, or an addition reads an element nothing wrote: the caller
+    replays with numpy then."""
     flat: list[np.ndarray] = []
     seen: set[int] = set()
     for b in buffers:
@@ -49,6 +58,7 @@ def compile_moves(moves: list[tuple[str, np.ndarray, np.ndarray]], buffers: list
     for b in flat:
         offsets.append(size)
         size += b.size
+    leaves = size  # a buffer element's name is its offset: the scratch holds it there
     staging: dict[int, int] = {}
 
     def locate(a: np.ndarray) -> int | None:
@@ -66,40 +76,129 @@ def compile_moves(moves: list[tuple[str, np.ndarray, np.ndarray]], buffers: list
             size += a.size
         return staging[address]
 
-    table = np.zeros((len(moves), 4), dtype=np.int64)
-    for i, (kind, dst, src) in enumerate(moves):
+    table = []
+    for kind, dst, src in moves:
         d, s = locate(dst), locate(src)
         if d is None or s is None or dst.size != src.size:
             return None
         if d != s and d < s + src.size and s < d + dst.size:
-            return None  # numpy copies overlapping ranges through a temporary; the loop would not
-        table[i] = (0 if kind == "copy" else 1, d, s, dst.size)
-    places = Table()
-    for b, offset in zip(flat, offsets, strict=True):
-        places.add(b, b.size, offset)
-    return Compiled(table, flat, places.array(), np.empty(size, np.float32))
+            return None  # numpy copies overlapping ranges through a temporary; names would not
+        table.append((kind == "copy", d, s, dst.size))
+    flow = _values(table, size, leaves)
+    if flow is None:
+        return None
+    private_ids = {a.ctypes.data for a in private}
+    kept = [i for i, b in enumerate(flat) if b.ctypes.data not in private_ids]
+    lowered = _lower(flat, offsets, kept, leaves, *flow)
+    if lowered is not None and not lowered[-1] <= set(kept):  # a private buffer read before it is written
+        lowered = _lower(flat, offsets, list(range(len(flat))), leaves, *flow)
+    if lowered is None:
+        return None
+    gather, adds, writes, scratch, _ = lowered
+    return Compiled(gather, adds, writes, flat, np.empty(scratch, np.float32))
+
+
+def _values(table: list[tuple[bool, int, int, int]], size: int, leaves: int):
+    """Run the moves on names: an element of a buffer starts as its own name, one of a
+    staging array as -1 (unwritten); an addition gives its results new names, or the names
+    an earlier addition of the same operand ranges got. Returns (names, blocks, count):
+    every element's final name, (first name, left names, right names) per addition of new
+    names, in order; None if an addition reads an unwritten element."""
+    names = np.full(size, -1, np.int64)
+    names[:leaves] = np.arange(leaves)
+    blocks: list[tuple[int, np.ndarray, np.ndarray]] = []
+    made: dict[tuple[int, int, int], int] = {}
+    count = leaves
+    for copy, d, s, n in table:
+        right = names[s : s + n].copy()
+        if copy:
+            names[d : d + n] = right
+            continue
+        left = names[d : d + n].copy()
+        if n and min(left.min(), right.min()) < 0:
+            return None
+        key = (int(left[0]), int(right[0]), n) if n and _run(left) and _run(right) else None
+        first = made.get(key) if key else None
+        if first is None:
+            first, count = count, count + n
+            blocks.append((first, left, right))
+            if key:
+                made[key] = first
+        names[d : d + n] = np.arange(first, first + n)
+    return names, blocks, count
+
+
+def _run(a: np.ndarray) -> bool:
+    return bool(a[-1] - a[0] == a.size - 1 and (a.size < 2 or (np.diff(a) == 1).all()))
+
+
+def _lower(flat, offsets, kept, leaves, names, blocks, count):
+    """(gather, additions, writes, scratch size, the buffers read) that leave the buffers
+    `kept` as the moves do, or None if one of them would get an unwritten element."""
+    need = np.zeros(count, bool)
+    finals = []
+    for i in kept:
+        lo, n = offsets[i], flat[i].size
+        final = names[lo : lo + n]
+        changed = np.flatnonzero(final != np.arange(lo, lo + n))
+        if changed.size and final[changed].min() < 0:
+            return None
+        need[final[changed]] = True
+        finals.append((i, changed, final[changed]))
+    for first, left, right in reversed(blocks):
+        used = need[first : first + left.size]
+        if used.any():
+            need[left[used]] = True
+            need[right[used]] = True
+    where = np.arange(count)  # a leaf is read where it was gathered, a sum where it is formed
+    where[leaves:] = leaves + np.cumsum(need[leaves:]) - 1
+    adds = []
+    for first, left, right in blocks:
+        made = np.flatnonzero(need[first : first + left.size])
+        if made.size:
+            adds += _runs(where[first + made], where[left[made]], where[right[made]])
+    writes = []
+    for i, changed, final in finals:
+        for start, src, n in _runs(changed, where[final]):
+            writes.append((flat[i][start:].ctypes.data, n, src))
+    gather, read = [], set()
+    for i, b in enumerate(flat):
+        for start, n in _runs(np.flatnonzero(need[offsets[i] : offsets[i] + b.size])):
+            gather.append((b[start:].ctypes.data, n, offsets[i] + start))
+            read.add(i)
+    rows = [np.array(r, np.int64).reshape(-1, w) for r, w in ((gather, 3), (adds, 4), (writes, 3))]
+    return (*rows, leaves + int(need[leaves:].sum()), read)
+
+
+def _runs(first: np.ndarray, *others: np.ndarray) -> list[tuple[int, ...]]:
+    """Maximal runs where `first` and every array of `others` go up by one together:
+    (first's start, each other's start, length) per run."""
+    if first.size == 0:
+        return []
+    steps = np.diff(first) != 1
+    for o in others:
+        steps |= np.diff(o) != 1
+    starts = np.concatenate(([0], np.flatnonzero(steps) + 1))
+    lengths = np.diff(np.concatenate((starts, [first.size])))
+    return [(int(first[s]), *(int(o[s]) for o in others), int(n)) for s, n in zip(starts, lengths, strict=True)]
 
 
 def replay(c: Compiled) -> None:
-    """Gather the buffers into scratch, run the moves, write the buffers back: one call."""
-    _replay(c.table, c.places, c.scratch)
+    """Gather what is read, form the sums, write what changed: one call."""
+    _replay(c.gather, c.adds, c.writes, c.scratch)
 
 
 _F32 = np.zeros(0, np.float32)
 
 
 @njit(cache=True)
-def _replay(table, places, x):  # pragma: no cover - compiled
-    for i in range(places.shape[0]):
-        x[places[i, 2] : places[i, 2] + places[i, 1]] = at(places[i, 0], _F32, (places[i, 1],))
-    for i in range(table.shape[0]):
-        kind, d, s, n = table[i, 0], table[i, 1], table[i, 2], table[i, 3]
-        dst, src = x[d : d + n], x[s : s + n]  # views: no wraparound test per element, so LLVM vectorizes
-        if kind == 0:
-            for j in range(n):
-                dst[j] = src[j]
-        else:
-            for j in range(n):
-                dst[j] = dst[j] + src[j]
-    for i in range(places.shape[0]):
-        at(places[i, 0], _F32, (places[i, 1],))[:] = x[places[i, 2] : places[i, 2] + places[i, 1]]
+def _replay(gather, adds, writes, x):  # pragma: no cover - compiled
+    for i in range(gather.shape[0]):
+        x[gather[i, 2] : gather[i, 2] + gather[i, 1]] = at(gather[i, 0], _F32, (gather[i, 1],))
+    for i in range(adds.shape[0]):
+        d, a, b, n = adds[i, 0], adds[i, 1], adds[i, 2], adds[i, 3]
+        out, left, right = x[d : d + n], x[a : a + n], x[b : b + n]  # views: LLVM vectorizes
+        for j in range(n):
+            out[j] = left[j] + right[j]
+    for i in range(writes.shape[0]):
+        at(writes[i, 0], _F32, (writes[i, 1],))[:] = x[writes[i, 2] : writes[i, 2] + writes[i, 1]]

@@ -33,6 +33,10 @@ def bind_embed(ex: Executor, step: Step) -> Op:
     node = step.node
     outs, tables = ex.views(node.out), ex.params(node, 0)
     starts = [ex.sp.rows[node.params[0]][c][0] for c in ex.lanes]
+    if all(t.fmt == "fp32" for t in tables):
+        every = cores.bind_embed([t.arrays["w"] for t in tables], starts, outs)
+        if every is not None:
+            return lambda inputs: every(inputs.ids)
 
     def run(inputs: StepInputs) -> None:
         m = inputs.rows
@@ -88,6 +92,9 @@ def bind_norm(ex: Executor, step: Step) -> Op:
     xs, outs = ex.views(node.inputs[0]), ex.views(node.out)
     ws, bs = ex.params(node, 0), ex.params(node, 1)
     eps, layer = node.attrs["eps"], node.attrs["kind"] == "layer_norm"
+    every = cores.bind_norm(xs, ws, bs if layer else [None] * len(xs), outs, eps)
+    if every is not None:
+        return _every_core(ex, after, every)
 
     def run(inputs: StepInputs) -> None:
         m = ex.rows(inputs, after)
@@ -261,6 +268,9 @@ bind_add = _two_inputs(elementwise.add)
 def bind_select_last(ex: Executor, step: Step) -> Op:
     node = step.node
     xs, outs = ex.views(node.inputs[0]), ex.views(node.out)
+    every = cores.bind_take_rows(xs, outs)
+    if every is not None:
+        return lambda inputs: every(np.arange(inputs.rows) if inputs.all_logits else inputs.last_rows)
 
     def run(inputs: StepInputs) -> None:
         if inputs.all_logits:

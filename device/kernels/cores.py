@@ -17,6 +17,9 @@ Variants:
 4. `attention`: every core's KV-cache write and attention over an fp32 cache
    (`attention.attend_one` per query row of every core, on one thread for a small step).
 5. `rope`: every core's query and key heads rotated.
+6. `norm`, `take_rows`, `embed`: every core's final norm, choice of the rows that get
+   logits, and fp32 embedding lookup (small, but at TP 32 a call per core cost more than
+   the products of a tiny model).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from tilesim.device.kernels import attention, jit_cache, norms, quant, rotary
+from tilesim.device.kernels import attention, elementwise, jit_cache, norms, quant, rotary
 from tilesim.device.kernels import vector_ir as ir
 from tilesim.device.kernels.activations import _silu_mul
 from tilesim.device.kernels.addresses import Table, at, contiguous
@@ -312,3 +315,74 @@ def _rope_all(t, m, d, positions, cos, sin, rot, neox):  # pragma: no cover - co
             rotary._rope_neox(x, positions, cos, sin, rot)
         else:
             rotary._rope_gptj(x, positions, cos, sin, rot)
+
+
+# -- the step's ends: embedding, final norm, rows for the logits ---------------------------
+
+
+def bind_norm(
+    xs: Sequence[np.ndarray], ws: Sequence[np.ndarray], bs: Sequence[np.ndarray | None], outs: Sequence[np.ndarray],
+    eps: float,
+) -> Callable[[int], None] | None:  # fmt: skip
+    """`run(m)`: on every core, `outs[:m] = norm(xs[:m])` (layer norm where `bs` has biases,
+    RMS norm otherwise); None if an array is not C-contiguous."""
+    if not contiguous(*xs, *ws, *bs, *outs):
+        return None
+    table = Table()
+    for x, w, bias, out in zip(xs, ws, bs, outs, strict=True):
+        table.add(x, w, w if bias is None else bias, out, x.shape[0], x.shape[1])
+    t, layer, eps32 = table.array(), bs[0] is not None, np.float32(eps)
+    return lambda m: _norm_all(t, m, layer, eps32)
+
+
+@njit(cache=True)
+def _norm_all(t, m, layer, eps):  # pragma: no cover - compiled
+    for c in range(t.shape[0]):
+        rows, k = t[c, 4], t[c, 5]
+        x, out = at(t[c, 0], _F32, (rows, k))[:m], at(t[c, 3], _F32, (rows, k))[:m]
+        if layer:
+            norms._layer_norm(x, at(t[c, 1], _F32, (k,)), at(t[c, 2], _F32, (k,)), eps, out)
+        else:
+            norms._rms_norm(x, at(t[c, 1], _F32, (k,)), eps, out)
+
+
+def bind_take_rows(xs: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> Callable[[np.ndarray], None] | None:
+    """`run(rows)`: on every core, `outs[i] = xs[rows[i]]` (rows in range); None if an array
+    is not C-contiguous or the widths differ."""
+    if not contiguous(*xs, *outs) or any(x.shape[1:] != o.shape[1:] for x, o in zip(xs, outs, strict=True)):
+        return None
+    table = Table()
+    for x, out in zip(xs, outs, strict=True):
+        table.add(x, out, x.shape[0], out.shape[0], int(np.prod(x.shape[1:])))
+    t = table.array()
+    return lambda rows: _take_all(t, rows)
+
+
+@njit(cache=True)
+def _take_all(t, rows):  # pragma: no cover - compiled
+    for c in range(t.shape[0]):
+        x, out = at(t[c, 0], _F32, (t[c, 2], t[c, 4])), at(t[c, 1], _F32, (t[c, 3], t[c, 4]))
+        for i in range(rows.shape[0]):
+            out[i] = x[rows[i]]
+
+
+def bind_embed(
+    tables: Sequence[np.ndarray], starts: Sequence[int], outs: Sequence[np.ndarray]
+) -> Callable[[np.ndarray], None] | None:
+    """`run(ids)`: on every core, `outs[i] = tables[ids[i] - start]` where the id falls in the
+    core's slice of the vocabulary, zeros elsewhere (fp32 tables); None if an array is not
+    C-contiguous."""
+    if not contiguous(*tables, *outs):
+        return None
+    table = Table()
+    for w, start, out in zip(tables, starts, outs, strict=True):
+        table.add(w, out, w.shape[0], out.shape[0], out.shape[1], start)
+    t = table.array()
+    return lambda ids: _embed_all(t, ids)
+
+
+@njit(cache=True)
+def _embed_all(t, ids):  # pragma: no cover - compiled
+    for c in range(t.shape[0]):
+        w, out = at(t[c, 0], _F32, (t[c, 2], t[c, 4])), at(t[c, 1], _F32, (t[c, 3], t[c, 4]))
+        elementwise._embed(ids, w, t[c, 5], out[: ids.shape[0]])

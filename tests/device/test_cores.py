@@ -148,3 +148,42 @@ def test_rope_and_attention_on_every_core_equal_the_per_core_kernels(n_cores, ba
         p = np.exp(scores - scores.max())
         ref = (p / p.sum()) @ vc[b, 0, : len(keys)].astype(np.float64)
         np.testing.assert_allclose(outs[c][t, :d], ref, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 70), st.booleans(), seeds)
+def test_the_steps_ends_on_every_core_equal_the_per_core_code(n_cores, m, k, layer, seed):
+    """Embedding lookup, final norm and the rows kept for the logits."""
+    from tilesim.device.kernels import elementwise
+
+    rng = np.random.default_rng(seed)
+    rows, vocab = m + 2, 3 * n_cores
+    tables = [rng.standard_normal((3, k)).astype(np.float32) for _ in range(n_cores)]
+    ids = rng.integers(0, vocab, size=m)
+    outs = [np.full((rows, k), np.nan, np.float32) for _ in range(n_cores)]
+    cores.bind_embed(tables, [3 * c for c in range(n_cores)], outs)(ids)
+    for c in range(n_cores):
+        want = np.full((m, k), np.nan, np.float32)
+        elementwise.embed(ids, tables[c], 3 * c, want)
+        assert outs[c][:m].tobytes() == want.tobytes()
+        assert np.isnan(outs[c][m:]).all()  # rows past the step's are left alone
+    assert np.array_equal(sum(o[:m].astype(np.float64) for o in outs), np.concatenate(tables)[ids])
+
+    xs = [rng.standard_normal((rows, k)).astype(np.float32) for _ in range(n_cores)]
+    ws = [rng.standard_normal(k).astype(np.float32) for _ in range(n_cores)]
+    bs = [rng.standard_normal(k).astype(np.float32) if layer else None for _ in range(n_cores)]
+    outs = [np.full((rows, k), np.nan, np.float32) for _ in range(n_cores)]
+    cores.bind_norm(xs, ws, bs, outs, 1e-5)(m)
+    for c in range(n_cores):
+        want = np.empty((m, k), np.float32)
+        if layer:
+            norms.layer_norm(xs[c][:m], ws[c], bs[c], 1e-5, want)
+        else:
+            norms.rms_norm(xs[c][:m], ws[c], 1e-5, want)
+        assert outs[c][:m].tobytes() == want.tobytes()
+        assert np.isnan(outs[c][m:]).all()
+
+    picked = rng.integers(0, rows, size=m)
+    outs = [np.full((m, k), np.nan, np.float32) for _ in range(n_cores)]
+    cores.bind_take_rows(xs, outs)(picked)
+    assert all(np.array_equal(o, x[picked]) for o, x in zip(outs, xs, strict=True))

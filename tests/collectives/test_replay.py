@@ -93,6 +93,24 @@ def test_a_direct_allreduce_forms_its_sum_once_and_leaves_its_private_scratch_al
     assert all(b["out"].tobytes() == want.tobytes() for b in fast.buffers)
 
 
+def test_recordings_of_one_shape_share_a_lowering_and_each_writes_its_own_buffers():
+    from tilesim.collectives import replay as lowering
+
+    rng = np.random.default_rng(5)
+    data = [rng.standard_normal((4, 30)).astype(np.float32) for _ in range(2)]
+    first = _recorded("ring", 4, 30, [row.copy() for row in data[0]])
+    first.replay(np.add)
+    plans = len(lowering._PLANS)
+    second = _recorded("ring", 4, 30, [row.copy() for row in data[1]])
+    second.replay(np.add)
+    assert len(lowering._PLANS) == plans  # the same moves over other buffers: lowered once
+    for rec, x in ((first, data[0]), (second, data[1])):
+        slow = _recorded("ring", 4, 30, [row.copy() for row in x])
+        slow._compiled = False
+        slow.replay(np.add)
+        assert all(a["out"].tobytes() == b["out"].tobytes() for a, b in zip(rec.buffers, slow.buffers, strict=True))
+
+
 def test_a_private_buffer_read_before_it_is_written_is_written_back():
     a = np.arange(6, dtype=np.float32)
     tmp = np.full(6, 2.0, np.float32)

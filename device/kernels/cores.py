@@ -362,7 +362,11 @@ def bind_take_rows(xs: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> Call
 def _take_all(t, rows):  # pragma: no cover - compiled
     for c in range(t.shape[0]):
         x, out = at(t[c, 0], _F32, (t[c, 2], t[c, 4])), at(t[c, 1], _F32, (t[c, 3], t[c, 4]))
+        if rows.shape[0] > out.shape[0]:
+            raise IndexError("more rows asked for than the output holds")
         for i in range(rows.shape[0]):
+            if not 0 <= rows[i] < x.shape[0]:
+                raise IndexError("a row outside the input")
             out[i] = x[rows[i]]
 
 
@@ -385,4 +389,6 @@ def bind_embed(
 def _embed_all(t, ids):  # pragma: no cover - compiled
     for c in range(t.shape[0]):
         w, out = at(t[c, 0], _F32, (t[c, 2], t[c, 4])), at(t[c, 1], _F32, (t[c, 3], t[c, 4]))
+        if ids.shape[0] > out.shape[0]:
+            raise IndexError("more ids than the output has rows")
         elementwise._embed(ids, w, t[c, 5], out[: ids.shape[0]])

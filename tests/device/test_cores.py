@@ -187,3 +187,15 @@ def test_the_steps_ends_on_every_core_equal_the_per_core_code(n_cores, m, k, lay
     outs = [np.full((m, k), np.nan, np.float32) for _ in range(n_cores)]
     cores.bind_take_rows(xs, outs)(picked)
     assert all(np.array_equal(o, x[picked]) for o, x in zip(outs, xs, strict=True))
+
+
+def test_the_steps_ends_refuse_rows_outside_their_arrays():
+    xs, outs = [np.zeros((3, 4), np.float32)], [np.zeros((2, 4), np.float32)]
+    take = cores.bind_take_rows(xs, outs)
+    with pytest.raises(IndexError):
+        take(np.array([0, 3]))  # no row 3
+    with pytest.raises(IndexError):
+        take(np.array([0, 1, 2]))  # three rows into two
+    embed = cores.bind_embed([np.zeros((5, 4), np.float32)], [0], outs)
+    with pytest.raises(IndexError):
+        embed(np.array([1, 2, 3]))

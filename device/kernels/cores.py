@@ -61,14 +61,16 @@ def bind_linear(
         return None
     fmt = fmts.pop()
     kind = "q4" if fmt in quant._NIBBLES else fmt
-    k = xs[0].shape[1]
-    if kind not in ("q4", "q8_0", "fp32") or any(x.shape[1] != k for x in xs):
-        return None  # (an uneven split gives the cores inputs of different widths)
-    if any(p.shape[1] != k for ps in weights for p in ps):
+    if kind not in ("q4", "q8_0", "fp32"):
+        return None
+    # a core's products all read its own input; the cores' widths may differ (an uneven split)
+    if any(p.shape[1] != x.shape[1] for x, ps in zip(xs, weights, strict=True) for p in ps):
+        return None
+    if kind != "fp32" and any(p.arrays["d"].shape[1] != -(-p.shape[1] // 32) for ps in weights for p in ps):
         return None
     xt = Table()
     for x in xs:
-        xt.add(x, x.shape[0])
+        xt.add(x, x.shape[0], x.shape[1])
     table = Table()
     for c, (ps, bs, os) in enumerate(zip(weights, biases, outs, strict=True)):
         for p, b, o in zip(ps, bs, os, strict=True):
@@ -82,12 +84,12 @@ def bind_linear(
     x_addr, t = xt.array(), table.array()
     threads = get_num_threads()
     if kind == "fp32":
-        return lambda m: _linear_f32(x_addr, t, m, k, threads)
-    blocks = weights[0][0].arrays["d"].shape[1]
+        return lambda m: _linear_f32(x_addr, t, m, threads)
+    blocks = max(-(-x.shape[1] // 32) for x in xs)  # the widest core's, for the shared scratch
     if kind == "q8_0":
-        return lambda m: _linear_q8_0(x_addr, t, m, k, blocks, threads)
+        return lambda m: _linear_q8_0(x_addr, t, m, blocks, threads)
     symmetric = fmt == "q4_0"
-    return lambda m: _linear_q4(x_addr, t, m, k, blocks, symmetric, threads)
+    return lambda m: _linear_q4(x_addr, t, m, blocks, symmetric, threads)
 
 
 @njit(cache=True)
@@ -117,27 +119,33 @@ def _bias(t, e):
 
 
 @njit(cache=True)
-def _x(x_addr, c, m, k):
-    return at(x_addr[c, 0], _F32, (x_addr[c, 1], k))[:m]
+def _x(x_addr, c, m):
+    return at(x_addr[c, 0], _F32, (x_addr[c, 1], x_addr[c, 2]))[:m]
+
+
+@njit(cache=True)
+def _blocks(x_addr, c):
+    return (x_addr[c, 2] + 31) // 32
 
 
 @njit(cache=True, parallel=True)
-def _linear_f32(x_addr, t, m, k, threads):  # pragma: no cover - compiled
+def _linear_f32(x_addr, t, m, threads):  # pragma: no cover - compiled
     starts = _starts(t)
     for th in prange(threads):
         for e in range(t.shape[0]):
             first, last = _range(starts, e, th, threads)
             if first < last:
-                w = at(t[e, _W], _F32, (t[e, _N], k))
-                _f32_rows(_x(x_addr, t[e, _CORE], m, k), w, _bias(t, e), _out(t, e, m), first, last)
+                c = t[e, _CORE]
+                w = at(t[e, _W], _F32, (t[e, _N], x_addr[c, 2]))
+                _f32_rows(_x(x_addr, c, m), w, _bias(t, e), _out(t, e, m), first, last)
 
 
 @njit(cache=True, parallel=True)
-def _linear_q8_0(x_addr, t, m, k, blocks, threads):  # pragma: no cover - compiled
+def _linear_q8_0(x_addr, t, m, blocks, threads):  # pragma: no cover - compiled
     cores = x_addr.shape[0]
     xp = np.zeros((cores, m, blocks * 32), np.float32)
     for c in range(cores):
-        xp[c, :, :k] = _x(x_addr, c, m, k)
+        xp[c, :, : x_addr[c, 2]] = _x(x_addr, c, m)
     starts = _starts(t)
     once = m >= _DECODE_ONCE
     for th in prange(threads):
@@ -145,20 +153,23 @@ def _linear_q8_0(x_addr, t, m, k, blocks, threads):  # pragma: no cover - compil
         for e in range(t.shape[0]):
             first, last = _range(starts, e, th, threads)
             if first < last:
-                n = t[e, _N]
-                qs, d16 = at(t[e, _W], _I8, (n, blocks * 32)), at(t[e, _D], _U16, (n, blocks))
-                quant._q8_0_rows(xp[t[e, _CORE]], qs, d16, _bias(t, e), _out(t, e, m), first, last, codes)
+                c, n = t[e, _CORE], t[e, _N]
+                b = _blocks(x_addr, c)  # a narrower core's rows read the first b blocks of xp[c]
+                qs, d16 = at(t[e, _W], _I8, (n, b * 32)), at(t[e, _D], _U16, (n, b))
+                mine = codes[: b * 32 if once else 0]
+                quant._q8_0_rows(xp[c], qs, d16, _bias(t, e), _out(t, e, m), first, last, mine)
 
 
 @njit(cache=True, parallel=True)
-def _linear_q4(x_addr, t, m, k, blocks, symmetric, threads):  # pragma: no cover - compiled
+def _linear_q4(x_addr, t, m, blocks, symmetric, threads):  # pragma: no cover - compiled
     cores = x_addr.shape[0]
-    x_lo = np.empty((cores, m, blocks * 16), np.float32)
-    x_hi = np.empty((cores, m, blocks * 16), np.float32)
+    x_lo = np.zeros((cores, m, blocks * 16), np.float32)
+    x_hi = np.zeros((cores, m, blocks * 16), np.float32)
     for c in range(cores):
-        lo, hi = quant._split_halves(_x(x_addr, c, m, k), blocks)
-        x_lo[c] = lo
-        x_hi[c] = hi
+        b = _blocks(x_addr, c)
+        lo, hi = quant._split_halves(_x(x_addr, c, m), b)
+        x_lo[c, :, : b * 16] = lo
+        x_hi[c, :, : b * 16] = hi
     starts = _starts(t)
     once = m >= _DECODE_ONCE
     for th in prange(threads):
@@ -168,11 +179,14 @@ def _linear_q4(x_addr, t, m, k, blocks, symmetric, threads):  # pragma: no cover
             first, last = _range(starts, e, th, threads)
             if first < last:
                 c, n = t[e, _CORE], t[e, _N]
-                qs = at(t[e, _W], _U8, (n, blocks * 16))
-                d16, m16 = at(t[e, _D], _U16, (n, blocks)), at(t[e, _M], _U16, (n, blocks))
+                b = _blocks(x_addr, c)  # a narrower core's rows read the first b blocks of x_lo[c]
+                qs = at(t[e, _W], _U8, (n, b * 16))
+                d16, m16 = at(t[e, _D], _U16, (n, b)), at(t[e, _M], _U16, (n, b))
+                size = b * 16 if once else 0
                 quant._q4_rows(
-                    x_lo[c], x_hi[c], qs, d16, m16, symmetric, _bias(t, e), _out(t, e, m), first, last, wl, wh
-                )
+                    x_lo[c], x_hi[c], qs, d16, m16, symmetric, _bias(t, e), _out(t, e, m), first, last, wl[:size],
+                    wh[:size],
+                )  # fmt: skip
 
 
 # -- element-wise ops over every core ---------------------------------------------------

@@ -54,8 +54,9 @@ def bind_linear(
     outs: Sequence[Sequence[np.ndarray]],
 ) -> Callable[[int], None] | None:
     """`run(m)`: on every core c, `outs[c][i][:m] = xs[c][:m] @ weights[c][i].T + biases[c][i]`,
-    in one call. None when the weights are not all of one format this module runs (fp32,
-    nibble blocks, q8_0), the cores' inputs differ in width, or an array is not C-contiguous."""
+    in one call; the cores' input widths may differ (an uneven split). None when the weights
+    are not all of one format this module runs (fp32, nibble blocks, q8_0), a weight's width
+    is not its core's input width, or an array is not C-contiguous."""
     fmts = {p.fmt for ps in weights for p in ps}
     if len(fmts) != 1 or not contiguous(*xs, *(o for os in outs for o in os), *(b for bs in biases for b in bs)):
         return None
@@ -63,7 +64,6 @@ def bind_linear(
     kind = "q4" if fmt in quant._NIBBLES else fmt
     if kind not in ("q4", "q8_0", "fp32"):
         return None
-    # a core's products all read its own input; the cores' widths may differ (an uneven split)
     if any(p.shape[1] != x.shape[1] for x, ps in zip(xs, weights, strict=True) for p in ps):
         return None
     if kind != "fp32" and any(p.arrays["d"].shape[1] != -(-p.shape[1] // 32) for ps in weights for p in ps):

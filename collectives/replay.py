@@ -31,9 +31,9 @@ from tilesim.device.kernels.addresses import at
 
 @dataclass
 class Compiled:
-    gather: np.ndarray  # int64 (runs, 3): address, elements, offset in scratch: what is read
-    adds: np.ndarray  # int64 (runs, 4): destination, left, right (scratch offsets), elements
-    writes: np.ndarray  # int64 (runs, 3): address, elements, offset in scratch: what changed
+    gather: np.ndarray  # int64 (runs, 3): source address, elements, destination address
+    adds: np.ndarray  # int64 (runs, 4): destination, left, right addresses, elements
+    writes: np.ndarray  # int64 (runs, 3): destination address, elements, source address
     buffers: list[np.ndarray]  # the flat buffers the addresses point into (kept alive)
     scratch: np.ndarray  # float32; kept: a fresh one each replay costs its page faults
 
@@ -96,8 +96,10 @@ def compile_moves(
     plan = _PLANS[key]
     if plan is None:
         return None
-    gather, adds, writes, scratch = plan
-    return Compiled(_addresses(gather, flat), adds, _addresses(writes, flat), flat, np.empty(scratch, np.float32))
+    gather, adds, writes, scratch_size = plan
+    scratch = np.empty(max(scratch_size, 1), np.float32)
+    address = _Addresses(flat, offsets, scratch)
+    return Compiled(address(gather, (0, 2)), address(adds, (0, 1, 2)), address(writes, (0, 2)), flat, scratch)
 
 
 # Lowered programs by the moves' shape: every all-reduce of one size in a model (one per
@@ -119,12 +121,24 @@ def _plan(table, size, offsets, sizes, private):
     return None if lowered is None else lowered[:4]
 
 
-def _addresses(rows: np.ndarray, flat: list[np.ndarray]) -> np.ndarray:
-    """(buffer, start, elements, scratch offset) rows as (address, elements, scratch offset)."""
-    out = np.empty((rows.shape[0], 3), np.int64)
-    for r, (b, start, n, offset) in enumerate(rows.tolist()):
-        out[r] = (flat[b].ctypes.data + 4 * start, n, offset)
-    return out
+class _Addresses:
+    """A plan's locations as one recording's addresses. A location below `leaves` is a
+    buffer element (its name: the buffers' offsets end to end), one above is scratch."""
+
+    def __init__(self, flat: list[np.ndarray], offsets: list[int], scratch: np.ndarray):
+        self.bases = np.array([b.ctypes.data for b in flat], np.int64)
+        self.offsets = np.array(offsets, np.int64)
+        self.leaves = offsets[-1] + flat[-1].size if flat else 0
+        self.scratch = scratch.ctypes.data
+
+    def __call__(self, rows: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
+        out = rows.copy()
+        for c in columns:
+            loc = rows[:, c]
+            buffer = np.maximum(np.searchsorted(self.offsets, loc, side="right") - 1, 0)
+            in_buffer = self.bases[buffer] + 4 * (loc - self.offsets[buffer])
+            out[:, c] = np.where(loc < self.leaves, in_buffer, self.scratch + 4 * (loc - self.leaves))
+        return out
 
 
 def _values(table: list[tuple[bool, int, int, int]], size: int, leaves: int):
@@ -163,8 +177,15 @@ def _run(a: np.ndarray) -> bool:
 
 def _lower(offsets, sizes, kept, leaves, names, blocks, count):
     """(gather, additions, writes, scratch size, the buffers read) that leave the buffers
-    `kept` as the moves do, or None if one of them would get an unwritten element. Gather
-    and write rows are (buffer, start, elements, scratch offset)."""
+    `kept` as the moves do, or None if one of them would get an unwritten element. Rows hold
+    locations (`_Addresses`): gather (source, elements, destination), additions
+    (destination, left, right, elements), writes (destination, elements, source).
+
+    An addition reads a buffer element where it is: nothing is written back before the
+    last addition. A buffer element that a write copies elsewhere is gathered first (a
+    write could overwrite it before it is copied). A sum takes scratch only while it is
+    needed: a block of sums whose last reader has run gives its place to a later block, so
+    a decode step's all-reduce works in a few KB that stay in cache."""
     need = np.zeros(count, bool)
     finals = []
     for i in kept:
@@ -174,58 +195,99 @@ def _lower(offsets, sizes, kept, leaves, names, blocks, count):
         if changed.size and final[changed].min() < 0:
             return None
         need[final[changed]] = True
-        finals.append((i, changed, final[changed]))
+        finals.append((i, lo + changed, final[changed]))
     for first, left, right in reversed(blocks):
         used = need[first : first + left.size]
         if used.any():
             need[left[used]] = True
             need[right[used]] = True
-    where = np.arange(count)  # a leaf is read where it was gathered, a sum where it is formed
-    where[leaves:] = leaves + np.cumsum(need[leaves:]) - 1
+    owner = np.repeat(np.arange(len(sizes)), sizes)  # each leaf's buffer
+    written = np.concatenate([f for _, _, f in finals]) if finals else np.zeros(0, np.int64)
+    where = np.full(count, -1, np.int64)  # scratch offset of a gathered leaf or a sum
+    copied = np.unique(written[written < leaves])
+    where[copied] = np.arange(copied.size)
+    top = copied.size
+    block_of = np.full(count, -1, np.int64)
+    for j, (first, left, _) in enumerate(blocks):
+        block_of[first : first + left.size] = j
+    last = np.full(len(blocks), -1)
+    for j, (first, left, right) in enumerate(blocks):
+        used = need[first : first + left.size]
+        read = np.concatenate((left[used], right[used]))
+        last[np.unique(block_of[read[read >= leaves]])] = j
+    last[np.unique(block_of[written[written >= leaves]])] = len(blocks)  # results live to the end
+    free: list[tuple[int, int]] = []  # (start, size) of scratch no live sum holds
+    live: list[tuple[int, int, int]] = []  # (last reader, start, size)
     adds = []
-    for first, left, right in blocks:
+    loc = np.arange(count)  # where an addition reads: a leaf in its buffer, a sum in scratch
+    for j, (first, left, right) in enumerate(blocks):
         made = np.flatnonzero(need[first : first + left.size])
-        if made.size:
-            adds += _runs(where[first + made], where[left[made]], where[right[made]])
-    writes = [(i, start, n, src) for i, changed, final in finals for start, src, n in _runs(changed, where[final])]
-    gather, read = [], set()
-    for i, (lo, n) in enumerate(zip(offsets, sizes, strict=True)):
-        for start, length in _runs(np.flatnonzero(need[lo : lo + n])):
-            gather.append((i, start, length, lo + start))
-            read.add(i)
-    rows = [np.array(r, np.int64).reshape(-1, w) for r, w in ((gather, 4), (adds, 4), (writes, 4))]
-    return (*rows, leaves + int(need[leaves:].sum()), read)
+        if not made.size:
+            continue
+        for entry in [e for e in live if e[0] < j]:
+            live.remove(entry)
+            free.append(entry[1:])
+        size = left.size
+        fits = [f for f in free if f[1] >= size]
+        if fits:
+            start, room = min(fits, key=lambda f: f[1])
+            free.remove((start, room))
+            if room > size:
+                free.append((start + size, room - size))
+        else:
+            start, top = top, top + size
+        live.append((last[j], start, size))
+        where[first : first + size] = start + np.arange(size)
+        loc[first : first + size] = leaves + where[first : first + size]
+        lo, ro = loc[left[made]], loc[right[made]]
+        groups = (np.where(left[made] < leaves, owner[np.minimum(left[made], leaves - 1)], -1),
+                  np.where(right[made] < leaves, owner[np.minimum(right[made], leaves - 1)], -1))  # fmt: skip
+        adds += [(d, a, b, n) for d, a, b, n in _runs(leaves + where[first + made], lo, ro, same=groups)]
+    writes = [(d, n, s) for _, changed, final in finals for d, s, n in _runs(changed, leaves + where[final])]
+    gather = [(leaf, n, leaves + slot) for leaf, slot, n in _runs(copied, where[copied], same=(owner[copied],))]
+    read = {int(b) for b in np.unique(owner[np.flatnonzero(need[:leaves])])}
+    rows = [np.array(r, np.int64).reshape(-1, w) for r, w in ((gather, 3), (adds, 4), (writes, 3))]
+    return (*rows, top, read)
 
 
-def _runs(first: np.ndarray, *others: np.ndarray) -> list[tuple[int, ...]]:
-    """Maximal runs where `first` and every array of `others` go up by one together:
-    (first's start, each other's start, length) per run."""
+def _runs(first: np.ndarray, *others: np.ndarray, same: tuple[np.ndarray, ...] = ()) -> list[tuple[int, ...]]:
+    """Maximal runs where `first` and every array of `others` go up by one together and
+    every array of `same` stays constant: (first's start, each other's start, length) per run."""
     if first.size == 0:
         return []
     steps = np.diff(first) != 1
     for o in others:
         steps |= np.diff(o) != 1
+    for g in same:
+        steps |= np.diff(g) != 0
     starts = np.concatenate(([0], np.flatnonzero(steps) + 1))
     lengths = np.diff(np.concatenate((starts, [first.size])))
     return [(int(first[s]), *(int(o[s]) for o in others), int(n)) for s, n in zip(starts, lengths, strict=True)]
 
 
 def replay(c: Compiled) -> None:
-    """Gather what is read, form the sums, write what changed: one call."""
-    _replay(c.gather, c.adds, c.writes, c.scratch)
+    """Gather what is copied, form the sums, write what changed: one call."""
+    _replay(c.gather, c.adds, c.writes)
 
 
 _F32 = np.zeros(0, np.float32)
 
 
 @njit(cache=True)
-def _replay(gather, adds, writes, x):  # pragma: no cover - compiled
+def _replay(gather, adds, writes):  # pragma: no cover - compiled
     for i in range(gather.shape[0]):
-        x[gather[i, 2] : gather[i, 2] + gather[i, 1]] = at(gather[i, 0], _F32, (gather[i, 1],))
+        _copy(gather[i, 2], gather[i, 0], gather[i, 1])
     for i in range(adds.shape[0]):
-        d, a, b, n = adds[i, 0], adds[i, 1], adds[i, 2], adds[i, 3]
-        out, left, right = x[d : d + n], x[a : a + n], x[b : b + n]  # views: LLVM vectorizes
+        n = adds[i, 3]
+        out, left, right = at(adds[i, 0], _F32, (n,)), at(adds[i, 1], _F32, (n,)), at(adds[i, 2], _F32, (n,))
         for j in range(n):
             out[j] = left[j] + right[j]
     for i in range(writes.shape[0]):
-        at(writes[i, 0], _F32, (writes[i, 1],))[:] = x[writes[i, 2] : writes[i, 2] + writes[i, 1]]
+        _copy(writes[i, 0], writes[i, 2], writes[i, 1])
+
+
+@njit(cache=True)
+def _copy(dst, src, n):  # pragma: no cover - compiled
+    out, values = at(dst, _F32, (n,)), at(src, _F32, (n,))
+    for j in range(n):
+        out[j] = values[j]

@@ -108,8 +108,9 @@ def bind_norm(ex: Executor, step: Step) -> Op:
 
 
 def bind_linear(ex: Executor, step: Step) -> Op:
+    """The group's products on every core: one call for all cores where `cores.bind_linear`
+    runs the format, else one kernel launch per core."""
     group, after = step.nodes, step.last
-    """The group's products, core by core; one kernel launch per core for block formats."""
     xs = ex.views(group[0].inputs[0])
     outs = list(zip(*(ex.views(n.out) for n in group), strict=True))
     ws = list(zip(*(ex.params(n, 0) for n in group), strict=True))

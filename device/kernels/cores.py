@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from tilesim.device.kernels import attention, elementwise, jit_cache, norms, quant, rotary
+from tilesim.device.kernels import attention, elementwise, jit_cache, norms, quant, replicas, rotary
 from tilesim.device.kernels import vector_ir as ir
 from tilesim.device.kernels.activations import _silu_mul
 from tilesim.device.kernels.addresses import Table, at, contiguous
@@ -41,10 +41,12 @@ _F32 = np.zeros(0, np.float32)
 _U8 = np.zeros(0, np.uint8)
 _U16 = np.zeros(0, np.uint16)
 _I8 = np.zeros(0, np.int8)
+_U32 = np.zeros(0, np.uint32)
 _DECODE_ONCE = quant._DECODE_ONCE
 
 # columns of a products table: one row per (core, weight)
-_CORE, _W, _D, _M, _BIAS, _NBIAS, _OUT, _OUT_ROWS, _N = range(9)
+# (a replica's entry adds _SRC: the entry of `t` it is copied from)
+_CORE, _W, _D, _M, _BIAS, _NBIAS, _OUT, _OUT_ROWS, _N, _SRC = range(10)
 
 
 def bind_linear(
@@ -71,7 +73,7 @@ def bind_linear(
     xt = Table()
     for x in xs:
         xt.add(x, x.shape[0], x.shape[1])
-    table = Table()
+    rows, found = [], []
     for c, (ps, bs, os) in enumerate(zip(weights, biases, outs, strict=True)):
         for p, b, o in zip(ps, bs, os, strict=True):
             a = p.arrays
@@ -80,16 +82,29 @@ def bind_linear(
             bias = _F32 if b is None else b
             if not contiguous(w, d):
                 return None
-            table.add(c, w, d, a.get("m", d), bias, bias.shape[0], o, o.shape[0], o.shape[1])
+            rows.append((c, w, d, a.get("m", d), bias, bias.shape[0], o, o.shape[0], o.shape[1]))
+            found.append((xs[c].shape[1], (w, d, a.get("m", d), bias)))
+    # an entry whose weight another core holds too is computed once (replicas.py)
+    src = replicas.sources(found)
+    if replicas.overlap(xs, [o for os in outs for o in os]):
+        src = [-1] * len(src)
+    table, copies, index = Table(), Table(), {}
+    for i, (row, j) in enumerate(zip(rows, src, strict=True)):
+        if j < 0:
+            index[i] = len(table.rows)
+            table.add(*row)
+        else:
+            copies.add(*row, index[j])
     x_addr, t = xt.array(), table.array()
+    dups = copies.array() if copies.rows else np.zeros((0, _SRC + 1), np.int64)
     threads = get_num_threads()
     if kind == "fp32":
-        return lambda m: _linear_f32(x_addr, t, m, threads)
+        return lambda m: _linear_f32(x_addr, t, dups, m, threads)
     blocks = max(-(-x.shape[1] // 32) for x in xs)  # the widest core's, for the shared scratch
     if kind == "q8_0":
-        return lambda m: _linear_q8_0(x_addr, t, m, blocks, threads)
+        return lambda m: _linear_q8_0(x_addr, t, dups, m, blocks, threads)
     symmetric = fmt == "q4_0"
-    return lambda m: _linear_q4(x_addr, t, m, blocks, symmetric, threads)
+    return lambda m: _linear_q4(x_addr, t, dups, m, blocks, symmetric, threads)
 
 
 @njit(cache=True)
@@ -128,24 +143,72 @@ def _blocks(x_addr, c):
     return (x_addr[c, 2] + 31) // 32
 
 
+# The inputs' preparation lives in functions compiled without `parallel`: in a parallel
+# kernel every array expression (np.zeros, a slice assignment) becomes a parallel region of
+# its own, a thread-pool launch of a few microseconds each, per core (at TP 9 the launches
+# cost more than the products).
+@njit(cache=True)
+def _padded_all(x_addr, m, blocks):
+    """Every core's first m input rows, zeros up to `blocks` whole blocks of 32."""
+    xp = np.zeros((x_addr.shape[0], m, blocks * 32), np.float32)
+    for c in range(x_addr.shape[0]):
+        xp[c, :, : x_addr[c, 2]] = _x(x_addr, c, m)
+    return xp
+
+
+@njit(cache=True)
+def _halves_all(x_addr, m, blocks):
+    """Every core's first m input rows split as `quant._split_halves` does, zeros past its width."""
+    x_lo = np.zeros((x_addr.shape[0], m, blocks * 16), np.float32)
+    x_hi = np.zeros((x_addr.shape[0], m, blocks * 16), np.float32)
+    for c in range(x_addr.shape[0]):
+        quant._split_into(_x(x_addr, c, m), x_lo[c], x_hi[c])
+    return x_lo, x_hi
+
+
+@njit(cache=True)
+def _copied(x_addr, t, dups, i, m):
+    """Whether replica entry i's outputs could be copied from its source (the two cores'
+    input rows have the same bits), and if so, copied."""
+    s = dups[i, _SRC]
+    if not _same_bits(x_addr[dups[i, _CORE], 0], x_addr[t[s, _CORE], 0], m * x_addr[dups[i, _CORE], 2]):
+        return False
+    _copy(dups[i, _OUT], t[s, _OUT], m * dups[i, _N])
+    return True
+
+
+@njit(cache=True)
+def _f32_entry(x_addr, t, e, m, first, last):
+    c = t[e, _CORE]
+    w = at(t[e, _W], _F32, (t[e, _N], x_addr[c, 2]))
+    _f32_rows(_x(x_addr, c, m), w, _bias(t, e), _out(t, e, m), first, last)
+
+
 @njit(cache=True, parallel=True)
-def _linear_f32(x_addr, t, m, threads):  # pragma: no cover - compiled
+def _linear_f32(x_addr, t, dups, m, threads):  # pragma: no cover - compiled
     starts = _starts(t)
     for th in prange(threads):
         for e in range(t.shape[0]):
             first, last = _range(starts, e, th, threads)
             if first < last:
-                c = t[e, _CORE]
-                w = at(t[e, _W], _F32, (t[e, _N], x_addr[c, 2]))
-                _f32_rows(_x(x_addr, c, m), w, _bias(t, e), _out(t, e, m), first, last)
+                _f32_entry(x_addr, t, e, m, first, last)
+    for i in range(dups.shape[0]):
+        if not _copied(x_addr, t, dups, i, m):
+            _f32_entry(x_addr, dups, i, m, 0, dups[i, _N])
+
+
+@njit(cache=True)
+def _q8_0_entry(x_addr, t, e, m, xp, first, last, codes):
+    c, n = t[e, _CORE], t[e, _N]
+    b = _blocks(x_addr, c)  # a narrower core's rows read the first b blocks of xp[c]
+    qs, d16 = at(t[e, _W], _I8, (n, b * 32)), at(t[e, _D], _U16, (n, b))
+    mine = codes[: b * 32 if m >= _DECODE_ONCE else 0]
+    quant._q8_0_rows(xp[c], qs, d16, _bias(t, e), _out(t, e, m), first, last, mine)
 
 
 @njit(cache=True, parallel=True)
-def _linear_q8_0(x_addr, t, m, blocks, threads):  # pragma: no cover - compiled
-    cores = x_addr.shape[0]
-    xp = np.zeros((cores, m, blocks * 32), np.float32)
-    for c in range(cores):
-        xp[c, :, : x_addr[c, 2]] = _x(x_addr, c, m)
+def _linear_q8_0(x_addr, t, dups, m, blocks, threads):  # pragma: no cover - compiled
+    xp = _padded_all(x_addr, m, blocks)
     starts = _starts(t)
     once = m >= _DECODE_ONCE
     for th in prange(threads):
@@ -153,23 +216,28 @@ def _linear_q8_0(x_addr, t, m, blocks, threads):  # pragma: no cover - compiled
         for e in range(t.shape[0]):
             first, last = _range(starts, e, th, threads)
             if first < last:
-                c, n = t[e, _CORE], t[e, _N]
-                b = _blocks(x_addr, c)  # a narrower core's rows read the first b blocks of xp[c]
-                qs, d16 = at(t[e, _W], _I8, (n, b * 32)), at(t[e, _D], _U16, (n, b))
-                mine = codes[: b * 32 if once else 0]
-                quant._q8_0_rows(xp[c], qs, d16, _bias(t, e), _out(t, e, m), first, last, mine)
+                _q8_0_entry(x_addr, t, e, m, xp, first, last, codes)
+    codes = np.empty(blocks * 32 if once else 0, np.float32)
+    for i in range(dups.shape[0]):
+        if not _copied(x_addr, t, dups, i, m):
+            _q8_0_entry(x_addr, dups, i, m, xp, 0, dups[i, _N], codes)
+
+
+@njit(cache=True)
+def _q4_entry(x_addr, t, e, m, x_lo, x_hi, symmetric, first, last, wl, wh):
+    c, n = t[e, _CORE], t[e, _N]
+    b = _blocks(x_addr, c)  # a narrower core's rows read the first b blocks of x_lo[c]
+    qs = at(t[e, _W], _U8, (n, b * 16))
+    d16, m16 = at(t[e, _D], _U16, (n, b)), at(t[e, _M], _U16, (n, b))
+    size = b * 16 if m >= _DECODE_ONCE else 0
+    quant._q4_rows(
+        x_lo[c], x_hi[c], qs, d16, m16, symmetric, _bias(t, e), _out(t, e, m), first, last, wl[:size], wh[:size]
+    )
 
 
 @njit(cache=True, parallel=True)
-def _linear_q4(x_addr, t, m, blocks, symmetric, threads):  # pragma: no cover - compiled
-    cores = x_addr.shape[0]
-    x_lo = np.zeros((cores, m, blocks * 16), np.float32)
-    x_hi = np.zeros((cores, m, blocks * 16), np.float32)
-    for c in range(cores):
-        b = _blocks(x_addr, c)
-        lo, hi = quant._split_halves(_x(x_addr, c, m), b)
-        x_lo[c, :, : b * 16] = lo
-        x_hi[c, :, : b * 16] = hi
+def _linear_q4(x_addr, t, dups, m, blocks, symmetric, threads):  # pragma: no cover - compiled
+    x_lo, x_hi = _halves_all(x_addr, m, blocks)
     starts = _starts(t)
     once = m >= _DECODE_ONCE
     for th in prange(threads):
@@ -178,15 +246,12 @@ def _linear_q4(x_addr, t, m, blocks, symmetric, threads):  # pragma: no cover - 
         for e in range(t.shape[0]):
             first, last = _range(starts, e, th, threads)
             if first < last:
-                c, n = t[e, _CORE], t[e, _N]
-                b = _blocks(x_addr, c)  # a narrower core's rows read the first b blocks of x_lo[c]
-                qs = at(t[e, _W], _U8, (n, b * 16))
-                d16, m16 = at(t[e, _D], _U16, (n, b)), at(t[e, _M], _U16, (n, b))
-                size = b * 16 if once else 0
-                quant._q4_rows(
-                    x_lo[c], x_hi[c], qs, d16, m16, symmetric, _bias(t, e), _out(t, e, m), first, last, wl[:size],
-                    wh[:size],
-                )  # fmt: skip
+                _q4_entry(x_addr, t, e, m, x_lo, x_hi, symmetric, first, last, wl, wh)
+    wl = np.empty(blocks * 16 if once else 0, np.float32)
+    wh = np.empty(blocks * 16 if once else 0, np.float32)
+    for i in range(dups.shape[0]):
+        if not _copied(x_addr, t, dups, i, m):
+            _q4_entry(x_addr, dups, i, m, x_lo, x_hi, symmetric, 0, dups[i, _N], wl, wh)
 
 
 # -- element-wise ops over every core ---------------------------------------------------
@@ -206,20 +271,52 @@ def bind_add_norm(
     if not contiguous(*a_s, *b_s, *sums, *ws, *bs, *outs):
         return None
     layer = bs[0] is not None
+    # the residual stream is the same on every core: a core whose norm weights another holds
+    # too copies its results when its inputs have the same bits (replicas.py)
+    src = replicas.sources(
+        [(a.shape[1], (w, w if bias is None else bias)) for a, w, bias in zip(a_s, ws, bs, strict=True)]
+    )
     table = Table()
-    for a, b, s, w, bias, out in zip(a_s, b_s, sums, ws, bs, outs, strict=True):
-        table.add(a, b, s, w, w if bias is None else bias, out, a.shape[0], a.shape[1])
+    for a, b, s, w, bias, out, j in zip(a_s, b_s, sums, ws, bs, outs, src, strict=True):
+        table.add(a, b, s, w, w if bias is None else bias, out, a.shape[0], a.shape[1], j)
     t, eps32 = table.array(), np.float32(eps)
     return lambda m: _add_norm(t, m, layer, eps32)
 
 
 @njit(cache=True)
 def _add_norm(t, m, layer, eps):  # pragma: no cover - compiled
+    same = np.zeros(t.shape[0], np.bool_)  # compared first: the sum may be written over an input
     for c in range(t.shape[0]):
-        rows, k = t[c, 6], t[c, 7]
+        src, n = t[c, 8], m * t[c, 7]
+        same[c] = src >= 0 and _same_bits(t[c, 0], t[src, 0], n) and _same_bits(t[c, 1], t[src, 1], n)
+    for c in range(t.shape[0]):
+        rows, k, src = t[c, 6], t[c, 7], t[c, 8]
         a, b, s = at(t[c, 0], _F32, (rows, k))[:m], at(t[c, 1], _F32, (rows, k))[:m], at(t[c, 2], _F32, (rows, k))[:m]
         w, bias, out = at(t[c, 3], _F32, (k,)), at(t[c, 4], _F32, (k,)), at(t[c, 5], _F32, (rows, k))[:m]
-        norms._add_norm(a, b, s, layer, w, bias, eps, out)
+        if same[c]:
+            _copy(t[c, 2], t[src, 2], m * k)
+            _copy(t[c, 5], t[src, 5], m * k)
+        else:
+            norms._add_norm(a, b, s, layer, w, bias, eps, out)
+
+
+@njit(cache=True)
+def _same_bits(first, second, n):
+    """Whether the n fp32 values at two addresses have the same bits."""
+    x, y = at(first, _U32, (n,)), at(second, _U32, (n,))
+    diff = np.uint32(0)
+    for i in range(n):  # no early exit: so LLVM vectorizes it (10x faster)
+        diff |= x[i] ^ y[i]
+    return diff == 0
+
+
+@njit(cache=True)
+def _copy(dst, src, n):
+    """n fp32 values from one address to another (a flat loop: numba's 2-d slice assignment
+    costs more than the copy)."""
+    x, y = at(dst, _F32, (n,)), at(src, _F32, (n,))
+    for i in range(n):
+        x[i] = y[i]
 
 
 def bind_silu_mul(

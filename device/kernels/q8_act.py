@@ -20,6 +20,7 @@ from numba import njit, prange
 
 from tilesim.device.kernels import int_dot_ir as ir
 from tilesim.device.kernels import jit_cache, vector_ir
+from tilesim.device.kernels.addresses import row_starts
 
 jit_cache.depends_on(__file__, ir, vector_ir)
 
@@ -95,9 +96,7 @@ def linear(x, kinds, qss, d16s, m16s, biases, outs, threads):
     qsum = np.empty((x.shape[0], blocks), np.int32)
     sx = np.empty((x.shape[0], blocks), np.float32)
     quantize_rows(x, blocks, qx, dx, qsum, sx)
-    starts = np.zeros(len(qss) + 1, np.int64)
-    for w in range(len(qss)):
-        starts[w + 1] = starts[w] + d16s[w].shape[0]
+    starts = row_starts(d16s)
     for t in prange(threads):
         lo, hi = starts[-1] * t // threads, starts[-1] * (t + 1) // threads
         for w in range(len(qss)):

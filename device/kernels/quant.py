@@ -37,6 +37,7 @@ from numba import get_num_threads, njit, prange
 
 from tilesim.device.kernels import jit_cache, q8_act
 from tilesim.device.kernels import vector_ir as ir
+from tilesim.device.kernels.addresses import row_starts
 from tilesim.errors import ConfigError
 
 jit_cache.depends_on(__file__, ir)
@@ -227,17 +228,22 @@ def _linear_fp8(x, w, e5m2, scale, bias, out):  # w (N, K) fp8 codes, one scale 
 @njit(cache=True)
 def _split_halves(x, blocks):
     """Each block's first and second 16 inputs (zero past K): the low and high nibbles' partners."""
-    m_rows, k_dim = x.shape
-    x_lo = np.zeros((m_rows, blocks * 16), np.float32)
-    x_hi = np.zeros((m_rows, blocks * 16), np.float32)
-    for m in range(m_rows):
-        for k in range(k_dim):
+    x_lo = np.zeros((x.shape[0], blocks * 16), np.float32)
+    x_hi = np.zeros((x.shape[0], blocks * 16), np.float32)
+    _split_into(x, x_lo, x_hi)
+    return x_lo, x_hi
+
+
+@njit(cache=True)
+def _split_into(x, x_lo, x_hi):
+    """`_split_halves` into zeroed arrays of the caller's."""
+    for m in range(x.shape[0]):
+        for k in range(x.shape[1]):
             b, j = k // 32, k % 32
             if j < 16:
                 x_lo[m, b * 16 + j] = x[m, k]
             else:
                 x_hi[m, b * 16 + j - 16] = x[m, k]
-    return x_lo, x_hi
 
 
 @njit(cache=True)
@@ -282,9 +288,7 @@ def _linear_q4(x, qss, d16s, m16s, symmetric, biases, outs, threads):
     one contiguous range per thread."""
     blocks = d16s[0].shape[1]
     x_lo, x_hi = _split_halves(x, blocks)
-    starts = np.zeros(len(qss) + 1, np.int64)
-    for w in range(len(qss)):
-        starts[w + 1] = starts[w] + d16s[w].shape[0]
+    starts = row_starts(d16s)
     for t in prange(threads):
         once = x.shape[0] >= _DECODE_ONCE
         wl = np.empty(blocks * 16 if once else 0, np.float32)

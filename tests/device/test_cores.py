@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tilesim.device.kernels import activations, cores, norms, quant, reference
+from tilesim.device.kernels import activations, cores, norms, quant, reference, replicas
 from tilesim.device.kernels.addresses import Table
 
 seeds = st.integers(0, 2**32 - 1)
@@ -76,9 +76,99 @@ def test_formats_it_does_not_run_mismatched_widths_and_strided_arrays_are_left_t
         Table().add(strided)
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 70), st.booleans(), seeds)
-def test_add_norm_and_swiglu_on_every_core_equal_the_per_core_kernels(n_cores, m, k, layer, seed):
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from(["fp32", "q4_0", "q4_1", "q8_0"]),
+    st.integers(2, 6),
+    st.integers(1, 3),
+    st.sampled_from([1, 2, 5]),
+    st.integers(1, 80),
+    st.sampled_from(["same", "one_bit", "negative_zero"]),
+    seeds,
+)
+def test_weights_several_cores_hold_give_each_core_its_own_products(fmt, n_cores, held, m, k, inputs, seed):
+    """As key/value heads replicated over cores: core c holds core c % held's weights (the
+    same bytes). A replica is computed once and copied only where the two cores' input rows
+    have the same bits; otherwise (one bit of one row, or -0.0 for 0.0) each core computes
+    its own. Either way every core gets what the per-core kernel gives it."""
+    rng = np.random.default_rng(seed)
+    rows = m + 1
+    base = rng.standard_normal((rows, k)).astype(np.float32)
+    base[0, 0] = 0.0
+    xs = [base.copy() for _ in range(n_cores)]
+    if inputs != "same":
+        r = int(rng.integers(0, m))
+        j = 0 if inputs == "negative_zero" else int(rng.integers(0, k))
+        changed = xs[n_cores - 1]
+        if inputs == "negative_zero":
+            changed[0, 0] = -0.0
+        else:
+            changed[r, j : j + 1].view(np.uint32)[0] ^= 1
+    own = [
+        [quant.pack(rng.standard_normal((int(n), k)).astype(np.float32), fmt) for n in rng.integers(1, 30, size=2)]
+        for _ in range(held)
+    ]
+    bias = [[rng.standard_normal(p.shape[0]).astype(np.float32) for p in ps] for ps in own]
+    packs = [
+        [quant.Packed(p.fmt, p.shape, {a: v.copy() for a, v in p.arrays.items()}) for p in own[c % held]]
+        for c in range(n_cores)
+    ]
+    biases = [[b.copy() for b in bias[c % held]] for c in range(n_cores)]
+    outs = [[np.full((rows, p.shape[0]), np.nan, np.float32) for p in ps] for ps in packs]
+    run = cores.bind_linear(xs, packs, biases, outs)
+    run(m)
+    for c in range(n_cores):
+        want = [np.empty((m, p.shape[0]), np.float32) for p in packs[c]]
+        quant.linear_group(xs[c][:m], packs[c], biases[c], want)
+        for out, w in zip(outs[c], want, strict=True):
+            np.testing.assert_array_equal(out[:m], w)
+            assert np.isnan(out[m:]).all()
+
+
+def test_a_replica_is_copied_not_recomputed_when_its_inputs_agree_and_recomputed_when_they_do_not():
+    """Checked by changing the replica's weight after binding (the runtime never does): with
+    equal inputs its outputs are still its source's, with different inputs they are its own."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    packs = [[quant.pack(w, "q4_1")], [quant.pack(w, "q4_1")]]
+    xs, outs = [x, x.copy()], [[np.zeros((2, 8), np.float32)], [np.zeros((2, 8), np.float32)]]
+    run = cores.bind_linear(xs, packs, [[None], [None]], outs)
+    packs[1][0].arrays["qs"][:] ^= 0x11  # every code of the replica's weight changed
+    run(2)
+    np.testing.assert_array_equal(outs[1][0], outs[0][0])
+    xs[1][1, 3] += 1.0
+    run(2)
+    own = np.empty((2, 8), np.float32)
+    quant.linear_group(xs[1], packs[1], [None], [own])
+    np.testing.assert_array_equal(outs[1][0], own)
+    assert not np.array_equal(outs[1][0], outs[0][0])
+
+
+def test_replica_sources_are_the_first_earlier_entry_of_the_same_bytes_and_width():
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((4, 8)).astype(np.float32), rng.standard_normal((4, 8)).astype(np.float32)
+    tail = a.copy()
+    tail[3, 7] = np.nextafter(tail[3, 7], np.inf)  # the same first row, one bit apart at the end
+    entries = [(8, (a,)), (8, (b,)), (8, (a.copy(),)), (9, (a.copy(),)), (8, (tail,)), (8, (b.copy(),)), (8, (a,))]
+    assert replicas.sources(entries) == [-1, -1, 0, -1, -1, 1, 0]
+    assert replicas.sources([(8, (np.zeros((0, 8), np.float32),)), (8, (np.zeros((0, 8), np.float32),))]) == [-1, 0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 4),
+    st.integers(1, 5),
+    st.integers(1, 70),
+    st.booleans(),
+    st.sampled_from(["own", "replicated", "one_core_differs"]),
+    st.booleans(),
+    seeds,
+)
+def test_add_norm_and_swiglu_on_every_core_equal_the_per_core_kernels(n_cores, m, k, layer, stream, in_place, seed):
+    """`stream`: each core its own inputs and norm weights; or, as the residual stream of a
+    tensor-parallel model, the same on every core (a core then copies an earlier core's
+    results, replicas.py), with one bit of the last core's inputs changed or not."""
     rng = np.random.default_rng(seed)
     rows = m + 1
 
@@ -87,9 +177,15 @@ def test_add_norm_and_swiglu_on_every_core_equal_the_per_core_kernels(n_cores, m
 
     a_s, b_s, ws = arrays(), arrays(), [rng.standard_normal(k).astype(np.float32) for _ in range(n_cores)]
     bs = [rng.standard_normal(k).astype(np.float32) if layer else None for _ in range(n_cores)]
-    sums, outs = arrays(), arrays()
+    if stream != "own":
+        a_s, b_s = [a_s[0].copy() for _ in a_s], [b_s[0].copy() for _ in b_s]
+        ws, bs = [ws[0].copy() for _ in ws], [None if b is None else bs[0].copy() for b in bs]
+        if stream == "one_core_differs":
+            b_s[-1][int(rng.integers(0, m)), int(rng.integers(0, k)) : None].view(np.uint32)[0] ^= 1
+    inputs = [(a.copy(), b.copy()) for a, b in zip(a_s, b_s, strict=True)]
+    sums, outs = a_s if in_place else arrays(), arrays()  # in place: the sum written over a
     cores.bind_add_norm(a_s, b_s, sums, ws, bs, outs, 1e-5)(m)
-    for a, b, s, w, bias, out in zip(a_s, b_s, sums, ws, bs, outs, strict=True):
+    for (a, b), s, w, bias, out in zip(inputs, sums, ws, bs, outs, strict=True):
         want_s, want = np.empty((m, k), np.float32), np.empty((m, k), np.float32)
         norms.add_norm(a[:m], b[:m], want_s, w, bias, 1e-5, want)
         np.testing.assert_array_equal(s[:m], want_s)

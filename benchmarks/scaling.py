@@ -4,7 +4,7 @@ The work per token is the same at every degree (the same weights are read once, 
 all-reduces move a few KB), so a flat curve is the goal. For SmolLM2 (fp32 and native
 Q4_1) at TP 1, 2, 3, 4, 6, 9 (heads padded where its 9 do not divide) and a tiny random
 Llama (32 heads, made with transformers) at TP 1 to 32: decode tokens/s (wall clock, best
-of ROUNDS, prefill excluded), and one instrumented decode step split into the kernels, the
+of ROUNDS, the degrees taking turns, prefill excluded), and one instrumented decode step split into the kernels, the
 collectives (all-reduce replays and the logits gather) and the rest (Python dispatch
 between the closures). Writes scaling.png.
 """
@@ -21,16 +21,18 @@ from common import PROMPT_TEXT, machine
 import tilesim
 from tilesim.models.checkpoint import open_checkpoint
 
-ROUNDS, TOKENS = 3, 24
+ROUNDS, TOKENS = 5, 24
 
 
-def decode_rate(model, ids) -> float:
-    """Decode tokens/s as generate measures its decode steps alone (a difference of two runs'
-    wall times went negative on a noisy host), best of ROUNDS."""
-    best = 0.0
+def decode_rates(models: list, ids) -> list[float]:
+    """Decode tokens/s of each model as generate measures its decode steps alone (a difference
+    of two runs' wall times went negative on a noisy host), best of ROUNDS; the models take
+    turns within each round, so a slow spell of the host falls on every degree alike."""
+    best = [0.0] * len(models)
     for _ in range(ROUNDS):
-        out = model.generate([ids], max_new_tokens=TOKENS, eos_token_id=None)
-        best = max(best, out.trace.wall["decode_tokens_per_s"])
+        for i, model in enumerate(models):
+            out = model.generate([ids], max_new_tokens=TOKENS, eos_token_id=None)
+            best[i] = max(best[i], out.trace.wall["decode_tokens_per_s"])
     return best
 
 
@@ -90,18 +92,19 @@ def main() -> None:
         cases += [("smollm2 native", checkpoint, "native", (1, 2, 3, 4, 6, 9), ids)]
         cases += [("tiny llama fp32", str(tiny), "fp32", (1, 2, 4, 8, 16, 32), list(range(1, 17)))]
         for label, source, dtype, degrees, prompt in cases:
-            base = None
-            for tp in degrees:
-                device = tilesim.Device("trn1", cores=tp)
-                model = tilesim.load(source, device=device, tp=tp, dtype=dtype, pad_heads=True)  # SmolLM2: 9 heads
-                rate = decode_rate(model, prompt)
-                base = base or rate
+            models = [
+                tilesim.load(source, device=tilesim.Device("trn1", cores=tp), tp=tp, dtype=dtype, pad_heads=True)
+                for tp in degrees
+            ]  # SmolLM2: 9 heads, padded where a degree does not divide them
+            rates = decode_rates(models, prompt)
+            for tp, model, rate in zip(degrees, models, rates, strict=True):
                 step = split_step(model, prompt)
                 curves.setdefault(label, []).append((tp, rate))
                 print(
-                    f"{label:22s} {tp:3d} {rate:9.1f} {rate / base:6.2f} {step['kernels'] * 1e3:7.2f}ms "
+                    f"{label:22s} {tp:3d} {rate:9.1f} {rate / rates[0]:6.2f} {step['kernels'] * 1e3:7.2f}ms "
                     f"{step['collectives'] * 1e3:7.2f}ms {step['rest'] * 1e3:7.2f}ms"
                 )
+            del models
     _plot(curves, Path(__file__).parent / "scaling.png")
     worst = {label: min(r for _, r in c) / c[0][1] for label, c in curves.items()}
     print("slowest degree / tp 1: " + ", ".join(f"{k} {v:.2f}" for k, v in worst.items()))

@@ -26,7 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from tilesim.device.kernels import addresses, jit_cache
 from tilesim.device.kernels.addresses import at
+
+jit_cache.depends_on(__file__, addresses)
 
 
 @dataclass

@@ -29,13 +29,24 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from tilesim.device.kernels import attention, elementwise, jit_cache, norms, quant, replicas, rotary
+from tilesim.device.kernels import (
+    activations,
+    addresses,
+    attention,
+    elementwise,
+    jit_cache,
+    matmul,
+    norms,
+    quant,
+    replicas,
+    rotary,
+)
 from tilesim.device.kernels import vector_ir as ir
 from tilesim.device.kernels.activations import _silu_mul
 from tilesim.device.kernels.addresses import Table, at, contiguous
 from tilesim.device.kernels.matmul import _f32_rows
 
-jit_cache.depends_on(__file__, ir)
+jit_cache.depends_on(__file__, ir, addresses, attention, activations, elementwise, matmul, norms, quant, rotary)
 
 _F32 = np.zeros(0, np.float32)
 _U8 = np.zeros(0, np.uint8)

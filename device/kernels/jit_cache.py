@@ -5,8 +5,10 @@ it. A kernel that calls an `intrinsic` from another module (`vector_ir.py`, `int
 compiles that module's LLVM IR into itself, but the other file is not part of the stamp:
 after an edit there, the cache would go on running the old IR. `depends_on(__file__,
 module, ...)`, called in a kernel module before its `@njit(cache=True)` functions are
-defined, adds the bytes of the named modules' sources to the stamp of every kernel of that
-file, so an edit to any of them recompiles those kernels (and only those).
+defined, adds the bytes of the named modules' sources (and of what they depend on) to the
+stamp of every kernel of that file, so an edit to any of them recompiles those kernels (and
+only those). The same holds for a jitted function of another file that a kernel calls:
+numba compiles it into the caller's cache entry, so those modules are named too.
 
 It works through numba's cache-locator hook (`CacheImpl._locator_classes`): our locator
 takes the place numba would have chosen (`NUMBA_CACHE_DIR`, the source tree's
@@ -68,8 +70,15 @@ class _IRKeyedLocator(caching._CacheLocator):
 
 def depends_on(kernel_file: str, *modules: ModuleType) -> None:
     """The cached kernels defined in `kernel_file` are recompiled when the source of any of
-    `modules` changes (call before the file's `@njit(cache=True)` definitions)."""
-    files = tuple(sorted({os.path.realpath(m.__file__) for m in modules}))
+    `modules` changes, or of what those depend on (call before the file's `@njit(cache=True)`
+    definitions). Name also the modules whose jitted functions the kernels call: numba
+    compiles a callee into its caller's cache entry but stamps the entry with the caller's
+    file alone."""
+    files = set()
+    for m in modules:
+        path = os.path.realpath(m.__file__)
+        files |= {path, *_DEPENDS.get(path, ())}
+    files = tuple(sorted(files))
     _DEPENDS[os.path.realpath(kernel_file)] = files
     if _IRKeyedLocator not in caching.CacheImpl._locator_classes:
         caching.CacheImpl._locator_classes.insert(0, _IRKeyedLocator)

@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from tilesim.device.kernels import addresses, jit_cache, vector_ir
 from tilesim.device.kernels import int_dot_ir as ir
-from tilesim.device.kernels import jit_cache, vector_ir
 from tilesim.device.kernels.addresses import row_starts
 
-jit_cache.depends_on(__file__, ir, vector_ir)
+jit_cache.depends_on(__file__, ir, vector_ir, addresses)
 
 FORMATS = ("q4_0", "q4_1", "int4", "q8_0")
 BLOCK = 32

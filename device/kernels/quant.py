@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from tilesim.device.kernels import jit_cache, q8_act
+from tilesim.device.kernels import addresses, jit_cache, q8_act
 from tilesim.device.kernels import vector_ir as ir
 from tilesim.device.kernels.addresses import row_starts
 from tilesim.errors import ConfigError
 
-jit_cache.depends_on(__file__, ir)
+jit_cache.depends_on(__file__, ir, addresses)
 
 FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "q4_0", "q4_1", "q8_0")
 BLOCK = 32

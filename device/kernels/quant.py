@@ -263,6 +263,18 @@ def _q4_rows(x_lo, x_hi, qs, d16, m16, symmetric, bias, out, first, last, wl, wh
     m_rows = x_lo.shape[0]
     once = m_rows >= _DECODE_ONCE
     has_bias = bias.shape[0] > 0  # (0,) when there is none
+    if not once:  # ir.ROWS rows at a time, then one by one
+        n = first
+        while n + ir.ROWS <= last:
+            for m in range(m_rows):
+                if symmetric:
+                    sums = ir.q4_0_rows(x_lo[m], x_hi[m], qs, d16, n)
+                else:
+                    sums = ir.q4_1_rows(x_lo[m], x_hi[m], qs, d16, m16, n)
+                for r in range(ir.ROWS):
+                    out[m, n + r] = sums[r] + (bias[n + r] if has_bias else np.float32(0.0))
+            n += ir.ROWS
+        first = n
     for n in range(first, last):
         b = bias[n] if has_bias else np.float32(0.0)
         if not once:

@@ -75,6 +75,41 @@ def test_a_prefill_gives_each_row_what_a_decode_step_gives_it(fmt, n, k, seed):
         assert np.array_equal(together[m], alone[0])
 
 
+@pytest.mark.parametrize("fmt", ["q4_0", "q4_1"])
+@given(st.integers(1, 12), st.integers(0, 4), seeds)
+def test_nibble_rows_taken_four_at_a_time_give_each_rows_own_bits(fmt, blocks, first, seed):
+    """`vector_ir.q4_*_rows` interleaves ROWS rows' sums; each must be `q4_*_row`'s, bit for
+    bit (x with an infinity and a zero of either sign now and then)."""
+    rng = np.random.default_rng(seed)
+    rows, k = first + vector_ir.ROWS, 32 * blocks
+    packed = quant.pack(rng.standard_normal((rows, k)).astype(np.float32), fmt)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    x[0, rng.integers(0, k, size=2)] = rng.choice(np.array([np.inf, -0.0, 0.0], np.float32), size=2)
+    xl, xh = quant._split_halves(x, blocks)
+    qs, d, m = packed.arrays["qs"], packed.arrays["d"], packed.arrays.get("m", packed.arrays["d"])
+    four, one = _BOTH[fmt](xl[0], xh[0], qs, d, m, first)
+    assert np.array(four, np.float32).tobytes() == one.tobytes()
+
+
+def _rows_and_row(asymmetric):
+    @njit
+    def both(xl, xh, qs, d, m, first):
+        one = np.empty(vector_ir.ROWS, np.float32)
+        for r in range(vector_ir.ROWS):
+            n = first + r
+            if asymmetric:
+                one[r] = vector_ir.q4_1_row(xl, xh, qs[n], d[n], m[n])
+            else:
+                one[r] = vector_ir.q4_0_row(xl, xh, qs[n], d[n])
+        four = vector_ir.q4_1_rows(xl, xh, qs, d, m, first) if asymmetric else vector_ir.q4_0_rows(xl, xh, qs, d, first)
+        return four, one
+
+    return both
+
+
+_BOTH = {"q4_0": _rows_and_row(False), "q4_1": _rows_and_row(True)}  # compiled once, not per example
+
+
 def _widen_each(row):
     @njit
     def widen(codes):  # each code alone (the scalar path) and sixteen times over (the vector path)

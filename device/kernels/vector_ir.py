@@ -192,6 +192,33 @@ def _in_lanes(builder: ir.IRBuilder, n: ir.Value, width: int, step, inits: list)
     return wide, narrow
 
 
+def _nibble_values(builder: ir.IRBuilder, fmt: str, packed: ir.Value, d: ir.Value, m: ir.Value | None) -> list:
+    """The values a block's 16 bytes of nibble pairs stand for, low nibbles then high, as two
+    <16 x float>: q - 8 (q4_0) or fma(q, d, m) (q4_1; d, m broadcast). With AVX-512 a block's
+    16 possible values are formed once (one fma over 0..15) and each nibble picks its own
+    (`vpermps`): the same fma of the same operands, so the same bits, in fewer instructions
+    (decode of SmolLM2's q4_1 weights 1.16-1.24x faster on this Intel host)."""
+    width = 16
+    e = builder.zext(packed, _vec(I32, width))
+    codes = [
+        builder.and_(e, ir.Constant(_vec(I32, width), [15] * width)),
+        builder.lshr(e, ir.Constant(_vec(I32, width), [4] * width)),
+    ]
+    if target_has("avx512f"):
+        if fmt == "q4_0":
+            table = ir.Constant(_vec(F32, width), [float(i - 8) for i in range(width)])
+        else:
+            table = fma(builder, ir.Constant(_vec(F32, width), [float(i) for i in range(width)]), d, m)
+        t = table.type
+        permute = _declare(builder.module, "llvm.x86.avx512.permvar.sf.512", t, [t, codes[0].type])
+        return [builder.call(permute, [table, c]) for c in codes]
+    if fmt == "q4_0":
+        return [
+            builder.sitofp(builder.sub(c, ir.Constant(_vec(I32, width), [8] * width)), _vec(F32, width)) for c in codes
+        ]
+    return [fma(builder, builder.sitofp(c, _vec(F32, width)), d, m) for c in codes]
+
+
 def _row_codegen(fmt: str, mode: str = "codes"):
     """One output row of `q4_1`, `q4_0` (16 bytes of nibble pairs per block) or `q8_0` blocks.
 
@@ -205,9 +232,6 @@ def _row_codegen(fmt: str, mode: str = "codes"):
     def codegen(context, builder, sig, args):
         arrays = [_array(context, builder, t, a) for t, a in zip(sig.args, args, strict=True)]
         zero = ir.Constant(_vec(F32, width), [0.0] * width)
-
-        def const(v, t=I32):
-            return ir.Constant(_vec(t, width), [v] * width)
 
         def at_block(arr, b):  # block b's scale (fp16 bits, as stored) in every lane
             return _splat(builder, half_to_float(builder, builder.load(builder.gep(arr.data, [b]))), width)
@@ -227,12 +251,11 @@ def _row_codegen(fmt: str, mode: str = "codes"):
                 return [_load_vec(builder, w.data, at, F32, width) for w in ws]
             if fmt == "q8_0":
                 return [builder.sitofp(_load_vec(builder, q.data, at, I8, width), _vec(F32, width))]
-            e = builder.zext(_load_vec(builder, q.data, at, I8, width), _vec(I32, width))
-            codes = [builder.and_(e, const(15)), builder.lshr(e, const(4))]
+            packed = _load_vec(builder, q.data, at, I8, width)
             if fmt == "q4_0":
-                return [builder.sitofp(builder.sub(c, const(8)), _vec(F32, width)) for c in codes]
+                return _nibble_values(builder, fmt, packed, None, None)
             db, mb = at_block(scales[0], b), at_block(scales[1], b)  # q4_1: each weight decoded
-            return [fma(builder, builder.sitofp(c, _vec(F32, width)), db, mb) for c in codes]
+            return _nibble_values(builder, fmt, packed, db, mb)
 
         if mode == "decode":
 
@@ -288,9 +311,6 @@ def _rows_codegen(fmt: str):
         blocks = builder.extract_value(d.shape, 1)
         q_row = builder.extract_value(q.shape, 1)
 
-        def const(v, t=I32):
-            return ir.Constant(_vec(t, width), [v] * width)
-
         rows = [builder.add(n0, _int(r)) for r in range(ROWS)]
         codes_at = [builder.gep(q.data, [builder.mul(r, q_row)]) for r in rows]
         d_at = [builder.gep(d.data, [builder.mul(r, blocks)]) for r in rows]
@@ -304,14 +324,12 @@ def _rows_codegen(fmt: str):
             x = [_load_vec(builder, xl.data, at, F32, width), _load_vec(builder, xh.data, at, F32, width)]
             new = []
             for r in range(ROWS):
-                e = builder.zext(_load_vec(builder, codes_at[r], at, I8, width), _vec(I32, width))
-                codes = [builder.and_(e, const(15)), builder.lshr(e, const(4))]
+                packed = _load_vec(builder, codes_at[r], at, I8, width)
                 if fmt == "q4_1":
-                    db, mb = scale(d_at[r], b), scale(m_at[r], b)
-                    v = [fma(builder, builder.sitofp(c, _vec(F32, width)), db, mb) for c in codes]
+                    v = _nibble_values(builder, fmt, packed, scale(d_at[r], b), scale(m_at[r], b))
                     new += [fma(builder, x[0], v[0], state[2 * r]), fma(builder, x[1], v[1], state[2 * r + 1])]
                 else:
-                    v = [builder.sitofp(builder.sub(c, const(8)), _vec(F32, width)) for c in codes]
+                    v = _nibble_values(builder, fmt, packed, None, None)
                     s = fma(builder, x[1], v[1], builder.fmul(x[0], v[0]))
                     new.append(fma(builder, s, scale(d_at[r], b), state[r]))
             return new

@@ -11,8 +11,11 @@ by the same row function as the per-core kernel (`quant._q4_rows`, `quant._q8_0_
 Variants:
 1. `linear`: every core's products of a step (a layer's q, k, v on each core is one
    `group`), for fp32, q4_0/q4_1/int4 and q8_0 weights with fp32 activations; `bind_linear`
-   returns None for anything else, and the caller keeps the per-core kernels.
-2. `add_norm`: every core's residual add and RMS or layer norm.
+   returns None for anything else, and the caller keeps the per-core kernels. A weight
+   several cores hold (replicated key/value heads) is computed once and copied to the
+   cores whose inputs have the same bits (`replicas.py`).
+2. `add_norm`: every core's residual add and RMS or layer norm (a core whose inputs and
+   weights are another's copies that core's results).
 3. `silu_mul`: every core's SwiGLU.
 4. `attention`: every core's KV-cache write and attention over an fp32 cache
    (`attention.attend_one` per query row of every core, on one thread for a small step).
@@ -228,10 +231,10 @@ def _linear_q8_0(x_addr, t, dups, m, blocks, threads):  # pragma: no cover - com
             first, last = _range(starts, e, th, threads)
             if first < last:
                 _q8_0_entry(x_addr, t, e, m, xp, first, last, codes)
-    codes = np.empty(blocks * 32 if once else 0, np.float32)
+    spare = np.empty(blocks * 32 if once else 0, np.float32)  # the replicas run after the threads
     for i in range(dups.shape[0]):
         if not _copied(x_addr, t, dups, i, m):
-            _q8_0_entry(x_addr, dups, i, m, xp, 0, dups[i, _N], codes)
+            _q8_0_entry(x_addr, dups, i, m, xp, 0, dups[i, _N], spare)
 
 
 @njit(cache=True)
@@ -258,11 +261,11 @@ def _linear_q4(x_addr, t, dups, m, blocks, symmetric, threads):  # pragma: no co
             first, last = _range(starts, e, th, threads)
             if first < last:
                 _q4_entry(x_addr, t, e, m, x_lo, x_hi, symmetric, first, last, wl, wh)
-    wl = np.empty(blocks * 16 if once else 0, np.float32)
-    wh = np.empty(blocks * 16 if once else 0, np.float32)
+    spare_lo = np.empty(blocks * 16 if once else 0, np.float32)  # the replicas run after the threads
+    spare_hi = np.empty(blocks * 16 if once else 0, np.float32)
     for i in range(dups.shape[0]):
         if not _copied(x_addr, t, dups, i, m):
-            _q4_entry(x_addr, dups, i, m, x_lo, x_hi, symmetric, 0, dups[i, _N], wl, wh)
+            _q4_entry(x_addr, dups, i, m, x_lo, x_hi, symmetric, 0, dups[i, _N], spare_lo, spare_hi)
 
 
 # -- element-wise ops over every core ---------------------------------------------------

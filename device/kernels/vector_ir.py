@@ -219,6 +219,24 @@ def _nibble_values(builder: ir.IRBuilder, fmt: str, packed: ir.Value, d: ir.Valu
     return [fma(builder, builder.sitofp(c, _vec(F32, width)), d, m) for c in codes]
 
 
+def _accumulate(builder: ir.IRBuilder, fmt: str, x: list, v: list, d: ir.Value | None, state: list) -> list:
+    """One block of a row added to the row's chains, given x's vectors, the block's values
+    and (q4_0, q8_0) its broadcast scale: q4_1 keeps the low and high halves in chains of
+    their own (decoded weights times x); q4_0 and q8_0 one chain of d * (x . codes), the
+    scale factored out of exact products. Every row form calls this, so all give the same bits."""
+    if fmt == "q4_1":
+        return [fma(builder, xi, vi, si) for xi, vi, si in zip(x, v, state, strict=True)]
+    s = builder.fmul(x[0], v[0])
+    if len(x) == 2:
+        s = fma(builder, x[1], v[1], s)
+    return [fma(builder, s, d, state[0])]
+
+
+def _finish(builder: ir.IRBuilder, fmt: str, chains: list) -> ir.Value:
+    """A row's result from its chains (`_accumulate`)."""
+    return _hsum(builder, builder.fadd(*chains) if fmt == "q4_1" else chains[0])
+
+
 def _row_codegen(fmt: str, mode: str = "codes"):
     """One output row of `q4_1`, `q4_0` (16 bytes of nibble pairs per block) or `q8_0` blocks.
 
@@ -268,26 +286,14 @@ def _row_codegen(fmt: str, mode: str = "codes"):
             _loop(builder, _int(0), blocks, [], store)
             return context.get_dummy_value()
 
-        if fmt == "q4_1":
-
-            def step(b, state):  # low and high halves in their own lanes, decoded weights times x
-                at = builder.mul(b, _int(width))
-                v = values(b, at)
-                return [fma(builder, _load_vec(builder, xs[i].data, at, F32, width), v[i], state[i]) for i in range(2)]
-
-            low, high = _loop(builder, _int(0), blocks, [zero, zero], step)
-            return _hsum(builder, builder.fadd(low, high))
-
-        def step(b, state):  # d * (x . codes): the scale factored out of exact products
+        def step(b, state):
             at = builder.mul(b, _int(width))
             v = values(b, at)
-            s = builder.fmul(_load_vec(builder, xs[0].data, at, F32, width), v[0])
-            if halves == 2:
-                s = fma(builder, _load_vec(builder, xs[1].data, at, F32, width), v[1], s)
-            return [fma(builder, s, at_block(scales[-1], b), state[0])]
+            x = [_load_vec(builder, xi.data, at, F32, width) for xi in xs]
+            return _accumulate(builder, fmt, x, v, None if fmt == "q4_1" else at_block(scales[-1], b), state)
 
-        (acc,) = _loop(builder, _int(0), blocks, [zero], step)
-        return _hsum(builder, acc)
+        chains = _loop(builder, _int(0), blocks, [zero] * (2 if fmt == "q4_1" else 1), step)
+        return _finish(builder, fmt, chains)
 
     return codegen
 
@@ -297,8 +303,8 @@ ROWS = 4  # weight rows of `q4_1_rows` / `q4_0_rows`
 
 def _rows_codegen(fmt: str):
     """ROWS consecutive output rows of `q4_1` or `q4_0` blocks from row n0, as a tuple: each
-    row's low and high sums are their own chains, with the very operations of
-    `_row_codegen(fmt)` in the same order (so the same bits), interleaved so that the rows'
+    row's chains are its own, built by the block step `_row_codegen(fmt)` uses
+    (`_accumulate`, `_finish`: so the same bits), interleaved so that the rows'
     chains overlap and each block of x is loaded once for them all (short rows, as a
     row-parallel product over many cores has, spent most of their time on one chain)."""
     width = 16
@@ -325,21 +331,18 @@ def _rows_codegen(fmt: str):
             new = []
             for r in range(ROWS):
                 packed = _load_vec(builder, codes_at[r], at, I8, width)
+                mine = state[chains * r : chains * (r + 1)]
                 if fmt == "q4_1":
                     v = _nibble_values(builder, fmt, packed, scale(d_at[r], b), scale(m_at[r], b))
-                    new += [fma(builder, x[0], v[0], state[2 * r]), fma(builder, x[1], v[1], state[2 * r + 1])]
+                    new += _accumulate(builder, fmt, x, v, None, mine)
                 else:
                     v = _nibble_values(builder, fmt, packed, None, None)
-                    s = fma(builder, x[1], v[1], builder.fmul(x[0], v[0]))
-                    new.append(fma(builder, s, scale(d_at[r], b), state[r]))
+                    new += _accumulate(builder, fmt, x, v, scale(d_at[r], b), mine)
             return new
 
         chains = 2 if fmt == "q4_1" else 1
         final = _loop(builder, _int(0), blocks, [zero] * (chains * ROWS), step)
-        if fmt == "q4_1":
-            sums = [_hsum(builder, builder.fadd(final[2 * r], final[2 * r + 1])) for r in range(ROWS)]
-        else:
-            sums = [_hsum(builder, final[r]) for r in range(ROWS)]
+        sums = [_finish(builder, fmt, final[chains * r : chains * (r + 1)]) for r in range(ROWS)]
         return context.make_tuple(builder, sig.return_type, sums)
 
     def typer(typingctx, *args):

@@ -100,8 +100,6 @@ def bind_linear(
             found.append((xs[c].shape[1], (w, d, a.get("m", d), bias)))
     # an entry whose weight another core holds too is computed once (replicas.py)
     src = replicas.sources(found)
-    if replicas.overlap(xs, [o for os in outs for o in os]):
-        src = [-1] * len(src)
     table, copies, index = Table(), Table(), {}
     for i, (row, j) in enumerate(zip(rows, src, strict=True)):
         if j < 0:
@@ -181,14 +179,19 @@ def _halves_all(x_addr, m, blocks):
 
 
 @njit(cache=True)
-def _copied(x_addr, t, dups, i, m):
-    """Whether replica entry i's outputs could be copied from its source (the two cores'
-    input rows have the same bits), and if so, copied."""
-    s = dups[i, _SRC]
-    if not _same_bits(x_addr[dups[i, _CORE], 0], x_addr[t[s, _CORE], 0], m * x_addr[dups[i, _CORE], 2]):
-        return False
-    _copy(dups[i, _OUT], t[s, _OUT], m * dups[i, _N])
-    return True
+def _same_inputs(x_addr, t, dups, m):
+    """Whether each replica entry's input rows have its source's bits: compared before any
+    product runs, as `_add_norm` does, so an output written over an input cannot matter."""
+    same = np.zeros(dups.shape[0], np.bool_)
+    for i in range(dups.shape[0]):
+        c, src = dups[i, _CORE], t[dups[i, _SRC], _CORE]
+        same[i] = _same_bits(x_addr[c, 0], x_addr[src, 0], m * x_addr[c, 2])
+    return same
+
+
+@njit(cache=True)
+def _copy_replica(t, dups, i, m):
+    _copy(dups[i, _OUT], t[dups[i, _SRC], _OUT], m * dups[i, _N])
 
 
 @njit(cache=True)
@@ -200,6 +203,7 @@ def _f32_entry(x_addr, t, e, m, first, last):
 
 @njit(cache=True, parallel=True)
 def _linear_f32(x_addr, t, dups, m, threads):  # pragma: no cover - compiled
+    same = _same_inputs(x_addr, t, dups, m)
     starts = _starts(t)
     for th in prange(threads):
         for e in range(t.shape[0]):
@@ -207,7 +211,9 @@ def _linear_f32(x_addr, t, dups, m, threads):  # pragma: no cover - compiled
             if first < last:
                 _f32_entry(x_addr, t, e, m, first, last)
     for i in range(dups.shape[0]):
-        if not _copied(x_addr, t, dups, i, m):
+        if same[i]:
+            _copy_replica(t, dups, i, m)
+        else:
             _f32_entry(x_addr, dups, i, m, 0, dups[i, _N])
 
 
@@ -222,6 +228,7 @@ def _q8_0_entry(x_addr, t, e, m, xp, first, last, codes):
 
 @njit(cache=True, parallel=True)
 def _linear_q8_0(x_addr, t, dups, m, blocks, threads):  # pragma: no cover - compiled
+    same = _same_inputs(x_addr, t, dups, m)
     xp = _padded_all(x_addr, m, blocks)
     starts = _starts(t)
     once = m >= _DECODE_ONCE
@@ -233,7 +240,9 @@ def _linear_q8_0(x_addr, t, dups, m, blocks, threads):  # pragma: no cover - com
                 _q8_0_entry(x_addr, t, e, m, xp, first, last, codes)
     spare = np.empty(blocks * 32 if once else 0, np.float32)  # the replicas run after the threads
     for i in range(dups.shape[0]):
-        if not _copied(x_addr, t, dups, i, m):
+        if same[i]:
+            _copy_replica(t, dups, i, m)
+        else:
             _q8_0_entry(x_addr, dups, i, m, xp, 0, dups[i, _N], spare)
 
 
@@ -251,6 +260,7 @@ def _q4_entry(x_addr, t, e, m, x_lo, x_hi, symmetric, first, last, wl, wh):
 
 @njit(cache=True, parallel=True)
 def _linear_q4(x_addr, t, dups, m, blocks, symmetric, threads):  # pragma: no cover - compiled
+    same = _same_inputs(x_addr, t, dups, m)
     x_lo, x_hi = _halves_all(x_addr, m, blocks)
     starts = _starts(t)
     once = m >= _DECODE_ONCE
@@ -264,7 +274,9 @@ def _linear_q4(x_addr, t, dups, m, blocks, symmetric, threads):  # pragma: no co
     spare_lo = np.empty(blocks * 16 if once else 0, np.float32)  # the replicas run after the threads
     spare_hi = np.empty(blocks * 16 if once else 0, np.float32)
     for i in range(dups.shape[0]):
-        if not _copied(x_addr, t, dups, i, m):
+        if same[i]:
+            _copy_replica(t, dups, i, m)
+        else:
             _q4_entry(x_addr, dups, i, m, x_lo, x_hi, symmetric, 0, dups[i, _N], spare_lo, spare_hi)
 
 

@@ -5,10 +5,10 @@ cores (runtime/shard.py), and every one of them computes the same projection of 
 normalized hidden state: at TP 9 SmolLM2's 3 key/value heads are each computed 3 times,
 which made a step's q, k and v products 1.8x the work of TP 1. The all-core products
 (`cores.bind_linear`) compute such a replica once and copy it to the other cores, but only
-when its input rows have the same bits as the source's at run time (checked in the kernel,
-every call): an input that differs (a fault, a future op that feeds cores different rows)
-is computed as before. Equal weights and inputs give equal bits from the same row function,
-so the outputs are what each core would have computed.
+when its input rows have the same bits as the source's at run time (checked in the kernel
+on every call, before anything is computed): an input that differs (a fault, a future op
+that feeds cores different rows) is computed as before. Equal weights and inputs give equal
+bits from the same row function, so the outputs are what each core would have computed.
 
 Weights are found equal here, once: the runtime never writes a weight after loading.
 """
@@ -32,12 +32,6 @@ def sources(entries: Sequence[tuple[int, tuple[np.ndarray, ...]]]) -> list[int]:
         if src < 0:
             seen.setdefault(key, []).append(i)
     return found
-
-
-def overlap(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> bool:
-    """Whether an output may share memory with an input (then a source's inputs could change
-    before a replica's are compared with them, and nothing is copied)."""
-    return any(np.may_share_memory(i, o) for i in inputs for o in outputs)
 
 
 def _fingerprint(a: np.ndarray) -> tuple:

@@ -12,8 +12,9 @@ for every model:
 - the host: launching a step's program, a request's setup before its prefill, sampling one
   sequence.
 Held, not fitted: peaks and bandwidths (published), the 128-wide systolic array, the
-runtime's context batch of one sequence (transformers-neuronx compiles its context encoding
-for one sequence), element-wise efficiencies.
+runtime's context batch of one sequence (transformers-neuronx's with continuous batching; the
+published batched TTFTs, about B times batch 1's, say the benchmark ran so), element-wise
+efficiencies.
 
 The fit minimises the mean absolute relative error of TTFT and TPOT over the rows: a row's
 predicted times are close to linear in the parameters (times, and the inverse of each
@@ -229,27 +230,42 @@ def show(values: dict[str, float], params: tuple[Param, ...] = PARAMS) -> str:
     return ", ".join(parts)
 
 
-def write_preset(instance: str, values: dict[str, float]) -> None:
-    """Put the fitted figures into the preset's YAML, keeping its comments' layout."""
-    path = PRESETS / f"{instance}.yaml"
-    text = path.read_text()
-    fitted = "# fitted to this instance's Neuron SDK 2.18 rows (benchmarks/calibrate.py, docs/fidelity.md)"
+# The plain per-chip presets carry the NeuronCore-v2, NeuronLink-v2 and host figures of the
+# instance they were fitted on
+PLAIN = {"trn1.32xlarge": "trn1", "inf2.48xlarge": "inf2"}
 
+
+def write_preset(instance: str, values: dict[str, float]) -> None:
+    """Put the fitted figures into the instance's preset YAML and its plain per-chip preset's,
+    keeping each line's comment (what the figure means and where it comes from)."""
+    for name in (instance, PLAIN.get(instance)):
+        if name:
+            path = PRESETS / f"{name}.yaml"
+            path.write_text(_with_values(path, path.read_text(), values))
+
+
+def _with_values(path: Path, text: str, values: dict[str, float]) -> str:
     def set_field(text: str, key: str, value: str) -> str:
-        pattern = re.compile(rf"^(\s*{re.escape(key)}:)\s*[^#\n]*?(\s*#.*)?$", re.M)
+        pattern = re.compile(rf"^(\s*{re.escape(key)}:)[ \t]*[^#\n]*?([ \t]*#.*)?$", re.M)
         if not pattern.search(text):
             raise SystemExit(f"{path}: no field {key!r} to write")
-        return pattern.sub(lambda m: f"{m.group(1)} {value}".ljust(31) + f" {fitted}", text, count=1)
+
+        def line(m: re.Match) -> str:
+            head = f"{m.group(1)} {value}"
+            if not m.group(2):
+                return head
+            column = m.start(2) - m.start() + len(m.group(2)) - len(m.group(2).lstrip())  # where its comment was
+            return head.ljust(max(column, len(head) + 1)) + m.group(2).lstrip()
+
+        return pattern.sub(line, text, count=1)
 
     for p in PARAMS:
-        v = values[p.name]
-        if "." in p.name:
-            continue
-        text = set_field(text, p.name, f"{v / SCALE[p.unit]:.4g} {p.unit}".strip())
+        if "." not in p.name:
+            text = set_field(text, p.name, f"{values[p.name] / SCALE[p.unit]:.4g} {p.unit}".strip())
     for cls in ("matmul", "attention"):
         value = f"{{compute: {values[cls + '.compute']:.3f}, memory: {values[cls + '.memory']:.3f}}}"
         text = set_field(text, cls, value)
-    path.write_text(text)
+    return text
 
 
 # The A100 preset against gpt-fast's decode rows (benchmarks/calibration/gpu_published.csv:

@@ -106,8 +106,8 @@ class HostSpec:
       switching to the prefill program); counted in time to first token;
     - `sample_s`: per sequence and step, taking the logits off the device and sampling;
     - `context_batch`: how many sequences one prefill program takes; a bigger batch is
-      prefilled in turn, that many at a time (transformers-neuronx compiles its context
-      encoding for one sequence). None: the whole batch at once.
+      prefilled in turn, that many at a time (transformers-neuronx with continuous
+      batching: one sequence). None: the whole batch at once.
     All zero / None unless a preset was calibrated against a runtime.
     """
 

@@ -158,11 +158,20 @@ def predictions(rows: list[LatencyRow], values: dict[str, float]) -> np.ndarray:
     return np.array(out)
 
 
-def fit(rows: list, start: dict[str, float], rounds: int = 8, params: tuple[Param, ...] = PARAMS, predict=None):
+def fit(
+    rows: list,
+    start: dict[str, float],
+    rounds: int = 8,
+    params: tuple[Param, ...] = PARAMS,
+    predict=None,
+    power: float = 1.0,
+):
     """The parameter values that minimise the mean absolute relative error on `rows` (the
     goal's measure; least squares would trade many good rows for one outlier): Gauss-Newton
-    steps on iteratively reweighted least squares."""
+    steps on iteratively reweighted least squares. A `power` above 1 minimises the mean of
+    |error| ** power instead, which leans towards the worst rows (a goal for every row)."""
     predict = predict or predictions
+    worse = lambda e: np.sum(np.abs(e) ** power)  # noqa: E731
     x = to_x(start, params)
     err = predict(rows, start)
     for _ in range(rounds):
@@ -173,8 +182,8 @@ def fit(rows: list, start: dict[str, float], rounds: int = 8, params: tuple[Para
             xh[j] += h
             jac[:, j] = (predict(rows, from_x(xh, start, params)) - err) / h
         # err(x') ~ err + J (x' - x); solve min |W (J x' - (J x - err))| with x' >= 0,
-        # W = 1 / sqrt|err| so that the weighted squares approximate the absolute errors
-        weight = 1 / np.sqrt(np.maximum(np.abs(err), 0.02))
+        # W = |err| ** (power/2 - 1) so that the weighted squares approximate |err| ** power
+        weight = np.maximum(np.abs(err), 0.02) ** (power / 2 - 1)
         target = (jac @ x - err) * weight
         cols = np.abs(jac).max(axis=0) > 0
         new = x.copy()
@@ -182,7 +191,7 @@ def fit(rows: list, start: dict[str, float], rounds: int = 8, params: tuple[Para
         step = new - x
         for _ in range(6):
             trial = predict(rows, from_x(x + step, start, params))
-            if np.abs(trial).sum() < np.abs(err).sum():
+            if worse(trial) < worse(err):
                 x, err = x + step, trial
                 break
             step /= 2
@@ -271,7 +280,10 @@ def _with_values(path: Path, text: str, values: dict[str, float]) -> str:
 # The A100 preset against gpt-fast's decode rows (benchmarks/calibration/gpu_published.csv:
 # TP 1-8, bf16/int8/int4, batch 1): a decode step is the weights streamed (at a fraction of
 # HBM bandwidth that depends on the weight format: unpacking int8 and int4 costs the
-# kernels bandwidth), a fixed cost per kernel, the all-reduces, and the step's launch.
+# kernels bandwidth), a fixed cost per kernel, the all-reduces, and the step's launch. The
+# nccl-tests curve fixes the fabric: NCCL's LL128 figures below 16 MiB (`link_latency`,
+# `bandwidth_efficiency`), its Simple protocol's from there (`large_link_latency`,
+# `large_bandwidth_efficiency`: the preset's `large_messages`, whose `from_bytes` is held).
 GPU_PARAMS = (
     Param("matmul.memory", True, ""),
     Param("matmul:int8.memory", True, ""),
@@ -280,6 +292,8 @@ GPU_PARAMS = (
     Param("link_latency", False, "us"),
     Param("collective_overhead_s", False, "us"),
     Param("bandwidth_efficiency", True, ""),
+    Param("large_link_latency", False, "us"),
+    Param("large_bandwidth_efficiency", True, ""),
     Param("step_overhead_s", False, "ms"),
 )
 GPU_START = {
@@ -294,8 +308,14 @@ GPU_START = {
     "collective_overhead_s": 10e-6,
     "step_overhead_s": 0.1e-3,
     "bandwidth_efficiency": 0.8,
+    "large_link_latency": 1e-6,
+    "large_bandwidth_efficiency": 0.8,
     "_elementwise": (0.5, 0.85),
 }
+# The curve's goal is every point within 15%: the fit minimises the mean squared error, which
+# leans towards the worst points (a fourth power lowers the worst in-sample point from 14% to
+# 12% but predicts held-out points and models worse: docs/fidelity.md)
+GPU_POWER = 2.0
 
 
 def gpu_predictions(rows: list, values: dict[str, float]) -> np.ndarray:
@@ -303,8 +323,15 @@ def gpu_predictions(rows: list, values: dict[str, float]) -> np.ndarray:
     serves both: the all-reduces inside a decode step are the curve's small sizes)."""
     from tilesim.fidelity import AllReduceRow, predict_allreduce, predict_gpu
 
-    o = overrides(values)
-    fabric = {k: o[k] for k in ("link_latency", "collective_overhead_s", "bandwidth_efficiency", "step_overhead_s")}
+    values = dict(values)
+    large = {
+        "from_bytes": load_preset("a100").fabric.large_messages.from_bytes,  # held: where the curve jumps
+        "link_latency": values.pop("large_link_latency"),
+        "bandwidth_efficiency": values.pop("large_bandwidth_efficiency"),
+    }
+    o = {**overrides(values), "large_messages": large}
+    keys = ("link_latency", "collective_overhead_s", "bandwidth_efficiency", "large_messages", "step_overhead_s")
+    fabric = {k: o[k] for k in keys}
     return np.array(
         [
             predict_allreduce(row, **fabric)["error"]
@@ -325,7 +352,7 @@ def gpu_main(write: bool) -> None:
         err = np.abs(gpu_predictions(rs, params))
         return f"{label}: {len(rs)} rows, mean |error| {100 * err.mean():.1f}% (worst {100 * err.max():.0f}%)"
 
-    fitted = fit(decode + curve, GPU_START, params=GPU_PARAMS, predict=gpu_predictions)
+    fitted = fit(decode + curve, GPU_START, params=GPU_PARAMS, predict=gpu_predictions, power=GPU_POWER)
     print(line("a100 fitted in sample: gpt-fast TPOT", decode, fitted))
     print(
         line(
@@ -342,8 +369,13 @@ def gpu_main(write: bool) -> None:
     print(f"  {show(fitted, GPU_PARAMS)}", flush=True)
     for held in sorted({r.model for r in decode}):
         train = [r for r in decode if r.model != held] + curve
-        params = fit(train, GPU_START, params=GPU_PARAMS, predict=gpu_predictions)
+        params = fit(train, GPU_START, params=GPU_PARAMS, predict=gpu_predictions, power=GPU_POWER)
         print(line(f"  leave {held} out: predicted", [r for r in decode if r.model == held], params), flush=True)
+    for parity in (0, 1):  # every other size of the curve held out
+        held, kept = curve[parity::2], curve[1 - parity :: 2]
+        params = fit(decode + kept, GPU_START, params=GPU_PARAMS, predict=gpu_predictions, power=GPU_POWER)
+        k = "odd" if held[0].size_bytes.bit_length() % 2 == 0 else "even"  # 2^k has k + 1 bits
+        print(line(f"  curve sizes 2^k, k {k}, held out: predicted", held, params), flush=True)
     if write:
         print("  (write the a100 figures into device/presets/a100.yaml by hand)")
 

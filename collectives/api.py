@@ -162,7 +162,8 @@ def choose_algorithm(device: Device, op: str, p: int, n: int, itemsize: int, roo
     if p <= 1 or n == 0:
         return candidates[0]
     gamma = model_for(device.spec, p, region).gamma
-    times = {a: _simulation(device.spec.fabric, p, op, a, n, itemsize, root, gamma)[0] for a in candidates}
+    fabric = device.spec.fabric.for_message(n * itemsize)
+    times = {a: _simulation(fabric, p, op, a, n, itemsize, root, gamma)[0] for a in candidates}
     return min(candidates, key=lambda a: (times[a], candidates.index(a)))
 
 
@@ -182,7 +183,8 @@ def simulate(
         return 0.0, ()
     gamma = model_for(device.spec, p, region).gamma
     overhead = device.spec.fabric.collective_overhead_s
-    seconds, transfers = _simulation(device.spec.fabric, p, op, algo, n, itemsize, root, gamma)
+    fabric = device.spec.fabric.for_message(n * itemsize)
+    seconds, transfers = _simulation(fabric, p, op, algo, n, itemsize, root, gamma)
     return overhead + seconds, transfers
 
 
@@ -230,7 +232,7 @@ def run_collective(
         algo_name = choose_algorithm(device, op, p, n, itemsize, root, buffer_region(device, 3 * n * itemsize))
     schedule = build_schedule(op, algo_name, p, n, root, itemsize)
     region = buffer_region(device, _buffer_bytes(schedule, itemsize))
-    model = model_for(device.spec, p, region)
+    model = model_for(device.spec, p, region, n * itemsize)
     predicted = predict(op, algo_name, p, n, itemsize, model, root)
     combine = reduce_fn(reduce_op)
     blocks, buffers = (
@@ -238,10 +240,11 @@ def run_collective(
     )
     try:
         if fabric == "analytic":
-            run = run_analytic(schedule, AnalyticFabric(device.spec.fabric, p), buffers, combine, itemsize, model.gamma)
+            links = AnalyticFabric(device.spec.fabric.for_message(n * itemsize), p)
+            run = run_analytic(schedule, links, buffers, combine, itemsize, model.gamma)
         elif fabric == "des":
             timeout = timeout_s if timeout_s is not None else max(1.0, 1000 * predicted)
-            fab = device.fabric(faults=faults, on_transfer=on_transfer)
+            fab = device.fabric(faults=faults, on_transfer=on_transfer, message_bytes=n * itemsize)
             run = run_des(schedule, fab, buffers, combine, itemsize, model.gamma, timeout)
         else:
             raise ConfigError(f"fabric must be 'des' or 'analytic', got {fabric!r}")

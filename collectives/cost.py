@@ -34,9 +34,10 @@ class AlphaBeta:
         return max(0.0, self.gamma - self.beta)
 
 
-def model_for(spec: DeviceSpec, p: int, region: str) -> AlphaBeta:
-    """The alpha-beta-gamma figures of `spec`'s fabric for `p` cores, buffers in `region`."""
-    topology = Topology(spec.fabric, p)
+def model_for(spec: DeviceSpec, p: int, region: str, nbytes: int = 0) -> AlphaBeta:
+    """The alpha-beta-gamma figures of `spec`'s fabric for `p` cores, buffers in `region`, for
+    a collective of `nbytes` (the fabric's protocol for that size: `FabricSpec.for_message`)."""
+    topology = Topology(spec.fabric.for_message(nbytes), p)
     reduce_bw = spec.core.bandwidth(region)
     gamma = 3.0 / reduce_bw
     if p <= 1 or not topology.links:

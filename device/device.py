@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import simpy
@@ -71,9 +71,12 @@ class Device:
         faults: FaultSpec | None = None,
         on_transfer: Callable[[TransferRecord], None] | None = None,
         env: simpy.Environment | None = None,
+        message_bytes: int = 0,
     ) -> Fabric:
-        """A fresh discrete-event fabric joining this device's cores."""
-        return Fabric(self.spec.fabric, self.spec.cores, env=env, faults=faults, on_transfer=on_transfer)
+        """A fresh discrete-event fabric joining this device's cores, with the protocol of a
+        collective of `message_bytes` (`FabricSpec.for_message`)."""
+        spec = self.spec.fabric.for_message(message_bytes)
+        return Fabric(spec, self.spec.cores, env=env, faults=faults, on_transfer=on_transfer)
 
     def kernel_time(self, cost: KernelCost) -> KernelTime:
         """The roofline time of a kernel on one of this device's cores."""
@@ -105,6 +108,7 @@ def describe(spec: DeviceSpec) -> dict[str, Any]:
         "link_latency": fabric.link_latency,
         "links_per_core": fabric.links_per_core,
         "topology": fabric.topology,
+        "large_messages": asdict(fabric.large_messages) if fabric.large_messages else None,
         "kernel_overhead_s": core.kernel_overhead_s,
         "clock_hz": core.clock_hz,
         "bulk_synchronous": bool(core.exchange_bandwidth),

@@ -78,6 +78,18 @@ class ChipSpec:
 
 
 @dataclass(frozen=True)
+class ProtocolSpec:
+    """The figures a collective of at least `from_bytes` (its whole buffer) sees instead of the
+    fabric's own: a communication library switches protocol by message size (NCCL: LL128 for
+    small messages, Simple for large ones, picked by its tuner), and each protocol has its own
+    latency per hop and achieved bandwidth."""
+
+    from_bytes: int
+    link_latency: float
+    bandwidth_efficiency: float
+
+
+@dataclass(frozen=True)
 class FabricSpec:
     """The links between cores.
 
@@ -85,7 +97,9 @@ class FabricSpec:
     hop (seconds). A core's `links_per_core` links are shared evenly among its neighbours in
     the topology (ring: 2 neighbours, torus2d: 4, switch: 1 uplink and 1 downlink), so
     neighbours may be joined by several parallel links. `collective_overhead_s` is a fixed
-    cost paid once per collective (launch and synchronisation).
+    cost paid once per collective (launch and synchronisation). `large_messages`, if given,
+    replaces the latency and bandwidth efficiency of the links for large collectives
+    (`for_message`).
     """
 
     topology: str
@@ -95,6 +109,17 @@ class FabricSpec:
     collective_overhead_s: float = 0.0
     chip: ChipSpec | None = None
     bandwidth_efficiency: float = 1.0  # achieved fraction of every link's bandwidth
+    large_messages: ProtocolSpec | None = None
+
+    def for_message(self, nbytes: int) -> FabricSpec:
+        """The fabric a collective of `nbytes` (its whole buffer) runs on: past
+        `large_messages.from_bytes`, that protocol's latency and bandwidth efficiency."""
+        big = self.large_messages
+        if big is None or nbytes < big.from_bytes:
+            return self
+        return dataclasses.replace(
+            self, link_latency=big.link_latency, bandwidth_efficiency=big.bandwidth_efficiency, large_messages=None
+        )
 
 
 @dataclass(frozen=True)
@@ -170,6 +195,7 @@ _FABRIC_FIELDS = {
     "collective_overhead_s": "time",
     "chip": "chip",
     "bandwidth_efficiency": "fraction",
+    "large_messages": "protocol",
 }
 _HOST_FIELDS = {
     "step_overhead_s": "time",
@@ -178,6 +204,7 @@ _HOST_FIELDS = {
     "context_batch": "count",
 }
 _CHIP_FIELDS = {"cores_per_chip": "count", "link_bandwidth": "bandwidth", "link_latency": "time"}
+_PROTOCOL_FIELDS = {"from_bytes": "bytes", "link_latency": "time", "bandwidth_efficiency": "fraction"}
 _OPTIONAL = {
     "efficiency",
     "collective_overhead_s",
@@ -192,6 +219,7 @@ _OPTIONAL = {
     "sync_s",
     "exchange_bandwidth",
     "bandwidth_efficiency",
+    "large_messages",
     "host",
     *_HOST_FIELDS,
 }
@@ -211,6 +239,8 @@ _TOP_FIELDS = {
 def _parse_value(kind: str, value: Any, where: str) -> Any:
     if kind == "chip":
         return _parse_chip(value, where)
+    if kind == "protocol":
+        return _parse_protocol(value, where)
     return parse_value(kind, value, where)
 
 
@@ -219,6 +249,19 @@ def _parse_chip(value: Any, where: str) -> ChipSpec | None:
         return None
     fields = _parse_section(value, _CHIP_FIELDS, where)
     return ChipSpec(**fields)
+
+
+def _parse_protocol(value: Any, where: str) -> ProtocolSpec | None:
+    if value is None:
+        return None
+    fields = _parse_section(value, _PROTOCOL_FIELDS, where)
+    for name in _PROTOCOL_FIELDS:
+        if name not in fields:  # _OPTIONAL names fields by name alone, so a protocol checks its own
+            raise ConfigError(f"{where}.{name}: missing field")
+    protocol = ProtocolSpec(**fields)
+    if protocol.from_bytes < 1:
+        raise ConfigError(f"{where}.from_bytes: must be at least 1 byte, got {protocol.from_bytes}")
+    return protocol
 
 
 def _parse_section(raw: Any, schema: dict[str, str], where: str) -> dict[str, Any]:

@@ -46,6 +46,22 @@ def test_the_ring_formula_term_by_term():
     assert result.time_s == pytest.approx(result.predicted_time_s, rel=1e-9)
 
 
+def test_large_messages_run_on_the_large_message_protocols_figures():
+    """From `large_messages.from_bytes` (the whole buffer) on, a collective pays that
+    protocol's hop latency and bandwidth efficiency, in the closed form, the simulation and
+    the timing-only runs alike; one byte less and the fabric's own figures."""
+    big = {"from_bytes": 4096, "link_latency": "5 us", "bandwidth_efficiency": 0.5}
+    dev = Device("tiny", cores=4, large_messages=big)
+    chunk = 256 * 4
+    for n, hop, bandwidth in ((1024, 5e-6, 0.5e9), (1023, 1e-6, 1e9)):
+        expected = 2 * 3 * (hop + chunk / bandwidth)
+        result = run_collective("allreduce", [np.ones(n, np.float32)] * 4, device=dev, algo="ring")
+        assert result.predicted_time_s == pytest.approx(expected, rel=1e-12)
+        assert result.time_s == pytest.approx(expected, rel=1e-9)
+        assert simulated_time(dev, "allreduce", "ring", 4, n, 4, "tiles") == pytest.approx(expected, rel=1e-9)
+    assert dev.spec.fabric.for_message(4095) is dev.spec.fabric
+
+
 def test_reductions_slower_than_the_link_show_in_the_time():
     """Buffers off-chip at 100 GB/s, links at 400 GB/s: gamma = 3/100e9 > beta = 1/400e9."""
     dev = Device("tiny", cores=4, link_bandwidth="400 GB/s", placement={"activations": "offchip"})

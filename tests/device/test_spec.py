@@ -79,6 +79,21 @@ def write_preset(tmp_path, mutate):
         (lambda r: r.update(colour="red"), r"bad\.yaml: unknown field 'colour'"),
         (lambda r: r.pop("fabric"), r"bad\.yaml: missing field 'fabric'"),
         (lambda r: r["core"].update(offchip_bytes=0), r"placement\.weights is 'offchip' but the core has no off-chip"),
+        (
+            lambda r: r["fabric"].update(large_messages={"from_bytes": "1 MiB", "link_latency": "2 us"}),
+            r"bad\.yaml: fabric\.large_messages\.bandwidth_efficiency: missing field",
+        ),
+        (
+            lambda r: r["fabric"].update(
+                large_messages={"from_bytes": 0, "link_latency": "2 us", "bandwidth_efficiency": 1}
+            ),
+            r"fabric\.large_messages\.from_bytes: must be at least 1 byte",
+        ),
+        (
+            lambda r: r["fabric"].update(large_messages={"from": "1 MiB"}),
+            r"fabric\.large_messages\.from: unknown field; known: from_bytes",
+        ),
+        (lambda r: r["fabric"].update(large_messages=3), r"fabric\.large_messages: expected a mapping of fields"),
     ],
 )
 def test_bad_presets_raise_one_clear_error_naming_file_and_field(tmp_path, mutate, expected):

@@ -161,6 +161,13 @@ def _print(rows: list[dict], device: Device, args: argparse.Namespace) -> None:
             f"\nlink bandwidth {link / 1e9:.3f} GB/s per direction; busbw near it means the links are busy, "
             "far below it at small sizes means latency dominates."
         )
+        big = device.spec.fabric.large_messages
+        if big is not None:
+            print(
+                f"from {fmt_bytes(big.from_bytes)} on, the large-message protocol's figures: "
+                f"link bandwidth {link / device.spec.fabric.bandwidth_efficiency * big.bandwidth_efficiency / 1e9:.3f} "
+                f"GB/s per direction, {fmt_time(big.link_latency)} per hop."
+            )
 
 
 def _plot(rows: list[dict], path: str, device: Device, op: str) -> None:

@@ -317,13 +317,13 @@ def _add_norm(t, m, layer, eps):  # pragma: no cover - compiled
         same[c] = src >= 0 and _same_bits(t[c, 0], t[src, 0], n) and _same_bits(t[c, 1], t[src, 1], n)
     for c in range(t.shape[0]):
         rows, k, src = t[c, 6], t[c, 7], t[c, 8]
-        a, b, s = at(t[c, 0], _F32, (rows, k))[:m], at(t[c, 1], _F32, (rows, k))[:m], at(t[c, 2], _F32, (rows, k))[:m]
-        w, bias, out = at(t[c, 3], _F32, (k,)), at(t[c, 4], _F32, (k,)), at(t[c, 5], _F32, (rows, k))[:m]
         if same[c]:
             _copy(t[c, 2], t[src, 2], m * k)
             _copy(t[c, 5], t[src, 5], m * k)
-        else:
-            norms._add_norm(a, b, s, layer, w, bias, eps, out)
+            continue
+        a, b, s = at(t[c, 0], _F32, (rows, k))[:m], at(t[c, 1], _F32, (rows, k))[:m], at(t[c, 2], _F32, (rows, k))[:m]
+        w, bias, out = at(t[c, 3], _F32, (k,)), at(t[c, 4], _F32, (k,)), at(t[c, 5], _F32, (rows, k))[:m]
+        norms._add_norm(a, b, s, layer, w, bias, eps, out)
 
 
 @njit(cache=True)

@@ -171,7 +171,10 @@ def fit(
     steps on iteratively reweighted least squares. A `power` above 1 minimises the mean of
     |error| ** power instead, which leans towards the worst rows (a goal for every row)."""
     predict = predict or predictions
-    worse = lambda e: np.sum(np.abs(e) ** power)  # noqa: E731
+
+    def worse(e: np.ndarray) -> float:
+        return float(np.sum(np.abs(e) ** power))
+
     x = to_x(start, params)
     err = predict(rows, start)
     for _ in range(rounds):

@@ -1,6 +1,6 @@
 """The latency and memory report of a run, computed from its `Trace` alone.
 
-- time to first token (the prefill step), time per output token over the decode steps
+- time to first token (the prefill step, or a long prompt's windows), time per output token over the decode steps
   (mean, p50, p99), simulated tokens per second for the batch;
 - where the time goes: per op type on the critical path, and per core compute,
   communication and waiting;
@@ -34,6 +34,14 @@ def step_breakdown(step: StepRecord) -> dict[str, float]:
     return dict(out)
 
 
+def _summed(parts) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for part in parts:
+        for key, seconds in part.items():
+            out[key] += seconds
+    return dict(out)
+
+
 def core_breakdown(step: StepRecord, cores: int) -> list[dict[str, float]]:
     """Per core: seconds computing, communicating and waiting during the step."""
     rows = [{"compute": 0.0, "communication": 0.0, "waiting": 0.0} for _ in range(cores)]
@@ -54,7 +62,7 @@ def build_report(trace: Trace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "device": trace.device.get("name"),
         "cores": trace.device.get("cores"),
-        "ttft_s": prefill[0].latency if prefill else 0.0,
+        "ttft_s": sum(s.latency for s in prefill),  # a long prompt's windows, one after another
         # None (n/a) when the run had no decode step: one new token comes from the prefill
         "itl_s": float(np.mean(itl)) if itl else None,
         "tpot_s": {
@@ -68,7 +76,7 @@ def build_report(trace: Trace) -> dict[str, Any]:
         "steps": len(trace.steps),
     }
     if prefill:
-        report["prefill_breakdown_s"] = step_breakdown(prefill[0])
+        report["prefill_breakdown_s"] = _summed(step_breakdown(s) for s in prefill)
     if decode:
         report["decode_breakdown_s"] = step_breakdown(decode[-1])
         report["decode_cores"] = core_breakdown(decode[-1], trace.device.get("cores", 1))

@@ -66,9 +66,19 @@ class Buckets:
         return StepShape("prefill", batch, size, size, gathered)
 
     def chunk_shape(self, batch: int, tokens: int, cached: int, gathered: str = "argmax") -> StepShape:
-        """A prefill of `tokens` after `cached` positions: its tokens' bucket, over the KV bucket of both."""
+        """A prefill of `tokens` after `cached` positions: its tokens' bucket, over the KV bucket
+        of both; past the first chunk the request is already set up."""
         size = self.prefill_for(tokens)
-        return StepShape("prefill", batch, size, max(size, self.decode_for(cached + tokens)), gathered)
+        context = max(size, self.decode_for(cached + tokens))
+        return StepShape("prefill", batch, size, context, gathered, new_request=cached == 0)
+
+    def windows(self, tokens: int) -> list[tuple[int, int]]:
+        """The (first, end) positions of the prefill programs a prompt of `tokens` runs in: one
+        if a bucket holds it, else windows of the largest bucket one after another, each
+        attending to the cache the ones before it wrote (transformers-neuronx's windowed
+        context encoding of a prompt longer than its largest context bucket)."""
+        width = self.prefill[-1]
+        return [(lo, min(lo + width, tokens)) for lo in range(0, tokens, width)]
 
     def decode_shape(self, batch: int, context: int, gathered: str = "argmax") -> StepShape:
         """The compiled decode step whose longest sequence holds `context` positions."""

@@ -83,7 +83,6 @@ def generate(
     kept_logits: list[np.ndarray] = []
     gathered = "all" if return_logits == "all" else params.gathered
     t_prefill = int(lengths.max())
-    shape = model.buckets.prefill_shape(b, t_prefill, gathered)
     ids = np.zeros((b, t_prefill), dtype=np.int64)
     for i, p in enumerate(prompts):
         ids[i, : len(p)] = p
@@ -96,17 +95,36 @@ def generate(
         t_prefill,
         return_logits == "all",
     )
+    buckets = model.buckets
+    windows = buckets.windows(t_prefill)  # one, unless the prompt is longer than the largest prefill bucket
+    shape = buckets.prefill_shape(b, windows[0][1], gathered)
+    runs = [(shape, inputs)]
+    if len(windows) > 1:
+        runs = [
+            (buckets.chunk_shape(b, hi - lo, lo, gathered) if lo else shape, _window(ids, lengths, lo, hi, inputs))
+            for lo, hi in windows
+        ]
     wall_decode, decode_steps = 0.0, 0
     clock = 0.0
     for counts in model.executor.routing.values():  # this run's routing only
         counts[:] = 0
     for step in range(max_new_tokens):
         t0 = time.perf_counter()
-        logits = model.executor.step(inputs)  # None when timing-only: the Program bound nothing
-        t_timer = time.perf_counter()
-        routed = model.executor.step_routing if logits is not None else None  # mixtures of experts
-        timing = model.timer.time(shape, routed)
-        t0 += time.perf_counter() - t_timer  # the wall time is the emulator's, not the timing model's
+        active = sum(not d for d in done)
+        outs = []
+        for k, (run_shape, run_inputs) in enumerate(runs):
+            outs.append(model.executor.step(run_inputs))  # None when timing-only: the Program bound nothing
+            t_timer = time.perf_counter()
+            routed = model.executor.step_routing if outs[-1] is not None else None  # mixtures of experts
+            timing = model.timer.time(run_shape, routed)
+            t0 += time.perf_counter() - t_timer  # the wall time is the emulator's, not the timing model's
+            detail = timing.messages if step < 2 else []  # fabric messages: prefill and the first decode step
+            made = active if k == len(runs) - 1 else 0  # a window before the last makes no token
+            record = StepRecord(step, run_shape.phase, clock, timing.latency, vars(run_shape).copy(), timing.spans)
+            record.messages, record.tokens = detail, made
+            trace.steps.append(record)
+            clock += timing.latency
+        logits = outs[0] if len(runs) == 1 else _merged(outs, runs, lengths, b, t_prefill)
         if logits is not None:
             if return_logits:
                 kept_logits.append(logits.copy())
@@ -114,18 +132,12 @@ def generate(
                 logits = logits[inputs.last_rows]
             if not np.isfinite(logits).all():  # IEEE propagation (docs/numerics.md) makes this visible
                 raise NumericalError(
-                    f"the logits of step {step} ({shape.phase}) hold NaN or infinity: an activation overflowed "
+                    f"the logits of step {step} ({run_shape.phase}) hold NaN or infinity: an activation overflowed "
                     "or the checkpoint holds such values; check its weights, or try a wider dtype"
                 )
             chosen = choose(logits, params, rng)
         else:
             chosen = np.zeros(b, dtype=np.int64)
-        active = sum(not d for d in done)
-        detail = timing.messages if step < 2 else []  # fabric messages: prefill and the first decode step
-        trace.steps.append(
-            StepRecord(step, shape.phase, clock, timing.latency, vars(shape).copy(), timing.spans, detail, active)
-        )
-        clock += timing.latency
         for i in range(b):
             if done[i]:
                 continue
@@ -143,8 +155,8 @@ def generate(
         if all(done) or step == max_new_tokens - 1:
             break
         context = int(lengths.max())
-        shape = model.buckets.decode_shape(b, context, params.gathered)
         inputs = StepInputs(chosen.astype(np.int64), lengths - 1, lengths - 1, np.ones(b, np.int64), b, 1)
+        runs = [(model.buckets.decode_shape(b, context, params.gathered), inputs)]
     trace.memory = memory_snapshot(model)
     trace.wall = {
         **model.wall,
@@ -163,6 +175,38 @@ def generate(
         logits=kept_logits if return_logits else None,
         finished=done,
     )
+
+
+def _window(ids: np.ndarray, lengths: np.ndarray, lo: int, hi: int, whole: StepInputs) -> StepInputs:
+    """The inputs of the prefill window of positions lo..hi-1: each sequence's prompt tokens
+    there (none if its prompt ended before lo), after the lo positions already cached."""
+    b, n = ids.shape[0], hi - lo
+    return StepInputs(
+        np.ascontiguousarray(ids[:, lo:hi]).reshape(-1),
+        np.tile(np.arange(lo, hi, dtype=np.int64), b),
+        np.full(b, lo, np.int64),
+        np.clip(lengths - lo, 0, n),
+        b,
+        n,
+        whole.all_logits,
+    )
+
+
+def _merged(outs: list, runs: list, lengths: np.ndarray, b: int, tokens: int) -> np.ndarray | None:
+    """The logits of a prompt prefilled in windows as one prefill gives them: every position's
+    rows in order (all logits), else each sequence's from the window that holds its last token."""
+    if outs[0] is None:
+        return None
+    vocab = outs[0].shape[-1]
+    if runs[0][1].all_logits:
+        rows = np.concatenate([out.reshape(b, -1, vocab) for out in outs], axis=1)
+        return rows.reshape(b * tokens, vocab)
+    merged = np.empty((b, vocab), outs[0].dtype)
+    for out, (_, window) in zip(outs, runs, strict=True):
+        lo = int(window.start[0])
+        last = (lengths - 1 >= lo) & (lengths - 1 < lo + window.tokens)
+        merged[last] = out[last]
+    return merged
 
 
 def experts_report(model: Model, tokens: int) -> dict:
@@ -210,7 +254,7 @@ def check_prompts(model: Model, prompts, max_new_tokens: int) -> list[list[int]]
             f"{longest + max_new_tokens} positions, but the model was compiled for max_context={model.max_context}; "
             "load it with a larger `max_context`"
         )
-    model.buckets.check(longest, longest + max_new_tokens - 1)
+    model.buckets.decode_for(longest + max_new_tokens - 1)  # a longer prompt than any prefill bucket runs in windows
     return prompts
 
 

@@ -98,7 +98,7 @@ class _Runner:
         else:
             shape = b.chunk_shape(1, n, lo, gathered)
         timing = self.model.timer.time(shape)
-        self.seconds += timing.latency - (self.model.device.spec.host.request_overhead_s if lo and n > 1 else 0.0)
+        self.seconds += timing.latency
         self.steps += 1
         logits = self.model.executor.step(inputs)
         self.cached += n

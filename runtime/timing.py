@@ -46,6 +46,7 @@ class StepShape:
     tokens: int  # new tokens per sequence (the prefill bucket, or 1)
     context: int  # cached positions attended to by the last token (the bucket)
     logits: str = "argmax"  # what leaves the cores after the LM head: argmax | topk:K | full | all
+    new_request: bool = True  # a prefill that starts its request pays its setup (a later chunk of it does not)
 
     @property
     def rows(self) -> int:
@@ -195,7 +196,7 @@ class StepTimer:
         spans: list[Span] = []
         messages: list[Messages] = []
         clock = 0.0
-        if host.request_overhead_s:
+        if host.request_overhead_s and shape.new_request:
             spans += self._host_spans("request", clock, host.request_overhead_s)
             clock += host.request_overhead_s
         timed: dict[int, StepTiming] = {}

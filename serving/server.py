@@ -86,7 +86,6 @@ class _Clock:
 
     def __init__(self, model, max_num_seqs: int, gathered: str):
         self.timer, self.buckets = model.timer, model.buckets
-        self.request_overhead = model.device.spec.host.request_overhead_s
         self.slots, self.gathered = max_num_seqs, gathered
         self._prefill: dict[tuple[int, int, int], tuple[float, str]] = {}
         self.programs: dict[str, int] = {}  # compiled bucket -> programs run in it
@@ -101,9 +100,7 @@ class _Clock:
             else:  # a chunk: the bucket of its tokens, attending to the cached positions too
                 shape = self.buckets.chunk_shape(batch, tokens, cached, self.gathered)
                 name = f"prefill {shape.tokens} over {shape.context}"
-            seconds = self.timer.time(shape).latency
-            if cached:  # the request was set up before its first chunk
-                seconds -= self.request_overhead
+            seconds = self.timer.time(shape).latency  # a chunk pays no request setup (chunk_shape)
             known = self._prefill[key] = (seconds, name)
         self.programs[known[1]] = self.programs.get(known[1], 0) + 1
         return known[0]

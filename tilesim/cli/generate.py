@@ -123,7 +123,8 @@ def pipeline_cores(args: argparse.Namespace) -> int:
 def add_bucket_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefill-buckets", default=None, metavar="N,N,...",
-        help="compiled prompt lengths, as context_length_estimate (default: powers of two from 16)",
+        help="compiled prompt lengths, as context_length_estimate (default: powers of two from 16); "
+        "a longer prompt runs in windows of the largest",
     )  # fmt: skip
     p.add_argument(
         "--decode-buckets", default=None, metavar="N,N,...",

@@ -83,6 +83,13 @@ class _Runner:
         self.seconds = 0.0
         self.steps = 0
 
+    def prefill(self, ids: list[int]) -> np.ndarray | None:
+        """The prompt, in windows of the largest prefill bucket if it is longer (as `generate`)."""
+        logits = None
+        for lo, hi in self.model.buckets.windows(len(ids)):
+            logits = self.feed(ids[lo:hi])
+        return logits
+
     def feed(self, ids: list[int], every_row: bool = False) -> np.ndarray | None:
         n, lo = len(ids), self.cached
         inputs = StepInputs(
@@ -136,8 +143,8 @@ def speculative_generate(
     eos = set(target.graph.meta.get("eos_token_ids", ())) if eos_token_id is ... else _ids(eos_token_id)
     rng = np.random.default_rng(seed)
     big, small = _Runner(target, True, params.gathered), _Runner(draft, False, params.gathered)
-    first = big.feed(ids, every_row=False)
-    small.feed(ids)
+    first = big.prefill(ids)
+    small.prefill(ids)
     ttft = big.seconds + small.seconds
     new = [_choose(first[0], params, rng)]
     rounds = []

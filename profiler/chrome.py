@@ -58,8 +58,13 @@ def chrome_events(trace: Trace) -> list[dict]:
         else []
     )
     flow_id = 0
+    windows = sum(step.phase == "prefill" for step in trace.steps)  # a long prompt's prefill windows
+    window = 0
     for step in trace.steps:
-        name = "prefill" if step.phase == "prefill" else f"decode {step.index}"
+        name = f"decode {step.index}"
+        if step.phase == "prefill":
+            window += 1
+            name = f"prefill {window}/{windows}" if windows > 1 else "prefill"
         events.append(
             {
                 "ph": "X",

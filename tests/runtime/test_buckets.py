@@ -83,6 +83,8 @@ def test_a_prompt_longer_than_the_largest_prefill_bucket_runs_in_windows_of_it()
     assert out.report["ttft_s"] == pytest.approx(first + second, rel=1e-12)
     prefills = [s for s in out.trace.steps if s.phase == "prefill"]
     assert [s.tokens for s in prefills] == [0, 1] and prefills[1].start == pytest.approx(first)
+    names = [e["name"] for e in chrome_events(out.trace) if e.get("cat") == "step"]
+    assert names == ["prefill 1/2", "prefill 2/2", "decode 1", "decode 2", "decode 3"]
 
 
 def test_windows_give_transformers_tokens_and_the_logits_of_one_prefill(tiny_model, greedy_rule):

@@ -81,27 +81,20 @@ def generate(
     done = [False] * b
     trace = Trace(device=device_info(model), model=model_info(model))
     kept_logits: list[np.ndarray] = []
-    gathered = "all" if return_logits == "all" else params.gathered
+    every_row = return_logits == "all"
+    gathered = "all" if every_row else params.gathered
     t_prefill = int(lengths.max())
     ids = np.zeros((b, t_prefill), dtype=np.int64)
     for i, p in enumerate(prompts):
         ids[i, : len(p)] = p
-    inputs = StepInputs(
-        ids.reshape(-1),
-        np.tile(np.arange(t_prefill, dtype=np.int64), b),
-        np.zeros(b, np.int64),
-        lengths.copy(),
-        b,
-        t_prefill,
-        return_logits == "all",
-    )
+    inputs = _window(ids, lengths, 0, t_prefill, every_row)  # the whole prompt
     buckets = model.buckets
     windows = buckets.windows(t_prefill)  # one, unless the prompt is longer than the largest prefill bucket
     shape = buckets.prefill_shape(b, windows[0][1], gathered)
     runs = [(shape, inputs)]
     if len(windows) > 1:
         runs = [
-            (buckets.chunk_shape(b, hi - lo, lo, gathered) if lo else shape, _window(ids, lengths, lo, hi, inputs))
+            (buckets.chunk_shape(b, hi - lo, lo, gathered) if lo else shape, _window(ids, lengths, lo, hi, every_row))
             for lo, hi in windows
         ]
     wall_decode, decode_steps = 0.0, 0
@@ -177,9 +170,9 @@ def generate(
     )
 
 
-def _window(ids: np.ndarray, lengths: np.ndarray, lo: int, hi: int, whole: StepInputs) -> StepInputs:
-    """The inputs of the prefill window of positions lo..hi-1: each sequence's prompt tokens
-    there (none if its prompt ended before lo), after the lo positions already cached."""
+def _window(ids: np.ndarray, lengths: np.ndarray, lo: int, hi: int, all_logits: bool) -> StepInputs:
+    """The inputs of a prefill of positions lo..hi-1: each sequence's prompt tokens there
+    (none if its prompt ended before lo), after the lo positions already cached."""
     b, n = ids.shape[0], hi - lo
     return StepInputs(
         np.ascontiguousarray(ids[:, lo:hi]).reshape(-1),
@@ -188,7 +181,7 @@ def _window(ids: np.ndarray, lengths: np.ndarray, lo: int, hi: int, whole: StepI
         np.clip(lengths - lo, 0, n),
         b,
         n,
-        whole.all_logits,
+        all_logits,
     )
 
 

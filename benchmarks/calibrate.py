@@ -30,6 +30,7 @@ fitted figures into device/presets/<instance>.yaml. Takes a few minutes on 2 cor
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import re
 import sys
@@ -321,6 +322,12 @@ GPU_START = {
 GPU_POWER = 2.0
 
 
+@functools.cache
+def _a100_switch() -> int:
+    """The shipped a100's protocol switch (bytes): read once, not on every prediction of a fit."""
+    return load_preset("a100").fabric.large_messages.from_bytes
+
+
 def gpu_predictions(rows: list, values: dict[str, float]) -> np.ndarray:
     """Relative errors of gpt-fast decode rows and nccl-tests all-reduce points (one fabric
     serves both: the all-reduces inside a decode step are the curve's small sizes)."""
@@ -328,7 +335,7 @@ def gpu_predictions(rows: list, values: dict[str, float]) -> np.ndarray:
 
     values = dict(values)
     large = {
-        "from_bytes": load_preset("a100").fabric.large_messages.from_bytes,  # held: where the curve jumps
+        "from_bytes": _a100_switch(),  # held: where the curve jumps
         "link_latency": values.pop("large_link_latency"),
         "bandwidth_efficiency": values.pop("large_bandwidth_efficiency"),
     }

@@ -21,7 +21,7 @@ from typing import Any
 
 from tilesim.profiler.events import Trace
 from tilesim.profiler.output import atomic
-from tilesim.profiler.report import bucket_of
+from tilesim.profiler.report import bucket_of, step_names
 
 COMPUTE, MEMORY, COLLECTIVE, SUPERSTEPS = 1, 2, 3, 4
 _US = 1e6
@@ -58,13 +58,7 @@ def chrome_events(trace: Trace) -> list[dict]:
         else []
     )
     flow_id = 0
-    windows = sum(step.phase == "prefill" for step in trace.steps)  # a long prompt's prefill windows
-    window = 0
-    for step in trace.steps:
-        name = f"decode {step.index}"
-        if step.phase == "prefill":
-            window += 1
-            name = f"prefill {window}/{windows}" if windows > 1 else "prefill"
+    for step, name in zip(trace.steps, step_names(trace.steps), strict=True):
         events.append(
             {
                 "ph": "X",

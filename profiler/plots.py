@@ -17,7 +17,7 @@ import numpy as np
 
 from tilesim.profiler.events import StepRecord, Trace
 from tilesim.profiler.output import all_or_nothing
-from tilesim.profiler.report import step_breakdown
+from tilesim.profiler.report import step_breakdown, step_names
 
 COLOURS = {
     "attention": "#4c72b0",
@@ -173,7 +173,8 @@ def breakdown(trace: Trace, path: Path) -> None:
         values = np.array([p.get(kind, 0.0) for p in parts]) * 1e3
         ax.bar(range(len(steps)), values, bottom=bottom, color=COLOURS.get(kind, "#999999"), label=kind)
         bottom += values
-    ax.set_xticks(range(len(steps)), ["prefill" if s.phase == "prefill" else str(s.index) for s in steps], fontsize=7)
+    labels = [name.removeprefix("decode ") for name in step_names(steps)]
+    ax.set_xticks(range(len(steps)), labels, fontsize=7)
     ax.set_xlabel("step")
     ax.set_ylabel("simulated latency (ms)")
     ax.set_title("latency per step by op type (critical path)")

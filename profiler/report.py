@@ -121,6 +121,20 @@ def bucket_of(step: StepRecord) -> int:
     return step.shape["tokens"] if step.phase == "prefill" else step.shape["context"]
 
 
+def step_names(steps: list[StepRecord]) -> list[str]:
+    """What traces and plots call each step: "prefill" ("prefill k/N" for the windows of a
+    prompt longer than the largest prefill bucket) or "decode i"."""
+    windows = sum(step.phase == "prefill" for step in steps)
+    names, window = [], 0
+    for step in steps:
+        if step.phase != "prefill":
+            names.append(f"decode {step.index}")
+            continue
+        window += 1
+        names.append(f"prefill {window}/{windows}" if windows > 1 else "prefill")
+    return names
+
+
 def buckets_used(trace: Trace) -> dict[str, Any]:
     """The compiled buckets, and how many steps ran in each."""
     used: dict[str, int] = {}

@@ -63,6 +63,7 @@ PARAMS = (
     Param("matmul.memory", True, ""),
     Param("attention.memory", True, ""),
     Param("dma_piece_s", False, "ns"),
+    Param("softmax_row_s", False, "us"),
     Param("matmul.compute", True, ""),
     Param("attention.compute", True, ""),
     Param("link_latency", False, "us"),
@@ -82,6 +83,7 @@ START = {
     "matmul.memory": 0.85,
     "attention.memory": 0.85,
     "dma_piece_s": 1e-9,
+    "softmax_row_s": 0.0,
     "matmul.compute": 0.5,
     "attention.compute": 0.3,
     "link_latency": 2e-6,
@@ -101,6 +103,7 @@ def current(instance: str) -> dict[str, float]:
     values = {
         "kernel_overhead_s": spec.core.kernel_overhead_s,
         "dma_piece_s": spec.core.dma_piece_s,
+        "softmax_row_s": spec.core.softmax_row_s,
         "link_latency": spec.fabric.link_latency,
         "collective_overhead_s": spec.fabric.collective_overhead_s,
         "bandwidth_efficiency": spec.fabric.bandwidth_efficiency,

@@ -1,6 +1,6 @@
 """How long a kernel takes on a core: the roofline, in one place.
 
-    time = overhead + max(FLOPs / (peak[dtype] * eff.compute),
+    time = overhead + max(FLOPs / (peak[dtype] * eff.compute) + rows * softmax_row_s,
                           sum over memories of bytes / (bandwidth * eff.memory)
                           + pieces * dma_piece_s)
 
@@ -15,6 +15,8 @@
 - `pieces` is the number of contiguous pieces the kernel's off-chip traffic is cut into
   (a DMA descriptor each, `dma_piece_s` apiece): decode attention reads the KV cache one
   position at a time, a piece of batch x heads x head_dim elements.
+- `rows` is the number of softmax rows of an attention kernel (query positions x heads),
+  each a fixed cost `softmax_row_s` on the engines beside the products (vector, scalar).
 - On a core with a systolic array (`array`), a product's N and K are padded to multiples of
   the array's side (a 432-wide shard runs as 512); `shape` = (M, N, K) says which.
 A kernel is compute-bound when its compute term is the larger one, memory-bound otherwise.
@@ -39,6 +41,7 @@ class KernelCost:
     dtype: str  # compute dtype: fp32 | fp16 | bf16 | fp8 | int8
     bytes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     pieces: float = 0.0  # contiguous pieces of off-chip traffic (one DMA descriptor each)
+    rows: float = 0.0  # softmax rows (query position x head), `softmax_row_s` apiece
     shape: tuple[int, int, int] | None = None  # (M, N, K) of a product, for the array's padding
     variant: str = ""  # a product's weight format: `efficiency["matmul:<variant>"]` applies if given
 
@@ -71,6 +74,7 @@ def kernel_time(core: CoreSpec, placement: Mapping[str, str], cost: KernelCost) 
         m, n, k = cost.shape
         flops = 2.0 * m * _padded(n, core.array) * _padded(k, core.array)
     compute = flops / (core.peak_flops[cost.dtype] * eff.compute) if flops else 0.0
+    compute += cost.rows * core.softmax_row_s
     memory = cost.pieces * core.dma_piece_s
     for kind, nbytes in cost.bytes.items():
         if nbytes:

@@ -46,6 +46,7 @@ class CoreSpec:
     )
     array: int | None = None  # a product's N and K are padded to multiples of this (systolic array side)
     dma_piece_s: float = 0.0  # fixed cost of each contiguous piece an off-chip transfer is cut into
+    softmax_row_s: float = 0.0  # fixed cost of each softmax row (a query position of one head)
     # What the device's runtime holds on each core beside the model's tensors (category ->
     # bytes, off-chip if the core has off-chip memory): program code, DMA rings, ...
     reserved: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
@@ -181,6 +182,7 @@ _CORE_FIELDS = {
     "efficiency": "efficiency_map",
     "array": "count",
     "dma_piece_s": "time",
+    "softmax_row_s": "time",
     "reserved": "bytes_map",
     "program_bytes": "bytes",
     "tile_grain": "bytes",
@@ -213,6 +215,7 @@ _OPTIONAL = {
     "source",
     "array",
     "dma_piece_s",
+    "softmax_row_s",
     "reserved",
     "program_bytes",
     "tile_grain",

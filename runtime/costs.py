@@ -71,7 +71,9 @@ def attention(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) 
         shape.batch, shape.tokens, context, hq, hkv, d, act_bytes=a, kv_bytes=t.kv_itemsize, dtype=t.dtype
     )
     traffic = {k: att.bytes.get(k, 0) + kv.bytes.get(k, 0) for k in ("kv_cache", "activations")}
-    return KernelCost("attention", "attention", att.flops, t.dtype, traffic, pieces=att.pieces + kv.pieces)
+    return KernelCost(
+        "attention", "attention", att.flops, t.dtype, traffic, pieces=att.pieces + kv.pieces, rows=att.rows
+    )
 
 
 def _elements(t: StepTimer, node: Node, core: int, rows: int) -> int:

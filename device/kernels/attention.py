@@ -261,7 +261,10 @@ def attention_cost(
     kv = 2.0 * batch * hkv * context * d * kv_bytes
     acts = 2.0 * batch * t * hq * d * act_bytes
     pieces = 2.0 * context if t == 1 else 0.0
-    return KernelCost("attention", "attention", flops, dtype, {"kv_cache": kv, "activations": acts}, pieces=pieces)
+    rows = float(batch * t * hq)
+    return KernelCost(
+        "attention", "attention", flops, dtype, {"kv_cache": kv, "activations": acts}, pieces=pieces, rows=rows
+    )
 
 
 def kv_write_cost(batch: int, t: int, hkv: int, d: int, *, act_bytes: int = 4, kv_bytes: float = 4) -> KernelCost:

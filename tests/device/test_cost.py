@@ -75,6 +75,22 @@ def test_a_decode_step_reads_the_kv_cache_one_position_at_a_time():
     assert t.memory == pytest.approx(kv + acts + 512 * 3e-9, rel=1e-12)
 
 
+def test_each_softmax_row_pays_its_fixed_cost_on_the_compute_side():
+    """`softmax_row_s` per query position and head: a 128-token prefill of 8 heads on 2
+    sequences issues 2 * 128 * 8 rows, a decode step of 4 sequences 4 * 8; it adds to the
+    FLOPs' time, not to the memory side of the roofline."""
+    prefill = attention_cost(batch=2, t=128, context=64.5, hq=8, hkv=2, d=64)
+    decode = attention_cost(batch=4, t=1, context=256, hq=8, hkv=2, d=64)
+    assert (prefill.rows, decode.rows) == (2 * 128 * 8, 4 * 8)
+    plain, slow = Device("tiny"), Device("tiny", softmax_row_s="0.5 us")
+    for cost in (prefill, decode):
+        base, t = plain.kernel_time(cost), slow.kernel_time(cost)
+        assert t.compute == pytest.approx(base.compute + cost.rows * 0.5e-6, rel=1e-12)
+        assert t.memory == base.memory
+    flops = 4 * 2 * 128 * 8 * 64.5 * 64 + 5 * 2 * 128 * 8 * 64.5
+    assert slow.kernel_time(prefill).compute == pytest.approx(flops / 1e12 + 2048 * 0.5e-6, rel=1e-12)
+
+
 def test_a_reserved_category_must_not_be_named_as_a_tensor_kind():
     from tilesim.errors import ConfigError
 

@@ -6,7 +6,7 @@ for every model:
 - the core: the fixed cost of a kernel; the achieved fraction of HBM bandwidth of products
   (weights streamed) and of attention (the KV cache); the cost of one DMA piece (the cache
   is read one position at a time); the achieved fraction of the tensor engine's peak of
-  products and of attention;
+  products and of attention; the fixed cost of one softmax row (a query position of a head);
 - the fabric: the latency of one hop, the fixed cost of a collective, the achieved fraction
   of the links' bandwidth;
 - the host: launching a step's program, a request's setup before its prefill, sampling one

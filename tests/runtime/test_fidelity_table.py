@@ -85,6 +85,23 @@ def test_the_shipped_figures_give_time_to_first_token_within_the_stated_bounds(t
             assert abs(r["ttft_error"]) <= 0.35, r
 
 
+def test_the_command_sums_up_each_instance_against_the_goals(table, capsys):
+    """The closing lines: the mean |error| (one decimal, the goal is 15%) and how many rows
+    are beyond 35%, over all rows and per instance, as counted here from the predictions."""
+    assert main(["fidelity", "--device", "trn1.32xlarge,inf2.48xlarge"]) == 0
+    out = capsys.readouterr().out
+    for instance in ("", "trn1.32xlarge", "inf2.48xlarge"):
+        mine = [r for r in table if instance in r["instance"]]
+        ttft = np.abs([r["ttft_error"] for r in mine])
+        beyond = int((ttft > 0.35).sum()), sum(abs(r["tpot_error"]) > 0.35 for r in mine)
+        label = f"  {instance}: " if instance else ""
+        line = f"{label}{len(mine)} rows; mean |error| TTFT {100 * ttft.mean():.1f}%"
+        assert line in out and f"{line} (worst {100 * ttft.max():.0f}%)" in out
+        summary = next(x for x in out.splitlines() if x.startswith(line))
+        assert summary.endswith(f"rows beyond 35%: TTFT {beyond[0]}, TPOT {beyond[1]}")
+    assert "goals: 15% mean |error|, no row beyond 35%" in out
+
+
 def test_the_a100_preset_gives_gpt_fasts_decode_steps_within_15_percent():
     """gpt-fast on A100-80GB, TP 1-8, bf16/int8/int4 weights: the shipped figures
     (benchmarks/calibrate.py --gpu) give every row's time per token within 15%."""

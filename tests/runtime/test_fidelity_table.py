@@ -46,6 +46,10 @@ def test_a_rows_prediction_is_what_generate_shows_for_the_same_request():
 def test_the_command_refuses_an_instance_with_no_rows(capsys):
     assert main(["fidelity", "--device", "h100"]) == 2
     assert "--device 'h100': no published rows" in capsys.readouterr().err
+    for empty in (",,", ""):
+        assert main(["fidelity", "--device", empty]) == 2
+        err = capsys.readouterr().err
+        assert f"--device {empty!r}: names no device; the rows are of a100," in err
 
 
 @pytest.fixture(scope="module")

@@ -55,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         writable_file(args.plot, "--plot")
     rows, gpu, curve, ipu = load_latency_rows(), load_gpu_rows(), load_allreduce_rows(), load_ipu_rows()
-    if args.device:
+    if args.device is not None:
         wanted = {d.strip() for d in args.device.split(",") if d.strip()}
         known = {r.instance for r in rows} | {r.instance for r in gpu} | {r.instance for r in ipu}
+        if not wanted:
+            raise ConfigError(f"--device {args.device!r}: names no device; the rows are of {', '.join(sorted(known))}")
         unknown = wanted - known
         if unknown:
             raise ConfigError(

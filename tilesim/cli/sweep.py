@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         writable_file(args.plot, "--plot")
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
-    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()] if args.dtype else [None]
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()] if args.dtype is not None else [None]
     degrees = _ints(args.tp, "tp")
     _check_points(devices, degrees, dtypes, args)  # every point's names before any point runs
     unit = sweep_slo.workload(args) if args.slo else None
@@ -95,8 +95,8 @@ def _check_points(devices: list[str], degrees: list[int], dtypes: list[str | Non
     for name in devices:
         if name not in known and not name.endswith((".yaml", ".yml")):
             raise UnknownPreset(f"--device {name!r}: unknown device preset; known presets: {', '.join(known)}")
-    if not devices or not degrees:
-        raise ConfigError("--device and --tp each need at least one value")
+    if not devices or not degrees or not dtypes:
+        raise ConfigError("--device, --tp and --dtype (when given) each need at least one value")
     bad = [d for d in degrees if d < 1]
     if bad:
         raise ConfigError(f"--tp {bad[0]}: a tensor-parallel degree is at least 1")

@@ -70,7 +70,7 @@ def all_or_nothing(paths: list[Path]) -> Iterator[list[Path]]:
 def writable_file(path: str | Path, what: str) -> Path:
     """`path` as a file output: its folder is made if missing and must take a new file; the
     path itself must not be a folder. Raises ConfigError naming `what` (e.g. '--trace')."""
-    path = Path(path)
+    path = _given(path, what)
     if path.is_dir():
         raise ConfigError(f"{what} {path}: is a folder; give a file name")
     _can_write_in(path.parent, f"{what} {path}")
@@ -79,11 +79,18 @@ def writable_file(path: str | Path, what: str) -> Path:
 
 def writable_folder(path: str | Path, what: str) -> Path:
     """`path` as a folder of outputs: made if missing; must take new files."""
-    path = Path(path)
+    path = _given(path, what)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {path}: is a file; give a folder")
     _can_write_in(path, f"{what} {path}")
     return path
+
+
+def _given(path: str | Path, what: str) -> Path:
+    # Path("") is the current folder: an empty argument must not write there unasked
+    if not str(path).strip():
+        raise ConfigError(f"{what} {str(path)!r}: give a path")
+    return Path(path)
 
 
 def _can_write_in(folder: Path, label: str) -> None:

@@ -34,6 +34,8 @@ GENERATE = [
     (["--trace", "/proc/tilesim/t.json"], "--trace /proc/tilesim/t.json: cannot write there"),
     (["--trace", "/tmp"], "--trace /tmp: is a folder; give a file name"),
     (["--plots", "/etc/hostname"], "--plots /etc/hostname: is a file; give a folder"),
+    (["--trace", ""], "--trace '': give a path"),
+    (["--plots", " "], "--plots ' ': give a path"),
     (["--prompt-len", "4"], "--prompt-len is for --timing-only runs"),
 ]
 
@@ -65,11 +67,15 @@ OTHERS = [
     (["sweep", "{llama}", "--prompt-len", "0"], "--prompt-len and --max-new-tokens must each be at least 1"),
     (["sweep", "{llama}", "--tp", "0"], "--tp 0: a tensor-parallel degree is at least 1"),
     (["sweep", "{llama}", "--plot", "/proc/tilesim/s.png"], "--plot /proc/tilesim/s.png: cannot write there"),
+    (["sweep", "{llama}", "--plot", ""], "--plot '': give a path"),
+    (["collectives", "--plot", "", "--cores", "2"], "--plot '': give a path"),
+    (["fidelity", "--device", "a100", "--plot", ""], "--plot '': give a path"),
+    (["serve-sim", "{llama}", "--trace", ""], "--trace '': give a path"),
 ]
 
 
 @pytest.mark.parametrize(("args", "phrase"), OTHERS)
-def test_collectives_and_sweep_get_one_line_for_each_mistake(capsys, tiny_model, args, phrase):
+def test_the_other_commands_get_one_line_for_each_mistake(capsys, tiny_model, args, phrase):
     folder = str(tiny_model("llama"))
     capsys.readouterr()
     code = main([a.format(llama=folder) for a in args])

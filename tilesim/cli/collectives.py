@@ -91,7 +91,7 @@ def _fits_in_host(size: int, cores: int, asked: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plot:
+    if args.plot is not None:
         writable_file(args.plot, "--plot")
     device = Device(args.device, cores=args.cores)
     p = device.num_cores

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         predict_latency,
     )
 
-    if args.plot:
+    if args.plot is not None:
         writable_file(args.plot, "--plot")
     rows, gpu, curve, ipu = load_latency_rows(), load_gpu_rows(), load_allreduce_rows(), load_ipu_rows()
     if args.device is not None:

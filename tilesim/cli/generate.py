@@ -176,9 +176,9 @@ def _prompts(args: argparse.Namespace, checkpoint) -> tuple[list[list[int]], obj
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    if args.trace:  # before the run: a long run must not fail at its end for want of a place to write
+    if args.trace is not None:  # before the run: a long run must not fail at its end for want of a place to write
         writable_file(args.trace, "--trace")
-    if args.plots:
+    if args.plots is not None:
         writable_folder(args.plots, "--plots")
     checkpoint = open_source(args.model, args.timing_only)
     prompts, tokenizer = _prompts(args, checkpoint)

@@ -64,9 +64,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.trace:
+    if args.trace is not None:
         writable_file(args.trace, "--trace")
-    if args.plots:
+    if args.plots is not None:
         writable_folder(args.plots, "--plots")
     if args.slo:
         slo = parse_slo(args.slo)

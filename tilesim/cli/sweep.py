@@ -59,7 +59,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plot:
+    if args.plot is not None:
         writable_file(args.plot, "--plot")
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
     dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()] if args.dtype is not None else [None]

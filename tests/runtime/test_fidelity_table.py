@@ -106,6 +106,22 @@ def test_the_command_sums_up_each_instance_against_the_goals(table, capsys):
     assert "goals: 15% mean |error|, no row beyond 35%" in out
 
 
+def test_the_json_sums_up_each_instance_as_the_rows_say(table, capsys):
+    import json
+
+    assert main(["fidelity", "--device", "inf2.48xlarge", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    mine = [r for r in table if r["instance"] == "inf2.48xlarge"]
+    ttft = np.abs([r["ttft_error"] for r in mine])
+    for name in ("all", "inf2.48xlarge"):
+        s = document["neuron_summary"][name]
+        assert s["rows"] == len(mine) == 16
+        assert s["ttft_mean_abs_error"] == pytest.approx(ttft.mean(), rel=1e-12)
+        assert s["ttft_max_abs_error"] == pytest.approx(ttft.max(), rel=1e-12)
+        assert s["ttft_rows_beyond_goal"] == int((ttft > 0.35).sum())
+    assert set(document["neuron_summary"]) == {"all", "inf2.48xlarge"}
+
+
 def test_the_a100_preset_gives_gpt_fasts_decode_steps_within_15_percent():
     """gpt-fast on A100-80GB, TP 1-8, bf16/int8/int4 weights: the shipped figures
     (benchmarks/calibrate.py --gpu) give every row's time per token within 15%."""

@@ -34,7 +34,10 @@ def add_parser(subparsers) -> None:
         help="only rows of these devices, e.g. trn1.32xlarge,inf2.48xlarge, a100 or ipu-gc200,c600",
     )
     p.add_argument(
-        "--json", action="store_true", help="print JSON: {neuron: [...], gpu: [...], allreduce: [...], ipu: [...]}"
+        "--json",
+        action="store_true",
+        help="print JSON: {neuron: [...], neuron_summary: {all: ..., <instance>: ...}, gpu: [...], "
+        "allreduce: [...], ipu: [...]}",
     )
     p.add_argument("--plot", default=None, metavar="PATH", help="predicted against published on log axes (PNG)")
     p.set_defaults(run=run)
@@ -77,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
         curve_results = [predict_allreduce(r) for r in curve]
         ipu_results = [predict_ipu(r) for r in ipu]
     if args.json:
-        print(json.dumps({"neuron": results, "gpu": gpu_results, "allreduce": curve_results, "ipu": ipu_results},
-                         indent=2))  # fmt: skip
+        document = {"neuron": results, "gpu": gpu_results, "allreduce": curve_results, "ipu": ipu_results}
+        if results:
+            document["neuron_summary"] = summaries(results)
+        print(json.dumps(document, indent=2))
     else:
         if results:
             _print(results)
@@ -162,13 +167,21 @@ def _mean_and_worst(errors: list[float]) -> str:
 
 
 def summary(results: list[dict]) -> dict[str, float]:
-    """Mean and largest |error| of TTFT and TPOT over the rows."""
-    out = {}
+    """Mean and largest |error| of TTFT and TPOT over the rows, and how many rows are
+    beyond the goal's bound for every row."""
+    out: dict[str, float] = {"rows": len(results)}
     for key in ("ttft", "tpot"):
-        errors = [abs(r[f"{key}_error"]) for r in results if r[f"{key}_error"] is not None]
-        out[f"{key}_mean_abs_error"] = float(np.mean(errors)) if errors else 0.0
-        out[f"{key}_max_abs_error"] = float(np.max(errors)) if errors else 0.0
+        errors = np.abs([r[f"{key}_error"] for r in results if r[f"{key}_error"] is not None])
+        out[f"{key}_mean_abs_error"] = float(errors.mean()) if errors.size else 0.0
+        out[f"{key}_max_abs_error"] = float(errors.max()) if errors.size else 0.0
+        out[f"{key}_rows_beyond_goal"] = int((errors > GOAL_ROW).sum())
     return out
+
+
+def summaries(results: list[dict]) -> dict[str, dict[str, float]]:
+    """`summary` over all rows ("all") and over each instance's."""
+    instances = list(dict.fromkeys(r["instance"] for r in results))
+    return {"all": summary(results)} | {i: summary([r for r in results if r["instance"] == i]) for i in instances}
 
 
 def _print(results: list[dict]) -> None:
@@ -195,25 +208,21 @@ def _print(results: list[dict]) -> None:
         ],
         right=("tp", "batch", "in", "out", "TTFT", "predicted", "error", "TPOT", "predicted ", "error "),
     )
-    instances = list(dict.fromkeys(r["instance"] for r in results))
-    groups = [("", results)] + ([(f"  {i}: ", [r for r in results if r["instance"] == i]) for i in instances]
-                                if len(instances) > 1 else [])  # fmt: skip
-    for label, rows in groups:
-        s = summary(rows)
+    groups = summaries(results)
+    for name, s in groups.items():
+        if name != "all" and len(groups) == 2:
+            continue  # one instance: its lines are the whole table's
+        label = "" if name == "all" else f"  {name}: "
         print(
-            f"{label}{len(rows)} rows; mean |error| TTFT {s['ttft_mean_abs_error']:.1%} "
+            f"{label}{s['rows']} rows; mean |error| TTFT {s['ttft_mean_abs_error']:.1%} "
             f"(worst {s['ttft_max_abs_error']:.0%}), TPOT {s['tpot_mean_abs_error']:.1%} "
-            f"(worst {s['tpot_max_abs_error']:.0%}); rows beyond {GOAL_ROW:.0%}: TTFT {_beyond(rows, 'ttft')}, "
-            f"TPOT {_beyond(rows, 'tpot')}"
+            f"(worst {s['tpot_max_abs_error']:.0%}); rows beyond {GOAL_ROW:.0%}: TTFT {s['ttft_rows_beyond_goal']}, "
+            f"TPOT {s['tpot_rows_beyond_goal']}"
         )
     print(
         f"goals: {GOAL_MEAN:.0%} mean |error|, no row beyond {GOAL_ROW:.0%}; docs/fidelity.md says which "
         "rows stay off, and why"
     )
-
-
-def _beyond(rows: list[dict], key: str) -> int:
-    return sum(1 for r in rows if r[f"{key}_error"] is not None and abs(r[f"{key}_error"]) > GOAL_ROW)
 
 
 def _plot(results: list[dict], path: str) -> None:

@@ -257,17 +257,17 @@ def _parse_chip(value: Any, where: str) -> ChipSpec | None:
 def _parse_protocol(value: Any, where: str) -> ProtocolSpec | None:
     if value is None:
         return None
-    fields = _parse_section(value, _PROTOCOL_FIELDS, where)
-    for name in _PROTOCOL_FIELDS:
-        if name not in fields:  # _OPTIONAL names fields by name alone, so a protocol checks its own
-            raise ConfigError(f"{where}.{name}: missing field")
-    protocol = ProtocolSpec(**fields)
+    protocol = ProtocolSpec(**_parse_section(value, _PROTOCOL_FIELDS, where, optional=frozenset()))
     if protocol.from_bytes < 1:
         raise ConfigError(f"{where}.from_bytes: must be at least 1 byte, got {protocol.from_bytes}")
     return protocol
 
 
-def _parse_section(raw: Any, schema: dict[str, str], where: str) -> dict[str, Any]:
+def _parse_section(
+    raw: Any, schema: dict[str, str], where: str, optional: frozenset[str] | set[str] = _OPTIONAL
+) -> dict[str, Any]:
+    """The fields of `raw` parsed by `schema`; a field not in `optional` must be there (a
+    protocol's `bandwidth_efficiency` is required though the fabric's own is optional)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of fields")
     unknown = set(raw) - set(schema)
@@ -277,7 +277,7 @@ def _parse_section(raw: Any, schema: dict[str, str], where: str) -> dict[str, An
     out = {}
     for name, kind in schema.items():
         if name not in raw:
-            if name in _OPTIONAL:
+            if name in optional:
                 continue
             raise ConfigError(f"{where}.{name}: missing field")
         out[name] = _parse_value(kind, raw[name], f"{where}.{name}")

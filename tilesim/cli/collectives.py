@@ -20,6 +20,7 @@ from tilesim.collectives import ALGORITHMS, OPS, algorithms_for, check_against_n
 from tilesim.collectives.numerics import DTYPES
 from tilesim.collectives.schedule import bounds
 from tilesim.device import Device, FaultSpec
+from tilesim.device.topology import Topology
 from tilesim.errors import ConfigError
 from tilesim.profiler.output import atomic_save, writable_file
 from tilesim.units import fmt_bytes, fmt_time, parse_size
@@ -163,10 +164,10 @@ def _print(rows: list[dict], device: Device, args: argparse.Namespace) -> None:
         )
         big = device.spec.fabric.large_messages
         if big is not None:
+            large = Topology(device.spec.fabric.for_message(big.from_bytes), device.num_cores).links[0]
             print(
                 f"from {fmt_bytes(big.from_bytes)} on, the large-message protocol's figures: "
-                f"link bandwidth {link / device.spec.fabric.bandwidth_efficiency * big.bandwidth_efficiency / 1e9:.3f} "
-                f"GB/s per direction, {fmt_time(big.link_latency)} per hop."
+                f"link bandwidth {large.bandwidth / 1e9:.3f} GB/s per direction, {fmt_time(big.link_latency)} per hop."
             )
 
 

@@ -507,12 +507,16 @@ def main() -> None:
     tasks: list[tuple[str, str | None]] = [(i, None) for i in instances]
     if not args.no_lomo:
         tasks += [(i, m) for i in instances for m in sorted({r.model for r in rows if r.instance == i})]
+    fitted = {}
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         for instance, held, params, lines in pool.imap(_task, tasks):
             print("\n".join(lines), flush=True)
-            if args.write and held is None:
-                write_preset(instance, params)
-                print(f"  wrote {PRESETS / (instance + '.yaml')}", flush=True)
+            if held is None:
+                fitted[instance] = params
+    if args.write:  # once every fit is done: the other fits' workers read these files
+        for instance, params in fitted.items():
+            write_preset(instance, params)
+            print(f"wrote {PRESETS / (instance + '.yaml')}", flush=True)
 
 
 if __name__ == "__main__":

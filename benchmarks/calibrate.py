@@ -16,11 +16,12 @@ runtime's context batch of one sequence (transformers-neuronx's with continuous 
 published batched TTFTs, about B times batch 1's, say the benchmark ran so), element-wise
 efficiencies.
 
-The fit minimises the mean absolute relative error of TTFT and TPOT over the rows: a row's
-predicted times are close to linear in the parameters (times, and the inverse of each
-efficiency), so each round measures the slopes by finite differences (the model is loaded
-once per row and retimed: `Model.timer_for`), solves a reweighted non-negative
-least-squares problem and keeps the step if it lowers the error (else halves it).
+The fit minimises the mean absolute relative error of TTFT and TPOT over the rows
+(`NEURON_POWER`), the goal's measure. A row's predicted times are close to linear in the
+parameters (times, and the inverse of each efficiency), so each round measures the slopes by
+finite differences (the model is loaded once per row and retimed: `Model.timer_for`),
+solves a reweighted non-negative least-squares problem and keeps the step if it lowers the
+error (else halves it).
 
 Run: `python benchmarks/calibrate.py` (in-sample fit of both instances, then
 leave-one-model-out: fit on two of Llama-2-7b/13b/70b, predict the third). `--write` puts the
@@ -74,6 +75,13 @@ PARAMS = (
     Param("sample_s", False, "ms"),
 )
 SCALE = {"us": 1e-6, "ns": 1e-9, "ms": 1e-3, "": 1.0}
+
+
+# The mean |error| (power 1), the goal's measure. The mean of the squares (power 2) brings
+# every trn1 row within 35% (the 34 rows' mean 14.8% against 14.0%) but predicts the models
+# left out worse: a mean of 32% against 29% over the six, Llama-2-70b's TPOT on inf2 24%
+# against 19% (docs/fidelity.md, "Tried and not kept")
+NEURON_POWER = 1.0
 
 
 # Where every fit starts: typical figures, not the shipped ones (a leave-one-model-out fit
@@ -473,7 +481,7 @@ def _task(task: tuple[str, str | None]) -> tuple[str, str | None, dict[str, floa
     instance, held = task
     mine = [r for r in load_latency_rows() if r.instance == instance]
     train = [r for r in mine if r.model != held]
-    params = fit(train, START)
+    params = fit(train, START, power=NEURON_POWER)
     if held is None:
         lines = [
             summary(f"{instance} as shipped", mine, predictions(mine, current(instance))),

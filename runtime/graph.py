@@ -89,6 +89,7 @@ class DecoderGraph:
     kv_heads: int
     head_dim: int
     max_positions: int
+    hidden: int  # the residual stream's width
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -276,5 +277,6 @@ class GraphBuilder:
             kv_heads=self.kv_heads,
             head_dim=self.head_dim,
             max_positions=self.max_positions,
+            hidden=self.hidden,
             meta=meta,
         )

@@ -233,12 +233,9 @@ class Model:
         return self._timer(device, CollectivePlan(device, self.tp, itemsize, region, self.algo), spans)
 
     def _timer(self, device: Device, collectives: CollectivePlan, spans: bool = True) -> StepTimer:
-        plan = self._session.plan
-        # live activation bytes per token row on the fullest core (laid out in fp32, `act_bytes` wide)
-        per_row = max(plan.activations) / max(plan.rows, 1) * self.precision.act_bytes / 4
         return StepTimer(
             self.program, device, self.weight_bytes, self.precision, collectives, self.formats, spans=spans,
-            activations_per_row=per_row, moe_imbalance=self.moe_imbalance,
+            moe_imbalance=self.moe_imbalance,
         )  # fmt: skip
 
     def _bind(self) -> None:

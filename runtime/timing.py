@@ -134,7 +134,6 @@ class StepTimer:
         formats: dict[str, str] | None = None,
         *,
         spans: bool = True,
-        activations_per_row: float = 0.0,
         moe_imbalance: float = 1.0,
     ):
         self.program, self.graph, self.sp, self.device = program, program.graph, program.sp, device
@@ -149,7 +148,10 @@ class StepTimer:
         self._cache: dict[StepShape, StepTiming] = {}
         self._classes: list[int] | None = None
         self.spans = spans  # False: latencies only (fitting), no per-core spans
-        self.activations_per_row = activations_per_row  # live activation bytes per token row (worst core)
+        # A fused layer keeps the residual stream (each row's hidden state) in tile memory from
+        # kernel to kernel and streams every other operand through it in tiles, so a step's
+        # activations stay on chip while its rows' hidden states fit (docs/timing-model.md)
+        self.residual_per_row = graph.hidden * self.act_bytes
         # timing-only mixtures of experts: the busiest expert-parallel core gets this many
         # times its uniform share of the routed rows (an assumption the report states)
         self.moe_imbalance = moe_imbalance
@@ -359,11 +361,12 @@ class StepTimer:
 
     def _placement(self, shape: StepShape) -> dict[str, str]:
         """Where each kind of tensor is read from in this step: activations are staged in tile
-        memory when the step's live activations fit there, else they stream through off-chip
-        memory (a long prefill spills out of a NeuronCore's 24 MiB SBUF; a decode step does not)."""
+        memory when the hidden states of the step's rows fit there, else they stream through
+        off-chip memory (a 2048-token prefill of Llama-2-70b, 32 MiB of bf16 hidden states,
+        spills out of a NeuronCore's 24 MiB SBUF; its 1024-token prefill and a decode step do not)."""
         placement = dict(self.device.spec.placement)
         core = self.device.spec.core
-        spills = self.activations_per_row * shape.rows > core.tile_memory_bytes
+        spills = self.residual_per_row * shape.rows > core.tile_memory_bytes
         if placement["activations"] == "tiles" and core.offchip_bytes and spills:
             placement["activations"] = "offchip"
         return placement

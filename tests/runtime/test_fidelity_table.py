@@ -69,22 +69,23 @@ def test_the_shipped_figures_give_each_published_time_per_token_within_15_percen
     assert np.abs(errors).max() <= 0.15
 
 
-@pytest.mark.parametrize("instance", ["trn1.32xlarge", "inf2.48xlarge"])
-def test_the_shipped_figures_give_time_to_first_token_within_the_stated_bounds(table, instance):
-    """TTFT: mean |error| at most 18% per instance, and every row within 35% but the rows
-    docs/fidelity.md lists as inconsistent with the others of their instance (on inf2 a
-    batch-8 4k prefill 21 times a batch-1 one; on trn1 a batch-4 8k prefill 1.95 times a
-    batch-1 one where batch 8 at 4k is 7.7 times, and Llama-2-70b's 1k prompts 3 times
-    faster per token than its 2k ones)."""
+def test_the_shipped_figures_give_time_to_first_token_within_the_goals_but_three_rows(table):
+    """TTFT: the goal's 15% mean |error| over the 34 rows, at most 16% on either instance, and
+    every row within 35% but three that docs/fidelity.md shows at odds with the others of
+    their instance (on inf2, Llama-2-13b's batch-8 4096-token prefill is 21 times its batch-1
+    one; on trn1, Llama-2-13b's batch-1 long prompts are 2.6 times slower than on inf2 and
+    its batch-4 8192-token prefill only 1.95 times its batch-1 one); those within 60%."""
     outliers = {
         ("inf2.48xlarge", "Llama-2-13b", 8, 4096),
-        ("trn1.32xlarge", "Llama-2-13b", 4, 8192),
-        ("trn1.32xlarge", "Llama-2-70b", 1, 1024),
+        ("trn1.32xlarge", "Llama-2-13b", 1, 4096),
+        ("trn1.32xlarge", "Llama-2-13b", 1, 8192),
     }
-    mine = [r for r in table if r["instance"] == instance]
-    errors = np.array([r["ttft_error"] for r in mine])
-    assert np.abs(errors).mean() <= 0.18
-    for r in mine:
+    errors = np.abs([r["ttft_error"] for r in table])
+    assert errors.mean() <= 0.15
+    assert errors.max() <= 0.6
+    for instance in ("trn1.32xlarge", "inf2.48xlarge"):
+        assert np.mean([abs(r["ttft_error"]) for r in table if r["instance"] == instance]) <= 0.16
+    for r in table:
         if (r["instance"], r["model"], r["batch"], r["input_len"]) not in outliers:
             assert abs(r["ttft_error"]) <= 0.35, r
 

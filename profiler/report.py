@@ -90,6 +90,8 @@ def build_report(trace: Trace) -> dict[str, Any]:
         report["precision"] = trace.model["precision"]
     if trace.memory is not None:
         report["memory"] = memory_report(trace)
+    if trace.model.get("staged_rows") is not None:  # the most token rows a step keeps its activations on chip for
+        report["staged_rows"] = trace.model["staged_rows"]
     return report
 
 

@@ -46,6 +46,7 @@ def model_info(model: Model) -> dict:
         "heads_padded_to": model.sp.heads[0],
         "timing_only": model.timing_only,
         "buckets": {"prefill": list(model.buckets.prefill), "decode": list(model.buckets.decode)},
+        "staged_rows": model.timer.staged_rows(),
     }
 
 

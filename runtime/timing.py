@@ -365,11 +365,18 @@ class StepTimer:
         off-chip memory (a 2048-token prefill of Llama-2-70b, 32 MiB of bf16 hidden states,
         spills out of a NeuronCore's 24 MiB SBUF; its 1024-token prefill and a decode step do not)."""
         placement = dict(self.device.spec.placement)
-        core = self.device.spec.core
-        spills = self.residual_per_row * shape.rows > core.tile_memory_bytes
-        if placement["activations"] == "tiles" and core.offchip_bytes and spills:
+        staged = self.staged_rows()
+        if staged is not None and shape.rows > staged:
             placement["activations"] = "offchip"
         return placement
+
+    def staged_rows(self) -> int | None:
+        """The most token rows a step can have and still read its activations from tile memory
+        (their hidden states fit there); None when the placement does not depend on the rows."""
+        core = self.device.spec.core
+        if self.device.spec.placement["activations"] != "tiles" or not core.offchip_bytes:
+            return None
+        return int(core.tile_memory_bytes // self.residual_per_row)
 
     def _collective_spans(self, node, index, op, n, planned, ready, classes, start, slowest, base) -> list[Span]:
         """A collective's spans on the cores of its stage (a send's: on the receiving stage's)."""

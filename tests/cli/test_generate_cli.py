@@ -164,3 +164,14 @@ def test_a_pipeline_that_does_not_divide_the_layers_says_so_in_flags(capsys, tin
     err = capsys.readouterr().err
     assert code != 0 and "do not split evenly over --pp 2" in err and "--layers-per-stage" in err
     assert "Traceback" not in err
+
+
+def test_the_report_says_up_to_how_many_rows_a_step_reads_its_activations_from_tile_memory(capsys):
+    """Llama-2-70b on a NeuronCore: 24 MiB of SBUF over 8192 bf16 features a row."""
+    args = ["generate", "llama-2-70b", "--timing-only", "--device", "trn1.32xlarge", "--tp", "32"]
+    assert main([*args, "--prompt-len", "8", "--max-new-tokens", "1", "--dtype", "bf16"]) == 0
+    rows = 24 * 2**20 // (8192 * 2)
+    line = f"timing: steps of up to {rows} token rows read their activations from tile memory"
+    assert line in capsys.readouterr().out
+    assert main([*args, "--prompt-len", "8", "--max-new-tokens", "1", "--dtype", "bf16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["report"]["staged_rows"] == rows

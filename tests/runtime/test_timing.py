@@ -112,8 +112,10 @@ def test_a_step_whose_hidden_states_do_not_fit_in_tile_memory_reads_its_activati
     (12 KiB) do not, and a one-row decode step's do."""
     device = tilesim.Device("tiny", cores=1, tiles=8, tile_bytes="1 KiB")
     model = tilesim.load(str(tiny_model("gpt2")), device=device, tp=1, max_context=128)
+    assert model.timer.staged_rows() == 8 * 1024 // (48 * 4)
     for tokens, act_bw in ((32, 1e12), (64, 100e9)):
         out = model.generate([[i % 90 + 1 for i in range(tokens)]], max_new_tokens=2, eos_token_id=None)
+        assert out.trace.model["staged_rows"] == 42
         for step, rows, bw in ((out.trace.steps[0], tokens, act_bw), (out.trace.steps[-1], 1, 1e12)):
             up = next(s for s in step.spans if s.name == "up" and s.layer == 0)
             weights = (192 * 48 + 192) * 4 / 100e9

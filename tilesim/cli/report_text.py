@@ -95,6 +95,11 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         )
         for note in memory["notes"]:
             print(f"note: {note}")
+        if report.get("staged_rows") is not None:
+            print(
+                f"timing: steps of up to {report['staged_rows']} token rows read their activations from tile memory"
+                " (their hidden states fit there), longer steps from off-chip memory"
+            )
     precision = report.get("precision")
     if precision:
         acts = precision["activations"]

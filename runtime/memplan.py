@@ -48,7 +48,6 @@ class MemoryPlan:
     activations: list[int]
     regions: dict[str, str]  # kind -> region
     layouts: list[ActivationLayout]
-    rows: int  # activation rows of the largest step (prefill batch x prefill tokens, at least batch)
     notes: list[str] = field(default_factory=list)
     reserved: dict[str, int] = field(default_factory=dict)  # per core: the runtime's categories (CoreSpec.reserved)
     kv_kind: str = "kv_cache"  # or "recurrent_state" (RWKV): what `kv_cache` holds
@@ -85,7 +84,7 @@ def plan_memory(
     """
     graph, tp, stages = program.graph, program.tp, program.stages
     pipe = program.pipeline
-    rows = max(batch, (batch if prefill_batch is None else prefill_batch) * prefill_tokens)
+    rows = max(batch, (batch if prefill_batch is None else prefill_batch) * prefill_tokens)  # of the largest step
     weights, kv = [], []
     for stage in range(stages.pp):
         held = [p for p in weight_sizes if stage in pipe.param_stages.get(p, (0,))]
@@ -108,7 +107,7 @@ def plan_memory(
         reserved["compiled_programs"] = programs * aligned(device.spec.core.program_bytes)
     regions.update(dict.fromkeys(reserved, "offchip" if device.spec.core.offchip_bytes else "tiles"))
     regions.setdefault("recurrent_state", regions["kv_cache"])
-    plan = MemoryPlan(weights, kv, activations, regions, layouts, rows, reserved=reserved, kv_kind=kv_kind)
+    plan = MemoryPlan(weights, kv, activations, regions, layouts, reserved=reserved, kv_kind=kv_kind)
     _fit(plan, graph, device, stages)
     return plan
 

@@ -208,7 +208,10 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device, stages: Stages) 
             plan.regions["activations"] = "offchip"
             need["tiles"] -= moved
             need["offchip"] += moved
-            plan.notes.append(f"activations ({fmt_bytes(moved)} per core) do not fit in tile memory: placed off-chip")
+            plan.notes.append(
+                f"the largest step's activations, every value it holds live ({fmt_bytes(moved)} per core), do not "
+                "fit in tile memory: laid out off-chip (the timing keeps a step's hidden states on chip while they fit)"
+            )
     for region in ("offchip", "tiles"):  # off-chip first: there, the weights are what does not fit
         if need[region] > capacity[region]:
             label = {"weights": "weights", "kv_cache": "KV cache", "activations": "activations",

@@ -175,3 +175,15 @@ def test_the_report_says_up_to_how_many_rows_a_step_reads_its_activations_from_t
     assert line in capsys.readouterr().out
     assert main([*args, "--prompt-len", "8", "--max-new-tokens", "1", "--dtype", "bf16", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["report"]["staged_rows"] == rows
+
+
+def test_the_report_tells_the_memory_layout_of_the_largest_step_from_the_timings_staging(capsys):
+    """A 1024-token prefill of Llama-2-70b: its hidden states (16 MiB) fit in a NeuronCore's
+    24 MiB of SBUF, so the timing stages them; every value the step holds live does not, so
+    the memory plan lays its activations out off-chip. The report says which is which."""
+    args = ["generate", "llama-2-70b", "--timing-only", "--device", "trn1.32xlarge", "--tp", "32", "--dtype", "bf16"]
+    assert main([*args, "--prompt-len", "1024", "--max-new-tokens", "1", "--report"]) == 0
+    out = capsys.readouterr().out
+    note = next(line for line in out.splitlines() if line.startswith("note: the largest step's activations"))
+    assert "do not fit in tile memory: laid out off-chip" in note and "hidden states on chip while they fit" in note
+    assert "timing: steps of up to 1536 token rows read their activations from tile memory" in out

@@ -524,13 +524,14 @@ def _task(task: tuple[tuple[str, ...], str | None]) -> tuple[str | None, dict[st
     start, params = joint_start(instances), joint_params(instances)
     values = fit(train, start, params=params, predict=joint_predictions, power=NEURON_POWER)
     fitted = {i: instance_values(values, i) for i in instances}
-    lines = []
+    lines, in_sample = [], []
     for i in instances:
         own = [r for r in mine if r.instance == i]
         if held is None:
+            in_sample.append(predictions(own, fitted[i]))
             lines += [
                 summary(f"{i} as shipped", own, predictions(own, current(i))),
-                summary(f"{i} fitted in sample", own, predictions(own, fitted[i])),
+                summary(f"{i} fitted in sample", own, in_sample[-1]),
                 f"  {show(fitted[i])}",
             ]
         elif test := [r for r in own if r.model == held]:  # a model may have rows on one instance only
@@ -540,7 +541,7 @@ def _task(task: tuple[tuple[str, ...], str | None]) -> tuple[str | None, dict[st
                 summary(f"{i}, {held} left out: predicted", test, predictions(test, fitted[i])),
             ]
     if held is None and len(instances) > 1:
-        lines.append(summary("all instances fitted in sample", mine, joint_predictions(mine, values)))
+        lines.append(summary("all instances fitted in sample", mine, np.concatenate(in_sample)))
     return held, fitted, lines
 
 

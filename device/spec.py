@@ -363,6 +363,8 @@ def _check_device(spec: DeviceSpec, where: str) -> None:
 def _override(spec: DeviceSpec, name: str, value: Any) -> DeviceSpec:
     where = f"override {name}"
     if name == "cores":
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ConfigError(f"cores={value} must be at least 1")  # in the caller's words: a core count
         return dataclasses.replace(spec, cores=_parse_value("count", value, where))
     if name in _CORE_FIELDS:
         if name == "peak_flops":

@@ -123,6 +123,11 @@ class Model:
         self.moe = moe
         if not (isinstance(moe_imbalance, int | float) and 1.0 <= moe_imbalance <= 1e6):
             raise ConfigError(f"moe_imbalance={moe_imbalance!r} must be a number of at least 1 (1: uniform routing)")
+        if moe_imbalance != 1.0 and moe != "ep":
+            raise ConfigError(
+                f"moe_imbalance={moe_imbalance!r} is the busiest expert-parallel core's share of the tokens: "
+                "it needs moe='ep' (whole experts on cores)"
+            )
         self.moe_imbalance = float(moe_imbalance)
         if self.sp.heads[0] != self.graph.heads:
             extra = self.sp.heads[0] / self.graph.heads - 1

@@ -48,7 +48,7 @@ def warp(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     """Logits (rows, vocab) after temperature, top-k and top-p (removed ones are -inf)."""
     scores = logits.astype(np.float32, copy=True)
     if params.temperature is not None and params.temperature != 1.0:
-        scores = scores / np.float32(params.temperature)
+        scores = _divided(scores, params.temperature)
     if params.top_k is not None:
         k = min(params.top_k, scores.shape[-1])
         kth = np.partition(scores, -k, axis=-1)[:, -k][:, None]
@@ -63,6 +63,20 @@ def warp(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
         np.put_along_axis(mask, order, remove, axis=-1)
         scores = np.where(mask, -np.inf, scores).astype(np.float32)
     return scores
+
+
+def _divided(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """scores / t in float32, as transformers divides. A temperature so small that the largest
+    logits overflow (or that is 0 in float32) gets its limit instead of inf - inf: the largest
+    logits alike, all others removed."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        t = np.float32(temperature)  # above float32's range: inf, and every score 0 (uniform)
+        out = scores / t if t > 0 else np.full_like(scores, np.inf)
+    overflowed = ~np.isfinite(out).all(axis=-1)
+    if overflowed.any():
+        rows = scores[overflowed]
+        out[overflowed] = np.where(rows == rows.max(axis=-1, keepdims=True), 0.0, -np.inf)
+    return out
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -138,9 +138,11 @@ def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False
             else:
                 sp.rows[param] = full
     if moe == "ep":
-        for node in graph.nodes:
-            if node.op == "moe":
-                _expert_parallel(sp, graph, node, tp)
+        mixtures = [node for node in graph.nodes if node.op == "moe"]
+        if not mixtures:
+            raise ShardingError(f"moe='ep' places whole experts on cores, but {graph.name} has no experts")
+        for node in mixtures:
+            _expert_parallel(sp, graph, node, tp)
     elif moe != "tp":
         raise ShardingError(f"moe={moe!r}: use tp (experts split by width) or ep (whole experts on cores)")
     sp.nodes = _with_collectives(graph, tp)

@@ -27,7 +27,15 @@ import numpy as np
 from tilesim.errors import GenerationError, NumericalError
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.sampling import SamplingParams, choose
-from tilesim.serving.scheduler import Live, Scheduler, ServerState, StepPlan, make_scheduler
+from tilesim.serving.scheduler import (
+    ContinuousBatching,
+    Live,
+    Scheduler,
+    ServerState,
+    StaticBatching,
+    StepPlan,
+    make_scheduler,
+)
 from tilesim.serving.workload import Request, WorkloadError
 
 
@@ -178,6 +186,11 @@ def serve(
     """Serve `requests` on `model`'s device (see the module doc); functional unless the model
     was loaded timing-only. `progress(n)` is called as n more requests finish."""
     policy = make_scheduler(scheduler)
+    if chunk_size is not None and isinstance(policy, StaticBatching | ContinuousBatching):
+        raise WorkloadError(
+            f"chunk_size={chunk_size!r} is the chunked scheduler's prompt tokens per step; "
+            f"scheduler={policy.name!r} prefills whole prompts"
+        )
     functional = not model.timing_only
     requests = _checked(model, requests, max_num_seqs, chunk_size, functional)
     params = SamplingParams(temperature, top_k, top_p, 0)

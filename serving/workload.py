@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tilesim.errors import WorkloadError
+from tilesim.runtime.checks import whole
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Request:
 
 
 FIELDS = ("arrival", "prompt_tokens", "output_tokens")
+MAX_TOKENS = 10_000_000  # a prompt or output length beyond any model's positions: refused as a slip
+MAX_REQUESTS = 1_000_000  # a drawn workload's size: each request's record stays in memory (about 2 KiB)
 
 
 def read_workload(path: str | Path) -> list[Request]:
@@ -89,6 +92,8 @@ def _csv(text: str, path: Path) -> list[tuple[int, dict]]:
         fields = {(k or "").strip(): v for k, v in record.items()}
         if None in record.values() or "" in fields.values():
             raise WorkloadError(f"{path}, line {reader.line_num}: a field is missing")
+        if None in record:  # DictReader's key for the values beyond the header's names
+            raise WorkloadError(f"{path}, line {reader.line_num}: more fields than the header names")
         rows.append((reader.line_num, fields))
     return rows
 
@@ -101,8 +106,8 @@ def _request(fields: dict, line: int, path: Path, index: int) -> Request:
     arrival = _number(fields["arrival"], "arrival", where)
     if not math.isfinite(arrival) or arrival < 0:
         raise WorkloadError(f"{where}: arrival {fields['arrival']!r} must be a time in seconds, 0 or later")
-    prompt = _count(fields["prompt_tokens"], "prompt_tokens", where, 1)
-    output = _count(fields["output_tokens"], "output_tokens", where, 1)
+    prompt = _count(fields["prompt_tokens"], "prompt_tokens", where, 1, MAX_TOKENS)
+    output = _count(fields["output_tokens"], "output_tokens", where, 1, MAX_TOKENS)
     seed = _count(fields.get("seed", 0), "seed", where, 0)
     rid = _count(fields.get("id", index), "id", where, 0)
     return Request(rid, arrival, prompt, output, seed)
@@ -117,10 +122,11 @@ def _number(value, name: str, where: str) -> float:
         raise WorkloadError(f"{where}: {name} must be a number, not {value!r}") from None
 
 
-def _count(value, name: str, where: str, low: int) -> int:
+def _count(value, name: str, where: str, low: int, high: float = math.inf) -> int:
     number = _number(value, name, where)
-    if not math.isfinite(number) or number != int(number) or number < low:
-        raise WorkloadError(f"{where}: {name} must be a whole number of at least {low}, not {value!r}")
+    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
+        bound = f"of at least {low}" if math.isinf(high) else f"from {low} to {high:,}"
+        raise WorkloadError(f"{where}: {name} must be a whole number {bound}, not {value!r}")
     return int(number)
 
 
@@ -147,10 +153,11 @@ def parse_lengths(text: str, what: str) -> tuple[str, tuple[int, ...]]:
     if kind not in shapes or len(numbers) != shapes[kind]:
         raise WorkloadError(f"{what} {text!r}: give fixed:N, uniform:LO,HI or zipf:S,LO,HI (token counts)")
     counts = numbers[1:] if kind == "zipf" else numbers
-    if any(c != int(c) or c < 1 for c in counts) or (len(counts) == 2 and counts[0] > counts[1]):
-        raise WorkloadError(f"{what} {text!r}: token counts are whole numbers of at least 1, LO <= HI")
-    if kind == "zipf" and numbers[0] <= 0:
-        raise WorkloadError(f"{what} {text!r}: the Zipf exponent must be positive")
+    whole_counts = all(math.isfinite(c) and c == int(c) and 1 <= c <= MAX_TOKENS for c in counts)
+    if not whole_counts or (len(counts) == 2 and counts[0] > counts[1]):
+        raise WorkloadError(f"{what} {text!r}: token counts are whole numbers from 1 to {MAX_TOKENS:,}, LO <= HI")
+    if kind == "zipf" and not (math.isfinite(numbers[0]) and numbers[0] > 0):
+        raise WorkloadError(f"{what} {text!r}: the Zipf exponent must be a positive number")
     return kind, tuple(int(c) if i or kind != "zipf" else c for i, c in enumerate(numbers))
 
 
@@ -178,6 +185,12 @@ def synthetic(
     """`requests` requests arriving at `rate` per second on average (see the module doc)."""
     if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
         raise WorkloadError(f"requests={requests!r} must be a whole number of at least 1")
+    if requests > MAX_REQUESTS:
+        raise WorkloadError(
+            f"requests={requests} is more than one run takes ({MAX_REQUESTS:,}: every request's record is kept, "
+            "about 2 KiB each); serve fewer, or several workloads with their own seeds"
+        )
+    whole("seed", seed, 0, WorkloadError)
     if not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
         raise WorkloadError(f"rate={rate!r} must be a positive number of requests per second")
     if arrivals not in ("poisson", "gamma"):

@@ -37,6 +37,19 @@ GENERATE = [
     (["--trace", ""], "--trace '': give a path"),
     (["--plots", " "], "--plots ' ': give a path"),
     (["--prompt-len", "4"], "--prompt-len is for --timing-only runs"),
+    # options that mean something only beside another: refused alone, not ignored
+    (["--micro-batches", "2"], "--micro-batches is for pipelined runs (--pp or --layers-per-stage)"),
+    (["--cores-per-actor", "2"], "--cores-per-actor is for runs on Ray actors (--ray)"),
+    (["--actor-memory", "1GiB"], "--actor-memory is for runs on Ray actors (--ray)"),
+    (["--speculate", "3"], "--speculate is for speculative decoding (--draft)"),
+    (["--draft-tp", "2"], "--draft-tp is for speculative decoding (--draft)"),
+    (["--moe-imbalance", "2"], "--moe-imbalance is for --timing-only runs"),
+    (["--chat"], "--chat is for --prompt text"),
+    (["--moe", "ep"], "--moe ep places whole experts on cores, but llama has no experts"),
+    (["--prompt-ids", "1,,2"], "--prompt-ids '1,,2': give comma-separated integers"),
+    (["--trace", "out", "--plots", "out"], "--trace and --plots both name"),
+    (["--draft", "{llama}", "--speculate", "0"], "--speculate 0 must be at least 1"),
+    (["--draft", "{llama}", "--draft-tp", "0"], "--draft-tp 0 must be at least 1"),
 ]
 
 
@@ -44,7 +57,9 @@ GENERATE = [
 def test_generate_gets_one_line_for_each_mistake(capsys, tiny_model, args, phrase):
     folder = str(tiny_model("llama"))
     capsys.readouterr()  # what making the tiny model printed
-    code = main(["generate", folder, "--prompt-ids", "1,2", "--max-new-tokens", "2", *args])
+    code = main(
+        ["generate", folder, "--prompt-ids", "1,2", "--max-new-tokens", "2", *(a.format(llama=folder) for a in args)]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("tilesim: error: ") and err.count("\n") == 1 and "Traceback" not in err
@@ -71,6 +86,13 @@ OTHERS = [
     (["collectives", "--plot", "", "--cores", "2"], "--plot '': give a path"),
     (["fidelity", "--device", "a100", "--plot", ""], "--plot '': give a path"),
     (["serve-sim", "{llama}", "--trace", ""], "--trace '': give a path"),
+    (["collectives", "--cores", "0"], "--cores 0 must be at least 1"),
+    (["sweep", "{llama}", "--max-context", "16", "--prompt-len", "64"], "--max-context 16 holds fewer positions"),
+    (["sweep", "{llama}", "--max-num-seqs", "4"], "--max-num-seqs is for --slo"),
+    (
+        ["sweep", "{llama}", "--slo", "ttft_p99=1", "--chunk-size", "8"],
+        "--chunk-size is for --slo with --scheduler chunked",
+    ),
 ]
 
 

@@ -9,8 +9,8 @@ from tilesim.cli.main import main
 from tilesim.serving import parse_slo
 from tilesim.serving.slo import max_rate
 
-BASE = ["llama-2-7b", "--device", "trn1", "--tp", "8", "--requests", "60", "--prompt-len", "uniform:32,256",
-        "--output-len", "uniform:8,64"]  # fmt: skip
+MODEL = ["llama-2-7b", "--device", "trn1", "--tp", "8"]
+BASE = [*MODEL, "--requests", "60", "--prompt-len", "uniform:32,256", "--output-len", "uniform:8,64"]
 
 
 def test_percentiles_plots_and_trace_of_a_named_model(tmp_path, capsys):
@@ -75,7 +75,15 @@ def test_max_rate_against_a_closed_form():
         (["--rate", "0"], "--rate 0.0 must be a positive number"),
         (["--requests", "0"], "--requests 0 must be at least 1"),
         (["--max-num-seqs", "0"], "--max-num-seqs 0 must be a whole number of at least 1"),
-        (["--chunk-size", "0"], "--chunk-size 0 must be a whole number"),
+        (["--scheduler", "chunked", "--chunk-size", "0"], "--chunk-size 0 must be a whole number"),
+        (["--chunk-size", "64"], "--chunk-size is for --scheduler chunked"),
+        (["--workload", "w.jsonl", "--rate", "3"], "--rate is for a drawn workload; --workload FILE gives"),
+        (["--cv", "2"], "--cv is for --arrivals gamma"),
+        (["--probes", "3"], "--probes is for the rate search (--slo)"),
+        (["--seed", "-1"], "--seed -1 must be at least 0"),
+        (["--requests", "1000000000"], "--requests 1000000000 is more than one run takes"),
+        (["--prompt-len", "zipf:nan,1,9"], "the Zipf exponent must be a positive number"),
+        (["--trace", "out", "--plots", "out"], "--trace and --plots both name"),
         (["--prompt-len", "uniform:9"], "prompt 'uniform:9': give fixed:N"),
         (["--output-len", "fixed:4000", "--max-context", "512"], "request 0 needs"),
         (["--slo", "latency=3"], "SLO term 'latency=3'"),
@@ -87,7 +95,8 @@ def test_max_rate_against_a_closed_form():
     ],
 )
 def test_bad_input_is_one_line(capsys, args, message):
-    assert main(["serve-sim", *BASE, *args]) == 2
+    base = MODEL if "--workload" in args else BASE  # a file's requests take no drawn-workload options
+    assert main(["serve-sim", *base, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 

@@ -152,3 +152,12 @@ def test_the_printed_report_says_which_routing_timed_the_run(tiny_model, capsys)
     assert "timing assumes the routing of each step" in capsys.readouterr().out
     assert main([*args, "--timing-only", "--moe-imbalance", "1.5"]) == 0
     assert "timing assumes uniform routing, the busiest core 1.5x its share" in capsys.readouterr().out
+
+
+def test_expert_options_are_refused_where_they_would_do_nothing(tiny_model):
+    dense = str(tiny_model("llama"))
+    with pytest.raises(tilesim.ShardingError, match="moe='ep' places whole experts on cores, but llama has no experts"):
+        tilesim.load(dense, device=tilesim.Device("tiny", cores=3), tp=3, moe="ep")
+    with pytest.raises(tilesim.ConfigError, match=r"moe_imbalance=2\.0 .* it needs moe='ep'"):
+        tilesim.load(str(tiny_model("mixtral")), device=tilesim.Device("tiny", cores=2), tp=2, pad_heads=True,
+                     timing_only=True, moe_imbalance=2.0)  # fmt: skip

@@ -58,3 +58,19 @@ def test_draws_follow_the_seed_and_stay_inside_top_k():
 def test_bad_sampling_arguments(kw, message):
     with pytest.raises(GenerationError, match=message):
         SamplingParams(**kw)
+
+
+@pytest.mark.parametrize("temperature", [1e-320, 1e-40, 1e-38])
+def test_a_temperature_too_small_for_float32_draws_among_the_largest_logits(temperature):
+    # logits / T overflows (or T is 0 in float32): the limit T -> 0 keeps the largest logits alike
+    logits = np.array([[1.0, 30.0, 30.0, -2.0], [0.0, 0.5, -1.0, 20.0]], np.float32)
+    params = SamplingParams(temperature=temperature, seed=3)
+    with np.errstate(all="raise"):
+        drawn = {tuple(choose(logits, params, np.random.default_rng(s)).tolist()) for s in range(40)}
+    assert {d[0] for d in drawn} == {1, 2} and {d[1] for d in drawn} == {3}
+
+
+def test_a_temperature_beyond_float32_draws_uniformly():
+    logits = np.array([[5.0, -5.0, 0.0]], np.float32)
+    scores = warp(logits, SamplingParams(temperature=1e308))
+    assert np.array_equal(scores, np.zeros_like(scores))

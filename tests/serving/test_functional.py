@@ -68,7 +68,8 @@ def test_every_request_gets_transformers_greedy_tokens(tiny_model, greedy_rule, 
 def test_a_request_gets_the_tokens_it_gets_alone(tiny_model, scheduler):
     model = tilesim.load(str(tiny_model("llama")), device=tilesim.Device("tiny", cores=3), tp=3, max_context=64)
     requests = workload(12, seed=5)
-    served = serve(model, requests, scheduler=scheduler, max_num_seqs=4, chunk_size=5, stop_at_eos=False)
+    chunk = 5 if scheduler == "chunked" else None
+    served = serve(model, requests, scheduler=scheduler, max_num_seqs=4, chunk_size=chunk, stop_at_eos=False)
     for live in served.requests:
         r = live.request
         alone = model.generate([list(r.prompt)], max_new_tokens=r.output_tokens, eos_token_id=None)

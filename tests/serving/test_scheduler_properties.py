@@ -33,6 +33,7 @@ requests_st = st.lists(
     chunk=st.integers(1, 64),
 )
 def test_every_scheduler_serves_each_request_once_within_its_slots(model, requests, scheduler, slots, chunk):
+    chunk = chunk if scheduler == "chunked" else None
     result = serve(model, requests, scheduler=scheduler, max_num_seqs=slots, chunk_size=chunk)
     assert sorted(r.request.id for r in result.requests) == [r.id for r in requests]
     for live in result.requests:
@@ -110,8 +111,11 @@ def test_unknown_scheduler_and_bad_slot_counts_are_refused(model):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(TilesimError, match="max_num_seqs"):
             serve(model, [Request(0, 0.0, 16, 4)], max_num_seqs=bad)
-    with pytest.raises(TilesimError, match="chunk_size"):
-        serve(model, [Request(0, 0.0, 16, 4)], chunk_size=0)
+    with pytest.raises(TilesimError, match="chunk_size=0 must be a whole number"):
+        serve(model, [Request(0, 0.0, 16, 4)], scheduler="chunked", chunk_size=0)
+    for whole_prompts in ("continuous", "static"):
+        with pytest.raises(TilesimError, match=f"chunk_size=8 is the chunked .* scheduler='{whole_prompts}'"):
+            serve(model, [Request(0, 0.0, 16, 4)], scheduler=whole_prompts, chunk_size=8)
     with pytest.raises(TilesimError, match="request 7 needs 200 prompt \\+ 100 output = 300 positions"):
         serve(model, [Request(7, 0.0, 200, 100)])
     with pytest.raises(TilesimError, match="no requests"):

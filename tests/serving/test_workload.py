@@ -39,6 +39,9 @@ def test_jsonl_and_csv_give_the_same_requests_in_arrival_order(tmp_path):
         ("list.jsonl", "[1, 2, 3]\n", "not JSONL|line 1"),
         ("header.csv", "time,prompt,output\n0,1,1\n", "line 1: the CSV header lacks arrival"),
         ("short.csv", "arrival,prompt_tokens,output_tokens\n0,1\n", "line 2: a field is missing"),
+        ("long.csv", "arrival,prompt_tokens,output_tokens\n0,1,1\n0,1,1,7\n", "line 3: more fields than the header"),
+        ("huge.jsonl", '{"arrival": 0, "prompt_tokens": 1e300, "output_tokens": 1}\n',
+                       "line 1: prompt_tokens .* to 10,000,000"),
         ("prose.txt", "hello there\nthis is not a workload\n", "neither JSONL"),
         ("empty.jsonl", "\n\n", "no requests"),
         ("dup.jsonl", '{"id": 3, "arrival": 0, "prompt_tokens": 1, "output_tokens": 1}\n'
@@ -94,8 +97,10 @@ def test_lengths_follow_their_laws():
 
 
 @pytest.mark.parametrize(
-    "spec", ["uniform:5", "uniform:9,3", "fixed:0", "fixed:2.5", "zipf:0,1,9", "normal:3,4", "", "fixed:x"]
-)
+    "spec",
+    ["uniform:5", "uniform:9,3", "fixed:0", "fixed:2.5", "zipf:0,1,9", "normal:3,4", "", "fixed:x",
+     "fixed:inf", "fixed:nan", "uniform:1,inf", "zipf:nan,1,9", "zipf:inf,1,9", "zipf:1,1,1e30"],
+)  # fmt: skip
 def test_bad_length_laws_are_refused(spec):
     with pytest.raises(WorkloadError, match="prompt"):
         synthetic(3, 1.0, prompt=spec)
@@ -104,7 +109,8 @@ def test_bad_length_laws_are_refused(spec):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"requests": 0}, "requests"), ({"rate": 0.0}, "rate"), ({"rate": float("inf")}, "rate"),
-     ({"arrivals": "uniform"}, "arrivals"), ({"cv": -1.0}, "cv")],
+     ({"arrivals": "uniform"}, "arrivals"), ({"cv": -1.0}, "cv"), ({"seed": -1}, "seed=-1"),
+     ({"requests": 10**9}, "more than one run takes")],
 )  # fmt: skip
 def test_bad_generator_options_are_refused(kwargs, message):
     args = {"requests": 3, "rate": 1.0, **kwargs}

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from tilesim.api import load, open_source
 from tilesim.cli import speculate
+from tilesim.cli.flags import apart, fill, only_with
 from tilesim.cli.report_text import print_report
 from tilesim.device import Device
 from tilesim.errors import ConfigError, ShardingError
@@ -94,7 +95,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--moe", default="tp", choices=("tp", "ep"),
                    help="mixture of experts: every expert split over the cores by width (tp), or whole experts "
                    "on cores, tokens exchanged by all-to-all (ep)")  # fmt: skip
-    p.add_argument("--moe-imbalance", type=float, default=1.0, metavar="F",
+    p.add_argument("--moe-imbalance", type=float, default=None, metavar="F",
                    help="timing-only mixture of experts: the busiest expert-parallel core gets F times its uniform "
                    "share of the tokens (default 1: uniform)")  # fmt: skip
     p.add_argument("--trace", default=None, metavar="PATH", help="write a Chrome/Perfetto trace (JSON)")
@@ -110,7 +111,7 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
         help="each pipeline stage's layers, as PopTransformer's layer_per_ipu (instead of --pp)",
     )  # fmt: skip
     p.add_argument(
-        "--micro-batches", type=int, default=1, metavar="M",
+        "--micro-batches", type=int, default=None, metavar="M",
         help="cut a batch into M micro-batches that flow through the stages (default 1: stages in turn)",
     )  # fmt: skip
 
@@ -151,8 +152,9 @@ def _prompts(args: argparse.Namespace, checkpoint) -> tuple[list[list[int]], obj
     tokenizer = None
     prompts: list[list[int]] = []
     for text in args.prompt_ids:
+        items = text.replace(" ", "").split(",") if text.strip() else []
         try:
-            prompts.append([int(t) for t in text.replace(" ", "").split(",") if t])
+            prompts.append([int(t) for t in items])
         except ValueError:
             raise ConfigError(f"--prompt-ids {text!r}: give comma-separated integers, e.g. 1,2,3") from None
     if args.prompt:
@@ -174,8 +176,27 @@ def _prompts(args: argparse.Namespace, checkpoint) -> tuple[list[list[int]], obj
     return prompts, tokenizer
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Options given where they would do nothing are refused; the others get their defaults."""
+    pipelined = args.pp is not None or args.layers_per_stage is not None
+    ray, draft = "runs on Ray actors (--ray)", "speculative decoding (--draft)"
+    only_with(args, {
+        "micro_batches": (pipelined, "pipelined runs (--pp or --layers-per-stage)"),
+        "cores_per_actor": (args.ray is not None, ray),
+        "actor_memory": (args.ray is not None, ray),
+        "speculate": (args.draft is not None, draft),
+        "draft_tp": (args.draft is not None, draft),
+        "moe_imbalance": (args.timing_only or args.draft is not None,
+                          "--timing-only runs: a run with weights times the routing its router produced"),
+        "chat": (bool(args.prompt), "--prompt text: it wraps the text in the model's chat template"),
+    })  # fmt: skip
+    fill(args, {"micro_batches": 1, "speculate": 4, "draft_tp": 1, "moe_imbalance": 1.0})
+    apart(args, "trace", "plots")
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    _check_flags(args)
     if args.trace is not None:  # before the run: a long run must not fail at its end for want of a place to write
         writable_file(args.trace, "--trace")
     if args.plots is not None:

@@ -35,9 +35,10 @@ _ARGUMENTS = (
     "max_context", "max_new_tokens", "act_dtype", "kv_dtype", "dtype", "tp", "cores", "batch", "algo",
     "temperature", "top_k", "top_p", "seed", "fabric", "pad_heads", "prompt_len",
     "max_num_seqs", "chunk_size", "requests", "rate", "prefill_buckets", "decode_buckets", "k", "moe_imbalance", "moe",
-    "pp", "layers_per_stage", "micro_batches", "cores_per_actor", "actor_memory",
+    "pp", "layers_per_stage", "micro_batches", "cores_per_actor", "actor_memory", "scheduler", "draft_tp",
 )  # fmt: skip
 _SWITCHES = {"timing_only=True": "--timing-only", "pad_heads=True": "--pad-heads"}
+_RENAMED = {"k": "speculate"}  # Python arguments whose flag has another name
 
 
 def in_cli_words(message: str) -> str:
@@ -48,7 +49,7 @@ def in_cli_words(message: str) -> str:
     names = "|".join(_ARGUMENTS)
 
     def flag(name: str) -> str:
-        return "--" + name.replace("_", "-")
+        return "--" + _RENAMED.get(name, name).replace("_", "-")
 
     message = re.sub(rf"\b({names})=(['\"]?)([^\s'\",;:)]*)\2", lambda m: f"{flag(m[1])} {m[3]}", message)
     return re.sub(rf"`({names})`", lambda m: flag(m[1]), message)

@@ -18,6 +18,7 @@ import sys
 from tqdm import tqdm
 
 from tilesim.api import load, open_source
+from tilesim.cli.flags import apart, fill, only_with
 from tilesim.cli.generate import add_bucket_arguments, bucket_lists
 from tilesim.cli.table import print_table
 from tilesim.device import Device
@@ -31,6 +32,10 @@ from tilesim.serving import SCHEDULERS, max_rate, parse_slo, read_workload, serv
 from tilesim.serving.workload import at_rate
 from tilesim.units import fmt_bytes, fmt_time
 
+# the drawn workload's options and their defaults (refused beside --workload)
+DRAWN = {"requests": 100, "rate": 1.0, "arrivals": "poisson", "cv": 1.0, "prompt_len": "uniform:64,512",
+         "output_len": "uniform:64,512", "seed": 0}  # fmt: skip
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -42,16 +47,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default=None, help="weights' dtype (default: bf16 timing-only, else as stored)")
     p.add_argument("--timing-only", action="store_true", help="time without weights (named configs always are)")
     p.add_argument("--workload", default=None, metavar="FILE", help="requests from a JSONL or CSV file")
-    p.add_argument("--requests", type=int, default=100, help="drawn workload: how many requests")
-    p.add_argument("--rate", type=float, default=1.0, help="drawn workload: mean arrivals per second")
-    p.add_argument("--arrivals", default="poisson", choices=("poisson", "gamma"))
-    p.add_argument("--cv", type=float, default=1.0, help="gamma arrivals: coefficient of variation of the gaps")
-    p.add_argument("--prompt-len", default="uniform:64,512", help="fixed:N, uniform:LO,HI or zipf:S,LO,HI")
-    p.add_argument("--output-len", default="uniform:64,512", help="fixed:N, uniform:LO,HI or zipf:S,LO,HI")
-    p.add_argument("--seed", type=int, default=0, help="the drawn workload's seed")
+    p.add_argument("--requests", type=int, help=f"drawn workload: how many requests (default: {DRAWN['requests']})")
+    p.add_argument("--rate", type=float,
+                   help=f"drawn workload: mean arrivals per second (default: {DRAWN['rate']}; with --slo, where "
+                   "the search starts)")  # fmt: skip
+    p.add_argument("--arrivals", choices=("poisson", "gamma"), help="drawn workload's arrivals (default: poisson)")
+    p.add_argument("--cv", type=float, help="gamma arrivals: coefficient of variation of the gaps (default: 1)")
+    p.add_argument("--prompt-len", help=f"fixed:N, uniform:LO,HI or zipf:S,LO,HI (default: {DRAWN['prompt_len']})")
+    p.add_argument("--output-len", help=f"fixed:N, uniform:LO,HI or zipf:S,LO,HI (default: {DRAWN['output_len']})")
+    p.add_argument("--seed", type=int, help="the drawn workload's seed (default: 0)")
     p.add_argument("--scheduler", default="continuous", choices=sorted(SCHEDULERS))
     p.add_argument("--max-num-seqs", type=int, default=8, help="sequence slots (the decode program's batch)")
-    p.add_argument("--chunk-size", type=int, default=None, help="chunked prefill: prompt tokens per step")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="--scheduler chunked: prompt tokens per step (default: 512)")  # fmt: skip
     p.add_argument("--max-context", type=int, default=None, help="positions per slot (default: the longest request)")
     add_bucket_arguments(p)
     p.add_argument("--slo", default=None, help="search the highest rate meeting e.g. ttft_p90=0.5,tpot_p99=0.05")
@@ -63,7 +71,22 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Options given where they would do nothing are refused; the others get their defaults."""
+    drawn = "a drawn workload; --workload FILE gives the requests"
+    only_with(args, {
+        **{name: (args.workload is None, drawn) for name in DRAWN},
+        "cv": (args.arrivals == "gamma", "--arrivals gamma"),
+        "chunk_size": (args.scheduler == "chunked", "--scheduler chunked"),
+        "probes": (args.slo is not None, "the rate search (--slo)"),
+        "ray": (args.slo is not None, "the rate search (--slo): its probes run as Ray tasks"),
+    })  # fmt: skip
+    fill(args, DRAWN)
+    apart(args, "trace", "plots")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_flags(args)
     if args.trace is not None:
         writable_file(args.trace, "--trace")
     if args.plots is not None:

@@ -9,15 +9,17 @@ import json
 
 from tilesim.api import load
 from tilesim.device import Device
-from tilesim.errors import ConfigError
+from tilesim.errors import ConfigError, ShardingError
+from tilesim.runtime.checks import whole
 from tilesim.runtime.speculative import speculative_generate
 from tilesim.units import fmt_time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", default=None, metavar="MODEL", help="speculative decoding: the draft model")
-    p.add_argument("--speculate", type=int, default=4, metavar="K", help="tokens the draft proposes per round")
-    p.add_argument("--draft-tp", type=int, default=1, help="the draft's tensor-parallel degree")
+    p.add_argument("--speculate", type=int, default=None, metavar="K",
+                   help="tokens the draft proposes per round (default: 4)")  # fmt: skip
+    p.add_argument("--draft-tp", type=int, default=None, help="the draft's tensor-parallel degree (default: 1)")
 
 
 def run(args: argparse.Namespace, target, prompts: list[list[int]], tokenizer) -> int:
@@ -25,6 +27,7 @@ def run(args: argparse.Namespace, target, prompts: list[list[int]], tokenizer) -
         raise ConfigError("--draft needs the tokens: speculative decoding cannot run --timing-only")
     if len(prompts) != 1:
         raise ConfigError("--draft runs one prompt; give one --prompt (and no --batch)")
+    whole("draft_tp", args.draft_tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
     device = Device(args.device, cores=args.draft_tp)
     draft = load(args.draft, device, args.draft_tp, max_context=target.max_context)
     out = speculative_generate(

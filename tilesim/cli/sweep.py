@@ -59,6 +59,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    sweep_slo.check_flags(args)
     if args.plot is not None:
         writable_file(args.plot, "--plot")
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
@@ -110,6 +111,11 @@ def _check_points(devices: list[str], degrees: list[int], dtypes: list[str | Non
             raise ConfigError(f"--dtype {spec!r}: unknown activation dtype {act!r}; use one of {', '.join(ACT_DTYPES)}")
     if args.prompt_len < 1 or args.max_new_tokens < 1:
         raise ConfigError("--prompt-len and --max-new-tokens must each be at least 1")
+    if args.max_context is not None and args.max_context < args.prompt_len + args.max_new_tokens:
+        raise ConfigError(
+            f"--max-context {args.max_context} holds fewer positions than --prompt-len {args.prompt_len} plus "
+            f"--max-new-tokens {args.max_new_tokens}"
+        )
 
 
 def _local_point(checkpoint, prompt, args, unit, point) -> dict:

@@ -7,22 +7,37 @@ from __future__ import annotations
 
 import argparse
 
+from tilesim.cli.flags import fill, only_with
 from tilesim.cli.table import print_table
 from tilesim.cli.tp_plot import plot_by_tp
 from tilesim.serving import SCHEDULERS, max_rate, parse_slo, serve, synthetic
 from tilesim.units import fmt_time
 
+# the serving search's options and their defaults
+SERVING = {"requests": 200, "scheduler": "continuous", "max_num_seqs": 8, "seed": 0}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("serving (with --slo)")
     g.add_argument("--slo", default=None, help="rank by the highest rate meeting e.g. ttft_p90=0.5,tpot_p99=0.05")
-    g.add_argument("--requests", type=int, default=200, help="requests of the drawn workload")
+    g.add_argument("--requests", type=int, help=f"requests of the drawn workload (default: {SERVING['requests']})")
     g.add_argument("--prompt-dist", default=None, help="prompt lengths (default: fixed at --prompt-len)")
     g.add_argument("--output-dist", default=None, help="output lengths (default: fixed at --max-new-tokens)")
-    g.add_argument("--scheduler", default="continuous", choices=sorted(SCHEDULERS))
-    g.add_argument("--max-num-seqs", type=int, default=8, help="sequence slots")
-    g.add_argument("--chunk-size", type=int, default=None, help="chunked prefill: prompt tokens per step")
-    g.add_argument("--seed", type=int, default=0, help="the drawn workload's seed")
+    g.add_argument("--scheduler", choices=sorted(SCHEDULERS), help=f"(default: {SERVING['scheduler']})")
+    g.add_argument("--max-num-seqs", type=int, help=f"sequence slots (default: {SERVING['max_num_seqs']})")
+    g.add_argument("--chunk-size", type=int, default=None,
+                   help="--scheduler chunked: prompt tokens per step (default: 512)")  # fmt: skip
+    g.add_argument("--seed", type=int, help="the drawn workload's seed (default: 0)")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """The serving options are for --slo (refused without it); the others get their defaults."""
+    search = (args.slo is not None, "--slo (the serving search of each configuration)")
+    only_with(args, {
+        **{name: search for name in (*SERVING, "prompt_dist", "output_dist")},
+        "chunk_size": (args.slo is not None and args.scheduler == "chunked", "--slo with --scheduler chunked"),
+    })  # fmt: skip
+    fill(args, SERVING)
 
 
 def workload(args: argparse.Namespace):

@@ -42,9 +42,10 @@ class FaultSpec:
                 raise ConfigError(f"fault {name}={p}: a probability must be between 0 and 1")
         for link, factor in self.slow.items():
             if not factor >= 1.0:
-                raise ConfigError(f"fault slow={factor} on {link}: the slow-down factor must be >= 1")
+                where = "every link" if link is None else "link {}-{}".format(*("switch" if c < 0 else c for c in link))
+                raise ConfigError(f"fault slow={factor} on {where}: the slow-down factor must be >= 1")
         if self.max_retries < 0:
-            raise ConfigError("fault max_retries must be >= 0")
+            raise ConfigError(f"fault retries={self.max_retries}: the retries must be >= 0")
 
     @property
     def active(self) -> bool:
@@ -57,6 +58,14 @@ class FaultSpec:
         `slow=4` slows every link four times; `slow=0-1:4` only the link from core 0 to 1;
         links are `SRC-DST` with `switch` for the switch of a switch fabric.
         """
+        try:
+            return cls._parsed(text)
+        except ConfigError as exc:  # every word of it is the spec's own syntax
+            exc.verbatim = True
+            raise
+
+    @classmethod
+    def _parsed(cls, text: str) -> FaultSpec:
         kwargs: dict = {"slow": {}, "dead": set()}
         for item in filter(None, (part.strip() for part in text.split(","))):
             key, _, value = item.partition("=")

@@ -396,7 +396,13 @@ def load_preset(name_or_path: str | Path) -> DeviceSpec:
         path = Path(text_path)
         if not path.is_file():
             raise UnknownPreset(f"no preset file at {path}")
-        return _load_file(path.read_text(), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML preset (not UTF-8 text)") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the preset ({exc.strerror})") from None
+        return _load_file(text, str(path))
     names = preset_names()
     if text_path not in names:
         raise UnknownPreset(f"unknown device preset {text_path!r}; known presets: {', '.join(names)}")
@@ -404,9 +410,29 @@ def load_preset(name_or_path: str | Path) -> DeviceSpec:
     return _load_file(resource.read_text(), f"presets/{text_path}.yaml")
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML as safe_load reads it, but a key given twice in one mapping is an error: PyYAML
+    would keep the later value without a word (a preset's `cores` twice, say)."""
+
+
+def _unique_mapping(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _load_file(text: str, where: str) -> DeviceSpec:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeys)  # a SafeLoader
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}{at}") from None
     return spec_from_dict(raw, where)

@@ -71,6 +71,8 @@ def generate(
         raise GenerationError(f"return_logits={return_logits!r} must be False, True or 'all'")
     prompts = check_prompts(model, prompts, max_new_tokens)
     params = SamplingParams(temperature, top_k, top_p, seed)
+    if on_token is not None and not callable(on_token):
+        raise GenerationError(f"on_token={on_token!r} must be a function of (prompt_index, token_id), or None")
     eos = set(model.graph.meta.get("eos_token_ids", ())) if eos_token_id is DEFAULT else _as_set(eos_token_id)
     b = len(prompts)
     if b != model.batch or b != model.prefill_batch or (return_logits == "all") != model.all_logits:

@@ -77,9 +77,11 @@ def make_stages(
     if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) or micro_batches < 1:
         raise ConfigError(f"micro_batches={micro_batches!r} must be a whole number of at least 1")
     if layers_per_stage is not None:
-        counts = tuple(layers_per_stage)
+        counts = tuple(layers_per_stage) if isinstance(layers_per_stage, list | tuple) else (layers_per_stage,)
         if not counts or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts):
-            raise ShardingError(f"layers_per_stage={list(counts)}: every stage needs at least one layer")
+            raise ShardingError(
+                f"layers_per_stage={list(counts)}: every stage needs a whole number of layers, at least one layer"
+            )
         if pp is not None and pp != len(counts):
             raise ShardingError(f"pp={pp} but layers_per_stage lists {len(counts)} stages")
         if sum(counts) != layers:

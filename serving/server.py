@@ -18,9 +18,11 @@ request's own seed. Timing-only runs make no tokens and run the requested output
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -186,6 +188,8 @@ def serve(
     """Serve `requests` on `model`'s device (see the module doc); functional unless the model
     was loaded timing-only. `progress(n)` is called as n more requests finish."""
     policy = make_scheduler(scheduler)
+    if progress is not None and not callable(progress):
+        raise WorkloadError(f"progress={progress!r} must be a function of (requests finished), or None")
     if chunk_size is not None and isinstance(policy, StaticBatching | ContinuousBatching):
         raise WorkloadError(
             f"chunk_size={chunk_size!r} is the chunked scheduler's prompt tokens per step; "
@@ -283,9 +287,18 @@ def _checked(
         raise WorkloadError(f"max_num_seqs={max_num_seqs!r} must be a whole number of at least 1")
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
         raise WorkloadError(f"chunk_size={chunk_size!r} must be a whole number of at least 1")
+    if isinstance(requests, str | bytes) or not isinstance(requests, Iterable):
+        raise WorkloadError(f"requests={requests!r:.60} must be a list of serving.Request (read_workload, synthetic)")
     requests = list(requests)
     if not requests:
         raise WorkloadError("the workload holds no requests")
+    for r in requests:
+        _check_request(r)
+    seen: set[int] = set()
+    for r in requests:
+        if r.id in seen:
+            raise WorkloadError(f"request id {r.id} appears twice in the workload")
+        seen.add(r.id)
     vocab, out = model.graph.vocab_size, []
     for r in sorted(requests, key=lambda r: r.arrival):
         needed = r.prompt_tokens + r.output_tokens
@@ -304,6 +317,19 @@ def _checked(
             raise WorkloadError(f"request {r.id}: its prompt must be {r.prompt_tokens} ids below {vocab}")
         out.append(r)
     return out
+
+
+def _check_request(r) -> None:
+    """A request built in Python as read_workload checks a file's line (a NaN arrival would never come)."""
+    if not isinstance(r, Request):
+        raise WorkloadError(f"the workload holds {r!r:.60}; give serving.Request objects (read_workload, synthetic)")
+    arrival = r.arrival
+    if isinstance(arrival, bool) or not isinstance(arrival, Real) or not (math.isfinite(arrival) and arrival >= 0):
+        raise WorkloadError(f"request {r.id!r}: arrival={arrival!r} must be a time in seconds, 0 or later")
+    for name, low in (("id", 0), ("prompt_tokens", 1), ("output_tokens", 1), ("seed", 0)):
+        value = getattr(r, name)
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+            raise WorkloadError(f"request {r.id!r}: {name}={value!r} must be a whole number of at least {low}")
 
 
 def _with_prompt(r: Request, vocab: int) -> Request:

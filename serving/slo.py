@@ -24,6 +24,8 @@ STATS = ("mean", *(f"p{q}" for q in PERCENTILES), "max")
 
 def parse_slo(text: str) -> dict[tuple[str, str], float]:
     """`ttft_p90=0.5,tpot_p99=0.05` as {(metric, stat): seconds}."""
+    if not isinstance(text, str):
+        raise WorkloadError(f"SLO {text!r} must be text such as 'ttft_p90=0.5,tpot_p99=50ms'")
     out = {}
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -38,6 +40,8 @@ def parse_slo(text: str) -> dict[tuple[str, str], float]:
         seconds = parse_quantity(value.strip(), "time", f"SLO term {part!r}")
         if not math.isfinite(seconds) or seconds <= 0:
             raise WorkloadError(f"SLO term {part!r}: the bound must be a positive time")
+        if (metric, stat) in out:  # the later would replace the earlier without a word
+            raise WorkloadError(f"SLO {text!r} bounds {metric}_{stat} twice; give each bound once")
         out[(metric, stat)] = seconds
     if not out:
         raise WorkloadError(f"SLO {text!r} names no bound; e.g. ttft_p90=0.5,tpot_p99=0.05")

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +45,8 @@ MAX_REQUESTS = 1_000_000  # a drawn workload's size: each request's record stays
 
 def read_workload(path: str | Path) -> list[Request]:
     """The requests of a JSONL or CSV file, ordered by arrival (ties by line)."""
+    if not isinstance(path, str | os.PathLike):
+        raise WorkloadError(f"path={path!r} must be the path of a JSONL or CSV file")
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -141,6 +144,10 @@ def _ordered(requests: list[Request]) -> list[Request]:
 
 def parse_lengths(text: str, what: str) -> tuple[str, tuple[int, ...]]:
     """`fixed:N`, `uniform:LO,HI`, `zipf:S,LO,HI` (or a bare N) as (kind, numbers)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str):
+        raise WorkloadError(f"{what} {text!r}: give fixed:N, uniform:LO,HI or zipf:S,LO,HI (token counts)")
     kind, _, rest = text.partition(":")
     if not rest and kind.strip().isdigit():
         kind, rest = "fixed", kind
@@ -195,7 +202,7 @@ def synthetic(
         raise WorkloadError(f"rate={rate!r} must be a positive number of requests per second")
     if arrivals not in ("poisson", "gamma"):
         raise WorkloadError(f"arrivals={arrivals!r}: use poisson or gamma")
-    if not math.isfinite(cv) or cv <= 0:
+    if isinstance(cv, bool) or not isinstance(cv, int | float) or not math.isfinite(cv) or cv <= 0:
         raise WorkloadError(f"cv={cv!r} must be a positive coefficient of variation")
     rng = np.random.default_rng(seed)
     gaps = unit_gaps(requests, arrivals, cv, rng) / rate

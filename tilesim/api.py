@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from tilesim.collectives import ALGORITHMS
 from tilesim.device import Device
 from tilesim.errors import CheckpointError, ConfigError, ShardingError
@@ -15,7 +17,7 @@ from tilesim.runtime.model import Model
 from tilesim.runtime.pipeline import stage_count
 
 
-def _check(path_or_name, device, tp, batch, max_context, algo) -> None:
+def _check(path_or_name, device, tp, batch, max_context, algo, switches: dict, progress) -> None:
     """The arguments of `load`, each checked where it enters (one sentence in Python's words)."""
     if not isinstance(path_or_name, str | os.PathLike) and not hasattr(path_or_name, "graph"):
         raise CheckpointError(
@@ -28,6 +30,11 @@ def _check(path_or_name, device, tp, batch, max_context, algo) -> None:
     whole("max_context", max_context, 1, ConfigError, optional=True)
     if algo != "auto" and algo not in ALGORITHMS:
         raise ConfigError(f"algo={algo!r} is not an all-reduce algorithm; use auto or one of {', '.join(ALGORITHMS)}")
+    for name, value in switches.items():  # a string such as "no" would read as true
+        if not isinstance(value, bool | np.bool_):
+            raise ConfigError(f"{name}={value!r} must be True or False")
+    if progress is not None and not callable(progress):
+        raise ConfigError(f"progress={progress!r} must be a function of (done, total), or None")
 
 
 def open_source(path_or_name, timing_only: bool = False):
@@ -89,7 +96,8 @@ def load(
     or `cores_per_actor` each, every actor reading its own weight slices; `actor_memory`
     (e.g. "1GiB") is each actor's budget (docs/distributed.md). `Model.close()` stops them.
     """
-    _check(path_or_name, device, tp, batch, max_context, algo)
+    _check(path_or_name, device, tp, batch, max_context, algo, {"timing_only": timing_only, "pad_heads": pad_heads},
+           progress)  # fmt: skip
     whole("pp", pp, 1, ShardingError, optional=True)
     whole("micro_batches", micro_batches, 1, ConfigError)
     if cluster is not None and not isinstance(cluster, str):

@@ -11,6 +11,10 @@ from __future__ import annotations
 class TilesimError(Exception):
     """Root of every error tilesim raises on purpose."""
 
+    # True when the message quotes a syntax of its own (a --fault spec's `seed=N`): the command
+    # line prints it as written instead of turning `name=value` into `--name value`
+    verbatim: bool = False
+
 
 class ConfigError(TilesimError):
     """A preset, an override or an argument is malformed or out of range."""

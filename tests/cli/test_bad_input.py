@@ -87,6 +87,11 @@ OTHERS = [
     (["fidelity", "--device", "a100", "--plot", ""], "--plot '': give a path"),
     (["serve-sim", "{llama}", "--trace", ""], "--trace '': give a path"),
     (["collectives", "--cores", "0"], "--cores 0 must be at least 1"),
+    # a --fault spec's messages quote its own syntax (seed=N), not flags
+    (["collectives", "--cores", "4", "--fault", "corrupt=0.5,seed=x"], "cannot read fault 'seed=x'"),
+    (["collectives", "--cores", "4", "--fault", "bogus=1"], "slow=[A-B:]F, seed=N, retries=N"),
+    (["collectives", "--cores", "4", "--fault", "slow=0.5"], "fault slow=0.5 on every link: the slow-down factor"),
+    (["collectives", "--device", "{llama}/config.json"], "config.json: unknown field 'architectures'"),
     (["sweep", "{llama}", "--max-context", "16", "--prompt-len", "64"], "--max-context 16 holds fewer positions"),
     (["sweep", "{llama}", "--max-num-seqs", "4"], "--max-num-seqs is for --slo"),
     (
@@ -161,6 +166,10 @@ API_LOAD = [
     ({"dtype": "int3"}, ConfigError, "dtype='int3' is not supported"),
     ({"device": "warp-drive"}, UnknownPreset, "unknown device preset 'warp-drive'"),
     ({"path_or_name": "/no/such/model"}, CheckpointError, "no such file or folder"),
+    ({"timing_only": "no"}, ConfigError, "timing_only='no' must be True or False"),
+    ({"pad_heads": "yes"}, ConfigError, "pad_heads='yes' must be True or False"),
+    ({"progress": 5}, ConfigError, "progress=5 must be a function"),
+    ({"layers_per_stage": [1, "a"]}, ShardingError, "every stage needs a whole number of layers"),
 ]
 
 
@@ -187,6 +196,7 @@ API_GENERATE = [
     ([[1, 2]], {"eos_token_id": "x"}, "eos_token_id='x' must be a token id"),
     ([[1, 2]], {"return_logits": "yes"}, "return_logits='yes' must be False, True or 'all'"),
     ([list(range(1, 30))], {"max_new_tokens": 300}, "load it with a larger `max_context`"),
+    ([[1, 2]], {"on_token": 5}, "on_token=5 must be a function"),
 ]
 
 

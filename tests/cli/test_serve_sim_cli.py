@@ -89,6 +89,7 @@ def test_max_rate_against_a_closed_form():
         (["--slo", "latency=3"], "SLO term 'latency=3'"),
         (["--slo", "ttft_p90=-1"], "positive time"),
         (["--slo", "ttft_p90=fast"], "SLO term 'ttft_p90=fast'"),
+        (["--slo", "ttft_p90=1,ttft_p90=2"], "bounds ttft_p90 twice"),
         (["--workload", "/nonexistent.jsonl"], "does not exist"),
         (["--slo", "ttft_p90=1", "--workload", "w.jsonl"], "--slo scales a drawn workload"),
         (["--device", "warp-drive"], "unknown device preset 'warp-drive'"),

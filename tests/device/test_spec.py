@@ -101,6 +101,23 @@ def test_bad_presets_raise_one_clear_error_naming_file_and_field(tmp_path, mutat
         load_preset(write_preset(tmp_path, mutate))
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("name: [unclosed\n", r"bad\.yaml: not valid YAML: expected ',' or '\]'.* at line 2, column 1$"),
+        ("cores: 4\ncores: 8\n", r"bad\.yaml: not valid YAML: 'cores' is given twice at line 2, column 1$"),
+        (b"\xff\xfe\x00", r"bad\.yaml: not a YAML preset \(not UTF-8 text\)$"),
+        ("just words\n", r"bad\.yaml: a preset must be a mapping of fields"),
+    ],
+)
+def test_a_preset_file_that_is_not_a_mapping_of_unique_fields_is_one_line(tmp_path, content, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError, match=expected) as raised:
+        load_preset(path)
+    assert "\n" not in str(raised.value)
+
+
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(UnknownPreset, match=r"known presets: .*trn1"):
         tilesim.Device("trn9")

@@ -111,6 +111,20 @@ def test_unknown_scheduler_and_bad_slot_counts_are_refused(model):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(TilesimError, match="max_num_seqs"):
             serve(model, [Request(0, 0.0, 16, 4)], max_num_seqs=bad)
+    bad_requests = [
+        (None, "requests=None must be a list of serving.Request"),
+        ([{"arrival": 0}], "give serving.Request objects"),
+        ([Request(0, float("nan"), 16, 4)], r"request 0: arrival=nan must be a time"),  # it never arrived: a hang
+        ([Request(0, -1.0, 16, 4)], r"request 0: arrival=-1.0 must be a time"),
+        ([Request(0, 0.0, 16.5, 4)], "prompt_tokens=16.5 must be a whole number"),
+        ([Request(0, 0.0, 16, 0)], "output_tokens=0 must be a whole number of at least 1"),
+        ([Request(3, 0.0, 16, 4), Request(3, 1.0, 16, 4)], "request id 3 appears twice"),
+    ]
+    for requests, message in bad_requests:
+        with pytest.raises(TilesimError, match=message):
+            serve(model, requests)
+    with pytest.raises(TilesimError, match="progress=5 must be a function"):
+        serve(model, [Request(0, 0.0, 16, 4)], progress=5)
     with pytest.raises(TilesimError, match="chunk_size=0 must be a whole number"):
         serve(model, [Request(0, 0.0, 16, 4)], scheduler="chunked", chunk_size=0)
     for whole_prompts in ("continuous", "static"):

@@ -110,7 +110,7 @@ def test_bad_length_laws_are_refused(spec):
     ("kwargs", "message"),
     [({"requests": 0}, "requests"), ({"rate": 0.0}, "rate"), ({"rate": float("inf")}, "rate"),
      ({"arrivals": "uniform"}, "arrivals"), ({"cv": -1.0}, "cv"), ({"seed": -1}, "seed=-1"),
-     ({"requests": 10**9}, "more than one run takes")],
+     ({"requests": 10**9}, "more than one run takes"), ({"cv": "2"}, "cv='2'"), ({"prompt": 5.5}, "prompt 5.5")],
 )  # fmt: skip
 def test_bad_generator_options_are_refused(kwargs, message):
     args = {"requests": 3, "rate": 1.0, **kwargs}
@@ -123,3 +123,9 @@ def test_at_rate_scales_the_arrivals_only():
     faster = at_rate(unit, 4.0)
     assert [r.arrival * 4 for r in faster] == pytest.approx([r.arrival for r in unit])
     assert [(r.id, r.prompt_tokens, r.seed) for r in faster] == [(r.id, r.prompt_tokens, r.seed) for r in unit]
+
+
+def test_a_whole_number_is_a_fixed_length_and_other_types_are_refused():
+    assert {r.prompt_tokens for r in synthetic(4, 1.0, prompt=9)} == {9}
+    with pytest.raises(WorkloadError, match="path=5 must be the path of a JSONL or CSV file"):
+        read_workload(5)

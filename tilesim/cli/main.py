@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a full disk or a closed pipe shows here, not at the interpreter's exit
         return code
     except TilesimError as exc:
-        print(f"tilesim: error: {in_cli_words(str(exc))}", file=sys.stderr)
+        print(f"tilesim: error: {str(exc) if exc.verbatim else in_cli_words(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tilesim: interrupted", file=sys.stderr)

@@ -106,16 +106,36 @@ _COUNTS = (
 )  # fmt: skip
 
 
+# epsilons and bases read as floats: a string or a negative value would fail later as a
+# ValueError, or as NaN in the first step
+_REALS = (
+    "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "layernorm_epsilon", "rope_theta", "rotary_emb_base",
+    "partial_rotary_factor", "rope_ratio",
+)  # fmt: skip
+
+
 class HFConfig:
     """Reads keys of a config.json, raising CheckpointError that names the file and the key."""
 
     def __init__(self, raw: dict[str, Any], where: str):
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{where}: a config must be a JSON object of fields, not {type(raw).__name__}")
         self.raw = raw
         self.where = where
         for key in _COUNTS:  # a zero or negative size would fail later as a division or a shape
             value = raw.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise CheckpointError(f"{where}: {key!r} is {value!r}; it must be a whole number of at least 1")
+        for key in _REALS:
+            value = raw.get(key)
+            real = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if value is not None and not (real and value >= 0):
+                raise CheckpointError(f"{where}: {key!r} is {value!r}; it must be a number of at least 0")
+        eos = raw.get("eos_token_id")
+        if eos is not None and not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in (eos if isinstance(eos, list) else [eos])
+        ):
+            raise CheckpointError(f"{where}: 'eos_token_id' is {eos!r}; it must be a token id or a list of them")
 
     def get(self, *keys: str, default: Any = ...) -> Any:
         for key in keys:
@@ -132,7 +152,7 @@ class HFConfig:
         legacy = dict(self.raw.get("rope_scaling") or {})
         if "type" in legacy and "rope_type" not in legacy:
             legacy["rope_type"] = legacy.pop("type")
-        params = {**legacy, **params}
+        params = {**params, **legacy}  # as transformers reads a config with both: the older key's scaling wins
         theta = float(params.pop("rope_theta", self.raw.get("rope_theta", self.raw.get("rotary_emb_base", 10000.0))))
         return theta, params
 

@@ -93,6 +93,25 @@ def test_an_unsupported_architecture_lists_the_supported_ones(tiny_model, tmp_pa
         tilesim.load(str(folder), device="tiny", tp=1)
 
 
+@pytest.mark.parametrize(
+    ("change", "phrase"),
+    [
+        (lambda c: [c], "a config must be a JSON object of fields, not list"),
+        (lambda c: {**c, "eos_token_id": "x"}, "'eos_token_id' is 'x'; it must be a token id or a list of them"),
+        (lambda c: {**c, "rms_norm_eps": "x"}, "'rms_norm_eps' is 'x'; it must be a number of at least 0"),
+        (lambda c: {**c, "rms_norm_eps": -1}, "'rms_norm_eps' is -1; it must be a number of at least 0"),
+        # both keys: transformers takes the older key's scaling, which tilesim does not run
+        (lambda c: {**c, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling 'yarn' is not supported"),
+    ],
+)
+def test_a_config_value_of_the_wrong_kind_is_named(tiny_model, tmp_path, change, phrase):
+    folder = copy(tiny_model("llama"), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(change(config)))
+    with pytest.raises(CheckpointError, match=phrase):
+        tilesim.load(str(folder), device="tiny", tp=1)
+
+
 def test_heads_that_do_not_divide_name_the_heads_and_the_degrees_that_work(tiny_model):
     with pytest.raises(
         ShardingError,

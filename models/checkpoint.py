@@ -7,8 +7,10 @@ implies. Pickled checkpoints (`pytorch_model.bin`, `.pt`) are refused: unpicklin
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,8 +161,34 @@ def _open_folder(name: str, folder: Path) -> Checkpoint:
             raise CheckpointError(_pickle_message(pickles[0]))
     config, module = config_from_json(config_path)
     reader = SafetensorsReader(folder)
+    config = _tied_as_transformers_ties(config, module, reader)
     refs = module.weight_refs(config, set(reader.names()))
     return _checked(Checkpoint(name, str(folder), "safetensors", config, module.build_graph(config), reader, refs))
+
+
+def _tied_as_transformers_ties(config: ModelConfig, module, reader: SafetensorsReader) -> ModelConfig:
+    """A config that ties the output layer to the embedding, over a checkpoint that holds an
+    output layer of its own with other values, runs that output layer: transformers does not
+    tie them then (it warns), so its tokens come from the stored output layer."""
+    if not config.tie_embeddings:
+        return config
+    names = set(reader.names())
+    untied = dataclasses.replace(config, tie_embeddings=False)
+    head, embed = (
+        module.weight_refs(untied, names).get("lm_head.weight"),
+        module.weight_refs(config, names)["embed.weight"],
+    )
+    if head is None or head.tensor not in names or reader.shape(head.tensor) != reader.shape(embed.tensor):
+        return config
+    everything = slice(None)
+    if np.array_equal(reader.read(head.tensor, everything, None), reader.read(embed.tensor, everything, None)):
+        return config
+    warnings.warn(
+        f"{reader.path}: the config ties the output layer to the embedding (tie_word_embeddings), but the "
+        f"checkpoint holds its own {head.tensor!r} with other values; it is used, as transformers does",
+        stacklevel=4,
+    )
+    return untied
 
 
 def _open_gguf(name: str, path: Path) -> Checkpoint:

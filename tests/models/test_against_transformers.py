@@ -4,9 +4,13 @@ The reference is transformers' own forward pass and `generate` on the same saved
 nothing here is compared with an earlier tilesim output.
 """
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import tilesim
@@ -167,3 +171,22 @@ def test_sampling_with_a_seed_is_reproducible(tiny_model, tp):
     greedy = model.generate([PROMPT], max_new_tokens=6, eos_token_id=None)
     top1 = model.generate([PROMPT], max_new_tokens=6, eos_token_id=None, top_k=1, temperature=0.7, seed=3)
     assert greedy.tokens[0].tolist() == top1.tokens[0].tolist()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_a_config_that_ties_over_a_stored_output_layer_runs_it_as_transformers_does(tiny_model, tmp_path, arch):
+    # tie_word_embeddings true, yet the file holds an output layer with other values:
+    # transformers keeps it untied (and warns), so its logits come from that layer
+    folder = tmp_path / arch
+    shutil.copytree(tiny_model(arch), folder)
+    tensors = load_file(folder / "model.safetensors")
+    head = "embed_out.weight" if arch == "gpt_neox" else "lm_head.weight"
+    tensors[head] = np.random.default_rng(1).standard_normal(tensors[head].shape).astype(np.float32)
+    save_file(tensors, folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    _, ref = reference(folder, [PROMPT], 1)
+    with pytest.warns(UserWarning, match=f"holds its own '{head}' with other values"):
+        model = tilesim.load(str(folder), device="tiny", tp=1)
+    out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert close(out.logits[0], ref["prefill"]), "prefill logits of every position"

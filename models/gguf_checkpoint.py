@@ -30,10 +30,27 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
             raise CheckpointError(f"{reader.path}: GGUF metadata has no {arch}.{name}")
         return value
 
+    def count(name: str, default=None) -> int:  # a size of 0 would fail later as a division
+        value = key(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise CheckpointError(f"{reader.path}: GGUF {arch}.{name} is {value!r}; it must be a whole number >= 1")
+        return int(value)
+
+    def positive(name: str, default: float) -> float:  # a negative epsilon or base gives NaN at the first step
+        value = key(name, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float | np.number)
+            or not np.isfinite(value)
+            or value <= 0
+        ):
+            raise CheckpointError(f"{reader.path}: GGUF {arch}.{name} is {value!r}; it must be a positive number")
+        return float(value)
+
     scaling = reader.field(f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
         raise CheckpointError(f"{reader.path}: GGUF rope scaling {scaling!r} is not supported")
-    hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
+    hidden, heads = count("embedding_length"), count("attention.head_count")
     head_dim = hidden // heads
     tokens = reader.field("tokenizer.ggml.tokens")
     vocab = int(reader.field(f"{arch}.vocab_size", len(tokens) if tokens else 0) or 0)
@@ -45,19 +62,19 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         model_type=arch,
         vocab_size=vocab,
         hidden=hidden,
-        layers=int(key("block_count")),
+        layers=count("block_count"),
         heads=heads,
-        kv_heads=int(key("attention.head_count_kv", heads)),
+        kv_heads=count("attention.head_count_kv", heads),
         head_dim=head_dim,
-        intermediate=int(key("feed_forward_length")),
-        max_positions=int(key("context_length")),
+        intermediate=count("feed_forward_length"),
+        max_positions=count("context_length"),
         norm="rms",
-        norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-6)),
+        norm_eps=positive("attention.layer_norm_rms_epsilon", 1e-6),
         activation="swiglu",
         positions="rope",
         rope_style="neox",
-        rotary_dim=int(key("rope.dimension_count", head_dim)),
-        rope_theta=float(key("rope.freq_base", 10000.0)),
+        rotary_dim=count("rope.dimension_count", head_dim),
+        rope_theta=positive("rope.freq_base", 10000.0),
         qkv_bias="blk.0.attn_q.bias" in reader.tensors,
         tie_embeddings="output.weight" not in reader.tensors,
         bos_token_id=reader.field("tokenizer.ggml.bos_token_id"),

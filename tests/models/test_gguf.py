@@ -119,3 +119,35 @@ def test_padded_heads_keep_the_checkpoints_blocks_and_match_transformers(tiny_mo
     assert all(model.formats[p] == qtype.lower() for p in padded)
     out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
     assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
+class _Metadata:
+    """A GGUF reader's metadata side, with the fields a test gives."""
+
+    path, tensors = "m.gguf", {}
+
+    def __init__(self, **fields):
+        base = {"general.architecture": "llama", "llama.embedding_length": 48, "llama.attention.head_count": 6,
+                "llama.block_count": 2, "llama.feed_forward_length": 88, "llama.context_length": 256,
+                "llama.vocab_size": 101}  # fmt: skip
+        self.fields = {**base, **fields}
+
+    def field(self, name, default=None):
+        return self.fields.get(name, default)
+
+
+@pytest.mark.parametrize(
+    ("fields", "phrase"),
+    [
+        ({"llama.attention.head_count": 0}, "llama.attention.head_count is 0; it must be a whole number >= 1"),
+        ({"llama.block_count": -1}, "llama.block_count is -1; it must be a whole number >= 1"),
+        ({"llama.rope.freq_base": -5.0}, "llama.rope.freq_base is -5.0; it must be a positive number"),
+        ({"llama.attention.layer_norm_rms_epsilon": float("nan")}, "layer_norm_rms_epsilon is nan"),
+    ],
+)
+def test_gguf_metadata_out_of_range_is_named(fields, phrase):
+    from tilesim.models.gguf_checkpoint import config_from_gguf
+
+    assert config_from_gguf(_Metadata()).heads == 6
+    with pytest.raises(CheckpointError, match=phrase):
+        config_from_gguf(_Metadata(**fields))

@@ -228,6 +228,29 @@ def test_random_argument_values_never_end_in_a_traceback(tiny_model, pairs):
     assert code in (0, 2)
 
 
+SERVE_FLAGS = ["--rate", "--cv", "--seed", "--max-num-seqs", "--chunk-size", "--prompt-len", "--output-len", "--slo",
+               "--probes", "--max-context"]  # fmt: skip
+SERVE_VALUES = st.one_of(
+    VALUES,
+    st.sampled_from(["fixed:0", "zipf:nan,1,9", "uniform:9,3", "fixed:1e30", "ttft_p90=0", "tpot_p99=1,tpot_p99=2"]),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(SERVE_FLAGS), SERVE_VALUES), min_size=1, max_size=3))
+def test_random_serving_values_never_end_in_a_traceback_or_a_hang(pairs):
+    # a drawn workload of 4 short requests, so that a run the values allow ends in moments
+    args = ["serve-sim", "llama-2-7b", "--tp", "8", "--requests", "4", "--prompt-len", "fixed:16",
+            "--output-len", "fixed:4", "--arrivals", "gamma", "--scheduler", "chunked"]  # fmt: skip
+    for flag, value in pairs:
+        args += [flag, value]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own refusal of a value that is not a number
+        code = exit_.code
+    assert code in (0, 1, 2)  # 1: no rate meets the SLO
+
+
 def test_a_full_disk_or_a_closed_pipe_on_stdout_is_one_line_or_silence():
     import subprocess
     import sys

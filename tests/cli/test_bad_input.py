@@ -219,13 +219,17 @@ FLAGS = ["--tp", "--cores", "--max-new-tokens", "--temperature", "--top-k", "--t
 def test_random_argument_values_never_end_in_a_traceback(tiny_model, pairs):
     folder = str(tiny_model("llama"))
     args = ["generate", folder, "--prompt-ids", "1,2", "--max-new-tokens", "1", "--device", "tiny"]
+    assert exit_code(args, pairs) in (0, 2)
+
+
+def exit_code(args: list[str], pairs) -> int:
+    """`tilesim` with `args` and each (flag, value) of `pairs`: its exit status (a traceback fails the test)."""
     for flag, value in pairs:
-        args += [flag, value]
+        args = [*args, flag, value]
     try:
-        code = main(args)
+        return main(args)
     except SystemExit as exit_:  # argparse's own refusal of a value that is not a number
-        code = exit_.code
-    assert code in (0, 2)
+        return exit_.code
 
 
 SERVE_FLAGS = ["--rate", "--cv", "--seed", "--max-num-seqs", "--chunk-size", "--prompt-len", "--output-len", "--slo",
@@ -242,13 +246,7 @@ def test_random_serving_values_never_end_in_a_traceback_or_a_hang(pairs):
     # a drawn workload of 4 short requests, so that a run the values allow ends in moments
     args = ["serve-sim", "llama-2-7b", "--tp", "8", "--requests", "4", "--prompt-len", "fixed:16",
             "--output-len", "fixed:4", "--arrivals", "gamma", "--scheduler", "chunked"]  # fmt: skip
-    for flag, value in pairs:
-        args += [flag, value]
-    try:
-        code = main(args)
-    except SystemExit as exit_:  # argparse's own refusal of a value that is not a number
-        code = exit_.code
-    assert code in (0, 1, 2)  # 1: no rate meets the SLO
+    assert exit_code(args, pairs) in (0, 1, 2)  # 1: no rate meets the SLO
 
 
 def test_a_full_disk_or_a_closed_pipe_on_stdout_is_one_line_or_silence():

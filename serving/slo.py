@@ -58,6 +58,9 @@ class RateSearch:
     rate: float  # the highest rate found to meet the SLO (0: none of those tried)
     summary: dict | None  # the run at that rate
     tried: list[tuple[float, bool]] = field(default_factory=list)  # (rate, met) in the order tried
+    # every rate tried met it: the requests are served within the SLO even when they all arrive
+    # at once, so `rate` is only where the doubling stopped (more requests would load the device)
+    unbounded: bool = False
 
 
 def max_rate(
@@ -118,6 +121,7 @@ def max_rate(
             break
         lo, hi = narrowed(lo, hi, *round_(rates))
     if lo is None or hi is None:
+        search.unbounded = lo is not None
         return search
     for _ in range(steps):
         if hi / lo <= 1 + tolerance:

@@ -66,7 +66,18 @@ def test_max_rate_against_a_closed_form():
 
     unit = [Request(i, float(i), 1, 1) for i in range(101)]  # exactly one per second
     search = max_rate(run, unit, parse_slo("e2e_mean=2"), start=0.3, tolerance=0.001)
-    assert search.rate == pytest.approx(5.0, rel=0.002) and search.rate <= 5.0
+    assert search.rate == pytest.approx(5.0, rel=0.002) and search.rate <= 5.0 and not search.unbounded
+
+
+def test_a_workload_that_meets_the_slo_at_every_rate_is_said_to_be_unbounded(capsys):
+    from tilesim.serving import Request
+
+    unit = [Request(i, float(i), 1, 1) for i in range(3)]
+    search = max_rate(lambda w: {"e2e": {"mean": 1.0}}, unit, parse_slo("e2e_mean=2"), start=1.0, steps=10)
+    assert search.unbounded and search.rate == 2.0**9, "the doubling stops after its steps, not at an answer"
+    assert main(["serve-sim", *MODEL, "--requests", "3", "--prompt-len", "fixed:16", "--output-len", "fixed:4",
+                 "--slo", "ttft_p99=10"]) == 0  # fmt: skip
+    assert "the 3 requests are served within it even when they all arrive at once" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

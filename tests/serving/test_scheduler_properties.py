@@ -135,3 +135,18 @@ def test_unknown_scheduler_and_bad_slot_counts_are_refused(model):
     with pytest.raises(TilesimError, match="no requests"):
         serve(model, [])
     assert issubclass(GenerationError, TilesimError)
+
+
+any_number = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 300), st.booleans(), st.none())
+
+
+@given(st.lists(st.tuples(any_number, any_number, any_number, any_number), min_size=1, max_size=4))
+def test_requests_of_any_values_are_served_or_refused_never_hung(model, rows):
+    # Requests built in Python skip read_workload's checks: serve() must check them itself (a NaN
+    # arrival used to wait forever for its time to come)
+    requests = [Request(rid, arrival, p, o) for rid, arrival, p, o in rows]
+    try:
+        result = serve(model, requests, max_num_seqs=2)
+    except TilesimError:
+        return
+    assert sorted(live.request.id for live in result.requests) == sorted(r.id for r in requests)

@@ -166,9 +166,17 @@ def _search(args, model, spec, unit_workload, slo, options, quiet) -> int:
     terms = ", ".join(f"{m}_{s} <= {fmt_time(v)}" for (m, s), v in slo.items())
     if args.json:
         print(json.dumps({"slo": {f"{m}_{s}": v for (m, s), v in slo.items()}, "max_rate": search.rate,
-                          "tried": search.tried, "summary": search.summary}, indent=2))  # fmt: skip
+                          "unbounded": search.unbounded, "tried": search.tried, "summary": search.summary},
+                         indent=2))  # fmt: skip
     elif search.summary is None:
         print(f"no arrival rate tried meets {terms} (down to {min(r for r, _ in search.tried):.3g} req/s)")
+    elif search.unbounded:
+        print(
+            f"every rate tried meets {terms}, up to {search.rate:.3g} requests/s: the {len(unit_workload)} requests "
+            "are served within it even when they all arrive at once; draw more --requests to find where the "
+            "device saturates\n"
+        )
+        print_summary(search.summary)
     else:
         print(f"highest rate meeting {terms}: {search.rate:.3g} requests/s ({len(search.tried)} runs)\n")
         print_summary(search.summary)

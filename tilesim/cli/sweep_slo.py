@@ -10,6 +10,8 @@ import argparse
 from tilesim.cli.flags import fill, only_with
 from tilesim.cli.table import print_table
 from tilesim.cli.tp_plot import plot_by_tp
+from tilesim.errors import ConfigError
+from tilesim.runtime.checks import whole
 from tilesim.serving import SCHEDULERS, max_rate, parse_slo, serve, synthetic
 from tilesim.units import fmt_time
 
@@ -38,6 +40,8 @@ def check_flags(args: argparse.Namespace) -> None:
         "chunk_size": (args.slo is not None and args.scheduler == "chunked", "--slo with --scheduler chunked"),
     })  # fmt: skip
     fill(args, SERVING)
+    whole("max_num_seqs", args.max_num_seqs, 1, ConfigError)  # before the points: each would fail alike
+    whole("chunk_size", args.chunk_size, 1, ConfigError, optional=True)
 
 
 def workload(args: argparse.Namespace):
@@ -60,6 +64,7 @@ def slo_row(model, unit, args: argparse.Namespace) -> dict:
     s = search.summary
     return {
         "max_rate_rps": search.rate,
+        "unbounded": search.unbounded,
         "rate_per_core": search.rate / model.tp,
         "ttft_p90_s": s["ttft"]["p90"] if s else None,
         "tpot_p99_s": s["tpot"]["p99"] if s else None,
@@ -74,7 +79,7 @@ def print_rows(rows: list[dict]) -> None:
                 "device": r["device"],
                 "tp": r["tp"],
                 "dtype": r["dtype"],
-                "max rate": f"{r['max_rate_rps']:.3g} req/s",
+                "max rate": f">{r['max_rate_rps']:.3g} req/s" if r["unbounded"] else f"{r['max_rate_rps']:.3g} req/s",
                 "per core": f"{r['rate_per_core']:.3g}",
                 "TTFT p90": fmt_time(r["ttft_p90_s"]),
                 "TPOT p99": fmt_time(r["tpot_p99_s"]),
@@ -84,6 +89,11 @@ def print_rows(rows: list[dict]) -> None:
         ],
         right=("max rate", "per core", "TTFT p90", "TPOT p99"),
     )
+    if any(r["unbounded"] for r in rows):
+        print(
+            "\n>: every rate tried met the SLO (the workload's requests are served within it even when they all "
+            "arrive at once); draw more --requests to find where those configurations saturate"
+        )
 
 
 def mark_pareto(rows: list[dict]) -> None:

@@ -378,6 +378,8 @@ def _override(spec: DeviceSpec, name: str, value: Any) -> DeviceSpec:
         parsed = None if value is None and name == "context_batch" else _parse_value(_HOST_FIELDS[name], value, where)
         return dataclasses.replace(spec, host=dataclasses.replace(spec.host, **{name: parsed}))
     if name == "placement":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of tensor kind to 'tiles' or 'offchip', got {value!r}")
         return dataclasses.replace(spec, placement=_parse_placement({**spec.placement, **value}, where))
     known = ", ".join(["cores", "placement", *_CORE_FIELDS, *_FABRIC_FIELDS, *_HOST_FIELDS])
     raise ConfigError(f"unknown device override {name!r}; known: {known}")

@@ -27,6 +27,7 @@ from tilesim.device.kernels.rotary import rope_tables
 from tilesim.errors import ConfigError, ShardingError
 from tilesim.runtime import distributed, pipeline, shard, weights
 from tilesim.runtime.buckets import Buckets
+from tilesim.runtime.checks import whole
 from tilesim.runtime.collective_plan import CollectivePlan
 from tilesim.runtime.execute import Executor
 from tilesim.runtime.generate import GenerateOutput, generate
@@ -205,6 +206,8 @@ class Model:
     def session(self, batch: int, all_logits: bool, prefill_batch: int | None = None) -> None:
         """Plan and place the KV cache and activations for `batch` sequences (weights stay),
         for prefill steps of up to `prefill_batch` of them (default: all)."""
+        whole("batch", batch, 1, ConfigError)
+        whole("prefill_batch", prefill_batch, 1, ConfigError, optional=True)
         new = place(
             self.program,
             self.device,
@@ -232,6 +235,8 @@ class Model:
         """A step timer of this model, placed as it is, on `device`: the same device with
         other timing figures (e.g. `Device(name, cores=tp, link_latency="1 us")`), to ask what
         a figure changes without loading the model again. `spans=False`: latencies only."""
+        if not isinstance(device, Device):
+            raise ConfigError(f"device={device!r} must be a tilesim.Device, e.g. Device('trn1', cores={self.tp})")
         if device.num_cores != self.device.num_cores:
             raise ConfigError(f"the model runs on {self.device.num_cores} cores; the device has {device.num_cores}")
         itemsize, region = self.precision.act_bytes, self._session.plan.regions["activations"]

@@ -131,6 +131,12 @@ def speculative_generate(
     from tilesim.runtime.generate import check_prompts
 
     whole("k", k, 1, GenerationError)
+    whole("max_new_tokens", max_new_tokens, 1, GenerationError)
+    for name, model in (("target", target), ("draft", draft)):
+        if not hasattr(model, "graph") or not hasattr(model, "timing_only"):
+            raise GenerationError(f"{name}={model!r:.60} must be a model from tilesim.load")
+    if draft is target:  # one KV cache cannot hold both the target's positions and the draft's
+        raise GenerationError("the draft must be a model of its own: load it again (it may be the same checkpoint)")
     if target.timing_only or draft.timing_only:
         raise GenerationError("speculative decoding needs the tokens: load both models with their weights")
     if draft.graph.vocab_size != target.graph.vocab_size:

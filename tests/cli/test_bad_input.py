@@ -173,6 +173,16 @@ API_LOAD = [
 ]
 
 
+def test_a_loaded_models_methods_name_the_argument_that_is_wrong(tiny_model):
+    model = tilesim.load(str(tiny_model("llama")), device="tiny", tp=1)
+    with pytest.raises(ConfigError, match="batch='2' must be a whole number"):
+        model.session("2", False)
+    with pytest.raises(ConfigError, match=r"device=.trn1. must be a tilesim\.Device"):
+        model.timer_for("trn1")
+    with pytest.raises(ConfigError, match="override placement: expected a mapping"):
+        tilesim.Device("tiny", placement="tiles")
+
+
 @pytest.mark.parametrize(("change", "error", "phrase"), API_LOAD)
 def test_load_names_the_argument_that_is_wrong(tiny_model, change, error, phrase):
     kwargs = {"path_or_name": str(tiny_model("llama")), "device": "tiny", "tp": 1, **change}

@@ -147,3 +147,9 @@ def test_mismatched_models_and_bad_k_are_refused(models, tiny_model):
         speculative_generate(target, drafts["same"], PROMPT, 8, k=0)
     with pytest.raises(GenerationError, match="max_context"):
         speculative_generate(target, drafts["same"], PROMPT, 88, k=4)
+    with pytest.raises(GenerationError, match=r"draft=None must be a model from tilesim\.load"):
+        speculative_generate(target, None, PROMPT, 8)
+    with pytest.raises(GenerationError, match="the draft must be a model of its own"):
+        speculative_generate(target, target, PROMPT, 8)  # one KV cache cannot hold both (an IndexError before)
+    with pytest.raises(GenerationError, match="max_new_tokens=0 must be at least 1"):
+        speculative_generate(target, drafts["same"], PROMPT, 0)

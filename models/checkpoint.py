@@ -161,18 +161,18 @@ def _open_folder(name: str, folder: Path) -> Checkpoint:
             raise CheckpointError(_pickle_message(pickles[0]))
     config, module = config_from_json(config_path)
     reader = SafetensorsReader(folder)
-    config = _tied_as_transformers_ties(config, module, reader)
-    refs = module.weight_refs(config, set(reader.names()))
+    names = set(reader.names())
+    config = _tied_as_transformers_ties(config, module, reader, names)
+    refs = module.weight_refs(config, names)
     return _checked(Checkpoint(name, str(folder), "safetensors", config, module.build_graph(config), reader, refs))
 
 
-def _tied_as_transformers_ties(config: ModelConfig, module, reader: SafetensorsReader) -> ModelConfig:
+def _tied_as_transformers_ties(config: ModelConfig, module, reader: SafetensorsReader, names: set[str]) -> ModelConfig:
     """A config that ties the output layer to the embedding, over a checkpoint that holds an
     output layer of its own with other values, runs that output layer: transformers does not
     tie them then (it warns), so its tokens come from the stored output layer."""
     if not config.tie_embeddings:
         return config
-    names = set(reader.names())
     untied = dataclasses.replace(config, tie_embeddings=False)
     head, embed = (
         module.weight_refs(untied, names).get("lm_head.weight"),

@@ -15,6 +15,9 @@ admits a waiting request with `state.admit(live)`, which gives it a free slot.
   `chunk_size` prompt tokens beside it, so a long prompt does not stall the others' tokens.
 
 A new policy is a class with `name` and `plan(state)`, registered with `register_scheduler`.
+A policy that prefills whole prompts says so with `takes_chunks = False`, and `serve` then
+refuses a `chunk_size` it would ignore (a policy without the attribute may read
+`state.chunk_size`).
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ def _fill(state: ServerState) -> None:
 
 class StaticBatching:
     name = "static"
+    takes_chunks = False
 
     def plan(self, state: ServerState) -> StepPlan | None:
         if not state.running:
@@ -124,6 +128,7 @@ class StaticBatching:
 
 class ContinuousBatching:
     name = "continuous"
+    takes_chunks = False
 
     def plan(self, state: ServerState) -> StepPlan | None:
         _fill(state)
@@ -135,6 +140,7 @@ class ContinuousBatching:
 
 class ChunkedPrefill:
     name = "chunked"
+    takes_chunks = True
 
     def plan(self, state: ServerState) -> StepPlan | None:
         _fill(state)

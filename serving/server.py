@@ -29,16 +29,8 @@ import numpy as np
 from tilesim.errors import GenerationError, NumericalError
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.sampling import SamplingParams, choose
-from tilesim.serving.scheduler import (
-    ContinuousBatching,
-    Live,
-    Scheduler,
-    ServerState,
-    StaticBatching,
-    StepPlan,
-    make_scheduler,
-)
-from tilesim.serving.workload import Request, WorkloadError
+from tilesim.serving.scheduler import Live, Scheduler, ServerState, StepPlan, make_scheduler
+from tilesim.serving.workload import Request, WorkloadError, check_unique_ids
 
 
 @dataclass
@@ -190,7 +182,7 @@ def serve(
     policy = make_scheduler(scheduler)
     if progress is not None and not callable(progress):
         raise WorkloadError(f"progress={progress!r} must be a function of (requests finished), or None")
-    if chunk_size is not None and isinstance(policy, StaticBatching | ContinuousBatching):
+    if chunk_size is not None and not getattr(policy, "takes_chunks", True):
         raise WorkloadError(
             f"chunk_size={chunk_size!r} is the chunked scheduler's prompt tokens per step; "
             f"scheduler={policy.name!r} prefills whole prompts"
@@ -294,11 +286,7 @@ def _checked(
         raise WorkloadError("the workload holds no requests")
     for r in requests:
         _check_request(r)
-    seen: set[int] = set()
-    for r in requests:
-        if r.id in seen:
-            raise WorkloadError(f"request id {r.id} appears twice in the workload")
-        seen.add(r.id)
+    check_unique_ids(requests)
     vocab, out = model.graph.vocab_size, []
     for r in sorted(requests, key=lambda r: r.arrival):
         needed = r.prompt_tokens + r.output_tokens

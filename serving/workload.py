@@ -134,12 +134,17 @@ def _count(value, name: str, where: str, low: int, high: float = math.inf) -> in
 
 
 def _ordered(requests: list[Request]) -> list[Request]:
-    ids = [r.id for r in requests]
-    if len(set(ids)) != len(ids):
-        seen: set[int] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))
-        raise WorkloadError(f"request id {dup} appears twice in the workload")
+    check_unique_ids(requests)
     return sorted(requests, key=lambda r: r.arrival)  # stable: ties keep the file's order
+
+
+def check_unique_ids(requests: Sequence[Request]) -> None:
+    """Refuse a workload that gives one id to two requests (their results would share a key)."""
+    seen: set[int] = set()
+    for r in requests:
+        if r.id in seen:
+            raise WorkloadError(f"request id {r.id} appears twice in the workload")
+        seen.add(r.id)
 
 
 def parse_lengths(text: str, what: str) -> tuple[str, tuple[int, ...]]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tilesim.errors import CheckpointError
+from tilesim.errors import CheckpointError, TilesimWarning
 from tilesim.models import bloom, gguf_checkpoint, glm, gpt2, gpt_neox, gptj, llama, mixtral, opt, rwkv
 from tilesim.models.config import HFConfig, ModelConfig
 from tilesim.models.readers import GGUFTensorReader, SafetensorsReader
@@ -164,7 +165,16 @@ def _open_folder(name: str, folder: Path) -> Checkpoint:
     names = set(reader.names())
     config = _tied_as_transformers_ties(config, module, reader, names)
     refs = module.weight_refs(config, names)
-    return _checked(Checkpoint(name, str(folder), "safetensors", config, module.build_graph(config), reader, refs))
+    ckpt = _checked(Checkpoint(name, str(folder), "safetensors", config, module.build_graph(config), reader, refs))
+    tied_head = module.weight_refs(dataclasses.replace(config, tie_embeddings=False), names).get("lm_head.weight")
+    unused = _unused(ckpt, names, {tied_head.tensor} if config.tie_embeddings and tied_head else set())
+    if unused:
+        warnings.warn(
+            f"{folder}: {_describe_unused(unused, config)}; ignored, as transformers ignores them",
+            TilesimWarning,
+            stacklevel=4,
+        )
+    return ckpt
 
 
 def _tied_as_transformers_ties(config: ModelConfig, module, reader: SafetensorsReader, names: set[str]) -> ModelConfig:
@@ -186,6 +196,7 @@ def _tied_as_transformers_ties(config: ModelConfig, module, reader: SafetensorsR
     warnings.warn(
         f"{reader.path}: the config ties the output layer to the embedding (tie_word_embeddings), but the "
         f"checkpoint holds its own {head.tensor!r} with other values; it is used, as transformers does",
+        TilesimWarning,
         stacklevel=4,
     )
     return untied
@@ -197,7 +208,32 @@ def _open_gguf(name: str, path: Path) -> Checkpoint:
     reader = GGUFTensorReader(path)
     config = gguf_checkpoint.config_from_gguf(reader)
     refs = gguf_checkpoint.weight_refs(config, set(reader.names()))
-    return _checked(Checkpoint(name, str(path), "gguf", config, build_graph(config), reader, refs))
+    ckpt = _checked(Checkpoint(name, str(path), "gguf", config, build_graph(config), reader, refs))
+    unused = _unused(ckpt, set(reader.names()), {"rope_freqs.weight"})  # read into the config
+    if unused:  # llama.cpp refuses such a file: a tensor it does not know may change the answer
+        raise CheckpointError(f"{path}: {_describe_unused(unused, config)}; llama.cpp refuses such a file too")
+    return ckpt
+
+
+# buffers that older checkpoints saved beside the weights (the causal mask, rotary frequencies),
+# which transformers drops on load without a word
+_BUFFERS = re.compile(r"(^|\.)(attn|attention)\.(masked_)?bias$|(^|\.)rotary_emb\.inv_freq$")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blk|blocks)\.(\d+)\.")
+
+
+def _unused(ckpt: Checkpoint, names: set[str], also_used: set[str]) -> list[str]:
+    used = {ref.tensor for ref in ckpt.refs.values()} | also_used
+    return sorted(n for n in names - used if not _BUFFERS.search(n))
+
+
+def _describe_unused(unused: list[str], config: ModelConfig) -> str:
+    layers = [int(m[1]) for n in unused if (m := _LAYER.search(n))]
+    deeper = max(layers, default=-1) + 1 > config.layers
+    shown = ", ".join(repr(n) for n in unused[:3]) + (", ..." if len(unused) > 3 else "")
+    what = f"{len(unused)} of the checkpoint's tensors not used ({shown})"
+    if deeper:
+        what += f": the checkpoint holds {max(layers) + 1} layers and its config asks for {config.layers}"
+    return what
 
 
 def _checked(ckpt: Checkpoint) -> Checkpoint:

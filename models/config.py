@@ -84,6 +84,8 @@ class ModelConfig:
             return (base / np.float32(scaling["factor"])).astype(np.float32)
         if kind == "llama3":
             return _llama3_inv_freq(base, scaling)
+        if kind == "factors":  # a GGUF's rope_freqs.weight, one divisor per frequency
+            return (base / np.asarray(scaling["factors"], dtype=np.float32)).astype(np.float32)
         raise CheckpointError(f"rope scaling {kind!r} is not supported (supported: default, linear, llama3)")
 
 

@@ -47,11 +47,9 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
             raise CheckpointError(f"{reader.path}: GGUF {arch}.{name} is {value!r}; it must be a positive number")
         return float(value)
 
-    scaling = reader.field(f"{arch}.rope.scaling.type")
-    if scaling not in (None, "none"):
-        raise CheckpointError(f"{reader.path}: GGUF rope scaling {scaling!r} is not supported")
     hidden, heads = count("embedding_length"), count("attention.head_count")
     head_dim = hidden // heads
+    rotary_dim = count("rope.dimension_count", head_dim)
     tokens = reader.field("tokenizer.ggml.tokens")
     vocab = int(reader.field(f"{arch}.vocab_size", len(tokens) if tokens else 0) or 0)
     if not vocab:
@@ -73,14 +71,37 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         activation="swiglu",
         positions="rope",
         rope_style="neox",
-        rotary_dim=count("rope.dimension_count", head_dim),
+        rotary_dim=rotary_dim,
         rope_theta=positive("rope.freq_base", 10000.0),
+        rope_scaling=_rope_scaling(reader, arch, rotary_dim, positive),
         qkv_bias="blk.0.attn_q.bias" in reader.tensors,
         tie_embeddings="output.weight" not in reader.tensors,
         bos_token_id=reader.field("tokenizer.ggml.bos_token_id"),
         eos_token_ids=() if eos is None else (int(eos),),
         pad_token_id=reader.field("tokenizer.ggml.padding_token_id"),
     )
+
+
+def _rope_scaling(reader: GGUFTensorReader, arch: str, rotary_dim: int, positive) -> tuple:
+    """The rope scaling as llama.cpp applies it: linear (`rope.scaling.type`, positions divided
+    by `rope.scaling.factor`), or Llama 3.1's as its converter stores it, one divisor per rotary
+    frequency (`rope_freqs.weight`)."""
+    kind = reader.field(f"{arch}.rope.scaling.type")
+    if kind == "linear":
+        return (("factor", positive("rope.scaling.factor", None)), ("rope_type", "linear"))
+    if kind not in (None, "none"):
+        raise CheckpointError(f"{reader.path}: GGUF rope scaling {kind!r} is not supported (supported: linear)")
+    if "rope_freqs.weight" not in reader.tensors:
+        return ()
+    factors = reader.read("rope_freqs.weight", slice(None), None).reshape(-1)
+    if factors.size != rotary_dim // 2:
+        raise CheckpointError(
+            f"{reader.path}: rope_freqs.weight holds {factors.size} factors; the rotary dimension "
+            f"{rotary_dim} asks for {rotary_dim // 2}, one per frequency"
+        )
+    if not np.all(np.isfinite(factors) & (factors > 0)):
+        raise CheckpointError(f"{reader.path}: rope_freqs.weight holds factors that are not positive numbers")
+    return (("factors", tuple(float(f) for f in factors)), ("rope_type", "factors"))
 
 
 def unpermute_rows(heads: int, head_dim: int) -> np.ndarray:

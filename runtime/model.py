@@ -24,7 +24,7 @@ from tilesim.device import kernels
 from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.device import Device
 from tilesim.device.kernels.rotary import rope_tables
-from tilesim.errors import ConfigError, ShardingError
+from tilesim.errors import ConfigError, ShardingError, TilesimWarning
 from tilesim.runtime import distributed, pipeline, shard, weights
 from tilesim.runtime.buckets import Buckets
 from tilesim.runtime.checks import whole
@@ -116,7 +116,7 @@ class Model:
                 f"{self.graph.name} was trained for (rotary positions and ALiBi biases extend; quality there is "
                 "not known)"
             )
-            warnings.warn(beyond, stacklevel=2)
+            warnings.warn(beyond, TilesimWarning, stacklevel=2)
             self.notes.append(beyond)
         self.formats = weights.storage_formats(self.graph, self.precision, checkpoint)
         blocky = any(f in weights.BLOCK_FORMATS for f in self.formats.values())

@@ -103,6 +103,41 @@ def configs():
             ),
             [1, 3, 6],
         ),
+        # rope scaling: head_dim 16 has 8 frequencies, with wavelengths of 6 to 20,000 positions; an
+        # original context of 64 leaves the first unscaled, smooths two and divides five
+        "llama3_rope": (
+            T.LlamaConfig(
+                hidden_size=96,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                max_position_embeddings=256,
+                vocab_size=128,
+                rope_parameters={
+                    "rope_type": "llama3",
+                    "rope_theta": 10000.0,
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                },
+            ),
+            [1, 3],
+        ),
+        "llama_linear_rope": (
+            T.LlamaConfig(
+                hidden_size=96,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                max_position_embeddings=256,
+                vocab_size=128,
+                rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+            ),
+            [1, 3],
+        ),
         "llama_gguf_wide": (  # head_dim 32: padded heads are whole 32-column blocks
             T.LlamaConfig(
                 hidden_size=192,

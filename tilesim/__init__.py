@@ -23,6 +23,7 @@ from tilesim.errors import (
     OutOfTileMemory,
     ShardingError,
     TilesimError,
+    TilesimWarning,
     UnknownPreset,
     WorkloadError,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "OutOfTileMemory",
     "ShardingError",
     "TilesimError",
+    "TilesimWarning",
     "UnknownPreset",
     "WorkloadError",
     "__version__",

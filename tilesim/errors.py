@@ -16,6 +16,12 @@ class TilesimError(Exception):
     verbatim: bool = False
 
 
+class TilesimWarning(UserWarning):
+    """A run that goes on, but not quite as asked or with something tilesim cannot vouch for
+    (a context past the trained positions, tensors a config does not use, an unknown
+    pre-tokenizer). The command line prints it as one line."""
+
+
 class ConfigError(TilesimError):
     """A preset, an override or an argument is malformed or out of range."""
 

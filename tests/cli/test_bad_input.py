@@ -3,6 +3,8 @@ flags named, no traceback; Python: a TilesimError subclass naming its arguments)
 hypothesis test that random argument values never end in a traceback."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,6 +93,10 @@ OTHERS = [
     (["collectives", "--cores", "4", "--fault", "corrupt=0.5,seed=x"], "cannot read fault 'seed=x'"),
     (["collectives", "--cores", "4", "--fault", "bogus=1"], "slow=[A-B:]F, seed=N, retries=N"),
     (["collectives", "--cores", "4", "--fault", "slow=0.5"], "fault slow=0.5 on every link: the slow-down factor"),
+    (["collectives", "--cores", "4", "--fault", ""], "fault '' injects nothing; give at least one of drop=P"),
+    (["collectives", "--cores", "4", "--fault", "seed=3,retries=2"], "fault 'seed=3,retries=2' injects nothing"),
+    (["sweep", "{llama}", "--device", "tiny", "--tp", "1,3,1"], "--tp names 1 twice: give each value once"),
+    (["sweep", "{llama}", "--device", "tiny,trn1,tiny"], "--device names tiny twice"),
     (["collectives", "--device", "{llama}/config.json"], "config.json: unknown field 'architectures'"),
     (["sweep", "{llama}", "--max-context", "16", "--prompt-len", "64"], "--max-context 16 holds fewer positions"),
     (["sweep", "{llama}", "--max-num-seqs", "4"], "--max-num-seqs is for --slo"),
@@ -122,6 +128,19 @@ def test_a_context_beyond_the_positions_is_refused_for_learned_positions_and_war
     out = model.generate([list(range(1, 100))] * 1, max_new_tokens=300, eos_token_id=None)
     assert len(out.tokens[0]) == 300  # positions 256..398 run: rotary tables cover the whole context
     assert any("beyond the 256 positions" in note for note in out.report["memory"]["notes"])
+
+
+def test_the_command_line_prints_a_warning_as_one_line_in_its_own_words(tiny_model):
+    args = [str(tiny_model("llama")), "--prompt-ids", "1,2", "--max-new-tokens", "1", "--max-context", "512"]
+    run = subprocess.run(
+        [sys.executable, "-m", "tilesim.cli.main", "generate", *args], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    warned = [line for line in run.stderr.splitlines() if "warning" in line.lower()]
+    assert warned == [
+        "tilesim: warning: --max-context 512 is beyond the 256 positions llama was trained for (rotary positions "
+        "and ALiBi biases extend; quality there is not known)"
+    ], run.stderr
 
 
 def test_a_sweep_whose_every_point_fails_exits_non_zero(capsys, tiny_model):

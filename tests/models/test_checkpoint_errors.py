@@ -57,6 +57,28 @@ def test_a_shape_that_disagrees_with_the_config_is_named(tiny_model, tmp_path):
         tilesim.load(str(folder), device="tiny", tp=1)
 
 
+def test_tensors_the_config_does_not_use_are_named_in_a_warning_as_transformers_names_them(tiny_model, tmp_path):
+    """A config cut to fewer layers than the file holds runs its own layers (transformers
+    does the same, and warns); saved buffers (causal masks, rotary frequencies) pass quietly."""
+    import warnings
+
+    folder = copy(tiny_model("llama"), tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(4, np.float32)
+    save_file(tensors, folder / "model.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tilesim.load(str(folder), device="tiny", tp=1)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    with pytest.warns(UserWarning, match=r"not used \('model\.layers\.1\..*holds 2 layers and its config asks for 1"):
+        tilesim.load(str(folder), device="tiny", tp=1)
+    tensors["extra.weight"] = np.ones(4, np.float32)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.warns(UserWarning, match=r"10 of the checkpoint's tensors not used \('extra\.weight', "):
+        tilesim.load(str(folder), device="tiny", tp=1)
+
+
 def test_a_truncated_file_is_named(tiny_model, tmp_path):
     folder = copy(tiny_model("gptj"), tmp_path)
     path = folder / "model.safetensors"

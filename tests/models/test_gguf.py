@@ -19,7 +19,7 @@ def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(folder, path, qtype):
+def write_gguf(folder, path, qtype, extra=None, linear_rope=None):
     import json
 
     cfg = json.loads((folder / "config.json").read_text())
@@ -34,6 +34,9 @@ def write_gguf(folder, path, qtype):
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
     writer.add_vocab_size(cfg["vocab_size"])
+    if linear_rope:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(linear_rope)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "Q8_0" else gguf.LlamaFileType.ALL_F32)
     names = {
         "model.embed_tokens.weight": "token_embd.weight",
@@ -69,6 +72,8 @@ def write_gguf(folder, path, qtype):
             writer.add_tensor(target, gguf.quants.quantize(w, q), raw_dtype=q)
         else:
             writer.add_tensor(target, w)
+    for name, w in (extra or {}).items():
+        writer.add_tensor(name, w)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -92,6 +97,76 @@ def test_gguf_logits_match_transformers_loading_the_same_file(tiny_model, tmp_pa
     out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
     assert out.logits[0].shape == ref.shape
     assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
+def llama3_rope_factors(cfg: dict) -> np.ndarray:
+    """The divisor of each rotary frequency, as llama.cpp's converter writes Llama 3.1's rope
+    scaling into a GGUF (`rope_freqs.weight`); written out from its description."""
+    rope = cfg["rope_parameters"]
+    dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    freqs = 1.0 / rope["rope_theta"] ** (np.arange(0, dim, 2) / dim)
+    old, low, high = rope["original_max_position_embeddings"], rope["low_freq_factor"], rope["high_freq_factor"]
+    factors = []
+    for wavelen in 2 * np.pi / freqs:
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(rope["factor"])
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / rope["factor"] + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+@pytest.mark.parametrize("tp", [1, 3])
+def test_llama3_rope_scaling_stored_as_frequency_factors_gives_the_checkpoints_logits(tiny_model, tmp_path, tp):
+    """transformers ignores `rope_freqs.weight` when it loads a GGUF (llama.cpp does not), so the
+    reference is transformers on the checkpoint the file was converted from."""
+    import json
+
+    folder = tiny_model("llama3_rope")
+    factors = llama3_rope_factors(json.loads((folder / "config.json").read_text()))
+    assert len(set(factors.tolist())) > 2  # unscaled, smoothed and divided frequencies
+    path = write_gguf(folder, tmp_path / "llama3.gguf", "F32", extra={"rope_freqs.weight": factors})
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    prompt = PROMPT * 6  # 60 positions
+    with torch.no_grad():
+        ref = hf(torch.tensor([prompt])).logits[0].numpy()
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    out = model.generate([prompt], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
+def test_linear_rope_scaling_gives_the_checkpoints_logits(tiny_model, tmp_path):
+    import json
+
+    folder = tiny_model("llama_linear_rope")
+    factor = json.loads((folder / "config.json").read_text())["rope_parameters"]["factor"]
+    path = write_gguf(folder, tmp_path / "linear.gguf", "F32", linear_rope=factor)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT * 3])).logits[0].numpy()
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=3), tp=3)
+    out = model.generate([PROMPT * 3], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
+@pytest.mark.parametrize(
+    ("factors", "phrase"),
+    [(np.ones(3, np.float32), "holds 3 factors; the rotary dimension 16 asks for 8"),
+     (np.array([1, 2, 0, 4, 1, 1, 1, 1], np.float32), "not positive numbers")],
+)  # fmt: skip
+def test_frequency_factors_of_the_wrong_count_or_sign_are_refused(tiny_model, tmp_path, factors, phrase):
+    path = write_gguf(tiny_model("llama_gguf"), tmp_path / "bad.gguf", "F32", extra={"rope_freqs.weight": factors})
+    with pytest.raises(CheckpointError, match=phrase):
+        tilesim.load(str(path), device="tiny", tp=1)
+
+
+def test_a_gguf_with_tensors_its_metadata_does_not_use_is_refused_as_llama_cpp_refuses_it(tiny_model, tmp_path):
+    extra = {"blk.2.attn_norm.weight": np.ones(96, np.float32)}
+    path = write_gguf(tiny_model("llama_gguf"), tmp_path / "deeper.gguf", "F32", extra=extra)
+    with pytest.raises(CheckpointError, match=r"not used \('blk\.2\.attn_norm\.weight'\).*holds 3 layers.*asks for 2"):
+        tilesim.load(str(path), device="tiny", tp=1)
 
 
 def test_a_truncated_gguf_is_refused(tiny_model, tmp_path):

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     p = device.num_cores
     topology = device.spec.fabric.topology
     algos = algorithms_for(args.op, topology) if args.algo == "all" else [args.algo]
-    faults = FaultSpec.parse(args.fault) if args.fault else None
+    faults = FaultSpec.parse(args.fault) if args.fault is not None else None
     itemsize = DTYPES[args.dtype].itemsize
     sizes = sizes_from(args.bytes)
     _fits_in_host(max(sizes), p, args.bytes)

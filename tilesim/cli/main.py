@@ -14,9 +14,10 @@ import importlib
 import os
 import re
 import sys
+import warnings
 
 from tilesim import __version__
-from tilesim.errors import TilesimError
+from tilesim.errors import TilesimError, TilesimWarning
 
 # subcommand -> module in tilesim.cli that defines `add_parser(subparsers)` and `run(args)`
 SUBCOMMANDS = {
@@ -86,7 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning) -> None:
+    """tilesim's own warnings as one line in the command line's words; others as Python shows them."""
+    if not issubclass(category, TilesimWarning):
+        _default(message, category, filename, lineno, file, line)
+        return
+    print(f"tilesim: warning: {in_cli_words(str(message))}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     try:
         args = build_parser().parse_args(argv)  # imports the subcommands: Ctrl-C may come here too
         code = int(args.run(args) or 0)

@@ -98,6 +98,10 @@ def _check_points(devices: list[str], degrees: list[int], dtypes: list[str | Non
             raise UnknownPreset(f"--device {name!r}: unknown device preset; known presets: {', '.join(known)}")
     if not devices or not degrees or not dtypes:
         raise ConfigError("--device, --tp and --dtype (when given) each need at least one value")
+    for flag, values in (("device", devices), ("tp", degrees), ("dtype", dtypes)):
+        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if twice is not None:  # the same point would run again and stand twice in the table
+            raise ConfigError(f"--{flag} names {twice} twice: give each value once")
     bad = [d for d in degrees if d < 1]
     if bad:
         raise ConfigError(f"--tp {bad[0]}: a tensor-parallel degree is at least 1")

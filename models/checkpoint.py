@@ -20,8 +20,9 @@ import numpy as np
 from tilesim.errors import CheckpointError, TilesimWarning
 from tilesim.models import bloom, gguf_checkpoint, glm, gpt2, gpt_neox, gptj, llama, mixtral, opt, rwkv
 from tilesim.models.config import HFConfig, ModelConfig
+from tilesim.models.gguf_tokenizer import from_gguf
 from tilesim.models.readers import GGUFTensorReader, SafetensorsReader
-from tilesim.models.tokenizer import Tokenizer, from_folder, from_gguf
+from tilesim.models.tokenizer import Tokenizer, from_folder
 from tilesim.models.weights import TensorReader, WeightRef, read_weight
 from tilesim.runtime.graph import DecoderGraph
 

@@ -48,7 +48,17 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         return float(value)
 
     hidden, heads = count("embedding_length"), count("attention.head_count")
-    head_dim = hidden // heads
+    head_dim = count("attention.key_length", hidden // heads)  # set where heads are not hidden / head count wide
+    if count("attention.value_length", head_dim) != head_dim:
+        raise CheckpointError(
+            f"{reader.path}: GGUF {arch}.attention.value_length differs from its key_length {head_dim}; "
+            "tilesim runs heads whose keys and values are as wide"
+        )
+    if reader.field(f"{arch}.expert_count"):
+        raise CheckpointError(
+            f"{reader.path}: a mixture-of-experts GGUF ({arch}.expert_count {reader.field(f'{arch}.expert_count')}) "
+            "is not supported; run the model's safetensors checkpoint (Mixtral runs from one)"
+        )
     rotary_dim = count("rope.dimension_count", head_dim)
     tokens = reader.field("tokenizer.ggml.tokens")
     vocab = int(reader.field(f"{arch}.vocab_size", len(tokens) if tokens else 0) or 0)

@@ -138,6 +138,19 @@ def configs():
             ),
             [1, 3],
         ),
+        "llama_head_dim": (  # heads 32 wide where hidden / heads is 16 (GGUF: attention.key_length)
+            T.LlamaConfig(
+                hidden_size=96,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                head_dim=32,
+                max_position_embeddings=256,
+                vocab_size=128,
+            ),
+            [1, 3],
+        ),
         "llama_gguf_wide": (  # head_dim 32: padded heads are whole 32-column blocks
             T.LlamaConfig(
                 hidden_size=192,

@@ -22,6 +22,7 @@ CASES = [
     ("llama3_rope", 1),
     ("llama3_rope", 3),
     ("llama_linear_rope", 3),
+    ("llama_head_dim", 3),
     ("mistral", 1),
     ("mistral", 2),
     ("mistral", 6),

@@ -34,6 +34,11 @@ def write_gguf(folder, path, qtype, extra=None, linear_rope=None):
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
     writer.add_vocab_size(cfg["vocab_size"])
+    if cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"]) != (
+        cfg["hidden_size"] // cfg["num_attention_heads"]
+    ):
+        writer.add_key_length(cfg["head_dim"])
+        writer.add_value_length(cfg["head_dim"])
     if linear_rope:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(linear_rope)
@@ -169,6 +174,21 @@ def test_a_gguf_with_tensors_its_metadata_does_not_use_is_refused_as_llama_cpp_r
         tilesim.load(str(path), device="tiny", tp=1)
 
 
+@pytest.mark.parametrize("tp", [1, 3])
+def test_heads_wider_than_hidden_over_heads_give_the_checkpoints_logits(tiny_model, tmp_path, tp):
+    """transformers does not read a llama GGUF's attention.key_length, so the reference is
+    transformers on the checkpoint the file was made from (in F32: the same values)."""
+    folder = tiny_model("llama_head_dim")
+    path = write_gguf(folder, tmp_path / "head-dim.gguf", "F32")
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    assert hf.config.head_dim == 32
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT])).logits[0].numpy()
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
 def test_a_truncated_gguf_is_refused(tiny_model, tmp_path):
     path = write_gguf(tiny_model("llama_gguf"), tmp_path / "whole.gguf", "F32")
     cut = tmp_path / "cut.gguf"
@@ -218,6 +238,8 @@ class _Metadata:
         ({"llama.block_count": -1}, "llama.block_count is -1; it must be a whole number >= 1"),
         ({"llama.rope.freq_base": -5.0}, "llama.rope.freq_base is -5.0; it must be a positive number"),
         ({"llama.attention.layer_norm_rms_epsilon": float("nan")}, "layer_norm_rms_epsilon is nan"),
+        ({"llama.attention.key_length": 8, "llama.attention.value_length": 16}, "value_length differs from"),
+        ({"llama.expert_count": 8}, r"a mixture-of-experts GGUF \(llama.expert_count 8\) is not supported"),
     ],
 )
 def test_gguf_metadata_out_of_range_is_named(fields, phrase):

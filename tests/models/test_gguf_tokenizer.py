@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from tilesim.models.gguf_tokenizer import from_gguf
 from tilesim.models.readers import GGUFTensorReader
-from tilesim.models.tokenizer import from_gguf
 
 gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
@@ -92,3 +92,63 @@ def test_an_unknown_pre_tokenizer_is_named_in_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         from_gguf(GGUFTensorReader(_write(tmp_path / "known.gguf", "llama-bpe", LLAMA3)))
+
+
+def _write_sentencepiece(path, prefix: bool | None):
+    """Llama 2's layout: <unk>, <s>, </s>, the 256 byte tokens, then the pieces, scored by the
+    order their merges were learned in; no merges stored (llama.cpp's converter stores none)."""
+    from tokenizers import SentencePieceBPETokenizer
+
+    trainer = SentencePieceBPETokenizer()
+    trainer.train_from_iterator(CORPUS * 20, vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"])
+    learned = trainer.get_vocab()
+    pieces = sorted((t for t in learned if t not in ("<unk>", "<s>", "</s>")), key=learned.get)
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces, "<think>"]
+    types = [2, 3, 3, *[6] * 256, *[1] * len(pieces), 4]
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))] + [0.0]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_scores(scores)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    if prefix is not None:
+        writer.add_add_space_prefix(prefix)
+    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("prefix", [None, True])
+def test_a_sentencepiece_vocabulary_tokenizes_as_transformers_builds_it(tmp_path, prefix):
+    """Llama 2 / Mistral / TinyLlama GGUF files: merges ranked by score, bytes outside the
+    vocabulary as <0xNN> tokens, spaces as '▁', a user-defined token kept whole."""
+    path = _write_sentencepiece(tmp_path / "spm.gguf", prefix)
+    reference = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    ours = from_gguf(GGUFTensorReader(path))
+    unseen = ["hellothere 1234567 valuequoted", "abc 22333 .getworld"]  # words whose merges compete
+    texts = [*TEXTS, *unseen, "  two leading spaces", "中文 🚀\nnew line", "say <think> then </s> end", ""]
+    for text in texts:
+        ids = reference(text).input_ids
+        assert ours.encode(text) == ids, (prefix, text)
+        assert ours.decode(ids) == reference.decode(ids), (prefix, text)
+        assert ours.decode(ids, skip_special_tokens=True) == reference.decode(ids, skip_special_tokens=True)
+    assert ours.encode("hello")[0] == 1  # llama.cpp adds <s> to these vocabularies unless told not to
+
+
+def test_a_sentencepiece_vocabulary_without_the_space_prefix_puts_none_before_the_text(tmp_path):
+    """`add_space_prefix: false`, which llama.cpp follows and transformers does not read: text
+    that starts with a space is tokenized as with the prefix (the space is there already);
+    other text starts without '▁'."""
+    reference = AutoTokenizer.from_pretrained(
+        str(tmp_path), gguf_file=_write_sentencepiece(tmp_path / "with.gguf", True).name
+    )
+    ours = from_gguf(GGUFTensorReader(_write_sentencepiece(tmp_path / "without.gguf", False)))
+    for text in TEXTS:
+        assert ours.encode(" " + text) == reference(" " + text).input_ids, text
+        assert ours.decode(ours.encode(text), skip_special_tokens=True) == text  # no space came before it
+        assert not reference.convert_ids_to_tokens(ours.encode(text)[1:2])[0].startswith("\u2581"), text

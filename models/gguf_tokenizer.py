@@ -11,6 +11,7 @@ whole in text.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from tilesim.errors import CheckpointError, TilesimWarning
@@ -40,22 +41,28 @@ def from_gguf(reader) -> Tokenizer | None:
     tokens = reader.field("tokenizer.ggml.tokens")
     if not tokens:
         return None
-    if kind == "gpt2":
-        backend, spelled = _byte_level(reader, tokens)
-        add_bos = bool(reader.field("tokenizer.ggml.add_bos_token", False))
-    elif kind == "llama":
-        backend, spelled = _sentencepiece(reader, tokens), None
-        add_bos = bool(reader.field("tokenizer.ggml.add_bos_token", True))  # llama.cpp's default for these
-    else:
+    if kind not in ("gpt2", "llama"):
         raise CheckpointError(
             f"{reader.path}: GGUF tokenizer {kind!r} is not supported (byte-level BPE 'gpt2' and SentencePiece "
             "'llama' are); pass token ids"
         )
+    try:
+        backend, spelled = _byte_level(reader, tokens) if kind == "gpt2" else (_sentencepiece(reader, tokens), None)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # tokenizers raises a bare Exception (or a TypeError) on merges it cannot read
+        reason = str(exc).splitlines()[0]
+        raise CheckpointError(f"{reader.path}: cannot build a tokenizer from the GGUF vocabulary ({reason})") from None
+    add_bos = bool(reader.field("tokenizer.ggml.add_bos_token", kind == "llama"))  # llama.cpp's defaults
     _add_marked_tokens(backend, reader, tokens, spelled)
 
     def token(key: str) -> str | None:
         index = reader.field(key)
-        return tokens[index] if index is not None and 0 <= index < len(tokens) else None
+        if index is None:
+            return None
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(tokens):
+            raise CheckpointError(f"{reader.path}: GGUF {key} {index!r} is not one of its {len(tokens)} token ids")
+        return tokens[index]
 
     return Tokenizer(
         backend,
@@ -76,7 +83,7 @@ def _byte_level(reader, tokens: list[str]):
     for index, token in enumerate(tokens):
         text = token if set(token) <= letters else "".join(alphabet[b] for b in token.encode("utf-8"))
         vocab.setdefault(text, index)
-    merges = [tuple(m.split(" ", 1)) for m in reader.field("tokenizer.ggml.merges") or []]
+    merges = _stored_merges(reader)
     backend = Backend(models.BPE(vocab, merges, fuse_unk=False))
     backend.pre_tokenizer = _pre_tokenizer(reader)
     backend.decoder = decoders.ByteLevel()
@@ -116,14 +123,12 @@ def _sentencepiece(reader, tokens: list[str]):
     vocab: dict[str, int] = {}
     for index, token in enumerate(tokens):
         vocab.setdefault(token, index)
-    stored = reader.field("tokenizer.ggml.merges")
-    if stored:
-        merges = [tuple(m.split(" ", 1)) for m in stored]
-    else:
+    merges = _stored_merges(reader)
+    if not merges:
         scores = reader.field("tokenizer.ggml.scores")
-        if scores is None or len(scores) != len(tokens):
+        if scores is None or len(scores) != len(tokens) or not all(math.isfinite(x) for x in scores):
             raise CheckpointError(
-                f"{reader.path}: a SentencePiece GGUF vocabulary needs tokenizer.ggml.scores, one per token"
+                f"{reader.path}: a SentencePiece GGUF vocabulary needs tokenizer.ggml.scores, a number per token"
             )
         merges = _merges_by_score(tokens, vocab, scores)
     backend = Backend(models.BPE(vocab, merges, fuse_unk=True, byte_fallback=True))
@@ -136,6 +141,18 @@ def _sentencepiece(reader, tokens: list[str]):
         steps.append(decoders.Strip(content=" ", left=1))
     backend.decoder = decoders.Sequence(steps)
     return backend
+
+
+def _stored_merges(reader) -> list[tuple[str, str]]:
+    merges = []
+    for number, merge in enumerate(reader.field("tokenizer.ggml.merges") or [], 1):
+        pair = tuple(merge.split(" ")) if isinstance(merge, str) else ()
+        if len(pair) != 2:
+            raise CheckpointError(
+                f"{reader.path}: GGUF merge {number} is {merge!r}; a merge is two tokens with a space between them"
+            )
+        merges.append(pair)
+    return merges
 
 
 def _merges_by_score(tokens: list[str], vocab: dict[str, int], scores) -> list[tuple[str, str]]:

@@ -152,3 +152,41 @@ def test_a_sentencepiece_vocabulary_without_the_space_prefix_puts_none_before_th
         assert ours.encode(" " + text) == reference(" " + text).input_ids, text
         assert ours.decode(ours.encode(text), skip_special_tokens=True) == text  # no space came before it
         assert not reference.convert_ids_to_tokens(ours.encode(text)[1:2])[0].startswith("\u2581"), text
+
+
+def _write_small(path, model="gpt2", merges=("a b",), scores=None, bos=None):
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model(model)
+    writer.add_token_list(["a", "b", "ab"])
+    if merges is not None:
+        writer.add_token_merges(list(merges))
+    if scores is not None:
+        writer.add_token_scores(list(scores))
+    if bos is not None:
+        writer.add_bos_token_id(bos)
+    writer.add_tensor("token_embd.weight", np.zeros((3, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fields", "phrase"),
+    [
+        ({"merges": ["ab"]}, "GGUF merge 1 is 'ab'; a merge is two tokens with a space between them"),
+        ({"merges": ["a b c"]}, "GGUF merge 1 is 'a b c'"),
+        ({"merges": ["a c"]}, r"cannot build a tokenizer from the GGUF vocabulary \(.*Token `c` out of vocabulary"),
+        ({"model": "llama", "merges": None}, "SentencePiece GGUF vocabulary needs tokenizer.ggml.scores"),
+        ({"model": "llama", "merges": None, "scores": [0.0, float("nan"), 1.0]}, "a number per token"),
+        ({"bos": 99}, "tokenizer.ggml.bos_token_id 99 is not one of its 3 token ids"),
+        ({"model": "bert"}, "GGUF tokenizer 'bert' is not supported"),
+    ],
+)
+def test_a_vocabulary_that_cannot_be_read_is_named(tmp_path, fields, phrase):
+    from tilesim.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=phrase) as caught:
+        from_gguf(GGUFTensorReader(_write_small(tmp_path / "bad.gguf", **fields)))
+    assert "\n" not in str(caught.value)

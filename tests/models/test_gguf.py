@@ -19,12 +19,13 @@ def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(folder, path, qtype, extra=None, linear_rope=None):
+def write_gguf(folder, path, qtype, extra=None, linear_rope=None, arch="llama"):
+    """llama.cpp's layout: its tensor names, and (for `llama` only) Q/K rows permuted."""
     import json
 
     cfg = json.loads((folder / "config.json").read_text())
     tensors = load_file(folder / "model.safetensors")
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(cfg["num_hidden_layers"])
     writer.add_context_length(cfg["max_position_embeddings"])
     writer.add_embedding_length(cfg["hidden_size"])
@@ -64,10 +65,10 @@ def write_gguf(folder, path, qtype, extra=None, linear_rope=None):
         if target is None:
             i = name.split(".")[2]
             part = ".".join(name.split(".")[3:-1])
-            target = f"blk.{i}.{parts[part]}.weight"
-        if part_is(name, "q_proj"):
+            target = f"blk.{i}.{parts[part]}.{name.rsplit('.', 1)[1]}"
+        if arch == "llama" and part_is(name, "q_proj"):
             w = llama_cpp_permute(w, cfg["num_attention_heads"])
-        elif part_is(name, "k_proj"):
+        elif arch == "llama" and part_is(name, "k_proj"):
             w = llama_cpp_permute(w, cfg["num_key_value_heads"])
         w = np.ascontiguousarray(w, dtype=np.float32)
         if qtype == "F16" and w.ndim == 2:
@@ -185,6 +186,19 @@ def test_heads_wider_than_hidden_over_heads_give_the_checkpoints_logits(tiny_mod
     with torch.no_grad():
         ref = hf(torch.tensor([PROMPT])).logits[0].numpy()
     model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
+@pytest.mark.parametrize("tp", [1, 3])
+def test_a_qwen2_gguf_with_biased_projections_matches_transformers_loading_the_same_file(tiny_model, tmp_path, tp):
+    """Qwen2's layout: Q/K/V biases, Q/K rows as Hugging Face stores them, a tied output layer."""
+    path = write_gguf(tiny_model("qwen2"), tmp_path / "qwen2.gguf", "F16", arch="qwen2")
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT])).logits[0].numpy()
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    assert model.checkpoint.config.qkv_bias and model.checkpoint.config.tie_embeddings
     out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
     assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
 

@@ -48,6 +48,10 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         return float(value)
 
     hidden, heads = count("embedding_length"), count("attention.head_count")
+    if reader.field(f"{arch}.attention.key_length") is None and heads > hidden:
+        raise CheckpointError(
+            f"{reader.path}: GGUF {arch}.attention.head_count {heads} is more than its embedding_length {hidden}"
+        )
     head_dim = count("attention.key_length", hidden // heads)  # set where heads are not hidden / head count wide
     if count("attention.value_length", head_dim) != head_dim:
         raise CheckpointError(
@@ -60,10 +64,19 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
             "is not supported; run the model's safetensors checkpoint (Mixtral runs from one)"
         )
     rotary_dim = count("rope.dimension_count", head_dim)
-    tokens = reader.field("tokenizer.ggml.tokens")
-    vocab = int(reader.field(f"{arch}.vocab_size", len(tokens) if tokens else 0) or 0)
-    if not vocab:
+    if rotary_dim % 2 or rotary_dim > head_dim:  # rotary dimensions turn in pairs, within a head
+        raise CheckpointError(
+            f"{reader.path}: GGUF {arch}.rope.dimension_count {rotary_dim} must be even and at most the "
+            f"head's {head_dim} dimensions"
+        )
+    if reader.field(f"{arch}.vocab_size"):
+        vocab = count("vocab_size")
+    elif reader.field("tokenizer.ggml.tokens"):
+        vocab = len(reader.field("tokenizer.ggml.tokens"))
+    elif "token_embd.weight" in reader.tensors:
         vocab = reader.shape("token_embd.weight")[0]
+    else:
+        raise CheckpointError(f"{reader.path}: the GGUF has neither a vocabulary nor a token_embd.weight tensor")
     eos = reader.field("tokenizer.ggml.eos_token_id")
     return ModelConfig(
         arch="llama",

@@ -253,6 +253,10 @@ class _Metadata:
         ({"llama.rope.freq_base": -5.0}, "llama.rope.freq_base is -5.0; it must be a positive number"),
         ({"llama.attention.layer_norm_rms_epsilon": float("nan")}, "layer_norm_rms_epsilon is nan"),
         ({"llama.attention.key_length": 8, "llama.attention.value_length": 16}, "value_length differs from"),
+        ({"llama.vocab_size": "many"}, "llama.vocab_size is 'many'; it must be a whole number >= 1"),
+        ({"llama.attention.head_count": 1000}, "head_count 1000 is more than its embedding_length 48"),
+        ({"llama.rope.dimension_count": 7}, "rope.dimension_count 7 must be even and at most the head's 8"),
+        ({"llama.rope.dimension_count": 16}, "rope.dimension_count 16 must be even"),
         ({"llama.expert_count": 8}, r"a mixture-of-experts GGUF \(llama.expert_count 8\) is not supported"),
     ],
 )

@@ -94,9 +94,9 @@ def test_an_unknown_pre_tokenizer_is_named_in_a_warning(tmp_path):
         from_gguf(GGUFTensorReader(_write(tmp_path / "known.gguf", "llama-bpe", LLAMA3)))
 
 
-def _write_sentencepiece(path, prefix: bool | None):
+def _sentencepiece_vocab():
     """Llama 2's layout: <unk>, <s>, </s>, the 256 byte tokens, then the pieces, scored by the
-    order their merges were learned in; no merges stored (llama.cpp's converter stores none)."""
+    order their merges were learned in, and a user-defined <think>."""
     from tokenizers import SentencePieceBPETokenizer
 
     trainer = SentencePieceBPETokenizer()
@@ -106,7 +106,12 @@ def _write_sentencepiece(path, prefix: bool | None):
     tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces, "<think>"]
     types = [2, 3, 3, *[6] * 256, *[1] * len(pieces), 4]
     scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))] + [0.0]
-    writer = gguf.GGUFWriter(str(path), "llama")
+    return tokens, types, scores
+
+
+def _add_sentencepiece(writer, prefix: bool | None = None) -> None:
+    """The vocabulary's fields; no merges (llama.cpp's converter stores none for these)."""
+    tokens, types, scores = _sentencepiece_vocab()
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
@@ -115,7 +120,12 @@ def _write_sentencepiece(path, prefix: bool | None):
     writer.add_eos_token_id(2)
     if prefix is not None:
         writer.add_add_space_prefix(prefix)
-    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 4), np.float32))
+
+
+def _write_sentencepiece(path, prefix: bool | None):
+    writer = gguf.GGUFWriter(str(path), "llama")
+    _add_sentencepiece(writer, prefix)
+    writer.add_tensor("token_embd.weight", np.zeros((len(_sentencepiece_vocab()[0]), 4), np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -190,3 +200,46 @@ def test_a_vocabulary_that_cannot_be_read_is_named(tmp_path, fields, phrase):
     with pytest.raises(CheckpointError, match=phrase) as caught:
         from_gguf(GGUFTensorReader(_write_small(tmp_path / "bad.gguf", **fields)))
     assert "\n" not in str(caught.value)
+
+
+def test_a_text_prompt_through_a_sentencepiece_gguf_model_gives_transformers_ids_and_tokens(
+    tmp_path, greedy_rule, capsys
+):
+    """End to end: a tiny Llama with the SentencePiece vocabulary, written as llama.cpp writes
+    it; the prompt's ids and 8 greedy tokens against transformers loading the same file."""
+    import torch
+    import transformers as T
+
+    import tilesim
+    from tilesim.cli.main import main
+
+    from .gguf_files import write_gguf
+
+    config = T.LlamaConfig(
+        hidden_size=48, intermediate_size=88, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3,
+        vocab_size=len(_sentencepiece_vocab()[0]), max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    source = T.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.mul_(3.0)
+    source.save_pretrained(tmp_path / "source")
+    path = write_gguf(tmp_path / "source", tmp_path / "spm-llama.gguf", "F32", tokenizer=_add_sentencepiece)
+    text = "hellothere (world) 12345"
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    reference = T.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32)
+    ids = tokenizer(text).input_ids
+    with torch.no_grad():
+        gen = reference.eval().generate(
+            torch.tensor([ids]), max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True,
+            eos_token_id=None, pad_token_id=0,
+        )  # fmt: skip
+    model = tilesim.load(str(path), device="tiny", tp=3)
+    assert model.checkpoint.tokenizer().encode(text) == ids
+    out = model.generate([ids], max_new_tokens=8, eos_token_id=None, return_logits=True)
+    expected = gen.sequences[0, len(ids) :].tolist()
+    greedy_rule(out.tokens[0], expected, [step[0].numpy() for step in gen.logits], 1e-4, "spm gguf")
+    capsys.readouterr()
+    assert main(["generate", str(path), "--device", "tiny", "--prompt", text, "--max-new-tokens", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"][0]["prompt_tokens"] == ids

@@ -1,0 +1,90 @@
+"""Writing a saved checkpoint as llama.cpp's converter writes a GGUF file (written out
+independently of tilesim's reader), for the GGUF tests."""
+
+import numpy as np
+from safetensors.numpy import load_file
+
+try:
+    import gguf
+except ImportError:  # the tests that use it skip
+    gguf = None
+
+
+def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """What llama.cpp's converter does to q_proj/k_proj rows (written out independently)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(folder, path, qtype, extra=None, linear_rope=None, arch="llama", tokenizer=None):
+    """llama.cpp's layout: its tensor names, and (for `llama` only) Q/K rows permuted;
+    `tokenizer(writer)` adds a vocabulary's fields."""
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    tensors = load_file(folder / "model.safetensors")
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(cfg["num_attention_heads"])
+    writer.add_head_count_kv(cfg["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    writer.add_vocab_size(cfg["vocab_size"])
+    if tokenizer is not None:
+        tokenizer(writer)
+    if cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"]) != (
+        cfg["hidden_size"] // cfg["num_attention_heads"]
+    ):
+        writer.add_key_length(cfg["head_dim"])
+        writer.add_value_length(cfg["head_dim"])
+    if linear_rope:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(linear_rope)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "Q8_0" else gguf.LlamaFileType.ALL_F32)
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    parts = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    for name, w in tensors.items():
+        target = names.get(name)
+        if target is None:
+            i = name.split(".")[2]
+            part = ".".join(name.split(".")[3:-1])
+            target = f"blk.{i}.{parts[part]}.{name.rsplit('.', 1)[1]}"
+        if arch == "llama" and part_is(name, "q_proj"):
+            w = llama_cpp_permute(w, cfg["num_attention_heads"])
+        elif arch == "llama" and part_is(name, "k_proj"):
+            w = llama_cpp_permute(w, cfg["num_key_value_heads"])
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        if qtype == "F16" and w.ndim == 2:
+            writer.add_tensor(target, w.astype(np.float16))
+        elif qtype not in ("F32", "F16") and w.ndim == 2:
+            q = getattr(gguf.GGMLQuantizationType, qtype)
+            writer.add_tensor(target, gguf.quants.quantize(w, q), raw_dtype=q)
+        else:
+            writer.add_tensor(target, w)
+    for name, w in (extra or {}).items():
+        writer.add_tensor(name, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def part_is(name: str, part: str) -> bool:
+    return name.endswith(f"{part}.weight")

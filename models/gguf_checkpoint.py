@@ -77,7 +77,12 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         vocab = reader.shape("token_embd.weight")[0]
     else:
         raise CheckpointError(f"{reader.path}: the GGUF has neither a vocabulary nor a token_embd.weight tensor")
-    eos = reader.field("tokenizer.ggml.eos_token_id")
+    # where generation stops: the end of text, and (as llama.cpp stops) a chat model's end of turn
+    # and end of message
+    stops = [reader.field(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    for value in stops:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0):
+            raise CheckpointError(f"{reader.path}: GGUF stop token id {value!r} is not a token id")
     return ModelConfig(
         arch="llama",
         model_type=arch,
@@ -100,7 +105,7 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         qkv_bias="blk.0.attn_q.bias" in reader.tensors,
         tie_embeddings="output.weight" not in reader.tensors,
         bos_token_id=reader.field("tokenizer.ggml.bos_token_id"),
-        eos_token_ids=() if eos is None else (int(eos),),
+        eos_token_ids=tuple(dict.fromkeys(int(v) for v in stops if v is not None)),
         pad_token_id=reader.field("tokenizer.ggml.padding_token_id"),
     )
 

@@ -190,3 +190,13 @@ def test_gguf_metadata_out_of_range_is_named(fields, phrase):
     assert config_from_gguf(_Metadata()).heads == 6
     with pytest.raises(CheckpointError, match=phrase):
         config_from_gguf(_Metadata(**fields))
+
+
+def test_generation_stops_at_the_end_of_text_and_of_turn_as_llama_cpp_stops():
+    from tilesim.models.gguf_checkpoint import config_from_gguf
+
+    fields = {"tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.eot_token_id": 7, "tokenizer.ggml.eom_token_id": 2}
+    assert config_from_gguf(_Metadata(**fields)).eos_token_ids == (2, 7)
+    assert config_from_gguf(_Metadata()).eos_token_ids == ()
+    with pytest.raises(CheckpointError, match="stop token id -1 is not a token id"):
+        config_from_gguf(_Metadata(**{"tokenizer.ggml.eot_token_id": -1}))

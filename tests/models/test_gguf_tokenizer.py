@@ -29,6 +29,16 @@ CORPUS = [
 TEXTS = [*CORPUS, "(hello) 123456789 IT'S\r\n\r\nend", "Zürich naïve 2024!! (x)"]
 
 
+def _finished(writer, path, rows: int):
+    """The file, with the one tensor a reader needs beside the vocabulary."""
+    writer.add_tensor("token_embd.weight", np.zeros((rows, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def _trained(split: str | None):
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
@@ -57,12 +67,7 @@ def _write(path, pre: str, split: str | None):
     writer.add_token_merges(merges)
     writer.add_bos_token_id(0)
     writer.add_eos_token_id(1)
-    writer.add_tensor("token_embd.weight", np.zeros((len(vocab), 4), np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return _finished(writer, path, rows=len(vocab))
 
 
 @pytest.mark.parametrize(
@@ -125,12 +130,7 @@ def _add_sentencepiece(writer, prefix: bool | None = None) -> None:
 def _write_sentencepiece(path, prefix: bool | None):
     writer = gguf.GGUFWriter(str(path), "llama")
     _add_sentencepiece(writer, prefix)
-    writer.add_tensor("token_embd.weight", np.zeros((len(_sentencepiece_vocab()[0]), 4), np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return _finished(writer, path, rows=len(_sentencepiece_vocab()[0]))
 
 
 @pytest.mark.parametrize("prefix", [None, True])
@@ -174,12 +174,7 @@ def _write_small(path, model="gpt2", merges=("a b",), scores=None, bos=None):
         writer.add_token_scores(list(scores))
     if bos is not None:
         writer.add_bos_token_id(bos)
-    writer.add_tensor("token_embd.weight", np.zeros((3, 4), np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return _finished(writer, path, rows=3)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,11 @@ def configs():
     import transformers as T
 
     common = {"vocab_size": VOCAB}
+    # widths that are whole 32-value blocks, for the quantized GGUF types
+    gguf_llama = {
+        "hidden_size": 96, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 6,
+        "num_key_value_heads": 3, "max_position_embeddings": 256, "vocab_size": 128,
+    }  # fmt: skip
     return {
         "llama": (
             T.LlamaConfig(
@@ -91,29 +96,12 @@ def configs():
             ),
             [1, 2, 3, 5],
         ),
-        "llama_gguf": (
-            T.LlamaConfig(
-                hidden_size=96,
-                intermediate_size=96,
-                num_hidden_layers=2,
-                num_attention_heads=6,
-                num_key_value_heads=3,
-                max_position_embeddings=256,
-                vocab_size=128,
-            ),
-            [1, 3, 6],
-        ),
+        "llama_gguf": (T.LlamaConfig(**gguf_llama), [1, 3, 6]),
         # rope scaling: head_dim 16 has 8 frequencies, with wavelengths of 6 to 20,000 positions; an
         # original context of 64 leaves the first unscaled, smooths two and divides five
         "llama3_rope": (
             T.LlamaConfig(
-                hidden_size=96,
-                intermediate_size=96,
-                num_hidden_layers=2,
-                num_attention_heads=6,
-                num_key_value_heads=3,
-                max_position_embeddings=256,
-                vocab_size=128,
+                **gguf_llama,
                 rope_parameters={
                     "rope_type": "llama3",
                     "rope_theta": 10000.0,
@@ -126,31 +114,11 @@ def configs():
             [1, 3],
         ),
         "llama_linear_rope": (
-            T.LlamaConfig(
-                hidden_size=96,
-                intermediate_size=96,
-                num_hidden_layers=2,
-                num_attention_heads=6,
-                num_key_value_heads=3,
-                max_position_embeddings=256,
-                vocab_size=128,
-                rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
-            ),
+            T.LlamaConfig(**gguf_llama, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}),
             [1, 3],
         ),
-        "llama_head_dim": (  # heads 32 wide where hidden / heads is 16 (GGUF: attention.key_length)
-            T.LlamaConfig(
-                hidden_size=96,
-                intermediate_size=96,
-                num_hidden_layers=2,
-                num_attention_heads=6,
-                num_key_value_heads=3,
-                head_dim=32,
-                max_position_embeddings=256,
-                vocab_size=128,
-            ),
-            [1, 3],
-        ),
+        # heads 32 wide where hidden / heads is 16 (GGUF: attention.key_length)
+        "llama_head_dim": (T.LlamaConfig(**gguf_llama, head_dim=32), [1, 3]),
         "llama_gguf_wide": (  # head_dim 32: padded heads are whole 32-column blocks
             T.LlamaConfig(
                 hidden_size=192,

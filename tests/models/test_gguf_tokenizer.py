@@ -238,3 +238,51 @@ def test_a_text_prompt_through_a_sentencepiece_gguf_model_gives_transformers_ids
     capsys.readouterr()
     assert main(["generate", str(path), "--device", "tiny", "--prompt", text, "--max-new-tokens", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["outputs"][0]["prompt_tokens"] == ids
+
+
+def _tiny_llama_gguf(tmp_path, name: str, vocab_size: int, add_tokenizer):
+    """A one-layer Llama carrying a vocabulary: llama.cpp loads a vocabulary only with a model."""
+    import transformers as T
+
+    from .gguf_files import write_gguf
+
+    config = T.LlamaConfig(
+        hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=vocab_size, max_position_embeddings=256,
+    )  # fmt: skip
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / f"{name}-source")
+    return write_gguf(tmp_path / f"{name}-source", tmp_path / f"{name}.gguf", "F32", tokenizer=add_tokenizer)
+
+
+@pytest.mark.parametrize("pre, split", [("llama-bpe", LLAMA3), ("qwen2", LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}"))])
+def test_byte_level_ids_are_llama_cpps(tmp_path, pre, split):
+    """Against llama.cpp itself, where its Python binding is built (`make bench-llamacpp`;
+    skipped otherwise, as in `make test`)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    vocab, merges = _trained(split)
+
+    def add(writer):
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(vocab)
+        writer.add_token_types([3, 3] + [1] * (len(vocab) - 2))
+        writer.add_token_merges(merges)
+
+    path = _tiny_llama_gguf(tmp_path, pre, len(vocab), add)
+    reference = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    ours = from_gguf(GGUFTensorReader(path))
+    for text in [*TEXTS, "hellothere 1234567 valuequoted", "  two leading spaces", "say <s> then </s> end"]:
+        assert ours.encode(text) == reference.tokenize(text.encode(), add_bos=False, special=True), text
+
+
+def test_sentencepiece_ids_are_llama_cpps_where_transformers_and_llama_cpp_agree(tmp_path):
+    """llama.cpp puts a space before text that starts with one and after every special or
+    user-defined token; transformers, whose tokens tilesim follows, does neither (README).
+    Elsewhere the ids are llama.cpp's. Skipped where llama.cpp's binding is not built."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = _tiny_llama_gguf(tmp_path, "spm", len(_sentencepiece_vocab()[0]), _add_sentencepiece)
+    reference = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    ours = from_gguf(GGUFTensorReader(path))
+    for text in [*TEXTS, "hellothere 1234567 valuequoted", "中文 🚀\nnew line", "a  b", "end <think>"]:
+        assert ours.encode(text) == reference.tokenize(text.encode(), add_bos=True, special=True), text
+    assert ours.encode(" x") != reference.tokenize(b" x", add_bos=True, special=True)  # the difference, as stated

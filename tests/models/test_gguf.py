@@ -200,3 +200,25 @@ def test_generation_stops_at_the_end_of_text_and_of_turn_as_llama_cpp_stops():
     assert config_from_gguf(_Metadata()).eos_token_ids == ()
     with pytest.raises(CheckpointError, match="stop token id -1 is not a token id"):
         config_from_gguf(_Metadata(**{"tokenizer.ggml.eot_token_id": -1}))
+
+
+@pytest.mark.parametrize("name", ["llama_gguf", "llama3_rope", "llama_head_dim"])
+def test_logits_are_llama_cpps_on_the_same_file(tiny_model, tmp_path, name):
+    """Against llama.cpp itself (its KV cache in fp32), where its Python binding is built
+    (`make bench-llamacpp`; skipped otherwise, as in `make test`): the rope frequency factors
+    and the key width as llama.cpp reads them."""
+    import json
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    folder = tiny_model(name)
+    cfg = json.loads((folder / "config.json").read_text())
+    extra = {"rope_freqs.weight": llama3_rope_factors(cfg)} if name == "llama3_rope" else None
+    no_vocab = lambda writer: writer.add_tokenizer_model("no_vocab")  # noqa: E731
+    path = write_gguf(folder, tmp_path / f"{name}.gguf", "F32", extra=extra, tokenizer=no_vocab)
+    prompt = PROMPT * 6
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=128, type_k=0, type_v=0)
+    llm.eval(prompt)
+    ref = np.array(llm.scores[: len(prompt)])
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=3), tp=3)
+    out = model.generate([prompt], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))

@@ -87,7 +87,7 @@ class FaultSpec:
                     )
             except ValueError:
                 raise ConfigError(f"cannot read fault {item!r}") from None
-        if not {"drop", "corrupt", "dead", "slow"} & {item.partition("=")[0].strip() for item in text.split(",")}:
+        if not ({"drop", "corrupt"} & kwargs.keys() or kwargs["slow"] or kwargs["dead"]):
             raise ConfigError(
                 f"fault {text!r} injects nothing; give at least one of drop=P, corrupt=P, dead=A-B, slow=[A-B:]F"
             )

@@ -164,11 +164,10 @@ def _open_folder(name: str, folder: Path) -> Checkpoint:
     config, module = config_from_json(config_path)
     reader = SafetensorsReader(folder)
     names = set(reader.names())
-    config = _tied_as_transformers_ties(config, module, reader, names)
-    refs = module.weight_refs(config, names)
+    config, refs, stored_head = _tied_as_transformers_ties(config, module, reader, names)
     ckpt = _checked(Checkpoint(name, str(folder), "safetensors", config, module.build_graph(config), reader, refs))
-    tied_head = module.weight_refs(dataclasses.replace(config, tie_embeddings=False), names).get("lm_head.weight")
-    unused = _unused(ckpt, names, {tied_head.tensor} if config.tie_embeddings and tied_head else set())
+    # the output layer a tying config leaves unread is no surprise
+    unused = _unused(ckpt, names, {stored_head} if stored_head else set())
     if unused:
         warnings.warn(
             f"{folder}: {_describe_unused(unused, config)}; ignored, as transformers ignores them",
@@ -178,29 +177,32 @@ def _open_folder(name: str, folder: Path) -> Checkpoint:
     return ckpt
 
 
-def _tied_as_transformers_ties(config: ModelConfig, module, reader: SafetensorsReader, names: set[str]) -> ModelConfig:
-    """A config that ties the output layer to the embedding, over a checkpoint that holds an
+def _tied_as_transformers_ties(config: ModelConfig, module, reader: SafetensorsReader, names: set[str]):
+    """(config, weight refs, the output layer's tensor the file stores when the config ties it).
+
+    A config that ties the output layer to the embedding, over a checkpoint that holds an
     output layer of its own with other values, runs that output layer: transformers does not
     tie them then (it warns), so its tokens come from the stored output layer."""
+    refs = module.weight_refs(config, names)
     if not config.tie_embeddings:
-        return config
+        return config, refs, None
     untied = dataclasses.replace(config, tie_embeddings=False)
-    head, embed = (
-        module.weight_refs(untied, names).get("lm_head.weight"),
-        module.weight_refs(config, names)["embed.weight"],
-    )
-    if head is None or head.tensor not in names or reader.shape(head.tensor) != reader.shape(embed.tensor):
-        return config
+    untied_refs = module.weight_refs(untied, names)
+    head, embed = untied_refs.get("lm_head.weight"), refs["embed.weight"]
+    if head is None or head.tensor not in names:
+        return config, refs, None
+    if reader.shape(head.tensor) != reader.shape(embed.tensor):
+        return config, refs, head.tensor
     everything = slice(None)
     if np.array_equal(reader.read(head.tensor, everything, None), reader.read(embed.tensor, everything, None)):
-        return config
+        return config, refs, head.tensor
     warnings.warn(
         f"{reader.path}: the config ties the output layer to the embedding (tie_word_embeddings), but the "
         f"checkpoint holds its own {head.tensor!r} with other values; it is used, as transformers does",
         TilesimWarning,
         stacklevel=4,
     )
-    return untied
+    return untied, untied_refs, head.tensor
 
 
 def _open_gguf(name: str, path: Path) -> Checkpoint:

@@ -46,13 +46,7 @@ def from_gguf(reader) -> Tokenizer | None:
             f"{reader.path}: GGUF tokenizer {kind!r} is not supported (byte-level BPE 'gpt2' and SentencePiece "
             "'llama' are); pass token ids"
         )
-    try:
-        backend, spelled = _byte_level(reader, tokens) if kind == "gpt2" else (_sentencepiece(reader, tokens), None)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # tokenizers raises a bare Exception (or a TypeError) on merges it cannot read
-        reason = str(exc).splitlines()[0]
-        raise CheckpointError(f"{reader.path}: cannot build a tokenizer from the GGUF vocabulary ({reason})") from None
+    backend, spelled = _byte_level(reader, tokens) if kind == "gpt2" else (_sentencepiece(reader, tokens), None)
     add_bos = bool(reader.field("tokenizer.ggml.add_bos_token", kind == "llama"))  # llama.cpp's defaults
     _add_marked_tokens(backend, reader, tokens, spelled)
 
@@ -75,7 +69,7 @@ def from_gguf(reader) -> Tokenizer | None:
 
 def _byte_level(reader, tokens: list[str]):
     from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models
+    from tokenizers import decoders
 
     alphabet = _byte_alphabet()
     letters = set(alphabet.values())
@@ -84,7 +78,7 @@ def _byte_level(reader, tokens: list[str]):
         text = token if set(token) <= letters else "".join(alphabet[b] for b in token.encode("utf-8"))
         vocab.setdefault(text, index)
     merges = _stored_merges(reader)
-    backend = Backend(models.BPE(vocab, merges, fuse_unk=False))
+    backend = Backend(_bpe(reader, vocab, merges, fuse_unk=False))
     backend.pre_tokenizer = _pre_tokenizer(reader)
     backend.decoder = decoders.ByteLevel()
     return backend, letters
@@ -118,7 +112,7 @@ def _pre_tokenizer(reader):
 
 def _sentencepiece(reader, tokens: list[str]):
     from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, pre_tokenizers
+    from tokenizers import decoders, pre_tokenizers
 
     vocab: dict[str, int] = {}
     for index, token in enumerate(tokens):
@@ -131,7 +125,7 @@ def _sentencepiece(reader, tokens: list[str]):
                 f"{reader.path}: a SentencePiece GGUF vocabulary needs tokenizer.ggml.scores, a number per token"
             )
         merges = _merges_by_score(tokens, vocab, scores)
-    backend = Backend(models.BPE(vocab, merges, fuse_unk=True, byte_fallback=True))
+    backend = Backend(_bpe(reader, vocab, merges, fuse_unk=True, byte_fallback=True))
     prefix = bool(reader.field("tokenizer.ggml.add_space_prefix", True))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement=_SPACE, prepend_scheme="first" if prefix else "never", split=False
@@ -141,6 +135,16 @@ def _sentencepiece(reader, tokens: list[str]):
         steps.append(decoders.Strip(content=" ", left=1))
     backend.decoder = decoders.Sequence(steps)
     return backend
+
+
+def _bpe(reader, vocab: dict[str, int], merges: list[tuple[str, str]], **options):
+    from tokenizers import models
+
+    try:
+        return models.BPE(vocab, merges, **options)
+    except Exception as exc:  # tokenizers raises a bare Exception on a merge of tokens it does not have
+        reason = str(exc).splitlines()[0]
+        raise CheckpointError(f"{reader.path}: cannot build a tokenizer from the GGUF vocabulary ({reason})") from None
 
 
 def _stored_merges(reader) -> list[tuple[str, str]]:

@@ -23,10 +23,34 @@ def _usual_mode(temporary: str) -> None:
     os.chmod(temporary, 0o666 & ~umask)
 
 
+def _destination(path: str | Path) -> tuple[Path, bool]:
+    """The file to write for `path`: a symbolic link's target (renaming onto the link would
+    replace the link), and whether it is a special file (a device such as /dev/null, a FIFO),
+    which is written in place: renaming onto it would replace the device itself."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    return path, path.exists() and not path.is_file()
+
+
+@contextmanager
+def _written_in_place(path: Path) -> Iterator[None]:
+    """Writing a special file: its failure (/dev/full) as one line."""
+    try:
+        yield
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise ConfigError(f"{path}: cannot write there ({reason}); choose another place") from None
+
+
 @contextmanager
 def atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """`with atomic(path) as f:` writes `f` to `path` only if the block completes."""
-    path = Path(path)
+    path, special = _destination(path)
+    if special:
+        with _written_in_place(path), open(path, mode) as f:
+            yield f
+        return
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(handle, mode) as f:
@@ -40,7 +64,11 @@ def atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
 
 def atomic_save(path: str | Path, save: Callable[[str], None]) -> None:
     """`save(temporary_path)` (e.g. matplotlib's savefig), then the file renamed into place."""
-    path = Path(path)
+    path, special = _destination(path)
+    if special:
+        with _written_in_place(path):
+            save(str(path))
+        return
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(handle)
     try:
@@ -56,6 +84,7 @@ def atomic_save(path: str | Path, save: Callable[[str], None]) -> None:
 def all_or_nothing(paths: list[Path]) -> Iterator[list[Path]]:
     """Temporary paths beside `paths` to write; renamed into place together when the block
     completes, all removed if it does not."""
+    paths = [_destination(p)[0] for p in paths]
     temporary = [p.with_name(f".{p.name}.partial") for p in paths]
     try:
         yield temporary

@@ -75,7 +75,8 @@ def generate(
         raise GenerationError(f"on_token={on_token!r} must be a function of (prompt_index, token_id), or None")
     eos = set(model.graph.meta.get("eos_token_ids", ())) if eos_token_id is DEFAULT else _as_set(eos_token_id)
     b = len(prompts)
-    if b != model.batch or b != model.prefill_batch or (return_logits == "all") != model.all_logits:
+    group = model.prefill_group(b)  # sequences per prefill program, as the device's runtime prefills them
+    if b != model.batch or group != model.prefill_batch or (return_logits == "all") != model.all_logits:
         model.session(b, return_logits == "all")
     rng = np.random.default_rng(seed)
     lengths = np.array([len(p) for p in prompts], dtype=np.int64)
@@ -108,9 +109,9 @@ def generate(
         active = sum(not d for d in done)
         outs = []
         for k, (run_shape, run_inputs) in enumerate(runs):
-            outs.append(model.executor.step(run_inputs))  # None when timing-only: the Program bound nothing
+            out, routed = _in_groups(model.executor, run_inputs, group if run_shape.phase == "prefill" else b)
+            outs.append(out)
             t_timer = time.perf_counter()
-            routed = model.executor.step_routing if outs[-1] is not None else None  # mixtures of experts
             timing = model.timer.time(run_shape, routed)
             t0 += time.perf_counter() - t_timer  # the wall time is the emulator's, not the timing model's
             detail = timing.messages if step < 2 else []  # fabric messages: prefill and the first decode step
@@ -170,6 +171,30 @@ def generate(
         logits=kept_logits if return_logits else None,
         finished=done,
     )
+
+
+def _in_groups(executor, inputs: StepInputs, group: int) -> tuple[np.ndarray | None, dict | None]:
+    """Run a step `group` sequences at a time, each group in its own KV cache slots: its
+    logits in sequence order (None when timing-only: the Program bound nothing) and the rows
+    routed to each expert (mixtures of experts; summed over the groups)."""
+    if group >= inputs.batch:
+        out = executor.step(inputs)
+        return out, (executor.step_routing if out is not None else None)
+    t, outs, routed = inputs.tokens, [], {}
+    for lo in range(0, inputs.batch, group):
+        n = min(group, inputs.batch - lo)
+        rows = slice(lo * t, (lo + n) * t)
+        part = StepInputs(
+            inputs.ids[rows], inputs.positions[rows], inputs.start[lo : lo + n], inputs.valid[lo : lo + n], n, t,
+            inputs.all_logits, first_slot=lo,
+        )  # fmt: skip
+        out = executor.step(part)
+        if out is None:
+            return None, None
+        outs.append(out)
+        for layer, counts in executor.step_routing.items():
+            routed[layer] = routed.get(layer, 0) + counts
+    return np.concatenate(outs), routed
 
 
 def _window(ids: np.ndarray, lengths: np.ndarray, lo: int, hi: int, all_logits: bool) -> StepInputs:

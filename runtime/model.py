@@ -36,7 +36,7 @@ from tilesim.runtime.precision import Precision
 from tilesim.runtime.program import lower
 from tilesim.runtime.reporting import precision_report
 from tilesim.runtime.session import Session, place
-from tilesim.runtime.timing import StepTimer, position_limit
+from tilesim.runtime.timing import StepTimer, beyond_training, position_limit
 
 __all__ = ["GenerateOutput", "Model"]
 
@@ -110,12 +110,8 @@ class Model:
                 f"{self.graph.max_positions} learned positions"
             )
         self.notes: list[str] = []
-        if self.max_context > self.graph.max_positions:
-            beyond = (
-                f"max_context={self.max_context} is beyond the {self.graph.max_positions} positions "
-                f"{self.graph.name} was trained for (rotary positions and ALiBi biases extend; quality there is "
-                "not known)"
-            )
+        beyond = beyond_training(self.graph, self.max_context, f"max_context={self.max_context} is")
+        if beyond is not None:
             warnings.warn(beyond, TilesimWarning, stacklevel=2)
             self.notes.append(beyond)
         self.formats = weights.storage_formats(self.graph, self.precision, checkpoint)
@@ -203,11 +199,20 @@ class Model:
     def all_logits(self) -> bool:
         return self._session.all_logits
 
+    def prefill_group(self, batch: int) -> int:
+        """The sequences of a `batch` that one prefill program takes on this device: its
+        runtime's context batch (`HostSpec.context_batch`; a Neuron runtime prefills one
+        sequence at a time), or the whole batch."""
+        return min(batch, self.device.spec.host.context_batch or batch)
+
     def session(self, batch: int, all_logits: bool, prefill_batch: int | None = None) -> None:
         """Plan and place the KV cache and activations for `batch` sequences (weights stay),
-        for prefill steps of up to `prefill_batch` of them (default: all)."""
+        for prefill steps of up to `prefill_batch` of them (default: `prefill_group(batch)`,
+        as the device's runtime prefills them)."""
         whole("batch", batch, 1, ConfigError)
         whole("prefill_batch", prefill_batch, 1, ConfigError, optional=True)
+        if prefill_batch is None:
+            prefill_batch = self.prefill_group(batch)
         new = place(
             self.program,
             self.device,

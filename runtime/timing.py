@@ -111,6 +111,17 @@ def context_for(graph, needed: int, asked: int | None = None) -> int:
     return asked if asked is not None else kv_context(needed, position_limit(graph))
 
 
+def beyond_training(graph, positions: int, subject: str) -> str | None:
+    """The warning for a run of `positions` positions past those `graph` was trained for
+    (`subject` says whose positions: "max_context=8192 is"), or None within them."""
+    if positions <= graph.max_positions:
+        return None
+    return (
+        f"{subject} beyond the {graph.max_positions} positions {graph.name} was trained for (rotary positions and "
+        "ALiBi biases extend; quality there is not known)"
+    )
+
+
 def position_limit(graph) -> int | None:
     """The most positions a run of `graph` may use: its learned position table's rows, or
     None for rotary positions, ALiBi biases and recurrent models (RWKV), which extend past the

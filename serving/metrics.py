@@ -61,6 +61,8 @@ def summarise(result) -> dict:
         "throughput_rps": len(result.requests) / span,
         "offered_rps": _offered(result),
         "output_tokens": int(tokens),
+        # functional runs: requests an end-of-sequence token ended before their output length
+        "stopped_at_eos": sum(1 for r in result.requests if r.stopped),
         "output_tokens_per_s": tokens / span,
         **{name: stats(v) for name, v in times.items()},
         "steps": len(steps),

@@ -89,6 +89,13 @@ OTHERS = [
     (["fidelity", "--device", "a100", "--plot", ""], "--plot '': give a path"),
     (["serve-sim", "{llama}", "--trace", ""], "--trace '': give a path"),
     (["collectives", "--cores", "0"], "--cores 0 must be at least 1"),
+    (["collectives", "--bytes", "0"], "--bytes 0: 0 B is less than one fp32 element (4 bytes)"),
+    (["collectives", "--bytes", "3", "--dtype", "fp32"], "--bytes 3: 3 B is less than one fp32 element"),
+    (["collectives", "--bytes", "1:1K", "--dtype", "bf16"], "--bytes 1:1K: 1 B is less than one bf16 element"),
+    # checked before the model loads: a tiny model's drawn requests pass its trained positions, and
+    # the warning about that must not come before the error
+    (["serve-sim", "{llama}", "--max-num-seqs", "0"], "--max-num-seqs 0 must be at least 1"),
+    (["serve-sim", "{llama}", "--scheduler", "chunked", "--chunk-size", "0"], "--chunk-size 0 must be at least 1"),
     # a --fault spec's messages quote its own syntax (seed=N), not flags
     (["collectives", "--cores", "4", "--fault", "corrupt=0.5,seed=x"], "cannot read fault 'seed=x'"),
     (["collectives", "--cores", "4", "--fault", "bogus=1"], "slow=[A-B:]F, seed=N, retries=N"),
@@ -141,6 +148,34 @@ def test_the_command_line_prints_a_warning_as_one_line_in_its_own_words(tiny_mod
         "tilesim: warning: --max-context 512 is beyond the 256 positions llama was trained for (rotary positions "
         "and ALiBi biases extend; quality there is not known)"
     ], run.stderr
+
+
+def test_a_context_the_command_chose_is_warned_about_in_what_needs_it(tmp_path, tiny_model):
+    """Without --max-context the command picks the context (a bucket of the positions its
+    requests need), so a warning names what needs the positions, not a --max-context never
+    given; and a bucket rounded up past the trained positions, unused, is no cause for one."""
+    config = json.loads((tiny_model("llama") / "config.json").read_text())
+    trained_300 = tmp_path / "llama300"
+    trained_300.mkdir()
+    (trained_300 / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 300}))
+
+    def warnings_of(*args: str) -> list[str]:
+        command = [sys.executable, "-m", "tilesim.cli.main", *args, "--timing-only", "--device", "tiny"]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return [line for line in run.stderr.splitlines() if "warning" in line.lower()]
+
+    beyond = "beyond the 256 positions llama was trained for (rotary positions and ALiBi biases extend"
+    llama = str(tiny_model("llama"))
+    assert warnings_of("generate", llama, "--prompt-len", "300", "--max-new-tokens", "2") == [
+        f"tilesim: warning: the prompt and new tokens need 302 positions, {beyond}; quality there is not known)"
+    ]
+    assert warnings_of("generate", str(trained_300), "--prompt-len", "280", "--max-new-tokens", "2") == []
+    served = warnings_of("serve-sim", llama, "--requests", "3", "--prompt-len", "fixed:250", "--output-len", "fixed:9")
+    assert served == [
+        f"tilesim: warning: the longest request's prompt and output need 259 positions, {beyond}; quality there "
+        "is not known)"
+    ]
 
 
 def test_a_sweep_whose_every_point_fails_exits_non_zero(capsys, tiny_model):

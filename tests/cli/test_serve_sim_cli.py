@@ -44,6 +44,25 @@ def test_a_checkpoint_serves_its_real_tokens(tiny_model, capsys):
     assert out["summary"]["functional"] and len(out["tokens"]) == 6
 
 
+def test_requests_end_at_the_end_of_sequence_token_unless_told_to_ignore_it(tiny_model, capsys):
+    """The tiny models' end of sequence is id 2: a request that draws it stops there, and the
+    summary counts it; --ignore-eos runs every request to its output length."""
+    folder = str(tiny_model("llama"))
+    args = ["serve-sim", folder, "--device", "tiny", "--requests", "8", "--rate", "1000000",
+            "--prompt-len", "uniform:2,20", "--output-len", "fixed:60", "--max-num-seqs", "4"]  # fmt: skip
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    stopped = [t for t in out["tokens"].values() if len(t) < 60]
+    assert stopped and all(t[-1] == 2 and 2 not in t[:-1] for t in stopped)
+    assert out["summary"]["stopped_at_eos"] == len(stopped)
+    assert out["summary"]["output_tokens"] == sum(len(t) for t in out["tokens"].values())
+    assert main(args) == 0
+    assert f"{len(stopped)} of 8 requests ended at an end-of-sequence token" in capsys.readouterr().out
+    assert main([*args, "--ignore-eos", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [len(t) for t in out["tokens"].values()] == [60] * 8 and out["summary"]["stopped_at_eos"] == 0
+
+
 def test_the_slo_search_finds_the_highest_rate_that_meets_it(capsys):
     slo = "ttft_p90=150ms,tpot_p99=30ms"
     assert main(["serve-sim", *BASE, "--slo", slo, "--json"]) == 0
@@ -85,8 +104,9 @@ def test_a_workload_that_meets_the_slo_at_every_rate_is_said_to_be_unbounded(cap
     [
         (["--rate", "0"], "--rate 0.0 must be a positive number"),
         (["--requests", "0"], "--requests 0 must be at least 1"),
-        (["--max-num-seqs", "0"], "--max-num-seqs 0 must be a whole number of at least 1"),
-        (["--scheduler", "chunked", "--chunk-size", "0"], "--chunk-size 0 must be a whole number"),
+        (["--max-num-seqs", "0"], "--max-num-seqs 0 must be at least 1"),
+        (["--scheduler", "chunked", "--chunk-size", "0"], "--chunk-size 0 must be at least 1"),
+        (["--ignore-eos"], "--ignore-eos is for runs of the real tokens"),
         (["--chunk-size", "64"], "--chunk-size is for --scheduler chunked"),
         (["--workload", "w.jsonl", "--rate", "3"], "--rate is for a drawn workload; --workload FILE gives"),
         (["--cv", "2"], "--cv is for --arrivals gamma"),

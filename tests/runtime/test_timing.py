@@ -3,6 +3,7 @@ and a critical path that adds up to the step's latency."""
 
 import math
 
+import numpy as np
 import pytest
 
 import tilesim
@@ -104,6 +105,25 @@ def test_a_context_batch_of_one_prefills_the_sequences_in_turn(tiny_model):
     assert two.latency == pytest.approx(5e-3 + 2 * (one.latency - 5e-3), rel=1e-12)
     launches = sorted(s.start for s in two.spans if s.name == "launch" and s.core == 0)
     assert launches == pytest.approx([5e-3, one.latency])
+
+
+def test_a_context_batch_of_one_runs_and_plans_the_prefill_one_sequence_at_a_time(tiny_model):
+    """The functional run prefills as the timing does: each sequence in its own program, in
+    its own KV cache slot. The logits are those of the whole batch prefilled at once, and
+    the memory plan holds one sequence's prefill rows, not the batch's."""
+    folder = str(tiny_model("llama"))
+    prompts = [PROMPT, PROMPT[:5], PROMPT[3:9]]
+    runs = {}
+    for context_batch in (None, 1):
+        device = tilesim.Device("tiny", cores=3, context_batch=context_batch)
+        model = tilesim.load(folder, device=device, tp=3, batch=3)
+        out = model.generate(prompts, max_new_tokens=4, eos_token_id=None, return_logits=True)
+        runs[context_batch] = (model.prefill_batch, model.plan.activations[0], out)
+    (whole, whole_bytes, together), (one, one_bytes, apart) = runs[None], runs[1]
+    assert (whole, one) == (3, 1) and one_bytes < whole_bytes
+    for a, b in zip(together.logits, apart.logits, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+    assert [t.tolist() for t in apart.tokens] == [t.tolist() for t in together.tokens]
 
 
 def test_a_step_whose_hidden_states_do_not_fit_in_tile_memory_reads_its_activations_off_chip(tiny_model):

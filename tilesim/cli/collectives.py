@@ -101,12 +101,17 @@ def run(args: argparse.Namespace) -> int:
     faults = FaultSpec.parse(args.fault) if args.fault is not None else None
     itemsize = DTYPES[args.dtype].itemsize
     sizes = sizes_from(args.bytes)
+    if min(sizes) < itemsize:  # no element to move: a row of zeros would pass for a measurement
+        raise ConfigError(
+            f"--bytes {args.bytes}: {fmt_bytes(min(sizes))} is less than one {args.dtype} element ({itemsize} bytes); "
+            "a collective moves at least one"
+        )
     _fits_in_host(max(sizes), p, args.bytes)
     rows = []
     jobs = [(algo, size) for algo in algos for size in sizes]
     show = not args.json and sys.stderr.isatty()
     for algo, size in tqdm(jobs, desc=f"{args.op} on {p} cores", disable=not show, leave=False):
-        n = max(size // itemsize, 0)
+        n = size // itemsize
         inputs = make_inputs(args.op, p, n, args.dtype)
         result = run_collective(
             args.op,

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from tilesim.api import load, open_source
 from tilesim.cli import speculate
+from tilesim.cli.context import derived_context_words
 from tilesim.cli.flags import apart, fill, only_with
 from tilesim.cli.report_text import print_report
 from tilesim.device import Device
@@ -220,29 +221,30 @@ def run(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    model = load(
-        args.model if args.ray else checkpoint,  # each actor opens the checkpoint itself
-        device,
-        args.tp,
-        dtype=args.dtype,
-        act_dtype=args.act_dtype,
-        kv_dtype=args.kv_dtype,
-        max_context=max_context,
-        batch=len(prompts),
-        algo=args.algo,
-        timing_only=args.timing_only,
-        pad_heads=args.pad_heads or args.timing_only,
-        progress=progress,
-        moe=args.moe,
-        moe_imbalance=args.moe_imbalance,
-        pp=args.pp,
-        layers_per_stage=args.layers_per_stage,
-        micro_batches=args.micro_batches,
-        cluster=args.ray,
-        cores_per_actor=args.cores_per_actor,
-        actor_memory=args.actor_memory,
-        **bucket_lists(args),
-    )
+    with derived_context_words(checkpoint.graph, needed, args.max_context, "the prompt and new tokens"):
+        model = load(
+            args.model if args.ray else checkpoint,  # each actor opens the checkpoint itself
+            device,
+            args.tp,
+            dtype=args.dtype,
+            act_dtype=args.act_dtype,
+            kv_dtype=args.kv_dtype,
+            max_context=max_context,
+            batch=len(prompts),
+            algo=args.algo,
+            timing_only=args.timing_only,
+            pad_heads=args.pad_heads or args.timing_only,
+            progress=progress,
+            moe=args.moe,
+            moe_imbalance=args.moe_imbalance,
+            pp=args.pp,
+            layers_per_stage=args.layers_per_stage,
+            micro_batches=args.micro_batches,
+            cluster=args.ray,
+            cores_per_actor=args.cores_per_actor,
+            actor_memory=args.actor_memory,
+            **bucket_lists(args),
+        )
     bar.close()
     try:
         return _run(args, model, prompts, tokenizer, started)

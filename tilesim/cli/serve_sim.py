@@ -18,6 +18,7 @@ import sys
 from tqdm import tqdm
 
 from tilesim.api import load, open_source
+from tilesim.cli.context import derived_context_words
 from tilesim.cli.flags import apart, fill, only_with
 from tilesim.cli.generate import add_bucket_arguments, bucket_lists
 from tilesim.cli.table import print_table
@@ -61,6 +62,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="--scheduler chunked: prompt tokens per step (default: 512)")  # fmt: skip
     p.add_argument("--max-context", type=int, default=None, help="positions per slot (default: the longest request)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="real tokens: run each request to its output length past an end-of-sequence token "
+                   "(default: a request ends at one, as a server ends it)")  # fmt: skip
     add_bucket_arguments(p)
     p.add_argument("--slo", default=None, help="search the highest rate meeting e.g. ttft_p90=0.5,tpot_p99=0.05")
     p.add_argument("--probes", type=int, default=None, help="--slo: rates tried per round (default 1, 4 with --ray)")
@@ -80,9 +84,20 @@ def _check_flags(args: argparse.Namespace) -> None:
         "chunk_size": (args.scheduler == "chunked", "--scheduler chunked"),
         "probes": (args.slo is not None, "the rate search (--slo)"),
         "ray": (args.slo is not None, "the rate search (--slo): its probes run as Ray tasks"),
+        "ignore_eos": (not _timing_only(args), "runs of the real tokens; a timing-only request always runs to its "
+                       "output length"),
     })  # fmt: skip
     fill(args, DRAWN)
     apart(args, "trace", "plots")
+    # before the model loads: a slip in them should not wait for it
+    whole("tp", args.tp, 1, ShardingError)
+    whole("requests", args.requests, 1, ConfigError)
+    whole("max_num_seqs", args.max_num_seqs, 1, ConfigError)
+    whole("chunk_size", args.chunk_size, 1, ConfigError, optional=True)
+
+
+def _timing_only(args: argparse.Namespace) -> bool:
+    return args.timing_only or args.model in named_configs()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
         slo = parse_slo(args.slo)
         if args.workload:
             raise ConfigError("--slo scales a drawn workload's rate; give --requests and --rate, not --workload")
-    whole("tp", args.tp, 1, ShardingError)
-    whole("requests", args.requests, 1, ConfigError)
-    timing_only = args.timing_only or args.model in named_configs()
+    timing_only = _timing_only(args)
     checkpoint = open_source(args.model, timing_only)
     requests = read_workload(args.workload) if args.workload else _drawn(args, 1.0 if args.slo else args.rate)
     needed = max(r.prompt_tokens + r.output_tokens for r in requests)
@@ -113,12 +126,14 @@ def run(args: argparse.Namespace) -> int:
         timing_only,
         tuple(sorted(bucket_lists(args).items())),
     )
-    model = load(
-        checkpoint, device, args.tp, dtype=dtype, max_context=max_context, timing_only=timing_only,
-        pad_heads=timing_only, **bucket_lists(args),
-    )  # fmt: skip
+    with derived_context_words(checkpoint.graph, needed, args.max_context, "the longest request's prompt and output"):
+        model = load(
+            checkpoint, device, args.tp, dtype=dtype, max_context=max_context, timing_only=timing_only,
+            pad_heads=timing_only, **bucket_lists(args),
+        )  # fmt: skip
     quiet = args.json or not sys.stderr.isatty()
-    options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size}
+    options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size,
+               "stop_at_eos": not args.ignore_eos}  # fmt: skip
     if args.slo:
         return _search(args, model, spec, requests, slo, options, quiet)
     with tqdm(total=len(requests), desc="serving", unit="req", disable=quiet, leave=False) as bar:
@@ -236,6 +251,11 @@ def print_summary(s: dict) -> None:
         f"(KV cache {fmt_bytes(mem['allocated'].get('kv_cache', 0))} for the slots; at most "
         f"{fmt_bytes(mem['kv_in_use_max'])} of it in use)"
     )
+    if s["stopped_at_eos"]:
+        print(
+            f"{s['stopped_at_eos']} of {s['requests']} requests ended at an end-of-sequence token before their "
+            "output length (--ignore-eos runs each to its length)"
+        )
     programs = list(s["programs"].items())
     shown = ", ".join(f"{name} x{n}" for name, n in programs[:6]) + (", ..." if len(programs) > 6 else "")
     print(f"compiled buckets run: {shown}")

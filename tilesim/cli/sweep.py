@@ -17,6 +17,7 @@ import sys
 
 from tilesim.api import load, open_source
 from tilesim.cli import sweep_slo
+from tilesim.cli.context import derived_context_words
 from tilesim.cli.table import print_table
 from tilesim.cli.tp_plot import plot_by_tp
 from tilesim.device import Device
@@ -74,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
         fn = functools.partial(_remote_point, args.model, prompt, args, unit)
     else:
         fn = functools.partial(_local_point, checkpoint, prompt, args, unit)
-    rows = run_all(fn, configs, ray=args.ray, desc="sweep", quiet=args.json, label=lambda p: f"{p[0]} tp={p[1]} {p[2]}")
+    needed = _needed(len(prompt), args, unit)
+    what = "the prompt and new tokens" if unit is None else "the prompt and new tokens or the SLO's requests"
+    with derived_context_words(checkpoint.graph, needed, args.max_context, what):
+        rows = run_all(
+            fn, configs, ray=args.ray, desc="sweep", quiet=args.json, label=lambda p: f"{p[0]} tp={p[1]} {p[2]}"
+        )
     if unit is not None:
         sweep_slo.mark_pareto([r for r in rows if r["fits"]])
     if args.json:
@@ -130,11 +136,15 @@ def _remote_point(model: str, prompt, args, unit, point) -> dict:
     return _run_one(open_source(model, args.timing_only), *point, prompt, args, unit)
 
 
+def _needed(prompt_len: int, args, unit) -> int:
+    """The positions a point's runs use: its prompt and new tokens, and the SLO workload's requests."""
+    needed = prompt_len + args.max_new_tokens
+    return needed if unit is None else max(needed, sweep_slo.needed_context(unit))
+
+
 def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], args, unit=None) -> dict:
     row = {"device": preset, "tp": tp, "dtype": dtype or "default", "fits": False, "reason": ""}
-    needed = len(prompt) + args.max_new_tokens
-    if unit is not None:
-        needed = max(needed, sweep_slo.needed_context(unit))
+    needed = _needed(len(prompt), args, unit)
     try:
         device = Device(preset, cores=tp, backed=not args.timing_only)
         context = context_for(checkpoint.graph, needed, args.max_context)

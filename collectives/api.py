@@ -36,6 +36,7 @@ from tilesim.device.fabric import TransferRecord
 from tilesim.device.faults import FaultSpec
 from tilesim.device.spec import FabricSpec
 from tilesim.errors import ConfigError
+from tilesim.runtime.checks import whole
 
 OPS = ("allreduce", "reducescatter", "allgather", "broadcast", "alltoall")
 ALGORITHMS = {
@@ -206,8 +207,15 @@ def run_collective(
     on_transfer=None,
 ) -> CollectiveResult:
     """Run `op` over `device`'s cores: with `inputs` (one 1-D array per core), or timing only
-    with `n` elements of `dtype`. See the module doc; raises FabricFault or CollectiveTimeout."""
+    with `n` elements of `dtype`. `device` is a Device or a preset name (its cores). See the
+    module doc; raises FabricFault or CollectiveTimeout."""
+    if isinstance(device, str):
+        device = Device(device)
+    elif not isinstance(device, Device):
+        raise ConfigError(f"device={device!r:.60} must be a tilesim.Device or a preset name")
     p = device.num_cores
+    whole("root", root, 0, ConfigError)
+    whole("n", n, 0, ConfigError, optional=True)
     if faults is not None and faults.active and fabric == "analytic":
         raise ConfigError("faults are injected on the discrete-event fabric; use fabric='des' with them")
     if faults is not None:

@@ -49,7 +49,13 @@ def parse_slo(text: str) -> dict[tuple[str, str], float]:
 
 
 def meets(summary: dict, slo: dict[tuple[str, str], float]) -> bool:
-    return all(summary[metric][stat] <= bound for (metric, stat), bound in slo.items())
+    try:
+        return all(summary[metric][stat] <= bound for (metric, stat), bound in slo.items())
+    except (KeyError, TypeError):  # a caller's run function that returns something else
+        raise WorkloadError(
+            f"the run gave {summary!r:.80}, not a serving summary (serve(...).summary()) with the SLO's "
+            f"{', '.join(f'{m}_{s}' for m, s in slo)}"
+        ) from None
 
 
 @dataclass
@@ -85,6 +91,8 @@ def max_rate(
         raise WorkloadError(f"the search's starting rate must be positive, not {start!r}")
     if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
         raise WorkloadError(f"probes={probes!r} must be a whole number of at least 1")
+    if isinstance(unit_workload, str | bytes) or not isinstance(unit_workload, Sequence) or not unit_workload:
+        raise WorkloadError(f"unit_workload={unit_workload!r:.60} must be a non-empty list of serving.Request")
     search = RateSearch(slo, 0.0, None)
     evaluate = evaluate or (lambda rates: [run(at_rate(unit_workload, r)) for r in rates])
 

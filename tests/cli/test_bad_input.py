@@ -3,6 +3,7 @@ flags named, no traceback; Python: a TilesimError subclass naming its arguments)
 hypothesis test that random argument values never end in a traceback."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -270,6 +271,28 @@ def test_generate_names_the_argument_that_is_wrong(tiny_model, prompts, kwargs, 
     with pytest.raises(GenerationError) as raised:
         model.generate(prompts, **kwargs)
     assert phrase in str(raised.value)
+
+
+def test_run_collective_and_the_rate_search_name_the_argument_that_is_wrong():
+    from tilesim.collectives import run_collective
+    from tilesim.errors import WorkloadError
+    from tilesim.serving import Request, max_rate, parse_slo
+
+    two = tilesim.Device("tiny", cores=2)
+    for kwargs, phrase in (
+        ({"n": 4.5}, "n=4.5 must be a whole number"),  # ran before, its row saying n=4.5
+        ({"n": 4, "root": 1.0}, "root=1.0 must be a whole number"),  # a TypeError before
+        ({"n": 4, "device": None}, "device=None must be a tilesim.Device or a preset name"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(phrase)):
+            run_collective("broadcast", None, **{"device": two, **kwargs})
+    by_name = run_collective("allreduce", None, device="tiny", n=4)  # a preset name, as tilesim.load takes
+    assert by_name.cores == tilesim.Device("tiny").num_cores
+    slo = parse_slo("ttft_p90=1")
+    with pytest.raises(WorkloadError, match=re.escape("unit_workload=[] must be a non-empty list")):
+        max_rate(lambda w: {}, [], slo)
+    with pytest.raises(WorkloadError, match=r"the run gave \{\}, not a serving summary .* with the SLO.s ttft_p90"):
+        max_rate(lambda w: {}, [Request(0, 0.0, 4, 4)], slo)  # a KeyError before
 
 
 VALUES = st.one_of(

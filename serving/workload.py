@@ -3,7 +3,9 @@ length and an output length, read from a file or drawn from a seeded generator.
 
 A file is JSONL (one object per line) or CSV (a header row), with the fields
 `arrival` (seconds from the start), `prompt_tokens` and `output_tokens`, and optionally `id`
-and `seed` (the request's sampling seed). A bad line is refused with its line number.
+and `seed` (the request's sampling seed). A bad line is refused with its line number; other
+fields are not read, and a warning names them (a misspelt `seed` would otherwise pass
+unseen). A byte-order mark (spreadsheets write one) is skipped.
 
 Generators (`synthetic`): Poisson arrivals (exponential gaps at `rate` per second) or gamma
 arrivals (gaps with the same mean and a coefficient of variation `cv`: bursty above 1);
@@ -18,13 +20,14 @@ import io
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from tilesim.errors import WorkloadError
+from tilesim.errors import TilesimWarning, WorkloadError
 from tilesim.runtime.checks import whole
 
 
@@ -39,6 +42,7 @@ class Request:
 
 
 FIELDS = ("arrival", "prompt_tokens", "output_tokens")
+OPTIONAL = ("id", "seed")
 MAX_TOKENS = 10_000_000  # a prompt or output length beyond any model's positions: refused as a slip
 MAX_REQUESTS = 1_000_000  # a drawn workload's size: each request's record stays in memory (about 2 KiB)
 
@@ -49,7 +53,7 @@ def read_workload(path: str | Path) -> list[Request]:
         raise WorkloadError(f"path={path!r} must be the path of a JSONL or CSV file")
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise WorkloadError(f"workload file {path} does not exist") from None
     except IsADirectoryError:
@@ -57,6 +61,8 @@ def read_workload(path: str | Path) -> list[Request]:
     except UnicodeDecodeError:
         raise WorkloadError(f"workload file {path} is not text (JSONL or CSV)") from None
     stripped = text.lstrip()
+    if not stripped:
+        raise WorkloadError(f"workload file {path} is empty; give one request per line (JSONL or CSV)")
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson") or stripped.startswith("{"):
         rows = _jsonl(text, path)
     elif path.suffix.lower() == ".csv" or "," in stripped.split("\n", 1)[0]:
@@ -66,6 +72,14 @@ def read_workload(path: str | Path) -> list[Request]:
     if not rows:
         raise WorkloadError(f"workload file {path} holds no requests")
     requests = [_request(fields, line, path, i) for i, (line, fields) in enumerate(rows)]
+    unread = sorted({name for _, fields in rows for name in fields} - {*FIELDS, *OPTIONAL})
+    if unread:
+        warnings.warn(
+            f"workload file {path}: {', '.join(map(repr, unread))} not read (a request has "
+            f"{', '.join(FIELDS + OPTIONAL)})",
+            TilesimWarning,
+            stacklevel=2,
+        )
     return _ordered(requests)
 
 

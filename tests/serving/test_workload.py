@@ -5,6 +5,7 @@ closed-form moments and ranges)."""
 import numpy as np
 import pytest
 
+from tilesim.errors import TilesimWarning
 from tilesim.serving import read_workload, synthetic
 from tilesim.serving.workload import WorkloadError, at_rate
 
@@ -43,7 +44,9 @@ def test_jsonl_and_csv_give_the_same_requests_in_arrival_order(tmp_path):
         ("huge.jsonl", '{"arrival": 0, "prompt_tokens": 1e300, "output_tokens": 1}\n',
                        "line 1: prompt_tokens .* to 10,000,000"),
         ("prose.txt", "hello there\nthis is not a workload\n", "neither JSONL"),
-        ("empty.jsonl", "\n\n", "no requests"),
+        ("empty.jsonl", "\n\n", "is empty"),
+        ("nothing.csv", "", "is empty"),  # the header's absence was the message before
+        ("header_only.csv", "arrival,prompt_tokens,output_tokens\n", "no requests"),
         ("dup.jsonl", '{"id": 3, "arrival": 0, "prompt_tokens": 1, "output_tokens": 1}\n'
                       '{"id": 3, "arrival": 1, "prompt_tokens": 1, "output_tokens": 1}\n', "id 3 appears twice"),
     ],
@@ -53,6 +56,17 @@ def test_a_bad_workload_file_is_refused_naming_its_line(tmp_path, name, text, me
     path.write_text(text)
     with pytest.raises(WorkloadError, match=message):
         read_workload(path)
+
+
+def test_a_spreadsheets_byte_order_mark_is_skipped_and_fields_not_read_are_named(tmp_path):
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(b"\xef\xbb\xbfarrival,prompt_tokens,output_tokens\n0.5,10,3\n")  # was "lacks arrival"
+    assert [(r.arrival, r.prompt_tokens, r.output_tokens) for r in read_workload(bom)] == [(0.5, 10, 3)]
+    typo = tmp_path / "typo.jsonl"
+    typo.write_text('{"arrival": 0, "prompt_tokens": 4, "output_tokens": 4, "seeed": 3, "user": "a"}\n')
+    with pytest.warns(TilesimWarning, match="typo.jsonl: 'seeed', 'user' not read"):
+        (request,) = read_workload(typo)
+    assert request.seed == 0
 
 
 def test_missing_folder_and_binary_files_are_refused(tmp_path):

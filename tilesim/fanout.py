@@ -12,6 +12,7 @@ raised here as they are; a worker or node that dies (after Ray's retries) is `Ho
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -70,16 +71,36 @@ def connect(address: str):
         return ray, False
     quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address != "auto":
+        _answers(address)
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"--ray {address}: cannot join that Ray cluster ({exc})") from None
+            auth = "" if os.environ.get("RAY_AUTH_MODE") else (
+                "; if `ray start` said token authentication is enabled, set RAY_AUTH_MODE=token here too"
+            )  # fmt: skip
+            raise ConfigError(f"--ray {address}: cannot join that Ray cluster ({exc}){auth}") from None
         return ray, True
     try:
         ray.init(address="auto", **quiet)
     except (ConnectionError, ValueError, RuntimeError):
         ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **quiet)
     return ray, True
+
+
+def _answers(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a cluster address where nothing listens: ray.init would wait on it for many
+    minutes, retrying and logging, before it gave up."""
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError(f"--ray {address}: give a cluster's HOST:PORT (its head's GCS address), or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower() if not isinstance(exc, TimeoutError) else "timed out"
+        raise ConfigError(
+            f"--ray {address}: nothing answers there ({reason}); start a cluster with `ray start --head` and give "
+            "its address, or --ray auto"
+        ) from None
 
 
 def cpus(module) -> int:

@@ -74,3 +74,23 @@ def test_a_worker_that_dies_is_host_lost_naming_the_point(cluster):
     with pytest.raises(HostLost, match=r"running point 7 died"):
         run_all(_die, [7], ray="auto")
     assert run_all(_slow_square, [2], ray="auto") == [4], "the cluster still runs the next points"
+
+
+def test_a_cluster_address_where_nothing_listens_is_refused_at_once():
+    """ray.init waits many minutes on such an address (measured: over 10 on 127.0.0.1:9)."""
+    import socket
+
+    from tilesim.fanout import _answers
+
+    with socket.socket() as probe:  # a loopback port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"--ray 127.0.0.1:{port}: nothing answers there"):
+        _answers(f"127.0.0.1:{port}")
+    for address in ("localhost", "127.0.0.1:port", ":6379"):
+        with pytest.raises(ConfigError, match="give a cluster's HOST:PORT"):
+            _answers(address)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        _answers(f"ray://127.0.0.1:{listening.getsockname()[1]}")  # something answers: Ray's turn

@@ -296,18 +296,18 @@ def spec_from_dict(raw: Any, where: str) -> DeviceSpec:
         if name not in raw:
             raise ConfigError(f"{where}: missing field {name!r}")
     if not isinstance(raw["name"], str) or not raw["name"]:
-        raise ConfigError(f"{where}.name: must be a non-empty string")
+        raise ConfigError(f"{where}: name: must be a non-empty string")
     core = CoreSpec(**_parse_section(raw["core"], _CORE_FIELDS, f"{where}: core"))
     fabric = FabricSpec(**_parse_section(raw["fabric"], _FABRIC_FIELDS, f"{where}: fabric"))
     placement = _parse_placement(raw["placement"], f"{where}: placement")
     host = HostSpec(**_parse_section(raw.get("host", {}), _HOST_FIELDS, f"{where}: host"))
     max_cores = raw.get("max_cores")
     if max_cores is not None:
-        max_cores = _parse_value("count", max_cores, f"{where}.max_cores")
+        max_cores = _parse_value("count", max_cores, f"{where}: max_cores")
     spec = DeviceSpec(
         name=raw["name"],
         description=str(raw["description"]),
-        cores=_parse_value("count", raw["cores"], f"{where}.cores"),
+        cores=_parse_value("count", raw["cores"], f"{where}: cores"),
         core=core,
         fabric=fabric,
         placement=placement,

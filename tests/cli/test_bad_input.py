@@ -179,14 +179,16 @@ def test_a_context_the_command_chose_is_warned_about_in_what_needs_it(tmp_path, 
     ]
 
 
-def test_a_sweep_whose_every_point_fails_exits_non_zero(capsys, tiny_model):
+def test_a_sweep_whose_every_point_fails_exits_non_zero(capsys, tiny_model, tmp_path):
     folder = str(tiny_model("llama"))
     capsys.readouterr()
-    code = main(["sweep", folder, "--device", "tiny", "--tp", "4,5", "--json"])
+    plot = tmp_path / "tp.png"
+    code = main(["sweep", folder, "--device", "tiny", "--tp", "4,5", "--json", "--plot", str(plot)])
     captured = capsys.readouterr()
     rows = json.loads(captured.out)
     assert code == 1 and rows and not any(r["fits"] for r in rows)
     assert "no configuration of the sweep ran" in captured.err
+    assert not plot.exists()  # an empty plot (written before, with a legend warning) would pass for a result
 
 
 def test_a_failed_run_leaves_no_trace_or_plot_behind(capsys, tiny_model, tmp_path):

@@ -87,11 +87,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         _print(rows, checkpoint.name, slo=unit is not None)
-    if args.plot and unit is not None:
+    ran = any(row["fits"] for row in rows)
+    if args.plot and ran and unit is not None:
         sweep_slo.plot_pareto([r for r in rows if r["fits"]], args.plot, checkpoint.name, args.slo)
-    elif args.plot:
+    elif args.plot and ran:
         _plot(rows, args.plot, checkpoint.name)
-    if not any(row["fits"] for row in rows):
+    if not ran:  # and no plot: an empty one would pass for a result
         print("tilesim: error: no configuration of the sweep ran (the table says why)", file=sys.stderr)
         return 1
     return 0

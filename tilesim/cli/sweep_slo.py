@@ -111,6 +111,11 @@ def plot_pareto(rows: list[dict], path: str, name: str, slo_text: str) -> None:
         best = sorted((r for r in rows if r["pareto"]), key=lambda r: r["tp"])
         ax.plot([r["tp"] for r in best], [r["max_rate_rps"] for r in best], color="black", lw=2, ls=":",
                 marker="*", markersize=12, label="Pareto front")  # fmt: skip
+        lower = [r for r in rows if r["unbounded"]]  # where the doubling stopped, not where it saturates
+        if lower:
+            ax.scatter([r["tp"] for r in lower], [r["max_rate_rps"] for r in lower], marker="^", s=160,
+                       facecolors="none", edgecolors="red", zorder=5,
+                       label="at least: every rate tried met the SLO (draw more --requests)")  # fmt: skip
 
     plot_by_tp(
         rows, path, lambda r: r["max_rate_rps"], xlabel="cores (tensor-parallel degree)",

@@ -75,9 +75,8 @@ def connect(address: str):
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            auth = "" if os.environ.get("RAY_AUTH_MODE") else (
-                "; if `ray start` said token authentication is enabled, set RAY_AUTH_MODE=token here too"
-            )  # fmt: skip
+            auth = "; if `ray start` said token authentication is enabled, set RAY_AUTH_MODE=token here too"
+            auth = "" if os.environ.get("RAY_AUTH_MODE") else auth
             raise ConfigError(f"--ray {address}: cannot join that Ray cluster ({exc}){auth}") from None
         return ray, True
     try:
@@ -96,7 +95,7 @@ def _answers(address: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        reason = (exc.strerror or type(exc).__name__).lower() if not isinstance(exc, TimeoutError) else "timed out"
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__).lower()
         raise ConfigError(
             f"--ray {address}: nothing answers there ({reason}); start a cluster with `ray start --head` and give "
             "its address, or --ray auto"

@@ -83,3 +83,14 @@ def test_bad_arguments_are_one_line_errors(capsys):
     assert "unknown algorithm 'bogus'" in capsys.readouterr().err
     assert main(["collectives", "--op", "broadcast", "--algo", "direct", "--bytes", "1K"]) == 2
     assert "cannot do broadcast" in capsys.readouterr().err
+
+
+def test_a_simulation_far_from_the_closed_form_is_explained(capsys):
+    """Pairwise all-to-all's formula is a switch's; on trn1's ring the block for the core two
+    hops away pays two hops (sim/pred +100% at small sizes). On a100's switch they agree."""
+    assert main(["collectives", "--op", "alltoall", "--bytes", "1K", "--cores", "4", "--device", "trn1"]) == 0
+    ring = capsys.readouterr().out
+    assert "+99" in ring and "routes of several hops and messages sharing a link" in ring
+    assert main(["collectives", "--op", "alltoall", "--bytes", "1K", "--cores", "4", "--device", "a100"]) == 0
+    switch = capsys.readouterr().out
+    assert "+0.0%" in switch and "routes of several hops" not in switch

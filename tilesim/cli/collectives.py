@@ -161,6 +161,12 @@ def _print(rows: list[dict], device: Device, args: argparse.Namespace) -> None:
             }
         )
     print_table(table, right=("time", "algbw GB/s", "busbw GB/s", "predicted", "sim/pred"))
+    if any(r["predicted_time_s"] and abs(r["time_s"] / r["predicted_time_s"] - 1) > 0.05 for r in rows):
+        why = "injected faults, " if args.fault else ""
+        print(
+            "\npredicted is the algorithm's closed form on its own topology (docs/collectives.md); here "
+            f"{why}routes of several hops and messages sharing a link make the simulation differ from it."
+        )
     link = device.topology.links[0].bandwidth if device.topology.links else 0
     if link:
         print(

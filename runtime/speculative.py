@@ -143,8 +143,8 @@ def speculative_generate(
         raise GenerationError(
             f"the draft's vocabulary ({draft.graph.vocab_size} ids) is not the target's ({target.graph.vocab_size})"
         )
-    [ids] = check_prompts(target, [prompt], max_new_tokens + k)
-    check_prompts(draft, [ids], max_new_tokens + k)
+    [ids] = check_prompts(target, [prompt], max_new_tokens)
+    check_prompts(draft, [ids], max_new_tokens)
     params = SamplingParams(temperature, top_k, top_p, seed)
     eos = set(target.graph.meta.get("eos_token_ids", ())) if eos_token_id is ... else _ids(eos_token_id)
     rng = np.random.default_rng(seed)
@@ -156,25 +156,30 @@ def speculative_generate(
     rounds = []
     while len(new) < max_new_tokens and new[-1] not in eos:
         sequence = ids + new
+        # no more proposals than tokens still wanted after the target's own: a round emits up
+        # to proposals + 1, and the positions stay within the prompt and max_new_tokens
+        ask = min(k, max_new_tokens - len(new) - 1)
         proposals, q_rows = [], []
-        logits = small.feed(sequence[small.cached :])
-        for i in range(k):
+        logits = small.feed(sequence[small.cached :]) if ask else None
+        for i in range(ask):
             row = logits[0]
             q = _softmax(warp(row[None, :], params))[0] if not params.greedy else None
             token = int(np.argmax(row)) if params.greedy else int(rng.choice(len(q), p=q))
             proposals.append(token)
             q_rows.append(q)
-            if i < k - 1:
+            if i < ask - 1:
                 logits = small.feed([token])
         checked = big.feed([sequence[-1], *proposals], every_row=True)
         if params.greedy:
             emitted = accept_greedy(np.argmax(checked, axis=-1), np.array(proposals))
         else:
             p = _softmax(warp(checked, params))
-            emitted = accept(p, np.array(q_rows), np.array(proposals), rng)
+            q = np.array(q_rows) if q_rows else np.zeros((0, p.shape[1]))
+            emitted = accept(p, q, np.array(proposals, np.int64), rng)
         kept = len(emitted) - 1
-        rounds.append((k, kept))
-        big.cached -= k - kept  # the rejected positions are stale: the next round overwrites them
+        if ask:
+            rounds.append((ask, kept))
+        big.cached -= ask - kept  # the rejected positions are stale: the next round overwrites them
         small.cached = min(small.cached, len(sequence) + kept)  # it fed the pending token and d1..d(k-1)
         for token in emitted:
             if len(new) == max_new_tokens or new[-1] in eos:

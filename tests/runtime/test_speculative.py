@@ -54,7 +54,9 @@ def test_greedy_speculation_gives_the_targets_own_tokens(models, tiny_model, gre
                 f"speculative {draft} k={k}")  # fmt: skip
     rate = out.report["acceptance_rate"]
     if draft == "same":
-        assert rate == 1.0 and out.report["rounds"] == -(-29 // (k + 1))
+        # each round proposes at most the tokens still wanted after the target's own: 29 after
+        # the first, in rounds of k + 1 until one is left, which the target makes alone
+        assert rate == 1.0 and out.report["rounds"] == -(-28 // (k + 1))
     if draft == "other":
         assert rate < 0.5
 
@@ -138,6 +140,16 @@ def test_a_prompt_longer_than_the_prefill_buckets_is_prefilled_in_windows(tiny_m
     assert out.report["target_steps"] == 2 + out.report["rounds"]  # two prompt windows, then the checks
 
 
+def test_a_request_that_fills_the_context_runs_its_last_rounds_with_fewer_proposals(models):
+    """7 prompt + 89 new tokens fill the 96 positions: the last rounds propose no more than
+    is still wanted (they were refused before, needing k positions beyond)."""
+    target, drafts = models
+    alone = target.generate([PROMPT], max_new_tokens=89, eos_token_id=None).tokens[0].tolist()
+    out = speculative_generate(target, drafts["same"], PROMPT, 89, k=4, eos_token_id=None)
+    assert out.tokens.tolist() == alone
+    assert [proposed for proposed, _ in out.rounds][-2:] == [4, 2]  # 88 = 17 x (4 + 1) + (2 + 1)
+
+
 def test_mismatched_models_and_bad_k_are_refused(models, tiny_model):
     target, drafts = models
     gpt2 = tilesim.load(str(tiny_model("llama_gguf")), device=tilesim.Device("tiny", cores=1), tp=1, max_context=96)
@@ -146,7 +158,7 @@ def test_mismatched_models_and_bad_k_are_refused(models, tiny_model):
     with pytest.raises(GenerationError, match="k"):
         speculative_generate(target, drafts["same"], PROMPT, 8, k=0)
     with pytest.raises(GenerationError, match="max_context"):
-        speculative_generate(target, drafts["same"], PROMPT, 88, k=4)
+        speculative_generate(target, drafts["same"], PROMPT, 90, k=4)  # 7 + 90 positions of 96
     with pytest.raises(GenerationError, match=r"draft=None must be a model from tilesim\.load"):
         speculative_generate(target, None, PROMPT, 8)
     with pytest.raises(GenerationError, match="the draft must be a model of its own"):

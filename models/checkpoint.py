@@ -8,11 +8,13 @@ implies. Pickled checkpoints (`pytorch_model.bin`, `.pt`) are refused: unpicklin
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import json
 import re
 import warnings
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -96,14 +98,30 @@ def resolve(name_or_path: str) -> Path:
         return path
     path = Path(name_or_path).expanduser()
     if not path.exists():
-        from importlib import resources
-
         named = (resources.files("tilesim.models.configs") / f"{name_or_path}.json").is_file()
         if named:
             raise CheckpointError(f"{name_or_path} is a named config without weights: run it with timing_only=True")
         known = ", ".join(sorted(SHORT_NAMES))
-        raise CheckpointError(f"{name_or_path}: no such file or folder (short names: {known})")
+        configs = (p.name.removesuffix(".json") for p in resources.files("tilesim.models.configs").iterdir())
+        hint = did_you_mean(name_or_path, [*SHORT_NAMES, *configs])
+        raise CheckpointError(f"{name_or_path}: no such file or folder{hint}; short names: {known}")
     return path
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """' (did you mean X?)' for the known name `name` is closest to (case and spaces aside), or ''."""
+    lowered = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.strip().lower(), list(lowered), n=1, cutoff=0.75)
+    return f" (did you mean {lowered[close[0]]}?)" if close else ""
+
+
+def missing_config(folder: Path) -> CheckpointError:
+    """The error for a folder without config.json, naming the GGUF files it holds, if any
+    (a folder of them, as a hub download leaves them: the file is the checkpoint)."""
+    ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+    if ggufs:
+        return CheckpointError(f"{folder}: no config.json, but it holds {', '.join(ggufs)}: give the .gguf file")
+    return CheckpointError(f"{folder}: no config.json (give a folder written by save_pretrained, or a .gguf file)")
 
 
 def open_checkpoint(name_or_path: str) -> Checkpoint:
@@ -114,6 +132,8 @@ def open_checkpoint(name_or_path: str) -> Checkpoint:
     if path.is_file():
         if any(path.match(p) for p in _PICKLES):
             raise CheckpointError(_pickle_message(path))
+        if path.name == "config.json":
+            raise CheckpointError(f"{path}: give the folder that holds it, {path.parent}")
         raise CheckpointError(f"{path}: not a checkpoint (give a folder with config.json, or a .gguf file)")
     return _open_folder(name_or_path, path)
 
@@ -155,7 +175,7 @@ def config_from_json(path: Path) -> tuple[ModelConfig, object]:
 def _open_folder(name: str, folder: Path) -> Checkpoint:
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise CheckpointError(f"{folder}: no config.json (give a folder written by save_pretrained, or a .gguf file)")
+        raise missing_config(folder)
     has_safetensors = any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
     if not has_safetensors:
         pickles = [p for pattern in _PICKLES for p in folder.glob(pattern)]

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from tilesim.errors import CheckpointError
-from tilesim.models.checkpoint import SHORT_NAMES, Checkpoint, config_from_json, resolve
+from tilesim.models.checkpoint import SHORT_NAMES, Checkpoint, config_from_json, did_you_mean, missing_config, resolve
 
 
 def named_configs() -> list[str]:
@@ -25,14 +25,15 @@ def open_for_timing(name: str) -> Checkpoint:
         with resources.as_file(resource) as path:
             config, module = config_from_json(Path(path))
         return Checkpoint(name, f"configs/{name}.json", "config", config, module.build_graph(config), None)
-    if name not in SHORT_NAMES and not Path(name).exists():
+    if name not in SHORT_NAMES and not Path(name).expanduser().exists():
+        hint = did_you_mean(name, [*named_configs(), *SHORT_NAMES])
         raise CheckpointError(
-            f"{name}: no such file, folder or named model; named models: {', '.join(named_configs())}"
+            f"{name}: no such file, folder or named model{hint}; named models: {', '.join(named_configs())}"
         )
     path = resolve(name)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path}: no config.json")
+            raise missing_config(path)
         config, module = config_from_json(path / "config.json")
         return Checkpoint(name, str(path), "config", config, module.build_graph(config), None)
     from tilesim.models.checkpoint import open_checkpoint

@@ -25,6 +25,25 @@ def test_a_missing_folder_or_config(tmp_path):
         tilesim.load(str(tmp_path / "empty"), device="tiny", tp=1)
 
 
+def test_a_near_miss_of_a_name_a_folder_of_gguf_files_or_a_config_file_gets_the_way_there(tiny_model, tmp_path):
+    for name, suggested in (("SmolLM2", "smollm2"), ("Llama-2-7b", "llama-2-7b"), ("llama2-70b", "llama-2-70b")):
+        for timing_only in (False, True):
+            with pytest.raises(CheckpointError, match=rf"no such file.* \(did you mean {suggested}\?\)"):
+                tilesim.load(name, device="tiny", tp=1, timing_only=timing_only)
+    with pytest.raises(CheckpointError) as far:
+        tilesim.load("qwerty", device="tiny", tp=1)
+    assert "did you mean" not in str(far.value)
+    downloaded = tmp_path / "hub"
+    downloaded.mkdir()
+    (downloaded / "model.Q8_0.gguf").write_bytes(b"GGUF")
+    for timing_only in (False, True):
+        with pytest.raises(CheckpointError, match=r"no config\.json, but it holds model\.Q8_0\.gguf: give the \.gguf"):
+            tilesim.load(str(downloaded), device="tiny", tp=1, timing_only=timing_only)
+    config = tiny_model("llama") / "config.json"
+    with pytest.raises(CheckpointError, match=r"config\.json: give the folder that holds it"):
+        tilesim.load(str(config), device="tiny", tp=1)
+
+
 def test_pickled_checkpoints_are_refused_with_how_to_convert(tiny_model, tmp_path):
     folder = copy(tiny_model("gpt2"), tmp_path)
     (folder / "model.safetensors").unlink()

@@ -227,6 +227,13 @@ class Model:
             prefill_batch=prefill_batch,
             buckets=self.buckets,
         )
+        if new.prefill_batch < batch:
+            programs = -(-batch // new.prefill_batch)
+            each = f"{new.prefill_batch} sequence{'s' if new.prefill_batch > 1 else ''}"
+            new.plan.notes.append(
+                f"a prefill of the batch of {batch} runs as {programs} programs of {each}, one after another (the "
+                "device runtime's context batch); the memory plan holds one program's activations"
+            )
         self._session = new
         itemsize, region = self.precision.act_bytes, new.plan.regions["activations"]
         self.collectives = CollectivePlan(self.device, self.tp, itemsize, region, self.algo)

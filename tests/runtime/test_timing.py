@@ -121,6 +121,8 @@ def test_a_context_batch_of_one_runs_and_plans_the_prefill_one_sequence_at_a_tim
         runs[context_batch] = (model.prefill_batch, model.plan.activations[0], out)
     (whole, whole_bytes, together), (one, one_bytes, apart) = runs[None], runs[1]
     assert (whole, one) == (3, 1) and one_bytes < whole_bytes
+    notes = apart.report["memory"]["notes"]
+    assert "a prefill of the batch of 3 runs as 3 programs of 1 sequence, one after another" in " ".join(notes)
     for a, b in zip(together.logits, apart.logits, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
     assert [t.tolist() for t in apart.tokens] == [t.tolist() for t in together.tokens]

@@ -44,6 +44,26 @@ def test_a_checkpoint_serves_its_real_tokens(tiny_model, capsys):
     assert out["summary"]["functional"] and len(out["tokens"]) == 6
 
 
+def test_sampling_uses_each_requests_own_seed(tiny_model, capsys):
+    """--temperature/--top-k sample each request with its seed: the tokens it gets served alone."""
+    import tilesim
+    from tilesim.serving import serve, synthetic
+
+    folder = str(tiny_model("llama"))
+    args = ["serve-sim", folder, "--device", "tiny", "--requests", "4", "--rate", "1000000", "--prompt-len",
+            "uniform:2,20", "--output-len", "fixed:12", "--max-num-seqs", "2", "--ignore-eos", "--json"]  # fmt: skip
+    assert main([*args, "--temperature", "1.0", "--top-k", "20"]) == 0
+    sampled = json.loads(capsys.readouterr().out)["tokens"]
+    assert main(args) == 0
+    greedy = json.loads(capsys.readouterr().out)["tokens"]
+    assert sampled != greedy
+    model = tilesim.load(folder, device=tilesim.Device("tiny"), tp=1, max_context=256)
+    workload = synthetic(4, 1000000.0, prompt="uniform:2,20", output="fixed:12", seed=0)
+    for request in workload:
+        alone = serve(model, [request], max_num_seqs=1, temperature=1.0, top_k=20, stop_at_eos=False).tokens()
+        assert alone[request.id] == sampled[str(request.id)]
+
+
 def test_requests_end_at_the_end_of_sequence_token_unless_told_to_ignore_it(tiny_model, capsys):
     """The tiny models' end of sequence is id 2: a request that draws it stops there, and the
     summary counts it; --ignore-eos runs every request to its output length."""
@@ -107,6 +127,8 @@ def test_a_workload_that_meets_the_slo_at_every_rate_is_said_to_be_unbounded(cap
         (["--max-num-seqs", "0"], "--max-num-seqs 0 must be at least 1"),
         (["--scheduler", "chunked", "--chunk-size", "0"], "--chunk-size 0 must be at least 1"),
         (["--ignore-eos"], "--ignore-eos is for runs of the real tokens"),
+        (["--temperature", "-1"], "--temperature -1.0 must be a finite number >= 0"),
+        (["--top-p", "2"], "--top-p 2.0 must be a finite number in (0, 1]"),
         (["--chunk-size", "64"], "--chunk-size is for --scheduler chunked"),
         (["--workload", "w.jsonl", "--rate", "3"], "--rate is for a drawn workload; --workload FILE gives"),
         (["--cv", "2"], "--cv is for --arrivals gamma"),

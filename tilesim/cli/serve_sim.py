@@ -28,6 +28,7 @@ from tilesim.fanout import connect, run_all
 from tilesim.models.named import named_configs
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
+from tilesim.runtime.sampling import SamplingParams
 from tilesim.runtime.timing import context_for
 from tilesim.serving import SCHEDULERS, max_rate, parse_slo, read_workload, serve, synthetic
 from tilesim.serving.workload import at_rate
@@ -62,6 +63,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="--scheduler chunked: prompt tokens per step (default: 512)")  # fmt: skip
     p.add_argument("--max-context", type=int, default=None, help="positions per slot (default: the longest request)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sample each request's tokens with its own seed (default: greedy); timing-only, what "
+                   "leaves the cores each step (logits, not an argmax)")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample within the nucleus of mass p")
     p.add_argument("--ignore-eos", action="store_true",
                    help="real tokens: run each request to its output length past an end-of-sequence token "
                    "(default: a request ends at one, as a server ends it)")  # fmt: skip
@@ -94,6 +100,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     whole("requests", args.requests, 1, ConfigError)
     whole("max_num_seqs", args.max_num_seqs, 1, ConfigError)
     whole("chunk_size", args.chunk_size, 1, ConfigError, optional=True)
+    SamplingParams(args.temperature, args.top_k, args.top_p)
 
 
 def _timing_only(args: argparse.Namespace) -> bool:
@@ -133,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     quiet = args.json or not sys.stderr.isatty()
     options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size,
-               "stop_at_eos": not args.ignore_eos}  # fmt: skip
+               "stop_at_eos": not args.ignore_eos, "temperature": args.temperature, "top_k": args.top_k,
+               "top_p": args.top_p}  # fmt: skip
     if args.slo:
         return _search(args, model, spec, requests, slo, options, quiet)
     with tqdm(total=len(requests), desc="serving", unit="req", disable=quiet, leave=False) as bar:

@@ -51,6 +51,7 @@ def atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
         with _written_in_place(path), open(path, mode) as f:
             yield f
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(handle, mode) as f:
@@ -69,6 +70,7 @@ def atomic_save(path: str | Path, save: Callable[[str], None]) -> None:
         with _written_in_place(path):
             save(str(path))
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(handle)
     try:
@@ -97,8 +99,8 @@ def all_or_nothing(paths: list[Path]) -> Iterator[list[Path]]:
 
 
 def writable_file(path: str | Path, what: str) -> Path:
-    """`path` as a file output: its folder is made if missing and must take a new file; the
-    path itself must not be a folder. Raises ConfigError naming `what` (e.g. '--trace')."""
+    """`path` as a file output: its folder (made when the file is written, if missing) must
+    take a new file; the path itself must not be a folder. Raises ConfigError naming `what` (e.g. '--trace')."""
     path = _given(path, what)
     if path.is_dir():
         raise ConfigError(f"{what} {path}: is a folder; give a file name")
@@ -107,7 +109,7 @@ def writable_file(path: str | Path, what: str) -> Path:
 
 
 def writable_folder(path: str | Path, what: str) -> Path:
-    """`path` as a folder of outputs: made if missing; must take new files."""
+    """`path` as a folder of outputs (made when they are written, if missing): must take new files."""
     path = _given(path, what)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {path}: is a file; give a folder")
@@ -123,9 +125,16 @@ def _given(path: str | Path, what: str) -> Path:
 
 
 def _can_write_in(folder: Path, label: str) -> None:
+    """Whether files can be made in `folder`, or, where it does not exist yet, in the
+    nearest folder above it that does (the writers make the rest when they write, so a run
+    that fails leaves no empty folder behind)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__

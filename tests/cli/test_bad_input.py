@@ -196,6 +196,9 @@ def test_a_failed_run_leaves_no_trace_or_plot_behind(capsys, tiny_model, tmp_pat
     folder = str(tiny_model("llama"))
     code = main(["generate", folder, "--prompt-ids", "1,2", "--tp", "4", "--device", "tiny", "--trace", str(trace)])
     assert code == 2 and not trace.exists()
+    unmade = tmp_path / "new" / "plots"
+    code = main(["generate", folder, "--prompt-ids", "1,2", "--tp", "4", "--device", "tiny", "--plots", str(unmade)])
+    assert code == 2 and not (tmp_path / "new").exists()  # the check made the folders before
     ok = main(["generate", folder, "--prompt-ids", "1,2", "--max-new-tokens", "2", "--trace", str(trace)])
     ok2 = main(["generate", folder, "--prompt-ids", "1,2", "--max-new-tokens", "2", "--plots", str(plots)])
     assert ok == ok2 == 0 and json.loads(trace.read_text())["traceEvents"]

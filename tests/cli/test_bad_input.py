@@ -179,6 +179,19 @@ def test_a_context_the_command_chose_is_warned_about_in_what_needs_it(tmp_path, 
     ]
 
 
+def test_a_drafts_context_is_its_own(capsys, tiny_model):
+    """The draft gets the positions the run needs within its own limit (gpt2: 256 learned),
+    not the target's bucket; beyond its limit the error names the draft, not a --max-context
+    that was never given (it said '--max-context 512 is out of range' before)."""
+    llama, gpt2 = str(tiny_model("llama")), str(tiny_model("gpt2"))
+    capsys.readouterr()
+    run = ["generate", llama, "--prompt-ids", "1,2", "--draft", gpt2, "--device", "tiny"]
+    assert main([*run, "--max-new-tokens", "300"]) == 2
+    err = capsys.readouterr().err
+    assert f"the draft {gpt2}: the prompt and new tokens need 302 positions; the model has 256" in err
+    assert main([*run, "--max-new-tokens", "250"]) == 0  # 252 positions: within both
+
+
 def test_a_sweep_whose_every_point_fails_exits_non_zero(capsys, tiny_model, tmp_path):
     folder = str(tiny_model("llama"))
     capsys.readouterr()

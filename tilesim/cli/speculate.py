@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from tilesim.api import load
+from tilesim.api import load, open_source
+from tilesim.cli.context import derived_context_words
 from tilesim.device import Device
-from tilesim.errors import ConfigError, ShardingError
+from tilesim.errors import ConfigError, GenerationError, ShardingError
 from tilesim.runtime.checks import whole
 from tilesim.runtime.speculative import speculative_generate
+from tilesim.runtime.timing import context_for
 from tilesim.units import fmt_time
 
 
@@ -29,7 +31,14 @@ def run(args: argparse.Namespace, target, prompts: list[list[int]], tokenizer) -
         raise ConfigError("--draft runs one prompt; give one --prompt (and no --batch)")
     whole("draft_tp", args.draft_tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
     device = Device(args.device, cores=args.draft_tp)
-    draft = load(args.draft, device, args.draft_tp, max_context=target.max_context)
+    source = open_source(args.draft)
+    needed = len(prompts[0]) + args.max_new_tokens  # a round proposes no more than is still wanted
+    try:  # the draft's own context: its positions may be fewer than the target's bucket
+        context = context_for(source.graph, needed, args.max_context)
+    except GenerationError as exc:
+        raise GenerationError(f"the draft {args.draft}: {exc}") from None
+    with derived_context_words(source.graph, needed, args.max_context, "in the draft, the prompt and new tokens"):
+        draft = load(source, device, args.draft_tp, max_context=context)
     out = speculative_generate(
         target, draft, prompts[0], args.max_new_tokens, k=args.speculate, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,

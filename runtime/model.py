@@ -113,7 +113,10 @@ class Model:
         beyond = beyond_training(self.graph, self.max_context, f"max_context={self.max_context} is")
         if beyond is not None:
             warnings.warn(beyond, TilesimWarning, stacklevel=2)
-            self.notes.append(beyond)
+            # the report's words fit a context given or derived (the command line derives one)
+            self.notes.append(
+                beyond_training(self.graph, self.max_context, f"a KV cache of {self.max_context} positions is")
+            )
         self.formats = weights.storage_formats(self.graph, self.precision, checkpoint)
         blocky = any(f in weights.BLOCK_FORMATS for f in self.formats.values())
         self.sp = shard.plan(self.graph, tp, granule=weights.BLOCK if blocky else 1, pad_heads=pad_heads, moe=moe)

@@ -135,7 +135,7 @@ def test_a_context_beyond_the_positions_is_refused_for_learned_positions_and_war
         model = tilesim.load(rotary, device="tiny", tp=1, max_context=512)
     out = model.generate([list(range(1, 100))] * 1, max_new_tokens=300, eos_token_id=None)
     assert len(out.tokens[0]) == 300  # positions 256..398 run: rotary tables cover the whole context
-    assert any("beyond the 256 positions" in note for note in out.report["memory"]["notes"])
+    assert any("a KV cache of 512 positions is beyond the 256 positions" in n for n in out.report["memory"]["notes"])
 
 
 def test_the_command_line_prints_a_warning_as_one_line_in_its_own_words(tiny_model):

@@ -146,7 +146,7 @@ def chrome_events(trace: Trace) -> list[dict]:
             for core in range(cores):
                 activations = trace.memory.per_core[core].get("activations", 0)
                 events.append(_memory_counter(core + 1, step.start * _US, fixed[core], activations))
-        for move in step.transfers:
+        for move, busy_until in _on_links(step.transfers):
             key = (move.src, move.link)
             if key not in link_tids:
                 link_tids[key] = 10 + len([k for k in link_tids if k[0] == move.src])
@@ -161,9 +161,9 @@ def chrome_events(trace: Trace) -> list[dict]:
                     "tid": tid,
                     "name": f"{move.src}->{move.dst} {move.nbytes} B",
                     "ts": start,
-                    "dur": end - start,
+                    "dur": (step.start + busy_until) * _US - start,
                     "cat": "transfer",
-                    "args": {"bytes": move.nbytes},
+                    "args": {"bytes": move.nbytes, "arrives_us": end},
                 }
             )
             flow_id += 1
@@ -191,6 +191,22 @@ def chrome_events(trace: Trace) -> list[dict]:
                 }
             )
     return events
+
+
+def _on_links(transfers) -> list[tuple]:
+    """Each message with the end of its slice on its link's lane: its arrival, or the start
+    of the next message on that link if that comes first. A link streams the next message
+    while the last is still on its way (its hop latency), and one lane's slices must not
+    overlap (Perfetto drops slices that are not nested); the flow arrow marks the arrival."""
+    by_lane: dict[tuple, list] = {}
+    for move in transfers:
+        by_lane.setdefault((move.src, move.link), []).append(move)
+    out = []
+    for moves in by_lane.values():
+        moves.sort(key=lambda m: (m.start, m.end))
+        for move, after in zip(moves, [*moves[1:], None], strict=True):
+            out.append((move, move.end if after is None else max(move.start, min(move.end, after.start))))
+    return sorted(out, key=lambda pair: (pair[0].start, pair[0].src))
 
 
 def _live(points: list[tuple[int, int]], node: int) -> int:

@@ -37,6 +37,18 @@ def check_trace_event_format(document: dict) -> None:
             if ph == "f":
                 assert event.get("bp") == "e"
     assert all(sorted(kinds) == ["f", "s"] for kinds in flows.values()), "every flow starts once and ends once"
+    lanes: dict[tuple, list] = {}
+    for event in document["traceEvents"]:
+        if event["ph"] == "X":
+            lanes.setdefault((event["pid"], event["tid"]), []).append((event["ts"], event["ts"] + event["dur"]))
+    for lane, slices in lanes.items():  # slices of one lane nest or follow each other: Perfetto drops the rest
+        slices.sort(key=lambda s: (s[0], -s[1]))
+        open_ends: list[float] = []
+        for start, end in slices:
+            while open_ends and open_ends[-1] <= start + 1e-6:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1] + 1e-6, f"lane {lane}: a slice at {start} overlaps another"
+            open_ends.append(end)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +103,21 @@ def test_collectives_say_which_algorithm_ran_and_messages_have_arrows(run):
     transfers = [e for e in document["traceEvents"] if e.get("cat") == "transfer" and e["ph"] == "X"]
     flows = [e for e in document["traceEvents"] if e["ph"] == "s"]
     assert transfers and len(flows) == len(transfers)
+
+
+def test_messages_that_share_a_link_stay_apart_on_its_lane(tmp_path):
+    """A ring all-reduce over 8 cores streams the next chunk on a link while the last is still
+    on its way (its hop latency): the lane shows each message until the next one starts, the
+    flow arrow and `arrives_us` its arrival (the slices overlapped before)."""
+    model = tilesim.load("llama-2-7b", device="trn1", tp=8, timing_only=True, max_context=256)
+    out = model.generate([[1] * 64], max_new_tokens=2)
+    document = json.loads(write_chrome_trace(out.trace, tmp_path / "t.json").read_text())
+    check_trace_event_format(document)
+    moves = [e for e in document["traceEvents"] if e.get("cat") == "transfer" and e["ph"] == "X"]
+    cut = [e for e in moves if e["args"]["arrives_us"] > e["ts"] + e["dur"] + 1e-6]
+    assert cut, "some message is still on its way when the next one on its link starts"
+    arrivals = sorted(e["ts"] for e in document["traceEvents"] if e["ph"] == "f")
+    assert arrivals == pytest.approx(sorted(e["args"]["arrives_us"] for e in moves))
 
 
 def test_memory_counters_per_core(run):

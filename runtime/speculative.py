@@ -169,7 +169,7 @@ def speculative_generate(
             q_rows.append(q)
             if i < ask - 1:
                 logits = small.feed([token])
-        checked = big.feed([sequence[-1], *proposals], every_row=True)
+        checked = big.feed([sequence[-1], *proposals], every_row=bool(proposals))  # none: a decode step
         if params.greedy:
             emitted = accept_greedy(np.argmax(checked, axis=-1), np.array(proposals))
         else:

@@ -102,10 +102,15 @@ def resolve(name_or_path: str) -> Path:
         if named:
             raise CheckpointError(f"{name_or_path} is a named config without weights: run it with timing_only=True")
         known = ", ".join(sorted(SHORT_NAMES))
-        configs = (p.name.removesuffix(".json") for p in resources.files("tilesim.models.configs").iterdir())
-        hint = did_you_mean(name_or_path, [*SHORT_NAMES, *configs])
+        hint = did_you_mean(name_or_path, [*SHORT_NAMES, *named_configs()])
         raise CheckpointError(f"{name_or_path}: no such file or folder{hint}; short names: {known}")
     return path
+
+
+def named_configs() -> list[str]:
+    """The named models: published dimensions without weights (models/configs/*.json)."""
+    folder = resources.files("tilesim.models.configs")
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
 def did_you_mean(name: str, known: list[str]) -> str:

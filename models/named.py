@@ -11,12 +11,15 @@ from importlib import resources
 from pathlib import Path
 
 from tilesim.errors import CheckpointError
-from tilesim.models.checkpoint import SHORT_NAMES, Checkpoint, config_from_json, did_you_mean, missing_config, resolve
-
-
-def named_configs() -> list[str]:
-    folder = resources.files("tilesim.models.configs")
-    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+from tilesim.models.checkpoint import (
+    SHORT_NAMES,
+    Checkpoint,
+    config_from_json,
+    did_you_mean,
+    missing_config,
+    named_configs,
+    resolve,
+)
 
 
 def open_for_timing(name: str) -> Checkpoint:

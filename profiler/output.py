@@ -39,8 +39,7 @@ def _written_in_place(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        reason = (exc.strerror or type(exc).__name__).lower()
-        raise ConfigError(f"{path}: cannot write there ({reason}); choose another place") from None
+        raise _cannot_write(str(path), exc) from None
 
 
 @contextmanager
@@ -137,5 +136,9 @@ def _can_write_in(folder: Path, label: str) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"{label}: cannot write there ({reason.lower()}); choose another place") from None
+        raise _cannot_write(label, exc) from None
+
+
+def _cannot_write(label: str, exc: OSError) -> ConfigError:
+    reason = (exc.strerror or type(exc).__name__).lower()
+    return ConfigError(f"{label}: cannot write there ({reason}); choose another place")

@@ -180,7 +180,7 @@ def speculative_generate(
         if ask:
             rounds.append((ask, kept))
         big.cached -= ask - kept  # the rejected positions are stale: the next round overwrites them
-        small.cached = min(small.cached, len(sequence) + kept)  # it fed the pending token and d1..d(k-1)
+        small.cached = min(small.cached, len(sequence) + kept)  # it fed the pending token and d1..d(ask-1)
         for token in emitted:
             if len(new) == max_new_tokens or new[-1] in eos:
                 break

@@ -272,13 +272,19 @@ def _check_plan(plan: StepPlan, state: ServerState, name: str) -> None:
         raise WorkloadError(f"scheduler {name!r} decodes a request twice in one step")
 
 
-def _checked(
-    model, requests: Sequence[Request], max_num_seqs: int, chunk_size: int | None, functional: bool
-) -> list[Request]:
+def check_slots(max_num_seqs, chunk_size) -> None:
+    """The server's sequence slots and prefill chunk (None: whole prompts), as `serve` takes
+    them; the command line asks before it loads the model."""
     if not isinstance(max_num_seqs, int) or isinstance(max_num_seqs, bool) or max_num_seqs < 1:
         raise WorkloadError(f"max_num_seqs={max_num_seqs!r} must be a whole number of at least 1")
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
         raise WorkloadError(f"chunk_size={chunk_size!r} must be a whole number of at least 1")
+
+
+def _checked(
+    model, requests: Sequence[Request], max_num_seqs: int, chunk_size: int | None, functional: bool
+) -> list[Request]:
+    check_slots(max_num_seqs, chunk_size)
     if isinstance(requests, str | bytes) or not isinstance(requests, Iterable):
         raise WorkloadError(f"requests={requests!r:.60} must be a list of serving.Request (read_workload, synthetic)")
     requests = list(requests)

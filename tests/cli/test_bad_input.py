@@ -95,8 +95,11 @@ OTHERS = [
     (["collectives", "--bytes", "1:1K", "--dtype", "bf16"], "--bytes 1:1K: 1 B is less than one bf16 element"),
     # checked before the model loads: a tiny model's drawn requests pass its trained positions, and
     # the warning about that must not come before the error
-    (["serve-sim", "{llama}", "--max-num-seqs", "0"], "--max-num-seqs 0 must be at least 1"),
-    (["serve-sim", "{llama}", "--scheduler", "chunked", "--chunk-size", "0"], "--chunk-size 0 must be at least 1"),
+    (["serve-sim", "{llama}", "--max-num-seqs", "0"], "--max-num-seqs 0 must be a whole number of at least 1"),
+    (
+        ["serve-sim", "{llama}", "--scheduler", "chunked", "--chunk-size", "0"],
+        "--chunk-size 0 must be a whole number of at least 1",
+    ),
     # a --fault spec's messages quote its own syntax (seed=N), not flags
     (["collectives", "--cores", "4", "--fault", "corrupt=0.5,seed=x"], "cannot read fault 'seed=x'"),
     (["collectives", "--cores", "4", "--fault", "bogus=1"], "slow=[A-B:]F, seed=N, retries=N"),

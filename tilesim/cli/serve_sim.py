@@ -31,6 +31,7 @@ from tilesim.runtime.checks import whole
 from tilesim.runtime.sampling import SamplingParams
 from tilesim.runtime.timing import context_for
 from tilesim.serving import SCHEDULERS, max_rate, parse_slo, read_workload, serve, synthetic
+from tilesim.serving.server import check_slots
 from tilesim.serving.workload import at_rate
 from tilesim.units import fmt_bytes, fmt_time
 
@@ -98,8 +99,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     # before the model loads: a slip in them should not wait for it
     whole("tp", args.tp, 1, ShardingError)
     whole("requests", args.requests, 1, ConfigError)
-    whole("max_num_seqs", args.max_num_seqs, 1, ConfigError)
-    whole("chunk_size", args.chunk_size, 1, ConfigError, optional=True)
+    check_slots(args.max_num_seqs, args.chunk_size)
     SamplingParams(args.temperature, args.top_k, args.top_p)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tilesim.device import Device
 from tilesim.models.named import open_for_timing
 from tilesim.runtime.session import decode_shape, prefill_shape
 from tilesim.runtime.timing import context_for
+from tilesim.units import fmt_time
 
 _MODELS = {
     "Llama-2-13b": "llama-2-13b",
@@ -48,6 +50,7 @@ class LatencyRow:
     ttft_s: float
     tpot_s: float
     source: str
+    output_tok_s: float | None = None  # the row's own throughput: batch x output tokens per second
 
 
 def load_latency_rows(path: str | Path = SDK218) -> list[LatencyRow]:
@@ -56,9 +59,109 @@ def load_latency_rows(path: str | Path = SDK218) -> list[LatencyRow]:
             LatencyRow(
                 r["model"], r["instance"], int(r["tp"]), int(r["batch"]), int(r["input_len"]), int(r["output_len"]),
                 float(r["ttft_p50_ms"]) / 1e3, float(r["tpot_p50_ms"]) / 1e3, r["source"],
+                float(r["output_tok_s"]) if r.get("output_tok_s") else None,
             )
             for r in csv.DictReader(f)
         ]  # fmt: skip
+
+
+# Beyond this, a row's throughput and its TTFT and TPOT cannot be of one run. The other
+# rows agree within 16%: their TPOT is a median over KV buckets, the throughput a mean.
+OWN_FIGURES_TOLERANCE = 0.25
+# From 1024 tokens a published prefill takes 230 ms or more a sequence, compute-bound: a
+# request's fixed costs and the weights' reads (tens of ms) are within LONGER_PROMPT_FLOOR.
+COMPUTE_BOUND_TOKENS = 1024
+LONGER_PROMPT_FLOOR = 0.9
+
+
+def published_conflicts(rows: list[LatencyRow]) -> list[list[str]]:
+    """For each row, what in the published figures contradicts it, from the figures alone (no
+    timing model):
+    - its own throughput against its TTFT and TPOT;
+    - its prefill against another of the same model and instance whose prompts are at least
+      as long (from `COMPUTE_BOUND_TOKENS`) and whose batch holds at least as many prompt
+      tokens. Run sequence by sequence or as one program, the second has at least that many
+      times the products and more attention, so it takes at least `LONGER_PROMPT_FLOOR`
+      times as long per token. For such a pair the text gives the smallest error that a model
+      can have on both rows at once."""
+    found: list[list[str]] = [[] for _ in rows]
+    for i, row in enumerate(rows):
+        if row.output_tok_s:
+            own = row.batch * row.output_len / row.output_tok_s  # end to end, by the throughput
+            timed = row.ttft_s + row.tpot_s * (row.output_len - 1)
+            if abs(own / timed - 1) > OWN_FIGURES_TOLERANCE:
+                found[i].append(
+                    f"its own throughput ({row.output_tok_s:.1f} tokens/s) puts the request at {own:.1f} s end to "
+                    f"end, its TTFT and TPOT at {timed:.1f} s: the three figures cannot be of one run"
+                )
+    for i, j, floor in _prefill_bounds(rows):
+        small, big = rows[i], rows[j]
+        tokens = big.batch * big.input_len / (small.batch * small.input_len)
+        ratio = big.ttft_s / small.ttft_s
+        if ratio >= floor:
+            continue
+        gap = floor / ratio  # the factor a model must split between the two
+        longer = big.input_len / small.input_len
+        what = "as many prompt tokens" if tokens == 1 else f"{tokens:g} times the prompt tokens"
+        if longer > 1:
+            what += " in prompts " + ("twice" if longer == 2 else f"{longer:g} times") + " as long"
+        pair = (
+            f"{big.batch} x {big.input_len} tokens take {fmt_time(big.ttft_s)}, {ratio:.2f} times "
+            f"{small.batch} x {small.input_len} tokens ({fmt_time(small.ttft_s)}), for {what}: no timing "
+            f"model is within {(gap - 1) / (gap + 1):.0%} of both"
+        )
+        found[i].append(pair)
+        found[j].append(pair)
+    return found
+
+
+def _prefill_bounds(rows: list[LatencyRow]) -> list[tuple[int, int, float]]:
+    """(i, j, c): the rule of `published_conflicts` for any timing model, as TTFT_j >= c TTFT_i."""
+    out = []
+    for i, small in enumerate(rows):
+        for j, big in enumerate(rows):
+            tokens = big.batch * big.input_len / (small.batch * small.input_len)
+            if (
+                i != j
+                and (small.model, small.instance) == (big.model, big.instance)
+                and COMPUTE_BOUND_TOKENS <= small.input_len <= big.input_len
+                and tokens >= 1
+                and (small.batch, small.input_len) != (big.batch, big.input_len)
+            ):
+                out.append((i, j, LONGER_PROMPT_FLOOR * tokens))
+    return out
+
+
+def smallest_worst_error(rows: list[LatencyRow]) -> float:
+    """The smallest worst |TTFT error| over `rows` that any timing model obeying the rule of
+    `published_conflicts` can have: 0 when the published figures obey it themselves. In logs
+    the rule and the error bounds are difference constraints, feasible when their graph has no
+    negative cycle (Bellman-Ford), so the bound is found by bisection."""
+    bounds = _prefill_bounds(rows)
+    n = len(rows)
+
+    def feasible(error: float) -> bool:
+        # log t_v <= log t_u + w for each edge (u, v, w); node n is zero
+        edges = [(n, i, math.log(r.ttft_s * (1 + error))) for i, r in enumerate(rows)]
+        edges += [(i, n, -math.log(r.ttft_s * (1 - error))) for i, r in enumerate(rows)]
+        edges += [(j, i, -math.log(c)) for i, j, c in bounds]
+        dist = [0.0] * (n + 1)
+        for _ in range(n + 1):
+            changed = False
+            for u, v, w in edges:
+                if dist[u] + w < dist[v] - 1e-12:
+                    dist[v], changed = dist[u] + w, True
+            if not changed:
+                return True
+        return False
+
+    if not bounds or feasible(0.0):
+        return 0.0
+    low, high = 0.0, 1.0 - 1e-9
+    while high - low > 1e-4:
+        middle = (low + high) / 2
+        low, high = (low, middle) if feasible(middle) else (middle, high)
+    return high
 
 
 def predict_latency(row: LatencyRow, **overrides: Any) -> dict[str, Any]:

@@ -36,8 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help="print JSON: {neuron: [...], neuron_summary: {all: ..., <instance>: ...}, gpu: [...], "
-        "allreduce: [...], ipu: [...]}",
+        help="print JSON: {neuron: [...], neuron_summary: {all: ..., <instance>: ...}, neuron_ttft_error_floor: "
+        "{<model> on <instance>: ...}, gpu: [...], allreduce: [...], ipu: [...]}",
     )
     p.add_argument("--plot", default=None, metavar="PATH", help="predicted against published on log axes (PNG)")
     p.set_defaults(run=run)
@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         predict_gpu,
         predict_ipu,
         predict_latency,
+        published_conflicts,
+        smallest_worst_error,
     )
 
     if args.plot is not None:
@@ -76,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # the tables run Llama-2 past its 4096 positions, as transformers-neuronx did
         warnings.simplefilter("ignore", UserWarning)
         results = [predict_latency(r) for r in tqdm(rows, desc="fidelity", disable=quiet, leave=False)]
+        for result, conflicts in zip(results, published_conflicts(rows), strict=True):
+            result["published_conflicts"] = conflicts
+        floors = {}
+        for model, instance in dict.fromkeys((r.model, r.instance) for r in rows):
+            floor = smallest_worst_error([r for r in rows if (r.model, r.instance) == (model, instance)])
+            if floor > 0:
+                floors[f"{model} on {instance}"] = floor
         gpu_results = [predict_gpu(r) for r in gpu]
         curve_results = [predict_allreduce(r) for r in curve]
         ipu_results = [predict_ipu(r) for r in ipu]
@@ -83,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
         document = {"neuron": results, "gpu": gpu_results, "allreduce": curve_results, "ipu": ipu_results}
         if results:
             document["neuron_summary"] = summaries(results)
+            document["neuron_ttft_error_floor"] = floors
         print(json.dumps(document, indent=2))
     else:
         if results:
-            _print(results)
+            _print(results, floors)
         if gpu_results:
             _print_gpu(gpu_results, curve_results)
         if ipu_results:
@@ -175,6 +185,11 @@ def summary(results: list[dict]) -> dict[str, float]:
         out[f"{key}_mean_abs_error"] = float(errors.mean()) if errors.size else 0.0
         out[f"{key}_max_abs_error"] = float(errors.max()) if errors.size else 0.0
         out[f"{key}_rows_beyond_goal"] = int((errors > GOAL_ROW).sum())
+        out[f"{key}_rows_beyond_goal_at_odds"] = sum(
+            1
+            for r in results
+            if r[f"{key}_error"] is not None and abs(r[f"{key}_error"]) > GOAL_ROW and r.get("published_conflicts")
+        )
     return out
 
 
@@ -184,10 +199,22 @@ def summaries(results: list[dict]) -> dict[str, dict[str, float]]:
     return {"all": summary(results)} | {i: summary([r for r in results if r["instance"] == i]) for i in instances}
 
 
-def _print(results: list[dict]) -> None:
+def _print(results: list[dict], floors: dict[str, float]) -> None:
     print(
         "# Neuron SDK 2.18, transformers-neuronx, Llama-2 (fp16 weights, bf16 matmuls): published p50 against predicted"
     )
+    numbers: dict[str, int] = {}  # each conflict once (a pair's text is on both its rows), in order
+    notes: list[str] = []
+    for r in results:
+        for text in r.get("published_conflicts", ()):
+            if text not in numbers:
+                numbers[text] = len(numbers) + 1
+                which = f", {r['batch']} x {r['input_len']} tokens" if text.startswith("its own") else ""
+                notes.append(f"{r['model']} on {r['instance']}{which}: {text}")
+
+    def marks(r: dict) -> str:
+        return ",".join(str(numbers[text]) for text in r.get("published_conflicts", ()))
+
     print_table(
         [
             {
@@ -204,10 +231,17 @@ def _print(results: list[dict]) -> None:
                 "predicted ": fmt_time(r["predicted_tpot_s"]),
                 "error ": f"{r['tpot_error']:+.0%}" if r["tpot_error"] is not None else "n/a",
             }
+            | ({"at odds": marks(r)} if notes else {})
             for r in results
         ],
         right=("tp", "batch", "in", "out", "TTFT", "predicted", "error", "TPOT", "predicted ", "error "),
     )
+    if notes:
+        print("Published rows at odds with other published rows, from their figures alone (docs/fidelity.md):")
+        for n, text in enumerate(notes, 1):
+            print(f"  {n}. {text}")
+        for group, floor in floors.items():
+            print(f"  Whatever the timing model, one TTFT of {group} is at least {floor:.0%} off.")
     groups = summaries(results)
     for name, s in groups.items():
         if name != "all" and len(groups) == 2:
@@ -216,13 +250,18 @@ def _print(results: list[dict]) -> None:
         print(
             f"{label}{s['rows']} rows; mean |error| TTFT {s['ttft_mean_abs_error']:.1%} "
             f"(worst {s['ttft_max_abs_error']:.0%}), TPOT {s['tpot_mean_abs_error']:.1%} "
-            f"(worst {s['tpot_max_abs_error']:.0%}); rows beyond {GOAL_ROW:.0%}: TTFT {s['ttft_rows_beyond_goal']}, "
-            f"TPOT {s['tpot_rows_beyond_goal']}"
+            f"(worst {s['tpot_max_abs_error']:.0%}); rows beyond {GOAL_ROW:.0%}: TTFT {s['ttft_rows_beyond_goal']}"
+            f"{_at_odds(s, 'ttft')}, TPOT {s['tpot_rows_beyond_goal']}{_at_odds(s, 'tpot')}"
         )
     print(
         f"goals: {GOAL_MEAN:.0%} mean |error|, no row beyond {GOAL_ROW:.0%}; docs/fidelity.md says which "
         "rows stay off, and why"
     )
+
+
+def _at_odds(s: dict, key: str) -> str:
+    n = s[f"{key}_rows_beyond_goal_at_odds"]
+    return f" ({n} at odds with other published rows)" if n else ""
 
 
 def _plot(results: list[dict], path: str) -> None:
@@ -233,9 +272,20 @@ def _plot(results: list[dict], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 6))
     for key, marker in (("ttft", "o"), ("tpot", "s")):
-        pairs = [(r[f"{key}_s"], r[f"predicted_{key}_s"]) for r in results if r.get(f"predicted_{key}_s")]
-        published, predicted = zip(*pairs, strict=True) if pairs else ((), ())
-        ax.scatter(published, predicted, marker=marker, label=key.upper(), alpha=0.75)
+        for odd in (False, True):
+            pairs = [
+                (r[f"{key}_s"], r[f"predicted_{key}_s"])
+                for r in results
+                if r.get(f"predicted_{key}_s") and bool(r.get("published_conflicts")) == odd
+            ]
+            if not pairs and odd:
+                continue
+            published, predicted = zip(*pairs, strict=True) if pairs else ((), ())
+            if odd:  # hollow: the published row contradicts other published rows
+                label = f"{key.upper()}, rows at odds with other rows"
+                ax.scatter(published, predicted, marker=marker, label=label, facecolors="none", edgecolors="C3")
+            else:
+                ax.scatter(published, predicted, marker=marker, label=key.upper(), alpha=0.75)
     values = [v for r in results for v in (r["ttft_s"], r["tpot_s"], r["predicted_ttft_s"], r["predicted_tpot_s"]) if v]
     lo, hi = min(values) / 1.5, max(values) * 1.5
     ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1, label="exact")

@@ -73,7 +73,7 @@ def generate(
     params = SamplingParams(temperature, top_k, top_p, seed)
     if on_token is not None and not callable(on_token):
         raise GenerationError(f"on_token={on_token!r} must be a function of (prompt_index, token_id), or None")
-    eos = set(model.graph.meta.get("eos_token_ids", ())) if eos_token_id is DEFAULT else _as_set(eos_token_id)
+    eos = stop_ids(model, eos_token_id, given=eos_token_id is not DEFAULT)
     b = len(prompts)
     group = model.prefill_group(b)  # sequences per prefill program, as the device's runtime prefills them
     if b != model.batch or group != model.prefill_batch or (return_logits == "all") != model.all_logits:
@@ -305,6 +305,20 @@ def _id_lists(prompts) -> list[list[int]]:
             raise GenerationError(f"prompt {i} holds {bad!r}; token ids are whole numbers")
         out.append([int(t) for t in p])
     return out
+
+
+def stop_ids(model, eos_token_id, *, given: bool) -> set[int]:
+    """The ids that end a sequence: the model's own EOS ids, or `eos_token_id` when `given`
+    (None: nothing stops), each a token of the model's vocabulary."""
+    if not given:
+        return set(model.graph.meta.get("eos_token_ids", ()))
+    eos = _as_set(eos_token_id)
+    if outside := sorted(t for t in eos if not 0 <= t < model.graph.vocab_size):
+        raise GenerationError(
+            f"eos_token_id {outside[0]} is outside the vocabulary of {model.graph.vocab_size} ids: no step can "
+            "produce it, so it would never stop a sequence"
+        )
+    return eos
 
 
 def _as_set(eos) -> set[int]:

@@ -214,6 +214,10 @@ class Model:
         as the device's runtime prefills them)."""
         whole("batch", batch, 1, ConfigError)
         whole("prefill_batch", prefill_batch, 1, ConfigError, optional=True)
+        if prefill_batch is not None and prefill_batch > batch:
+            raise ConfigError(
+                f"prefill_batch={prefill_batch} is more than the batch of {batch}: a prefill runs the batch's sequences"
+            )
         if prefill_batch is None:
             prefill_batch = self.prefill_group(batch)
         new = place(

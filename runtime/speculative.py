@@ -128,7 +128,7 @@ def speculative_generate(
     eos_token_id: int | object | None = ...,
 ) -> SpeculativeOutput:
     """Generate up to `max_new_tokens` for one prompt with `draft` proposing `k` tokens per round."""
-    from tilesim.runtime.generate import check_prompts
+    from tilesim.runtime.generate import check_prompts, stop_ids
 
     whole("k", k, 1, GenerationError)
     whole("max_new_tokens", max_new_tokens, 1, GenerationError)
@@ -146,7 +146,7 @@ def speculative_generate(
     [ids] = check_prompts(target, [prompt], max_new_tokens)
     check_prompts(draft, [ids], max_new_tokens)
     params = SamplingParams(temperature, top_k, top_p, seed)
-    eos = set(target.graph.meta.get("eos_token_ids", ())) if eos_token_id is ... else _ids(eos_token_id)
+    eos = stop_ids(target, eos_token_id, given=eos_token_id is not ...)
     rng = np.random.default_rng(seed)
     big, small = _Runner(target, True, params.gathered), _Runner(draft, False, params.gathered)
     first = big.prefill(ids)
@@ -210,9 +210,3 @@ def _choose(row: np.ndarray, params: SamplingParams, rng: np.random.Generator) -
         return int(np.argmax(row))
     p = _softmax(warp(row[None, :], params))[0]
     return int(rng.choice(len(p), p=p))
-
-
-def _ids(eos) -> set[int]:
-    if eos is None:
-        return set()
-    return {int(eos)} if isinstance(eos, int | np.integer) else {int(e) for e in eos}

@@ -253,6 +253,8 @@ def test_a_loaded_models_methods_name_the_argument_that_is_wrong(tiny_model):
     model = tilesim.load(str(tiny_model("llama")), device="tiny", tp=1)
     with pytest.raises(ConfigError, match="batch='2' must be a whole number"):
         model.session("2", False)
+    with pytest.raises(ConfigError, match="prefill_batch=4 is more than the batch of 2"):
+        model.session(2, False, prefill_batch=4)
     with pytest.raises(ConfigError, match=r"device=.trn1. must be a tilesim\.Device"):
         model.timer_for("trn1")
     with pytest.raises(ConfigError, match="override placement: expected a mapping"):
@@ -280,6 +282,8 @@ API_GENERATE = [
     ([[1, 2]], {"temperature": float("inf")}, "temperature=inf must be a finite number"),
     ([[1, 2]], {"seed": -1}, "seed=-1 must be at least 0"),
     ([[1, 2]], {"eos_token_id": "x"}, "eos_token_id='x' must be a token id"),
+    ([[1, 2]], {"eos_token_id": [2, -1]}, "eos_token_id -1 is outside the vocabulary of"),
+    ([[1, 2]], {"eos_token_id": 10**6}, "eos_token_id 1000000 is outside the vocabulary of"),
     ([[1, 2]], {"return_logits": "yes"}, "return_logits='yes' must be False, True or 'all'"),
     ([list(range(1, 30))], {"max_new_tokens": 300}, "load it with a larger `max_context`"),
     ([[1, 2]], {"on_token": 5}, "on_token=5 must be a function"),

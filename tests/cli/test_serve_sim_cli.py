@@ -173,3 +173,36 @@ def test_sweep_ranks_configurations_by_the_rate_meeting_the_slo(tmp_path, capsys
     assert rows[1]["max_rate_rps"] > rows[0]["max_rate_rps"] > 0, "more cores serve more"
     assert all(r["tpot_p99_s"] <= 0.040 and r["ttft_p90_s"] <= 1 for r in rows)
     assert rows[1]["pareto"] and plot.stat().st_size > 0
+
+
+def test_sweep_serves_with_the_sampling_asked_for(tmp_path, capsys, monkeypatch):
+    """sweep --slo takes serve-sim's sampling flags to every serve() of its search; without
+    --slo they are refused, and a bad value before any point runs."""
+    import tilesim.cli.sweep_slo as sweep_slo
+
+    seen = []
+
+    def recording(model, workload, **options):
+        seen.append(options)
+        return real(model, workload, **options)
+
+    real = sweep_slo.serve
+    monkeypatch.setattr(sweep_slo, "serve", recording)
+    args = ["sweep", "llama-2-7b", "--device", "trn1", "--tp", "8", "--timing-only", "--slo", "ttft_p90=1",
+            "--requests", "8", "--prompt-len", "64", "--max-new-tokens", "8", "--json"]  # fmt: skip
+    assert main([*args, "--temperature", "0.7", "--top-k", "5", "--top-p", "0.9", "--ignore-eos"]) == 0
+    assert seen and all(
+        o["temperature"] == 0.7 and o["top_k"] == 5 and o["top_p"] == 0.9 and o["stop_at_eos"] is False for o in seen
+    )
+    seen.clear()
+    assert main(args) == 0
+    assert seen and all(o["temperature"] is None and o["stop_at_eos"] is True for o in seen)
+    capsys.readouterr()
+    plain = ["sweep", "llama-2-7b", "--device", "trn1", "--tp", "8", "--timing-only"]
+    assert main([*plain, "--temperature", "1"]) == 2
+    assert "--temperature is for --slo" in capsys.readouterr().err
+    assert main([*plain, "--ignore-eos"]) == 2
+    assert "--ignore-eos is for --slo" in capsys.readouterr().err
+    seen.clear()
+    assert main([*args, "--top-p", "0"]) == 2
+    assert "--top-p 0.0 must be a finite number in (0, 1]" in capsys.readouterr().err and not seen

@@ -165,3 +165,9 @@ def test_mismatched_models_and_bad_k_are_refused(models, tiny_model):
         speculative_generate(target, target, PROMPT, 8)  # one KV cache cannot hold both (an IndexError before)
     with pytest.raises(GenerationError, match="max_new_tokens=0 must be at least 1"):
         speculative_generate(target, drafts["same"], PROMPT, 0)
+    # as generate checks them (a ValueError from int('x') before; an id beyond the vocabulary never stopped)
+    with pytest.raises(GenerationError, match="eos_token_id='x' must be a token id"):
+        speculative_generate(target, drafts["same"], PROMPT, 8, eos_token_id="x")
+    vocab = target.graph.vocab_size
+    with pytest.raises(GenerationError, match=f"eos_token_id {vocab} is outside the vocabulary of {vocab} ids"):
+        speculative_generate(target, drafts["same"], PROMPT, 8, eos_token_id=[2, vocab])

@@ -12,11 +12,13 @@ from tilesim.cli.table import print_table
 from tilesim.cli.tp_plot import plot_by_tp
 from tilesim.errors import ConfigError
 from tilesim.runtime.checks import whole
+from tilesim.runtime.sampling import SamplingParams
 from tilesim.serving import SCHEDULERS, max_rate, parse_slo, serve, synthetic
 from tilesim.units import fmt_time
 
 # the serving search's options and their defaults
 SERVING = {"requests": 200, "scheduler": "continuous", "max_num_seqs": 8, "seed": 0}
+SAMPLING = ("temperature", "top_k", "top_p", "ignore_eos")  # as serve-sim's, for --slo only
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,18 +32,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=int, default=None,
                    help="--scheduler chunked: prompt tokens per step (default: 512)")  # fmt: skip
     g.add_argument("--seed", type=int, help="the drawn workload's seed (default: 0)")
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sample each request (its own seed) instead of greedy: tokens decide where EOS stops it",
+    )
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    g.add_argument("--top-p", type=float, default=None, help="sample within the nucleus of mass p")
+    g.add_argument("--ignore-eos", action="store_true", help="run every request to its full output length")
 
 
 def check_flags(args: argparse.Namespace) -> None:
     """The serving options are for --slo (refused without it); the others get their defaults."""
     search = (args.slo is not None, "--slo (the serving search of each configuration)")
     only_with(args, {
-        **{name: search for name in (*SERVING, "prompt_dist", "output_dist")},
+        **{name: search for name in (*SERVING, *SAMPLING, "prompt_dist", "output_dist")},
         "chunk_size": (args.slo is not None and args.scheduler == "chunked", "--slo with --scheduler chunked"),
     })  # fmt: skip
     fill(args, SERVING)
     whole("max_num_seqs", args.max_num_seqs, 1, ConfigError)  # before the points: each would fail alike
     whole("chunk_size", args.chunk_size, 1, ConfigError, optional=True)
+    SamplingParams(args.temperature, args.top_k, args.top_p)
 
 
 def workload(args: argparse.Namespace):
@@ -59,7 +71,8 @@ def needed_context(unit) -> int:
 
 def slo_row(model, unit, args: argparse.Namespace) -> dict:
     slo = parse_slo(args.slo)
-    options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size}
+    options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size,
+               "stop_at_eos": not args.ignore_eos, **{name: getattr(args, name) for name in SAMPLING[:3]}}  # fmt: skip
     search = max_rate(lambda w: serve(model, w, **options).summary(), unit, slo)
     s = search.summary
     return {

@@ -187,3 +187,21 @@ def test_the_report_tells_the_memory_layout_of_the_largest_step_from_the_timings
     note = next(line for line in out.splitlines() if line.startswith("note: the largest step's activations"))
     assert "do not fit in tile memory: laid out off-chip" in note and "hidden states on chip while they fit" in note
     assert "timing: steps of up to 1536 token rows read their activations from tile memory" in out
+
+
+def test_the_per_core_tables_give_cores_alike_one_row(capsys):
+    """Two pipeline stages of 2 cores each, 12 and 20 layers: the decode step's per-core table
+    has one row per stage ("0-1", "2-3"), as the JSON's decode_cores say, not one per core."""
+    import json
+
+    args = ["profile", "llama-2-7b", "--device", "trn1", "--tp", "2", "--pp", "2", "--layers-per-stage", "12,20",
+            "--timing-only", "--prompt-len", "64", "--max-new-tokens", "4"]  # fmt: skip
+    assert main([*args, "--json"]) == 0
+    cores = json.loads(capsys.readouterr().out)["report"]["decode_cores"]
+    assert len(cores) == 4 and cores[0] == cores[1] != cores[2] == cores[3]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    table = out.split("one decode step per core\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    assert [line.split()[0] for line in table] == ["0-1", "2-3"]
+    memory = out.split("memory per core\n", 1)[1].split("\n")[2:]
+    assert memory[0].startswith("0-1 ") and memory[1].startswith("2-3 ")

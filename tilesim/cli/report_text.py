@@ -71,11 +71,7 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
                 "peak": fmt_bytes(entry["peak"]),
                 "free": ", ".join(f"{fmt_bytes(v)} {k}" for k, v in entry["free"].items() if memory["capacity"][k]),
             }
-            same = rows and all(rows[-1][k] == row[k] for k in row if k != "core")
-            if same:  # cores alike share a row: "0-31"
-                rows[-1]["core"] = f"{rows[-1]['core'].split('-')[0]}-{core}"
-            else:
-                rows.append(row)
+            _add_core_row(rows, row, core)
         print("\nmemory per core")
         print_table(rows, right=("weights", "KV cache", "state", "activations", "runtime", "peak"))
         if memory["reserved"]:
@@ -152,18 +148,16 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
     cores = report.get("decode_cores")
     if cores:
         print("\none decode step per core")
-        print_table(
-            [
-                {
-                    "core": i,
-                    "compute": fmt_time(c["compute"]),
-                    "communication": fmt_time(c["communication"]),
-                    "waiting": fmt_time(c["waiting"]),
-                }
-                for i, c in enumerate(cores)
-            ],
-            right=("compute", "communication", "waiting"),
-        )
+        rows = []
+        for core, c in enumerate(cores):
+            row = {
+                "core": str(core),
+                "compute": fmt_time(c["compute"]),
+                "communication": fmt_time(c["communication"]),
+                "waiting": fmt_time(c["waiting"]),
+            }
+            _add_core_row(rows, row, core)
+        print_table(rows, right=("compute", "communication", "waiting"))
     util = report["utilisation"]
     dtype = util.get("mfu_peak", {}).get("dtype") or model.get("dtype")
     print(
@@ -187,3 +181,11 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
 
 def _sizes(sizes: list[int]) -> str:
     return ",".join(map(str, sizes)) if len(sizes) <= 4 else f"{sizes[0]}..{sizes[-1]} ({len(sizes)})"
+
+
+def _add_core_row(rows: list[dict], row: dict, core: int) -> None:
+    """Append `row` of `core`, or widen the last row's core range when it reads the same ("0-31")."""
+    if rows and all(rows[-1][k] == row[k] for k in row if k != "core"):
+        rows[-1]["core"] = f"{rows[-1]['core'].split('-')[0]}-{core}"
+    else:
+        rows.append(row)

@@ -371,6 +371,6 @@ def test_a_full_disk_or_a_closed_pipe_on_stdout_is_one_line_or_silence():
     assert (
         done.returncode == 2 and done.stderr == "tilesim: error: cannot write the output: no space left on the device\n"
     )
-    closed = subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    closed.stdout.close()  # the reader is gone before the first line
-    assert closed.wait() == 0 and "Traceback" not in closed.stderr.read()
+    with subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as closed:
+        closed.stdout.close()  # the reader is gone before the first line
+        assert closed.wait() == 0 and "Traceback" not in closed.stderr.read()

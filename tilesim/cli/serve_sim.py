@@ -64,14 +64,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="--scheduler chunked: prompt tokens per step (default: 512)")  # fmt: skip
     p.add_argument("--max-context", type=int, default=None, help="positions per slot (default: the longest request)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="sample each request's tokens with its own seed (default: greedy); timing-only, what "
-                   "leaves the cores each step (logits, not an argmax)")  # fmt: skip
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sample within the nucleus of mass p")
-    p.add_argument("--ignore-eos", action="store_true",
-                   help="real tokens: run each request to its output length past an end-of-sequence token "
-                   "(default: a request ends at one, as a server ends it)")  # fmt: skip
+    add_sampling_arguments(p)
     add_bucket_arguments(p)
     p.add_argument("--slo", default=None, help="search the highest rate meeting e.g. ttft_p90=0.5,tpot_p99=0.05")
     p.add_argument("--probes", type=int, default=None, help="--slo: rates tried per round (default 1, 4 with --ray)")
@@ -101,6 +94,24 @@ def _check_flags(args: argparse.Namespace) -> None:
     whole("requests", args.requests, 1, ConfigError)
     check_slots(args.max_num_seqs, args.chunk_size)
     SamplingParams(args.temperature, args.top_k, args.top_p)
+
+
+def add_sampling_arguments(p) -> None:
+    """How each request's tokens are chosen and where they stop (serve-sim, sweep --slo)."""
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sample each request's tokens with its own seed (default: greedy); timing-only, what "
+                   "leaves the cores each step (logits, not an argmax)")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample within the nucleus of mass p")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="real tokens: run each request to its output length past an end-of-sequence token "
+                   "(default: a request ends at one, as a server ends it)")  # fmt: skip
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    """`add_sampling_arguments`' flags as serve()'s keyword arguments."""
+    return {"stop_at_eos": not args.ignore_eos, "temperature": args.temperature, "top_k": args.top_k,
+            "top_p": args.top_p}  # fmt: skip
 
 
 def _timing_only(args: argparse.Namespace) -> bool:
@@ -140,8 +151,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     quiet = args.json or not sys.stderr.isatty()
     options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size,
-               "stop_at_eos": not args.ignore_eos, "temperature": args.temperature, "top_k": args.top_k,
-               "top_p": args.top_p}  # fmt: skip
+               **sampling_options(args)}  # fmt: skip
     if args.slo:
         return _search(args, model, spec, requests, slo, options, quiet)
     with tqdm(total=len(requests), desc="serving", unit="req", disable=quiet, leave=False) as bar:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from tilesim.cli.flags import fill, only_with
+from tilesim.cli.serve_sim import add_sampling_arguments, sampling_options
 from tilesim.cli.table import print_table
 from tilesim.cli.tp_plot import plot_by_tp
 from tilesim.errors import ConfigError
@@ -32,15 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=int, default=None,
                    help="--scheduler chunked: prompt tokens per step (default: 512)")  # fmt: skip
     g.add_argument("--seed", type=int, help="the drawn workload's seed (default: 0)")
-    g.add_argument(
-        "--temperature",
-        type=float,
-        default=None,
-        help="sample each request (its own seed) instead of greedy: tokens decide where EOS stops it",
-    )
-    g.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
-    g.add_argument("--top-p", type=float, default=None, help="sample within the nucleus of mass p")
-    g.add_argument("--ignore-eos", action="store_true", help="run every request to its full output length")
+    add_sampling_arguments(g)
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -72,7 +65,7 @@ def needed_context(unit) -> int:
 def slo_row(model, unit, args: argparse.Namespace) -> dict:
     slo = parse_slo(args.slo)
     options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size,
-               "stop_at_eos": not args.ignore_eos, **{name: getattr(args, name) for name in SAMPLING[:3]}}  # fmt: skip
+               **sampling_options(args)}  # fmt: skip
     search = max_rate(lambda w: serve(model, w, **options).summary(), unit, slo)
     s = search.summary
     return {

@@ -353,7 +353,7 @@ def _check_device(spec: DeviceSpec, where: str) -> None:
             f"but a {fabric.topology} needs at least {needed}"
         )
     if spec.max_cores is not None and spec.cores > spec.max_cores:
-        raise ConfigError(f"{where}: cores={spec.cores} is more than this device's max_cores={spec.max_cores}")
+        raise ConfigError(f"{where}: {spec.cores} cores asked for, more than the {spec.max_cores} the device has")
     if fabric.chip is not None and spec.cores % fabric.chip.cores_per_chip:
         raise ConfigError(
             f"{where}: cores={spec.cores} is not a whole number of chips of {fabric.chip.cores_per_chip} cores"

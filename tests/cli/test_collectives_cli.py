@@ -111,6 +111,10 @@ def test_a_simulation_faster_than_the_closed_form_names_the_chip_links(capsys):
     assert main(["collectives", "--device", "trn1.32xlarge", "--cores", "32", "--bytes", "16MiB"]) == 0
     out = capsys.readouterr().out
     assert "links inside a chip (2 cores) are faster than the fabric's links" in out and "routes of" not in out
+    fabric_link = 96 * 2**30 * 0.9 / 1e9  # GB/s: a NeuronLink-v2 port at the efficiency, the bound of busbw
+    chip_link = 410 * 2**30 * 0.9 / 1e9  # the preset's link between a chip's two cores
+    assert f"link bandwidth {fabric_link:.3f} GB/s per direction ({chip_link:.3f} GB/s inside a chip)" in out
+    assert row["busbw"] / 1e9 <= fabric_link
     spec = Device("trn1.32xlarge", cores=32, backed=False).spec
     fabric = spec.fabric
     slow_chip = dataclasses.replace(fabric.chip, link_bandwidth=fabric.link_bandwidth, link_latency=fabric.link_latency)

@@ -164,3 +164,5 @@ def test_devices_table_is_readable(capsys):
     assert main(["devices"]) == 0
     out = capsys.readouterr().out
     assert "ipu-gc200" in out and "1472 x 624 KiB" in out
+    # the links a core has, each at its bandwidth: an A100's 12 NVLinks of 25 GB/s a direction
+    assert "switch 12 x 25 GB/s" in out and "torus2d 4 x 103.1 GB/s" in out

@@ -179,10 +179,12 @@ def _print(rows: list[dict], device: Device, args: argparse.Namespace) -> None:
             "\npredicted is the algorithm's closed form on its own topology, with the fabric's link figures "
             f"(docs/collectives.md); here {' and '.join(why)}."
         )
-    link = device.topology.links[0].bandwidth if device.topology.links else 0
-    if link:
+    speeds = sorted({link.bandwidth for link in device.topology.links})
+    if speeds:
+        link = speeds[0]  # the slowest links bound the bus bandwidth
+        faster = f" ({speeds[-1] / 1e9:.3f} GB/s inside a chip)" if len(speeds) > 1 else ""
         print(
-            f"\nlink bandwidth {link / 1e9:.3f} GB/s per direction; busbw near it means the links are busy, "
+            f"\nlink bandwidth {link / 1e9:.3f} GB/s per direction{faster}; busbw near it means the links are busy, "
             "far below it at small sizes means latency dominates."
         )
         big = device.spec.fabric.large_messages

@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
             "weights in": r["weights_in"],
             "mem bw": fmt_rate(r["memory_bandwidth"]),
             "fp16 peak": fmt_flops(r["peak_flops"]["fp16"]),
-            "link": f"{r['topology']} {fmt_rate(r['link_bandwidth'])} {fmt_time(r['link_latency'])}",
+            "links per core": f"{r['topology']} {r['links_per_core']} x {fmt_rate(r['link_bandwidth'])} "
+            f"{fmt_time(r['link_latency'])}",
         }
         for r in rows
     ]

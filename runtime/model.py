@@ -24,7 +24,7 @@ from tilesim.device import kernels
 from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.device import Device
 from tilesim.device.kernels.rotary import rope_tables
-from tilesim.errors import ConfigError, ShardingError, TilesimWarning
+from tilesim.errors import ConfigError, OutOfMemory, ShardingError, TilesimWarning
 from tilesim.runtime import distributed, pipeline, shard, weights
 from tilesim.runtime.buckets import Buckets
 from tilesim.runtime.checks import whole
@@ -162,7 +162,12 @@ class Model:
         self.buckets = Buckets.make(self.max_context, prefill_buckets, decode_buckets)
         self.weights: list[dict[str, object]] = [{} for _ in range(self.cores)]
         self._session: Session | None = None
-        self.session(batch, False)  # plans memory for everything, raising before any weight is read
+        try:
+            self.session(batch, False)  # plans memory for everything, raising before any weight is read
+        except OutOfMemory as exc:
+            if self.dtype != "fp32" or "weights" not in str(exc):
+                raise
+            raise type(exc)(f"{exc}; the weights are fp32 here: dtype='fp16' (or 'bf16') halves them") from None
         self.weights, self._blocks = weights.load(
             checkpoint,
             self.sp,

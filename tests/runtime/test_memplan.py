@@ -123,3 +123,14 @@ def test_a_model_too_big_for_its_ipus_is_told_how_many_it_needs_by_size():
     # over 4 IPUs) over 1472 x 624 KiB per IPU less the 116 MiB a Poplar program holds: 16.7 -> 17
     with pytest.raises(OutOfTileMemory, match="by size alone at least 17 cores"):
         tilesim.load("llama-2-7b", device="ipu-gc200", tp=4, timing_only=True, max_context=64)
+
+
+def test_fp32_weights_that_do_not_fit_are_told_a_16_bit_dtype_halves_them():
+    """GPT-2 XL stored in fp32 on 8 IPUs: 1017 MiB of stage 0's weights do not fit its 897 MiB;
+    in fp16 they do. The hint comes only where it helps: fp16 weights that do not fit get none."""
+    with pytest.raises(OutOfTileMemory, match=r"the weights are fp32 here: dtype='fp16' \(or 'bf16'\) halves them"):
+        tilesim.load("gpt2-xl", device="ipu-gc200", tp=1, pp=8, timing_only=True, batch=8, max_context=72)
+    tilesim.load("gpt2-xl", device="ipu-gc200", tp=1, pp=8, timing_only=True, batch=8, max_context=72, dtype="fp16")
+    with pytest.raises(OutOfTileMemory) as raised:
+        tilesim.load("llama-2-7b", device="ipu-gc200", tp=4, timing_only=True, max_context=64)
+    assert "fp32" not in str(raised.value)

@@ -293,6 +293,22 @@ def show(values: dict[str, float], params: tuple[Param, ...] = PARAMS) -> str:
     return ", ".join(parts)
 
 
+# An efficiency of a fit that left a model out, this many times its in-sample figure or less
+# than its inverse, says the fit found another basin rather than the same rates on fewer rows
+MOVED = 1.5
+
+
+def moved(values: dict[str, float], in_sample: dict[str, float], params: tuple[Param, ...] = PARAMS) -> list[str]:
+    """The efficiencies of `values` (a leave-one-model-out fit) more than `MOVED` times away from
+    the in-sample fit's, each with the in-sample figure in brackets."""
+    out = []
+    for p in params:
+        a, b = values[p.name], in_sample[p.name]
+        if p.inverse and max(a, b) > MOVED * min(a, b):
+            out.append(f"{p.name} {a:.3g} ({b:.3g})")
+    return out
+
+
 # The plain per-chip presets carry the NeuronCore-v2, NeuronLink-v2 and host figures of the
 # instance they were fitted on
 PLAIN = {"trn1.32xlarge": "trn1", "inf2.48xlarge": "inf2"}
@@ -572,12 +588,18 @@ def main() -> None:
     tasks: list[tuple[tuple[str, ...], str | None]] = [(instances, None)]
     if not args.no_lomo:
         tasks += [(instances, m) for m in sorted({r.model for r in rows if r.instance in instances})]
-    fitted = {}
+    fitted, left_out = {}, {}
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         for held, values, lines in pool.imap(_task, tasks):
             print("\n".join(lines), flush=True)
             if held is None:
                 fitted = values
+            else:
+                left_out[held] = values
+    for held, values in left_out.items():  # the in-sample fit is the first task: done by now
+        for instance, figures in values.items():
+            if away := moved(figures, fitted[instance]):
+                print(f"{instance}, {held} left out: efficiencies far from the in-sample fit: {', '.join(away)}")
     if args.write:  # once every fit is done: the other fits' workers read these files
         for instance, params in fitted.items():
             write_preset(instance, params)

@@ -73,6 +73,7 @@ def plan_memory(
     prefill_batch: int | None = None,
     programs: int = 1,
     kv_kind: str = "kv_cache",
+    model_name: str | None = None,
 ) -> MemoryPlan:
     """Plan every core's memory; raises OutOfTileMemory (with per-core totals) if it cannot fit.
 
@@ -81,6 +82,7 @@ def plan_memory(
     sequences the largest prefill step holds (default: all `batch`; a server that prefills
     one request at a time while `batch` decode needs far fewer rows). `programs`: the
     compiled programs (buckets), each holding `CoreSpec.program_bytes` on every core.
+    `model_name`: the model as its user named it, for the error (default: its architecture).
     """
     graph, tp, stages = program.graph, program.tp, program.stages
     pipe = program.pipeline
@@ -108,7 +110,7 @@ def plan_memory(
     regions.update(dict.fromkeys(reserved, "offchip" if device.spec.core.offchip_bytes else "tiles"))
     regions.setdefault("recurrent_state", regions["kv_cache"])
     plan = MemoryPlan(weights, kv, activations, regions, layouts, reserved=reserved, kv_kind=kv_kind)
-    _fit(plan, graph, device, stages)
+    _fit(plan, graph, device, stages, model_name or graph.name)
     return plan
 
 
@@ -194,7 +196,7 @@ def _layer_range(stages: Stages, stage: int) -> str:
     return f"{first}-{first + stages.layers[stage] - 1}"
 
 
-def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device, stages: Stages) -> None:
+def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device, stages: Stages, name: str) -> None:
     tp = stages.tp
     spec = device.spec.core
     capacity = {"tiles": spec.tile_memory_bytes, "offchip": spec.offchip_bytes}
@@ -228,7 +230,7 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device, stages: Stages) 
             if stages.pp > 1:
                 stage = f" (pipeline stage {worst // tp}, layers {_layer_range(stages, worst // tp)})"
             raise error(
-                f"{graph.name} does not fit on {len(plan.weights)} core(s) of {device.name}: core {worst}{stage} needs "
+                f"{name} does not fit on {len(plan.weights)} core(s) of {device.name}: core {worst}{stage} needs "
                 f"{fmt_bytes(need[region])} of {where} ({parts}) but has {fmt_bytes(capacity[region])}; use a higher "
                 f"`tp`{more}{_cores_needed(plan, region, capacity[region])}, a smaller `max_context` or `batch`, or a "
                 "device with more memory"

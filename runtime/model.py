@@ -238,6 +238,7 @@ class Model:
             replacing=self._session,
             prefill_batch=prefill_batch,
             buckets=self.buckets,
+            model_name=self.checkpoint.name,
         )
         if new.prefill_batch < batch:
             programs = -(-batch // new.prefill_batch)

@@ -121,8 +121,9 @@ def test_an_ipu_spreads_every_tensor_over_its_tiles_by_category(tiny_model):
 def test_a_model_too_big_for_its_ipus_is_told_how_many_it_needs_by_size():
     # Llama-2-7b in fp16: 6.74e9 x 2 bytes of weights (plus ~0.2 GB of KV cache and activations
     # over 4 IPUs) over 1472 x 624 KiB per IPU less the 116 MiB a Poplar program holds: 16.7 -> 17
-    with pytest.raises(OutOfTileMemory, match="by size alone at least 17 cores"):
+    with pytest.raises(OutOfTileMemory, match="by size alone at least 17 cores") as raised:
         tilesim.load("llama-2-7b", device="ipu-gc200", tp=4, timing_only=True, max_context=64)
+    assert str(raised.value).startswith("llama-2-7b does not fit on 4 core(s) of ipu-gc200")  # as named, not "llama"
 
 
 def test_fp32_weights_that_do_not_fit_are_told_a_16_bit_dtype_halves_them():

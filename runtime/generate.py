@@ -307,7 +307,7 @@ def _id_lists(prompts) -> list[list[int]]:
     return out
 
 
-def stop_ids(model, eos_token_id, *, given: bool) -> set[int]:
+def stop_ids(model: Model, eos_token_id: int | Sequence[int] | object | None, *, given: bool) -> set[int]:
     """The ids that end a sequence: the model's own EOS ids, or `eos_token_id` when `given`
     (None: nothing stops), each a token of the model's vocabulary."""
     if not given:

@@ -96,7 +96,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     SamplingParams(args.temperature, args.top_k, args.top_p)
 
 
-def add_sampling_arguments(p) -> None:
+def add_sampling_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """How each request's tokens are chosen and where they stop (serve-sim, sweep --slo)."""
     p.add_argument("--temperature", type=float, default=None,
                    help="sample each request's tokens with its own seed (default: greedy); timing-only, what "

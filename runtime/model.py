@@ -24,7 +24,7 @@ from tilesim.device import kernels
 from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.device import Device
 from tilesim.device.kernels.rotary import rope_tables
-from tilesim.errors import ConfigError, OutOfMemory, ShardingError, TilesimWarning
+from tilesim.errors import ConfigError, OutOfMemory, OutOfTileMemory, ShardingError, TilesimWarning
 from tilesim.runtime import distributed, pipeline, shard, weights
 from tilesim.runtime.buckets import Buckets
 from tilesim.runtime.checks import whole
@@ -162,12 +162,7 @@ class Model:
         self.buckets = Buckets.make(self.max_context, prefill_buckets, decode_buckets)
         self.weights: list[dict[str, object]] = [{} for _ in range(self.cores)]
         self._session: Session | None = None
-        try:
-            self.session(batch, False)  # plans memory for everything, raising before any weight is read
-        except OutOfMemory as exc:
-            if self.dtype != "fp32" or "weights" not in str(exc):
-                raise
-            raise type(exc)(f"{exc}; the weights are fp32 here: dtype='fp16' (or 'bf16') halves them") from None
+        self.session(batch, False)  # plans memory for everything, raising before any weight is read
         self.weights, self._blocks = weights.load(
             checkpoint,
             self.sp,
@@ -225,21 +220,27 @@ class Model:
             )
         if prefill_batch is None:
             prefill_batch = self.prefill_group(batch)
-        new = place(
-            self.program,
-            self.device,
-            kv_format=self.precision.kv,
-            max_context=self.max_context,
-            batch=batch,
-            all_logits=all_logits,
-            weight_sizes=self.weight_sizes,
-            notes=self.notes,
-            views=not self.timing_only and not self.hosted,
-            replacing=self._session,
-            prefill_batch=prefill_batch,
-            buckets=self.buckets,
-            model_name=self.checkpoint.name,
-        )
+        try:
+            new = place(
+                self.program,
+                self.device,
+                kv_format=self.precision.kv,
+                max_context=self.max_context,
+                batch=batch,
+                all_logits=all_logits,
+                weight_sizes=self.weight_sizes,
+                notes=self.notes,
+                views=not self.timing_only and not self.hosted,
+                replacing=self._session,
+                prefill_batch=prefill_batch,
+                buckets=self.buckets,
+                model_name=self.checkpoint.name,
+            )
+        except OutOfMemory as exc:  # halving the weights is the first thing to try when they are what overflows
+            region = "tiles" if isinstance(exc, OutOfTileMemory) else "offchip"
+            if self.dtype != "fp32" or self.device.spec.placement["weights"] != region:
+                raise
+            raise type(exc)(f"{exc}; the weights are fp32 here: dtype='fp16' (or 'bf16') halves them") from None
         if new.prefill_batch < batch:
             programs = -(-batch // new.prefill_batch)
             each = f"{new.prefill_batch} sequence{'s' if new.prefill_batch > 1 else ''}"

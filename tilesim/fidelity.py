@@ -94,9 +94,9 @@ def published_conflicts(rows: list[LatencyRow]) -> list[list[str]]:
                     f"its own throughput ({row.output_tok_s:.1f} tokens/s) puts the request at {own:.1f} s end to "
                     f"end, its TTFT and TPOT at {timed:.1f} s: the three figures cannot be of one run"
                 )
-    for i, j, floor in _prefill_bounds(rows):
+    for i, j, tokens in _prefill_bounds(rows):
         small, big = rows[i], rows[j]
-        tokens = big.batch * big.input_len / (small.batch * small.input_len)
+        floor = LONGER_PROMPT_FLOOR * tokens
         ratio = big.ttft_s / small.ttft_s
         if ratio >= floor:
             continue
@@ -116,7 +116,8 @@ def published_conflicts(rows: list[LatencyRow]) -> list[list[str]]:
 
 
 def _prefill_bounds(rows: list[LatencyRow]) -> list[tuple[int, int, float]]:
-    """(i, j, c): the rule of `published_conflicts` for any timing model, as TTFT_j >= c TTFT_i."""
+    """(i, j, k): the pairs the rule of `published_conflicts` binds, row j with k times row i's
+    prompt tokens, so that TTFT_j >= LONGER_PROMPT_FLOOR x k x TTFT_i for any timing model."""
     out = []
     for i, small in enumerate(rows):
         for j, big in enumerate(rows):
@@ -128,7 +129,7 @@ def _prefill_bounds(rows: list[LatencyRow]) -> list[tuple[int, int, float]]:
                 and tokens >= 1
                 and (small.batch, small.input_len) != (big.batch, big.input_len)
             ):
-                out.append((i, j, LONGER_PROMPT_FLOOR * tokens))
+                out.append((i, j, tokens))
     return out
 
 
@@ -144,7 +145,7 @@ def smallest_worst_error(rows: list[LatencyRow]) -> float:
         # log t_v <= log t_u + w for each edge (u, v, w); node n is zero
         edges = [(n, i, math.log(r.ttft_s * (1 + error))) for i, r in enumerate(rows)]
         edges += [(i, n, -math.log(r.ttft_s * (1 - error))) for i, r in enumerate(rows)]
-        edges += [(j, i, -math.log(c)) for i, j, c in bounds]
+        edges += [(j, i, -math.log(LONGER_PROMPT_FLOOR * tokens)) for i, j, tokens in bounds]
         dist = [0.0] * (n + 1)
         for _ in range(n + 1):
             changed = False

@@ -96,6 +96,9 @@ def _check_flags(args: argparse.Namespace) -> None:
     SamplingParams(args.temperature, args.top_k, args.top_p)
 
 
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "ignore_eos")  # the dests of add_sampling_arguments
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """How each request's tokens are chosen and where they stop (serve-sim, sweep --slo)."""
     p.add_argument("--temperature", type=float, default=None,

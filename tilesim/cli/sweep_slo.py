@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from tilesim.cli.flags import fill, only_with
-from tilesim.cli.serve_sim import add_sampling_arguments, sampling_options
+from tilesim.cli.serve_sim import SAMPLING_FLAGS, add_sampling_arguments, sampling_options
 from tilesim.cli.table import print_table
 from tilesim.cli.tp_plot import plot_by_tp
 from tilesim.errors import ConfigError
@@ -19,7 +19,6 @@ from tilesim.units import fmt_time
 
 # the serving search's options and their defaults
 SERVING = {"requests": 200, "scheduler": "continuous", "max_num_seqs": 8, "seed": 0}
-SAMPLING = ("temperature", "top_k", "top_p", "ignore_eos")  # as serve-sim's, for --slo only
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +39,7 @@ def check_flags(args: argparse.Namespace) -> None:
     """The serving options are for --slo (refused without it); the others get their defaults."""
     search = (args.slo is not None, "--slo (the serving search of each configuration)")
     only_with(args, {
-        **{name: search for name in (*SERVING, *SAMPLING, "prompt_dist", "output_dist")},
+        **{name: search for name in (*SERVING, *SAMPLING_FLAGS, "prompt_dist", "output_dist")},
         "chunk_size": (args.slo is not None and args.scheduler == "chunked", "--slo with --scheduler chunked"),
     })  # fmt: skip
     fill(args, SERVING)

@@ -47,6 +47,9 @@ class Checkpoint:
     refs: dict[str, WeightRef] = field(default_factory=dict)
     _tokenizer: Tokenizer | bool | None = False
 
+    def __post_init__(self) -> None:
+        self.graph.meta["label"] = self.name
+
     def read(self, param: str, out: slice, cols: slice | None = None) -> np.ndarray:
         """Rows `out` (and columns `cols`) of canonical weight `param`, as float32."""
         if self.reader is None:

@@ -297,7 +297,7 @@ def start(model, source: str, address: str, cores_per_actor: int | None, actor_m
 
     if model.graph.meta.get("moe") or any(n.op == "moe" for n in model.graph.nodes):
         raise ConfigError(
-            f"{model.graph.name}: a mixture of experts is not hosted on Ray actors yet; run it in one process"
+            f"{model.graph.label}: a mixture of experts is not hosted on Ray actors yet; run it in one process"
         )
     budget = None
     if actor_memory is not None:

@@ -92,6 +92,12 @@ class DecoderGraph:
     hidden: int  # the residual stream's width
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def label(self) -> str:
+        """The model as its user named it ("smollm2", "llama-2-70b", a folder's name) once a
+        checkpoint has opened it, else its architecture ("llama"): what errors call it."""
+        return self.meta.get("label", self.name)
+
 
 class GraphBuilder:
     """Builds a DecoderGraph op by op; each method returns the name of the value it makes."""

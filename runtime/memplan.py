@@ -73,7 +73,6 @@ def plan_memory(
     prefill_batch: int | None = None,
     programs: int = 1,
     kv_kind: str = "kv_cache",
-    model_name: str | None = None,
 ) -> MemoryPlan:
     """Plan every core's memory; raises OutOfTileMemory (with per-core totals) if it cannot fit.
 
@@ -82,7 +81,6 @@ def plan_memory(
     sequences the largest prefill step holds (default: all `batch`; a server that prefills
     one request at a time while `batch` decode needs far fewer rows). `programs`: the
     compiled programs (buckets), each holding `CoreSpec.program_bytes` on every core.
-    `model_name`: the model as its user named it, for the error (default: its architecture).
     """
     graph, tp, stages = program.graph, program.tp, program.stages
     pipe = program.pipeline
@@ -110,7 +108,7 @@ def plan_memory(
     regions.update(dict.fromkeys(reserved, "offchip" if device.spec.core.offchip_bytes else "tiles"))
     regions.setdefault("recurrent_state", regions["kv_cache"])
     plan = MemoryPlan(weights, kv, activations, regions, layouts, reserved=reserved, kv_kind=kv_kind)
-    _fit(plan, graph, device, stages, model_name or graph.name)
+    _fit(plan, graph, device, stages, graph.label)
     return plan
 
 

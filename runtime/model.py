@@ -106,7 +106,7 @@ class Model:
         limit = position_limit(self.graph)
         if limit is not None and not 1 <= self.max_context <= limit:
             raise ConfigError(
-                f"max_context={self.max_context} is out of range: {self.graph.name} has "
+                f"max_context={self.max_context} is out of range: {self.graph.label} has "
                 f"{self.graph.max_positions} learned positions"
             )
         self.notes: list[str] = []
@@ -234,7 +234,6 @@ class Model:
                 replacing=self._session,
                 prefill_batch=prefill_batch,
                 buckets=self.buckets,
-                model_name=self.checkpoint.name,
             )
         except OutOfMemory as exc:  # halving the weights is the first thing to try when they are what overflows
             region = "tiles" if isinstance(exc, OutOfTileMemory) else "offchip"

@@ -64,7 +64,6 @@ def place(
     replacing: Session | None = None,
     prefill_batch: int | None = None,
     buckets: Buckets | None = None,
-    model_name: str | None = None,
 ) -> Session:
     """Plan and place a session; `all_logits` keeps the LM head's output for every prefill
     position (for tests that compare them), which needs a larger logits buffer. The session
@@ -93,7 +92,6 @@ def place(
         prefill_batch=prefill_batch,
         programs=buckets.programs,
         kv_kind=kind,
-        model_name=model_name,
     )
     plan.notes[:0] = notes
     if replacing is not None:

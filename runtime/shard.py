@@ -140,7 +140,7 @@ def plan(graph: DecoderGraph, tp: int, granule: int = 1, pad_heads: bool = False
     if moe == "ep":
         mixtures = [node for node in graph.nodes if node.op == "moe"]
         if not mixtures:
-            raise ShardingError(f"moe='ep' places whole experts on cores, but {graph.name} has no experts")
+            raise ShardingError(f"moe='ep' places whole experts on cores, but {graph.label} has no experts")
         for node in mixtures:
             _expert_parallel(sp, graph, node, tp)
     elif moe != "tp":
@@ -157,7 +157,7 @@ def _expert_parallel(sp: ShardPlan, graph: DecoderGraph, node: Node, tp: int) ->
     n, width = node.attrs["experts"], node.attrs["width"]
     if not (n % tp == 0 or tp % n == 0):
         raise ShardingError(
-            f"{graph.name}: {n} experts cannot be placed whole on {tp} cores (expert parallel needs the experts to "
+            f"{graph.label}: {n} experts cannot be placed whole on {tp} cores (expert parallel needs the experts to "
             f"divide by the cores or the reverse); use moe='tp' or a degree such as "
             f"{', '.join(map(str, _ep_degrees(n)))}"
         )
@@ -249,7 +249,7 @@ def _head_split(graph: DecoderGraph, tp: int, pad_heads: bool):
         ok = ", ".join(str(d) for d in valid_degrees(nh, nkv))
         kv_text = f" and {nkv} key/value heads" if nkv != nh else ""
         raise ShardingError(
-            f"{graph.name} has {nh} attention heads{kv_text}, which cannot be split over {tp} cores; "
+            f"{graph.label} has {nh} attention heads{kv_text}, which cannot be split over {tp} cores; "
             f"use a tensor-parallel degree of {ok}, or pad heads (`pad_heads`)"
         )
     if nkv >= tp:  # add key/value heads, each with a group of zero query heads, up to a multiple of tp

@@ -117,7 +117,7 @@ def beyond_training(graph, positions: int, subject: str) -> str | None:
     if positions <= graph.max_positions:
         return None
     return (
-        f"{subject} beyond the {graph.max_positions} positions {graph.name} was trained for (rotary positions and "
+        f"{subject} beyond the {graph.max_positions} positions {graph.label} was trained for (rotary positions and "
         "ALiBi biases extend; quality there is not known)"
     )
 

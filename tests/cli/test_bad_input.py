@@ -48,7 +48,7 @@ GENERATE = [
     (["--draft-tp", "2"], "--draft-tp is for speculative decoding (--draft)"),
     (["--moe-imbalance", "2"], "--moe-imbalance is for --timing-only runs"),
     (["--chat"], "--chat is for --prompt text"),
-    (["--moe", "ep"], "--moe ep places whole experts on cores, but llama has no experts"),
+    (["--moe", "ep"], "--moe ep places whole experts on cores, but {llama} has no experts"),
     (["--prompt-ids", "1,,2"], "--prompt-ids '1,,2': give comma-separated integers"),
     (["--trace", "out", "--plots", "out"], "--trace and --plots both name"),
     (["--draft", "{llama}", "--speculate", "0"], "--speculate 0 must be at least 1"),
@@ -66,7 +66,7 @@ def test_generate_gets_one_line_for_each_mistake(capsys, tiny_model, args, phras
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("tilesim: error: ") and err.count("\n") == 1 and "Traceback" not in err
-    assert phrase in err, err
+    assert phrase.format(llama=folder) in err, err
     assert "_" not in err.split("error: ", 1)[1].split(" ")[0], "a Python argument name reached the command line"
 
 
@@ -149,7 +149,7 @@ def test_the_command_line_prints_a_warning_as_one_line_in_its_own_words(tiny_mod
     assert run.returncode == 0, run.stderr
     warned = [line for line in run.stderr.splitlines() if "warning" in line.lower()]
     assert warned == [
-        "tilesim: warning: --max-context 512 is beyond the 256 positions llama was trained for (rotary positions "
+        f"tilesim: warning: --max-context 512 is beyond the 256 positions {args[0]} was trained for (rotary positions "
         "and ALiBi biases extend; quality there is not known)"
     ], run.stderr
 
@@ -169,8 +169,8 @@ def test_a_context_the_command_chose_is_warned_about_in_what_needs_it(tmp_path, 
         assert run.returncode == 0, run.stderr
         return [line for line in run.stderr.splitlines() if "warning" in line.lower()]
 
-    beyond = "beyond the 256 positions llama was trained for (rotary positions and ALiBi biases extend"
     llama = str(tiny_model("llama"))
+    beyond = f"beyond the 256 positions {llama} was trained for (rotary positions and ALiBi biases extend"
     assert warnings_of("generate", llama, "--prompt-len", "300", "--max-new-tokens", "2") == [
         f"tilesim: warning: the prompt and new tokens need 302 positions, {beyond}; quality there is not known)"
     ]

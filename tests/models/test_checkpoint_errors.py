@@ -1,6 +1,7 @@
 """Bad checkpoints raise CheckpointError naming the file and the tensor, before anything is placed."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -165,6 +166,17 @@ def test_heads_that_do_not_divide_name_the_heads_and_the_degrees_that_work(tiny_
         match=r"has 6 attention heads, which cannot be split over 4 cores; use a tensor-parallel degree of 1, 2, 3, 6",
     ):
         tilesim.load(str(tiny_model("gpt2")), device=tilesim.Device("tiny", cores=4), tp=4)
+
+
+def test_errors_and_warnings_name_the_model_as_its_user_named_it(tmp_path, tiny_model):
+    """Not its architecture: smollm2 and llama-2-7b are both "llama" to the graph builder."""
+    with pytest.raises(ShardingError, match=r"^smollm2 has 9 attention heads and 3 key/value heads, which cannot"):
+        tilesim.load("smollm2", device="trn1", tp=2, timing_only=True)
+    with pytest.warns(tilesim.TilesimWarning, match=r"beyond the 4096 positions llama-2-7b was trained for"):
+        tilesim.load("llama-2-7b", device="trn1.32xlarge", tp=8, timing_only=True, max_context=8192)
+    mine = copy(tiny_model("llama"), tmp_path)  # a folder as given, not the "llama" its graph is built as
+    with pytest.raises(ShardingError, match=rf"^{re.escape(str(mine))} has 6 attention heads"):
+        tilesim.load(str(mine), device=tilesim.Device("tiny", cores=4), tp=4)
 
 
 def test_a_model_that_does_not_fit_fails_before_loading_with_per_core_totals(tiny_model):

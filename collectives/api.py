@@ -215,7 +215,7 @@ def run_collective(
         raise ConfigError(f"device={device!r:.60} must be a tilesim.Device or a preset name")
     p = device.num_cores
     whole("root", root, 0, ConfigError)
-    whole("n", n, 0, ConfigError, optional=True)
+    whole("n", n, 0, ConfigError, optional=True, maximum=2**50)  # timing only: a petabyte may be asked
     if faults is not None and faults.active and fabric == "analytic":
         raise ConfigError("faults are injected on the discrete-event fabric; use fabric='des' with them")
     if faults is not None:

@@ -26,13 +26,19 @@ class Efficiency:
     memory: float = 1.0
 
 
+# Past these a preset describes no device, and numpy's sizes overflow (a count of 1e20 tiles
+# was an OverflowError): 16.7M of a thing (an IPU has 1,472 tiles), 1 EiB of a memory.
+LARGEST_COUNT = 2**24
+LARGEST_BYTES = 2**60
+
+
 def parse_value(kind: str, value: Any, where: str) -> Any:
     """The value of a field of `kind` (see the module doc); `chip` sections are the spec's."""
     if kind == "count":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected a whole number, got {value!r}")
-        if value < 1:
-            raise ConfigError(f"{where}: must be at least 1, got {value}")
+        if not 1 <= value <= LARGEST_COUNT:
+            raise ConfigError(f"{where}: must be from 1 to {LARGEST_COUNT:,}, got {value}")
         return value
     if kind == "topology":
         if value not in TOPOLOGIES:
@@ -56,7 +62,15 @@ def parse_value(kind: str, value: Any, where: str) -> Any:
     number = parse_quantity(value, kind, where)
     if not math.isfinite(number) or number < 0:
         raise ConfigError(f"{where}: must be a finite number >= 0, got {value!r}")
-    return int(number) if kind == "bytes" else number
+    if kind == "frequency" and number == 0:
+        raise ConfigError(f"{where}: a clock must be faster than 0 Hz, got {value!r}")
+    if kind == "bytes":
+        if number != int(number):
+            raise ConfigError(f"{where}: must be a whole number of bytes, got {value!r}")
+        if number > LARGEST_BYTES:
+            raise ConfigError(f"{where}: must be at most 1 EiB, got {value!r}")
+        return int(number)
+    return number
 
 
 def _parse_flops_map(value: Any, where: str) -> MappingProxyType:
@@ -71,8 +85,8 @@ def _parse_flops_map(value: Any, where: str) -> MappingProxyType:
     peaks = {}
     for dtype in COMPUTE_DTYPES:
         peak = parse_quantity(value[dtype], "flops", f"{where}.{dtype}")
-        if not peak > 0:
-            raise ConfigError(f"{where}.{dtype}: peak must be > 0, got {value[dtype]!r}")
+        if not (peak > 0 and math.isfinite(peak)):
+            raise ConfigError(f"{where}.{dtype}: peak must be a finite number > 0, got {value[dtype]!r}")
         peaks[dtype] = peak
     return MappingProxyType(peaks)
 

@@ -107,6 +107,28 @@ def writable_file(path: str | Path, what: str) -> Path:
     return path
 
 
+# What a plot may be written as, by the name's ending; a name without one gets a PNG.
+IMAGE_FORMATS = {"png": "png", "svg": "svg", "pdf": "pdf", "jpg": "jpeg", "jpeg": "jpeg"}
+
+
+def image_format(path: str | Path, what: str = "--plot") -> str:
+    """The format a plot at `path` is written in, from its ending ('' -> png). Another ending
+    is refused: a PNG named out.jpg would be a file its name lies about."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    if suffix not in IMAGE_FORMATS:
+        raise ConfigError(f"{what} {path}: cannot draw a .{suffix} file; end the name in .png, .svg, .pdf or .jpg")
+    return IMAGE_FORMATS[suffix]
+
+
+def writable_image(path: str | Path, what: str) -> Path:
+    """`writable_file` for a plot, whose ending must name a format matplotlib writes."""
+    path = writable_file(path, what)
+    image_format(path, what)
+    return path
+
+
 def writable_folder(path: str | Path, what: str) -> Path:
     """`path` as a folder of outputs (made when they are written, if missing): must take new files."""
     path = _given(path, what)

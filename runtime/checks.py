@@ -10,15 +10,32 @@ import numbers
 
 from tilesim.errors import TilesimError
 
+# The largest count a caller may give (a batch, tokens, positions, cores, requests): 16.7M, more
+# than any model's context (Llama 4 Scout's is 10M). Beyond it a prompt of so many tokens takes
+# minutes and gigabytes to build before the memory plan could refuse it, and past 2**63 numpy
+# overflows. Seeds are not counts: numpy's generators take any whole number.
+LARGEST = 2**24
 
-def whole(name: str, value, minimum: int, error: type[TilesimError], *, optional: bool = False) -> int | None:
-    """`value` as an int >= minimum (None allowed when `optional`); bools and floats refused."""
+
+def whole(
+    name: str,
+    value,
+    minimum: int,
+    error: type[TilesimError],
+    *,
+    optional: bool = False,
+    maximum: int | None = LARGEST,
+) -> int | None:
+    """`value` as an int in [minimum, maximum] (None allowed when `optional`); bools and floats
+    refused."""
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise error(f"{name}={value!r} must be a whole number of at least {minimum}")
     if value < minimum:
         raise error(f"{name}={value!r} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise error(f"{name}={value!r} must be at most {maximum}")
     return int(value)
 
 

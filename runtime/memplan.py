@@ -202,16 +202,18 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device, stages: Stages, 
     need = {"tiles": 0, "offchip": 0}
     for kind, nbytes in plan.per_core(worst).items():
         need[plan.regions[kind]] += nbytes
+    # Activations that overflow tile memory go off-chip even when off-chip memory is short too:
+    # off-chip is then where the run does not fit, and its error counts them beside the weights
+    # and the KV cache (they were reported as gigabytes of a tile memory of megabytes).
     if need["tiles"] > capacity["tiles"] and plan.regions["activations"] == "tiles" and capacity["offchip"]:
         moved = plan.activations[worst]
-        if need["offchip"] + moved <= capacity["offchip"]:
-            plan.regions["activations"] = "offchip"
-            need["tiles"] -= moved
-            need["offchip"] += moved
-            plan.notes.append(
-                f"the largest step's activations, every value it holds live ({fmt_bytes(moved)} per core), do not "
-                "fit in tile memory: laid out off-chip (the timing keeps a step's hidden states on chip while they fit)"
-            )
+        plan.regions["activations"] = "offchip"
+        need["tiles"] -= moved
+        need["offchip"] += moved
+        plan.notes.append(
+            f"the largest step's activations, every value it holds live ({fmt_bytes(moved)} per core), do not "
+            "fit in tile memory: laid out off-chip (the timing keeps a step's hidden states on chip while they fit)"
+        )
     for region in ("offchip", "tiles"):  # off-chip first: there, the weights are what does not fit
         if need[region] > capacity[region]:
             label = {"weights": "weights", "kv_cache": "KV cache", "activations": "activations",

@@ -100,7 +100,9 @@ class Model:
         self.timing_only = timing_only
         gguf = checkpoint.format == "gguf"
         stored = {"float16": "fp16", "bfloat16": "bf16"}.get(checkpoint.config.extra.get("dtype"), "fp32")
-        self.precision = Precision.make(dtype or ("native" if gguf else stored), act_dtype, kv_dtype, gguf)
+        self.precision = Precision.make(
+            dtype if dtype is not None else ("native" if gguf else stored), act_dtype, kv_dtype, gguf
+        )
         self.dtype = self.precision.weights
         self.max_context = int(max_context or min(self.graph.max_positions, 2048))
         limit = position_limit(self.graph)

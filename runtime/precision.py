@@ -50,6 +50,12 @@ def weight_class(param: str) -> str:
     return "attention" if part in ("q", "k", "v", "o", "att") else "mlp"  # att: RWKV's time mix
 
 
+def check_weight_dtype(dtype: str) -> None:
+    """Refuse a weight dtype that does not exist (a command asks before its model loads)."""
+    if dtype not in WEIGHT_DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not supported; use one of {', '.join(WEIGHT_DTYPES)}")
+
+
 @dataclass(frozen=True)
 class Precision:
     weights: str  # one of WEIGHT_DTYPES, with fp8 spelled fp8_e4m3
@@ -60,12 +66,11 @@ class Precision:
     def make(
         cls, dtype: str, act_dtype: str | None = None, kv_dtype: str | None = None, gguf: bool = False
     ) -> Precision:
-        if dtype not in WEIGHT_DTYPES:
-            raise ConfigError(f"dtype={dtype!r} is not supported; use one of {', '.join(WEIGHT_DTYPES)}")
+        check_weight_dtype(dtype)
         if dtype == "native" and not gguf:
             raise ConfigError("dtype='native' runs a GGUF file's tensors as stored; this checkpoint is not GGUF")
         weights = "fp8_e4m3" if dtype == "fp8" else dtype
-        act = act_dtype or (weights if weights in ("fp16", "bf16") else "fp32")
+        act = act_dtype if act_dtype is not None else (weights if weights in ("fp16", "bf16") else "fp32")
         if act not in ACT_DTYPES:
             raise ConfigError(f"act_dtype={act!r} is not supported; use one of {', '.join(ACT_DTYPES)}")
         if act == "int8" and weights not in ("native", "int4"):
@@ -73,7 +78,7 @@ class Precision:
                 "act_dtype='int8' multiplies int8 activations with block-quantized weights; "
                 f"use it with dtype='int4' or a GGUF file's native blocks, not dtype={dtype!r}"
             )
-        kv = kv_dtype or _held(act)
+        kv = kv_dtype if kv_dtype is not None else _held(act)
         if kv not in KV_DTYPES:
             raise ConfigError(f"kv_dtype={kv!r} is not supported; use one of {', '.join(KV_DTYPES)}")
         return cls(weights, act, kv)

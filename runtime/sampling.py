@@ -28,7 +28,7 @@ class SamplingParams:
         real("temperature", self.temperature, GenerationError, low=0.0)
         whole("top_k", self.top_k, 1, GenerationError, optional=True)
         real("top_p", self.top_p, GenerationError, low=0.0, high=1.0, open_low=True)
-        whole("seed", self.seed, 0, GenerationError)
+        whole("seed", self.seed, 0, GenerationError, maximum=None)
 
     @property
     def greedy(self) -> bool:

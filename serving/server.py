@@ -27,6 +27,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from tilesim.errors import GenerationError, NumericalError
+from tilesim.runtime.checks import whole
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.sampling import SamplingParams, choose
 from tilesim.serving.scheduler import Live, Scheduler, ServerState, StepPlan, make_scheduler
@@ -275,10 +276,8 @@ def _check_plan(plan: StepPlan, state: ServerState, name: str) -> None:
 def check_slots(max_num_seqs, chunk_size) -> None:
     """The server's sequence slots and prefill chunk (None: whole prompts), as `serve` takes
     them; the command line asks before it loads the model."""
-    if not isinstance(max_num_seqs, int) or isinstance(max_num_seqs, bool) or max_num_seqs < 1:
-        raise WorkloadError(f"max_num_seqs={max_num_seqs!r} must be a whole number of at least 1")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
-        raise WorkloadError(f"chunk_size={chunk_size!r} must be a whole number of at least 1")
+    whole("max_num_seqs", max_num_seqs, 1, WorkloadError)
+    whole("chunk_size", chunk_size, 1, WorkloadError, optional=True)
 
 
 def _checked(

@@ -51,6 +51,8 @@ def read_workload(path: str | Path) -> list[Request]:
     """The requests of a JSONL or CSV file, ordered by arrival (ties by line)."""
     if not isinstance(path, str | os.PathLike):
         raise WorkloadError(f"path={path!r} must be the path of a JSONL or CSV file")
+    if not str(path).strip():  # Path("") is the current folder
+        raise WorkloadError(f"workload {str(path)!r}: give the path of a JSONL or CSV file")
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -216,7 +218,7 @@ def synthetic(
             f"requests={requests} is more than one run takes ({MAX_REQUESTS:,}: every request's record is kept, "
             "about 2 KiB each); serve fewer, or several workloads with their own seeds"
         )
-    whole("seed", seed, 0, WorkloadError)
+    whole("seed", seed, 0, WorkloadError, maximum=None)
     if not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
         raise WorkloadError(f"rate={rate!r} must be a positive number of requests per second")
     if arrivals not in ("poisson", "gamma"):

@@ -10,7 +10,7 @@ import numpy as np
 from tilesim.collectives import ALGORITHMS
 from tilesim.device import Device
 from tilesim.errors import CheckpointError, ConfigError, ShardingError
-from tilesim.models.checkpoint import open_checkpoint
+from tilesim.models.checkpoint import SHORT_NAMES, open_checkpoint
 from tilesim.models.named import open_for_timing
 from tilesim.runtime.checks import whole
 from tilesim.runtime.model import Model
@@ -44,6 +44,10 @@ def open_source(path_or_name, timing_only: bool = False):
         path_or_name = os.fspath(path_or_name)
     if not isinstance(path_or_name, str):
         return path_or_name
+    if not path_or_name.strip():  # Path("") is the current folder, which the user did not name
+        raise CheckpointError(
+            f"model {path_or_name!r}: give a folder, a .gguf file or a short name ({', '.join(SHORT_NAMES)})"
+        )
     return open_for_timing(path_or_name) if timing_only else open_checkpoint(path_or_name)
 
 

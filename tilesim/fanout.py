@@ -12,6 +12,7 @@ raised here as they are; a worker or node that dies (after Ray's retries) is `Ho
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -86,14 +87,22 @@ def connect(address: str):
     return ray, True
 
 
+def check_address(address: str) -> tuple[str, int]:
+    """`auto` or HOST:PORT (a command checks it before its model loads); the host and port."""
+    if address == "auto":
+        return "", 0
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError(f"--ray {shlex.quote(address)}: give a cluster's HOST:PORT (its head's GCS address), or auto")
+    return host, int(port)
+
+
 def _answers(address: str, timeout_s: float = 5.0) -> None:
     """Refuse a cluster address where nothing listens: ray.init would wait on it for many
     minutes, retrying and logging, before it gave up."""
-    host, colon, port = address.removeprefix("ray://").rpartition(":")
-    if not colon or not host or not port.isdigit():
-        raise ConfigError(f"--ray {address}: give a cluster's HOST:PORT (its head's GCS address), or auto")
+    host, port = check_address(address)
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        socket.create_connection((host.strip("[]"), port), timeout=timeout_s).close()
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__).lower()
         raise ConfigError(

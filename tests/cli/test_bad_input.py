@@ -53,6 +53,15 @@ GENERATE = [
     (["--trace", "out", "--plots", "out"], "--trace and --plots both name"),
     (["--draft", "{llama}", "--speculate", "0"], "--speculate 0 must be at least 1"),
     (["--draft", "{llama}", "--draft-tp", "0"], "--draft-tp 0 must be at least 1"),
+    # counts past any run: numpy's OverflowError, or minutes building the prompt, before
+    (["--batch", "99999999999999999999"], "--batch 99999999999999999999 must be at most 16777216"),
+    (["--max-new-tokens", "99999999999999999999"], "--max-new-tokens 99999999999999999999 must be at most"),
+    (["--max-context", "99999999999999999999"], "--max-context 99999999999999999999 must be at most"),
+    # empty values were taken as not given
+    (["--dtype", ""], "--dtype '' is not supported"),
+    (["--kv-dtype", ""], "--kv-dtype '' is not supported"),
+    (["--draft", ""], "--draft '': give the draft model"),
+    (["--prefill-buckets", "128,,512"], "--prefill-buckets '128,,512': give comma-separated token counts"),
 ]
 
 
@@ -82,12 +91,15 @@ OTHERS = [
     (["sweep", "{llama}", "--dtype", ","], "--device, --tp and --dtype (when given) each need at least one value"),
     (["sweep", "{llama}", "--dtype", ""], "--device, --tp and --dtype (when given) each need at least one value"),
     (["sweep", "{llama}", "--device", " ,"], "--device, --tp and --dtype (when given) each need at least one value"),
-    (["sweep", "{llama}", "--prompt-len", "0"], "--prompt-len and --max-new-tokens must each be at least 1"),
+    (["sweep", "{llama}", "--prompt-len", "0"], "--prompt-len 0 must be at least 1"),
     (["sweep", "{llama}", "--tp", "0"], "--tp 0: a tensor-parallel degree is at least 1"),
     (["sweep", "{llama}", "--plot", "/proc/tilesim/s.png"], "--plot /proc/tilesim/s.png: cannot write there"),
     (["sweep", "{llama}", "--plot", ""], "--plot '': give a path"),
     (["collectives", "--plot", "", "--cores", "2"], "--plot '': give a path"),
     (["fidelity", "--device", "a100", "--plot", ""], "--plot '': give a path"),
+    (["fidelity", "--device", "a100", "--plot", "out.txt"], "--plot out.txt: cannot draw a .txt file; end the name"),
+    (["sweep", "{llama}", "--plot", "s.gif"], "--plot s.gif: cannot draw a .gif file"),
+    (["collectives", "--cores", "2", "--plot", "c.csv"], "--plot c.csv: cannot draw a .csv file"),
     (["serve-sim", "{llama}", "--trace", ""], "--trace '': give a path"),
     (["collectives", "--cores", "0"], "--cores 0 must be at least 1"),
     (["collectives", "--bytes", "0"], "--bytes 0: 0 B is less than one fp32 element (4 bytes)"),
@@ -95,10 +107,10 @@ OTHERS = [
     (["collectives", "--bytes", "1:1K", "--dtype", "bf16"], "--bytes 1:1K: 1 B is less than one bf16 element"),
     # checked before the model loads: a tiny model's drawn requests pass its trained positions, and
     # the warning about that must not come before the error
-    (["serve-sim", "{llama}", "--max-num-seqs", "0"], "--max-num-seqs 0 must be a whole number of at least 1"),
+    (["serve-sim", "{llama}", "--max-num-seqs", "0"], "--max-num-seqs 0 must be at least 1"),
     (
         ["serve-sim", "{llama}", "--scheduler", "chunked", "--chunk-size", "0"],
-        "--chunk-size 0 must be a whole number of at least 1",
+        "--chunk-size 0 must be at least 1",
     ),
     # a --fault spec's messages quote its own syntax (seed=N), not flags
     (["collectives", "--cores", "4", "--fault", "corrupt=0.5,seed=x"], "cannot read fault 'seed=x'"),
@@ -111,6 +123,19 @@ OTHERS = [
     (["collectives", "--device", "{llama}/config.json"], "config.json: unknown field 'architectures'"),
     (["sweep", "{llama}", "--max-context", "16", "--prompt-len", "64"], "--max-context 16 holds fewer positions"),
     (["sweep", "{llama}", "--max-num-seqs", "4"], "--max-num-seqs is for --slo"),
+    (["sweep", "{llama}", "--prompt-len", "99999999999999999999"], "--prompt-len 99999999999999999999 must be at most"),
+    (["sweep", "{llama}", "--tp", "1,,2"], "--tp '1,,2': give comma-separated integers"),
+    (["sweep", "{llama}", "--slo", ""], "SLO '' names no bound"),
+    (["serve-sim", "{llama}", "--slo", ""], "SLO '' names no bound"),
+    (["serve-sim", "{llama}", "--workload", ""], "workload '': give the path of a JSONL or CSV file"),
+    (["serve-sim", "{llama}", "--max-num-seqs", "99999999999999999999"], "--max-num-seqs 99999999999999999999 must be"),
+    (["generate", "{llama}", "--timing-only", "--prompt-len", "99999999999999999999"], "--prompt-len 9999999999999"),
+    (["generate", "", "--prompt-ids", "1"], "model '': give a folder, a .gguf file or a short name"),
+    (["serve-sim", "{llama}", "--dtype", ""], "--dtype '' is not supported"),
+    (["serve-sim", "{llama}", "--slo", "ttft_p99=1", "--ray", ""], "--ray '': give a cluster's HOST:PORT"),
+    (["sweep", "{llama}", "--ray", ""], "--ray '': give a cluster's HOST:PORT"),
+    (["generate", "{llama}", "--prompt-ids", "1", "--ray", ""], "--ray '': give a cluster's HOST:PORT"),
+    (["sweep", "{llama}", "--slo", "ttft_p99=1", "--prompt-dist", ""], "prompt '': give fixed:N"),
     (
         ["sweep", "{llama}", "--slo", "ttft_p99=1", "--chunk-size", "8"],
         "--chunk-size is for --slo with --scheduler chunked",
@@ -238,6 +263,11 @@ API_LOAD = [
     ({"batch": 0}, ConfigError, "batch=0 must be at least 1"),
     ({"batch": -1}, ConfigError, "batch=-1 must be at least 1"),
     ({"max_context": 0}, ConfigError, "max_context=0 must be at least 1"),
+    ({"batch": 10**20}, ConfigError, "batch=100000000000000000000 must be at most 16777216"),
+    ({"max_context": 2**24 + 1}, ConfigError, "max_context=16777217 must be at most 16777216"),
+    ({"dtype": ""}, ConfigError, "dtype='' is not supported"),
+    ({"kv_dtype": ""}, ConfigError, "kv_dtype='' is not supported"),
+    ({"path_or_name": ""}, CheckpointError, "model '': give a folder, a .gguf file or a short name"),
     ({"algo": "bogus"}, ConfigError, "algo='bogus' is not an all-reduce algorithm"),
     ({"dtype": "int3"}, ConfigError, "dtype='int3' is not supported"),
     ({"device": "warp-drive"}, UnknownPreset, "unknown device preset 'warp-drive'"),
@@ -281,6 +311,7 @@ API_GENERATE = [
     ([[1, 2]], {"top_p": 0}, "top_p=0 must be a finite number in (0, 1]"),
     ([[1, 2]], {"temperature": float("inf")}, "temperature=inf must be a finite number"),
     ([[1, 2]], {"seed": -1}, "seed=-1 must be at least 0"),
+    ([[1, 2]], {"max_new_tokens": 10**20}, "max_new_tokens=100000000000000000000 must be at most 16777216"),
     ([[1, 2]], {"eos_token_id": "x"}, "eos_token_id='x' must be a token id"),
     ([[1, 2]], {"eos_token_id": [2, -1]}, "eos_token_id -1 is outside the vocabulary of"),
     ([[1, 2]], {"eos_token_id": 10**6}, "eos_token_id 1000000 is outside the vocabulary of"),
@@ -374,3 +405,12 @@ def test_a_full_disk_or_a_closed_pipe_on_stdout_is_one_line_or_silence():
     with subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as closed:
         closed.stdout.close()  # the reader is gone before the first line
         assert closed.wait() == 0 and "Traceback" not in closed.stderr.read()
+
+
+def test_a_plot_is_drawn_in_the_format_its_name_ends_in(capsys, tmp_path):
+    """A PNG named out.jpg was a file its name lied about; a name without an ending is a PNG."""
+    heads = {"f.svg": b"<?xml", "f.pdf": b"%PDF", "f.jpg": b"\xff\xd8\xff", "f": b"\x89PNG"}
+    for name, head in heads.items():
+        assert main(["fidelity", "--device", "a100", "--plot", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).read_bytes().startswith(head), name
+    capsys.readouterr()

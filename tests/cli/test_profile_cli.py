@@ -63,6 +63,7 @@ def test_sweep_rows_for_what_fits_and_reasons_for_what_does_not(capsys, tiny_mod
         assert r["tokens_per_s"] == pytest.approx(3 / simulated)
     bad = [r for r in rows if not r["fits"]]
     assert all("ShardingError" in r["reason"] and "4 cores" in r["reason"] for r in bad)
+    assert all("`" not in r["reason"] and "_" not in r["reason"] for r in bad), "Python words reached the command line"
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -124,8 +124,8 @@ def test_a_workload_that_meets_the_slo_at_every_rate_is_said_to_be_unbounded(cap
     [
         (["--rate", "0"], "--rate 0.0 must be a positive number"),
         (["--requests", "0"], "--requests 0 must be at least 1"),
-        (["--max-num-seqs", "0"], "--max-num-seqs 0 must be a whole number of at least 1"),
-        (["--scheduler", "chunked", "--chunk-size", "0"], "--chunk-size 0 must be a whole number"),
+        (["--max-num-seqs", "0"], "--max-num-seqs 0 must be at least 1"),
+        (["--scheduler", "chunked", "--chunk-size", "0"], "--chunk-size 0 must be at least 1"),
         (["--ignore-eos"], "--ignore-eos is for runs of the real tokens"),
         (["--temperature", "-1"], "--temperature -1.0 must be a finite number >= 0"),
         (["--top-p", "2"], "--top-p 2.0 must be a finite number in (0, 1]"),

@@ -94,6 +94,12 @@ def write_preset(tmp_path, mutate):
             r"fabric\.large_messages\.from: unknown field; known: from_bytes",
         ),
         (lambda r: r["fabric"].update(large_messages=3), r"fabric\.large_messages: expected a mapping of fields"),
+        # sizes no device has, which overflowed numpy; a fraction of a byte; an infinite peak; a stopped clock
+        (lambda r: r["core"].update(tiles=10**20), r"core\.tiles: must be from 1 to 16,777,216"),
+        (lambda r: r["core"].update(tile_bytes=10**20), r"core\.tile_bytes: must be at most 1 EiB"),
+        (lambda r: r["core"].update(tile_bytes=1.5), r"core\.tile_bytes: must be a whole number of bytes"),
+        (lambda r: r["core"]["peak_flops"].update(fp32=float("inf")), r"peak_flops\.fp32: peak must be a finite"),
+        (lambda r: r["core"].update(clock_hz=0), r"core\.clock_hz: a clock must be faster than 0 Hz"),
     ],
 )
 def test_bad_presets_raise_one_clear_error_naming_file_and_field(tmp_path, mutate, expected):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tilesim
-from tilesim.errors import OutOfTileMemory
+from tilesim.errors import OutOfOffchipMemory, OutOfTileMemory
 from tilesim.runtime.memplan import IN_PLACE_OPS
 
 
@@ -135,3 +135,15 @@ def test_fp32_weights_that_do_not_fit_are_told_a_16_bit_dtype_halves_them():
     with pytest.raises(OutOfTileMemory) as raised:
         tilesim.load("llama-2-7b", device="ipu-gc200", tp=4, timing_only=True, max_context=64)
     assert "fp32" not in str(raised.value)
+
+
+def test_activations_too_big_for_tile_memory_are_counted_where_they_would_go():
+    """Llama-2-7b, a 131,072-token context on 8 trn1 cores: its largest prefill's activations cannot
+    be in a 24 MiB SBUF, so they go off-chip, and there, beside 1.57 GiB of weights and a KV cache
+    of 2 x 32 layers x 131,072 positions x 512 x 2 bytes = 8 GiB, the core's 16 GiB are too few.
+    That is the error: not gigabytes of tile memory asked of a core with megabytes."""
+    with pytest.raises(
+        OutOfOffchipMemory, match=r"of off-chip memory \(weights .*, KV cache 8 GiB, activations"
+    ) as raised:
+        tilesim.load("llama-2-7b", device="trn1.32xlarge", tp=8, timing_only=True, max_context=131072)
+    assert "by size alone at least 9 cores" in str(raised.value)

@@ -125,7 +125,7 @@ def test_unknown_scheduler_and_bad_slot_counts_are_refused(model):
             serve(model, requests)
     with pytest.raises(TilesimError, match="progress=5 must be a function"):
         serve(model, [Request(0, 0.0, 16, 4)], progress=5)
-    with pytest.raises(TilesimError, match="chunk_size=0 must be a whole number"):
+    with pytest.raises(TilesimError, match="chunk_size=0 must be at least 1"):
         serve(model, [Request(0, 0.0, 16, 4)], scheduler="chunked", chunk_size=0)
     for whole_prompts in ("continuous", "static"):
         with pytest.raises(TilesimError, match=f"chunk_size=8 is the chunked .* scheduler='{whole_prompts}'"):

@@ -22,7 +22,7 @@ from tilesim.collectives.schedule import bounds
 from tilesim.device import Device, FaultSpec
 from tilesim.device.topology import Topology
 from tilesim.errors import ConfigError
-from tilesim.profiler.output import atomic_save, writable_file
+from tilesim.profiler.output import atomic_save, image_format, writable_image
 from tilesim.units import fmt_bytes, fmt_time, parse_size
 
 
@@ -48,7 +48,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fabric", default="des", choices=["des", "analytic"], help="discrete-event or closed-form fabric")
     p.add_argument("--fault", default=None, help="inject faults, e.g. corrupt=0.01,drop=0.001,dead=2-3,seed=3")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows")
-    p.add_argument("--plot", default=None, metavar="PATH", help="write bus bandwidth against size (PNG)")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PATH",
+        help="write bus bandwidth against size (.png, .svg, .pdf or .jpg)",
+    )
     p.set_defaults(run=run)
 
 
@@ -93,7 +98,7 @@ def _fits_in_host(size: int, cores: int, asked: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
-        writable_file(args.plot, "--plot")
+        writable_image(args.plot, "--plot")
     device = Device(args.device, cores=args.cores)
     p = device.num_cores
     topology = device.spec.fabric.topology
@@ -214,5 +219,5 @@ def _plot(rows: list[dict], path: str, device: Device, op: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=120, format="png"))
+    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=120, format=image_format(path)))
     plt.close(fig)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from tilesim.cli.table import print_table
 from tilesim.errors import ConfigError
-from tilesim.profiler.output import atomic_save, writable_file
+from tilesim.profiler.output import atomic_save, image_format, writable_image
 from tilesim.units import fmt_bytes, fmt_time
 
 # The goals the Neuron rows are judged by (docs/fidelity.md): mean |error| and every row
@@ -39,7 +39,12 @@ def add_parser(subparsers) -> None:
         help="print JSON: {neuron: [...], neuron_summary: {all: ..., <instance>: ...}, neuron_ttft_error_floor: "
         "{<model> on <instance>: ...}, gpu: [...], allreduce: [...], ipu: [...]}",
     )
-    p.add_argument("--plot", default=None, metavar="PATH", help="predicted against published on log axes (PNG)")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PATH",
+        help="predicted against published on log axes (.png, .svg, .pdf or .jpg)",
+    )
     p.set_defaults(run=run)
 
 
@@ -58,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.plot is not None:
-        writable_file(args.plot, "--plot")
+        writable_image(args.plot, "--plot")
     rows, gpu, curve, ipu = load_latency_rows(), load_gpu_rows(), load_allreduce_rows(), load_ipu_rows()
     if args.device is not None:
         wanted = {d.strip() for d in args.device.split(",") if d.strip()}
@@ -296,5 +301,5 @@ def _plot(results: list[dict], path: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=110, format="png"))
+    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=110, format=image_format(path)))
     plt.close(fig)

@@ -37,3 +37,12 @@ def apart(args: argparse.Namespace, *names: str) -> None:
         for other, where in given[i + 1 :]:
             if path == where:
                 raise ConfigError(f"--{name} and --{other} both name {path}; give each its own path")
+
+
+def int_list(text: str, flag: str, example: str) -> list[int]:
+    """`1,2,4` as [1, 2, 4]; an empty item ('1,,2', a trailing comma) is refused, as a typo the
+    command would otherwise run past."""
+    try:
+        return [int(item) for item in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: give comma-separated {example}") from None

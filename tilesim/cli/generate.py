@@ -16,10 +16,10 @@ from tqdm import tqdm
 from tilesim.api import load, open_source
 from tilesim.cli import speculate
 from tilesim.cli.context import derived_context_words
-from tilesim.cli.flags import apart, fill, only_with
+from tilesim.cli.flags import apart, fill, int_list, only_with
 from tilesim.cli.report_text import print_report
 from tilesim.device import Device
-from tilesim.errors import ConfigError, ShardingError
+from tilesim.errors import ConfigError, GenerationError, ShardingError
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
 from tilesim.runtime.pipeline import stage_count
@@ -141,11 +141,7 @@ def bucket_lists(args: argparse.Namespace) -> dict:
         text = getattr(args, name)
         if text is None:
             continue
-        try:
-            out[name] = [int(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} {text!r}: give comma-separated token counts, e.g. 128,512,2048") from None
+        out[name] = int_list(text, "--" + name.replace("_", "-"), "token counts, e.g. 128,512,2048")
     return out
 
 
@@ -153,11 +149,7 @@ def _prompts(args: argparse.Namespace, checkpoint) -> tuple[list[list[int]], obj
     tokenizer = None
     prompts: list[list[int]] = []
     for text in args.prompt_ids:
-        items = text.replace(" ", "").split(",") if text.strip() else []
-        try:
-            prompts.append([int(t) for t in items])
-        except ValueError:
-            raise ConfigError(f"--prompt-ids {text!r}: give comma-separated integers, e.g. 1,2,3") from None
+        prompts.append(int_list(text, "--prompt-ids", "integers, e.g. 1,2,3") if text.strip() else [])
     if args.prompt:
         tokenizer = checkpoint.tokenizer()
         if tokenizer is None:
@@ -208,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--prompt-len is for --timing-only runs; give --prompt or --prompt-ids to run the numbers")
     longest = max(len(p) for p in prompts)
     whole("tp", args.tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
+    whole("max_new_tokens", args.max_new_tokens, 1, GenerationError)  # before the context it sizes
     needed = longest + args.max_new_tokens
     max_context = context_for(checkpoint.graph, needed, args.max_context)
     whole("pp", args.pp, 1, ShardingError, optional=True)
@@ -223,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
 
     with derived_context_words(checkpoint.graph, needed, args.max_context, "the prompt and new tokens"):
         model = load(
-            args.model if args.ray else checkpoint,  # each actor opens the checkpoint itself
+            args.model if args.ray is not None else checkpoint,  # each actor opens the checkpoint itself
             device,
             args.tp,
             dtype=args.dtype,
@@ -253,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, model, prompts, tokenizer, started: float) -> int:
-    if args.draft:
+    if args.draft is not None:
         return speculate.run(args, model, prompts, tokenizer)
     stream = _Streamer(tokenizer, len(prompts)) if tokenizer and not args.json and not args.timing_only else None
     out = model.generate(

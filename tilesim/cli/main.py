@@ -13,6 +13,7 @@ import functools
 import importlib
 import os
 import re
+import shlex
 import sys
 import warnings
 
@@ -52,7 +53,11 @@ def in_cli_words(message: str) -> str:
     def flag(name: str) -> str:
         return "--" + _RENAMED.get(name, name).replace("_", "-")
 
-    message = re.sub(rf"\b({names})=(['\"]?)([^\s'\",;:)]*)\2", lambda m: f"{flag(m[1])} {m[3]}", message)
+    def value(m: re.Match) -> str:  # as one would type it: '' and ' ' quoted
+        quoted = m[2] if m[2] is not None else m[3]
+        return f"{flag(m[1])} {shlex.quote(quoted) if m[4] is None else m[4]}"
+
+    message = re.sub(rf"\b({names})=(?:'([^']*)'|\"([^\"]*)\"|([^\s'\",;:)]*))", value, message)
     return re.sub(rf"`({names})`", lambda m: flag(m[1]), message)
 
 

@@ -24,10 +24,11 @@ from tilesim.cli.generate import add_bucket_arguments, bucket_lists
 from tilesim.cli.table import print_table
 from tilesim.device import Device
 from tilesim.errors import ConfigError, ShardingError
-from tilesim.fanout import connect, run_all
+from tilesim.fanout import check_address, connect, run_all
 from tilesim.models.named import named_configs
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
+from tilesim.runtime.precision import check_weight_dtype
 from tilesim.runtime.sampling import SamplingParams
 from tilesim.runtime.timing import context_for
 from tilesim.serving import SCHEDULERS, max_rate, parse_slo, read_workload, serve, synthetic
@@ -91,9 +92,13 @@ def _check_flags(args: argparse.Namespace) -> None:
     apart(args, "trace", "plots")
     # before the model loads: a slip in them should not wait for it
     whole("tp", args.tp, 1, ShardingError)
-    whole("requests", args.requests, 1, ConfigError)
+    whole("requests", args.requests, 1, ConfigError, maximum=None)  # synthetic() says why it has a maximum
     check_slots(args.max_num_seqs, args.chunk_size)
     SamplingParams(args.temperature, args.top_k, args.top_p)
+    if args.ray is not None:
+        check_address(args.ray)
+    if args.dtype is not None:
+        check_weight_dtype(args.dtype)
 
 
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "ignore_eos")  # the dests of add_sampling_arguments
@@ -127,17 +132,23 @@ def run(args: argparse.Namespace) -> int:
         writable_file(args.trace, "--trace")
     if args.plots is not None:
         writable_folder(args.plots, "--plots")
-    if args.slo:
+    if args.slo is not None:
         slo = parse_slo(args.slo)
-        if args.workload:
+        if args.workload is not None:
             raise ConfigError("--slo scales a drawn workload's rate; give --requests and --rate, not --workload")
     timing_only = _timing_only(args)
     checkpoint = open_source(args.model, timing_only)
-    requests = read_workload(args.workload) if args.workload else _drawn(args, 1.0 if args.slo else args.rate)
+    requests = (
+        read_workload(args.workload)
+        if args.workload is not None
+        else _drawn(args, 1.0 if args.slo is not None else args.rate)
+    )
     needed = max(r.prompt_tokens + r.output_tokens for r in requests)
     max_context = context_for(checkpoint.graph, needed, args.max_context)
     device = Device(args.device, cores=args.tp, backed=not timing_only)
-    dtype = args.dtype or ("bf16" if timing_only and checkpoint.format == "config" else None)
+    dtype = (
+        args.dtype if args.dtype is not None else ("bf16" if timing_only and checkpoint.format == "config" else None)
+    )
     spec = (
         args.model,
         args.device,
@@ -155,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.json or not sys.stderr.isatty()
     options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size,
                **sampling_options(args)}  # fmt: skip
-    if args.slo:
+    if args.slo is not None:
         return _search(args, model, spec, requests, slo, options, quiet)
     with tqdm(total=len(requests), desc="serving", unit="req", disable=quiet, leave=False) as bar:
         result = serve(model, requests, progress=bar.update, **options)
@@ -186,9 +197,9 @@ def _search(args, model, spec, unit_workload, slo, options, quiet) -> int:
         bar.update(1)
         bar.set_postfix_str(f"{rate:.3g} req/s {'meets' if ok else 'misses'}")
 
-    probes = args.probes if args.probes is not None else (4 if args.ray else 1)
+    probes = args.probes if args.probes is not None else (4 if args.ray is not None else 1)
     evaluate, started = None, None
-    if args.ray:  # each task loads the model itself (once per worker) and serves one rate
+    if args.ray is not None:  # each task loads the model itself (once per worker) and serves one rate
         started = connect(args.ray)
         task = functools.partial(_rate_point, spec, options, tuple(unit_workload))
         evaluate = functools.partial(run_all, task, ray=args.ray, desc="probes", quiet=True)

@@ -31,6 +31,8 @@ def run(args: argparse.Namespace, target, prompts: list[list[int]], tokenizer) -
         raise ConfigError("--draft runs one prompt; give one --prompt (and no --batch)")
     whole("draft_tp", args.draft_tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
     device = Device(args.device, cores=args.draft_tp)
+    if not args.draft.strip():
+        raise ConfigError(f"--draft {args.draft!r}: give the draft model (a folder, a .gguf file or a short name)")
     source = open_source(args.draft)
     needed = len(prompts[0]) + args.max_new_tokens  # a round proposes no more than is still wanted
     try:  # the draft's own context: its positions may be fewer than the target's bucket

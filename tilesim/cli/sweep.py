@@ -18,13 +18,16 @@ import sys
 from tilesim.api import load, open_source
 from tilesim.cli import sweep_slo
 from tilesim.cli.context import derived_context_words
+from tilesim.cli.flags import int_list
+from tilesim.cli.main import in_cli_words
 from tilesim.cli.table import print_table
 from tilesim.cli.tp_plot import plot_by_tp
 from tilesim.device import Device
 from tilesim.device.spec import preset_names
 from tilesim.errors import ConfigError, TilesimError, UnknownPreset
 from tilesim.fanout import run_all
-from tilesim.profiler.output import writable_file
+from tilesim.profiler.output import writable_image
+from tilesim.runtime.checks import whole
 from tilesim.runtime.precision import ACT_DTYPES, WEIGHT_DTYPES
 from tilesim.runtime.timing import context_for
 from tilesim.units import fmt_bytes, fmt_time
@@ -45,33 +48,31 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--max-context", type=int, default=None)
     p.add_argument("--timing-only", action="store_true", help="time without weights or arithmetic")
-    p.add_argument("--plot", default=None, metavar="PATH", help="write time per token against TP degree (PNG)")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PATH",
+        help="write time per token against TP degree (.png, .svg, .pdf or .jpg)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list of rows")
     p.add_argument("--ray", default=None, metavar="auto|ADDRESS", help="run the points as tasks on a Ray cluster")
     sweep_slo.add_arguments(p)
     p.set_defaults(run=run)
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--{what} {text!r}: give comma-separated integers, e.g. 1,2,4") from None
-
-
 def run(args: argparse.Namespace) -> int:
     sweep_slo.check_flags(args)
     if args.plot is not None:
-        writable_file(args.plot, "--plot")
+        writable_image(args.plot, "--plot")
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
     dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()] if args.dtype is not None else [None]
-    degrees = _ints(args.tp, "tp")
+    degrees = int_list(args.tp, "--tp", "integers, e.g. 1,2,4")
     _check_points(devices, degrees, dtypes, args)  # every point's names before any point runs
-    unit = sweep_slo.workload(args) if args.slo else None
+    unit = sweep_slo.workload(args) if args.slo is not None else None
     checkpoint = open_source(args.model, args.timing_only)
     configs = list(itertools.product(devices, degrees, dtypes))
     prompt = [i % checkpoint.graph.vocab_size for i in range(1, args.prompt_len + 1)]
-    if args.ray:  # each task opens the checkpoint itself: nothing large passes through the driver
+    if args.ray is not None:  # each task opens the checkpoint itself: nothing large passes through the driver
         fn = functools.partial(_remote_point, args.model, prompt, args, unit)
     else:
         fn = functools.partial(_local_point, checkpoint, prompt, args, unit)
@@ -120,8 +121,9 @@ def _check_points(devices: list[str], degrees: list[int], dtypes: list[str | Non
             )
         if act and act not in ACT_DTYPES:
             raise ConfigError(f"--dtype {spec!r}: unknown activation dtype {act!r}; use one of {', '.join(ACT_DTYPES)}")
-    if args.prompt_len < 1 or args.max_new_tokens < 1:
-        raise ConfigError("--prompt-len and --max-new-tokens must each be at least 1")
+    whole("prompt_len", args.prompt_len, 1, ConfigError)
+    whole("max_new_tokens", args.max_new_tokens, 1, ConfigError)
+    whole("max_context", args.max_context, 1, ConfigError, optional=True)
     if args.max_context is not None and args.max_context < args.prompt_len + args.max_new_tokens:
         raise ConfigError(
             f"--max-context {args.max_context} holds fewer positions than --prompt-len {args.prompt_len} plus "
@@ -156,7 +158,7 @@ def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], ar
         if unit is not None:
             row.update(sweep_slo.slo_row(model, unit, args))
     except TilesimError as exc:
-        row["reason"] = f"{type(exc).__name__}: {exc}"
+        row["reason"] = f"{type(exc).__name__}: {in_cli_words(str(exc))}"
         return row
     report = out.report
     row["dtype"] = model.dtype + (f":{act}" if act else "")

@@ -52,8 +52,8 @@ def workload(args: argparse.Namespace):
     """The sweep's one workload, drawn at one request per second (the search scales it)."""
     parse_slo(args.slo)  # refused before any point runs
     return synthetic(
-        args.requests, 1.0, prompt=args.prompt_dist or f"fixed:{args.prompt_len}",
-        output=args.output_dist or f"fixed:{args.max_new_tokens}", seed=args.seed,
+        args.requests, 1.0, prompt=args.prompt_dist if args.prompt_dist is not None else f"fixed:{args.prompt_len}",
+        output=args.output_dist if args.output_dist is not None else f"fixed:{args.max_new_tokens}", seed=args.seed,
     )  # fmt: skip
 
 

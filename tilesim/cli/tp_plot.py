@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tilesim.profiler.output import atomic_save
+from tilesim.profiler.output import atomic_save, image_format
 
 
 def plot_by_tp(
@@ -30,5 +30,5 @@ def plot_by_tp(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=120, format="png"))
+    atomic_save(path, lambda temporary: fig.savefig(temporary, dpi=120, format=image_format(path)))
     plt.close(fig)

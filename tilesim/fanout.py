@@ -11,6 +11,7 @@ raised here as they are; a worker or node that dies (after Ray's retries) is `Ho
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import socket
@@ -75,16 +76,40 @@ def connect(address: str):
         _answers(address)
         try:
             ray.init(address=address, **quiet)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            auth = "; if `ray start` said token authentication is enabled, set RAY_AUTH_MODE=token here too"
-            auth = "" if os.environ.get("RAY_AUTH_MODE") else auth
-            raise ConfigError(f"--ray {address}: cannot join that Ray cluster ({exc}){auth}") from None
+        except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
+            raise ConfigError(f"--ray {address}: cannot join that Ray cluster ({_first_line(exc)}){_auth()}") from None
         return ray, True
     try:
         ray.init(address="auto", **quiet)
+    except ray.exceptions.RayError as exc:  # one runs here, but it refuses us (its token)
+        raise ConfigError(f"--ray auto: cannot join the Ray cluster found here ({_first_line(exc)}){_auth()}") from None
     except (ConnectionError, ValueError, RuntimeError):
-        ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **quiet)
+        # A cluster of our own on loopback, with the token authentication Ray gives a new
+        # cluster by default, which it announces on every start: not news to the user here.
+        # (Setting RAY_AUTH_MODE=token instead reaches the GCS but not this process's cached
+        # config after the attempt above: the start then fails to authenticate.)
+        announcer = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = announcer.level
+        announcer.setLevel(logging.ERROR)
+        try:
+            ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **quiet)
+        except (ConnectionError, ValueError, RuntimeError, OSError, ray.exceptions.RayError) as exc:
+            raise ConfigError(
+                f"--ray auto: no Ray cluster runs here and one could not be started ({_first_line(exc)})"
+            ) from None
+        finally:
+            announcer.setLevel(level)
     return ray, True
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _auth() -> str:
+    if os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    return "; if `ray start` said token authentication is enabled, set RAY_AUTH_MODE=token here too"
 
 
 def check_address(address: str) -> tuple[str, int]:

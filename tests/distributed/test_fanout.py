@@ -94,3 +94,38 @@ def test_a_cluster_address_where_nothing_listens_is_refused_at_once():
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         _answers(f"ray://127.0.0.1:{listening.getsockname()[1]}")  # something answers: Ray's turn
+
+
+def test_ray_refusing_us_or_failing_to_start_is_one_line(monkeypatch):
+    """A cluster found here whose token we lack, or a local cluster that cannot start (its GCS
+    did not come up), were tracebacks from inside ray.init."""
+    import ray
+
+    from tilesim.fanout import connect
+
+    def refused(address=None, **kwargs):
+        if address == "auto":
+            raise ray.exceptions.AuthenticationError("RPC error: InvalidAuthToken: token is missing\nmore")
+        raise AssertionError("a cluster that refuses us is not replaced by one of our own")
+
+    def nothing_starts(address=None, **kwargs):
+        if address == "auto":
+            raise ConnectionError("Could not find any running Ray instance.")
+        raise RuntimeError("Failed to start GCS.  Last 0 lines of error files:")
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refused)
+    with pytest.raises(
+        ConfigError,
+        match=r"^--ray auto: cannot join the Ray cluster found here \(RPC error: "
+        r"InvalidAuthToken: token is missing\); if `ray start` said token .* RAY_AUTH_MODE=token",
+    ):
+        connect("auto")
+    monkeypatch.setattr(ray, "init", nothing_starts)
+    with pytest.raises(
+        ConfigError,
+        match=r"^--ray auto: no Ray cluster runs here and one could not be started "
+        r"\(Failed to start GCS",
+    ):
+        connect("auto")

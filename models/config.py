@@ -108,6 +108,15 @@ _COUNTS = (
 )  # fmt: skip
 
 
+# A model with more layers than this is no published one (Llama-3-405B has 126) and its
+# graph would take hours to build (1e9 layers hung); other sizes as the caller's counts.
+_LAYERS = ("num_hidden_layers", "n_layer", "num_layers")
+MAX_LAYERS = 1024
+MAX_SIZE = 2**24
+# the rotary base is raised to powers: 0 gives infinite frequencies, and NaN positions
+_BASES = ("rope_theta", "rotary_emb_base", "rope_ratio")
+
+
 # epsilons and bases read as floats: a string or a negative value would fail later as a
 # ValueError, or as NaN in the first step
 _REALS = (
@@ -128,11 +137,25 @@ class HFConfig:
             value = raw.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise CheckpointError(f"{where}: {key!r} is {value!r}; it must be a whole number of at least 1")
+            most = MAX_LAYERS if key in _LAYERS else MAX_SIZE
+            if value is not None and value > most:
+                raise CheckpointError(f"{where}: {key!r} is {value!r}; it must be at most {most:,}")
         for key in _REALS:
             value = raw.get(key)
             real = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
             if value is not None and not (real and value >= 0):
                 raise CheckpointError(f"{where}: {key!r} is {value!r}; it must be a number of at least 0")
+            if value is not None and key in _BASES and value == 0:
+                raise CheckpointError(f"{where}: {key!r} is 0; a rotary base must be more than 0")
+        tied = raw.get("tie_word_embeddings")
+        if tied is not None and not isinstance(tied, bool):
+            raise CheckpointError(f"{where}: 'tie_word_embeddings' is {tied!r}; it must be true or false")
+        heads, kv = raw.get("num_attention_heads"), raw.get("num_key_value_heads")
+        if heads is not None and kv is not None and heads % kv:
+            raise CheckpointError(
+                f"{where}: 'num_key_value_heads' is {kv}, which does not divide 'num_attention_heads' {heads}: "
+                "each key/value head serves a whole group of query heads"
+            )
         eos = raw.get("eos_token_id")
         if eos is not None and not all(
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in (eos if isinstance(eos, list) else [eos])
@@ -155,8 +178,10 @@ class HFConfig:
         if "type" in legacy and "rope_type" not in legacy:
             legacy["rope_type"] = legacy.pop("type")
         params = {**params, **legacy}  # as transformers reads a config with both: the older key's scaling wins
-        theta = float(params.pop("rope_theta", self.raw.get("rope_theta", self.raw.get("rotary_emb_base", 10000.0))))
-        return theta, params
+        theta = params.pop("rope_theta", self.raw.get("rope_theta", self.raw.get("rotary_emb_base", 10000.0)))
+        if isinstance(theta, bool) or not isinstance(theta, int | float) or not (math.isfinite(theta) and theta > 0):
+            raise CheckpointError(f"{self.where}: rope_theta is {theta!r}; a rotary base must be a number more than 0")
+        return float(theta), params
 
     def eos_ids(self) -> tuple[int, ...]:
         eos = self.raw.get("eos_token_id")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from tilesim.errors import CheckpointError
-from tilesim.models.config import ModelConfig
+from tilesim.models.config import MAX_LAYERS, MAX_SIZE, ModelConfig
 from tilesim.models.readers import GGUFTensorReader
 from tilesim.models.weights import WeightRef
 
@@ -34,6 +34,9 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         value = key(name, default)
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise CheckpointError(f"{reader.path}: GGUF {arch}.{name} is {value!r}; it must be a whole number >= 1")
+        most = MAX_LAYERS if name == "block_count" else MAX_SIZE  # as a config.json's (models/config.py)
+        if value > most:
+            raise CheckpointError(f"{reader.path}: GGUF {arch}.{name} is {value!r}; it must be at most {most:,}")
         return int(value)
 
     def positive(name: str, default: float) -> float:  # a negative epsilon or base gives NaN at the first step

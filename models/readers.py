@@ -11,6 +11,7 @@ Both check, before anything is read, that the file is whole.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -51,7 +52,13 @@ class SafetensorsReader:
             for tensor, name in weight_map.items():
                 if tensor not in self._shapes:
                     raise CheckpointError(f"{folder / name}: tensor {tensor!r} listed in the index is not in the file")
-        self._open = {path: safe_open(path, framework="numpy") for path in sorted(set(self._file_of.values()))}
+        self._open = {}
+        for path in sorted(set(self._file_of.values())):
+            try:
+                self._open[path] = safe_open(path, framework="numpy")
+            except Exception as exc:  # safetensors' own SafetensorError: what our check above does not see
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None
 
     def names(self) -> list[str]:
         return list(self._shapes)
@@ -82,17 +89,38 @@ def check_safetensors_file(path: Path) -> dict[str, tuple[int, ...]]:
             header = json.loads(f.read(length))
         except ValueError:
             raise CheckpointError(f"{path}: not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
     shapes = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        end = info["data_offsets"][1]
+        try:
+            shape, (start, end) = tuple(info["shape"]), info["data_offsets"]
+            width = _DTYPE_BYTES.get(info["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(
+                f"{path}: tensor {name!r} lacks a dtype, shape or data_offsets in the header"
+            ) from None
+        whole = all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in (*shape, start, end))
+        if not whole or end < start:
+            raise CheckpointError(f"{path}: tensor {name!r}: shape {list(shape)} or data_offsets {[start, end]} is bad")
         if 8 + length + end > size:
             raise CheckpointError(
                 f"{path}: truncated: tensor {name!r} ends at byte {8 + length + end} but the file has {size} bytes"
             )
-        shapes[name] = tuple(info["shape"])
+        if width is not None and math.prod(shape) * width != end - start:
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: shape {list(shape)} of {info['dtype']} is {math.prod(shape) * width} bytes, "
+                f"but its data_offsets span {end - start}"
+            )
+        shapes[name] = shape
     return shapes
+
+
+# bytes per element of safetensors' dtypes (the others are left to the library's own check)
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
 
 CACHE_FROM_BYTES = 8 * 2**20

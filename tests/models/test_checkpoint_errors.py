@@ -107,6 +107,49 @@ def test_a_truncated_file_is_named(tiny_model, tmp_path):
         tilesim.load(str(folder), device="tiny", tp=1)
 
 
+def _rewrite_header(path, change) -> None:
+    """The safetensors file at `path` with its JSON header changed by `change`, data as it was."""
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    change(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length :])
+
+
+@pytest.mark.parametrize(
+    ("change", "phrase"),
+    [
+        # safetensors' own check said only "invalid shape, data type, or offset", as a traceback
+        (lambda h: h["lm_head.weight"].update(shape=[1]), r"'lm_head\.weight': shape \[1\] of F32 is 4 bytes, but"),
+        (lambda h: h["lm_head.weight"].update(dtype="I64"), r"'lm_head\.weight': shape \[101, 48\] of I64 is 38784"),
+        (lambda h: h["lm_head.weight"].pop("data_offsets"), r"'lm_head\.weight' lacks a dtype, shape or data_offsets"),
+        (lambda h: h["lm_head.weight"].update(shape=[-1, 48]), r"'lm_head\.weight': shape \[-1, 48\] or data_offsets"),
+    ],
+)
+def test_a_header_whose_shapes_and_offsets_disagree_is_named(tiny_model, tmp_path, change, phrase):
+    folder = copy(tiny_model("llama"), tmp_path)
+    _rewrite_header(folder / "model.safetensors", change)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor " + phrase):
+        tilesim.load(str(folder), device="tiny", tp=1)
+
+
+def test_what_only_the_safetensors_library_checks_is_one_error_naming_the_file(tiny_model, tmp_path):
+    """Two tensors over the same bytes: each header entry is sound alone; safetensors refuses
+    the layout, and said so as a traceback."""
+    folder = copy(tiny_model("llama"), tmp_path)
+
+    def overlap(header):
+        first, second = [k for k in sorted(header) if k != "__metadata__" and header[k]["shape"] == [48]][:2]
+        header[second]["data_offsets"] = header[first]["data_offsets"]
+
+    _rewrite_header(folder / "model.safetensors", overlap)
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: not a readable safetensors file \(.*invalid offset"
+    ):
+        tilesim.load(str(folder), device="tiny", tp=1)
+
+
 def test_sharded_checkpoints_with_an_index_load_and_missing_shards_are_named(tiny_model, tmp_path):
     folder = copy(tiny_model("llama"), tmp_path)
     tensors = load_file(folder / "model.safetensors")
@@ -144,6 +187,14 @@ def test_an_unsupported_architecture_lists_the_supported_ones(tiny_model, tmp_pa
         (lambda c: {**c, "rms_norm_eps": -1}, "'rms_norm_eps' is -1; it must be a number of at least 0"),
         # both keys: transformers takes the older key's scaling, which tilesim does not run
         (lambda c: {**c, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling 'yarn' is not supported"),
+        # a graph of 1e9 layers took forever to build; a base of 0 made the rotary frequencies infinite
+        (lambda c: {**c, "num_hidden_layers": 10**9}, "'num_hidden_layers' is 1000000000; it must be at most 1,024"),
+        (lambda c: {**c, "vocab_size": 10**12}, "'vocab_size' is 1000000000000; it must be at most 16,777,216"),
+        (lambda c: {**c, "rope_theta": 0}, "'rope_theta' is 0; a rotary base must be more than 0"),
+        (lambda c: {**c, "rope_parameters": {"rope_type": "default", "rope_theta": 0.0}}, "a rotary base must be"),
+        # taken as true (a non-empty string), or a grouping of heads that does not exist: runs, wrongly
+        (lambda c: {**c, "tie_word_embeddings": "no"}, "'tie_word_embeddings' is 'no'; it must be true or false"),
+        (lambda c: {**c, "num_key_value_heads": 4}, "'num_key_value_heads' is 4, which does not divide"),
     ],
 )
 def test_a_config_value_of_the_wrong_kind_is_named(tiny_model, tmp_path, change, phrase):

@@ -174,6 +174,8 @@ class _Metadata:
     [
         ({"llama.attention.head_count": 0}, "llama.attention.head_count is 0; it must be a whole number >= 1"),
         ({"llama.block_count": -1}, "llama.block_count is -1; it must be a whole number >= 1"),
+        ({"llama.block_count": 10**9}, "llama.block_count is 1000000000; it must be at most 1,024"),
+        ({"llama.context_length": 2**40}, "llama.context_length is 1099511627776; it must be at most 16,777,216"),
         ({"llama.rope.freq_base": -5.0}, "llama.rope.freq_base is -5.0; it must be a positive number"),
         ({"llama.attention.layer_norm_rms_epsilon": float("nan")}, "layer_norm_rms_epsilon is nan"),
         ({"llama.attention.key_length": 8, "llama.attention.value_length": 16}, "value_length differs from"),

@@ -153,7 +153,7 @@ def _simulation(
     return run.time, tuple(run.transfers)
 
 
-def _no_combine(local, incoming):
+def _no_combine(local, incoming, out=None):
     return local
 
 

@@ -75,8 +75,8 @@ def reduce_fn(op: str):
         raise ConfigError(f"unknown reduction {op!r}; use one of {', '.join(REDUCE_OPS)}")
     ufunc = REDUCE_OPS[op]
 
-    def combine(local: np.ndarray, incoming: np.ndarray) -> np.ndarray:
-        return ufunc(local, incoming)
+    def combine(local: np.ndarray, incoming: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return ufunc(local, incoming, out=out)
 
     return combine
 

@@ -91,8 +91,9 @@ def published_conflicts(rows: list[LatencyRow]) -> list[list[str]]:
             timed = row.ttft_s + row.tpot_s * (row.output_len - 1)
             if abs(own / timed - 1) > OWN_FIGURES_TOLERANCE:
                 found[i].append(
-                    f"its own throughput ({row.output_tok_s:.1f} tokens/s) puts the request at {own:.1f} s end to "
-                    f"end, its TTFT and TPOT at {timed:.1f} s: the three figures cannot be of one run"
+                    f"at {row.batch} x {row.input_len} tokens, its own throughput ({row.output_tok_s:.1f} tokens/s) "
+                    f"puts the request at {own:.1f} s end to end, its TTFT and TPOT at {timed:.1f} s: the three "
+                    "figures cannot be of one run"
                 )
     for i, j, tokens in _prefill_bounds(rows):
         small, big = rows[i], rows[j]

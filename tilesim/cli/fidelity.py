@@ -214,8 +214,7 @@ def _print(results: list[dict], floors: dict[str, float]) -> None:
         for text in r.get("published_conflicts", ()):
             if text not in numbers:
                 numbers[text] = len(numbers) + 1
-                which = f", {r['batch']} x {r['input_len']} tokens" if text.startswith("its own") else ""
-                notes.append(f"{r['model']} on {r['instance']}{which}: {text}")
+                notes.append(f"{r['model']} on {r['instance']}: {text}")  # each text names its rows
 
     def marks(r: dict) -> str:
         return ",".join(str(numbers[text]) for text in r.get("published_conflicts", ()))

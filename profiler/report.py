@@ -102,6 +102,8 @@ def pipeline_report(trace: Trace, pipe: dict, step: StepRecord | None) -> dict[s
     out = {**pipe}
     if step is None or not step.latency:
         return out
+    if pipe["micro_batches"] > 1 and "batch" in step.shape:  # at most one a sequence: fewer than asked
+        out["micro_batches_run"] = min(pipe["micro_batches"], step.shape["batch"])
     tp = trace.device.get("cores", 1) // pipe["pp"]
     busy = []
     for stage in range(pipe["pp"]):

@@ -122,6 +122,18 @@ def test_micro_batches_follow_the_gpipe_schedule(tiny_model):
         assert piped.timer.time(StepShape(phase, 8, tokens, context)).latency == pytest.approx(want, rel=1e-12)
 
 
+def test_more_micro_batches_than_sequences_run_one_a_sequence_and_the_report_says_so(tiny_model):
+    """A batch of 2 cut into 3 micro-batches runs as 2: the same step as 2 asked for; the
+    report said 3."""
+    kw = {"device": "ipu-gc200", "tp": 1, "pp": 2, "timing_only": True, "batch": 2}
+    asked = tilesim.load(str(tiny_model("llama")), micro_batches=3, **kw)
+    two = tilesim.load(str(tiny_model("llama")), micro_batches=2, **kw)
+    runs = [m.generate([PROMPT, PROMPT], max_new_tokens=2, eos_token_id=None) for m in (asked, two)]
+    assert runs[0].trace.steps[-1].latency == runs[1].trace.steps[-1].latency
+    assert runs[0].report["pipeline"]["micro_batches"] == 3
+    assert runs[0].report["pipeline"]["micro_batches_run"] == runs[1].report["pipeline"]["micro_batches_run"] == 2
+
+
 def test_the_trace_shows_stages_sends_with_flows_and_the_report_the_bubble(tiny_model, tmp_path):
     folder = tiny_model("llama_deep")
     model = tilesim.load(str(folder), device="ipu-gc200", tp=2, pp=5)

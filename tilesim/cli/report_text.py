@@ -45,6 +45,8 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
             f"pipeline                       {pipe['pp']} stages of {','.join(map(str, pipe['layers_per_stage']))} "
             f"layers, {pipe['micro_batches']} micro-batch(es)"
         )
+        if pipe.get("micro_batches_run", pipe["micro_batches"]) < pipe["micro_batches"]:
+            line += f" asked, {pipe['micro_batches_run']} run (at most one a sequence)"
         if "bubble_fraction" in pipe:
             busy = ", ".join(fmt_time(b) for b in pipe["stage_busy_s"])
             line += f"; last step: stages busy {busy}, bubble {pipe['bubble_fraction']:.0%}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from tilesim.errors import CheckpointError, TilesimWarning
+from tilesim.errors import CheckpointError, TilesimWarning, first_line
 from tilesim.models.tokenizer import Tokenizer
 
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types of <|im_start|> and of <think>
@@ -143,8 +143,9 @@ def _bpe(reader, vocab: dict[str, int], merges: list[tuple[str, str]], **options
     try:
         return models.BPE(vocab, merges, **options)
     except Exception as exc:  # tokenizers raises a bare Exception on a merge of tokens it does not have
-        reason = str(exc).splitlines()[0]
-        raise CheckpointError(f"{reader.path}: cannot build a tokenizer from the GGUF vocabulary ({reason})") from None
+        raise CheckpointError(
+            f"{reader.path}: cannot build a tokenizer from the GGUF vocabulary ({first_line(exc)})"
+        ) from None
 
 
 def _stored_merges(reader) -> list[tuple[str, str]]:

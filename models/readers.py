@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tilesim.errors import CheckpointError
+from tilesim.errors import CheckpointError, first_line
 
 
 class SafetensorsReader:
@@ -57,8 +57,7 @@ class SafetensorsReader:
             try:
                 self._open[path] = safe_open(path, framework="numpy")
             except Exception as exc:  # safetensors' own SafetensorError: what our check above does not see
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None
+                raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
 
     def names(self) -> list[str]:
         return list(self._shapes)

@@ -72,3 +72,10 @@ class GenerationError(TilesimError):
 
 class HostLost(TilesimError):
     """A Ray worker or node running part of a run died or left; nothing it computed is used."""
+
+
+def first_line(exc: BaseException) -> str:
+    """Another library's exception as a clause of one of ours: its message's first line (some
+    span pages), or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tilesim.errors import ConfigError, HostLost, TilesimError
+from tilesim.errors import ConfigError, HostLost, TilesimError, first_line
 
 
 def run_all(
@@ -77,12 +77,12 @@ def connect(address: str):
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
-            raise ConfigError(f"--ray {address}: cannot join that Ray cluster ({_first_line(exc)}){_auth()}") from None
+            raise ConfigError(f"--ray {address}: cannot join that Ray cluster ({first_line(exc)}){_auth()}") from None
         return ray, True
     try:
         ray.init(address="auto", **quiet)
     except ray.exceptions.RayError as exc:  # one runs here, but it refuses us (its token)
-        raise ConfigError(f"--ray auto: cannot join the Ray cluster found here ({_first_line(exc)}){_auth()}") from None
+        raise ConfigError(f"--ray auto: cannot join the Ray cluster found here ({first_line(exc)}){_auth()}") from None
     except (ConnectionError, ValueError, RuntimeError):
         # A cluster of our own on loopback, with the token authentication Ray gives a new
         # cluster by default, which it announces on every start: not news to the user here.
@@ -95,15 +95,11 @@ def connect(address: str):
             ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **quiet)
         except (ConnectionError, ValueError, RuntimeError, OSError, ray.exceptions.RayError) as exc:
             raise ConfigError(
-                f"--ray auto: no Ray cluster runs here and one could not be started ({_first_line(exc)})"
+                f"--ray auto: no Ray cluster runs here and one could not be started ({first_line(exc)})"
             ) from None
         finally:
             announcer.setLevel(level)
     return ray, True
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _auth() -> str:

@@ -15,6 +15,7 @@ import numpy as np
 
 from tilesim.device.kernels.rotary import rope_inv_freq
 from tilesim.errors import CheckpointError
+from tilesim.runtime.checks import LARGEST
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ _COUNTS = (
 # graph would take hours to build (1e9 layers hung); other sizes as the caller's counts.
 _LAYERS = ("num_hidden_layers", "n_layer", "num_layers")
 MAX_LAYERS = 1024
-MAX_SIZE = 2**24
+MAX_SIZE = LARGEST
 # the rotary base is raised to powers: 0 gives infinite frequencies, and NaN positions
 _BASES = ("rope_theta", "rotary_emb_base", "rope_ratio")
 

@@ -108,9 +108,10 @@ def check_safetensors_file(path: Path) -> dict[str, tuple[int, ...]]:
             raise CheckpointError(
                 f"{path}: truncated: tensor {name!r} ends at byte {8 + length + end} but the file has {size} bytes"
             )
-        if width is not None and math.prod(shape) * width != end - start:
+        nbytes = None if width is None else math.prod(shape) * width
+        if nbytes is not None and nbytes != end - start:
             raise CheckpointError(
-                f"{path}: tensor {name!r}: shape {list(shape)} of {info['dtype']} is {math.prod(shape) * width} bytes, "
+                f"{path}: tensor {name!r}: shape {list(shape)} of {info['dtype']} is {nbytes} bytes, "
                 f"but its data_offsets span {end - start}"
             )
         shapes[name] = shape

@@ -108,7 +108,7 @@ def plan_memory(
     regions.update(dict.fromkeys(reserved, "offchip" if device.spec.core.offchip_bytes else "tiles"))
     regions.setdefault("recurrent_state", regions["kv_cache"])
     plan = MemoryPlan(weights, kv, activations, regions, layouts, reserved=reserved, kv_kind=kv_kind)
-    _fit(plan, graph, device, stages, graph.label)
+    _fit(plan, graph, device, stages)
     return plan
 
 
@@ -194,7 +194,7 @@ def _layer_range(stages: Stages, stage: int) -> str:
     return f"{first}-{first + stages.layers[stage] - 1}"
 
 
-def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device, stages: Stages, name: str) -> None:
+def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device, stages: Stages) -> None:
     tp = stages.tp
     spec = device.spec.core
     capacity = {"tiles": spec.tile_memory_bytes, "offchip": spec.offchip_bytes}
@@ -226,6 +226,7 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device, stages: Stages, 
             where = "tile memory" if region == "tiles" else "off-chip memory"
             more = " or `pp`" if stages.pp > 1 else ""
             error = OutOfTileMemory if region == "tiles" else OutOfOffchipMemory
+            name = graph.label  # the model as its user named it
             stage = ""
             if stages.pp > 1:
                 stage = f" (pipeline stage {worst // tp}, layers {_layer_range(stages, worst // tp)})"

@@ -168,6 +168,15 @@ def choose_algorithm(device: Device, op: str, p: int, n: int, itemsize: int, roo
     return min(candidates, key=lambda a: (times[a], candidates.index(a)))
 
 
+def resolve_algorithm(device: Device, op: str, algo: str, n: int, itemsize: int, root: int = 0) -> str:
+    """`algo`, or for "auto" the algorithm `run_collective` picks for n elements of `itemsize` bytes."""
+    if algo != "auto":
+        return algo
+    # before a schedule exists, guess its buffers: in, out and one scratch
+    region = buffer_region(device, 3 * n * itemsize)
+    return choose_algorithm(device, op, device.num_cores, n, itemsize, root, region)
+
+
 def simulated_time(
     device: Device, op: str, algo: str, p: int, n: int, itemsize: int, region: str, root: int = 0
 ) -> float:
@@ -235,9 +244,7 @@ def run_collective(
     if op == "alltoall" and in_place:
         raise ConfigError("all-to-all cannot run in place: give separate input and output buffers")
     itemsize = work.itemsize
-    algo_name = algo
-    if algo == "auto":  # before a schedule exists, guess its buffers: in, out and one scratch
-        algo_name = choose_algorithm(device, op, p, n, itemsize, root, buffer_region(device, 3 * n * itemsize))
+    algo_name = resolve_algorithm(device, op, algo, n, itemsize, root)
     schedule = build_schedule(op, algo_name, p, n, root, itemsize)
     region = buffer_region(device, _buffer_bytes(schedule, itemsize))
     model = model_for(device.spec, p, region, n * itemsize)

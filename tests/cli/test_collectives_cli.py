@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from tilesim.cli.collectives import sizes_from
+from tilesim.cli import collectives as collectives_cli
+from tilesim.cli.collectives import host_bytes, sizes_from
 from tilesim.cli.main import main
+from tilesim.units import fmt_bytes
 
 
 def run_json(capsys, *args):
@@ -83,6 +85,34 @@ def test_bad_arguments_are_one_line_errors(capsys):
     assert "unknown algorithm 'bogus'" in capsys.readouterr().err
     assert main(["collectives", "--op", "broadcast", "--algo", "direct", "--bytes", "1K"]) == 2
     assert "cannot do broadcast" in capsys.readouterr().err
+
+
+def test_host_memory_of_a_run_follows_the_algorithms_buffers():
+    """Closed forms in elements of 4 bytes, n per core on p = 8 cores: inputs and outputs
+    (n each), the float64 reference (results + 2n, 8 bytes each) and one message per core
+    beside each algorithm's own buffers. A ring keeps in and out and sends n/p chunks; a
+    direct all-reduce keeps all p vectors in its scratch and sends whole vectors."""
+    p, n = 8, 1 << 20
+    arrays, reference = 2 * p * n * 4, (p * n + 2 * n) * 8
+    ring = (2 * p * n + p * (n // p)) * 4 + arrays + reference
+    direct = (2 * p * n + p * p * n + p * n) * 4 + arrays + reference
+    assert host_bytes("allreduce", "ring", p, n, "fp32", "wire") == ring
+    assert host_bytes("allreduce", "direct", p, n, "fp32", "wire") == direct
+
+
+def test_a_run_this_machine_cannot_hold_is_refused_before_it_starts(capsys, monkeypatch):
+    """A direct all-reduce of 256 MiB on 8 cores holds about 31 GiB: the kernel killed it
+    mid-run on a 24 GiB host. The ring holds less than half of that and runs."""
+    monkeypatch.setattr(collectives_cli, "host_memory", lambda: 24 << 30)
+    args = ["collectives", "--device", "trn1", "--cores", "8", "--bytes", "1K:256M"]
+    assert main([*args, "--algo", "all"]) == 2
+    err = capsys.readouterr().err
+    need = fmt_bytes(host_bytes("allreduce", "direct", 8, 64 << 20, "fp32", "wire"))
+    assert f"direct allreduce of 256 MiB on each of 8 cores needs about {need}" in err and "(24 GiB)" in err
+    assert host_bytes("allreduce", "ring", 8, 64 << 20, "fp32", "wire") < 0.8 * (24 << 30)
+    monkeypatch.setattr(collectives_cli, "host_memory", lambda: 12 << 30)
+    assert main([*args, "--algo", "ring"]) == 2
+    assert "ring allreduce of 256 MiB" in capsys.readouterr().err
 
 
 def test_a_simulation_far_from_the_closed_form_is_explained(capsys):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import mmap
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,13 @@ from tilesim.errors import OutOfOffchipMemory, OutOfTileMemory
 from tilesim.units import fmt_bytes
 
 ALIGNMENT = 64  # bytes: a cache line, and a multiple of every dtype's size
+HOST_SHARE = 0.8  # of this machine's memory, the most a run plans to commit: the rest is the OS's and the interpreter's
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux value; Python < 3.13 lacks the name
+
+
+def host_memory_bytes() -> int:
+    """This machine's physical memory, in bytes (what the backed regions' pages come from)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tilesim.device import memory
 from tilesim.device.device import Device
 from tilesim.device.memory import Block
+from tilesim.errors import OutOfHostMemory
 from tilesim.runtime import memplan
 from tilesim.runtime.buckets import Buckets
 from tilesim.runtime.kvcache import KVCache, RecurrentState, kv_arrays, state_arrays
 from tilesim.runtime.program import Program
 from tilesim.runtime.timing import StepShape
+from tilesim.units import fmt_bytes
 
 
 def prefill_shape(batch: int, tokens: int, max_context: int, gathered: str = "argmax") -> StepShape:
@@ -48,6 +51,22 @@ class Session:
         for core, block in self.blocks:
             device.cores[core].memory.free(block)
         self.blocks = []
+
+
+def _check_host(plan: memplan.MemoryPlan, label: str, cores: int) -> None:
+    """A run that computes holds its cores' weights, KV cache and activations in this
+    machine's memory (device/memory.py): refuse, before any weight is read, a plan that would
+    have the kernel kill the process part way through loading or generating."""
+    parts = {"weights": sum(plan.weights), plan.kv_kind.replace("_", " "): sum(plan.kv_cache),
+             "activations": sum(plan.activations)}  # fmt: skip
+    need, have = sum(parts.values()), memory.host_memory_bytes()
+    if need > memory.HOST_SHARE * have:
+        shown = ", ".join(f"{kind} {fmt_bytes(n)}" for kind, n in parts.items())
+        raise OutOfHostMemory(
+            f"computing {label} on {cores} emulated core(s) needs about {fmt_bytes(need)} of this machine's memory "
+            f"({shown}) and it has {fmt_bytes(have)}: a timing-only run (--timing-only) gives the times and the "
+            "memory plan without the numbers, or use a narrower dtype, a smaller context or batch"
+        )
 
 
 def place(
@@ -94,6 +113,8 @@ def place(
         kv_kind=kind,
     )
     plan.notes[:0] = notes
+    if views:
+        _check_host(plan, program.graph.label, device.num_cores)
     if replacing is not None:
         replacing.free(device)
     session = Session(

@@ -35,7 +35,8 @@ class UnknownPreset(ConfigError):
 
 
 class OutOfMemory(TilesimError):
-    """A core's memory cannot hold what was asked of it (`OutOfTileMemory`, `OutOfOffchipMemory`)."""
+    """A core's memory cannot hold what was asked of it (`OutOfTileMemory`, `OutOfOffchipMemory`), or this
+    machine cannot hold the emulated cores' bytes (`OutOfHostMemory`)."""
 
 
 class OutOfTileMemory(OutOfMemory):
@@ -44,6 +45,11 @@ class OutOfTileMemory(OutOfMemory):
 
 class OutOfOffchipMemory(OutOfMemory):
     """A core's off-chip memory (HBM, streaming memory) cannot hold what was asked of it."""
+
+
+class OutOfHostMemory(OutOfMemory):
+    """This machine cannot hold the numbers of a functional run (the emulated cores' weights,
+    KV cache and activations): a timing-only run of the same model needs none of them."""
 
 
 class ShardingError(TilesimError):

@@ -81,7 +81,7 @@ def test_generate_gets_one_line_for_each_mistake(capsys, tiny_model, args, phras
 
 OTHERS = [
     (["collectives", "--device", "ipu-gc200", "--cores", "1000"], "1000 cores asked for, more than the 256"),
-    (["collectives", "--bytes", "1T", "--cores", "2"], "--bytes 1T: 1 TiB on each of 2 cores needs about"),
+    (["collectives", "--bytes", "1T", "--cores", "2"], "ring allreduce of 1 TiB on each of 2 cores needs about"),
     (["collectives", "--fault", "dead=2-9", "--cores", "4"], "no link 2-9 on the 4 cores of trn1"),
     (["collectives", "--fabric", "analytic", "--fault", "corrupt=0.1"], "use --fabric des with them"),
     (["collectives", "--plot", "/proc/tilesim/bw.png"], "--plot /proc/tilesim/bw.png: cannot write there"),

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from tilesim.cli import collectives as collectives_cli
 from tilesim.cli.collectives import host_bytes, sizes_from
 from tilesim.cli.main import main
+from tilesim.device import memory
 from tilesim.units import fmt_bytes
 
 
@@ -103,14 +103,14 @@ def test_host_memory_of_a_run_follows_the_algorithms_buffers():
 def test_a_run_this_machine_cannot_hold_is_refused_before_it_starts(capsys, monkeypatch):
     """A direct all-reduce of 256 MiB on 8 cores holds about 31 GiB: the kernel killed it
     mid-run on a 24 GiB host. The ring holds less than half of that and runs."""
-    monkeypatch.setattr(collectives_cli, "host_memory", lambda: 24 << 30)
+    monkeypatch.setattr(memory, "host_memory_bytes", lambda: 24 << 30)
     args = ["collectives", "--device", "trn1", "--cores", "8", "--bytes", "1K:256M"]
     assert main([*args, "--algo", "all"]) == 2
     err = capsys.readouterr().err
     need = fmt_bytes(host_bytes("allreduce", "direct", 8, 64 << 20, "fp32", "wire"))
     assert f"direct allreduce of 256 MiB on each of 8 cores needs about {need}" in err and "(24 GiB)" in err
     assert host_bytes("allreduce", "ring", 8, 64 << 20, "fp32", "wire") < 0.8 * (24 << 30)
-    monkeypatch.setattr(collectives_cli, "host_memory", lambda: 12 << 30)
+    monkeypatch.setattr(memory, "host_memory_bytes", lambda: 12 << 30)
     assert main([*args, "--algo", "ring"]) == 2
     assert "ring allreduce of 256 MiB" in capsys.readouterr().err
 

@@ -147,3 +147,29 @@ def test_activations_too_big_for_tile_memory_are_counted_where_they_would_go():
     ) as raised:
         tilesim.load("llama-2-7b", device="trn1.32xlarge", tp=8, timing_only=True, max_context=131072)
     assert "by size alone at least 9 cores" in str(raised.value)
+
+
+def test_a_run_this_machine_cannot_hold_is_refused_before_any_weight_is_read(tiny_model, monkeypatch):
+    """The cores' memory is this machine's (device/memory.py): a functional run whose weights, KV
+    cache and activations pass 80% of it used to be killed by the kernel part way. The weights
+    counted are the checkpoint's parameters in fp32 (untied, one core: nothing padded or copied);
+    a timing-only run of the same model holds none of them and runs."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tilesim.device import memory
+    from tilesim.errors import OutOfHostMemory, OutOfMemory
+
+    folder = tiny_model("llama")
+    tensors = load_file(str(folder / "model.safetensors"))
+    params = sum(t.numel() for t in tensors.values()) * torch.float32.itemsize
+    model = tilesim.load(folder, device="trn1", tp=1, max_context=32)
+    need = sum(model.plan.weights) + sum(model.plan.kv_cache) + sum(model.plan.activations)
+    assert sum(model.plan.weights) == params
+    monkeypatch.setattr(memory, "host_memory_bytes", lambda: int(need / memory.HOST_SHARE) - 1)
+    with pytest.raises(OutOfHostMemory, match=r"a timing-only run \(--timing-only\)") as raised:
+        tilesim.load(folder, device="trn1", tp=1, max_context=32)
+    assert isinstance(raised.value, OutOfMemory) and str(raised.value).startswith(f"computing {folder} on 1 emulated")
+    tilesim.load(folder, device="trn1", tp=1, max_context=32, timing_only=True)
+    monkeypatch.setattr(memory, "host_memory_bytes", lambda: int(need / memory.HOST_SHARE) + 1)
+    tilesim.load(folder, device="trn1", tp=1, max_context=32)

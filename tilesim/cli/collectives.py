@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
@@ -20,7 +19,7 @@ from tilesim.collectives import ALGORITHMS, OPS, algorithms_for, check_against_n
 from tilesim.collectives.api import resolve_algorithm, schedule_for
 from tilesim.collectives.numerics import DTYPES, working_dtype
 from tilesim.collectives.schedule import Send, bounds
-from tilesim.device import Device, FaultSpec
+from tilesim.device import Device, FaultSpec, memory
 from tilesim.device.topology import Topology
 from tilesim.errors import ConfigError
 from tilesim.profiler.output import atomic_save, image_format, writable_image
@@ -98,19 +97,17 @@ def host_bytes(op: str, algo: str, p: int, n: int, dtype: str, accumulate: str, 
     return (buffers + p * message) * work + arrays + reference
 
 
-def host_memory() -> int:
-    """This machine's physical memory in bytes."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def _fits_in_host(jobs: list[tuple[str, int]], args: argparse.Namespace, p: int) -> None:
     """The run holds every core's buffers in this machine's memory: refuse what it cannot
     (past it, the kernel kills the process mid-run). `jobs`: (algorithm, bytes) to run."""
     itemsize = DTYPES[args.dtype].itemsize
+    largest: dict[str, int] = {}  # an algorithm holds more for a larger size: its largest is the one to check
+    for a, s in jobs:
+        largest[a] = max(s, largest.get(a, 0))
     need, algo, size = max((host_bytes(args.op, a, p, s // itemsize, args.dtype, args.accumulate, args.root), a, s)
-                           for a, s in jobs)  # fmt: skip
-    have = host_memory()
-    if need > 0.8 * have:
+                           for a, s in largest.items())  # fmt: skip
+    have = memory.host_memory_bytes()
+    if need > memory.HOST_SHARE * have:
         raise ConfigError(
             f"--bytes {args.bytes}: {algo} {args.op} of {fmt_bytes(size)} on each of {p} cores needs about "
             f"{fmt_bytes(need)} of this machine's memory ({fmt_bytes(have)}); give smaller sizes or fewer --cores"

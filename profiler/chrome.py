@@ -9,6 +9,11 @@ chrome://tracing open.
   receiver's collective lane); fabric messages are kept for the prefill and the first
   decode step, which every later step of the same shape repeats;
 - counters of memory in use per core: weights, KV cache and live activations.
+A long run's kernels would make a trace no viewer opens (a decode step of Llama-2-7b on 32
+cores is some 50,000 events, 7 MB of JSON): the steps lane has every step, and the
+kernels, collectives and messages are kept for the first steps while the trace stays within
+`MAX_EVENTS`, then for the first step of each compiled shape only (later steps of a shape
+repeat its kernels, shifted in time). `detailed` says which; the file is written as it goes.
 Timestamps are microseconds of simulated device time; the emulator's own wall-clock times
 are in `otherData.wall`, apart.
 """
@@ -16,6 +21,7 @@ are in `otherData.wall`, apart.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,23 @@ from tilesim.profiler.report import bucket_of, step_names
 
 COMPUTE, MEMORY, COLLECTIVE, SUPERSTEPS = 1, 2, 3, 4
 _US = 1e6
+MAX_EVENTS = 2_000_000  # about 300 MB of JSON, which Perfetto's UI opens; 1000 steps of a 7B model are 50 million
+
+
+def detailed(trace: Trace, max_events: int | None = MAX_EVENTS) -> list[bool]:
+    """Per step, whether the trace holds its kernels, collectives and messages: every step
+    while the events stay within `max_events` (None: no limit), then the first step of each
+    compiled shape (steps of one shape share their spans)."""
+    within, total, seen, out = True, 0, set(), []
+    for step in trace.steps:
+        first = id(step.spans) not in seen
+        seen.add(id(step.spans))
+        events = 2 * len(step.spans) + 3 * sum(1 for _ in step.transfers)  # about: kernels have a traffic slice
+        within = within and (max_events is None or total + events <= max_events)
+        keep = within or first
+        total += events if keep else 1
+        out.append(keep)
+    return out
 
 
 def _meta(pid: int, tid: int | None, kind: str, value: Any) -> dict:
@@ -34,15 +57,41 @@ def _meta(pid: int, tid: int | None, kind: str, value: Any) -> dict:
     return event
 
 
-def chrome_events(trace: Trace) -> list[dict]:
-    """The trace's records as Trace Event Format events."""
+def chrome_events(trace: Trace, max_events: int | None = MAX_EVENTS) -> Iterator[dict]:
+    """The trace's records as Trace Event Format events, step by step (`detailed` says
+    which steps have more than their slice on the steps lane)."""
     cores = trace.device.get("cores", 1)
+    yield from _lanes(trace, cores)
+    live = trace.memory.live_activations if trace.memory else []
+    fixed = (
+        [{k: v for k, v in kinds.items() if k != "activations"} for kinds in trace.memory.per_core]
+        if trace.memory
+        else []
+    )
+    link_tids: dict[tuple[int, str], int] = {}
+    flow = [0]
+    for step, name, detail in zip(trace.steps, step_names(trace.steps), detailed(trace, max_events), strict=True):
+        yield {
+            "ph": "X",
+            "pid": 0,
+            "tid": 0,
+            "name": name,
+            "ts": step.start * _US,
+            "dur": step.latency * _US,
+            "cat": "step",
+            "args": {**step.shape, "tokens": step.tokens, "bucket": bucket_of(step), "kernels": detail},
+        }
+        if detail:
+            yield from _step_events(step, trace, live, fixed, link_tids, flow)
+
+
+def _lanes(trace: Trace, cores: int) -> list[dict]:
+    """The names and order of the processes (steps, then one per core) and their lanes."""
     events: list[dict] = [
         _meta(0, None, "process_name", f"{trace.device.get('name')}: steps"),
         _meta(0, None, "process_sort_index", 0),
         _meta(0, 0, "thread_name", "steps"),
     ]
-    link_tids: dict[tuple[int, str], int] = {}
     for core in range(cores):
         pid = core + 1
         events += [_meta(pid, None, "process_name", f"core {core}"), _meta(pid, None, "process_sort_index", pid)]
@@ -51,145 +100,132 @@ def chrome_events(trace: Trace) -> list[dict]:
             lanes.append((SUPERSTEPS, "supersteps"))
         for tid, lane in lanes:
             events += [_meta(pid, tid, "thread_name", lane), _meta(pid, tid, "thread_sort_index", tid)]
-    live = trace.memory.live_activations if trace.memory else []
-    fixed = (
-        [{k: v for k, v in kinds.items() if k != "activations"} for kinds in trace.memory.per_core]
-        if trace.memory
-        else []
-    )
-    flow_id = 0
-    for step, name in zip(trace.steps, step_names(trace.steps), strict=True):
-        events.append(
-            {
-                "ph": "X",
-                "pid": 0,
-                "tid": 0,
-                "name": name,
-                "ts": step.start * _US,
-                "dur": step.latency * _US,
-                "cat": "step",
-                "args": {**step.shape, "tokens": step.tokens, "bucket": bucket_of(step)},
+    return events
+
+
+def _step_events(step, trace: Trace, live: list, fixed: list, link_tids: dict, flow: list[int]) -> list[dict]:
+    """One step's kernels, memory traffic and counters, collectives, and fabric messages.
+    `link_tids` (a lane per link) and `flow` (the last arrow's id) carry over between steps."""
+    events: list[dict] = []
+    counters_at = {}
+    for span in step.absolute_spans():
+        pid = span.core + 1
+        ts, dur = span.start * _US, span.duration * _US
+        if span.lane == "compute":
+            args = {
+                "op_type": span.op_type,
+                "layer": span.layer,
+                "flops": span.flops,
+                "bytes": span.bytes,
+                "bound": span.bound,
+                "critical": span.critical,
             }
-        )
-        counters_at = {}
-        for span in step.absolute_spans():
-            pid = span.core + 1
-            ts, dur = span.start * _US, span.duration * _US
-            if span.lane == "compute":
-                args = {
-                    "op_type": span.op_type,
-                    "layer": span.layer,
-                    "flops": span.flops,
-                    "bytes": span.bytes,
-                    "bound": span.bound,
-                    "critical": span.critical,
-                }
-                events.append(
-                    {
-                        "ph": "X",
-                        "pid": pid,
-                        "tid": COMPUTE,
-                        "name": span.name,
-                        "ts": ts,
-                        "dur": dur,
-                        "cat": span.op_type,
-                        "args": args,
-                    }
-                )
-                if span.memory_s > 0:
-                    events.append(
-                        {
-                            "ph": "X",
-                            "pid": pid,
-                            "tid": MEMORY,
-                            "name": f"{span.name} traffic",
-                            "ts": (span.start + span.overhead_s) * _US,
-                            "dur": span.memory_s * _US,
-                            "cat": "memory",
-                            "args": {"bytes": span.bytes},
-                        }
-                    )
-                if span.sync_s or span.exchange_s:
-                    events += _supersteps(pid, span)
-                if step.index < 2 and live and span.core not in counters_at.get(span.node, ()):
-                    counters_at.setdefault(span.node, set()).add(span.core)
-                    events.append(_memory_counter(pid, ts, fixed[span.core], _live(live[span.core], span.node)))
-            elif span.lane == "collective":
-                label = f"{span.name} ({span.algo}, {int(span.bytes)} B)"
-                events.append(
-                    {
-                        "ph": "X",
-                        "pid": pid,
-                        "tid": COLLECTIVE,
-                        "name": label,
-                        "ts": ts,
-                        "dur": dur,
-                        "cat": "collective",
-                        "args": {"algo": span.algo, "bytes": span.bytes},
-                    }
-                )
-            else:  # waiting for a collective, or the host's part of the step (on the compute lane)
-                host = span.lane == "host"
-                events.append(
-                    {
-                        "ph": "X",
-                        "pid": pid,
-                        "tid": COMPUTE if host else COLLECTIVE,
-                        "name": span.name,
-                        "ts": ts,
-                        "dur": dur,
-                        "cat": "host" if host else "wait",
-                        "args": {},
-                    }
-                )
-        if fixed:
-            for core in range(cores):
-                activations = trace.memory.per_core[core].get("activations", 0)
-                events.append(_memory_counter(core + 1, step.start * _US, fixed[core], activations))
-        for move, busy_until in _on_links(step.transfers):
-            key = (move.src, move.link)
-            if key not in link_tids:
-                link_tids[key] = 10 + len([k for k in link_tids if k[0] == move.src])
-                events.append(_meta(move.src + 1, link_tids[key], "thread_name", f"link {move.link}"))
-                events.append(_meta(move.src + 1, link_tids[key], "thread_sort_index", link_tids[key]))
-            tid = link_tids[key]
-            start, end = (step.start + move.start) * _US, (step.start + move.end) * _US
             events.append(
                 {
                     "ph": "X",
-                    "pid": move.src + 1,
-                    "tid": tid,
-                    "name": f"{move.src}->{move.dst} {move.nbytes} B",
-                    "ts": start,
-                    "dur": (step.start + busy_until) * _US - start,
-                    "cat": "transfer",
-                    "args": {"bytes": move.nbytes, "arrives_us": end},
+                    "pid": pid,
+                    "tid": COMPUTE,
+                    "name": span.name,
+                    "ts": ts,
+                    "dur": dur,
+                    "cat": span.op_type,
+                    "args": args,
                 }
             )
-            flow_id += 1
+            if span.memory_s > 0:
+                events.append(
+                    {
+                        "ph": "X",
+                        "pid": pid,
+                        "tid": MEMORY,
+                        "name": f"{span.name} traffic",
+                        "ts": (span.start + span.overhead_s) * _US,
+                        "dur": span.memory_s * _US,
+                        "cat": "memory",
+                        "args": {"bytes": span.bytes},
+                    }
+                )
+            if span.sync_s or span.exchange_s:
+                events += _supersteps(pid, span)
+            if step.index < 2 and live and span.core not in counters_at.get(span.node, ()):
+                counters_at.setdefault(span.node, set()).add(span.core)
+                events.append(_memory_counter(pid, ts, fixed[span.core], _live(live[span.core], span.node)))
+        elif span.lane == "collective":
+            label = f"{span.name} ({span.algo}, {int(span.bytes)} B)"
             events.append(
                 {
-                    "ph": "s",
-                    "id": flow_id,
-                    "pid": move.src + 1,
-                    "tid": tid,
-                    "ts": start,
-                    "name": "message",
-                    "cat": "transfer",
-                }
-            )
-            events.append(
-                {
-                    "ph": "f",
-                    "bp": "e",
-                    "id": flow_id,
-                    "pid": move.dst + 1,
+                    "ph": "X",
+                    "pid": pid,
                     "tid": COLLECTIVE,
-                    "ts": end,
-                    "name": "message",
-                    "cat": "transfer",
+                    "name": label,
+                    "ts": ts,
+                    "dur": dur,
+                    "cat": "collective",
+                    "args": {"algo": span.algo, "bytes": span.bytes},
                 }
             )
+        else:  # waiting for a collective, or the host's part of the step (on the compute lane)
+            host = span.lane == "host"
+            events.append(
+                {
+                    "ph": "X",
+                    "pid": pid,
+                    "tid": COMPUTE if host else COLLECTIVE,
+                    "name": span.name,
+                    "ts": ts,
+                    "dur": dur,
+                    "cat": "host" if host else "wait",
+                    "args": {},
+                }
+            )
+    if fixed:
+        for core in range(trace.device.get("cores", 1)):
+            activations = trace.memory.per_core[core].get("activations", 0)
+            events.append(_memory_counter(core + 1, step.start * _US, fixed[core], activations))
+    for move, busy_until in _on_links(step.transfers):
+        key = (move.src, move.link)
+        if key not in link_tids:
+            link_tids[key] = 10 + len([k for k in link_tids if k[0] == move.src])
+            events.append(_meta(move.src + 1, link_tids[key], "thread_name", f"link {move.link}"))
+            events.append(_meta(move.src + 1, link_tids[key], "thread_sort_index", link_tids[key]))
+        tid = link_tids[key]
+        start, end = (step.start + move.start) * _US, (step.start + move.end) * _US
+        events.append(
+            {
+                "ph": "X",
+                "pid": move.src + 1,
+                "tid": tid,
+                "name": f"{move.src}->{move.dst} {move.nbytes} B",
+                "ts": start,
+                "dur": (step.start + busy_until) * _US - start,
+                "cat": "transfer",
+                "args": {"bytes": move.nbytes, "arrives_us": end},
+            }
+        )
+        flow[0] += 1
+        events.append(
+            {
+                "ph": "s",
+                "id": flow[0],
+                "pid": move.src + 1,
+                "tid": tid,
+                "ts": start,
+                "name": "message",
+                "cat": "transfer",
+            }
+        )
+        events.append(
+            {
+                "ph": "f",
+                "bp": "e",
+                "id": flow[0],
+                "pid": move.dst + 1,
+                "tid": COLLECTIVE,
+                "ts": end,
+                "name": "message",
+                "cat": "transfer",
+            }
+        )
     return events
 
 
@@ -223,23 +259,26 @@ def _memory_counter(pid: int, ts: float, fixed: dict[str, int], activations: int
     return {"ph": "C", "pid": pid, "name": "memory in use (bytes)", "ts": ts, "args": args}
 
 
-def write_chrome_trace(trace: Trace, path: str | Path) -> Path:
-    """Write the trace as JSON to `path` (folders are made as needed), atomically. The trace
-    holds simulated time only, so reruns write the same bytes; host wall times are in
-    `Trace.wall` (the command line's --json), not here."""
+def write_chrome_trace(trace: Trace, path: str | Path, max_events: int | None = MAX_EVENTS) -> Path:
+    """Write the trace as JSON to `path` (folders are made as needed), atomically, event by
+    event (a long run's list of events would not fit in memory). The trace holds simulated
+    time only, so reruns write the same bytes; host wall times are in `Trace.wall` (the
+    command line's --json), not here. `max_events`: see `detailed` (None: every step's kernels)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {
-        "traceEvents": chrome_events(trace),
-        "displayTimeUnit": "ns",
-        "otherData": {
-            "clock": "simulated device time, microseconds",
-            "device": trace.device.get("name"),
-            "model": trace.model,
-        },
+    kept = detailed(trace, max_events)
+    other = {
+        "clock": "simulated device time, microseconds",
+        "device": trace.device.get("name"),
+        "model": trace.model,
+        "steps_with_kernels": sum(kept),
+        "steps": len(kept),
     }
     with atomic(path) as f:
-        json.dump(document, f, separators=(",", ":"), default=float)
+        f.write('{"traceEvents":[')
+        for i, event in enumerate(chrome_events(trace, max_events)):
+            f.write(("," if i else "") + json.dumps(event, separators=(",", ":"), default=float))
+        f.write('],"displayTimeUnit":"ns","otherData":' + json.dumps(other, separators=(",", ":"), default=float) + "}")
     return path
 
 

@@ -168,3 +168,43 @@ def test_an_ipu_run_shows_each_kernel_as_a_superstep(tiny_model, tmp_path):
                        kernel["ts"] <= e["ts"] < kernel["ts"] + kernel["dur"]), key=lambda e: e["ts"])  # fmt: skip
         assert mine[0]["ts"] == pytest.approx(kernel["ts"])
         assert sum(e["dur"] for e in mine) == pytest.approx(kernel["dur"])
+
+
+def test_a_long_run_keeps_every_step_and_the_kernels_of_the_first_steps_and_of_each_bucket(tiny_model, tmp_path):
+    """1000 decode steps of a 7B model on 32 cores were 50 million events: the writer was killed
+    for want of memory. Past the budget, a step is on the steps lane only, unless it is the first
+    of its bucket (later steps of a bucket run the same kernels). Within it, the file is the one
+    document the whole list of events makes, written as it goes."""
+    from tilesim.profiler.chrome import chrome_events, detailed
+
+    model = tilesim.load(
+        str(tiny_model("llama")),
+        device=tilesim.Device("tiny", cores=3),
+        tp=3,
+        max_context=96,
+        decode_buckets=[16, 32, 64, 96],
+    )
+    out = model.generate([[5, 6, 7]], max_new_tokens=80, eos_token_id=None)  # decode buckets of 16, 32, 64, 96
+    steps = out.trace.steps
+    whole = write_chrome_trace(out.trace, tmp_path / "whole.json", max_events=None)
+    other = {"clock": "simulated device time, microseconds", "device": out.trace.device.get("name"),
+             "model": out.trace.model, "steps_with_kernels": len(steps), "steps": len(steps)}  # fmt: skip
+    document = {"traceEvents": list(chrome_events(out.trace, None)), "displayTimeUnit": "ns", "otherData": other}
+    assert whole.read_text() == json.dumps(document, separators=(",", ":"), default=float)
+
+    budget = 10 * len(document["traceEvents"]) // len(steps)
+    path = write_chrome_trace(out.trace, tmp_path / "t.json", max_events=budget)
+    cut = json.loads(path.read_text())
+    check_trace_event_format(cut)
+    lane = [e for e in cut["traceEvents"] if e.get("cat") == "step"]
+    kept = [e["args"]["kernels"] for e in lane]
+    assert len(lane) == len(steps) and kept == detailed(out.trace, budget)
+    bucket = [(s.phase, s.shape["context"] if s.phase == "decode" else 0) for s in steps]
+    first = kept.index(False)
+    assert first >= 2 and not all(kept[first:])
+    assert all(not kept[i] or bucket[i] not in bucket[:i] for i in range(first, len(steps)))  # only a bucket's first
+    assert {b for b, k in zip(bucket, kept, strict=True) if k} == set(bucket)
+    compute = [e for e in cut["traceEvents"] if e["ph"] == "X" and e["tid"] == 1 and e["pid"] > 0]
+    windows = [(s.start * 1e6, (s.start + s.latency) * 1e6) for s, k in zip(steps, kept, strict=True) if k]
+    assert compute and all(any(lo - 1e-6 <= e["ts"] <= hi + 1e-6 for lo, hi in windows) for e in compute)
+    assert cut["otherData"]["steps_with_kernels"] == sum(kept) and cut["otherData"]["steps"] == len(steps)

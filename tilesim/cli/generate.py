@@ -277,12 +277,21 @@ def _run(args: argparse.Namespace, model, prompts, tokenizer, started: float) ->
 
 def _write_artifacts(args: argparse.Namespace, out) -> None:
     if args.trace:
-        from tilesim.profiler.chrome import write_chrome_trace
+        from tilesim.profiler.chrome import MAX_EVENTS, detailed, write_chrome_trace
 
-        if len(out.trace.steps) > 200:
-            print(f"writing the trace of {len(out.trace.steps)} steps to {args.trace} ...", file=sys.stderr)
+        steps, kept = len(out.trace.steps), detailed(out.trace)
+        if steps > 200:
+            print(f"writing the trace of {steps} steps to {args.trace} ...", file=sys.stderr)
         path = write_chrome_trace(out.trace, args.trace)
         print(f"wrote {path} ({fmt_bytes(path.stat().st_size)})", file=sys.stderr)
+        if not all(kept):
+            first = kept.index(False)
+            print(
+                f"the trace holds the kernels of the first {first} steps and of the first step of every other bucket "
+                f"({sum(kept)} of {steps}; about {MAX_EVENTS:,} events, what a viewer opens); every step is on its "
+                "steps lane, and a later step of a bucket runs the same kernels",
+                file=sys.stderr,
+            )
     if args.plots:
         from tilesim.profiler.plots import write_plots
 

@@ -24,7 +24,7 @@ from tilesim.device import kernels
 from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.device import Device
 from tilesim.device.kernels.rotary import rope_tables
-from tilesim.errors import ConfigError, OutOfMemory, OutOfTileMemory, ShardingError, TilesimWarning
+from tilesim.errors import ConfigError, OutOfHostMemory, OutOfMemory, OutOfTileMemory, ShardingError, TilesimWarning
 from tilesim.runtime import distributed, pipeline, shard, weights
 from tilesim.runtime.buckets import Buckets
 from tilesim.runtime.checks import whole
@@ -239,7 +239,8 @@ class Model:
             )
         except OutOfMemory as exc:  # halving the weights is the first thing to try when they are what overflows
             region = "tiles" if isinstance(exc, OutOfTileMemory) else "offchip"
-            if self.dtype != "fp32" or self.device.spec.placement["weights"] != region:
+            host = isinstance(exc, OutOfHostMemory)  # this machine holds every core's weights, wherever placed
+            if self.dtype != "fp32" or not (host or self.device.spec.placement["weights"] == region):
                 raise
             raise type(exc)(f"{exc}; the weights are fp32 here: dtype='fp16' (or 'bf16') halves them") from None
         if new.prefill_batch < batch:

@@ -57,8 +57,8 @@ def _check_host(plan: memplan.MemoryPlan, label: str, cores: int) -> None:
     """A run that computes holds its cores' weights, KV cache and activations in this
     machine's memory (device/memory.py): refuse, before any weight is read, a plan that would
     have the kernel kill the process part way through loading or generating."""
-    parts = {"weights": sum(plan.weights), plan.kv_kind.replace("_", " "): sum(plan.kv_cache),
-             "activations": sum(plan.activations)}  # fmt: skip
+    kv = {"kv_cache": "KV cache", "recurrent_state": "recurrent state"}[plan.kv_kind]
+    parts = {"weights": sum(plan.weights), kv: sum(plan.kv_cache), "activations": sum(plan.activations)}
     need, have = sum(parts.values()), memory.host_memory_bytes()
     if need > memory.HOST_SHARE * have:
         shown = ", ".join(f"{kind} {fmt_bytes(n)}" for kind, n in parts.items())

@@ -170,6 +170,10 @@ def test_a_run_this_machine_cannot_hold_is_refused_before_any_weight_is_read(tin
     with pytest.raises(OutOfHostMemory, match=r"a timing-only run \(--timing-only\)") as raised:
         tilesim.load(folder, device="trn1", tp=1, max_context=32)
     assert isinstance(raised.value, OutOfMemory) and str(raised.value).startswith(f"computing {folder} on 1 emulated")
+    assert "KV cache" in str(raised.value) and "dtype='fp16' (or 'bf16') halves them" in str(raised.value)
+    ipu = tilesim.Device("ipu-gc200", cores=1)  # weights in tile memory: this machine holds them all the same
+    with pytest.raises(OutOfHostMemory, match=r"dtype='fp16' \(or 'bf16'\) halves them"):
+        tilesim.load(folder, device=ipu, tp=1, max_context=32)
     tilesim.load(folder, device="trn1", tp=1, max_context=32, timing_only=True)
     monkeypatch.setattr(memory, "host_memory_bytes", lambda: int(need / memory.HOST_SHARE) + 1)
     tilesim.load(folder, device="trn1", tp=1, max_context=32)

@@ -38,16 +38,27 @@ def detailed(trace: Trace, max_events: int | None = MAX_EVENTS) -> list[bool]:
     """Per step, whether the trace holds its kernels, collectives and messages: every step
     while the events stay within `max_events` (None: no limit), then the first step of each
     compiled shape (steps of one shape share their spans)."""
-    within, total, seen, out = True, 0, set(), []
+    within, total, spans_events, out = True, 0, {}, []
     for step in trace.steps:
-        first = id(step.spans) not in seen
-        seen.add(id(step.spans))
-        events = 2 * len(step.spans) + 3 * sum(1 for _ in step.transfers)  # about: kernels have a traffic slice
+        first = id(step.spans) not in spans_events
+        if first:
+            spans_events[id(step.spans)] = sum(map(_span_events, step.spans))
+        events = spans_events[id(step.spans)] + 3 * sum(1 for _ in step.transfers)  # a slice and a flow's two ends
         within = within and (max_events is None or total + events <= max_events)
         keep = within or first
         total += events if keep else 1
         out.append(keep)
     return out
+
+
+def _span_events(span) -> int:
+    """How many events `_step_events` makes of a span (a kernel: its slice, its traffic, and
+    on a bulk-synchronous device its supersteps' phases; the memory counters aside)."""
+    if span.lane != "compute":
+        return 1
+    phases = sum(seconds > 0 for seconds in (span.duration - span.sync_s - span.exchange_s, span.sync_s,
+                                               span.exchange_s)) if span.sync_s or span.exchange_s else 0  # fmt: skip
+    return 1 + (span.memory_s > 0) + phases
 
 
 def _meta(pid: int, tid: int | None, kind: str, value: Any) -> dict:

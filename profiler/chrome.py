@@ -56,8 +56,7 @@ def _span_events(span) -> int:
     on a bulk-synchronous device its supersteps' phases; the memory counters aside)."""
     if span.lane != "compute":
         return 1
-    phases = sum(seconds > 0 for seconds in (span.duration - span.sync_s - span.exchange_s, span.sync_s,
-                                               span.exchange_s)) if span.sync_s or span.exchange_s else 0  # fmt: skip
+    phases = len(_supersteps(0, span)) if span.sync_s or span.exchange_s else 0
     return 1 + (span.memory_s > 0) + phases
 
 

@@ -25,9 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tilesim.errors import ConfigError
 from tilesim.profiler.events import Trace
 from tilesim.profiler.output import atomic
 from tilesim.profiler.report import bucket_of, step_names
+from tilesim.runtime.checks import whole
 
 COMPUTE, MEMORY, COLLECTIVE, SUPERSTEPS = 1, 2, 3, 4
 _US = 1e6
@@ -38,6 +40,7 @@ def detailed(trace: Trace, max_events: int | None = MAX_EVENTS) -> list[bool]:
     """Per step, whether the trace holds its kernels, collectives and messages: every step
     while the events stay within `max_events` (None: no limit), then the first step of each
     compiled shape (steps of one shape share their spans)."""
+    whole("max_events", max_events, 0, ConfigError, optional=True, maximum=None)
     within, total, spans_events, out = True, 0, {}, []
     for step in trace.steps:
         first = id(step.spans) not in spans_events

@@ -231,3 +231,7 @@ def test_a_long_run_keeps_every_step_and_the_kernels_of_the_first_steps_and_of_e
     windows = [(s.start * 1e6, (s.start + s.latency) * 1e6) for s, k in zip(steps, kept, strict=True) if k]
     assert compute and all(any(lo - 1e-6 <= e["ts"] <= hi + 1e-6 for lo, hi in windows) for e in compute)
     assert cut["otherData"]["steps_with_kernels"] == sum(kept) and cut["otherData"]["steps"] == len(steps)
+    for bad in (-1, 2.5, "many", True):
+        with pytest.raises(tilesim.ConfigError, match="max_events="):
+            write_chrome_trace(out.trace, tmp_path / "bad.json", max_events=bad)
+    assert not (tmp_path / "bad.json").exists()

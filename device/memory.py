@@ -24,6 +24,7 @@ import bisect
 import mmap
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -35,9 +36,22 @@ HOST_SHARE = 0.8  # of this machine's memory, the most a run plans to commit: th
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux value; Python < 3.13 lacks the name
 
 
+# a container's memory limit (cgroup v2, then v1): past it the kernel kills the process, whatever the machine has
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def host_memory_bytes() -> int:
-    """This machine's physical memory, in bytes (what the backed regions' pages come from)."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """The memory this process may use, in bytes (what the backed regions' pages come from):
+    the machine's physical memory, or its container's limit where that is less."""
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in CGROUP_LIMITS:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) or a number past the memory (v1) when there is no limit
+            limit = min(limit, int(text))
+    return limit
 
 
 @dataclass(frozen=True)

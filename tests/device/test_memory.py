@@ -210,3 +210,23 @@ def test_a_tensor_pinned_to_one_tile_of_a_linearly_mapped_region_stays_there():
         region.allocate(700, "too big", "activations", tile=2)
     with pytest.raises(OutOfTileMemory, match="no tile 9"):
         region.allocate(64, "nowhere", "activations", tile=9)
+
+
+def test_the_host_memory_is_the_containers_limit_where_that_is_less(tmp_path, monkeypatch):
+    """In a container the kernel kills a process at its cgroup's limit, not at the machine's
+    memory: the host checks (runtime/session.py, collectives) must count with the smaller."""
+    import os
+
+    from tilesim.device import memory
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    monkeypatch.setattr(memory, "CGROUP_LIMITS", (str(v2), str(v1)))
+    assert memory.host_memory_bytes() == physical  # neither file
+    v2.write_text("max\n")
+    v1.write_text(f"{2**63 - 4096}\n")  # v1's "no limit"
+    assert memory.host_memory_bytes() == physical
+    v1.write_text(f"{1 << 30}\n")
+    assert memory.host_memory_bytes() == min(physical, 1 << 30)
+    v2.write_text(f"{512 << 20}\n")
+    assert memory.host_memory_bytes() == min(physical, 512 << 20)

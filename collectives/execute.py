@@ -32,10 +32,19 @@ class _Direct:
     """The data path that moves the bytes as the steps run (real arrays, None for timing
     only, or contribution counts for the symbolic proof)."""
 
-    copies = True  # a sent payload is copied: the sender may reuse its buffer
-
     def __init__(self, buffers: Buffers):
         self.buffers = buffers
+        # `in` is never written (schedule.py): where it shares no bytes with `out` or `tmp`
+        # (not in place), a message from it needs no snapshot. A direct all-reduce of 64 MiB on
+        # 8 cores sends 56 of them: half its run went to copying them.
+        self._input_kept = [
+            bufs is not None and not any(np.may_share_memory(bufs["in"], bufs[b]) for b in ("out", "tmp") if b in bufs)
+            for bufs in buffers
+        ]
+
+    def copies(self, core: int, step: Send) -> bool:
+        """Whether the transport must snapshot the payload: the sender may write its buffer after sending."""
+        return not (step.buf == "in" and self._input_kept[core])
 
     def payload(self, core: int, step: Send) -> np.ndarray | None:
         bufs = self.buffers[core]
@@ -70,7 +79,8 @@ class Recording:
     schedule's data path without the interpreter: same operations, same order, same bits.
     """
 
-    copies = False  # the recorded moves keep the staging arrays they name
+    def copies(self, core: int, step: Send) -> bool:
+        return False  # the recorded moves keep the staging arrays they name
 
     def __init__(self, buffers: list[dict[str, np.ndarray]]):
         self.buffers = buffers
@@ -176,7 +186,8 @@ def _stream(core: int, steps: list, transport: Transport, data: _Direct | Record
     for step in steps:
         if isinstance(step, Send):
             nbytes = (step.hi - step.lo) * itemsize
-            sent.append(transport.send(core, step.peer, step.tag, data.payload(core, step), nbytes, copy=data.copies))
+            payload = data.payload(core, step)
+            sent.append(transport.send(core, step.peer, step.tag, payload, nbytes, copy=data.copies(core, step)))
         elif isinstance(step, Recv):
             payload = yield _Recv(step)
             extra = _recv_extra(transport.topology, core, step, itemsize, gamma)

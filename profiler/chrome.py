@@ -20,6 +20,7 @@ are in `otherData.wall`, apart.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,11 @@ def _meta(pid: int, tid: int | None, kind: str, value: Any) -> dict:
 def chrome_events(trace: Trace, max_events: int | None = MAX_EVENTS) -> Iterator[dict]:
     """The trace's records as Trace Event Format events, step by step (`detailed` says
     which steps have more than their slice on the steps lane)."""
+    return _events(trace, detailed(trace, max_events))
+
+
+def _events(trace: Trace, kept: list[bool]) -> Iterator[dict]:
+    """`chrome_events`, with the kernels of the steps `kept` says."""
     cores = trace.device.get("cores", 1)
     yield from _lanes(trace, cores)
     live = trace.memory.live_activations if trace.memory else []
@@ -82,8 +88,8 @@ def chrome_events(trace: Trace, max_events: int | None = MAX_EVENTS) -> Iterator
         else []
     )
     link_tids: dict[tuple[int, str], int] = {}
-    flow = [0]
-    for step, name, detail in zip(trace.steps, step_names(trace.steps), detailed(trace, max_events), strict=True):
+    flows = itertools.count(1)
+    for step, name, detail in zip(trace.steps, step_names(trace.steps), kept, strict=True):
         yield {
             "ph": "X",
             "pid": 0,
@@ -95,7 +101,7 @@ def chrome_events(trace: Trace, max_events: int | None = MAX_EVENTS) -> Iterator
             "args": {**step.shape, "tokens": step.tokens, "bucket": bucket_of(step), "kernels": detail},
         }
         if detail:
-            yield from _step_events(step, trace, live, fixed, link_tids, flow)
+            yield from _step_events(step, trace, live, fixed, link_tids, flows)
 
 
 def _lanes(trace: Trace, cores: int) -> list[dict]:
@@ -116,9 +122,9 @@ def _lanes(trace: Trace, cores: int) -> list[dict]:
     return events
 
 
-def _step_events(step, trace: Trace, live: list, fixed: list, link_tids: dict, flow: list[int]) -> list[dict]:
+def _step_events(step, trace: Trace, live: list, fixed: list, link_tids: dict, flows: Iterator[int]) -> list[dict]:
     """One step's kernels, memory traffic and counters, collectives, and fabric messages.
-    `link_tids` (a lane per link) and `flow` (the last arrow's id) carry over between steps."""
+    `link_tids` (a lane per link) and `flows` (the arrows' ids) carry over between steps."""
     events: list[dict] = []
     counters_at = {}
     for span in step.absolute_spans():
@@ -215,11 +221,11 @@ def _step_events(step, trace: Trace, live: list, fixed: list, link_tids: dict, f
                 "args": {"bytes": move.nbytes, "arrives_us": end},
             }
         )
-        flow[0] += 1
+        flow = next(flows)
         events.append(
             {
                 "ph": "s",
-                "id": flow[0],
+                "id": flow,
                 "pid": move.src + 1,
                 "tid": tid,
                 "ts": start,
@@ -231,7 +237,7 @@ def _step_events(step, trace: Trace, live: list, fixed: list, link_tids: dict, f
             {
                 "ph": "f",
                 "bp": "e",
-                "id": flow[0],
+                "id": flow,
                 "pid": move.dst + 1,
                 "tid": COLLECTIVE,
                 "ts": end,
@@ -289,7 +295,7 @@ def write_chrome_trace(trace: Trace, path: str | Path, max_events: int | None = 
     }
     with atomic(path) as f:
         f.write('{"traceEvents":[')
-        for i, event in enumerate(chrome_events(trace, max_events)):
+        for i, event in enumerate(_events(trace, kept)):
             f.write(("," if i else "") + json.dumps(event, separators=(",", ":"), default=float))
         f.write('],"displayTimeUnit":"ns","otherData":' + json.dumps(other, separators=(",", ":"), default=float) + "}")
     return path

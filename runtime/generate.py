@@ -78,6 +78,7 @@ def generate(
     group = model.prefill_group(b)  # sequences per prefill program, as the device's runtime prefills them
     if b != model.batch or group != model.prefill_batch or (return_logits == "all") != model.all_logits:
         model.session(b, return_logits == "all")
+    model.check_host(max(len(p) for p in prompts) + max_new_tokens)
     rng = np.random.default_rng(seed)
     lengths = np.array([len(p) for p in prompts], dtype=np.int64)
     new: list[list[int]] = [[] for _ in range(b)]

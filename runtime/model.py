@@ -35,7 +35,7 @@ from tilesim.runtime.graph import DecoderGraph
 from tilesim.runtime.precision import Precision
 from tilesim.runtime.program import lower
 from tilesim.runtime.reporting import precision_report
-from tilesim.runtime.session import Session, place
+from tilesim.runtime.session import Session, check_host, place
 from tilesim.runtime.timing import StepTimer, beyond_training, position_limit
 
 __all__ = ["GenerateOutput", "Model"]
@@ -191,6 +191,19 @@ class Model:
     def plan(self):
         return self._session.plan
 
+    def check_host(self, positions: int) -> None:
+        """Refuse a run whose sequences, `positions` each, would fill more of the KV cache than
+        this machine's memory holds beside the weights (runs that compute; session.check_host)."""
+        if self.timing_only or self.hosted:
+            return
+        try:
+            check_host(self.plan, self.graph.label, self.device.num_cores, positions, self.max_context)
+        except OutOfHostMemory as exc:
+            raise OutOfHostMemory(f"{exc}{self._fp32_hint()}") from None
+
+    def _fp32_hint(self) -> str:
+        return "; the weights are fp32 here: dtype='fp16' (or 'bf16') halves them" if self.dtype == "fp32" else ""
+
     @property
     def batch(self) -> int:
         return self._session.batch
@@ -242,7 +255,7 @@ class Model:
             host = isinstance(exc, OutOfHostMemory)  # this machine holds every core's weights, wherever placed
             if self.dtype != "fp32" or not (host or self.device.spec.placement["weights"] == region):
                 raise
-            raise type(exc)(f"{exc}; the weights are fp32 here: dtype='fp16' (or 'bf16') halves them") from None
+            raise type(exc)(f"{exc}{self._fp32_hint()}") from None
         if new.prefill_batch < batch:
             programs = -(-batch // new.prefill_batch)
             each = f"{new.prefill_batch} sequence{'s' if new.prefill_batch > 1 else ''}"

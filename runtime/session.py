@@ -53,19 +53,24 @@ class Session:
         self.blocks = []
 
 
-def _check_host(plan: memplan.MemoryPlan, label: str, cores: int) -> None:
+def check_host(plan: memplan.MemoryPlan, label: str, cores: int, positions: int | None, max_context: int) -> None:
     """A run that computes holds its cores' weights, KV cache and activations in this
-    machine's memory (device/memory.py): refuse, before any weight is read, a plan that would
-    have the kernel kill the process part way through loading or generating."""
-    kv = {"kv_cache": "KV cache", "recurrent_state": "recurrent state"}[plan.kv_kind]
-    parts = {"weights": sum(plan.weights), kv: sum(plan.kv_cache), "activations": sum(plan.activations)}
+    machine's memory (device/memory.py): refuse one that would have the kernel kill the
+    process part way through loading or generating. A core's memory commits a page when it
+    is first written, and a sequence writes its cache position by position: `positions` of
+    the `max_context` are counted (None: none yet, the check at placing, before any weight
+    is read); a recurrent state is written whole."""
+    recurrent = plan.kv_kind == "recurrent_state"
+    share = 1.0 if recurrent else min(1.0, (positions or 0) / max_context)
+    kv = "recurrent state" if recurrent else f"KV cache of {positions} positions" if positions else "KV cache"
+    parts = {"weights": sum(plan.weights), kv: int(share * sum(plan.kv_cache)), "activations": sum(plan.activations)}
     need, have = sum(parts.values()), memory.host_memory_bytes()
     if need > memory.HOST_SHARE * have:
-        shown = ", ".join(f"{kind} {fmt_bytes(n)}" for kind, n in parts.items())
+        shown = ", ".join(f"{kind} {fmt_bytes(n)}" for kind, n in parts.items() if n or kind == "weights")
         raise OutOfHostMemory(
             f"computing {label} on {cores} emulated core(s) needs about {fmt_bytes(need)} of this machine's memory "
             f"({shown}) and it has {fmt_bytes(have)}: a timing-only run (--timing-only) gives the times and the "
-            "memory plan without the numbers, or use a narrower dtype, a smaller context or batch"
+            "memory plan without the numbers, or use a narrower dtype, a shorter run or a smaller batch"
         )
 
 
@@ -114,7 +119,7 @@ def place(
     )
     plan.notes[:0] = notes
     if views:
-        _check_host(plan, program.graph.label, device.num_cores)
+        check_host(plan, program.graph.label, device.num_cores, None, max_context)
     if replacing is not None:
         replacing.free(device)
     session = Session(

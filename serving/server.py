@@ -193,6 +193,7 @@ def serve(
     params = SamplingParams(temperature, top_k, top_p, 0)
     if model.batch != max_num_seqs or model.prefill_batch != 1 or model.all_logits:
         model.session(max_num_seqs, False, prefill_batch=1)
+    model.check_host(max(r.prompt_tokens + r.output_tokens for r in requests))  # a slot may serve the longest
     clock = _Clock(model, max_num_seqs, params.gathered)
     eos = set(model.graph.meta.get("eos_token_ids", ())) if stop_at_eos else set()
     cores = _Cores(model, max_num_seqs, params, eos) if functional else None

@@ -69,11 +69,14 @@ def timeline(trace: Trace, path: Path) -> None:
     for (y, height, colour), xranges in bars.items():
         ax.broken_barh(xranges, (y, height), facecolors=colour, linewidth=0)
     ax.set_yticks([cores - 1 - c + 0.5 for c in range(cores)], [f"core {c}" for c in range(cores)])
+    ax.set_ylim(0, cores)  # the default 5% margin is one and a half empty rows at 32 cores
     ax.set_xlabel("simulated time in the step (us)")
     title = f"decode step {step.index}: {step.latency * 1e6:.1f} us on {cores} core(s) of {trace.device.get('name')}"
     ax.set_title(title + " (kernels above, fabric messages below)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-    ax.legend(handles, list(COLOURS), ncol=5, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    # below the axis label at a fixed distance: a fraction of the axes put 32 cores' legend 7 inches down
+    below = 0.5 / (0.9 * cores)  # inches under the axes over the axes' height
+    ax.legend(handles, list(COLOURS), ncol=5, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -below))
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

@@ -14,6 +14,7 @@ from tilesim.device.faults import FaultSpec
 from tilesim.device.memory import Arena
 from tilesim.device.spec import DeviceSpec, load_preset
 from tilesim.device.topology import Topology
+from tilesim.errors import ConfigError
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Device:
     def __init__(
         self, preset: str | DeviceSpec = "trn1", cores: int | None = None, *, backed: bool = True, **overrides: Any
     ):
+        if not isinstance(backed, bool):
+            raise ConfigError(f"backed={backed!r} must be True or False")
         spec = preset if isinstance(preset, DeviceSpec) else load_preset(preset)
         if cores is not None:
             overrides["cores"] = cores

@@ -17,6 +17,9 @@ import numpy as np
 from tilesim.errors import ConfigError
 
 LinkKey = tuple[int, int]  # (src core, dst core); -1 is the switch
+# A message that fails every attempt (corrupt=1) is simulated once per attempt: 10^8 retries was a
+# run that never ended. No transport retries this often (InfiniBand's retry count is 3 bits: 7).
+MAX_RETRIES = 100
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,24 @@ class FaultSpec:
     def __post_init__(self) -> None:
         for name in ("drop", "corrupt"):
             p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"fault {name}={p}: a probability must be between 0 and 1")
+            if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+                raise ConfigError(f"fault {name}={p!r}: a probability must be between 0 and 1")
+        if not isinstance(self.slow, Mapping):
+            raise ConfigError(f"fault slow={self.slow!r}: give a mapping of links (SRC, DST), or None, to factors")
+        if isinstance(self.dead, str | bytes) or not isinstance(self.dead, set | frozenset | list | tuple):
+            raise ConfigError(f"fault dead={self.dead!r}: give a set of links (SRC, DST)")
+        for link in [*self.dead, *(k for k in self.slow if k is not None)]:
+            if not (isinstance(link, tuple) and len(link) == 2 and all(type(c) is int for c in link)):
+                raise ConfigError(f"fault link {link!r}: a link is a pair (SRC, DST) of cores, -1 for the switch")
         for link, factor in self.slow.items():
-            if not factor >= 1.0:
+            if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor >= 1.0:
                 where = "every link" if link is None else "link {}-{}".format(*("switch" if c < 0 else c for c in link))
                 raise ConfigError(f"fault slow={factor} on {where}: the slow-down factor must be >= 1")
-        if self.max_retries < 0:
-            raise ConfigError(f"fault retries={self.max_retries}: the retries must be >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"fault seed={self.seed!r}: a seed is a whole number of at least 0")
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+            raise ConfigError(f"fault retries={retries!r}: the retries must be a whole number from 0 to {MAX_RETRIES}")
 
     @property
     def active(self) -> bool:

@@ -5,6 +5,7 @@ by category). Each raises `ConfigError` naming the field (`where`)."""
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -35,11 +36,11 @@ LARGEST_BYTES = 2**60
 def parse_value(kind: str, value: Any, where: str) -> Any:
     """The value of a field of `kind` (see the module doc); `chip` sections are the spec's."""
     if kind == "count":
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ConfigError(f"{where}: expected a whole number, got {value!r}")
         if not 1 <= value <= LARGEST_COUNT:
             raise ConfigError(f"{where}: must be from 1 to {LARGEST_COUNT:,}, got {value}")
-        return value
+        return int(value)  # numpy's integers too: a count from an array is a count
     if kind == "topology":
         if value not in TOPOLOGIES:
             raise ConfigError(f"{where}: topology must be one of {', '.join(TOPOLOGIES)}")

@@ -125,6 +125,10 @@ _REALS = (
     "partial_rotary_factor", "rope_ratio",
 )  # fmt: skip
 
+_FLAGS = (
+    "tie_word_embeddings", "attention_bias", "mlp_bias", "enable_bias", "use_parallel_residual", "add_qkv_bias",
+)  # fmt: skip
+
 
 class HFConfig:
     """Reads keys of a config.json, raising CheckpointError that names the file and the key."""
@@ -148,9 +152,13 @@ class HFConfig:
                 raise CheckpointError(f"{where}: {key!r} is {value!r}; it must be a number of at least 0")
             if value is not None and key in _BASES and value == 0:
                 raise CheckpointError(f"{where}: {key!r} is 0; a rotary base must be more than 0")
-        tied = raw.get("tie_word_embeddings")
-        if tied is not None and not isinstance(tied, bool):
-            raise CheckpointError(f"{where}: 'tie_word_embeddings' is {tied!r}; it must be true or false")
+        for key in _FLAGS:  # bool("no") is True: a string would switch on a bias the file does not hold
+            flag = raw.get(key)
+            if flag is not None and not isinstance(flag, bool):
+                raise CheckpointError(f"{where}: {key!r} is {flag!r}; it must be true or false")
+        for key in ("rope_parameters", "rope_scaling"):
+            if raw.get(key) is not None and not isinstance(raw[key], dict):
+                raise CheckpointError(f"{where}: {key!r} is {raw[key]!r}; it must be an object of rotary parameters")
         heads, kv = raw.get("num_attention_heads"), raw.get("num_key_value_heads")
         if heads is not None and kv is not None and heads % kv:
             raise CheckpointError(

@@ -210,9 +210,19 @@ def _parse(path: Path) -> dict:
         reader = gguf.GGUFReader(str(path))
     except Exception as exc:  # the gguf package raises ValueError, struct.error, IndexError...
         with open(path, "rb") as f:
-            magic = f.read(4)
+            magic, version = f.read(4), f.read(4)
         if magic != b"GGUF":
             raise CheckpointError(f"{path}: not a GGUF file (it does not start with the GGUF magic)") from None
+        if len(version) == 4:  # not damage but a format the gguf package does not read
+            from gguf.gguf_reader import READER_SUPPORTED_VERSIONS as known
+
+            number = int.from_bytes(version, "little")
+            number = number if number & 0xFFFF else int.from_bytes(version, "big")  # a big-endian file
+            if number not in known:
+                raise CheckpointError(
+                    f"{path}: GGUF version {number}; the gguf package here reads versions "
+                    f"{', '.join(map(str, known))}: convert the model again with a current llama.cpp"
+                ) from None
         raise CheckpointError(
             f"{path}: truncated or damaged: a GGUF header whose tables run past what the file holds "
             f"({type(exc).__name__}: {exc}); download or convert it again"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -303,9 +304,10 @@ def start(model, source: str, address: str, cores_per_actor: int | None, actor_m
     if actor_memory is not None:
         from tilesim.units import parse_quantity
 
-        budget = int(parse_quantity(actor_memory, "bytes", "actor_memory"))
-        if budget <= 0:
+        size = parse_quantity(actor_memory, "bytes", f"actor_memory={actor_memory!r}")
+        if not (math.isfinite(size) and size >= 1):
             raise ConfigError(f"actor_memory={actor_memory!r} must be a positive size such as 1GiB")
+        budget = int(size)
     ray, started = connect(address)
     try:
         hosts = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))

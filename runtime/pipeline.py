@@ -83,7 +83,10 @@ def make_stages(
                 f"layers_per_stage={list(counts)}: every stage needs a whole number of layers, at least one layer"
             )
         if pp is not None and pp != len(counts):
-            raise ShardingError(f"pp={pp} but layers_per_stage lists {len(counts)} stages")
+            raise ShardingError(
+                f"pp={pp} but layers_per_stage={','.join(map(str, counts))} lists {len(counts)} "
+                f"stage{'s' if len(counts) > 1 else ''}; give one of them"
+            )
         if sum(counts) != layers:
             raise ShardingError(
                 f"layers_per_stage={','.join(map(str, counts))} places {sum(counts)} layers; the model has {layers}"

@@ -20,6 +20,7 @@ from tilesim.units import parse_quantity
 
 METRICS = ("ttft", "tpot", "e2e", "queue")
 STATS = ("mean", *(f"p{q}" for q in PERCENTILES), "max")
+MAX_PROBES = 32
 
 
 def parse_slo(text: str) -> dict[tuple[str, str], float]:
@@ -69,6 +70,15 @@ class RateSearch:
     unbounded: bool = False
 
 
+def check_probes(probes: int) -> None:
+    """Refuse a count of rates per round that is not 1..MAX_PROBES."""
+    if not isinstance(probes, int) or isinstance(probes, bool) or not 1 <= probes <= MAX_PROBES:
+        raise WorkloadError(
+            f"probes={probes!r} must be a whole number from 1 to {MAX_PROBES} (a first round doubles the rate "
+            f"once per probe: {MAX_PROBES} span a factor of 2^{MAX_PROBES - 1}, past any device's rate)"
+        )
+
+
 def max_rate(
     run: Callable[[Sequence[Request]], dict],
     unit_workload: Sequence[Request],
@@ -89,8 +99,7 @@ def max_rate(
     rates tried, and so the answer, depend only on `probes`."""
     if not start > 0:
         raise WorkloadError(f"the search's starting rate must be positive, not {start!r}")
-    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
-        raise WorkloadError(f"probes={probes!r} must be a whole number of at least 1")
+    check_probes(probes)
     if isinstance(unit_workload, str | bytes) or not isinstance(unit_workload, Sequence) or not unit_workload:
         raise WorkloadError(f"unit_workload={unit_workload!r:.60} must be a non-empty list of serving.Request")
     search = RateSearch(slo, 0.0, None)

@@ -45,6 +45,11 @@ FIELDS = ("arrival", "prompt_tokens", "output_tokens")
 OPTIONAL = ("id", "seed")
 MAX_TOKENS = 10_000_000  # a prompt or output length beyond any model's positions: refused as a slip
 MAX_REQUESTS = 1_000_000  # a drawn workload's size: each request's record stays in memory (about 2 KiB)
+MAX_FILE_BYTES = 256 * 2**20  # a file of MAX_REQUESTS requests at up to 268 bytes each
+# Gamma gaps of cv c have shape 1/c^2: past cv 10 numpy's draws underflow to zero gaps (43% of
+# them at cv 30) and their mean drifts from 1; below 1e-6 the gaps are equal to a part in a million
+# and 1/c^2 soon overflows.
+CV_RANGE = (1e-6, 10.0)
 
 
 def read_workload(path: str | Path) -> list[Request]:
@@ -55,13 +60,24 @@ def read_workload(path: str | Path) -> list[Request]:
         raise WorkloadError(f"workload {str(path)!r}: give the path of a JSONL or CSV file")
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)  # a bound: /dev/zero, or a stray huge file, is not read whole
+        text = data.decode("utf-8-sig")
     except FileNotFoundError:
         raise WorkloadError(f"workload file {path} does not exist") from None
     except IsADirectoryError:
         raise WorkloadError(f"workload {path} is a folder; give a .jsonl or .csv file") from None
     except UnicodeDecodeError:
         raise WorkloadError(f"workload file {path} is not text (JSONL or CSV)") from None
+    except OSError as exc:
+        raise WorkloadError(f"workload file {path}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise WorkloadError(
+            f"workload file {path} is larger than {MAX_FILE_BYTES // 2**20} MiB, more than the {MAX_REQUESTS:,} "
+            "requests a run takes; split it into several workloads"
+        )
+    if "\0" in text:
+        raise WorkloadError(f"workload file {path} is not text (JSONL or CSV)")
     stripped = text.lstrip()
     if not stripped:
         raise WorkloadError(f"workload file {path} is empty; give one request per line (JSONL or CSV)")
@@ -97,6 +113,7 @@ def _jsonl(text: str, path: Path) -> list[tuple[int, dict]]:
         if not isinstance(value, dict):
             raise WorkloadError(f"{path}, line {number}: each line must be a JSON object with {', '.join(FIELDS)}")
         rows.append((number, value))
+        _within_limit(rows, path)
     return rows
 
 
@@ -114,7 +131,16 @@ def _csv(text: str, path: Path) -> list[tuple[int, dict]]:
         if None in record:  # DictReader's key for the values beyond the header's names
             raise WorkloadError(f"{path}, line {reader.line_num}: more fields than the header names")
         rows.append((reader.line_num, fields))
+        _within_limit(rows, path)
     return rows
+
+
+def _within_limit(rows: list, path: Path) -> None:
+    if len(rows) > MAX_REQUESTS:
+        raise WorkloadError(
+            f"workload file {path} holds more than {MAX_REQUESTS:,} requests, more than one run takes (every "
+            "request's record is kept, about 2 KiB each); split it into several workloads"
+        )
 
 
 def _request(fields: dict, line: int, path: Path, index: int) -> Request:
@@ -223,8 +249,12 @@ def synthetic(
         raise WorkloadError(f"rate={rate!r} must be a positive number of requests per second")
     if arrivals not in ("poisson", "gamma"):
         raise WorkloadError(f"arrivals={arrivals!r}: use poisson or gamma")
-    if isinstance(cv, bool) or not isinstance(cv, int | float) or not math.isfinite(cv) or cv <= 0:
-        raise WorkloadError(f"cv={cv!r} must be a positive coefficient of variation")
+    low, high = CV_RANGE
+    if isinstance(cv, bool) or not isinstance(cv, int | float) or not low <= cv <= high:
+        raise WorkloadError(
+            f"cv={cv!r} must be a coefficient of variation from {low:g} (nearly periodic arrivals) to {high:g} "
+            "(bursty; beyond it the gamma draws round to zero gaps)"
+        )
     rng = np.random.default_rng(seed)
     gaps = unit_gaps(requests, arrivals, cv, rng) / rate
     times = np.cumsum(gaps) - gaps[0]  # the first request at 0

@@ -62,6 +62,10 @@ GENERATE = [
     (["--kv-dtype", ""], "--kv-dtype '' is not supported"),
     (["--draft", ""], "--draft '': give the draft model"),
     (["--prefill-buckets", "128,,512"], "--prefill-buckets '128,,512': give comma-separated token counts"),
+    # Python's names reached the command line
+    (["--layers-per-stage", "2", "--pp", "2"], "--pp 2 but --layers-per-stage 2 lists 1 stage; give one of them"),
+    (["--ray", "auto", "--actor-memory", "1XB"], "--actor-memory 1XB: unit 'XB' is not a bytes unit"),
+    (["--ray", "auto", "--actor-memory", "1e999"], "--actor-memory 1e999 must be a positive size"),  # OverflowError
 ]
 
 
@@ -136,6 +140,11 @@ OTHERS = [
     (["sweep", "{llama}", "--ray", ""], "--ray '': give a cluster's HOST:PORT"),
     (["generate", "{llama}", "--prompt-ids", "1", "--ray", ""], "--ray '': give a cluster's HOST:PORT"),
     (["sweep", "{llama}", "--slo", "ttft_p99=1", "--prompt-dist", ""], "prompt '': give fixed:N"),
+    # tracebacks (ZeroDivisionError, OverflowError) or a run without end before
+    (["serve-sim", "llama-2-7b", "--arrivals", "gamma", "--cv", "1e-300"], "--cv 1e-300 must be a coefficient of"),
+    (["serve-sim", "llama-2-7b", "--arrivals", "gamma", "--cv", "1e300"], "from 1e-06 (nearly periodic arrivals) to"),
+    (["serve-sim", "llama-2-7b", "--slo", "ttft_p90=1", "--probes", "99999999"], "--probes 99999999 must be a whole"),
+    (["collectives", "--cores", "4", "--fault", "corrupt=1,retries=99999999"], "from 0 to 100"),
     (
         ["sweep", "{llama}", "--slo", "ttft_p99=1", "--chunk-size", "8"],
         "--chunk-size is for --slo with --scheduler chunked",
@@ -276,6 +285,9 @@ API_LOAD = [
     ({"pad_heads": "yes"}, ConfigError, "pad_heads='yes' must be True or False"),
     ({"progress": 5}, ConfigError, "progress=5 must be a function"),
     ({"layers_per_stage": [1, "a"]}, ShardingError, "every stage needs a whole number of layers"),
+    # ignored before: they would read as obeyed
+    ({"cores_per_actor": 2}, ConfigError, "cores_per_actor=2 is for cores hosted on Ray actors; give cluster= too"),
+    ({"actor_memory": "1GiB"}, ConfigError, "actor_memory='1GiB' is for cores hosted on Ray actors"),
 ]
 
 
@@ -289,6 +301,10 @@ def test_a_loaded_models_methods_name_the_argument_that_is_wrong(tiny_model):
         model.timer_for("trn1")
     with pytest.raises(ConfigError, match="override placement: expected a mapping"):
         tilesim.Device("tiny", placement="tiles")
+    with pytest.raises(ConfigError, match="backed='no' must be True or False"):  # a string was taken as True
+        tilesim.Device("tiny", backed="no")
+    # a degree from numpy is a degree (load took np.int64 for max_context and batch, not for tp)
+    assert tilesim.load(str(tiny_model("llama")), device="tiny", tp=np.int64(3)).tp == 3
 
 
 @pytest.mark.parametrize(("change", "error", "phrase"), API_LOAD)

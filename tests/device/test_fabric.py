@@ -173,3 +173,22 @@ def test_fault_specs_parse_from_the_command_line_form():
         FaultSpec.parse("explode=1")
     with pytest.raises(ConfigError, match="probability"):
         FaultSpec.parse("drop=1.5")
+    # every attempt is simulated: corrupt=1 with 10^8 retries ran for ever
+    with pytest.raises(ConfigError, match="retries=99999999: the retries must be a whole number from 0 to 100"):
+        FaultSpec.parse("corrupt=1,retries=99999999")
+    assert FaultSpec.parse("corrupt=1,retries=100").max_retries == 100
+    with pytest.raises(ConfigError, match="seed=-2: a seed is a whole number of at least 0"):
+        FaultSpec.parse("drop=0.1,seed=-2")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phrase"),
+    [({"drop": "x"}, "drop='x': a probability"), ({"max_retries": 2.5}, "retries=2.5"), ({"seed": 1.5}, "seed=1.5"),
+     ({"slow": 5}, "slow=5: give a mapping"), ({"slow": {None: "x"}}, "slow=x on every link"),
+     ({"dead": 5}, "dead=5: give a set of links"), ({"dead": [(1, "a")]}, "link \\(1, 'a'\\): a link is a pair"),
+     ({"slow": {0: 2.0}}, "link 0: a link is a pair")],
+)  # fmt: skip
+def test_a_fault_spec_of_the_wrong_kind_is_named(kwargs, phrase):
+    """Each was a TypeError or an AttributeError, or (dead=5) accepted until the first message."""
+    with pytest.raises(ConfigError, match=phrase):
+        FaultSpec(**kwargs)

@@ -194,6 +194,8 @@ def test_an_unsupported_architecture_lists_the_supported_ones(tiny_model, tmp_pa
         (lambda c: {**c, "rope_parameters": {"rope_type": "default", "rope_theta": 0.0}}, "a rotary base must be"),
         # taken as true (a non-empty string), or a grouping of heads that does not exist: runs, wrongly
         (lambda c: {**c, "tie_word_embeddings": "no"}, "'tie_word_embeddings' is 'no'; it must be true or false"),
+        (lambda c: {**c, "attention_bias": "no"}, "'attention_bias' is 'no'; it must be true or false"),
+        (lambda c: {**c, "rope_parameters": "x"}, "'rope_parameters' is 'x'; it must be an object"),  # a ValueError
         (lambda c: {**c, "num_key_value_heads": 4}, "'num_key_value_heads' is 4, which does not divide"),
     ],
 )

@@ -133,6 +133,12 @@ def test_a_truncated_gguf_is_refused(tiny_model, tmp_path):
     cut.write_bytes(path.read_bytes()[: path.stat().st_size - 1000])
     with pytest.raises(CheckpointError, match=r"cut\.gguf: (truncated|not a readable GGUF)"):
         tilesim.load(str(cut), device="tiny", tp=1)
+    for version in (1, 9):  # was "truncated or damaged"; the file is whole, of a version gguf does not read
+        old = tmp_path / f"v{version}.gguf"
+        whole = path.read_bytes()
+        old.write_bytes(whole[:4] + version.to_bytes(4, "little") + whole[8:])
+        with pytest.raises(CheckpointError, match=rf"v{version}\.gguf: GGUF version {version}; the gguf package"):
+            tilesim.load(str(old), device="tiny", tp=1)
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1"])

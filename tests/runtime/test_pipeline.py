@@ -161,7 +161,7 @@ def test_stage_errors_name_what_is_wrong(tiny_model):
         tilesim.load(folder, device="tiny", tp=1, layers_per_stage="1,2,1")
     with pytest.raises(ShardingError, match="at least one layer"):
         tilesim.load(folder, device="tiny", tp=1, layers_per_stage=[5, 0])
-    with pytest.raises(ShardingError, match="pp=3 but layers_per_stage lists 2 stages"):
+    with pytest.raises(ShardingError, match="pp=3 but layers_per_stage=2,3 lists 2 stages; give one of them"):
         tilesim.load(folder, device="tiny", tp=1, pp=3, layers_per_stage="2,3")
     with pytest.raises(ShardingError, match="needs 4 cores but the device has 2"):
         tilesim.load(folder, device=tilesim.Device("tiny", cores=2), tp=2, layers_per_stage="2,3")

@@ -86,7 +86,7 @@ def test_a_drawn_workload_is_its_seeds():
     assert a == b and a != c
 
 
-@pytest.mark.parametrize(("arrivals", "cv"), [("poisson", 1.0), ("gamma", 0.5), ("gamma", 3.0)])
+@pytest.mark.parametrize(("arrivals", "cv"), [("poisson", 1.0), ("gamma", 0.5), ("gamma", 3.0), ("gamma", 1e-6)])
 def test_arrival_gaps_have_the_asked_mean_and_variation(arrivals, cv):
     rate, n = 4.0, 40_000
     times = np.array([r.arrival for r in synthetic(n, rate, arrivals=arrivals, cv=cv, seed=1)])
@@ -124,7 +124,10 @@ def test_bad_length_laws_are_refused(spec):
     ("kwargs", "message"),
     [({"requests": 0}, "requests"), ({"rate": 0.0}, "rate"), ({"rate": float("inf")}, "rate"),
      ({"arrivals": "uniform"}, "arrivals"), ({"cv": -1.0}, "cv"), ({"seed": -1}, "seed=-1"),
-     ({"requests": 10**9}, "more than one run takes"), ({"cv": "2"}, "cv='2'"), ({"prompt": 5.5}, "prompt 5.5")],
+     ({"requests": 10**9}, "more than one run takes"), ({"cv": "2"}, "cv='2'"), ({"prompt": 5.5}, "prompt 5.5"),
+     # 1/cv^2 divided by zero and overflowed (tracebacks); past 10 the draws round to zero gaps
+     ({"cv": 1e-300}, "cv=1e-300 must be a coefficient of variation from 1e-06"), ({"cv": 1e300}, "cv=1e\\+300"),
+     ({"cv": 30.0}, "to 10 \\(bursty")],
 )  # fmt: skip
 def test_bad_generator_options_are_refused(kwargs, message):
     args = {"requests": 3, "rate": 1.0, **kwargs}
@@ -137,6 +140,27 @@ def test_at_rate_scales_the_arrivals_only():
     faster = at_rate(unit, 4.0)
     assert [r.arrival * 4 for r in faster] == pytest.approx([r.arrival for r in unit])
     assert [(r.id, r.prompt_tokens, r.seed) for r in faster] == [(r.id, r.prompt_tokens, r.seed) for r in unit]
+
+
+def test_a_workload_file_past_what_a_run_takes_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
+    """/dev/zero was read until the kernel killed the process; a file of more requests than a run
+    takes was parsed whole first (each request's record is about 2 KiB)."""
+    from tilesim.serving import workload
+
+    monkeypatch.setattr(workload, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(workload, "MAX_REQUESTS", 3)
+    with pytest.raises(WorkloadError, match="/dev/zero is larger than 0 MiB, more than the 3 requests a run takes"):
+        read_workload("/dev/zero")
+    many = tmp_path / "many.csv"
+    many.write_text("arrival,prompt_tokens,output_tokens\n" + "0,1,1\n" * 4)
+    with pytest.raises(WorkloadError, match=r"many\.csv holds more than 3 requests"):
+        read_workload(many)
+    many.write_text("arrival,prompt_tokens,output_tokens\n" + "0,1,1\n" * 3)
+    assert len(read_workload(many)) == 3
+    nul = tmp_path / "nul.jsonl"
+    nul.write_bytes(b'{"arrival": 0, "prompt_tokens": 1, "output_tokens": 1}\n\0\n')
+    with pytest.raises(WorkloadError, match=r"nul\.jsonl is not text"):
+        read_workload(nul)
 
 
 def test_a_whole_number_is_a_fixed_length_and_other_types_are_refused():

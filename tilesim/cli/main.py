@@ -37,7 +37,8 @@ _ARGUMENTS = (
     "max_context", "max_new_tokens", "act_dtype", "kv_dtype", "dtype", "tp", "cores", "batch", "algo",
     "temperature", "top_k", "top_p", "seed", "fabric", "pad_heads", "prompt_len",
     "max_num_seqs", "chunk_size", "requests", "rate", "prefill_buckets", "decode_buckets", "k", "moe_imbalance", "moe",
-    "pp", "layers_per_stage", "micro_batches", "cores_per_actor", "actor_memory", "scheduler", "draft_tp",
+    "pp", "layers_per_stage", "micro_batches", "cores_per_actor", "actor_memory", "scheduler", "draft_tp", "cv",
+    "probes",
 )  # fmt: skip
 _SWITCHES = {"timing_only=True": "--timing-only", "pad_heads=True": "--pad-heads"}
 _RENAMED = {"k": "speculate"}  # Python arguments whose flag has another name

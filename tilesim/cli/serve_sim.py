@@ -33,6 +33,7 @@ from tilesim.runtime.sampling import SamplingParams
 from tilesim.runtime.timing import context_for
 from tilesim.serving import SCHEDULERS, max_rate, parse_slo, read_workload, serve, synthetic
 from tilesim.serving.server import check_slots
+from tilesim.serving.slo import check_probes
 from tilesim.serving.workload import at_rate
 from tilesim.units import fmt_bytes, fmt_time
 
@@ -56,7 +57,9 @@ def add_parser(subparsers) -> None:
                    help=f"drawn workload: mean arrivals per second (default: {DRAWN['rate']}; with --slo, where "
                    "the search starts)")  # fmt: skip
     p.add_argument("--arrivals", choices=("poisson", "gamma"), help="drawn workload's arrivals (default: poisson)")
-    p.add_argument("--cv", type=float, help="gamma arrivals: coefficient of variation of the gaps (default: 1)")
+    p.add_argument(
+        "--cv", type=float, help="gamma arrivals: coefficient of variation of the gaps, 1e-6 to 10 (default: 1)"
+    )
     p.add_argument("--prompt-len", help=f"fixed:N, uniform:LO,HI or zipf:S,LO,HI (default: {DRAWN['prompt_len']})")
     p.add_argument("--output-len", help=f"fixed:N, uniform:LO,HI or zipf:S,LO,HI (default: {DRAWN['output_len']})")
     p.add_argument("--seed", type=int, help="the drawn workload's seed (default: 0)")
@@ -68,7 +71,9 @@ def add_parser(subparsers) -> None:
     add_sampling_arguments(p)
     add_bucket_arguments(p)
     p.add_argument("--slo", default=None, help="search the highest rate meeting e.g. ttft_p90=0.5,tpot_p99=0.05")
-    p.add_argument("--probes", type=int, default=None, help="--slo: rates tried per round (default 1, 4 with --ray)")
+    p.add_argument(
+        "--probes", type=int, default=None, help="--slo: rates tried per round, at most 32 (default 1, 4 with --ray)"
+    )
     p.add_argument("--ray", default=None, metavar="auto|ADDRESS", help="--slo: run each round's probes as Ray tasks")
     p.add_argument("--plots", default=None, metavar="DIR", help="write latency_cdf.png and serving_timeline.png")
     p.add_argument("--trace", default=None, metavar="PATH", help="write the requests as a Chrome/Perfetto trace")
@@ -95,6 +100,8 @@ def _check_flags(args: argparse.Namespace) -> None:
     whole("requests", args.requests, 1, ConfigError, maximum=None)  # synthetic() says why it has a maximum
     check_slots(args.max_num_seqs, args.chunk_size)
     SamplingParams(args.temperature, args.top_k, args.top_p)
+    if args.probes is not None:
+        check_probes(args.probes)
     if args.ray is not None:
         check_address(args.ray)
     if args.dtype is not None:

@@ -47,7 +47,8 @@ def detailed(trace: Trace, max_events: int | None = MAX_EVENTS) -> list[bool]:
         first = id(step.spans) not in spans_events
         if first:
             spans_events[id(step.spans)] = sum(map(_span_events, step.spans))
-        events = spans_events[id(step.spans)] + 3 * sum(1 for _ in step.transfers)  # a slice and a flow's two ends
+        messages = sum(len(collective.messages) for collective in step.messages)
+        events = spans_events[id(step.spans)] + 3 * messages  # a message: a slice and a flow's two ends
         within = within and (max_events is None or total + events <= max_events)
         keep = within or first
         total += events if keep else 1
@@ -81,7 +82,8 @@ def _events(trace: Trace, kept: list[bool]) -> Iterator[dict]:
     """`chrome_events`, with the kernels of the steps `kept` says."""
     cores = trace.device.get("cores", 1)
     yield from _lanes(trace, cores)
-    live = trace.memory.live_activations if trace.memory else []
+    # per core, the live activation bytes at each node (the first record of a node counts)
+    live = [_first_of_each(points) for points in trace.memory.live_activations] if trace.memory else []
     fixed = (
         [{k: v for k, v in kinds.items() if k != "activations"} for kinds in trace.memory.per_core]
         if trace.memory
@@ -127,9 +129,10 @@ def _step_events(step, trace: Trace, live: list, fixed: list, link_tids: dict, f
     `link_tids` (a lane per link) and `flows` (the arrows' ids) carry over between steps."""
     events: list[dict] = []
     counters_at = {}
-    for span in step.absolute_spans():
+    for span in step.spans:  # shared by the steps of a shape: their times are the step's plus theirs
         pid = span.core + 1
-        ts, dur = span.start * _US, span.duration * _US
+        start = step.start + span.start
+        ts, dur = start * _US, span.duration * _US
         if span.lane == "compute":
             args = {
                 "op_type": span.op_type,
@@ -158,17 +161,17 @@ def _step_events(step, trace: Trace, live: list, fixed: list, link_tids: dict, f
                         "pid": pid,
                         "tid": MEMORY,
                         "name": f"{span.name} traffic",
-                        "ts": (span.start + span.overhead_s) * _US,
+                        "ts": (start + span.overhead_s) * _US,
                         "dur": span.memory_s * _US,
                         "cat": "memory",
                         "args": {"bytes": span.bytes},
                     }
                 )
             if span.sync_s or span.exchange_s:
-                events += _supersteps(pid, span)
+                events += _supersteps(pid, span, step.start)
             if step.index < 2 and live and span.core not in counters_at.get(span.node, ()):
                 counters_at.setdefault(span.node, set()).add(span.core)
-                events.append(_memory_counter(pid, ts, fixed[span.core], _live(live[span.core], span.node)))
+                events.append(_memory_counter(pid, ts, fixed[span.core], live[span.core].get(span.node, 0)))
         elif span.lane == "collective":
             label = f"{span.name} ({span.algo}, {int(span.bytes)} B)"
             events.append(
@@ -264,11 +267,11 @@ def _on_links(transfers) -> list[tuple]:
     return sorted(out, key=lambda pair: (pair[0].start, pair[0].src))
 
 
-def _live(points: list[tuple[int, int]], node: int) -> int:
+def _first_of_each(points: list[tuple[int, int]]) -> dict[int, int]:
+    out: dict[int, int] = {}
     for index, nbytes in points:
-        if index == node:
-            return nbytes
-    return 0
+        out.setdefault(index, nbytes)
+    return out
 
 
 def _memory_counter(pid: int, ts: float, fixed: dict[str, int], activations: int) -> dict:
@@ -293,19 +296,27 @@ def write_chrome_trace(trace: Trace, path: str | Path, max_events: int | None = 
         "steps_with_kernels": sum(kept),
         "steps": len(kept),
     }
+    encoder = json.JSONEncoder(separators=(",", ":"), default=float)
+    events = _events(trace, kept)
     with atomic(path) as f:
         f.write('{"traceEvents":[')
-        for i, event in enumerate(_events(trace, kept)):
-            f.write(("," if i else "") + json.dumps(event, separators=(",", ":"), default=float))
-        f.write('],"displayTimeUnit":"ns","otherData":' + json.dumps(other, separators=(",", ":"), default=float) + "}")
+        # a few thousand events per call of the C encoder: one call per event was 14 us each,
+        # most of writing a trace of two million; "[a,b]" less its brackets is "a,b"
+        separator = ""
+        while chunk := list(itertools.islice(events, 4096)):
+            f.write(separator + encoder.encode(chunk)[1:-1])
+            separator = ","
+        f.write('],"displayTimeUnit":"ns","otherData":' + encoder.encode(other) + "}")
     return path
 
 
-def _supersteps(pid: int, span) -> list[dict]:
-    """A bulk-synchronous kernel's three phases, as PopVision's execution trace shows them."""
+def _supersteps(pid: int, span, offset: float = 0.0) -> list[dict]:
+    """A bulk-synchronous kernel's three phases, as PopVision's execution trace shows them
+    (`offset`: the start of the step the span's times are relative to)."""
     compute = span.duration - span.sync_s - span.exchange_s
-    phases = (("compute", span.start, compute), ("sync", span.start + compute, span.sync_s),
-              ("exchange", span.start + compute + span.sync_s, span.exchange_s))  # fmt: skip
+    begin = offset + span.start
+    phases = (("compute", begin, compute), ("sync", begin + compute, span.sync_s),
+              ("exchange", begin + compute + span.sync_s, span.exchange_s))  # fmt: skip
     return [
         {"ph": "X", "pid": pid, "tid": SUPERSTEPS, "name": f"{span.name} {phase}", "ts": start * _US,
          "dur": seconds * _US, "cat": f"superstep {phase}", "args": {"kernel": span.name}}

@@ -57,6 +57,7 @@ _U16 = np.zeros(0, np.uint16)
 _I8 = np.zeros(0, np.int8)
 _U32 = np.zeros(0, np.uint32)
 _DECODE_ONCE = quant._DECODE_ONCE
+_TILE = quant._TILE
 
 # columns of a products table: one row per (core, weight)
 # (a replica's entry adds _SRC: the entry of `t` it is copied from)
@@ -222,7 +223,8 @@ def _q8_0_entry(x_addr, t, e, m, xp, first, last, codes):
     c, n = t[e, _CORE], t[e, _N]
     b = _blocks(x_addr, c)  # a narrower core's rows read the first b blocks of xp[c]
     qs, d16 = at(t[e, _W], _I8, (n, b * 32)), at(t[e, _D], _U16, (n, b))
-    mine = codes[: b * 32 if m >= _DECODE_ONCE else 0]
+    size = b * 32 if m >= _DECODE_ONCE else 0
+    mine = codes[: _TILE * size].reshape((_TILE, size))  # the tile's rows, each b blocks wide
     quant._q8_0_rows(xp[c], qs, d16, _bias(t, e), _out(t, e, m), first, last, mine)
 
 
@@ -233,12 +235,12 @@ def _linear_q8_0(x_addr, t, dups, m, blocks, threads):  # pragma: no cover - com
     starts = _starts(t)
     once = m >= _DECODE_ONCE
     for th in prange(threads):
-        codes = np.empty(blocks * 32 if once else 0, np.float32)
+        codes = np.empty(_TILE * blocks * 32 if once else 0, np.float32)
         for e in range(t.shape[0]):
             first, last = _range(starts, e, th, threads)
             if first < last:
                 _q8_0_entry(x_addr, t, e, m, xp, first, last, codes)
-    spare = np.empty(blocks * 32 if once else 0, np.float32)  # the replicas run after the threads
+    spare = np.empty(_TILE * blocks * 32 if once else 0, np.float32)  # the replicas run after the threads
     for i in range(dups.shape[0]):
         if same[i]:
             _copy_replica(t, dups, i, m)
@@ -253,9 +255,8 @@ def _q4_entry(x_addr, t, e, m, x_lo, x_hi, symmetric, first, last, wl, wh):
     qs = at(t[e, _W], _U8, (n, b * 16))
     d16, m16 = at(t[e, _D], _U16, (n, b)), at(t[e, _M], _U16, (n, b))
     size = b * 16 if m >= _DECODE_ONCE else 0
-    quant._q4_rows(
-        x_lo[c], x_hi[c], qs, d16, m16, symmetric, _bias(t, e), _out(t, e, m), first, last, wl[:size], wh[:size]
-    )
+    lo, hi = wl[: _TILE * size].reshape((_TILE, size)), wh[: _TILE * size].reshape((_TILE, size))
+    quant._q4_rows(x_lo[c], x_hi[c], qs, d16, m16, symmetric, _bias(t, e), _out(t, e, m), first, last, lo, hi)
 
 
 @njit(cache=True, parallel=True)
@@ -265,14 +266,14 @@ def _linear_q4(x_addr, t, dups, m, blocks, symmetric, threads):  # pragma: no co
     starts = _starts(t)
     once = m >= _DECODE_ONCE
     for th in prange(threads):
-        wl = np.empty(blocks * 16 if once else 0, np.float32)
-        wh = np.empty(blocks * 16 if once else 0, np.float32)
+        wl = np.empty(_TILE * blocks * 16 if once else 0, np.float32)
+        wh = np.empty(_TILE * blocks * 16 if once else 0, np.float32)
         for e in range(t.shape[0]):
             first, last = _range(starts, e, th, threads)
             if first < last:
                 _q4_entry(x_addr, t, e, m, x_lo, x_hi, symmetric, first, last, wl, wh)
-    spare_lo = np.empty(blocks * 16 if once else 0, np.float32)  # the replicas run after the threads
-    spare_hi = np.empty(blocks * 16 if once else 0, np.float32)
+    spare_lo = np.empty(_TILE * blocks * 16 if once else 0, np.float32)  # the replicas run after the threads
+    spare_hi = np.empty(_TILE * blocks * 16 if once else 0, np.float32)
     for i in range(dups.shape[0]):
         if same[i]:
             _copy_replica(t, dups, i, m)

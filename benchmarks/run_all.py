@@ -12,6 +12,7 @@ from common import machine
 HERE = Path(__file__).parent
 SCRIPTS = [
     "decode_speed.py",
+    "prefill_speed.py",
     "scaling.py",
     "kernel_speed.py",  # not kernels.py: in sys.path[0] it hid the `kernels` package transformers imports
     "startup.py",

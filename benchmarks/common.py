@@ -43,5 +43,14 @@ def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     return a.nbytes / best
 
 
+def alternate(runners: dict, measure, rounds: int) -> dict[str, list[float]]:
+    """`measure(run)` of every runner, round after round: drift of the machine hits every side alike."""
+    results: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            results[name].append(measure(run))
+    return results
+
+
 def median(values: list[float]) -> float:
     return float(np.median(values))

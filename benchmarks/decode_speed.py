@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import NEW_TOKENS, PROMPT_TEXT, machine, median, read_bandwidth
+from common import NEW_TOKENS, PROMPT_TEXT, alternate, machine, median, read_bandwidth
 
 import tilesim
 from tilesim.models.checkpoint import open_checkpoint, resolve
@@ -117,10 +117,7 @@ def main() -> None:
     llama = llama_cpp_runner(ids)
     if llama:
         runners["llama.cpp Q4_1"] = llama
-    rates: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(ROUNDS):  # alternate, so drift of the machine hits every side alike
-        for name, run in runners.items():
-            rates[name].append(decode_rate(run))
+    rates = alternate(runners, decode_rate, ROUNDS)
     rate = {name: median(values) for name, values in rates.items()}
     bandwidth = read_bandwidth()
     print(f"# SmolLM2-135M decode, {NEW_TOKENS} new tokens, greedy; {machine()}; torch threads {threads}")

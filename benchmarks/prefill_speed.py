@@ -17,7 +17,7 @@ import sys
 import time
 
 import numpy as np
-from common import machine, median
+from common import alternate, machine, median
 
 import tilesim
 from tilesim.models.checkpoint import open_checkpoint, resolve
@@ -94,10 +94,7 @@ def main() -> None:
     llama = llama_cpp_runner(ids)
     if llama:
         runners["llama.cpp Q4_1"] = llama
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(ROUNDS):  # alternate, so drift of the machine hits every side alike
-        for name, run in runners.items():
-            times[name].append(seconds(run))
+    times = alternate(runners, seconds, ROUNDS)
     graph = checkpoint.graph
     # each token meets every layer's weight matrices once (the embedding is a lookup, the LM head one row)
     products = sum(int(np.prod(p.shape)) for n, p in graph.params.items() if len(p.shape) == 2 and n != "embed.weight")

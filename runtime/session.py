@@ -62,7 +62,8 @@ def check_host(plan: memplan.MemoryPlan, label: str, cores: int, positions: int 
     is read); a recurrent state is written whole."""
     recurrent = plan.kv_kind == "recurrent_state"
     share = 1.0 if recurrent else min(1.0, (positions or 0) / max_context)
-    kv = "recurrent state" if recurrent else f"KV cache of {positions} positions" if positions else "KV cache"
+    kv = "KV cache" + (f" for {positions} positions a sequence" if positions else "")
+    kv = "recurrent state" if recurrent else kv
     parts = {"weights": sum(plan.weights), kv: int(share * sum(plan.kv_cache)), "activations": sum(plan.activations)}
     need, have = sum(parts.values()), memory.host_memory_bytes()
     if need > memory.HOST_SHARE * have:

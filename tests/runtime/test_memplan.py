@@ -195,8 +195,8 @@ def test_the_kv_cache_counts_the_positions_a_run_writes(tiny_model, monkeypatch)
     monkeypatch.setattr(memory, "host_memory_bytes", lambda: int(half / memory.HOST_SHARE) + 1)
     model = tilesim.load(folder, device="trn1", tp=1, max_context=256, batch=4)  # the whole cache would not fit
     assert len(model.generate([[1, 2]] * 4, max_new_tokens=126, eos_token_id=None).tokens[0]) == 126
-    with pytest.raises(OutOfHostMemory, match=r"KV cache of 130 positions .*a shorter run or a smaller batch"):
+    with pytest.raises(OutOfHostMemory, match=r"KV cache for 130 positions a sequence .*a shorter run or a smaller"):
         model.generate([[1, 2]] * 4, max_new_tokens=128)
-    with pytest.raises(OutOfHostMemory, match="KV cache of 129 positions"):
+    with pytest.raises(OutOfHostMemory, match="KV cache for 129 positions a sequence"):
         serve(model, [Request(0, 0.0, 1, 128)], max_num_seqs=4)
     assert serve(model, [Request(0, 0.0, 1, 127)], max_num_seqs=4).summary()["requests"] == 1

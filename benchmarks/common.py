@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: the machine, the SmolLM2 prompt, and timing a decode."""
+"""Helpers shared by the benchmarks: the machine, the SmolLM2 prompt, timing a decode, alternating
+the runners, and llama.cpp where it runs."""
 
 from __future__ import annotations
 
@@ -50,6 +51,36 @@ def alternate(runners: dict, measure, rounds: int) -> dict[str, list[float]]:
         for name, run in runners.items():
             results[name].append(measure(run))
     return results
+
+
+LLAMA_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)
+for i, _ in enumerate(llm.generate([1, 2, 3], top_k=1, temp=0.0)):
+    if i >= 2:
+        break
+"""
+
+
+def llama_cpp(model_path: str):
+    """llama-cpp-python's `Llama`, or None (saying why) when it is not installed or crashes
+    here: a build for another ISA dies of SIGILL or SIGSEGV, so it is tried in a child first."""
+    import subprocess
+    import sys
+
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama.cpp: not installed (make bench-llamacpp builds it)")
+        return None
+    probe = subprocess.run([sys.executable, "-c", LLAMA_PROBE, model_path], capture_output=True, text=True)
+    if probe.returncode != 0:
+        how = f"signal {-probe.returncode}" if probe.returncode < 0 else f"exit status {probe.returncode}"
+        print(f"llama.cpp: crashed on this host ({how}); rebuild it portably: ", end="")
+        print("rm .venv/.llamacpp-portable; make bench-llamacpp")
+        return None
+    return Llama
 
 
 def median(values: list[float]) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import NEW_TOKENS, PROMPT_TEXT, alternate, machine, median, read_bandwidth
+from common import NEW_TOKENS, PROMPT_TEXT, alternate, llama_cpp, machine, median, read_bandwidth
 
 import tilesim
 from tilesim.models.checkpoint import open_checkpoint, resolve
@@ -59,33 +59,12 @@ def tilesim_runner(checkpoint, ids, tp: int, dtype: str, act_dtype: str | None =
     return run, model
 
 
-LLAMA_PROBE = """
-import sys
-from llama_cpp import Llama
-llm = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)
-for i, _ in enumerate(llm.generate([1, 2, 3], top_k=1, temp=0.0)):
-    if i >= 2:
-        break
-"""
-
-
 def llama_cpp_runner(ids):
-    """llama.cpp on the same file, or None (saying why) when it is not installed or crashes
-    here: a build for another ISA dies of SIGILL or SIGSEGV, so it is tried in a child first."""
+    """llama.cpp on the same file, or None (saying why) when it is not installed or crashes here."""
     import os
-    import subprocess
-    import sys
 
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        print("llama.cpp: not installed (make bench-llamacpp builds it)")
-        return None
-    probe = subprocess.run([sys.executable, "-c", LLAMA_PROBE, str(resolve("smollm2"))], capture_output=True, text=True)
-    if probe.returncode != 0:
-        how = f"signal {-probe.returncode}" if probe.returncode < 0 else f"exit status {probe.returncode}"
-        print(f"llama.cpp: crashed on this host ({how}); rebuild it portably: ", end="")
-        print("rm .venv/.llamacpp-portable; make bench-llamacpp")
+    Llama = llama_cpp(str(resolve("smollm2")))
+    if Llama is None:
         return None
 
     llm = Llama(model_path=str(resolve("smollm2")), n_ctx=512, n_threads=os.cpu_count(), verbose=False)

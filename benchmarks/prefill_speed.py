@@ -17,7 +17,7 @@ import sys
 import time
 
 import numpy as np
-from common import alternate, machine, median
+from common import alternate, llama_cpp, machine, median
 
 import tilesim
 from tilesim.models.checkpoint import open_checkpoint, resolve
@@ -66,12 +66,12 @@ def tilesim_runner(checkpoint, ids, tp: int):
 
 
 def llama_cpp_runner(ids):
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        print("llama.cpp: not installed (make bench-llamacpp builds it)")
-        return None
+    """llama.cpp on the same file, or None (saying why) when it is not installed or crashes here."""
     import os
+
+    Llama = llama_cpp(str(resolve("smollm2")))
+    if Llama is None:
+        return None
 
     llm = Llama(model_path=str(resolve("smollm2")), n_ctx=len(ids) + 8, n_batch=len(ids), n_threads=os.cpu_count(),
                 verbose=False)  # fmt: skip

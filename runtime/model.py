@@ -35,7 +35,7 @@ from tilesim.runtime.graph import DecoderGraph
 from tilesim.runtime.precision import Precision
 from tilesim.runtime.program import lower
 from tilesim.runtime.reporting import precision_report
-from tilesim.runtime.session import Session, check_host, place
+from tilesim.runtime.session import Session, check_host, host_parts, place
 from tilesim.runtime.timing import StepTimer, beyond_training, position_limit
 
 __all__ = ["GenerateOutput", "Model"]
@@ -191,13 +191,19 @@ class Model:
     def plan(self):
         return self._session.plan
 
-    def check_host(self, positions: int) -> None:
+    def check_host(self, positions: int, beside: Model | None = None) -> None:
         """Refuse a run whose sequences, `positions` each, would fill more of the KV cache than
-        this machine's memory holds beside the weights (runs that compute; session.check_host)."""
+        this machine's memory holds beside the weights (runs that compute; session.check_host).
+        `beside`: another model computing in the same run (a speculative run's draft), whose
+        weights, cache and activations count too."""
         if self.timing_only or self.hosted:
             return
+        other = None
+        if beside is not None and not (beside.timing_only or beside.hosted):
+            held = sum(host_parts(beside.plan, positions, beside.max_context).values())
+            other = (f"the draft ({beside.graph.label})", held)
         try:
-            check_host(self.plan, self.graph.label, self.device.num_cores, positions, self.max_context)
+            check_host(self.plan, self.graph.label, self.device.num_cores, positions, self.max_context, other)
         except OutOfHostMemory as exc:
             raise OutOfHostMemory(f"{exc}{self._fp32_hint()}") from None
 

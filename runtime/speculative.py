@@ -149,8 +149,8 @@ def speculative_generate(
     eos = stop_ids(target, eos_token_id, given=eos_token_id is not ...)
     rng = np.random.default_rng(seed)
     big, small = _Runner(target, True, params.gathered), _Runner(draft, False, params.gathered)
-    for model in (target, draft):
-        model.check_host(len(ids) + max_new_tokens)
+    draft.check_host(len(ids) + max_new_tokens)
+    target.check_host(len(ids) + max_new_tokens, beside=draft)  # both are in memory at once
     first = big.prefill(ids)
     small.prefill(ids)
     ttft = big.seconds + small.seconds

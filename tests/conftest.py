@@ -332,3 +332,21 @@ def greedy_agrees(tokens, ref_tokens, ref_logits, rtol: float, label: str = "") 
 def greedy_rule():
     """greedy_rule(tokens, ref_tokens, ref_logits, rtol, label) -> steps compared (see greedy_agrees)."""
     return greedy_agrees
+
+
+@pytest.fixture(scope="session")
+def smollm2_transformers():
+    """(tokenizer, model): transformers' own reading of the SmolLM2 GGUF file in fp32, greedy
+    without an end of sequence. Built once: transformers parses the file's 49k-token
+    vocabulary in Python three times over, about 40 s here. Tests must not change it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tilesim.models.checkpoint import resolve
+
+    path = resolve("smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 2
+    return tokenizer, model

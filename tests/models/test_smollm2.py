@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tilesim
-from tilesim.models.checkpoint import open_checkpoint, resolve
+from tilesim.models.checkpoint import open_checkpoint
 
 pytestmark = pytest.mark.slow
 TEXT = "The three most important inventions of the nineteenth century were"
@@ -14,14 +14,8 @@ RTOL = 1e-4  # |logit error| relative to the step's largest |logit|, as for the 
 
 
 @pytest.fixture(scope="module")
-def reference():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve("smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 2
+def reference(smollm2_transformers):
+    tokenizer, model = smollm2_transformers
     ids = tokenizer(TEXT, return_tensors="pt").input_ids
     with torch.no_grad():
         gen = model.generate(ids, max_new_tokens=32, do_sample=False, output_logits=True, return_dict_in_generate=True)

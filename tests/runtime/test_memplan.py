@@ -200,3 +200,23 @@ def test_the_kv_cache_counts_the_positions_a_run_writes(tiny_model, monkeypatch)
     with pytest.raises(OutOfHostMemory, match="KV cache for 129 positions a sequence"):
         serve(model, [Request(0, 0.0, 1, 128)], max_num_seqs=4)
     assert serve(model, [Request(0, 0.0, 1, 127)], max_num_seqs=4).summary()["requests"] == 1
+
+
+def test_a_speculative_run_counts_the_target_and_its_draft_together(tiny_model, monkeypatch):
+    """Both models are in this machine's memory for the whole run: each fitting alone is not
+    enough."""
+    from tilesim.device import memory
+    from tilesim.errors import OutOfHostMemory
+    from tilesim.runtime.session import host_parts
+    from tilesim.runtime.speculative import speculative_generate
+
+    folder = tiny_model("llama")
+    target = tilesim.load(folder, device="trn1", tp=1, max_context=64)
+    draft = tilesim.load(folder, device="trn1", tp=1, max_context=64)
+    positions = 3 + 8
+    held = [sum(host_parts(m.plan, positions, 64).values()) for m in (target, draft)]
+    monkeypatch.setattr(memory, "host_memory_bytes", lambda: int(max(held) / memory.HOST_SHARE) + 1)
+    with pytest.raises(OutOfHostMemory, match=r"KV cache for 11 positions a sequence .*, the draft \("):
+        speculative_generate(target, draft, [1, 2, 3], max_new_tokens=8, eos_token_id=None)
+    monkeypatch.setattr(memory, "host_memory_bytes", lambda: int(sum(held) / memory.HOST_SHARE) + 1)
+    assert len(speculative_generate(target, draft, [1, 2, 3], max_new_tokens=8, eos_token_id=None).tokens) == 8

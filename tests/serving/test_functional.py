@@ -106,16 +106,8 @@ def test_a_request_stops_at_the_end_of_sequence_token_and_frees_its_slot(tiny_mo
 
 
 @pytest.mark.slow
-def test_smollm2_serves_a_mixed_set_of_prompts_as_transformers_answers_each(greedy_rule):
-    from transformers import AutoTokenizer
-
-    from tilesim.models.checkpoint import resolve
-
-    path = resolve("smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    reference.generation_config.eos_token_id = None
-    reference.generation_config.pad_token_id = 2
+def test_smollm2_serves_a_mixed_set_of_prompts_as_transformers_answers_each(greedy_rule, smollm2_transformers):
+    tokenizer, reference = smollm2_transformers
     texts = [
         "The capital of France is",
         "def fibonacci(n):",

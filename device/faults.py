@@ -7,6 +7,7 @@ simulation, so the same seed gives the same faults and the same outcome.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,9 +52,12 @@ class FaultSpec:
             if not (isinstance(link, tuple) and len(link) == 2 and all(type(c) is int for c in link)):
                 raise ConfigError(f"fault link {link!r}: a link is a pair (SRC, DST) of cores, -1 for the switch")
         for link, factor in self.slow.items():
-            if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor >= 1.0:
+            if isinstance(factor, bool) or not isinstance(factor, int | float) or not 1.0 <= factor < math.inf:
                 where = "every link" if link is None else "link {}-{}".format(*("switch" if c < 0 else c for c in link))
-                raise ConfigError(f"fault slow={factor} on {where}: the slow-down factor must be >= 1")
+                raise ConfigError(
+                    f"fault slow={factor} on {where}: the slow-down factor must be a finite number >= 1 "
+                    "(a link that carries nothing is dead=A-B)"
+                )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"fault seed={self.seed!r}: a seed is a whole number of at least 0")
         retries = self.max_retries
@@ -80,8 +84,16 @@ class FaultSpec:
     @classmethod
     def _parsed(cls, text: str) -> FaultSpec:
         kwargs: dict = {"slow": {}, "dead": set()}
+        given: set = set()
         for item in filter(None, (part.strip() for part in text.split(","))):
             key, _, value = item.partition("=")
+            name = "retries" if key == "max_retries" else key
+            # a link may be slowed or killed once each; the last of two values would silently win
+            link = value.rpartition(":")[0]
+            once = (f"slow={link}" if link else "slow=F") if key == "slow" else item if key == "dead" else name
+            if once in given:
+                raise ConfigError(f"fault {text!r} gives {once} twice")
+            given.add(once)
             try:
                 if key in ("drop", "corrupt"):
                     kwargs[key] = float(value)

@@ -28,7 +28,7 @@ from typing import Any
 
 from tilesim.errors import ConfigError
 from tilesim.profiler.events import Trace
-from tilesim.profiler.output import atomic
+from tilesim.profiler.output import atomic, writable_file
 from tilesim.profiler.report import bucket_of, step_names
 from tilesim.runtime.checks import whole
 
@@ -286,7 +286,7 @@ def write_chrome_trace(trace: Trace, path: str | Path, max_events: int | None = 
     event (a long run's list of events would not fit in memory). The trace holds simulated
     time only, so reruns write the same bytes; host wall times are in `Trace.wall` (the
     command line's --json), not here. `max_events`: see `detailed` (None: every step's kernels)."""
-    path = Path(path)
+    path = writable_file(path, "trace")
     path.parent.mkdir(parents=True, exist_ok=True)
     kept = detailed(trace, max_events)
     other = {

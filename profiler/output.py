@@ -139,6 +139,8 @@ def writable_folder(path: str | Path, what: str) -> Path:
 
 
 def _given(path: str | Path, what: str) -> Path:
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(f"{what}={path!r:.60} must be a path")
     # Path("") is the current folder: an empty argument must not write there unasked
     if not str(path).strip():
         raise ConfigError(f"{what} {str(path)!r}: give a path")

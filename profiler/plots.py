@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tilesim.errors import ConfigError
 from tilesim.profiler.events import StepRecord, Trace
-from tilesim.profiler.output import all_or_nothing
+from tilesim.profiler.output import all_or_nothing, writable_folder
 from tilesim.profiler.report import step_breakdown, step_names
 
 BARS = 200  # steps up to which breakdown.png draws a bar per step
@@ -200,7 +201,9 @@ def breakdown(trace: Trace, path: Path) -> None:
 
 def write_plots(trace: Trace, report: dict, folder: str | Path) -> list[Path]:
     """Write the four PNGs into `folder` (made as needed), all or none; returns their paths."""
-    folder = Path(folder)
+    if not isinstance(trace, Trace):
+        raise ConfigError(f"trace={trace!r:.60} must be a run's trace (GenerateOutput.trace)")
+    folder = writable_folder(folder, "plots folder")
     folder.mkdir(parents=True, exist_ok=True)
     draws = (("timeline", timeline), ("memory", memory), ("roofline", roofline), ("breakdown", breakdown))
     paths = [folder / f"{name}.png" for name, _ in draws]

@@ -50,6 +50,7 @@ def real(
     v = float(value)
     inside = (v > low if open_low else v >= low) and v <= high
     if not math.isfinite(v) or not inside:
-        where = f"{'(' if open_low else '['}{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        above = f"> {low:g}" if open_low else f">= {low:g}"
+        where = f"{'(' if open_low else '['}{low:g}, {high:g}]" if math.isfinite(high) else above
         raise error(f"{name}={value!r} must be a finite number {'in ' if math.isfinite(high) else ''}{where}")
     return v

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tilesim.profiler.output import all_or_nothing
+from tilesim.profiler.output import all_or_nothing, writable_folder
 from tilesim.profiler.plots import _pyplot
 from tilesim.serving.metrics import request_times
 
@@ -95,7 +95,7 @@ def _title(result) -> str:
 
 def write_plots(result, folder: str | Path) -> list[Path]:
     """Both plots into `folder` (made if missing), written all or nothing."""
-    folder = Path(folder)
+    folder = writable_folder(folder, "plots folder")
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / "latency_cdf.png", folder / "serving_timeline.png"]
     with all_or_nothing(paths) as temporary:

@@ -183,6 +183,8 @@ def serve(
     policy = make_scheduler(scheduler)
     if progress is not None and not callable(progress):
         raise WorkloadError(f"progress={progress!r} must be a function of (requests finished), or None")
+    if not isinstance(stop_at_eos, bool | np.bool_):  # "no" is true
+        raise WorkloadError(f"stop_at_eos={stop_at_eos!r} must be True or False")
     if chunk_size is not None and not getattr(policy, "takes_chunks", True):
         raise WorkloadError(
             f"chunk_size={chunk_size!r} is the chunked scheduler's prompt tokens per step; "
@@ -307,10 +309,18 @@ def _checked(
             raise WorkloadError(f"request {r.id}: {exc}") from None
         if r.prompt is None:
             r = _with_prompt(r, vocab) if functional else r
-        elif len(r.prompt) != r.prompt_tokens or not all(0 <= t < vocab for t in r.prompt):
-            raise WorkloadError(f"request {r.id}: its prompt must be {r.prompt_tokens} ids below {vocab}")
+        elif not _ids_below(r.prompt, r.prompt_tokens, vocab):
+            raise WorkloadError(
+                f"request {r.id}: its prompt must be {r.prompt_tokens} ids below {vocab}, not {r.prompt!r:.60}"
+            )
         out.append(r)
     return out
+
+
+def _ids_below(prompt, length: int, vocab: int) -> bool:
+    if isinstance(prompt, str | bytes) or not isinstance(prompt, Sequence | np.ndarray) or len(prompt) != length:
+        return False
+    return all(isinstance(t, Integral) and not isinstance(t, bool) and 0 <= t < vocab for t in prompt)
 
 
 def _check_request(r) -> None:

@@ -179,6 +179,15 @@ def test_fault_specs_parse_from_the_command_line_form():
     assert FaultSpec.parse("corrupt=1,retries=100").max_retries == 100
     with pytest.raises(ConfigError, match="seed=-2: a seed is a whole number of at least 0"):
         FaultSpec.parse("drop=0.1,seed=-2")
+    # the last of two values silently won; an infinite slow-down divided by zero bandwidth
+    twice = [("drop=0.1,drop=0.2", "drop"), ("slow=2,slow=3", "slow=F"), ("slow=0-1:2,slow=0-1:3", "slow=0-1"),
+             ("dead=1-2,dead=1-2", "dead=1-2"), ("retries=1,max_retries=2", "retries")]  # fmt: skip
+    for text, given in twice:
+        with pytest.raises(ConfigError, match=f"gives {given} twice"):
+            FaultSpec.parse(text)
+    assert dict(FaultSpec.parse("slow=0-1:2,slow=1-0:3").slow) == {(0, 1): 2.0, (1, 0): 3.0}
+    with pytest.raises(ConfigError, match=r"slow=inf on link 0-1: .* a finite number >= 1 .*dead=A-B"):
+        FaultSpec.parse("slow=0-1:inf")
 
 
 @pytest.mark.parametrize(

@@ -141,6 +141,32 @@ def test_plots_are_written(run, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
+def test_outputs_asked_for_in_python_at_a_bad_place_are_named_before_anything_is_written(run, tmp_path):
+    """A file where the plots' folder should be was a FileExistsError, a trace path of None a
+    TypeError, and serving's plots did the same."""
+    from tilesim.errors import ConfigError
+    from tilesim.serving import Request, serve
+    from tilesim.serving.plots import write_plots as serving_plots
+
+    out, _ = run
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    with pytest.raises(ConfigError, match=r"plots folder .*taken: is a file; give a folder"):
+        write_plots(out.trace, out.report, taken)
+    with pytest.raises(ConfigError, match="trace=None must be a run's trace"):
+        write_plots(None, out.report, tmp_path / "plots")
+    for path in (None, 5):
+        with pytest.raises(ConfigError, match=f"trace={path} must be a path"):
+            write_chrome_trace(out.trace, path)
+    with pytest.raises(ConfigError, match=r"trace .*: is a folder; give a file name"):
+        write_chrome_trace(out.trace, tmp_path)
+    model = tilesim.load(str(out.trace.model["name"]), device="tiny", tp=1, max_context=16, timing_only=True)
+    served = serve(model, [Request(0, 0.0, 2, 2)])
+    with pytest.raises(ConfigError, match=r"plots folder .*taken: is a file"):
+        serving_plots(served, taken)
+    assert taken.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
 def test_plots_of_a_long_run_draw_a_collection_per_row_and_colour(tiny_model, tmp_path, monkeypatch):
     """A decode step of a 7B model on 32 cores is 16,000 kernels and 65,000 messages: a
     collection each took matplotlib past ten minutes. Every bar is still drawn, grouped by row

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tilesim.errors import TilesimWarning
-from tilesim.serving import read_workload, synthetic
+from tilesim.serving import Request, read_workload, synthetic
 from tilesim.serving.workload import WorkloadError, at_rate
 
 
@@ -167,3 +167,18 @@ def test_a_whole_number_is_a_fixed_length_and_other_types_are_refused():
     assert {r.prompt_tokens for r in synthetic(4, 1.0, prompt=9)} == {9}
     with pytest.raises(WorkloadError, match="path=5 must be the path of a JSONL or CSV file"):
         read_workload(5)
+
+
+def test_requests_and_options_built_in_python_are_checked_as_a_files_lines(tiny_model):
+    """A text prompt was a TypeError, a prompt of 1.5s was served, and stop_at_eos="no" stopped
+    at the end of sequence."""
+    import tilesim
+    from tilesim.serving import serve
+
+    model = tilesim.load(str(tiny_model("llama")), device="tiny", tp=1, max_context=32, timing_only=True)
+    for prompt in ("abcd", (1.5, 2, 3, 4), (1, 2, True, 4), 5):
+        with pytest.raises(WorkloadError, match="its prompt must be 4 ids below"):
+            serve(model, [Request(0, 0.0, 4, 2, prompt=prompt)])
+    assert serve(model, [Request(0, 0.0, 4, 2, prompt=np.array([1, 2, 3, 4]))]).summary()["requests"] == 1
+    with pytest.raises(WorkloadError, match="stop_at_eos='no' must be True or False"):
+        serve(model, [Request(0, 0.0, 4, 2)], stop_at_eos="no")

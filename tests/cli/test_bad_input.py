@@ -145,6 +145,9 @@ OTHERS = [
     (["serve-sim", "llama-2-7b", "--arrivals", "gamma", "--cv", "1e300"], "from 1e-06 (nearly periodic arrivals) to"),
     (["serve-sim", "llama-2-7b", "--slo", "ttft_p90=1", "--probes", "99999999"], "--probes 99999999 must be a whole"),
     (["collectives", "--cores", "4", "--fault", "corrupt=1,retries=99999999"], "from 0 to 100"),
+    # argparse took a value that begins with a dash and a digit for an option: "expected one argument"
+    (["collectives", "--cores", "2", "--bytes", "-1K"], "cannot read '-1K' as a size"),
+    (["generate", "{llama}", "--prompt-ids", "-1,2"], "token id -1 is outside the vocabulary"),
     (
         ["sweep", "{llama}", "--slo", "ttft_p99=1", "--chunk-size", "8"],
         "--chunk-size is for --slo with --scheduler chunked",
@@ -365,6 +368,23 @@ def test_run_collective_and_the_rate_search_name_the_argument_that_is_wrong():
         max_rate(lambda w: {}, [], slo)
     with pytest.raises(WorkloadError, match=r"the run gave \{\}, not a serving summary .* with the SLO.s ttft_p90"):
         max_rate(lambda w: {}, [Request(0, 0.0, 4, 4)], slo)  # a KeyError before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phrase"),
+    [({"inputs": 5}, "inputs=5 must be a list of 1-D arrays"), ({"n": 4}, "not both"),
+     ({"in_place": "no"}, "in_place='no' must be True or False"), ({"timeout_s": 0}, "timeout_s=0 must be .* > 0"),
+     ({"timeout_s": -1.0}, "timeout_s=-1.0"), ({"timeout_s": float("nan")}, "timeout_s=nan"),
+     ({"timeout_s": "1"}, "timeout_s='1' must be a number"), ({"faults": "drop=0.1"}, "must be a FaultSpec"),
+     ({"on_transfer": 5}, "on_transfer=5 must be a function")],
+)  # fmt: skip
+def test_run_collectives_options_of_the_wrong_kind_are_named(kwargs, phrase):
+    """Each was a TypeError, AttributeError or simpy's ValueError, or ("no", nan) taken as given."""
+    from tilesim.collectives import run_collective
+
+    args = {"inputs": [np.ones(4, np.float32)] * 3, **kwargs}
+    with pytest.raises(ConfigError, match=phrase):
+        run_collective("allreduce", args.pop("inputs"), device=tilesim.Device("tiny", cores=3), **args)
 
 
 VALUES = st.one_of(

@@ -104,7 +104,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _de
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
-        args = build_parser().parse_args(argv)  # imports the subcommands: Ctrl-C may come here too
+        words = _values_attached(list(sys.argv[1:] if argv is None else argv))
+        args = build_parser().parse_args(words)  # imports the subcommands: Ctrl-C may come here too
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # a full disk or a closed pipe shows here, not at the interpreter's exit
         return code
@@ -123,6 +124,22 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         print("tilesim: error: cannot write the output: no space left on the device", file=sys.stderr)
         return 2
+
+
+def _values_attached(argv: list[str]) -> list[str]:
+    """`--bytes -1K` as `--bytes=-1K`. argparse takes a word that begins with a dash for an
+    option unless it is a plain number ("-1"), and says only "expected one argument"; no
+    tilesim option begins with a dash and a digit, so such a word is the value, and the
+    option's own check names what is wrong with it. Words after `--` are left alone."""
+    out: list[str] = []
+    for i, word in enumerate(argv):
+        if word == "--":
+            return out + argv[i:]
+        if out and re.match(r"-\d", word) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
 
 
 def _silence_stdout() -> None:

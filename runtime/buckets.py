@@ -13,6 +13,8 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from tilesim.errors import ConfigError, GenerationError
 from tilesim.runtime.timing import StepShape
 
@@ -96,6 +98,8 @@ def _smallest(sizes: tuple[int, ...], n: int, kind: str, what: str) -> int:
 
 
 def _checked(name: str, sizes, max_context: int) -> tuple[int, ...]:
+    if isinstance(sizes, np.ndarray) and sizes.ndim == 1:
+        sizes = sizes.tolist()
     if isinstance(sizes, str | bytes) or not isinstance(sizes, Sequence) or not sizes:
         raise ConfigError(f"`{name}` {sizes!r} must be a non-empty list of sizes, e.g. [128, 512, 2048]")
     for s in sizes:

@@ -323,6 +323,8 @@ def stop_ids(model: Model, eos_token_id: int | Sequence[int] | object | None, *,
 
 
 def _as_set(eos) -> set[int]:
+    if isinstance(eos, np.ndarray) and eos.ndim == 1:
+        eos = eos.tolist()
     if eos is None:
         return set()
     if isinstance(eos, numbers.Integral) and not isinstance(eos, bool):

@@ -60,11 +60,23 @@ def test_runs_beyond_the_largest_bucket_are_refused_before_they_start():
 
 
 @pytest.mark.parametrize(
-    ("buckets", "message"), [([], "non-empty"), ([0, 128], "0"), ([4096], "4096"), ("128", "non-empty"), ([1.5], "1.5")]
-)
+    ("buckets", "message"),
+    [([], "non-empty"), ([0, 128], "0"), ([4096], "4096"), ("128", "non-empty"), ([1.5], "1.5"),
+     (np.array([64.5]), "64.5"), (np.array([[64]]), "non-empty list")],
+)  # fmt: skip
 def test_bad_bucket_lists_are_refused(buckets, message):
     with pytest.raises(ConfigError, match=f"prefill_buckets.*{message}"):
         tilesim.load("llama-2-7b", device="trn1", tp=8, timing_only=True, max_context=1024, prefill_buckets=buckets)
+
+
+def test_bucket_and_end_of_sequence_arrays_are_taken_as_lists(tiny_model):
+    """As a prompt, a `max_context` or a `tp` may be numpy's, so may these lists (refused before)."""
+    model = tilesim.load(str(tiny_model("llama")), device="tiny", tp=1, max_context=64,
+                         decode_buckets=np.array([32, 64]), prefill_buckets=np.array([16], np.int32))  # fmt: skip
+    assert model.buckets.decode == (32, 64) and model.buckets.prefill == (16,)
+    free = model.generate([[1, 2]], max_new_tokens=6, eos_token_id=None).tokens[0].tolist()
+    stopped = model.generate([[1, 2]], max_new_tokens=6, eos_token_id=np.array([free[2]])).tokens[0].tolist()
+    assert stopped == free[: free.index(free[2]) + 1]
 
 
 def test_a_prompt_longer_than_the_largest_prefill_bucket_runs_in_windows_of_it():

@@ -8,13 +8,14 @@ setting tilesim does not implement, raises `CheckpointError` naming the key.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tilesim.device.kernels.rotary import rope_inv_freq
-from tilesim.errors import CheckpointError
+from tilesim.errors import CheckpointError, TilesimWarning
 from tilesim.runtime.checks import LARGEST
 
 
@@ -170,6 +171,15 @@ class HFConfig:
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in (eos if isinstance(eos, list) else [eos])
         ):
             raise CheckpointError(f"{where}: 'eos_token_id' is {eos!r}; it must be a token id or a list of them")
+        vocab = raw.get("vocab_size")
+        outside = [i for i in (eos if isinstance(eos, list) else [eos]) if isinstance(vocab, int) and i >= vocab]
+        if eos is not None and outside:  # transformers loads it too; its runs never stop there
+            warnings.warn(
+                f"{where}: 'eos_token_id' {outside[0]} is outside the vocabulary of {vocab} ids: no step can "
+                "produce it, so no run stops there",
+                TilesimWarning,
+                stacklevel=2,
+            )
 
     def get(self, *keys: str, default: Any = ...) -> Any:
         for key in keys:

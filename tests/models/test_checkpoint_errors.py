@@ -207,6 +207,16 @@ def test_a_config_value_of_the_wrong_kind_is_named(tiny_model, tmp_path, change,
         tilesim.load(str(folder), device="tiny", tp=1)
 
 
+def test_an_end_of_sequence_id_past_the_vocabulary_is_warned_about(tiny_model, tmp_path):
+    """transformers loads such a config too; no step can produce the id, so a run never stops there."""
+    folder = copy(tiny_model("llama"), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "eos_token_id": [2, config["vocab_size"] + 5]}))
+    with pytest.warns(tilesim.TilesimWarning, match=rf"'eos_token_id' {config['vocab_size'] + 5} is outside the vocab"):
+        model = tilesim.load(str(folder), device="tiny", tp=1)
+    assert model.graph.meta["eos_token_ids"] == (2, config["vocab_size"] + 5)
+
+
 def test_heads_that_do_not_divide_name_the_heads_and_the_degrees_that_work(tiny_model):
     with pytest.raises(
         ShardingError,

@@ -195,7 +195,10 @@ def serve(
     params = SamplingParams(temperature, top_k, top_p, 0)
     if model.batch != max_num_seqs or model.prefill_batch != 1 or model.all_logits:
         model.session(max_num_seqs, False, prefill_batch=1)
-    model.check_host(max(r.prompt_tokens + r.output_tokens for r in requests))  # a slot may serve the longest
+    # A slot's cache pages are its own (batch-major) and stay committed once written: at most the
+    # longest requests, one a slot, spread over the slots as the check counts them.
+    longest = sorted((r.prompt_tokens + r.output_tokens for r in requests), reverse=True)[:max_num_seqs]
+    model.check_host(math.ceil(sum(longest) / max_num_seqs))
     clock = _Clock(model, max_num_seqs, params.gathered)
     eos = set(model.graph.meta.get("eos_token_ids", ())) if stop_at_eos else set()
     cores = _Cores(model, max_num_seqs, params, eos) if functional else None

@@ -198,8 +198,12 @@ def test_the_kv_cache_counts_the_positions_a_run_writes(tiny_model, monkeypatch)
     with pytest.raises(OutOfHostMemory, match=r"KV cache for 130 positions a sequence .*a shorter run or a smaller"):
         model.generate([[1, 2]] * 4, max_new_tokens=128)
     with pytest.raises(OutOfHostMemory, match="KV cache for 129 positions a sequence"):
-        serve(model, [Request(0, 0.0, 1, 128)], max_num_seqs=4)
-    assert serve(model, [Request(0, 0.0, 1, 127)], max_num_seqs=4).summary()["requests"] == 1
+        serve(model, [Request(i, 0.0, 1, 128) for i in range(4)], max_num_seqs=4)
+    assert serve(model, [Request(i, 0.0, 1, 127) for i in range(4)], max_num_seqs=4).summary()["requests"] == 4
+    # a slot's pages are its own: one long request among short ones commits one slot's share of the cache
+    # (it was counted as if every slot held it)
+    mixed = [Request(0, 0.0, 1, 200), *(Request(i, 0.0, 1, 8) for i in range(1, 6))]
+    assert serve(model, mixed, max_num_seqs=4).summary()["requests"] == 6
 
 
 def test_a_speculative_run_counts_the_target_and_its_draft_together(tiny_model, monkeypatch):

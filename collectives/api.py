@@ -12,7 +12,7 @@ keeps the fastest (cached per fabric, size and core count); the result says whic
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -215,10 +215,12 @@ def run_collective(
     fabric: str = "des",
     timeout_s: float | None = None,
     on_transfer=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CollectiveResult:
     """Run `op` over `device`'s cores: with `inputs` (one 1-D array per core), or timing only
-    with `n` elements of `dtype`. `device` is a Device or a preset name (its cores). See the
-    module doc; raises FabricFault or CollectiveTimeout."""
+    with `n` elements of `dtype`. `device` is a Device or a preset name (its cores).
+    `progress(steps done, steps in all)` sees a discrete-event run go. See the module doc;
+    raises FabricFault or CollectiveTimeout."""
     if isinstance(device, str):
         device = Device(device)
     elif not isinstance(device, Device):
@@ -233,6 +235,8 @@ def run_collective(
         raise ConfigError(f"faults={faults!r:.60} must be a FaultSpec (FaultSpec.parse reads 'drop=0.1,...')")
     if on_transfer is not None and not callable(on_transfer):
         raise ConfigError(f"on_transfer={on_transfer!r:.60} must be a function of one transfer record, or None")
+    if progress is not None and not callable(progress):
+        raise ConfigError(f"progress={progress!r:.60} must be a function of (steps done, steps in all), or None")
     if inputs is not None and (isinstance(inputs, str | bytes | np.ndarray) or not isinstance(inputs, Sequence)):
         raise ConfigError(f"inputs={inputs!r:.60} must be a list of 1-D arrays, one per core")
     if inputs is not None and n is not None:
@@ -272,7 +276,7 @@ def run_collective(
         elif fabric == "des":
             timeout = timeout_s if timeout_s is not None else max(1.0, 1000 * predicted)
             fab = device.fabric(faults=faults, on_transfer=on_transfer, message_bytes=n * itemsize)
-            run = run_des(schedule, fab, buffers, combine, itemsize, model.gamma, timeout)
+            run = run_des(schedule, fab, buffers, combine, itemsize, model.gamma, timeout, progress)
         else:
             raise ConfigError(f"fabric must be 'des' or 'analytic', got {fabric!r}")
         outputs = _collect(schedule, buffers, data_dtype) if inputs is not None else None

@@ -263,10 +263,12 @@ def run_des(
     itemsize: int,
     gamma: float,
     timeout: float,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Run:
     """Drive `_stream` on the SimPy fabric, one process per stream. Raises FabricFault from the
     fabric, or CollectiveTimeout if some core has not finished `timeout` simulated seconds
-    after the start."""
+    after the start. `progress(steps done, steps in all)` is called as the run goes (a large
+    direct all-reduce is millions of events)."""
     env = fabric.env
     start = env.now
     streams = _streams(schedule)
@@ -303,7 +305,9 @@ def run_des(
 
     processes = [env.process(process(k, core, steps)) for k, (core, steps) in enumerate(streams)]
     try:
-        env.run(until=start + timeout)
+        if progress is not None:
+            _step_with_progress(env, start + timeout, processes, pc, sum(len(steps) for _, steps in streams), progress)
+        env.run(until=start + timeout)  # the same events in the same order: the same times to the bit
     finally:
         fabric.on_transfer = user_hook
     if not all(proc.triggered for proc in processes):
@@ -312,6 +316,21 @@ def run_des(
             f"simulated time; {_deadlock_message(streams, pc)}"
         )
     return Run(finish, records)
+
+
+def _step_with_progress(env, end: float, processes: list, pc: list[int], total: int, progress) -> None:
+    """Process `env`'s events before `end` one by one while any stream runs (as `env.run(until=end)`
+    does), calling `progress` every few thousand events."""
+    events = 0
+    progress(0, total)
+    while env.peek() < end:
+        env.step()
+        events += 1
+        if events % 4096 == 0:
+            if all(proc.triggered for proc in processes):
+                break
+            progress(sum(pc), total)
+    progress(sum(pc), total)
 
 
 def _deadlock_message(streams: list[tuple[int, list]], pc: list[int]) -> str:

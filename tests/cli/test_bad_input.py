@@ -376,7 +376,7 @@ def test_run_collective_and_the_rate_search_name_the_argument_that_is_wrong():
      ({"in_place": "no"}, "in_place='no' must be True or False"), ({"timeout_s": 0}, "timeout_s=0 must be .* > 0"),
      ({"timeout_s": -1.0}, "timeout_s=-1.0"), ({"timeout_s": float("nan")}, "timeout_s=nan"),
      ({"timeout_s": "1"}, "timeout_s='1' must be a number"), ({"faults": "drop=0.1"}, "must be a FaultSpec"),
-     ({"on_transfer": 5}, "on_transfer=5 must be a function")],
+     ({"on_transfer": 5}, "on_transfer=5 must be a function"), ({"progress": 5}, "progress=5 must be a function")],
 )  # fmt: skip
 def test_run_collectives_options_of_the_wrong_kind_are_named(kwargs, phrase):
     """Each was a TypeError, AttributeError or simpy's ValueError, or ("no", nan) taken as given."""

@@ -4,6 +4,8 @@ References are numpy (collectives/reference.py is not used here: the expected va
 computed below from the inputs with plain float64 numpy).
 """
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import event, given, settings
@@ -221,3 +223,24 @@ def test_a_schedule_that_cannot_finish_raises_within_a_simulated_time_limit():
         run_des(schedule, Fabric(dev.spec.fabric, 2), buffers, np.add, 4, 0.0, timeout=1e-3)
     with pytest.raises(CollectiveTimeout, match="core 1 waits for step 3 from core 0"):
         run_analytic(schedule, AnalyticFabric(dev.spec.fabric, 2), buffers, np.add, 4, 0.0)
+    calls = []
+    with pytest.raises(CollectiveTimeout, match="core 1 waits for step 3 from core 0"):
+        run_des(schedule, Fabric(dev.spec.fabric, 2), buffers, np.add, 4, 0.0, timeout=1e-3,
+                progress=lambda done, total: calls.append((done, total)))  # fmt: skip
+    assert calls[0] == (0, 1) and calls[-1] == (0, 1)  # its one step never done
+
+
+def test_a_run_that_reports_its_progress_is_the_same_run_to_the_bit():
+    """A large direct all-reduce is millions of events: the command line shows their steps go.
+    Stepping the events one by one must not change a time or an output."""
+    dev = device("ring", 24)
+    inputs = make_inputs("allreduce", 24, 96, "fp32", 5, integer_valued=False)
+    calls = []
+    seen = run_collective("allreduce", inputs, device=dev, algo="direct", progress=lambda *c: calls.append(c))
+    plain = run_collective("allreduce", inputs, device=dev, algo="direct")
+    assert seen.time_s == plain.time_s and seen.finish_s == plain.finish_s
+    assert all(np.array_equal(a, b) for a, b in zip(seen.outputs, plain.outputs, strict=True))
+    total = calls[0][1]
+    assert total == sum(len(s) for s in build_schedule("allreduce", "direct", 24, 96).steps)
+    assert len(calls) > 3 and calls[-1] == (total, total)
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(calls)) and {c[1] for c in calls} == {total}

@@ -8,6 +8,7 @@ definitions) beside the closed-form alpha-beta prediction.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -67,6 +68,22 @@ def sizes_from(text: str) -> list[int]:
             out.append(out[-1] * 2)
         return out
     return [parse_size(text)]
+
+
+@contextlib.contextmanager
+def _steps_bar(label: str, show: bool):
+    """A second bar, for one (algorithm, size) job that runs long (a direct all-reduce over 256
+    cores is millions of events): shown after two seconds, gone when the job ends."""
+    if not show:
+        yield None
+        return
+    with tqdm(desc=label, unit="step", leave=False, position=1, delay=2.0) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield progress
 
 
 def make_inputs(op: str, cores: int, n: int, dtype: str, seed: int = 0) -> list[np.ndarray]:
@@ -138,18 +155,20 @@ def run(args: argparse.Namespace) -> int:
     for algo, size in tqdm(jobs, desc=f"{args.op} on {p} cores", disable=not show, leave=False):
         n = size // itemsize
         inputs = make_inputs(args.op, p, n, args.dtype)
-        result = run_collective(
-            args.op,
-            inputs,
-            device=device,
-            algo=algo,
-            reduce_op=args.reduce_op,
-            root=args.root,
-            accumulate=args.accumulate,
-            in_place=args.in_place,
-            faults=faults,
-            fabric=args.fabric,
-        )
+        with _steps_bar(f"{algo} {fmt_bytes(size)}", show) as progress:
+            result = run_collective(
+                args.op,
+                inputs,
+                device=device,
+                algo=algo,
+                reduce_op=args.reduce_op,
+                root=args.root,
+                accumulate=args.accumulate,
+                in_place=args.in_place,
+                faults=faults,
+                fabric=args.fabric,
+                progress=progress,
+            )
         row = result.as_row()
         row["correct"] = check_against_numpy(
             result, inputs, args.accumulate, exact=args.reduce_op != "sum" or _exact_sums(p, args.dtype)

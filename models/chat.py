@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from tilesim.errors import CheckpointError, GenerationError
+from tilesim.errors import CheckpointError, GenerationError, TilesimError
 
 
 def _raise(message: str) -> None:
@@ -32,5 +32,9 @@ def render_chat(
         return env.from_string(template).render(
             messages=messages, add_generation_prompt=add_generation_prompt, **tokens
         )
-    except TemplateError as exc:
+    except TilesimError:  # raise_exception: the template's own refusal
+        raise
+    except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, RecursionError) as exc:
+        # The template is the checkpoint's code: the sandbox refuses a range past 100,000 with an
+        # OverflowError, and `1 / 0` or `"a" + 1` fail as in Python.
         raise CheckpointError(f"the checkpoint's chat template does not render: {exc}") from None

@@ -158,7 +158,7 @@ def config_from_json(path: Path) -> tuple[ModelConfig, object]:
     """The ModelConfig of a config.json, and the architecture module that reads it."""
     try:
         raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: arrays nested 100,000 deep
         raise CheckpointError(f"{path}: cannot read the config ({exc})") from None
     hf = HFConfig(raw, str(path))
     model_type = hf.get("model_type")

@@ -31,9 +31,14 @@ class SafetensorsReader:
         index = folder / "model.safetensors.index.json"
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as exc:
+                weight_map = json.loads(index.read_text())
+            except (ValueError, RecursionError) as exc:
                 raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
+            weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+            if not isinstance(weight_map, dict) or not all(_shard_name(f) for f in weight_map.values()):
+                raise CheckpointError(
+                    f"{index}: not a safetensors index: its 'weight_map' must map tensor names to files in the folder"
+                )
             files = sorted(set(weight_map.values()))
         elif (folder / "model.safetensors").is_file():
             weight_map, files = None, ["model.safetensors"]
@@ -86,7 +91,7 @@ def check_safetensors_file(path: Path) -> dict[str, tuple[int, ...]]:
             raise CheckpointError(f"{path}: truncated (header of {length} bytes, file of {size})")
         try:
             header = json.loads(f.read(length))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise CheckpointError(f"{path}: not a safetensors file (unreadable header)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
@@ -280,3 +285,11 @@ def _plain(value):
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     raise TypeError(type(value))
+
+
+def _shard_name(name) -> bool:
+    """A shard of a sharded checkpoint is a file in its folder: not a path that leaves it."""
+    if not isinstance(name, str) or not name.strip():
+        return False
+    path = Path(name)
+    return not path.is_absolute() and ".." not in path.parts

@@ -72,23 +72,45 @@ def from_folder(folder: Path) -> Tokenizer | None:
         backend = Backend.from_file(str(path))
     except Exception as exc:  # tokenizers raises its own Exception type
         raise CheckpointError(f"{path}: cannot read the tokenizer ({exc})") from None
-    config: dict[str, Any] = {}
-    if (folder / "tokenizer_config.json").is_file():
-        config = json.loads((folder / "tokenizer_config.json").read_text())
+    config = _tokenizer_config(folder / "tokenizer_config.json")
+    where = folder / "tokenizer_config.json"
     template = config.get("chat_template")
     if isinstance(template, list):  # named templates: take the default one
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    if (folder / "chat_template.jinja").is_file():
-        template = (folder / "chat_template.jinja").read_text()
+        named = [t for t in template if isinstance(t, dict) and t.get("name") == "default"]
+        template = named[0].get("template") if named else None
+    if template is not None and not isinstance(template, str):
+        raise CheckpointError(
+            f"{where}: 'chat_template' must be text or a list of named templates, not {template!r:.40}"
+        )
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        try:
+            template = jinja.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{jinja}: cannot read the chat template ({exc})") from None
     return Tokenizer(
         backend,
-        bos_token=_token_text(config.get("bos_token")),
-        eos_token=_token_text(config.get("eos_token")),
+        bos_token=_token_text(config.get("bos_token"), "bos_token", where),
+        eos_token=_token_text(config.get("eos_token"), "eos_token", where),
         chat_template=template,
     )
 
 
-def _token_text(token: Any) -> str | None:
+def _tokenizer_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: cannot read the tokenizer's config ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the tokenizer's config must be a JSON object of fields")
+    return config
+
+
+def _token_text(token: Any, name: str, where: Path) -> str | None:
     if isinstance(token, dict):
-        return token.get("content")
+        token = token.get("content")
+    if token is not None and not isinstance(token, str):
+        raise CheckpointError(f"{where}: {name!r} is {token!r:.40}; it must be the token's text")
     return token

@@ -110,6 +110,8 @@ def _jsonl(text: str, path: Path) -> list[tuple[int, dict]]:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise WorkloadError(f"{path}, line {number}: not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise WorkloadError(f"{path}, line {number}: not a request (its JSON is nested too deep)") from None
         if not isinstance(value, dict):
             raise WorkloadError(f"{path}, line {number}: each line must be a JSON object with {', '.join(FIELDS)}")
         rows.append((number, value))

@@ -272,3 +272,33 @@ def test_nan_or_infinity_in_the_weights_stops_the_run_with_one_clear_error(tiny_
     model = tilesim.load(str(folder), device="tiny", tp=3)
     with pytest.raises(NumericalError, match=r"logits of step 0 \(prefill\) hold NaN or infinity"):
         model.generate([[5, 6, 7]], max_new_tokens=3)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "chat", "phrase"),
+    [
+        ("config.json", "[" * 100_000 + "]" * 100_000, False, "config.json: cannot read the config"),
+        ("tokenizer_config.json", "{nope", False, "tokenizer_config.json: cannot read the tokenizer's config"),
+        ("tokenizer_config.json", "[1, 2]", False, "the tokenizer's config must be a JSON object"),
+        ("tokenizer_config.json", "[" * 100_000 + "]" * 100_000, False, "cannot read the tokenizer's config"),
+        ("tokenizer_config.json", '{"chat_template": 5}', False, "'chat_template' must be text or a list of named"),
+        ("tokenizer_config.json", '{"bos_token": 5}', False, "'bos_token' is 5; it must be the token's text"),
+        ("chat_template.jinja", b"\xff\xfe bad", False, "chat_template.jinja: cannot read the chat template"),
+        ("chat_template.jinja", "{% for i in range(10**9) %}x{% endfor %}", True, "template does not render: Range"),
+        ("chat_template.jinja", "{{ 1 / 0 }}", True, "template does not render: division by zero"),
+        ("model.safetensors.index.json", "[1]", False, "index.json: not a safetensors index: its 'weight_map'"),
+        ("model.safetensors.index.json", '{"weight_map": {"a": 5}}', False, "must map tensor names to files in"),
+        ("model.safetensors.index.json", '{"weight_map": {"a": "../other/model.safetensors"}}', False, "files in the"),
+    ],
+)
+def test_damaged_tokenizer_files_and_indexes_are_named(capsys, tiny_model, tmp_path, name, text, chat, phrase):
+    """Each was a ValueError, AttributeError, TypeError, RecursionError or jinja's OverflowError;
+    an index could name a shard outside its folder."""
+    from tilesim.cli.main import main
+
+    folder = copy(tiny_model("llama"), tmp_path)
+    (folder / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    code = main(["generate", str(folder), "--device", "tiny", "--prompt", "hi", "--max-new-tokens", "2"]
+                + ["--chat"] * chat)  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and phrase in err and "Traceback" not in err

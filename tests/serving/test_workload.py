@@ -49,6 +49,8 @@ def test_jsonl_and_csv_give_the_same_requests_in_arrival_order(tmp_path):
         ("header_only.csv", "arrival,prompt_tokens,output_tokens\n", "no requests"),
         ("dup.jsonl", '{"id": 3, "arrival": 0, "prompt_tokens": 1, "output_tokens": 1}\n'
                       '{"id": 3, "arrival": 1, "prompt_tokens": 1, "output_tokens": 1}\n', "id 3 appears twice"),
+        ("deep.jsonl", '{"arrival": 0, "prompt_tokens": 1, "output_tokens": 1}\n' + "[" * 100_000 + "]" * 100_000,
+                       "line 2: not a request .*nested too deep"),  # a RecursionError
     ],
 )  # fmt: skip
 def test_a_bad_workload_file_is_refused_naming_its_line(tmp_path, name, text, message):

@@ -319,8 +319,8 @@ def run_des(
 
 
 def _step_with_progress(env, end: float, processes: list, pc: list[int], total: int, progress) -> None:
-    """Process `env`'s events before `end` one by one while any stream runs (as `env.run(until=end)`
-    does), calling `progress` every few thousand events."""
+    """Process `env`'s events before `end` one by one, as `env.run(until=end)` would, calling
+    `progress` every 4096 of them, until every stream has finished (env.run does the rest)."""
     events = 0
     progress(0, total)
     while env.peek() < end:

@@ -46,7 +46,8 @@ def test_an_architecture_tilesim_does_not_run_is_refused_by_name(tmp_path, model
 
 def test_chatglm_v1_weights_are_refused_before_anything_loads(tmp_path):
     config = json.loads((resources.files("tilesim.models.configs") / "chatglm-6b.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(dict(config, num_layers=1, hidden_size=64, vocab_size=128)))
+    small = dict(config, num_layers=1, hidden_size=64, vocab_size=128, eos_token_id=2)  # its eos is past 128
+    (tmp_path / "config.json").write_text(json.dumps(small))
     save_file({"transformer.word_embeddings.weight": np.zeros((128, 64), np.float32)}, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"ChatGLM-6B v1 .* runs timing-only"):
         tilesim.load(str(tmp_path), device="tiny", tp=1)

@@ -84,7 +84,7 @@ class Model:
         }  # fmt: skip
         self.hosted = cluster is not None and not timing_only  # numbers on actors, time and plan here
         if self.hosted and not isinstance(source, str):
-            raise ConfigError("cluster= needs the checkpoint as a path or a name (each actor opens it itself)")
+            raise ConfigError("`cluster` needs the checkpoint as a path or a name (each actor opens it itself)")
         self.lanes = None if lanes is None else list(lanes)
         self.remote: distributed.RemoteExecutor | None = None  # the actors, once they run
         self._loaded = False  # the weights are in place: sessions bind the executor

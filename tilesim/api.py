@@ -104,11 +104,15 @@ def load(
            progress)  # fmt: skip
     whole("pp", pp, 1, ShardingError, optional=True)
     whole("micro_batches", micro_batches, 1, ConfigError)
+    if micro_batches != 1 and stage_count(pp, layers_per_stage) == 1:  # ignored, it would read as obeyed
+        raise ConfigError(
+            f"micro_batches={micro_batches} cuts a batch for pipeline stages; give `pp` or `layers_per_stage` too"
+        )
     if cluster is not None and not isinstance(cluster, str):
         raise ConfigError(f"cluster={cluster!r} must be a Ray address or 'auto'")
     for name, value in (("cores_per_actor", cores_per_actor), ("actor_memory", actor_memory)):
         if value is not None and cluster is None:  # ignored, they would read as obeyed
-            raise ConfigError(f"{name}={value!r} is for cores hosted on Ray actors; give cluster= too")
+            raise ConfigError(f"{name}={value!r} is for cores hosted on Ray actors; give `cluster` too")
     if isinstance(device, str):
         cores = None if tp is None else tp * stage_count(pp, layers_per_stage)
         device = Device(device, cores=cores, backed=not timing_only and cluster is None)

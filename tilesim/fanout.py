@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -68,7 +67,7 @@ def connect(address: str):
     try:
         import ray
     except ImportError:
-        raise ConfigError("--ray needs the ray package: pip install 'tilesim[ray]'") from None
+        raise ConfigError("Ray runs need the ray package: pip install 'tilesim[ray]'") from None
     if ray.is_initialized():
         return ray, False
     quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -77,12 +76,16 @@ def connect(address: str):
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
-            raise ConfigError(f"--ray {address}: cannot join that Ray cluster ({first_line(exc)}){_auth()}") from None
+            raise ConfigError(
+                f"cluster={address!r}: cannot join that Ray cluster ({first_line(exc)}){_auth()}"
+            ) from None
         return ray, True
     try:
         ray.init(address="auto", **quiet)
     except ray.exceptions.RayError as exc:  # one runs here, but it refuses us (its token)
-        raise ConfigError(f"--ray auto: cannot join the Ray cluster found here ({first_line(exc)}){_auth()}") from None
+        raise ConfigError(
+            f"cluster='auto': cannot join the Ray cluster found here ({first_line(exc)}){_auth()}"
+        ) from None
     except (ConnectionError, ValueError, RuntimeError):
         # A cluster of our own on loopback, with the token authentication Ray gives a new
         # cluster by default, which it announces on every start: not news to the user here.
@@ -95,7 +98,7 @@ def connect(address: str):
             ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **quiet)
         except (ConnectionError, ValueError, RuntimeError, OSError, ray.exceptions.RayError) as exc:
             raise ConfigError(
-                f"--ray auto: no Ray cluster runs here and one could not be started ({first_line(exc)})"
+                f"cluster='auto': no Ray cluster runs here and one could not be started ({first_line(exc)})"
             ) from None
         finally:
             announcer.setLevel(level)
@@ -114,7 +117,7 @@ def check_address(address: str) -> tuple[str, int]:
         return "", 0
     host, colon, port = address.removeprefix("ray://").rpartition(":")
     if not colon or not host or not port.isdigit():
-        raise ConfigError(f"--ray {shlex.quote(address)}: give a cluster's HOST:PORT (its head's GCS address), or auto")
+        raise ConfigError(f"cluster={address!r}: give a cluster's HOST:PORT (its head's GCS address), or 'auto'")
     return host, int(port)
 
 
@@ -127,8 +130,8 @@ def _answers(address: str, timeout_s: float = 5.0) -> None:
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__).lower()
         raise ConfigError(
-            f"--ray {address}: nothing answers there ({reason}); start a cluster with `ray start --head` and give "
-            "its address, or --ray auto"
+            f"cluster={address!r}: nothing answers there ({reason}); start a cluster with `ray start --head` and "
+            "give its address, or cluster='auto'"
         ) from None
 
 

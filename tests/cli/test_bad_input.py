@@ -289,8 +289,11 @@ API_LOAD = [
     ({"progress": 5}, ConfigError, "progress=5 must be a function"),
     ({"layers_per_stage": [1, "a"]}, ShardingError, "every stage needs a whole number of layers"),
     # ignored before: they would read as obeyed
-    ({"cores_per_actor": 2}, ConfigError, "cores_per_actor=2 is for cores hosted on Ray actors; give cluster= too"),
+    ({"cores_per_actor": 2}, ConfigError, "cores_per_actor=2 is for cores hosted on Ray actors; give `cluster` too"),
     ({"actor_memory": "1GiB"}, ConfigError, "actor_memory='1GiB' is for cores hosted on Ray actors"),
+    ({"micro_batches": 2}, ConfigError, "micro_batches=2 cuts a batch for pipeline stages; give `pp` or"),
+    ({"micro_batches": 2, "pp": 1}, ConfigError, "micro_batches=2 cuts a batch for pipeline stages"),
+    ({"cluster": "local"}, ConfigError, "cluster='local': give a cluster's HOST:PORT"),  # it read --ray local
 ]
 
 

@@ -85,7 +85,7 @@ def test_a_cluster_address_where_nothing_listens_is_refused_at_once():
     with socket.socket() as probe:  # a loopback port that was free a moment ago
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(ConfigError, match=f"--ray 127.0.0.1:{port}: nothing answers there"):
+    with pytest.raises(ConfigError, match=f"cluster='127.0.0.1:{port}': nothing answers there"):
         _answers(f"127.0.0.1:{port}")
     for address in ("localhost", "127.0.0.1:port", ":6379"):
         with pytest.raises(ConfigError, match="give a cluster's HOST:PORT"):
@@ -118,14 +118,14 @@ def test_ray_refusing_us_or_failing_to_start_is_one_line(monkeypatch):
     monkeypatch.setattr(ray, "init", refused)
     with pytest.raises(
         ConfigError,
-        match=r"^--ray auto: cannot join the Ray cluster found here \(RPC error: "
+        match=r"^cluster='auto': cannot join the Ray cluster found here \(RPC error: "
         r"InvalidAuthToken: token is missing\); if `ray start` said token .* RAY_AUTH_MODE=token",
     ):
         connect("auto")
     monkeypatch.setattr(ray, "init", nothing_starts)
     with pytest.raises(
         ConfigError,
-        match=r"^--ray auto: no Ray cluster runs here and one could not be started "
+        match=r"^cluster='auto': no Ray cluster runs here and one could not be started "
         r"\(Failed to start GCS",
     ):
         connect("auto")

@@ -38,10 +38,10 @@ _ARGUMENTS = (
     "temperature", "top_k", "top_p", "seed", "fabric", "pad_heads", "prompt_len",
     "max_num_seqs", "chunk_size", "requests", "rate", "prefill_buckets", "decode_buckets", "k", "moe_imbalance", "moe",
     "pp", "layers_per_stage", "micro_batches", "cores_per_actor", "actor_memory", "scheduler", "draft_tp", "cv",
-    "probes",
+    "probes", "cluster",
 )  # fmt: skip
 _SWITCHES = {"timing_only=True": "--timing-only", "pad_heads=True": "--pad-heads"}
-_RENAMED = {"k": "speculate"}  # Python arguments whose flag has another name
+_RENAMED = {"k": "speculate", "cluster": "ray"}  # Python arguments whose flag has another name
 
 
 def in_cli_words(message: str) -> str:

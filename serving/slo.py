@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from tilesim.runtime.checks import whole
 from tilesim.serving.metrics import PERCENTILES
 from tilesim.serving.workload import Request, WorkloadError, at_rate
 from tilesim.units import parse_quantity
@@ -21,6 +22,9 @@ from tilesim.units import parse_quantity
 METRICS = ("ttft", "tpot", "e2e", "queue")
 STATS = ("mean", *(f"p{q}" for q in PERCENTILES), "max")
 MAX_PROBES = 32
+# Rounds of doubling, then of narrowing: 100 doublings pass any device's rate by far (2^100),
+# and 100 narrowings any float's precision. One round ran per step: a billion was a run without end.
+MAX_STEPS = 100
 
 
 def parse_slo(text: str) -> dict[tuple[str, str], float]:
@@ -70,6 +74,18 @@ class RateSearch:
     unbounded: bool = False
 
 
+def _check_slo(slo) -> None:
+    """`slo` as parse_slo gives it: (metric, statistic) -> a positive bound in seconds."""
+    good = isinstance(slo, dict) and bool(slo)
+    for key, bound in slo.items() if good else ():
+        good = good and isinstance(key, tuple) and len(key) == 2 and key[0] in METRICS and key[1] in STATS
+        good = good and not isinstance(bound, bool) and isinstance(bound, int | float) and 0 < bound < math.inf
+    if not good:
+        raise WorkloadError(
+            f"slo={slo!r:.60} must map (metric, statistic) to a time, as parse_slo('ttft_p90=0.5') does"
+        )
+
+
 def check_probes(probes: int) -> None:
     """Refuse a count of rates per round that is not 1..MAX_PROBES."""
     if not isinstance(probes, int) or isinstance(probes, bool) or not 1 <= probes <= MAX_PROBES:
@@ -97,9 +113,16 @@ def max_rate(
     changes, then at geometric steps inside the bracket (one probe: bisection).
     `evaluate(rates) -> summaries` may run a round's probes at once (`fanout.run_all`); the
     rates tried, and so the answer, depend only on `probes`."""
-    if not start > 0:
+    if isinstance(start, bool) or not isinstance(start, int | float) or not (math.isfinite(start) and start > 0):
         raise WorkloadError(f"the search's starting rate must be positive, not {start!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 < tolerance <= 1:
+        raise WorkloadError(f"tolerance={tolerance!r} must be the bracket's relative width to stop at, in (0, 1]")
+    whole("steps", steps, 1, WorkloadError, maximum=MAX_STEPS)
     check_probes(probes)
+    for name, fn in (("run", run), ("on_try", on_try), ("evaluate", evaluate)):
+        if not (callable(fn) or (fn is None and name != "run")):
+            raise WorkloadError(f"{name}={fn!r:.60} must be a function" + ("" if name == "run" else ", or None"))
+    _check_slo(slo)
     if isinstance(unit_workload, str | bytes) or not isinstance(unit_workload, Sequence) or not unit_workload:
         raise WorkloadError(f"unit_workload={unit_workload!r:.60} must be a non-empty list of serving.Request")
     search = RateSearch(slo, 0.0, None)
@@ -108,7 +131,10 @@ def max_rate(
     def round_(rates: list[float]) -> tuple[list[float], list[float]]:
         """(rates that met, rates that did not), each ascending."""
         met, missed = [], []
-        for rate, summary in zip(rates, evaluate(rates), strict=True):
+        summaries = list(evaluate(rates))
+        if len(summaries) != len(rates):
+            raise WorkloadError(f"evaluate gave {len(summaries)} summaries for {len(rates)} rates; give one a rate")
+        for rate, summary in zip(rates, summaries, strict=True):
             ok = meets(summary, slo)
             search.tried.append((rate, ok))
             if ok and rate > search.rate:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import csv
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tilesim.api import load
 from tilesim.device import Device
+from tilesim.errors import ConfigError
 from tilesim.models.named import open_for_timing
 from tilesim.runtime.session import decode_shape, prefill_shape
 from tilesim.runtime.timing import context_for
@@ -54,15 +56,27 @@ class LatencyRow:
 
 
 def load_latency_rows(path: str | Path = SDK218) -> list[LatencyRow]:
-    with open(path, newline="") as f:
-        return [
-            LatencyRow(
-                r["model"], r["instance"], int(r["tp"]), int(r["batch"]), int(r["input_len"]), int(r["output_len"]),
-                float(r["ttft_p50_ms"]) / 1e3, float(r["tpot_p50_ms"]) / 1e3, r["source"],
-                float(r["output_tok_s"]) if r.get("output_tok_s") else None,
-            )
-            for r in csv.DictReader(f)
-        ]  # fmt: skip
+    return _read_rows(path, lambda r: LatencyRow(
+        r["model"], r["instance"], int(r["tp"]), int(r["batch"]), int(r["input_len"]), int(r["output_len"]),
+        float(r["ttft_p50_ms"]) / 1e3, float(r["tpot_p50_ms"]) / 1e3, r["source"],
+        float(r["output_tok_s"]) if r.get("output_tok_s") else None,
+    ))  # fmt: skip
+
+
+def _read_rows(path: str | Path, build: Callable[[dict], Any]) -> list:
+    """`build(record)` for each record of a calibration CSV; a missing file, column or number,
+    or a name tilesim has no preset for, is one error naming the file and line."""
+    reader = None
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            return [build(record) for record in reader]
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the calibration file ({exc.strerror or exc})") from None
+    except (KeyError, ValueError, TypeError) as exc:
+        line = f", line {reader.line_num}" if reader is not None else ""
+        what = f"no column or known name {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(f"{path}{line}: not a row of this calibration file ({what})") from None
 
 
 # Beyond this, a row's throughput and its TTFT and TPOT cannot be of one run. The other
@@ -251,14 +265,10 @@ class GpuRow:
 
 
 def load_gpu_rows(path: str | Path = GPU) -> list[GpuRow]:
-    with open(path, newline="") as f:
-        return [
-            GpuRow(
-                r["model"].replace("llama", "Llama"), _GPU_PRESETS[r["gpu"]], int(r["tp"]), int(r["batch"]),
-                int(r["prompt_len"]), _GPU_DTYPES[r["weights"]], 1.0 / float(r["decode_tok_s"]), r["source"],
-            )
-            for r in csv.DictReader(f)
-        ]  # fmt: skip
+    return _read_rows(path, lambda r: GpuRow(
+        r["model"].replace("llama", "Llama"), _GPU_PRESETS[r["gpu"]], int(r["tp"]), int(r["batch"]),
+        int(r["prompt_len"]), _GPU_DTYPES[r["weights"]], 1.0 / float(r["decode_tok_s"]), r["source"],
+    ))  # fmt: skip
 
 
 GPT_FAST_NEW_TOKENS = 200  # gpt-fast's benchmark generates 200 tokens per prompt
@@ -308,8 +318,7 @@ class AllReduceRow:
 
 
 def load_allreduce_rows(path: str | Path = NCCL) -> list[AllReduceRow]:
-    with open(path, newline="") as f:
-        return [AllReduceRow(int(r["size_bytes"]), float(r["time_us"]) * 1e-6) for r in csv.DictReader(f)]
+    return _read_rows(path, lambda r: AllReduceRow(int(r["size_bytes"]), float(r["time_us"]) * 1e-6))
 
 
 def predict_allreduce(row: AllReduceRow, **overrides: Any) -> dict[str, Any]:
@@ -354,14 +363,10 @@ class IpuRow:
 
 
 def load_ipu_rows(path: str | Path = POPTRANSFORMER) -> list[IpuRow]:
-    with open(path, newline="") as f:
-        return [
-            IpuRow(
-                r["model"], _IPU_PRESETS[r["hardware"]], int(r["ipus"]), int(r["batch"]), int(r["max_len"]), r["dtype"],
-                float(r["latency_ms_per_step"]) / 1e3, r["source"],
-            )
-            for r in csv.DictReader(f)
-        ]  # fmt: skip
+    return _read_rows(path, lambda r: IpuRow(
+        r["model"], _IPU_PRESETS[r["hardware"]], int(r["ipus"]), int(r["batch"]), int(r["max_len"]), r["dtype"],
+        float(r["latency_ms_per_step"]) / 1e3, r["source"],
+    ))  # fmt: skip
 
 
 def predict_ipu(row: IpuRow, **overrides: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@ flags named, no traceback; Python: a TilesimError subclass naming its arguments)
 hypothesis test that random argument values never end in a traceback."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -371,6 +372,41 @@ def test_run_collective_and_the_rate_search_name_the_argument_that_is_wrong():
         max_rate(lambda w: {}, [], slo)
     with pytest.raises(WorkloadError, match=r"the run gave \{\}, not a serving summary .* with the SLO.s ttft_p90"):
         max_rate(lambda w: {}, [Request(0, 0.0, 4, 4)], slo)  # a KeyError before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phrase"),
+    [({"start": "1"}, "starting rate must be positive, not '1'"), ({"start": math.inf}, "must be positive, not inf"),
+     ({"tolerance": 0}, "tolerance=0 must be the bracket's relative width"), ({"tolerance": math.nan}, "tolerance=nan"),
+     ({"steps": 10**9}, "steps=1000000000 must be at most 100"), ({"steps": 2.5}, "steps=2.5 must be a whole number"),
+     ({"on_try": 5}, "on_try=5 must be a function, or None"), ({"evaluate": 5}, "evaluate=5 must be a function"),
+     ({"evaluate": lambda rates: []}, "evaluate gave 0 summaries for 1 rates"), ({"run": None}, "run=None must be a"),
+     ({"slo": "ttft_p90=1"}, "slo='ttft_p90=1' must map"), ({"slo": {("ttft", "p90"): -1.0}}, "must map (metric,"),
+     ({"slo": {}}, "slo={} must map")],
+)  # fmt: skip
+def test_the_rate_search_names_each_argument_that_is_wrong(kwargs, phrase):
+    """Each was a TypeError, ValueError or AttributeError, ran without end (a billion steps of a
+    run that always meets its SLO), or (a tolerance of nan, a start of inf) searched anyway."""
+    from tilesim.errors import WorkloadError
+    from tilesim.serving import Request, max_rate, parse_slo
+
+    met = {"ttft": {"p90": 0.1}}
+    args = {"run": lambda workload: met, "unit_workload": [Request(0, 0.0, 4, 4)], "slo": parse_slo("ttft_p90=1")}
+    args.update(kwargs)
+    with pytest.raises(WorkloadError, match=re.escape(phrase)):
+        max_rate(args.pop("run"), args.pop("unit_workload"), args.pop("slo"), **args)
+
+
+def test_a_calibration_file_that_cannot_be_read_is_named_with_its_line(tmp_path):
+    from tilesim import fidelity
+
+    with pytest.raises(ConfigError, match=r"nope\.csv: cannot read the calibration file"):
+        fidelity.load_latency_rows(tmp_path / "nope.csv")
+    (tmp_path / "rows.csv").write_text("size_bytes,time_us\n1024,5\n2048,x\n")
+    with pytest.raises(ConfigError, match=r"rows.csv, line 3: not a row of this calibration file \(could not"):
+        fidelity.load_allreduce_rows(tmp_path / "rows.csv")  # a ValueError before
+    with pytest.raises(ConfigError, match=r"line 2: .*no column or known name 'model'"):
+        fidelity.load_latency_rows(tmp_path / "rows.csv")  # a KeyError before
 
 
 @pytest.mark.parametrize(

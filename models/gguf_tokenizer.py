@@ -58,11 +58,14 @@ def from_gguf(reader) -> Tokenizer | None:
             raise CheckpointError(f"{reader.path}: GGUF {key} {index!r} is not one of its {len(tokens)} token ids")
         return tokens[index]
 
+    template = reader.field("tokenizer.chat_template")
+    if template is not None and not isinstance(template, str):
+        raise CheckpointError(f"{reader.path}: GGUF tokenizer.chat_template is {template!r:.40}; it must be text")
     return Tokenizer(
         backend,
         bos_token=token("tokenizer.ggml.bos_token_id"),
         eos_token=token("tokenizer.ggml.eos_token_id"),
-        chat_template=reader.field("tokenizer.chat_template"),
+        chat_template=template,
         add_bos=add_bos,
     )
 

@@ -164,8 +164,10 @@ def test_a_sentencepiece_vocabulary_without_the_space_prefix_puts_none_before_th
         assert not reference.convert_ids_to_tokens(ours.encode(text)[1:2])[0].startswith("\u2581"), text
 
 
-def _write_small(path, model="gpt2", merges=("a b",), scores=None, bos=None):
+def _write_small(path, model="gpt2", merges=("a b",), scores=None, bos=None, template=None):
     writer = gguf.GGUFWriter(str(path), "llama")
+    if template is not None:
+        writer.add_uint32("tokenizer.chat_template", template)
     writer.add_tokenizer_model(model)
     writer.add_token_list(["a", "b", "ab"])
     if merges is not None:
@@ -187,6 +189,7 @@ def _write_small(path, model="gpt2", merges=("a b",), scores=None, bos=None):
         ({"model": "llama", "merges": None, "scores": [0.0, float("nan"), 1.0]}, "a number per token"),
         ({"bos": 99}, "tokenizer.ggml.bos_token_id 99 is not one of its 3 token ids"),
         ({"model": "bert"}, "GGUF tokenizer 'bert' is not supported"),
+        ({"template": 5}, "GGUF tokenizer.chat_template is 5; it must be text"),  # jinja's TypeError at --chat
     ],
 )
 def test_a_vocabulary_that_cannot_be_read_is_named(tmp_path, fields, phrase):

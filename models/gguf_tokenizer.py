@@ -47,7 +47,7 @@ def from_gguf(reader) -> Tokenizer | None:
             "'llama' are); pass token ids"
         )
     backend, spelled = _byte_level(reader, tokens) if kind == "gpt2" else (_sentencepiece(reader, tokens), None)
-    add_bos = bool(reader.field("tokenizer.ggml.add_bos_token", kind == "llama"))  # llama.cpp's defaults
+    add_bos = _switch(reader, "tokenizer.ggml.add_bos_token", kind == "llama")  # llama.cpp's defaults
     _add_marked_tokens(backend, reader, tokens, spelled)
 
     def token(key: str) -> str | None:
@@ -87,11 +87,19 @@ def _byte_level(reader, tokens: list[str]):
     return backend, letters
 
 
+def _switch(reader, key: str, default: bool) -> bool:
+    """A GGUF bool field: another type is a damaged file (bool("no") would be true)."""
+    value = reader.field(key, default)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{reader.path}: GGUF {key} is {value!r:.40}; it must be true or false")
+    return value
+
+
 def _pre_tokenizer(reader):
     from tokenizers import Regex, pre_tokenizers
 
     pre = reader.field("tokenizer.ggml.pre")
-    prefix = bool(reader.field("tokenizer.ggml.add_space_prefix", False))
+    prefix = _switch(reader, "tokenizer.ggml.add_space_prefix", False)
     if pre in _SPLITS:
         return pre_tokenizers.Sequence(
             [
@@ -129,7 +137,7 @@ def _sentencepiece(reader, tokens: list[str]):
             )
         merges = _merges_by_score(tokens, vocab, scores)
     backend = Backend(_bpe(reader, vocab, merges, fuse_unk=True, byte_fallback=True))
-    prefix = bool(reader.field("tokenizer.ggml.add_space_prefix", True))
+    prefix = _switch(reader, "tokenizer.ggml.add_space_prefix", True)
     backend.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement=_SPACE, prepend_scheme="first" if prefix else "never", split=False
     )
@@ -187,6 +195,10 @@ def _add_marked_tokens(backend, reader, tokens: list[str], spelled: set[str] | N
     from tokenizers import AddedToken
 
     types = reader.field("tokenizer.ggml.token_type") or []
+    if len(types) != len(tokens) and types:  # llama.cpp refuses the file; which token each type is of is lost
+        raise CheckpointError(
+            f"{reader.path}: GGUF tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens"
+        )
     marked = list(zip(tokens, types, strict=False))
     backend.add_special_tokens(
         [

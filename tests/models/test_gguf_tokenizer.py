@@ -164,10 +164,12 @@ def test_a_sentencepiece_vocabulary_without_the_space_prefix_puts_none_before_th
         assert not reference.convert_ids_to_tokens(ours.encode(text)[1:2])[0].startswith("\u2581"), text
 
 
-def _write_small(path, model="gpt2", merges=("a b",), scores=None, bos=None, template=None):
+def _write_small(path, model="gpt2", merges=("a b",), scores=None, bos=None, template=None, fields=()):
     writer = gguf.GGUFWriter(str(path), "llama")
     if template is not None:
         writer.add_uint32("tokenizer.chat_template", template)
+    for add, key, value in fields:  # fields of the wrong type or length, as a damaged file holds them
+        getattr(writer, add)(key, value)
     writer.add_tokenizer_model(model)
     writer.add_token_list(["a", "b", "ab"])
     if merges is not None:
@@ -190,6 +192,10 @@ def _write_small(path, model="gpt2", merges=("a b",), scores=None, bos=None, tem
         ({"bos": 99}, "tokenizer.ggml.bos_token_id 99 is not one of its 3 token ids"),
         ({"model": "bert"}, "GGUF tokenizer 'bert' is not supported"),
         ({"template": 5}, "GGUF tokenizer.chat_template is 5; it must be text"),  # jinja's TypeError at --chat
+        # bool("no") is true; a type per token that does not say which token it is of
+        ({"fields": [("add_string", "tokenizer.ggml.add_bos_token", "no")]}, "add_bos_token is 'no'; it must be true"),
+        ({"fields": [("add_uint32", "tokenizer.ggml.add_space_prefix", 0)]}, "add_space_prefix is 0; it must be true"),
+        ({"fields": [("add_array", "tokenizer.ggml.token_type", [1])]}, "token_type has 1 entries for 3 tokens"),
     ],
 )
 def test_a_vocabulary_that_cannot_be_read_is_named(tmp_path, fields, phrase):

@@ -37,7 +37,7 @@ from tilesim.device.fabric import TransferRecord
 from tilesim.device.faults import FaultSpec
 from tilesim.device.spec import FabricSpec
 from tilesim.errors import ConfigError
-from tilesim.runtime.checks import real, whole
+from tilesim.runtime.checks import flag, function, real, whole
 
 OPS = ("allreduce", "reducescatter", "allgather", "broadcast", "alltoall")
 ALGORITHMS = {
@@ -229,14 +229,11 @@ def run_collective(
     whole("root", root, 0, ConfigError)
     whole("n", n, 0, ConfigError, optional=True, maximum=2**50)  # timing only: a petabyte may be asked
     real("timeout_s", timeout_s, ConfigError, low=0.0, open_low=True)
-    if not isinstance(in_place, bool | np.bool_):  # "no" is true
-        raise ConfigError(f"in_place={in_place!r} must be True or False")
+    flag("in_place", in_place, ConfigError)
     if faults is not None and not isinstance(faults, FaultSpec):
         raise ConfigError(f"faults={faults!r:.60} must be a FaultSpec (FaultSpec.parse reads 'drop=0.1,...')")
-    if on_transfer is not None and not callable(on_transfer):
-        raise ConfigError(f"on_transfer={on_transfer!r:.60} must be a function of one transfer record, or None")
-    if progress is not None and not callable(progress):
-        raise ConfigError(f"progress={progress!r:.60} must be a function of (steps done, steps in all), or None")
+    function("on_transfer", on_transfer, ConfigError, "one transfer record")
+    function("progress", progress, ConfigError, "(steps done, steps in all)")
     if inputs is not None and (isinstance(inputs, str | bytes | np.ndarray) or not isinstance(inputs, Sequence)):
         raise ConfigError(f"inputs={inputs!r:.60} must be a list of 1-D arrays, one per core")
     if inputs is not None and n is not None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from tilesim.errors import TilesimError
 
 # The largest count a caller may give (a batch, tokens, positions, cores, requests): 16.7M, more
@@ -37,6 +39,19 @@ def whole(
     if maximum is not None and value > maximum:
         raise error(f"{name}={value!r} must be at most {maximum}")
     return int(value)
+
+
+def flag(name: str, value, error: type[TilesimError]) -> bool:
+    """`value` as True or False: a string such as "no" would read as true."""
+    if not isinstance(value, bool | np.bool_):
+        raise error(f"{name}={value!r} must be True or False")
+    return bool(value)
+
+
+def function(name: str, fn, error: type[TilesimError], of: str = "", *, optional: bool = True) -> None:
+    """`fn` a function (of the arguments `of` names), or None when `optional`."""
+    if not callable(fn) and not (fn is None and optional):
+        raise error(f"{name}={fn!r:.60} must be a function{f' of {of}' if of else ''}{', or None' if optional else ''}")
 
 
 def real(

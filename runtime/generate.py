@@ -16,7 +16,7 @@ import numpy as np
 from tilesim.errors import GenerationError, NumericalError
 from tilesim.profiler.events import StepRecord, Trace
 from tilesim.profiler.report import build_report
-from tilesim.runtime.checks import whole
+from tilesim.runtime.checks import function, whole
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.reporting import device_info, memory_snapshot, model_info
 from tilesim.runtime.sampling import SamplingParams, choose
@@ -71,8 +71,7 @@ def generate(
         raise GenerationError(f"return_logits={return_logits!r} must be False, True or 'all'")
     prompts = check_prompts(model, prompts, max_new_tokens)
     params = SamplingParams(temperature, top_k, top_p, seed)
-    if on_token is not None and not callable(on_token):
-        raise GenerationError(f"on_token={on_token!r} must be a function of (prompt_index, token_id), or None")
+    function("on_token", on_token, GenerationError, "(prompt_index, token_id)")
     eos = stop_ids(model, eos_token_id, given=eos_token_id is not DEFAULT)
     b = len(prompts)
     group = model.prefill_group(b)  # sequences per prefill program, as the device's runtime prefills them

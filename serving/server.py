@@ -27,7 +27,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from tilesim.errors import GenerationError, NumericalError
-from tilesim.runtime.checks import whole
+from tilesim.runtime.checks import flag, function, whole
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.sampling import SamplingParams, choose
 from tilesim.serving.scheduler import Live, Scheduler, ServerState, StepPlan, make_scheduler
@@ -181,10 +181,8 @@ def serve(
     """Serve `requests` on `model`'s device (see the module doc); functional unless the model
     was loaded timing-only. `progress(n)` is called as n more requests finish."""
     policy = make_scheduler(scheduler)
-    if progress is not None and not callable(progress):
-        raise WorkloadError(f"progress={progress!r} must be a function of (requests finished), or None")
-    if not isinstance(stop_at_eos, bool | np.bool_):  # "no" is true
-        raise WorkloadError(f"stop_at_eos={stop_at_eos!r} must be True or False")
+    function("progress", progress, WorkloadError, "(requests finished)")
+    flag("stop_at_eos", stop_at_eos, WorkloadError)
     if chunk_size is not None and not getattr(policy, "takes_chunks", True):
         raise WorkloadError(
             f"chunk_size={chunk_size!r} is the chunked scheduler's prompt tokens per step; "

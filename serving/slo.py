@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tilesim.runtime.checks import whole
+from tilesim.runtime.checks import function, whole
 from tilesim.serving.metrics import PERCENTILES
 from tilesim.serving.workload import Request, WorkloadError, at_rate
 from tilesim.units import parse_quantity
@@ -119,9 +119,9 @@ def max_rate(
         raise WorkloadError(f"tolerance={tolerance!r} must be the bracket's relative width to stop at, in (0, 1]")
     whole("steps", steps, 1, WorkloadError, maximum=MAX_STEPS)
     check_probes(probes)
-    for name, fn in (("run", run), ("on_try", on_try), ("evaluate", evaluate)):
-        if not (callable(fn) or (fn is None and name != "run")):
-            raise WorkloadError(f"{name}={fn!r:.60} must be a function" + ("" if name == "run" else ", or None"))
+    function("run", run, WorkloadError, optional=False)
+    function("on_try", on_try, WorkloadError)
+    function("evaluate", evaluate, WorkloadError)
     _check_slo(slo)
     if isinstance(unit_workload, str | bytes) or not isinstance(unit_workload, Sequence) or not unit_workload:
         raise WorkloadError(f"unit_workload={unit_workload!r:.60} must be a non-empty list of serving.Request")

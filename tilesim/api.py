@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from tilesim.collectives import ALGORITHMS
 from tilesim.device import Device
 from tilesim.errors import CheckpointError, ConfigError, ShardingError
 from tilesim.models.checkpoint import SHORT_NAMES, open_checkpoint
 from tilesim.models.named import open_for_timing
-from tilesim.runtime.checks import whole
+from tilesim.runtime.checks import flag, function, whole
 from tilesim.runtime.model import Model
 from tilesim.runtime.pipeline import stage_count
 
@@ -30,11 +28,9 @@ def _check(path_or_name, device, tp, batch, max_context, algo, switches: dict, p
     whole("max_context", max_context, 1, ConfigError, optional=True)
     if algo != "auto" and algo not in ALGORITHMS:
         raise ConfigError(f"algo={algo!r} is not an all-reduce algorithm; use auto or one of {', '.join(ALGORITHMS)}")
-    for name, value in switches.items():  # a string such as "no" would read as true
-        if not isinstance(value, bool | np.bool_):
-            raise ConfigError(f"{name}={value!r} must be True or False")
-    if progress is not None and not callable(progress):
-        raise ConfigError(f"progress={progress!r} must be a function of (done, total), or None")
+    for name, value in switches.items():
+        flag(name, value, ConfigError)
+    function("progress", progress, ConfigError, "(done, total)")
 
 
 def open_source(path_or_name, timing_only: bool = False):

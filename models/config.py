@@ -167,13 +167,12 @@ class HFConfig:
                 "each key/value head serves a whole group of query heads"
             )
         eos = raw.get("eos_token_id")
-        if eos is not None and not all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in (eos if isinstance(eos, list) else [eos])
-        ):
+        ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
             raise CheckpointError(f"{where}: 'eos_token_id' is {eos!r}; it must be a token id or a list of them")
         vocab = raw.get("vocab_size")
-        outside = [i for i in (eos if isinstance(eos, list) else [eos]) if isinstance(vocab, int) and i >= vocab]
-        if eos is not None and outside:  # transformers loads it too; its runs never stop there
+        outside = [i for i in ids if isinstance(vocab, int) and i >= vocab]
+        if outside:  # transformers loads it too; its runs never stop there
             warnings.warn(
                 f"{where}: 'eos_token_id' {outside[0]} is outside the vocabulary of {vocab} ids: no step can "
                 "produce it, so no run stops there",

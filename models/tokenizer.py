@@ -72,8 +72,8 @@ def from_folder(folder: Path) -> Tokenizer | None:
         backend = Backend.from_file(str(path))
     except Exception as exc:  # tokenizers raises its own Exception type
         raise CheckpointError(f"{path}: cannot read the tokenizer ({exc})") from None
-    config = _tokenizer_config(folder / "tokenizer_config.json")
     where = folder / "tokenizer_config.json"
+    config = _tokenizer_config(where)
     template = config.get("chat_template")
     if isinstance(template, list):  # named templates: take the default one
         named = [t for t in template if isinstance(t, dict) and t.get("name") == "default"]

@@ -287,7 +287,6 @@ def write_chrome_trace(trace: Trace, path: str | Path, max_events: int | None = 
     time only, so reruns write the same bytes; host wall times are in `Trace.wall` (the
     command line's --json), not here. `max_events`: see `detailed` (None: every step's kernels)."""
     path = writable_file(path, "trace")
-    path.parent.mkdir(parents=True, exist_ok=True)
     kept = detailed(trace, max_events)
     other = {
         "clock": "simulated device time, microseconds",

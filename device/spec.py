@@ -133,7 +133,8 @@ class HostSpec:
     - `sample_s`: per sequence and step, taking the logits off the device and sampling;
     - `context_batch`: how many sequences one prefill program takes; a bigger batch is
       prefilled in turn, that many at a time (transformers-neuronx with continuous
-      batching: one sequence). None: the whole batch at once.
+      batching: one sequence), each program's activations staged by where the whole
+      batch's hidden states fit. None: the whole batch at once.
     All zero / None unless a preset was calibrated against a runtime.
     """
 

@@ -200,7 +200,9 @@ class StepTimer:
 
     def _step(self, shape: StepShape) -> StepTiming:
         """A step as the host runs it: a prefill bigger than the runtime's context batch runs
-        as several programs in turn; a prefill starts its request (`HostSpec`)."""
+        as several programs in turn, each staged as the whole batch would be (the context
+        program is compiled for the batch: docs/timing-model.md, "Activations"); a prefill
+        starts its request (`HostSpec`)."""
         host = self.device.spec.host
         if shape.phase != "prefill":
             return self._program(shape)
@@ -214,9 +216,10 @@ class StepTimer:
             clock += host.request_overhead_s
         timed: dict[int, StepTiming] = {}
         stage_ends: list[float] = []
+        placement = self._placement(shape)
         for rows in parts:
             if rows not in timed:
-                timed[rows] = self._program(dataclasses.replace(shape, batch=rows))
+                timed[rows] = self._program(dataclasses.replace(shape, batch=rows), placement)
             part = timed[rows]
             stage_ends = [clock + e for e in part.stage_ends]
             spans += [_shifted(s, clock) for s in part.spans] if clock else part.spans
@@ -224,14 +227,14 @@ class StepTimer:
             clock += part.latency
         return StepTiming(shape, clock, spans, messages, stage_ends)
 
-    def _program(self, shape: StepShape) -> StepTiming:
+    def _program(self, shape: StepShape, placement: dict[str, str] | None = None) -> StepTiming:
         """One compiled program: its nodes in turn, or with micro-batches through the stages."""
         stages = self.program.stages
         if stages.pp > 1 and stages.micro_batches > 1 and shape.batch > 1:
-            return self._pipelined(shape)
-        return self._simulate(shape)
+            return self._pipelined(shape, placement)
+        return self._simulate(shape, placement)
 
-    def _pipelined(self, shape: StepShape) -> StepTiming:
+    def _pipelined(self, shape: StepShape, placement: dict[str, str] | None = None) -> StepTiming:
         """The batch cut into micro-batches that flow through the stages (GPipe): micro-batch
         m starts on stage s when it has left stage s - 1 and micro-batch m - 1 has left stage
         s. Each micro-batch's stage times are those of its own program run alone."""
@@ -242,7 +245,7 @@ class StepTimer:
         runs: dict[int, StepTiming] = {}
         for size in sizes:
             if size not in runs:
-                runs[size] = self._simulate(dataclasses.replace(shape, batch=size))
+                runs[size] = self._simulate(dataclasses.replace(shape, batch=size), placement)
         launch = host.step_overhead_s
         starts = [[0.0] * count for _ in range(pp)]  # when micro-batch m began on stage s, in its own run
         ends = [[0.0] * count for _ in range(pp)]
@@ -300,7 +303,7 @@ class StepTimer:
             out.append(first.setdefault(key, core))
         return out
 
-    def _simulate(self, shape: StepShape) -> StepTiming:
+    def _simulate(self, shape: StepShape, placement: dict[str, str] | None = None) -> StepTiming:
         """One program's timeline. Cores of one class (`_core_classes`) run the same kernels
         in the same time, so time is kept per class; spans are made per core."""
         p = self.sp.tp
@@ -316,7 +319,7 @@ class StepTimer:
             spans += self._host_spans("launch", 0.0, launch)
         ready = dict.fromkeys(reps, launch)
         overhead = self.device.spec.fabric.collective_overhead_s
-        placement = self._placement(shape)
+        placement = placement or self._placement(shape)
         segment: dict[int, list[Span]] = {rep: [] for rep in reps}  # the kernels since the last collective
         stage_of = self.program.pipeline.node_stage
         stage, stage_ends = 0, []

@@ -70,7 +70,7 @@ def test_the_shipped_figures_give_each_published_time_per_token_within_15_percen
 
 
 def test_the_shipped_figures_give_time_to_first_token_within_the_goals_but_four_rows(table):
-    """TTFT: the goal's 15% mean |error| over the 34 rows, at most 16% on either instance, and
+    """TTFT: the goal's 15% mean |error| over the 34 rows and on either instance, and
     every row within 35% but four that docs/fidelity.md shows at odds with the others (on
     inf2, Llama-2-13b's batch-8 4096-token prefill is 21 times its batch-1 one; on trn1,
     Llama-2-13b's long prompts at batch 1 and 8 are 2.6 times slower than on inf2, where the
@@ -86,7 +86,7 @@ def test_the_shipped_figures_give_time_to_first_token_within_the_goals_but_four_
     assert errors.mean() <= 0.15
     assert errors.max() <= 0.6
     for instance in ("trn1.32xlarge", "inf2.48xlarge"):
-        assert np.mean([abs(r["ttft_error"]) for r in table if r["instance"] == instance]) <= 0.16
+        assert np.mean([abs(r["ttft_error"]) for r in table if r["instance"] == instance]) <= 0.15
     for r in table:
         if (r["instance"], r["model"], r["batch"], r["input_len"]) not in outliers:
             assert abs(r["ttft_error"]) <= 0.35, r

@@ -142,3 +142,21 @@ def test_a_step_whose_hidden_states_do_not_fit_in_tile_memory_reads_its_activati
             up = next(s for s in step.spans if s.name == "up" and s.layer == 0)
             weights = (192 * 48 + 192) * 4 / 100e9
             assert up.memory_s == pytest.approx(weights + rows * (48 + 192) * 4 / bw, rel=1e-12)
+
+
+def test_a_prefill_in_turn_stages_its_activations_by_the_hidden_states_of_the_whole_batch(tiny_model):
+    """With a context batch of one, each sequence's program reads its activations from where
+    the whole batch's hidden states fit: two 32-token prompts (2 x 32 x 48 x 4 = 12 KiB) do not
+    fit in 8 KiB of tiles, though each one's 6 KiB would, so both programs stream them through
+    off-chip memory (100 GB/s); one 32-token prompt alone keeps them in the tiles (1 TB/s)."""
+    folder = str(tiny_model("gpt2"))
+    prompt = [i % 90 + 1 for i in range(32)]
+    for batch, act_bw in ((1, 1e12), (2, 100e9)):
+        device = tilesim.Device("tiny", cores=1, tiles=8, tile_bytes="1 KiB", context_batch=1)
+        model = tilesim.load(folder, device=device, tp=1, batch=batch, max_context=64)
+        prefill = model.generate([prompt] * batch, max_new_tokens=1, eos_token_id=None).trace.steps[0]
+        ups = [s for s in prefill.spans if s.name == "up" and s.layer == 0]
+        assert len(ups) == batch  # one program per sequence
+        weights = (192 * 48 + 192) * 4 / 100e9
+        for up in ups:
+            assert up.memory_s == pytest.approx(weights + 32 * (48 + 192) * 4 / act_bw, rel=1e-12)

@@ -96,7 +96,8 @@ def print_report(report: dict, trace: Trace, full: bool = False) -> None:
         if report.get("staged_rows") is not None:
             print(
                 f"timing: steps of up to {report['staged_rows']} token rows read their activations from tile memory"
-                " (their hidden states fit there), longer steps from off-chip memory"
+                " (their hidden states fit there; a prefill's rows are its whole batch's), longer steps from"
+                " off-chip memory"
             )
     precision = report.get("precision")
     if precision:

@@ -191,11 +191,12 @@ class Model:
     def plan(self):
         return self._session.plan
 
-    def check_host(self, positions: int, beside: Model | None = None) -> None:
+    def check_host(self, positions: int, beside: Model | None = None, written: str | None = None) -> None:
         """Refuse a run whose sequences, `positions` each, would fill more of the KV cache than
         this machine's memory holds beside the weights (runs that compute; session.check_host).
         `beside`: another model computing in the same run (a speculative run's draft), whose
-        weights, cache and activations count too."""
+        weights, cache and activations count too. `written`: which positions the message
+        names, where `positions` is a mean over the sequences."""
         if self.timing_only or self.hosted:
             return
         other = None
@@ -203,7 +204,7 @@ class Model:
             held = sum(host_parts(beside.plan, positions, beside.max_context).values())
             other = (f"the draft ({beside.graph.label})", held)
         try:
-            check_host(self.plan, self.graph.label, self.device.num_cores, positions, self.max_context, other)
+            check_host(self.plan, self.graph.label, self.device.num_cores, positions, self.max_context, other, written)
         except OutOfHostMemory as exc:
             raise OutOfHostMemory(f"{exc}{self._fp32_hint()}") from None
 

@@ -53,14 +53,17 @@ class Session:
         self.blocks = []
 
 
-def host_parts(plan: memplan.MemoryPlan, positions: int | None, max_context: int) -> dict[str, int]:
+def host_parts(
+    plan: memplan.MemoryPlan, positions: int | None, max_context: int, written: str | None = None
+) -> dict[str, int]:
     """What a run that computes holds of `plan` in this machine's memory, by kind. A core's
     memory commits a page when it is first written, and a sequence writes its cache position
     by position: `positions` of the `max_context` are counted (None: none yet, the check at
-    placing, before any weight is read); a recurrent state is written whole."""
+    placing, before any weight is read); a recurrent state is written whole. `written` says
+    which positions those are, where they are not as many in every sequence."""
     recurrent = plan.kv_kind == "recurrent_state"
     share = 1.0 if recurrent else min(1.0, (positions or 0) / max_context)
-    kv = "KV cache" + (f" for {positions} positions a sequence" if positions else "")
+    kv = "KV cache" + (f" for {written or f'{positions} positions a sequence'}" if positions else "")
     kv = "recurrent state" if recurrent else kv
     return {"weights": sum(plan.weights), kv: int(share * sum(plan.kv_cache)), "activations": sum(plan.activations)}
 
@@ -72,12 +75,13 @@ def check_host(
     positions: int | None,
     max_context: int,
     beside: tuple[str, int] | None = None,
+    written: str | None = None,
 ) -> None:
     """A run that computes holds its cores' weights, KV cache and activations in this
     machine's memory (device/memory.py, `host_parts`): refuse one that would have the kernel
     kill the process part way through loading or generating. `beside`: (what, bytes) another
-    model of the same run holds (a speculative run's draft)."""
-    parts = host_parts(plan, positions, max_context)
+    model of the same run holds (a speculative run's draft); `written`: as `host_parts`."""
+    parts = host_parts(plan, positions, max_context, written)
     if beside is not None:
         parts[beside[0]] = beside[1]
     need, have = sum(parts.values()), memory.host_memory_bytes()

@@ -196,7 +196,8 @@ def serve(
     # A slot's cache pages are its own (batch-major) and stay committed once written: at most the
     # longest requests, one a slot, spread over the slots as the check counts them.
     longest = sorted((r.prompt_tokens + r.output_tokens for r in requests), reverse=True)[:max_num_seqs]
-    model.check_host(math.ceil(sum(longest) / max_num_seqs))
+    written = f"the {len(longest)} longest requests ({sum(longest)} positions)" if len(longest) > 1 else None
+    model.check_host(math.ceil(sum(longest) / max_num_seqs), written=written)
     clock = _Clock(model, max_num_seqs, params.gathered)
     eos = set(model.graph.meta.get("eos_token_ids", ())) if stop_at_eos else set()
     cores = _Cores(model, max_num_seqs, params, eos) if functional else None

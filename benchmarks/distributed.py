@@ -18,6 +18,7 @@ from pathlib import Path
 from common import machine
 
 import tilesim
+from tilesim.fanout import start_local
 
 ROUNDS, TOKENS = 3, 8
 PROMPT = [1, 306, 4658, 278, 6593, 310, 2834, 338]
@@ -59,7 +60,7 @@ def main() -> None:
     import ray
 
     folder = billion()
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    start_local(ray, 2, include_dashboard=False, log_to_driver=False)
     device = tilesim.Device("tiny", cores=4, offchip_bytes="4GiB", backed=False)
     configs = {"one process": {}}
     configs.update({f"{n} actor(s)": {"cluster": "auto", "cores_per_actor": 4 // n} for n in (1, 2, 4)})

@@ -95,7 +95,7 @@ def connect(address: str):
         level = announcer.level
         announcer.setLevel(logging.ERROR)
         try:
-            ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **quiet)
+            start_local(ray, os.cpu_count() or 1, **quiet)
         except (ConnectionError, ValueError, RuntimeError, OSError, ray.exceptions.RayError) as exc:
             raise ConfigError(
                 f"cluster='auto': no Ray cluster runs here and one could not be started ({first_line(exc)})"
@@ -103,6 +103,37 @@ def connect(address: str):
         finally:
             announcer.setLevel(level)
     return ray, True
+
+
+# Ray reads this when each of its processes starts: "0" keeps every address of a cluster on
+# loopback (its one-machine mode, meant for Windows and macOS, works on Linux as well)
+_ONE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_local(module, num_cpus: int, **options: Any) -> None:
+    """Start a Ray cluster on this machine that listens and advertises on 127.0.0.1 only.
+
+    Ray (2.60) turns `_node_ip_address="127.0.0.1"` into the machine's outward address and
+    binds its servers there; in its one-machine mode it keeps loopback. That mode is on for
+    the start (the processes it starts read it then) and off again after it, so that a later
+    cluster of the same process may span machines."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # another Ray layout: its own default address
+        ray_constants = None
+    saved_env, saved = os.environ.get(_ONE_MACHINE), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_ONE_MACHINE] = "0"
+    if saved is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        module.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **options)
+    finally:
+        if saved_env is None:
+            os.environ.pop(_ONE_MACHINE, None)
+        else:
+            os.environ[_ONE_MACHINE] = saved_env
+        if saved is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def _auth() -> str:

@@ -3,9 +3,11 @@
 import pytest
 import ray
 
+from tilesim.fanout import start_local
+
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    start_local(ray, 2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

@@ -2,9 +2,12 @@
 sweep and an SLO rate search give what their serial runs give, in the same order; errors of
 a task arrive as they were raised; without the ray package, one clear line."""
 
+import ipaddress
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +132,68 @@ def test_ray_refusing_us_or_failing_to_start_is_one_line(monkeypatch):
         r"\(Failed to start GCS",
     ):
         connect("auto")
+
+
+def _node_address(_):
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+def _listening_addresses() -> set[str]:
+    """The addresses the TCP sockets of this process and its descendants (Ray's servers and
+    workers) listen on, from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    ours, grew = {os.getpid()}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in ours} - ours
+        ours |= more
+        grew = bool(more)
+    inodes = set()
+    for pid in ours:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        inodes |= {link[8:-1] for link in links if link.startswith("socket:[")}
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
+                raw = bytes.fromhex(cols[1].split(":")[0])  # 32-bit words, each in host (little-endian) order
+                out.add(str(ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))))
+    return out
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_local_cluster_listens_and_runs_on_loopback_only(cluster):
+    """Ray turns a node address of 127.0.0.1 into the machine's outward one and binds its
+    servers there; the clusters tilesim and its tests start stay on loopback."""
+    import ray
+
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+    assert run_all(_node_address, [0, 1], ray="auto") == ["127.0.0.1", "127.0.0.1"]
+    listening = _listening_addresses()
+    assert listening and all(_loopback(a) for a in listening), listening
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_cluster_started_for_one_run_stays_on_loopback_and_leaves_rays_mode_as_it_was():
+    assert run_all(_node_address, [0], ray="auto") == ["127.0.0.1"]
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+    from ray._private import ray_constants
+
+    assert ray_constants.ENABLE_RAY_CLUSTER

@@ -93,6 +93,7 @@ OTHERS = [
     (["sweep", "{llama}", "--device", "trn1,foo"], "--device 'foo': unknown device preset"),
     (["sweep", "{llama}", "--dtype", "fp16,bogus"], "unknown weight dtype 'bogus'"),
     (["sweep", "{llama}", "--dtype", "int4:int3"], "unknown activation dtype 'int3'"),
+    (["sweep", "{llama}", "--dtype", "int8:"], "--dtype 'int8:': name the activation dtype after ':'"),
     (["sweep", "{llama}", "--dtype", ","], "--device, --tp and --dtype (when given) each need at least one value"),
     (["sweep", "{llama}", "--dtype", ""], "--device, --tp and --dtype (when given) each need at least one value"),
     (["sweep", "{llama}", "--device", " ,"], "--device, --tp and --dtype (when given) each need at least one value"),

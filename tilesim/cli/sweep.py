@@ -114,7 +114,11 @@ def _check_points(devices: list[str], degrees: list[int], dtypes: list[str | Non
     if bad:
         raise ConfigError(f"--tp {bad[0]}: a tensor-parallel degree is at least 1")
     for spec in dtypes:
-        weights, _, act = (spec or "").partition(":")
+        weights, colon, act = (spec or "").partition(":")
+        if colon and not act:  # "int8:" would silently run the default activations
+            raise ConfigError(
+                f"--dtype {spec!r}: name the activation dtype after ':' ({', '.join(ACT_DTYPES)}), or drop the ':'"
+            )
         if weights and weights not in WEIGHT_DTYPES:
             raise ConfigError(
                 f"--dtype {spec!r}: unknown weight dtype {weights!r}; use one of {', '.join(WEIGHT_DTYPES)}"

@@ -21,7 +21,7 @@ import numpy as np
 
 from tilesim.errors import CheckpointError, TilesimWarning
 from tilesim.models import bloom, gguf_checkpoint, glm, gpt2, gpt_neox, gptj, llama, mixtral, opt, rwkv
-from tilesim.models.config import HFConfig, ModelConfig
+from tilesim.models.config import HFConfig, ModelConfig, checked_eos
 from tilesim.models.gguf_tokenizer import from_gguf
 from tilesim.models.readers import GGUFTensorReader, SafetensorsReader
 from tilesim.models.tokenizer import Tokenizer, from_folder
@@ -176,8 +176,39 @@ def config_from_json(path: Path) -> tuple[ModelConfig, object]:
         )
     module = ARCHITECTURES[model_type]
     config = module.config_from_hf(hf)
+    config = dataclasses.replace(config, eos_token_ids=_generation_eos(path.parent, config))
     config.extra["dtype"] = raw.get("torch_dtype") or raw.get("dtype")  # how the weights are stored
     return config, module
+
+
+def _generation_eos(folder: Path, config: ModelConfig) -> tuple[int, ...]:
+    """The ids a run stops at, as transformers' `generate` takes them: from the folder's
+    generation_config.json when it has one (Llama-3's stops at its end-of-turn id as well,
+    which config.json does not list), even when that file names none; from config.json when
+    there is none or it cannot be read (transformers then falls back, too)."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return config.eos_token_ids
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        warnings.warn(
+            f"{path}: cannot read it ({exc}); runs stop at config.json's end-of-sequence ids, as in transformers",
+            TilesimWarning,
+            stacklevel=5,
+        )
+        return config.eos_token_ids
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: a generation config must be a JSON object of fields, not {type(raw).__name__}")
+    ids = checked_eos(raw.get("eos_token_id"), config.vocab_size, str(path))
+    if not ids and config.eos_token_ids:
+        warnings.warn(
+            f"{path} names no eos_token_id: runs do not stop at config.json's {list(config.eos_token_ids)}, "
+            "as in transformers (pass eos_token_id to stop there)",
+            TilesimWarning,
+            stacklevel=5,
+        )
+    return ids
 
 
 def _open_folder(name: str, folder: Path) -> Checkpoint:

@@ -166,19 +166,7 @@ class HFConfig:
                 f"{where}: 'num_key_value_heads' is {kv}, which does not divide 'num_attention_heads' {heads}: "
                 "each key/value head serves a whole group of query heads"
             )
-        eos = raw.get("eos_token_id")
-        ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
-        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-            raise CheckpointError(f"{where}: 'eos_token_id' is {eos!r}; it must be a token id or a list of them")
-        vocab = raw.get("vocab_size")
-        outside = [i for i in ids if isinstance(vocab, int) and i >= vocab]
-        if outside:  # transformers loads it too; its runs never stop there
-            warnings.warn(
-                f"{where}: 'eos_token_id' {outside[0]} is outside the vocabulary of {vocab} ids: no step can "
-                "produce it, so no run stops there",
-                TilesimWarning,
-                stacklevel=2,
-            )
+        checked_eos(raw.get("eos_token_id"), raw.get("vocab_size"), where)
 
     def get(self, *keys: str, default: Any = ...) -> Any:
         for key in keys:
@@ -206,6 +194,23 @@ class HFConfig:
         if eos is None:
             return ()
         return tuple(eos) if isinstance(eos, list) else (int(eos),)
+
+
+def checked_eos(eos: Any, vocab: Any, where: str) -> tuple[int, ...]:
+    """The end-of-sequence ids of an `eos_token_id` field (an id, a list of them or None),
+    refusing what is not ids and warning of ids past the vocabulary."""
+    ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise CheckpointError(f"{where}: 'eos_token_id' is {eos!r}; it must be a token id or a list of them")
+    outside = [i for i in ids if isinstance(vocab, int) and i >= vocab]
+    if outside:  # transformers loads it too; its runs never stop there
+        warnings.warn(
+            f"{where}: 'eos_token_id' {outside[0]} is outside the vocabulary of {vocab} ids: no step can "
+            "produce it, so no run stops there",
+            TilesimWarning,
+            stacklevel=3,
+        )
+    return tuple(dict.fromkeys(ids))
 
 
 def scaling_tuple(params: dict[str, Any]) -> tuple:

@@ -162,6 +162,36 @@ def test_generation_stops_at_eos_like_transformers(tiny_model):
     assert out.tokens[0].tolist() == free.tokens[0][: first + 1].tolist() and out.finished == [True]
 
 
+@pytest.mark.parametrize("generation_config", ["stops", "no stops", "unreadable", "absent"])
+def test_the_stops_come_from_generation_config_as_transformers_takes_them(tiny_model, tmp_path, generation_config):
+    """transformers' generate stops at generation_config.json's eos_token_id (config.json's
+    only when the file is absent or unreadable); runs stopped at config.json's before."""
+    folder = tmp_path / "llama"
+    shutil.copytree(tiny_model("llama"), folder)
+    free = tilesim.load(str(folder), device="tiny", tp=1).generate([PROMPT], max_new_tokens=12, eos_token_id=None)
+    stop = int(free.tokens[0][4])
+    written = {"stops": json.dumps({"eos_token_id": [stop, 99]}), "no stops": "{}", "unreadable": "{not json"}
+    path = folder / "generation_config.json"
+    if generation_config == "absent":
+        path.unlink()
+    else:
+        path.write_text(written[generation_config])
+    expected = AutoModelForCausalLM.from_pretrained(folder).generation_config.eos_token_id
+    expected = [] if expected is None else expected if isinstance(expected, list) else [expected]
+    if generation_config in ("no stops", "unreadable"):
+        with pytest.warns(UserWarning, match="names no eos_token_id" if expected == [] else "cannot read it"):
+            model = tilesim.load(str(folder), device="tiny", tp=1)
+    else:
+        model = tilesim.load(str(folder), device="tiny", tp=1)
+    assert sorted(model.graph.meta["eos_token_ids"]) == sorted(expected)
+    out = model.generate([PROMPT], max_new_tokens=12)
+    tokens = free.tokens[0].tolist()
+    ends = [i for i, t in enumerate(tokens) if t in expected]
+    assert out.tokens[0].tolist() == tokens[: ends[0] + 1 if ends else None]
+    if generation_config == "stops":
+        assert out.finished == [True] and len(out.tokens[0]) <= 5
+
+
 @pytest.mark.parametrize("tp", [1, 3])
 def test_sampling_with_a_seed_is_reproducible(tiny_model, tp):
     folder = tiny_model("gpt_neox")

@@ -210,11 +210,33 @@ def test_a_config_value_of_the_wrong_kind_is_named(tiny_model, tmp_path, change,
 def test_an_end_of_sequence_id_past_the_vocabulary_is_warned_about(tiny_model, tmp_path):
     """transformers loads such a config too; no step can produce the id, so a run never stops there."""
     folder = copy(tiny_model("llama"), tmp_path)
+    (folder / "generation_config.json").unlink()  # whose ids transformers' generate takes first
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "eos_token_id": [2, config["vocab_size"] + 5]}))
     with pytest.warns(tilesim.TilesimWarning, match=rf"'eos_token_id' {config['vocab_size'] + 5} is outside the vocab"):
         model = tilesim.load(str(folder), device="tiny", tp=1)
     assert model.graph.meta["eos_token_ids"] == (2, config["vocab_size"] + 5)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": config["vocab_size"]}))
+    with pytest.warns(tilesim.TilesimWarning, match=r"generation_config\.json: 'eos_token_id' 101 is outside the"):
+        model = tilesim.load(str(folder), device="tiny", tp=1)
+    assert model.graph.meta["eos_token_ids"] == (config["vocab_size"],)
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        ('{"eos_token_id": "</s>"}', r"generation_config\.json: 'eos_token_id' is '</s>'; it must be a token id"),
+        ('{"eos_token_id": [2, 2.0]}', r"generation_config\.json: 'eos_token_id' is \[2, 2\.0\]; it must be a token"),
+        ("[2]", r"generation_config\.json: a generation config must be a JSON object of fields, not list"),
+    ],
+)
+def test_a_generation_config_whose_stops_are_not_ids_is_named(tiny_model, tmp_path, text, phrase):
+    """transformers loads these and fails in generate (a TypeError from torch) or at load."""
+    folder = copy(tiny_model("llama"), tmp_path)
+    (folder / "generation_config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=phrase):
+        tilesim.load(str(folder), device="tiny", tp=1)
 
 
 def test_heads_that_do_not_divide_name_the_heads_and_the_degrees_that_work(tiny_model):

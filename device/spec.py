@@ -347,6 +347,8 @@ def _check_device(spec: DeviceSpec, where: str) -> None:
     for kind, region in spec.placement.items():
         if region == "offchip" and core.offchip_bytes == 0:
             raise ConfigError(f"{where}: placement.{kind} is 'offchip' but the core has no off-chip memory")
+        if region == "tiles" and core.tile_bytes == 0:  # each layout would fall back to off-chip unsaid
+            raise ConfigError(f"{where}: placement.{kind} is 'tiles' but the core has no tile memory (tile_bytes 0)")
     needed = {"ring": 2, "torus2d": 4, "switch": 1}[fabric.topology]
     if fabric.links_per_core < needed:
         raise ConfigError(

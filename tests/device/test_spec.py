@@ -79,6 +79,7 @@ def write_preset(tmp_path, mutate):
         (lambda r: r.update(colour="red"), r"bad\.yaml: unknown field 'colour'"),
         (lambda r: r.pop("fabric"), r"bad\.yaml: missing field 'fabric'"),
         (lambda r: r["core"].update(offchip_bytes=0), r"placement\.weights is 'offchip' but the core has no off-chip"),
+        (lambda r: r["core"].update(tile_bytes=0), r"placement\.activations is 'tiles' but the core has no tile mem"),
         (
             lambda r: r["fabric"].update(large_messages={"from_bytes": "1 MiB", "link_latency": "2 us"}),
             r"bad\.yaml: fabric\.large_messages\.bandwidth_efficiency: missing field",

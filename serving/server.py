@@ -31,7 +31,7 @@ from tilesim.runtime.checks import flag, function, whole
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.sampling import SamplingParams, choose
 from tilesim.serving.scheduler import Live, Scheduler, ServerState, StepPlan, make_scheduler
-from tilesim.serving.workload import Request, WorkloadError, check_unique_ids
+from tilesim.serving.workload import LATEST_ARRIVAL, Request, WorkloadError, check_unique_ids, late_arrival
 
 
 @dataclass
@@ -332,6 +332,8 @@ def _check_request(r) -> None:
     arrival = r.arrival
     if isinstance(arrival, bool) or not isinstance(arrival, Real) or not (math.isfinite(arrival) and arrival >= 0):
         raise WorkloadError(f"request {r.id!r}: arrival={arrival!r} must be a time in seconds, 0 or later")
+    if arrival > LATEST_ARRIVAL:
+        raise WorkloadError(f"request {r.id!r}: {late_arrival(f'arrival={arrival!r} s')}")
     for name, low in (("id", 0), ("prompt_tokens", 1), ("output_tokens", 1), ("seed", 0)):
         value = getattr(r, name)
         if isinstance(value, bool) or not isinstance(value, Integral) or value < low:

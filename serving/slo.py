@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tilesim.runtime.checks import function, whole
 from tilesim.serving.metrics import PERCENTILES
-from tilesim.serving.workload import Request, WorkloadError, at_rate
+from tilesim.serving.workload import LATEST_ARRIVAL, Request, WorkloadError, at_rate
 from tilesim.units import parse_quantity
 
 METRICS = ("ttft", "tpot", "e2e", "queue")
@@ -126,6 +126,8 @@ def max_rate(
     if isinstance(unit_workload, str | bytes) or not isinstance(unit_workload, Sequence) or not unit_workload:
         raise WorkloadError(f"unit_workload={unit_workload!r:.60} must be a non-empty list of serving.Request")
     search = RateSearch(slo, 0.0, None)
+    arrivals = [getattr(r, "arrival", None) for r in unit_workload]  # at rate 1; run() checks the requests
+    last = max((a for a in arrivals if isinstance(a, int | float) and math.isfinite(a)), default=0.0)
     evaluate = evaluate or (lambda rates: [run(at_rate(unit_workload, r)) for r in rates])
 
     def round_(rates: list[float]) -> tuple[list[float], list[float]]:
@@ -158,8 +160,8 @@ def max_rate(
             rates = [lo * 2.0 ** (i + 1) for i in range(probes)]
         elif lo is None:
             rates = [hi / 2.0 ** (i + 1) for i in range(probes)]
-            if rates[-1] < start * 2.0**-30:
-                return search  # not even a trickle meets it
+            if rates[-1] < max(start * 2.0**-30, last / LATEST_ARRIVAL):
+                return search  # not even a trickle meets it (slower, the requests would come too late to time)
         else:
             break
         lo, hi = narrowed(lo, hi, *round_(rates))

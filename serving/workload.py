@@ -50,6 +50,17 @@ MAX_FILE_BYTES = 256 * 2**20  # a file of MAX_REQUESTS requests at up to 268 byt
 # them at cv 30) and their mean drifts from 1; below 1e-6 the gaps are equal to a part in a million
 # and 1/c^2 soon overflows.
 CV_RANGE = (1e-6, 10.0)
+# A run's clock is float64 seconds: at 1e9 s (32 years) its steps are within 0.12 us, near 1e300 s
+# a time to first token of 40 us came out as 0 s. Arrivals later than this are refused.
+LATEST_ARRIVAL = 1e9
+
+
+def late_arrival(what: str) -> str:
+    """Why `what` (an arrival past LATEST_ARRIVAL) is refused."""
+    return (
+        f"{what} is later than {LATEST_ARRIVAL:.0e} s (32 years), past which the run's float64 clock loses the "
+        "microseconds a step takes"
+    )
 
 
 def read_workload(path: str | Path) -> list[Request]:
@@ -153,6 +164,8 @@ def _request(fields: dict, line: int, path: Path, index: int) -> Request:
     arrival = _number(fields["arrival"], "arrival", where)
     if not math.isfinite(arrival) or arrival < 0:
         raise WorkloadError(f"{where}: arrival {fields['arrival']!r} must be a time in seconds, 0 or later")
+    if arrival > LATEST_ARRIVAL:
+        raise WorkloadError(f"{where}: {late_arrival(f'arrival {arrival:.4g} s')}")
     prompt = _count(fields["prompt_tokens"], "prompt_tokens", where, 1, MAX_TOKENS)
     output = _count(fields["output_tokens"], "output_tokens", where, 1, MAX_TOKENS)
     seed = _count(fields.get("seed", 0), "seed", where, 0)
@@ -260,6 +273,12 @@ def synthetic(
     rng = np.random.default_rng(seed)
     gaps = unit_gaps(requests, arrivals, cv, rng) / rate
     times = np.cumsum(gaps) - gaps[0]  # the first request at 0
+    if times[-1] > LATEST_ARRIVAL:
+        least = rate * times[-1] / LATEST_ARRIVAL
+        raise WorkloadError(
+            f"rate={rate:g}: {late_arrival(f'the last of {requests} requests would come at {times[-1]:.4g} s, which')}"
+            f"; give a rate of at least {least:.2g}"
+        )
     prompts = _draw(*parse_lengths(prompt, "prompt"), requests, rng)
     outputs = _draw(*parse_lengths(output, "output"), requests, rng)
     seeds = rng.integers(0, 2**31, size=requests)

@@ -12,6 +12,7 @@ import tilesim
 from tilesim.runtime import costs
 from tilesim.runtime.timing import StepShape
 from tilesim.serving import Request, serve, synthetic
+from tilesim.serving.workload import LATEST_ARRIVAL, WorkloadError
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,19 @@ def test_one_request_takes_what_generate_takes(model):
     assert times["tpot"]["p50"] == pytest.approx(run["tpot_s"]["mean"], rel=1e-9)
     assert times["e2e"]["p50"] == pytest.approx(run["sim_total_s"], rel=1e-9)
     assert times["queue"]["max"] == 0.0
+
+
+def test_the_latest_arrival_still_times_a_request_as_generate_does(tiny_model):
+    """The run's clock is float64 seconds: a request arriving at 1e300 s had a time to first
+    token of 0 s. Up to the latest arrival taken (1e9 s) a tiny device's tens of microseconds
+    stay within 1%; past it the request is refused."""
+    tiny = tilesim.load(str(tiny_model("llama")), device="tiny", tp=1, max_context=32, timing_only=True)
+    run = tiny.generate([[0] * 8], max_new_tokens=4, eos_token_id=None).report
+    late = serve(tiny, [Request(0, LATEST_ARRIVAL, 8, 4)], max_num_seqs=1).summary()
+    assert late["ttft"]["p50"] == pytest.approx(run["ttft_s"], rel=1e-2)
+    assert late["tpot"]["p50"] == pytest.approx(run["tpot_s"]["mean"], rel=1e-2)
+    with pytest.raises(WorkloadError, match=r"request 0: arrival=1e\+300 s is later than 1e\+09 s"):
+        serve(tiny, [Request(0, 1e300, 8, 4)])
 
 
 def test_a_static_batch_of_identical_requests_is_the_batch_run(model):

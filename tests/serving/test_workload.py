@@ -7,7 +7,7 @@ import pytest
 
 from tilesim.errors import TilesimWarning
 from tilesim.serving import Request, read_workload, synthetic
-from tilesim.serving.workload import WorkloadError, at_rate
+from tilesim.serving.workload import LATEST_ARRIVAL, WorkloadError, at_rate
 
 
 def test_jsonl_and_csv_give_the_same_requests_in_arrival_order(tmp_path):
@@ -43,6 +43,8 @@ def test_jsonl_and_csv_give_the_same_requests_in_arrival_order(tmp_path):
         ("long.csv", "arrival,prompt_tokens,output_tokens\n0,1,1\n0,1,1,7\n", "line 3: more fields than the header"),
         ("huge.jsonl", '{"arrival": 0, "prompt_tokens": 1e300, "output_tokens": 1}\n',
                        "line 1: prompt_tokens .* to 10,000,000"),
+        ("late.jsonl", '{"arrival": 2e9, "prompt_tokens": 1, "output_tokens": 1}\n',
+                       r"line 1: arrival 2e\+09 s is later than 1e\+09 s \(32 years\)"),
         ("prose.txt", "hello there\nthis is not a workload\n", "neither JSONL"),
         ("empty.jsonl", "\n\n", "is empty"),
         ("nothing.csv", "", "is empty"),  # the header's absence was the message before
@@ -129,12 +131,28 @@ def test_bad_length_laws_are_refused(spec):
      ({"requests": 10**9}, "more than one run takes"), ({"cv": "2"}, "cv='2'"), ({"prompt": 5.5}, "prompt 5.5"),
      # 1/cv^2 divided by zero and overflowed (tracebacks); past 10 the draws round to zero gaps
      ({"cv": 1e-300}, "cv=1e-300 must be a coefficient of variation from 1e-06"), ({"cv": 1e300}, "cv=1e\\+300"),
-     ({"cv": 30.0}, "to 10 \\(bursty")],
+     ({"cv": 30.0}, "to 10 \\(bursty"),
+     # arrivals near 1e300 s: a time to first token of 40 us came out as 0 s
+     ({"rate": 1e-300}, r"rate=1e-300: the last of 3 requests would come at .* give a rate of at least 1e-09")],
 )  # fmt: skip
 def test_bad_generator_options_are_refused(kwargs, message):
     args = {"requests": 3, "rate": 1.0, **kwargs}
     with pytest.raises(WorkloadError, match=message):
         synthetic(args.pop("requests"), args.pop("rate"), **args)
+
+
+def test_a_rate_search_that_nothing_meets_stops_before_its_arrivals_come_too_late():
+    from tilesim.serving import max_rate, parse_slo
+
+    unit = synthetic(100, 1.0, seed=1)
+    latest = []
+
+    def never(workload):
+        latest.append(max(r.arrival for r in workload))
+        return {"ttft": {"p99": 1.0}}
+
+    search = max_rate(never, unit, parse_slo("ttft_p99=1ms"))
+    assert search.rate == 0.0 and len(latest) > 20 and max(latest) <= LATEST_ARRIVAL
 
 
 def test_at_rate_scales_the_arrivals_only():

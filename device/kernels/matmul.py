@@ -26,8 +26,13 @@ _EMPTY = np.zeros(0, dtype=np.float32)
 @njit(cache=True)
 def _f32_rows(x, w, bias, out, first, last):  # output features first..last
     has_bias = bias.shape[0] > 0
+    whole = x.shape[0] - x.shape[0] % ir.DENSE_ROWS
     for n in range(first, last):
-        for m in range(x.shape[0]):
+        for m0 in range(0, whole, ir.DENSE_ROWS):  # each weight row loaded once for DENSE_ROWS rows of x
+            sums = ir.fp32_rows(x, m0, w[n])
+            for i in range(ir.DENSE_ROWS):
+                out[m0 + i, n] = sums[i] + bias[n] if has_bias else sums[i]
+        for m in range(whole, x.shape[0]):
             acc = ir.fp32_row(x[m], w[n])
             if has_bias:
                 acc += bias[n]

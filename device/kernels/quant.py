@@ -202,27 +202,45 @@ def unpack(p: Packed, rows: np.ndarray | None = None) -> np.ndarray:
 @njit(cache=True, parallel=True)
 def _linear_half(x, w, bf16, bias, out):  # w (N, K) fp16 or bf16 bit patterns
     has_bias = bias.shape[0] > 0
+    whole = x.shape[0] - x.shape[0] % ir.DENSE_ROWS
     for n in prange(w.shape[0]):
-        for m in range(x.shape[0]):
+        b = bias[n] if has_bias else np.float32(0.0)
+        for m0 in range(0, whole, ir.DENSE_ROWS):  # each weight row widened once for DENSE_ROWS rows of x
+            sums = ir.bf16_rows(x, m0, w[n]) if bf16 else ir.fp16_rows(x, m0, w[n])
+            for i in range(ir.DENSE_ROWS):
+                out[m0 + i, n] = sums[i] + b
+        for m in range(whole, x.shape[0]):
             acc = ir.bf16_row(x[m], w[n]) if bf16 else ir.fp16_row(x[m], w[n])
-            out[m, n] = acc + (bias[n] if has_bias else np.float32(0.0))
+            out[m, n] = acc + b
 
 
 @njit(cache=True, parallel=True)
 def _linear_int8(x, w, scale, bias, out):  # w (N, K) int8, one scale per output channel
     has_bias = bias.shape[0] > 0
+    whole = x.shape[0] - x.shape[0] % ir.DENSE_ROWS
     for n in prange(w.shape[0]):
-        for m in range(x.shape[0]):
-            out[m, n] = ir.int8_row(x[m], w[n]) * scale[n] + (bias[n] if has_bias else np.float32(0.0))
+        b = bias[n] if has_bias else np.float32(0.0)
+        for m0 in range(0, whole, ir.DENSE_ROWS):  # as in _linear_half
+            sums = ir.int8_rows(x, m0, w[n])
+            for i in range(ir.DENSE_ROWS):
+                out[m0 + i, n] = sums[i] * scale[n] + b
+        for m in range(whole, x.shape[0]):
+            out[m, n] = ir.int8_row(x[m], w[n]) * scale[n] + b
 
 
 @njit(cache=True, parallel=True)
 def _linear_fp8(x, w, e5m2, scale, bias, out):  # w (N, K) fp8 codes, one scale per output channel
     has_bias = bias.shape[0] > 0
+    whole = x.shape[0] - x.shape[0] % ir.DENSE_ROWS
     for n in prange(w.shape[0]):
-        for m in range(x.shape[0]):
+        b = bias[n] if has_bias else np.float32(0.0)
+        for m0 in range(0, whole, ir.DENSE_ROWS):  # as in _linear_half
+            sums = ir.fp8_e5m2_rows(x, m0, w[n]) if e5m2 else ir.fp8_e4m3_rows(x, m0, w[n])
+            for i in range(ir.DENSE_ROWS):
+                out[m0 + i, n] = sums[i] * scale[n] + b
+        for m in range(whole, x.shape[0]):
             acc = ir.fp8_e5m2_row(x[m], w[n]) if e5m2 else ir.fp8_e4m3_row(x[m], w[n])
-            out[m, n] = acc * scale[n] + (bias[n] if has_bias else np.float32(0.0))
+            out[m, n] = acc * scale[n] + b
 
 
 @njit(cache=True)
@@ -294,7 +312,18 @@ def _q4_rows(x_lo, x_hi, qs, d16, m16, symmetric, bias, out, first, last, wl, wh
                 ir.q4_0_decode(qs[n0 + r], wl[r], wh[r])
             else:
                 ir.q4_1_decode(qs[n0 + r], d16[n0 + r], m16[n0 + r], wl[r], wh[r])
-        for m in range(m_rows):
+        whole = m_rows - m_rows % ir.X_ROWS
+        for m0 in range(0, whole, ir.X_ROWS):  # X_ROWS rows of x a call, each its own sums
+            for r in range(rows):
+                n = n0 + r
+                b = bias[n] if has_bias else np.float32(0.0)
+                if symmetric:
+                    sums = ir.q4_0_decoded_rows(x_lo, x_hi, m0, wl[r], wh[r], d16[n])
+                else:
+                    sums = ir.q4_1_decoded_rows(x_lo, x_hi, m0, wl[r], wh[r])
+                for i in range(ir.X_ROWS):
+                    out[m0 + i, n] = sums[i] + b
+        for m in range(whole, m_rows):
             for r in range(rows):
                 n = n0 + r
                 b = bias[n] if has_bias else np.float32(0.0)
@@ -338,7 +367,14 @@ def _q8_0_rows(xp, qs, d16, bias, out, first, last, codes):
         rows = min(_TILE, last - n0)
         for r in range(rows):
             ir.q8_0_decode(qs[n0 + r], codes[r])
-        for m in range(xp.shape[0]):
+        whole = xp.shape[0] - xp.shape[0] % ir.X_ROWS
+        for m0 in range(0, whole, ir.X_ROWS):  # as in _q4_rows
+            for r in range(rows):
+                n = n0 + r
+                sums = ir.q8_0_decoded_rows(xp, m0, codes[r], d16[n])
+                for i in range(ir.X_ROWS):
+                    out[m0 + i, n] = sums[i] + (bias[n] if has_bias else np.float32(0.0))
+        for m in range(whole, xp.shape[0]):
             for r in range(rows):
                 n = n0 + r
                 out[m, n] = ir.q8_0_decoded(xp[m], codes[r], d16[n]) + (bias[n] if has_bias else np.float32(0.0))

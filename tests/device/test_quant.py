@@ -62,17 +62,23 @@ def test_a_group_of_weights_on_one_input_gives_each_weights_product(weight_group
         assert np.all(np.abs(out - reference.linear(x, decoded, b)) <= _bound(x, decoded, b, k))
 
 
-@pytest.mark.parametrize("fmt", ["q4_0", "q4_1", "q8_0"])
-@given(st.integers(1, 40), st.integers(1, 100), seeds)
-def test_a_prefill_gives_each_row_what_a_decode_step_gives_it(fmt, n, k, seed):
-    # several x rows decode each weight row once; the sums must be the one-row sums, bit for bit
+@pytest.mark.parametrize("fmt", quant.FORMATS)
+@given(st.integers(1, 40), st.integers(1, 100), st.integers(2, 11), st.booleans(), seeds)
+def test_a_prefill_gives_each_row_what_a_decode_step_gives_it(fmt, n, k, rows, with_bias, seed):
+    """Several x rows go through `vector_ir`'s `*_rows` forms X_ROWS at a time (the rest one
+    by one; block formats decode each weight row once first); every row's sums must be the
+    one-row sums, bit for bit (x with an infinity and a zero of either sign now and then)."""
     rng = np.random.default_rng(seed)
     packed = quant.pack(rng.standard_normal((n, k)).astype(np.float32), fmt)
-    x = rng.standard_normal((6, k)).astype(np.float32)
-    together = quant.linear(x, packed, None, np.empty((6, n), np.float32))
-    for m in range(6):
-        alone = quant.linear(x[m : m + 1], packed, None, np.empty((1, n), np.float32))
-        assert np.array_equal(together[m], alone[0])
+    bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    x[rng.integers(0, rows, size=2), rng.integers(0, k, size=2)] = rng.choice(
+        np.array([np.inf, -0.0, 0.0], np.float32), size=2
+    )
+    together = quant.linear(x, packed, bias, np.empty((rows, n), np.float32))
+    for m in range(rows):
+        alone = quant.linear(x[m : m + 1], packed, bias, np.empty((1, n), np.float32))
+        assert together[m].tobytes() == alone[0].tobytes()
 
 
 @pytest.mark.parametrize("fmt", ["q4_0", "q4_1"])

@@ -274,7 +274,7 @@ def synthetic(
     gaps = unit_gaps(requests, arrivals, cv, rng) / rate
     times = np.cumsum(gaps) - gaps[0]  # the first request at 0
     if times[-1] > LATEST_ARRIVAL:
-        least = rate * times[-1] / LATEST_ARRIVAL
+        least = 1.05 * rate * times[-1] / LATEST_ARRIVAL  # printed to 2 digits, not below what fits
         raise WorkloadError(
             f"rate={rate:g}: {late_arrival(f'the last of {requests} requests would come at {times[-1]:.4g} s, which')}"
             f"; give a rate of at least {least:.2g}"

@@ -133,12 +133,20 @@ def test_bad_length_laws_are_refused(spec):
      ({"cv": 1e-300}, "cv=1e-300 must be a coefficient of variation from 1e-06"), ({"cv": 1e300}, "cv=1e\\+300"),
      ({"cv": 30.0}, "to 10 \\(bursty"),
      # arrivals near 1e300 s: a time to first token of 40 us came out as 0 s
-     ({"rate": 1e-300}, r"rate=1e-300: the last of 3 requests would come at .* give a rate of at least 1e-09")],
+     ({"rate": 1e-300}, r"rate=1e-300: the last of 3 requests would come at .* give a rate of at least 1.1e-09")],
 )  # fmt: skip
 def test_bad_generator_options_are_refused(kwargs, message):
     args = {"requests": 3, "rate": 1.0, **kwargs}
     with pytest.raises(WorkloadError, match=message):
         synthetic(args.pop("requests"), args.pop("rate"), **args)
+
+
+@pytest.mark.parametrize("requests", [3, 1000])
+def test_the_least_rate_a_too_slow_workload_is_told_to_take_fits(requests):
+    with pytest.raises(WorkloadError) as refused:
+        synthetic(requests, 1e-300, seed=4)
+    least = float(str(refused.value).rsplit(" ", 1)[1])
+    assert synthetic(requests, least, seed=4)[-1].arrival <= LATEST_ARRIVAL
 
 
 def test_a_rate_search_that_nothing_meets_stops_before_its_arrivals_come_too_late():

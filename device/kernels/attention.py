@@ -52,8 +52,17 @@ def attend_one(q, k_cache, v_cache, start, valid, scale, window, slopes, out, id
     n = p + 1 - lo
     scores = np.empty(n, dtype=np.float32)
     mx = np.float32(-np.inf)
-    for j in range(n):
-        acc = ir.fp32_row(q[b, t, h], k_cache[b, g, lo + j]) * scale + slopes[h] * np.float32(lo + j)
+    keys, query = k_cache[b, g], q[b, t, h]
+    whole = n - n % ir.DENSE_ROWS
+    for j0 in range(0, whole, ir.DENSE_ROWS):  # several keys against the query a call: fp32_row's bits
+        dots = ir.fp32_rows(keys, lo + j0, query)
+        for i in range(ir.DENSE_ROWS):
+            acc = dots[i] * scale + slopes[h] * np.float32(lo + j0 + i)
+            scores[j0 + i] = acc
+            if acc > mx:
+                mx = acc
+    for j in range(whole, n):
+        acc = ir.fp32_row(query, keys[lo + j]) * scale + slopes[h] * np.float32(lo + j)
         scores[j] = acc
         if acc > mx:
             mx = acc

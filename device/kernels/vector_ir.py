@@ -48,6 +48,8 @@ the fp16 bits the file stores (each converted where its block is read):
   a tuple; `fp32_rows(x 2-d, m0, w)` and the other dense `*_rows`: the `*_row` results of
   DENSE_ROWS x rows. Each x row keeps its own chains (the same bits); the weight row is
   loaded once for them all.
+- `weighted_rows(p, values 2-d, lo, n, out)`: attention's weighted values, `out[i] =
+  sum_j p[j] * values[lo + j, i]` with a scalar loop's operations (a product, then a sum).
 
 numba's on-disk cache stamps a kernel with its own file only; the kernel modules that call
 these intrinsics add this file's bytes to their stamp (`jit_cache.depends_on`), so an edit
@@ -480,6 +482,54 @@ def _dense_rows_codegen(fmt: str):
         return types.UniTuple(types.float32, DENSE_ROWS)(x, m0, w), codegen
 
     return intrinsic(typer)
+
+
+def _weighted_codegen(context, builder, sig, args):
+    """`out[i] = sum_j p[j] * values[lo + j, i]` for j < n, each element's terms added to
+    +0.0 one after another, each a product and a sum of their own (no fused multiply-add):
+    the operations of a scalar loop over j, so its bits. The sums stay in registers, 64
+    elements at a time (then 16, then one), where a scalar loop stored and reloaded them
+    each term: it may not assume `out` and `values` apart."""
+    p, values, out = (_array(context, builder, sig.args[i], args[i]) for i in (0, 1, 4))
+    lo, n = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (2, 3))
+    d = builder.extract_value(values.shape, 1)
+
+    def span(first: ir.Value, lanes: int, count: int) -> list:
+        """Elements first .. first + lanes * count - 1 of the row, their sums in `count`
+        vectors; no loop state (`_loop`'s body)."""
+        zero = ir.Constant(_vec(F32, lanes), [0.0] * lanes)
+
+        def term(j, sums):
+            pj = _splat(builder, builder.load(builder.gep(p.data, [j])), lanes)
+            base = builder.gep(values.data, [builder.add(builder.mul(builder.add(lo, j), d), first)])
+            new = []
+            for c, acc in enumerate(sums):
+                v = _load_vec(builder, base, _int(c * lanes), F32, lanes)
+                new.append(builder.fadd(acc, builder.fmul(pj, v)))
+            return new
+
+        sums = _loop(builder, _int(0), n, [zero] * count, term)
+        for c, acc in enumerate(sums):
+            at = builder.add(first, _int(c * lanes))
+            builder.store(acc, builder.bitcast(builder.gep(out.data, [at]), _vec(F32, lanes).as_pointer()), align=4)
+        return []
+
+    groups = builder.sdiv(d, _int(64))
+    _loop(builder, _int(0), groups, [], lambda g, _: span(builder.mul(g, _int(64)), 16, 4))
+    start = builder.mul(groups, _int(64))
+    wide = builder.sdiv(builder.sub(d, start), _int(16))
+    _loop(builder, _int(0), wide, [], lambda c, _: span(builder.add(start, builder.mul(c, _int(16))), 16, 1))
+    _loop(builder, builder.add(start, builder.mul(wide, _int(16))), d, [], lambda i, _: span(i, 1, 1))
+    return context.get_dummy_value()
+
+
+@intrinsic
+def weighted_rows(typingctx, p, values, lo, n, out):
+    """(p, values 2-d, lo, n, out): out[i] = sum over j < n of p[j] * values[lo + j, i]."""
+    _check((p, types.float32, 1), (values, types.float32, 2), (out, types.float32, 1))
+    if not (isinstance(lo, types.Integer) and isinstance(n, types.Integer)):
+        raise TypingError("lo and n are integers")
+    return types.void(p, values, lo, n, out), _weighted_codegen
 
 
 def _widen(builder: ir.IRBuilder, codes: ir.Value, fmt: str) -> ir.Value:

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from numba import njit
 
-from tilesim.device.kernels import activations, attention, elementwise, matmul, norms, quant, rotary
+from tilesim.device.kernels import activations, attention, elementwise, matmul, norms, quant, rotary, vector_ir
 
 seeds = st.integers(0, 2**32 - 1)
 INT8_ACT = ("q4_0", "q4_1", "q8_0")
@@ -83,6 +84,35 @@ def test_fp32_attention_gives_its_serial_and_parallel_variants_the_same_bits(bat
         one = np.full_like(q[:, t : t + 1], np.nan)
         attention.attention(q[:, t : t + 1].copy(), k_cache, v_cache, start + t, np.ones(batch, np.int64), 0.125, one)
         assert one[:, 0].tobytes() == prefill[:, t].tobytes()
+
+
+@njit
+def _weighted_loop(p, values, lo, n, out):  # the scalar loop vector_ir.weighted_rows stands for
+    for i in range(out.size):
+        out[i] = 0.0
+    for j in range(n):
+        for i in range(out.size):
+            out[i] += p[j] * values[lo + j, i]
+
+
+@njit
+def _weighted_ir(p, values, lo, n, out):
+    vector_ir.weighted_rows(p, values, lo, n, out)
+
+
+@given(st.integers(1, 150), st.integers(0, 40), st.integers(0, 5), seeds)
+def test_attentions_weighted_sum_gives_the_scalar_loops_bits(d, n, lo, seed):
+    """Every row width (groups of 64 lanes, then 16, then one), with an infinity, a NaN and
+    zeros of either sign now and then."""
+    rng = np.random.default_rng(seed)
+    p = rng.random(max(n, 1)).astype(np.float32)
+    values = rng.standard_normal((lo + n + 1, d)).astype(np.float32)
+    specials = np.array([np.inf, np.nan, -0.0, 0.0], np.float32)
+    values[rng.integers(0, values.shape[0], 3), rng.integers(0, d, 3)] = rng.choice(specials, 3)
+    loop, vector = np.full(d, 7.0, np.float32), np.full(d, 7.0, np.float32)
+    _weighted_loop(p, values, lo, n, loop)
+    _weighted_ir(p, values, lo, n, vector)
+    assert vector.tobytes() == loop.tobytes()
 
 
 @pytest.mark.parametrize("act", ["fp32", "int8"])

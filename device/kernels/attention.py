@@ -11,7 +11,8 @@ so this is the relative bias); zero slopes change no bit.
 
 Variants:
 1. `_attention`: one thread per (sequence, head, query row), scores in a scratch row; q
-   and the cache C-contiguous (each q.k is one `vector_ir.fp32_row`).
+   and the cache C-contiguous (each q.k is `vector_ir.fp32_row`'s sum, four keys a call
+   through `fp32_rows`; the weighted values are `weighted_rows`', a scalar loop's bits).
 2. `_attention_codes`: the same over a cache kept in a narrower format: 16-bit codes
    (fp16, bf16) or 8-bit codes (fp8, or int8 with one scale per position and head), decoded
    through a table as they are read (`encode_kv` makes the codes).

@@ -166,7 +166,7 @@ class HFConfig:
                 f"{where}: 'num_key_value_heads' is {kv}, which does not divide 'num_attention_heads' {heads}: "
                 "each key/value head serves a whole group of query heads"
             )
-        checked_eos(raw.get("eos_token_id"), raw.get("vocab_size"), where)
+        self._eos = checked_eos(raw.get("eos_token_id"), raw.get("vocab_size"), where)
 
     def get(self, *keys: str, default: Any = ...) -> Any:
         for key in keys:
@@ -190,10 +190,7 @@ class HFConfig:
         return float(theta), params
 
     def eos_ids(self) -> tuple[int, ...]:
-        eos = self.raw.get("eos_token_id")
-        if eos is None:
-            return ()
-        return tuple(eos) if isinstance(eos, list) else (int(eos),)
+        return self._eos
 
 
 def checked_eos(eos: Any, vocab: Any, where: str) -> tuple[int, ...]:
@@ -210,7 +207,7 @@ def checked_eos(eos: Any, vocab: Any, where: str) -> tuple[int, ...]:
             TilesimWarning,
             stacklevel=3,
         )
-    return tuple(dict.fromkeys(ids))
+    return tuple(ids)
 
 
 def scaling_tuple(params: dict[str, Any]) -> tuple:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,16 +209,68 @@ def predict_latency(row: LatencyRow, **overrides: Any) -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=64)
 def neuronx_model(row: LatencyRow):
-    """The timing-only model of `row` as transformers-neuronx runs it (see `predict_latency`)."""
-    checkpoint = open_for_timing(_MODELS[row.model])
-    context = context_for(checkpoint.graph, row.input_len + row.output_len)
-    device = Device(row.instance, cores=row.tp, backed=False)
+    """The timing-only model of `row` as transformers-neuronx runs it (see `predict_latency`).
+    Rows whose requests round to the same KV cache share one model."""
+    context = context_for(open_for_timing(_MODELS[row.model]).graph, row.input_len + row.output_len)
+    return _neuronx_model(row.model, row.instance, row.tp, row.batch, context)
+
+
+@functools.lru_cache(maxsize=64)
+def _neuronx_model(model: str, instance: str, tp: int, batch: int, context: int):
+    device = Device(instance, cores=tp, backed=False)
     return load(
-        checkpoint, device, row.tp, dtype="fp16", act_dtype="bf16", kv_dtype="bf16", timing_only=True, pad_heads=True,
-        batch=row.batch, max_context=context,
+        open_for_timing(_MODELS[model]), device, tp, dtype="fp16", act_dtype="bf16", kv_dtype="bf16",
+        timing_only=True, pad_heads=True, batch=batch, max_context=context,
     )  # fmt: skip
+
+
+def predict_latencies(
+    rows: list[LatencyRow], *, jobs: int = 1, progress: Callable[[int], None] | None = None
+) -> list[dict[str, Any]]:
+    """`predict_latency` of each row, in the rows' order, the same figures whatever `jobs`.
+    With `jobs` > 1 the rows of each model on each instance go to one of that many processes
+    (started with "spawn": a script that calls this needs an `if __name__ == "__main__"`
+    guard); a group's rows share its collectives' simulations. `progress(n)`: n more rows done.
+    Warnings of the rows are raised here, each once."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault((row.model, row.instance), []).append(i)
+    jobs = min(jobs, len(groups))
+    if jobs <= 1:
+        out = []
+        for row in rows:
+            out.append(predict_latency(row))
+            if progress:
+                progress(1)
+        return out
+    import multiprocessing
+
+    # the biggest groups first, so that no process is left with a big one at the end
+    tasks = sorted(groups.values(), key=len, reverse=True)
+    results: list[dict[str, Any] | None] = [None] * len(rows)
+    caught_by_group: dict[int, list[tuple[type, str]]] = {}
+    work = [(g, [rows[i] for i in g]) for g in tasks]
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        for indices, predicted, caught in pool.imap_unordered(_predict_group, work):
+            for i, result in zip(indices, predicted, strict=True):
+                results[i] = result
+            caught_by_group[indices[0]] = caught
+            if progress:
+                progress(len(indices))
+    # in the rows' order, as one process would raise them
+    raised = dict.fromkeys(w for first in sorted(caught_by_group) for w in caught_by_group[first])
+    for category, message in raised:
+        warnings.warn(message, category, stacklevel=2)
+    return results  # type: ignore[return-value]
+
+
+def _predict_group(task: tuple[list[int], list[LatencyRow]]):
+    indices, rows = task
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predicted = [predict_latency(row) for row in rows]
+    return indices, predicted, [(w.category, str(w.message)) for w in caught]
 
 
 def request_latency(timer, row: LatencyRow, max_context: int) -> tuple[float, float | None]:

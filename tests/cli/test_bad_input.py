@@ -103,6 +103,8 @@ OTHERS = [
     (["sweep", "{llama}", "--plot", ""], "--plot '': give a path"),
     (["collectives", "--plot", "", "--cores", "2"], "--plot '': give a path"),
     (["fidelity", "--device", "a100", "--plot", ""], "--plot '': give a path"),
+    (["fidelity", "--device", "a100", "--jobs", "0"], "--jobs 0 must be at least 1 and at most 256"),
+    (["fidelity", "--device", "a100", "--jobs", "1000"], "--jobs 1000 must be at least 1 and at most 256"),
     (["fidelity", "--device", "a100", "--plot", "out.txt"], "--plot out.txt: cannot draw a .txt file; end the name"),
     (["sweep", "{llama}", "--plot", "s.gif"], "--plot s.gif: cannot draw a .gif file"),
     (["collectives", "--cores", "2", "--plot", "c.csv"], "--plot c.csv: cannot draw a .csv file"),

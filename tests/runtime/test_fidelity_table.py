@@ -9,7 +9,7 @@ import pytest
 
 import tilesim
 from tilesim.cli.main import main
-from tilesim.fidelity import load_latency_rows, predict_latency
+from tilesim.fidelity import load_latency_rows, predict_latencies, predict_latency
 
 ROWS = load_latency_rows()
 
@@ -50,6 +50,26 @@ def test_the_command_refuses_an_instance_with_no_rows(capsys):
         assert main(["fidelity", "--device", empty]) == 2
         err = capsys.readouterr().err
         assert f"--device {empty!r}: names no device; the rows are of a100," in err
+
+
+def test_rows_predicted_in_processes_raise_their_warnings_here_once_each_in_the_rows_order():
+    """Two models' rows past Llama-2's 4096 positions, each model in a process of its own: the
+    warnings one process raises, in its order, and the same figures."""
+    rows = [r for r in ROWS if r.instance == "inf2.48xlarge" and r.batch == 1 and r.output_len in (8064, 4096)]
+    rows = rows + rows[:1]  # a model's second row warns as its first did: once
+    assert [r.model for r in rows] == ["Llama-2-7b", "Llama-2-13b", "Llama-2-7b"]
+    seen = {}
+    for jobs in (1, 2):
+        done = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            predicted = predict_latencies(rows, jobs=jobs, progress=done.append)
+        seen[jobs] = [str(w.message) for w in caught], predicted
+        assert sum(done) == len(rows)
+    messages, predicted = seen[2]
+    assert (messages, predicted) == seen[1]
+    assert len(messages) == 2 and "llama-2-7b" in messages[0] and "llama-2-13b" in messages[1]
+    assert predicted[2] == predicted[0]
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +131,14 @@ def test_the_command_sums_up_each_instance_against_the_goals(table, capsys):
 
 
 def test_the_json_sums_up_each_instance_as_the_rows_say(table, capsys):
+    """In two processes (a model's rows in one) the rows are the ones predicted here in one,
+    to the bit, in the table's order."""
     import json
 
-    assert main(["fidelity", "--device", "inf2.48xlarge", "--json"]) == 0
+    assert main(["fidelity", "--device", "inf2.48xlarge", "--json", "--jobs", "2"]) == 0
     document = json.loads(capsys.readouterr().out)
     mine = [r for r in table if r["instance"] == "inf2.48xlarge"]
+    assert [{k: r[k] for k in mine[0]} for r in document["neuron"]] == mine
     ttft = np.abs([r["ttft_error"] for r in mine])
     for name in ("all", "inf2.48xlarge"):
         s = document["neuron_summary"][name]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -20,6 +21,7 @@ from tilesim.units import fmt_bytes, fmt_time
 
 # The goals the Neuron rows are judged by (docs/fidelity.md): mean |error| and every row
 GOAL_MEAN, GOAL_ROW = 0.15, 0.35
+MAX_JOBS = 256  # a bound against a slip of the keyboard; no more processes start than groups of rows
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +42,13 @@ def add_parser(subparsers) -> None:
         "{<model> on <instance>: ...}, gpu: [...], allreduce: [...], ipu: [...]}",
     )
     p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes the Neuron rows are predicted in (default: the cores this process may use); "
+        "the figures are the same whatever the count",
+    )
+    p.add_argument(
         "--plot",
         default=None,
         metavar="PATH",
@@ -57,13 +66,15 @@ def run(args: argparse.Namespace) -> int:
         predict_allreduce,
         predict_gpu,
         predict_ipu,
-        predict_latency,
+        predict_latencies,
         published_conflicts,
         smallest_worst_error,
     )
 
     if args.plot is not None:
         writable_image(args.plot, "--plot")
+    if args.jobs is not None and not 1 <= args.jobs <= MAX_JOBS:
+        raise ConfigError(f"--jobs {args.jobs} must be at least 1 and at most {MAX_JOBS}")
     rows, gpu, curve, ipu = load_latency_rows(), load_gpu_rows(), load_allreduce_rows(), load_ipu_rows()
     if args.device is not None:
         wanted = {d.strip() for d in args.device.split(",") if d.strip()}
@@ -82,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.json or not sys.stderr.isatty()
     with warnings.catch_warnings():  # the tables run Llama-2 past its 4096 positions, as transformers-neuronx did
         warnings.simplefilter("ignore", UserWarning)
-        results = [predict_latency(r) for r in tqdm(rows, desc="fidelity", disable=quiet, leave=False)]
+        jobs = args.jobs or usable_cores()
+        with tqdm(total=len(rows), desc="fidelity", disable=quiet, leave=False) as bar:
+            results = predict_latencies(rows, jobs=jobs, progress=bar.update)
         for result, conflicts in zip(results, published_conflicts(rows), strict=True):
             result["published_conflicts"] = conflicts
         floors = {}
@@ -110,6 +123,14 @@ def run(args: argparse.Namespace) -> int:
         tpot_only = [{**r, "ttft_s": None, "predicted_ttft_s": None} for r in gpu_results + ipu_results]
         _plot(results + tpot_only, args.plot)
     return 0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the host says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _print_gpu(results: list[dict], curve: list[dict]) -> None:

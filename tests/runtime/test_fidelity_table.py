@@ -72,11 +72,9 @@ def test_rows_predicted_in_processes_raise_their_warnings_here_once_each_in_the_
     assert predicted[2] == predicted[0]
 
 
-@pytest.fixture(scope="module")
-def table():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return [predict_latency(row) for row in ROWS]
+@pytest.fixture
+def table(neuron_table):
+    return neuron_table
 
 
 @pytest.mark.parametrize("instance", ["trn1.32xlarge", "inf2.48xlarge"])
@@ -112,7 +110,7 @@ def test_the_shipped_figures_give_time_to_first_token_within_the_goals_but_four_
             assert abs(r["ttft_error"]) <= 0.35, r
 
 
-def test_the_command_sums_up_each_instance_against_the_goals(table, capsys):
+def test_the_command_sums_up_each_instance_against_the_goals(table, fidelity_predicted_once, capsys):
     """The closing lines: the mean |error| (one decimal, the goal is 15%) and how many rows
     are beyond 35%, over all rows and per instance, as counted here from the predictions."""
     assert main(["fidelity", "--device", "trn1.32xlarge,inf2.48xlarge"]) == 0

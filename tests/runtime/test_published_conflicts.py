@@ -94,7 +94,7 @@ def test_in_the_neuron_table_only_llama_2_13b_s_long_prompts_on_trn1_disagree_wi
     assert max(abs(s - 1) for s, o in zip(stretch, own, strict=True) if not o) < 0.17
 
 
-def test_the_command_marks_the_rows_at_odds_and_says_how_far_off_any_model_must_be(capsys):
+def test_the_command_marks_the_rows_at_odds_and_says_how_far_off_any_model_must_be(fidelity_predicted_once, capsys):
     import json
 
     assert main(["fidelity", "--device", "trn1.32xlarge,inf2.48xlarge", "--json"]) == 0

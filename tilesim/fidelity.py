@@ -23,6 +23,7 @@ from tilesim.api import load
 from tilesim.device import Device
 from tilesim.errors import ConfigError
 from tilesim.models.named import open_for_timing
+from tilesim.runtime.checks import whole
 from tilesim.runtime.session import decode_shape, prefill_shape
 from tilesim.runtime.timing import context_for
 from tilesim.units import fmt_time
@@ -233,6 +234,7 @@ def predict_latencies(
     (started with "spawn": a script that calls this needs an `if __name__ == "__main__"`
     guard); a group's rows share its collectives' simulations. `progress(n)`: n more rows done.
     Warnings of the rows are raised here, each once."""
+    jobs = whole("jobs", jobs, 1, ConfigError, maximum=None)
     groups: dict[tuple[str, str], list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault((row.model, row.instance), []).append(i)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import tilesim
+from tilesim import ConfigError
 from tilesim.cli.main import main
 from tilesim.fidelity import load_latency_rows, predict_latencies, predict_latency
 
@@ -70,6 +71,12 @@ def test_rows_predicted_in_processes_raise_their_warnings_here_once_each_in_the_
     assert (messages, predicted) == seen[1]
     assert len(messages) == 2 and "llama-2-7b" in messages[0] and "llama-2-13b" in messages[1]
     assert predicted[2] == predicted[0]
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, "2", True, None])
+def test_a_count_of_processes_that_is_not_a_whole_number_from_1_is_refused(jobs):
+    with pytest.raises(ConfigError, match=f"jobs={jobs!r} must be"):
+        predict_latencies(ROWS[:1], jobs=jobs)
 
 
 @pytest.fixture

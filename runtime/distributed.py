@@ -63,17 +63,24 @@ def place_lanes(tp: int, pp: int, actors: int | None, cores_per_actor: int | Non
     """Lanes split evenly over `actors` (default: one per host), or `cores_per_actor` cores
     (whole lanes: a multiple of the pipeline stages) each."""
     if cores_per_actor is not None:
-        if not isinstance(cores_per_actor, int) or isinstance(cores_per_actor, bool) or cores_per_actor < 1:
-            raise ConfigError(f"cores_per_actor={cores_per_actor!r} must be a whole number of at least 1")
-        if cores_per_actor % pp:
-            raise ConfigError(
-                f"cores_per_actor={cores_per_actor} with {pp} pipeline stages: an actor holds whole lanes (one core "
-                f"of every stage), so use a multiple of {pp}"
-            )
+        check_cores_per_actor(cores_per_actor, pp)
         actors = -(-tp // (cores_per_actor // pp))
     actors = max(1, min(actors or 1, tp))
     b = bounds(tp, actors)
     return Placement(tuple(tuple(range(b[i], b[i + 1])) for i in range(actors)), pp, tp)
+
+
+def check_cores_per_actor(cores_per_actor: int | None, pp: int) -> None:
+    """Refuse a count that is not whole lanes (one core of each of the `pp` stages)."""
+    if cores_per_actor is None:
+        return
+    if not isinstance(cores_per_actor, int) or isinstance(cores_per_actor, bool) or cores_per_actor < 1:
+        raise ConfigError(f"cores_per_actor={cores_per_actor!r} must be a whole number of at least 1")
+    if cores_per_actor % pp:
+        raise ConfigError(
+            f"cores_per_actor={cores_per_actor} with {pp} pipeline stages: an actor holds whole lanes (one core "
+            f"of every stage), so use a multiple of {pp}"
+        )
 
 
 def check_budget(plan, placement: Placement, budget: int | None) -> None:
@@ -300,6 +307,7 @@ def start(model, source: str, address: str, cores_per_actor: int | None, actor_m
         raise ConfigError(
             f"{model.graph.label}: a mixture of experts is not hosted on Ray actors yet; run it in one process"
         )
+    check_cores_per_actor(cores_per_actor, model.stages.pp)  # before a cluster starts
     budget = None
     if actor_memory is not None:
         from tilesim.units import parse_quantity

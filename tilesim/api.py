@@ -106,6 +106,11 @@ def load(
         )
     if cluster is not None and not isinstance(cluster, str):
         raise ConfigError(f"cluster={cluster!r} must be a Ray address or 'auto'")
+    if cluster is not None and timing_only:  # ignored, it would read as obeyed
+        raise ConfigError(
+            f"cluster={cluster!r} hosts the cores' weights and arithmetic on Ray actors; a timing-only run has "
+            "neither and runs in this process: leave `cluster` out"
+        )
     for name, value in (("cores_per_actor", cores_per_actor), ("actor_memory", actor_memory)):
         if value is not None and cluster is None:  # ignored, they would read as obeyed
             raise ConfigError(f"{name}={value!r} is for cores hosted on Ray actors; give `cluster` too")

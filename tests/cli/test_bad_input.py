@@ -67,6 +67,8 @@ GENERATE = [
     (["--layers-per-stage", "2", "--pp", "2"], "--pp 2 but --layers-per-stage 2 lists 1 stage; give one of them"),
     (["--ray", "auto", "--actor-memory", "1XB"], "--actor-memory 1XB: unit 'XB' is not a bytes unit"),
     (["--ray", "auto", "--actor-memory", "1e999"], "--actor-memory 1e999 must be a positive size"),  # OverflowError
+    (["--ray", "auto", "--cores-per-actor", "0"], "--cores-per-actor 0 must be a whole number of at least 1"),
+    (["--ray", "auto", "--timing-only", "--prompt-len", "4"], "--ray is for runs with weights: a --timing-only run"),
 ]
 
 
@@ -298,6 +300,7 @@ API_LOAD = [
     ({"micro_batches": 2}, ConfigError, "micro_batches=2 cuts a batch for pipeline stages; give `pp` or"),
     ({"micro_batches": 2, "pp": 1}, ConfigError, "micro_batches=2 cuts a batch for pipeline stages"),
     ({"cluster": "local"}, ConfigError, "cluster='local': give a cluster's HOST:PORT"),  # it read --ray local
+    ({"cluster": "auto", "timing_only": True}, ConfigError, "cluster='auto' hosts the cores' weights and arithmetic"),
 ]
 
 

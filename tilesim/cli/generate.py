@@ -175,6 +175,8 @@ def _check_flags(args: argparse.Namespace) -> None:
     ray, draft = "runs on Ray actors (--ray)", "speculative decoding (--draft)"
     only_with(args, {
         "micro_batches": (pipelined, "pipelined runs (--pp or --layers-per-stage)"),
+        "ray": (not args.timing_only, "runs with weights: a --timing-only run has no weights or arithmetic to host "
+                "and runs in this process"),
         "cores_per_actor": (args.ray is not None, ray),
         "actor_memory": (args.ray is not None, ray),
         "speculate": (args.draft is not None, draft),

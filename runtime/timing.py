@@ -93,22 +93,22 @@ def bucket(n: int, smallest: int = 16, largest: int | None = None) -> int:
     return min(size, largest) if largest else size
 
 
-def kv_context(needed: int, limit: int | None) -> int:
-    """The KV cache's positions for a run that needs `needed` (prompt and new tokens): the
-    next power of two, at least 256, within the model's `limit` (None: no limit, for rotary
-    positions; see `position_limit`). The one rule every caller uses: the command line,
-    sweeps, fidelity."""
+def kv_context(needed: int, limit: int | None, what: str = "the prompt and new tokens") -> int:
+    """The KV cache's positions for a run that needs `needed` (`what` needs them: the prompt
+    and new tokens): the next power of two, at least 256, within the model's `limit` (None: no
+    limit, for rotary positions; see `position_limit`). The one rule every caller uses: the
+    command line, sweeps, fidelity."""
     if limit is None:
         return bucket(needed, 256)
     if needed > limit:
-        raise GenerationError(f"the prompt and new tokens need {needed} positions; the model has {limit}")
+        raise GenerationError(f"{what} need {needed} positions; the model has {limit}")
     return bucket(needed, 256, limit)
 
 
-def context_for(graph, needed: int, asked: int | None = None) -> int:
-    """The KV context of a run of `graph` that needs `needed` positions: `asked` if given,
-    else `kv_context` within the graph's `position_limit`."""
-    return asked if asked is not None else kv_context(needed, position_limit(graph))
+def context_for(graph, needed: int, asked: int | None = None, what: str = "the prompt and new tokens") -> int:
+    """The KV context of a run of `graph` that needs `needed` positions (`what` needs them):
+    `asked` if given, else `kv_context` within the graph's `position_limit`."""
+    return asked if asked is not None else kv_context(needed, position_limit(graph), what)
 
 
 def beyond_training(graph, positions: int, subject: str) -> str | None:

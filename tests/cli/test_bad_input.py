@@ -238,6 +238,17 @@ def test_a_drafts_context_is_its_own(capsys, tiny_model):
     assert main([*run, "--max-new-tokens", "250"]) == 0  # 252 positions: within both
 
 
+def test_requests_longer_than_learned_positions_are_refused_in_the_words_of_what_needs_them(capsys, tiny_model):
+    """serve-sim and sweep chose the context from their requests: the error says which (it
+    spoke of a prompt and new tokens, which serve-sim has not)."""
+    gpt2 = str(tiny_model("gpt2"))
+    capsys.readouterr()
+    drawn = ["--requests", "2", "--prompt-len", "fixed:200", "--output-len", "fixed:100"]
+    assert main(["serve-sim", gpt2, "--device", "tiny", *drawn]) == 2
+    err = capsys.readouterr().err
+    assert "the longest request's prompt and output need 300 positions; the model has 256" in err, err
+
+
 def test_a_sweep_whose_every_point_fails_exits_non_zero(capsys, tiny_model, tmp_path):
     folder = str(tiny_model("llama"))
     capsys.readouterr()

@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         else _drawn(args, 1.0 if args.slo is not None else args.rate)
     )
     needed = max(r.prompt_tokens + r.output_tokens for r in requests)
-    max_context = context_for(checkpoint.graph, needed, args.max_context)
+    what = "the longest request's prompt and output"
+    max_context = context_for(checkpoint.graph, needed, args.max_context, what)
     device = Device(args.device, cores=args.tp, backed=not timing_only)
     dtype = (
         args.dtype if args.dtype is not None else ("bf16" if timing_only and checkpoint.format == "config" else None)
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         timing_only,
         tuple(sorted(bucket_lists(args).items())),
     )
-    with derived_context_words(checkpoint.graph, needed, args.max_context, "the longest request's prompt and output"):
+    with derived_context_words(checkpoint.graph, needed, args.max_context, what):
         model = load(
             checkpoint, device, args.tp, dtype=dtype, max_context=max_context, timing_only=timing_only,
             pad_heads=timing_only, **bucket_lists(args),

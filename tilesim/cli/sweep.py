@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         fn = functools.partial(_local_point, checkpoint, prompt, args, unit)
     needed = _needed(len(prompt), args, unit)
-    what = "the prompt and new tokens" if unit is None else "the prompt and new tokens or the SLO's requests"
+    what = _needs(unit)
     with derived_context_words(checkpoint.graph, needed, args.max_context, what):
         rows = run_all(
             fn, configs, ray=args.ray, desc="sweep", quiet=args.json, label=lambda p: f"{p[0]} tp={p[1]} {p[2]}"
@@ -149,12 +149,17 @@ def _needed(prompt_len: int, args, unit) -> int:
     return needed if unit is None else max(needed, sweep_slo.needed_context(unit))
 
 
+def _needs(unit) -> str:
+    """What needs a point's positions, in the messages about them."""
+    return "the prompt and new tokens" if unit is None else "the prompt and new tokens or the SLO's requests"
+
+
 def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], args, unit=None) -> dict:
     row = {"device": preset, "tp": tp, "dtype": dtype or "default", "fits": False, "reason": ""}
     needed = _needed(len(prompt), args, unit)
     try:
         device = Device(preset, cores=tp, backed=not args.timing_only)
-        context = context_for(checkpoint.graph, needed, args.max_context)
+        context = context_for(checkpoint.graph, needed, args.max_context, _needs(unit))
         weights, _, act = (dtype or "").partition(":")
         model = load(checkpoint, device, tp, dtype=weights or None, act_dtype=act or None, max_context=context,
                      timing_only=args.timing_only, pad_heads=args.timing_only)  # fmt: skip

@@ -16,6 +16,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,13 @@ from tilesim.runtime.session import decode_shape, prefill_shape
 from tilesim.runtime.timing import context_for
 from tilesim.units import fmt_time
 
+
+def published(name: str) -> Path:
+    """A file of the published measurements (benchmarks/calibration/, installed as the data
+    package `tilesim.calibration`)."""
+    return Path(str(resources.files("tilesim.calibration").joinpath(name)))
+
+
 _MODELS = {
     "Llama-2-13b": "llama-2-13b",
     "Llama-2-70b": "llama-2-70b",
@@ -38,7 +46,7 @@ _MODELS = {
 }
 
 
-SDK218 = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration" / "neuron_sdk218_llama2.csv"
+SDK218 = published("neuron_sdk218_llama2.csv")
 
 
 @dataclass(frozen=True)
@@ -300,7 +308,7 @@ def _weighted_median(counts: dict[float, int]) -> float:
     return max(counts)
 
 
-GPU = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration" / "gpu_published.csv"
+GPU = published("gpu_published.csv")
 _GPU_DTYPES = {"bf16": "bf16", "int8 (per channel)": "int8", "int4 (group 32)": "int4"}
 _GPU_PRESETS = {"A100-80GB (power-limited 330 W)": "a100"}
 
@@ -359,7 +367,7 @@ def _gpu_model(row: GpuRow):
     )  # fmt: skip
 
 
-NCCL = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration" / "nccl_a100_allreduce.csv"
+NCCL = published("nccl_a100_allreduce.csv")
 
 
 @dataclass(frozen=True)
@@ -397,7 +405,7 @@ def predict_allreduce(row: AllReduceRow, **overrides: Any) -> dict[str, Any]:
     }
 
 
-POPTRANSFORMER = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration" / "poptransformer_published.csv"
+POPTRANSFORMER = published("poptransformer_published.csv")
 _IPU_PRESETS = {"IPU GC200 (Mk2)": "ipu-gc200", "C600": "c600"}
 _IPU_MODELS = {"gpt2-xl": "gpt2-xl"}
 

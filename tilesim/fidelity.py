@@ -221,8 +221,15 @@ def predict_latency(row: LatencyRow, **overrides: Any) -> dict[str, Any]:
 def neuronx_model(row: LatencyRow):
     """The timing-only model of `row` as transformers-neuronx runs it (see `predict_latency`).
     Rows whose requests round to the same KV cache share one model."""
-    context = context_for(open_for_timing(_MODELS[row.model]).graph, row.input_len + row.output_len)
+    context = context_for(_graph(row.model), row.input_len + row.output_len)
     return _neuronx_model(row.model, row.instance, row.tp, row.batch, context)
+
+
+@functools.cache
+def _graph(model: str):
+    """A model's graph, read to size its KV cache: built once, not on every call of a fit (20 ms
+    for Llama-2-70b). Each load opens a checkpoint of its own."""
+    return open_for_timing(_MODELS[model]).graph
 
 
 @functools.lru_cache(maxsize=64)

@@ -337,16 +337,27 @@ def greedy_rule():
 @pytest.fixture(scope="session")
 def smollm2_transformers():
     """(tokenizer, model): transformers' own reading of the SmolLM2 GGUF file in fp32, greedy
-    without an end of sequence. Built once: transformers parses the file's 49k-token
-    vocabulary in Python three times over, about 40 s here. Tests must not change it."""
+    without an end of sequence. Built once. Tests must not change it.
+
+    transformers parses the file's 49k-token vocabulary in Python once for the tokenizer and
+    twice for the model, and builds gguf's tensor-name table once per module of the model
+    (about 60 s in all here). While it builds the reference, gguf's reader is kept per file and
+    its name table per architecture: both are read-only to transformers and depend only on
+    their arguments, so the reference is the same, in about half the time."""
+    import functools
+
+    import gguf
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tilesim.models.checkpoint import resolve
 
     path = resolve("smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", functools.cache(gguf.GGUFReader))
+        patch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 2
     return tokenizer, model

@@ -86,6 +86,28 @@ def test_generate_gets_one_line_for_each_mistake(capsys, tiny_model, args, phras
     assert "_" not in err.split("error: ", 1)[1].split(" ")[0], "a Python argument name reached the command line"
 
 
+@pytest.mark.parametrize("command", ["generate", "profile"])
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--temperature", "nan"), ("--top-k", "0"), ("--top-p", "1.5"), ("--seed", "-1")]
+)
+def test_a_sampling_mistake_is_refused_before_the_model_loads(capsys, monkeypatch, tiny_model, command, flag, value):
+    """A model's load (weights, kernels compiled) can take minutes; a mistyped sampling
+    option waited for it and was refused only when the first token was chosen."""
+    import tilesim.cli.generate
+
+    folder = str(tiny_model("llama"))
+    capsys.readouterr()
+
+    def load(*args, **kwargs):
+        pytest.fail("the model loaded before the mistake was refused")  # a BaseException: main does not catch it
+
+    monkeypatch.setattr(tilesim.cli.generate, "load", load)
+    code = main([command, folder, "--prompt-ids", "1,2", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"tilesim: error: {flag} ") and err.count("\n") == 1, err
+
+
 OTHERS = [
     (["collectives", "--device", "ipu-gc200", "--cores", "1000"], "1000 cores asked for, more than the 256"),
     (["collectives", "--bytes", "1T", "--cores", "2"], "ring allreduce of 1 TiB on each of 2 cores needs about"),

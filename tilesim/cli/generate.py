@@ -23,6 +23,7 @@ from tilesim.errors import ConfigError, GenerationError, ShardingError
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
 from tilesim.runtime.pipeline import stage_count
+from tilesim.runtime.sampling import SamplingParams
 from tilesim.runtime.timing import context_for
 from tilesim.units import fmt_bytes
 
@@ -192,6 +193,8 @@ def _check_flags(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _check_flags(args)
+    # before the load: a mistyped --temperature must not wait for a model's weights and kernels
+    SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
     if args.trace is not None:  # before the run: a long run must not fail at its end for want of a place to write
         writable_file(args.trace, "--trace")
     if args.plots is not None:

@@ -258,23 +258,30 @@ def experts_report(model: Model, tokens: int) -> dict:
 
 def check_prompts(model: Model, prompts, max_new_tokens: int) -> list[list[int]]:
     """The prompts as lists of ints, or one GenerationError saying what is wrong with them."""
+    prompts = check_request(prompts, max_new_tokens, model.graph.vocab_size, model.max_context)
+    longest = max(len(p) for p in prompts)
+    model.buckets.decode_for(longest + max_new_tokens - 1)  # a longer prompt than any prefill bucket runs in windows
+    return prompts
+
+
+def check_request(prompts, max_new_tokens: int, vocab: int, max_context: int) -> list[list[int]]:
+    """`check_prompts` against a model's vocabulary and KV context before it is loaded: a
+    command line refuses such a request without waiting for the weights."""
     whole("max_new_tokens", max_new_tokens, 1, GenerationError)
     prompts = _id_lists(prompts)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GenerationError("every prompt needs at least one token")
-    vocab = model.graph.vocab_size
     for p in prompts:
         bad = [t for t in p if not 0 <= t < vocab]
         if bad:
             raise GenerationError(f"token id {bad[0]} is outside the vocabulary of {vocab} ids")
     longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > model.max_context:
+    if longest + max_new_tokens > max_context:
         raise GenerationError(
-            f"a prompt of {longest} tokens plus {max_new_tokens} new ones needs "
-            f"{longest + max_new_tokens} positions, but the model was compiled for max_context={model.max_context}; "
-            "load it with a larger `max_context`"
+            f"a prompt of {longest} token{'s' if longest != 1 else ''} plus {max_new_tokens} new "
+            f"{'ones' if max_new_tokens != 1 else 'one'} needs {longest + max_new_tokens} positions, but the model was "
+            f"compiled for max_context={max_context}; load it with a larger `max_context`"
         )
-    model.buckets.decode_for(longest + max_new_tokens - 1)  # a longer prompt than any prefill bucket runs in windows
     return prompts
 
 

@@ -22,6 +22,7 @@ from tilesim.device import Device
 from tilesim.errors import ConfigError, GenerationError, ShardingError
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
+from tilesim.runtime.generate import check_request
 from tilesim.runtime.pipeline import stage_count
 from tilesim.runtime.sampling import SamplingParams
 from tilesim.runtime.timing import context_for
@@ -207,7 +208,9 @@ def run(args: argparse.Namespace) -> int:
     whole("tp", args.tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
     whole("max_new_tokens", args.max_new_tokens, 1, GenerationError)  # before the context it sizes
     needed = longest + args.max_new_tokens
+    whole("max_context", args.max_context, 1, ConfigError, optional=True)
     max_context = context_for(checkpoint.graph, needed, args.max_context)
+    check_request(prompts, args.max_new_tokens, checkpoint.graph.vocab_size, max_context)  # before the load
     whole("pp", args.pp, 1, ShardingError, optional=True)
     cores = args.cores if args.cores is not None else pipeline_cores(args)
     device = Device(args.device, cores=cores, backed=not args.timing_only)

@@ -1,6 +1,7 @@
 """Shared test settings: hypothesis profiles (bounded by default, deeper with TILESIM_DEEP=1,
 fewer examples with TILESIM_QUICK=1), the one rule of greedy-token tests (`greedy_rule`),
 and tiny random checkpoints made with transformers (seeded `from_config` + `save_pretrained`).
+A run of most of the suite starts tests/compile_ahead.py beside it (TILESIM_COMPILE_AHEAD=0: not).
 
 Heads are chosen so each architecture has several tensor-parallel degrees, an odd one among
 them; the Llama family uses grouped-query attention.
@@ -23,6 +24,29 @@ settings.register_profile(
 )
 PROFILE = "deep" if os.environ.get("TILESIM_DEEP") else "quick" if os.environ.get("TILESIM_QUICK") else "default"
 settings.load_profile(PROFILE)
+
+# A run of most of the suite compiles, beside it, the kernels its later tests need
+# (tests/compile_ahead.py); a run of a few files does not pay for that.
+COMPILE_AHEAD_FROM = 600  # tests collected
+_ahead: list = []
+
+
+def pytest_collection_finish(session):
+    import subprocess
+    import sys
+
+    few = len(session.items) < COMPILE_AHEAD_FROM or session.config.option.collectonly
+    if few or os.environ.get("TILESIM_COMPILE_AHEAD") == "0":
+        return
+    script = Path(__file__).with_name("compile_ahead.py")
+    _ahead.append(subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+def pytest_sessionfinish(session):
+    for process in _ahead:
+        process.kill()  # numba writes a cache file whole (a temporary file renamed): nothing half-written stays
+        process.wait()
+
 
 VOCAB = 101
 # RWKV's recurrence exponentiates its keys: at 3x the initializer's scale a rounding of k is

@@ -114,6 +114,14 @@ class _Runner:
         return logits
 
 
+def check_vocabularies(target_graph, draft_graph) -> None:
+    """A draft proposes token ids of the target's vocabulary, or it cannot serve it."""
+    if draft_graph.vocab_size != target_graph.vocab_size:
+        raise GenerationError(
+            f"the draft's vocabulary ({draft_graph.vocab_size} ids) is not the target's ({target_graph.vocab_size})"
+        )
+
+
 def speculative_generate(
     target: Model,
     draft: Model,
@@ -139,10 +147,7 @@ def speculative_generate(
         raise GenerationError("the draft must be a model of its own: load it again (it may be the same checkpoint)")
     if target.timing_only or draft.timing_only:
         raise GenerationError("speculative decoding needs the tokens: load both models with their weights")
-    if draft.graph.vocab_size != target.graph.vocab_size:
-        raise GenerationError(
-            f"the draft's vocabulary ({draft.graph.vocab_size} ids) is not the target's ({target.graph.vocab_size})"
-        )
+    check_vocabularies(target.graph, draft.graph)
     [ids] = check_prompts(target, [prompt], max_new_tokens)
     check_prompts(draft, [ids], max_new_tokens)
     params = SamplingParams(temperature, top_k, top_p, seed)

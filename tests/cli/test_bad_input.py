@@ -98,23 +98,32 @@ def test_generate_gets_one_line_for_each_mistake(capsys, tiny_model, args, phras
         (["--max-context", "4"], "a prompt of 2 tokens plus 3 new ones needs 5 positions, but the model was compiled "
          "for --max-context 4"),
         (["--max-context", "2", "--max-new-tokens", "1"], "a prompt of 2 tokens plus 1 new one needs 3 positions"),
+        # the draft's mistakes waited for the target's load too
+        (["--draft", "{llama}", "--speculate", "0"], "--speculate 0 must be at least 1"),
+        (["--draft", "{llama}", "--draft-tp", "0"], "--draft-tp 0 must be at least 1"),
+        (["--draft", "{llama}", "--prompt-ids", "3"], "--draft runs one prompt"),
+        (["--draft", "{llama_gguf}"], "the draft's vocabulary (128 ids) is not the target's (101)"),
+        (["--draft", "/nonexistent/draft"], "/nonexistent/draft: no such file or folder"),
     ],
 )  # fmt: skip
 def test_a_mistake_in_the_request_is_refused_before_the_model_loads(capsys, monkeypatch, tiny_model, command, args,
                                                                     phrase):  # fmt: skip
     """A model's load (weights, kernels compiled) can take minutes; a mistyped sampling
-    option, a token id past the vocabulary or a context too small for the request waited for
-    it and were refused only when the run began."""
+    option, a token id past the vocabulary, a context too small for the request or a draft
+    that cannot serve the model waited for it and were refused only when the run began."""
     import tilesim.cli.generate
+    import tilesim.cli.speculate
 
-    folder = str(tiny_model("llama"))
+    folders = {name: str(tiny_model(name)) for name in ("llama", "llama_gguf")}
     capsys.readouterr()
 
     def load(*args, **kwargs):
         pytest.fail("the model loaded before the mistake was refused")  # a BaseException: main does not catch it
 
     monkeypatch.setattr(tilesim.cli.generate, "load", load)
-    code = main([command, folder, "--prompt-ids", "1,2", "--max-new-tokens", "3", *args])
+    monkeypatch.setattr(tilesim.cli.speculate, "load", load)
+    args = [a.format(**folders) for a in args]
+    code = main([command, folders["llama"], "--prompt-ids", "1,2", "--max-new-tokens", "3", *args])
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("tilesim: error: ") and err.count("\n") == 1 and phrase in err, err

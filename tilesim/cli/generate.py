@@ -211,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     whole("max_context", args.max_context, 1, ConfigError, optional=True)
     max_context = context_for(checkpoint.graph, needed, args.max_context)
     check_request(prompts, args.max_new_tokens, checkpoint.graph.vocab_size, max_context)  # before the load
+    draft = speculate.prepare(args, checkpoint, prompts) if args.draft is not None else None
     whole("pp", args.pp, 1, ShardingError, optional=True)
     cores = args.cores if args.cores is not None else pipeline_cores(args)
     device = Device(args.device, cores=cores, backed=not args.timing_only)
@@ -248,14 +249,14 @@ def run(args: argparse.Namespace) -> int:
         )
     bar.close()
     try:
-        return _run(args, model, prompts, tokenizer, started)
+        return _run(args, model, prompts, tokenizer, started, draft)
     finally:
         model.close()
 
 
-def _run(args: argparse.Namespace, model, prompts, tokenizer, started: float) -> int:
-    if args.draft is not None:
-        return speculate.run(args, model, prompts, tokenizer)
+def _run(args: argparse.Namespace, model, prompts, tokenizer, started: float, draft: tuple | None) -> int:
+    if draft is not None:
+        return speculate.run(args, model, prompts, tokenizer, draft)
     stream = _Streamer(tokenizer, len(prompts)) if tokenizer and not args.json and not args.timing_only else None
     out = model.generate(
         prompts,

@@ -12,7 +12,7 @@ from tilesim.cli.context import derived_context_words
 from tilesim.device import Device
 from tilesim.errors import ConfigError, GenerationError, ShardingError
 from tilesim.runtime.checks import whole
-from tilesim.runtime.speculative import speculative_generate
+from tilesim.runtime.speculative import check_vocabularies, speculative_generate
 from tilesim.runtime.timing import context_for
 from tilesim.units import fmt_time
 
@@ -24,21 +24,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-tp", type=int, default=None, help="the draft's tensor-parallel degree (default: 1)")
 
 
-def run(args: argparse.Namespace, target, prompts: list[list[int]], tokenizer) -> int:
+def prepare(args: argparse.Namespace, checkpoint, prompts: list[list[int]]) -> tuple:
+    """What the draft's run needs, checked before the target loads (a mistake about the draft
+    must not wait for the target's weights): its opened checkpoint, KV context and device."""
     if args.timing_only:
         raise ConfigError("--draft needs the tokens: speculative decoding cannot run --timing-only")
     if len(prompts) != 1:
         raise ConfigError("--draft runs one prompt; give one --prompt (and no --batch)")
+    whole("k", args.speculate, 1, GenerationError)
     whole("draft_tp", args.draft_tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
     device = Device(args.device, cores=args.draft_tp)
     if not args.draft.strip():
         raise ConfigError(f"--draft {args.draft!r}: give the draft model (a folder, a .gguf file or a short name)")
     source = open_source(args.draft)
+    check_vocabularies(checkpoint.graph, source.graph)
     needed = len(prompts[0]) + args.max_new_tokens  # a round proposes no more than is still wanted
     try:  # the draft's own context: its positions may be fewer than the target's bucket
         context = context_for(source.graph, needed, args.max_context)
     except GenerationError as exc:
         raise GenerationError(f"the draft {args.draft}: {exc}") from None
+    return source, context, device
+
+
+def run(args: argparse.Namespace, target, prompts: list[list[int]], tokenizer, draft_source: tuple) -> int:
+    source, context, device = draft_source
+    needed = len(prompts[0]) + args.max_new_tokens
     with derived_context_words(source.graph, needed, args.max_context, "in the draft, the prompt and new tokens"):
         draft = load(source, device, args.draft_tp, max_context=context)
     out = speculative_generate(

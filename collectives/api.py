@@ -11,6 +11,7 @@ keeps the fastest (cached per fabric, size and core count); the result says whic
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,11 @@ def buffer_region(device: Device, nbytes_per_core: int) -> str:
     return "offchip"
 
 
+# who sees a choice's simulations go: not an argument of the cached `_simulation`, whose
+# result is the same whoever watches
+_watcher: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar("watcher", default=None)
+
+
 @functools.lru_cache(maxsize=4096)
 def _simulation(
     fabric: FabricSpec, p: int, op: str, algo: str, n: int, itemsize: int, root: int, gamma: float
@@ -150,7 +156,7 @@ def _simulation(
     from tilesim.device.fabric import Fabric
 
     schedule = schedule_for(op, algo, p, n, root, itemsize)
-    run = run_des(schedule, Fabric(fabric, p), [None] * p, _no_combine, itemsize, gamma, timeout=1e6)
+    run = run_des(schedule, Fabric(fabric, p), [None] * p, _no_combine, itemsize, gamma, 1e6, _watcher.get())
     return run.time, tuple(run.transfers)
 
 
@@ -158,24 +164,48 @@ def _no_combine(local, incoming, out=None):
     return local
 
 
-def choose_algorithm(device: Device, op: str, p: int, n: int, itemsize: int, root: int, region: str) -> str:
-    """The fastest algorithm for this operation, size, core count and fabric (timing-only runs)."""
+def choose_algorithm(
+    device: Device,
+    op: str,
+    p: int,
+    n: int,
+    itemsize: int,
+    root: int,
+    region: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> str:
+    """The fastest algorithm for this operation, size, core count and fabric (timing-only runs).
+    `progress(steps done, steps in all)` sees each candidate's simulation go, from 0 (a direct
+    all-reduce over 256 cores of a ring takes minutes)."""
     candidates = algorithms_for(op, device.spec.fabric.topology)
     if p <= 1 or n == 0:
         return candidates[0]
     gamma = model_for(device.spec, p, region).gamma
     fabric = device.spec.fabric.for_message(n * itemsize)
-    times = {a: _simulation(fabric, p, op, a, n, itemsize, root, gamma)[0] for a in candidates}
+    token = _watcher.set(progress)
+    try:
+        times = {a: _simulation(fabric, p, op, a, n, itemsize, root, gamma)[0] for a in candidates}
+    finally:
+        _watcher.reset(token)
     return min(candidates, key=lambda a: (times[a], candidates.index(a)))
 
 
-def resolve_algorithm(device: Device, op: str, algo: str, n: int, itemsize: int, root: int = 0) -> str:
-    """`algo`, or for "auto" the algorithm `run_collective` picks for n elements of `itemsize` bytes."""
+def resolve_algorithm(
+    device: Device,
+    op: str,
+    algo: str,
+    n: int,
+    itemsize: int,
+    root: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> str:
+    """`algo`, or for "auto" the algorithm `run_collective` picks for n elements of `itemsize`
+    bytes (`progress` as for `choose_algorithm`)."""
     if algo != "auto":
         return algo
     # before a schedule exists, guess its buffers: in, out and one scratch
     region = buffer_region(device, 3 * n * itemsize)
-    return choose_algorithm(device, op, device.num_cores, n, itemsize, root, region)
+    return choose_algorithm(device, op, device.num_cores, n, itemsize, root, region, progress)
 
 
 def simulated_time(
@@ -219,7 +249,8 @@ def run_collective(
 ) -> CollectiveResult:
     """Run `op` over `device`'s cores: with `inputs` (one 1-D array per core), or timing only
     with `n` elements of `dtype`. `device` is a Device or a preset name (its cores).
-    `progress(steps done, steps in all)` sees a discrete-event run go. See the module doc;
+    `progress(steps done, steps in all)` sees a discrete-event run go, and with "auto" first the
+    runs that choose the algorithm (each from 0). See the module doc;
     raises FabricFault or CollectiveTimeout."""
     if isinstance(device, str):
         device = Device(device)
@@ -257,7 +288,7 @@ def run_collective(
     if op == "alltoall" and in_place:
         raise ConfigError("all-to-all cannot run in place: give separate input and output buffers")
     itemsize = work.itemsize
-    algo_name = resolve_algorithm(device, op, algo, n, itemsize, root)
+    algo_name = resolve_algorithm(device, op, algo, n, itemsize, root, progress)
     schedule = build_schedule(op, algo_name, p, n, root, itemsize)
     region = buffer_region(device, _buffer_bytes(schedule, itemsize))
     model = model_for(device.spec, p, region, n * itemsize)

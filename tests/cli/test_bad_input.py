@@ -196,6 +196,14 @@ OTHERS = [
     (["collectives", "--cores", "4", "--fault", "corrupt=1,retries=99999999"], "from 0 to 100"),
     # argparse took a value that begins with a dash and a digit for an option: "expected one argument"
     (["collectives", "--cores", "2", "--bytes", "-1K"], "cannot read '-1K' as a size"),
+    # options of one operation or dtype, taken and ignored by the others
+    (["collectives", "--root", "1"], "--root is for --op broadcast"),
+    (["collectives", "--op", "allgather", "--reduce", "max"], "--reduce is for reducing operations"),
+    (["collectives", "--accumulate", "fp32"], "--accumulate is for reductions of 16-bit data"),
+    (
+        ["collectives", "--op", "allgather", "--dtype", "bf16", "--accumulate", "fp32"],
+        "--accumulate is for reductions of 16-bit data",
+    ),
     (["generate", "{llama}", "--prompt-ids", "-1,2"], "token id -1 is outside the vocabulary"),
     (
         ["sweep", "{llama}", "--slo", "ttft_p99=1", "--chunk-size", "8"],

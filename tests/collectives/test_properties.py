@@ -244,3 +244,28 @@ def test_a_run_that_reports_its_progress_is_the_same_run_to_the_bit():
     assert total == sum(len(s) for s in build_schedule("allreduce", "direct", 24, 96).steps)
     assert len(calls) > 3 and calls[-1] == (total, total)
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(calls)) and {c[1] for c in calls} == {total}
+
+
+def test_choosing_an_algorithm_reports_each_candidates_run_and_chooses_the_same():
+    """algo="auto" first times every candidate on the fabric: minutes for 256 cores of a ring,
+    with nothing to show for them before. The watcher sees each candidate's run from 0 to its
+    end, and watching changes neither the choice nor a time."""
+    from tilesim.collectives.api import _simulation, algorithms_for, choose_algorithm
+
+    dev = device("ring", 24)
+    n = 1000  # elements no other test times, so every candidate runs here
+    _simulation.cache_clear()
+    watched = []
+    chosen = choose_algorithm(dev, "allreduce", 24, n, 4, 0, "offchip", lambda *c: watched.append(c))
+    timed = [_simulation.cache_info().currsize]
+    _simulation.cache_clear()
+    assert choose_algorithm(dev, "allreduce", 24, n, 4, 0, "offchip") == chosen
+    candidates = algorithms_for("allreduce", dev.spec.fabric.topology)
+    assert timed == [len(candidates)] and len(candidates) > 1
+    runs = [list(g) for _, g in itertools.groupby(watched, key=lambda c: c[1])]  # a run's calls share its total
+    assert [run[0][1] for run in runs] == [sum(len(s) for s in build_schedule("allreduce", a, 24, n).steps)
+                                           for a in candidates]  # fmt: skip
+    assert all(run[0][0] == 0 and run[-1][0] == run[-1][1] for run in runs)
+    calls = []
+    result = run_collective("allreduce", n=n + 4, device=dev, progress=lambda *c: calls.append(c))
+    assert result.auto and sum(1 for c in calls if c[0] == 0) == len(candidates) + 1  # the choice, then the run

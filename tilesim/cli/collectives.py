@@ -15,6 +15,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from tilesim.cli.flags import fill, only_with
 from tilesim.cli.table import print_table
 from tilesim.collectives import ALGORITHMS, OPS, algorithms_for, check_against_numpy, run_collective
 from tilesim.collectives.api import resolve_algorithm, schedule_for
@@ -40,11 +41,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cores", type=int, default=None, help="number of cores (default: the preset's)")
     p.add_argument("--bytes", default="1K:64M", help="one size, or FIRST:LAST doubling (e.g. 1K:256M)")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    p.add_argument("--reduce", default="sum", choices=["sum", "max", "min"], dest="reduce_op")
-    p.add_argument("--root", type=int, default=0, help="root core of a broadcast")
-    p.add_argument(
-        "--accumulate", default="wire", choices=["wire", "fp32"], help="16-bit data: round every hop, or add in fp32"
-    )
+    # None: not given (flags.only_with refuses them where they do not apply)
+    p.add_argument("--reduce", default=None, choices=["sum", "max", "min"],
+                   help="allreduce and reducescatter: how values combine (default: sum)")  # fmt: skip
+    p.add_argument("--root", type=int, default=None, help="root core of a broadcast (default: 0)")
+    p.add_argument("--accumulate", default=None, choices=["wire", "fp32"],
+                   help="a reduction of 16-bit data: round every hop, or add in fp32 (default: wire)")  # fmt: skip
     p.add_argument("--in-place", action="store_true", help="use the input buffer as the output buffer")
     p.add_argument("--fabric", default="des", choices=["des", "analytic"], help="discrete-event or closed-form fabric")
     p.add_argument("--fault", default=None, help="inject faults, e.g. corrupt=0.01,drop=0.001,dead=2-3,seed=3")
@@ -71,13 +73,14 @@ def sizes_from(text: str) -> list[int]:
 
 
 @contextlib.contextmanager
-def _steps_bar(label: str, show: bool):
-    """A second bar, for one (algorithm, size) job that runs long (a direct all-reduce over 256
-    cores is millions of events): shown after two seconds, gone when the job ends."""
+def _steps_bar(label: str, show: bool, position: int = 1):
+    """A bar for one discrete-event run that takes long (a direct all-reduce over 256 cores is
+    millions of events): shown after two seconds, gone when the run ends. At `position` 1, under
+    the jobs' bar; at 0 for the runs that choose an algorithm, before the jobs start."""
     if not show:
         yield None
         return
-    with tqdm(desc=label, unit="step", leave=False, position=1, delay=2.0) as bar:
+    with tqdm(desc=label, unit="step", leave=False, position=position, delay=2.0) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -132,6 +135,13 @@ def _fits_in_host(jobs: list[tuple[str, int]], args: argparse.Namespace, p: int)
 
 
 def run(args: argparse.Namespace) -> int:
+    reduces = args.op in ("allreduce", "reducescatter")
+    only_with(args, {
+        "reduce": (reduces, "reducing operations (--op allreduce or reducescatter)"),
+        "root": (args.op == "broadcast", "--op broadcast (the core whose data the others get)"),
+        "accumulate": (reduces and args.dtype in ("bf16", "fp16"), "reductions of 16-bit data (--dtype bf16 or fp16)"),
+    })  # fmt: skip
+    fill(args, {"reduce": "sum", "root": 0, "accumulate": "wire"})
     if args.plot is not None:
         writable_image(args.plot, "--plot")
     device = Device(args.device, cores=args.cores)
@@ -148,20 +158,25 @@ def run(args: argparse.Namespace) -> int:
         )
     jobs = [(algo, size) for algo in algos for size in sizes]
     work = working_dtype(args.dtype, args.accumulate).itemsize
-    _fits_in_host([(resolve_algorithm(device, args.op, a, s // itemsize, work, args.root), s) for a, s in jobs],
-                  args, p)  # fmt: skip
-    rows = []
     show = not args.json and sys.stderr.isatty()
-    for algo, size in tqdm(jobs, desc=f"{args.op} on {p} cores", disable=not show, leave=False):
+    resolved = []
+    for a, s in jobs:  # "auto" times every candidate first: minutes for 256 cores of a ring
+        with _steps_bar(f"choosing the algorithm for {fmt_bytes(s)}", show and a == "auto", 0) as progress:
+            resolved.append((resolve_algorithm(device, args.op, a, s // itemsize, work, args.root, progress), s))
+    _fits_in_host(resolved, args, p)
+    rows = []
+    for (algo, size), (name, _) in tqdm(
+        list(zip(jobs, resolved, strict=True)), desc=f"{args.op} on {p} cores", disable=not show, leave=False
+    ):
         n = size // itemsize
         inputs = make_inputs(args.op, p, n, args.dtype)
-        with _steps_bar(f"{algo} {fmt_bytes(size)}", show) as progress:
+        with _steps_bar(f"{name} {fmt_bytes(size)}", show) as progress:
             result = run_collective(
                 args.op,
                 inputs,
                 device=device,
                 algo=algo,
-                reduce_op=args.reduce_op,
+                reduce_op=args.reduce,
                 root=args.root,
                 accumulate=args.accumulate,
                 in_place=args.in_place,
@@ -171,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             )
         row = result.as_row()
         row["correct"] = check_against_numpy(
-            result, inputs, args.accumulate, exact=args.reduce_op != "sum" or _exact_sums(p, args.dtype)
+            result, inputs, args.accumulate, exact=args.reduce != "sum" or _exact_sums(p, args.dtype)
         )
         row["device"] = device.name
         rows.append(row)
@@ -185,9 +200,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(rows: list[dict], device: Device, args: argparse.Namespace) -> None:
+    what = {"allreduce": f"reduce={args.reduce}, ", "reducescatter": f"reduce={args.reduce}, ",
+            "broadcast": f"root={args.root}, "}.get(args.op, "")  # fmt: skip
     print(
         f"# {args.op} on {device.num_cores} cores of {device.name} ({device.spec.fabric.topology} topology), "
-        f"{args.dtype}, reduce={args.reduce_op}, fabric={args.fabric}"
+        f"{args.dtype}, {what}fabric={args.fabric}"
     )
     table = []
     for r in rows:

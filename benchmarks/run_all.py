@@ -17,6 +17,7 @@ SCRIPTS = [
     "kernel_speed.py",  # not kernels.py: in sys.path[0] it hid the `kernels` package transformers imports
     "startup.py",
     "timing_only.py",
+    "fabric_speed.py",
     "serving.py",
     "precision_table.py",
     "precision_error.py",

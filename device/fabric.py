@@ -1,10 +1,11 @@
 """The fabric between cores as a discrete-event (SimPy) model that moves real bytes.
 
 Collectives reach the fabric only through the narrow `Transport` interface: `send`, `recv`
-and `now`. `Fabric` implements it with SimPy: every link direction is a resource that
-carries one message at a time (others queue, first come first served) for `N / bandwidth`;
-a message's head moves to the next hop of its route after the hop's latency (virtual
-cut-through). So on an idle fabric a transfer of N bytes over one link takes
+and `now`. `Fabric` implements it with SimPy: every link direction carries one message at a
+time for `N / bandwidth`, in the order the messages' heads reach it (first come, first
+served: a message takes the link when it is next free, without an event of its own for
+the queue); a message's head moves to the next hop of its route after the hop's latency
+(virtual cut-through). So on an idle fabric a transfer of N bytes over one link takes
 `latency + N / bandwidth`, over a route `sum(latency) + N / slowest bandwidth`; transfers
 on disjoint links overlap.
 
@@ -88,7 +89,9 @@ class Fabric:
         self.cores = cores
         self.faults = FaultInjector(faults) if faults is not None and faults.active else None
         self.on_transfer = on_transfer
-        self._links = {link.id: simpy.Resource(self.env, capacity=1) for link in self.topology.links}
+        # when each link direction is next free: a message takes a link at the later of its
+        # head's arrival and that time, so messages cross a link in the order they reach it
+        self._free_at = {link.id: 0.0 for link in self.topology.links}
         self._mailboxes: dict[tuple[int, int, Any], simpy.Store] = {}
 
     @property
@@ -166,14 +169,13 @@ class Fabric:
         start = arrival = self.env.now
         remaining_latency = sum(link.latency for link in route)
         for k, link in enumerate(route):
-            resource = self._links[link.id]
-            request = resource.request()
-            yield request
-            granted = self.env.now
+            granted = max(self.env.now, self._free_at[link.id])
+            busy = nbytes / self._bandwidth(link)
+            self._free_at[link.id] = granted + busy  # taken now, in the order the heads arrive
+            if granted > self.env.now:
+                yield self.env.timeout(granted - self.env.now)
             if k == 0:
                 start = granted
-            busy = nbytes / self._bandwidth(link)
-            self.env.timeout(busy).callbacks.append(lambda _event, r=resource, q=request: r.release(q))
             arrival = max(arrival, granted + busy + remaining_latency)
             remaining_latency -= link.latency
             if k < len(route) - 1:

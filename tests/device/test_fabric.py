@@ -56,6 +56,30 @@ def test_transfers_sharing_a_link_direction_queue():
     assert times == [N / B + L, 2 * N / B + L]
 
 
+def test_a_message_waiting_for_a_link_keeps_its_place_in_the_queue():
+    """Messages take a link in the order their heads reach it: one that arrives while another
+    waits goes after it, and no two hold the link at once."""
+    fabric = Fabric(spec(), 4)
+    times = {}
+
+    def receiver(src, tag):
+        yield fabric.recv(2, src, tag)
+        times[tag] = fabric.now
+
+    def late_sender():
+        yield fabric.env.timeout(2 * L)  # after b's head reached link 1->2 (at L), before it frees
+        fabric.send(1, 2, "c", None, N)
+
+    fabric.send(1, 2, "a", None, N)  # holds 1->2 from 0 to N / B
+    fabric.send(0, 2, "b", None, N)  # 0->1, then waits at 1->2 from L to N / B
+    fabric.env.process(late_sender())
+    for src, tag in ((1, "a"), (0, "b"), (1, "c")):
+        fabric.env.process(receiver(src, tag))
+    fabric.run()
+    assert L < N / B
+    assert times == {"a": N / B + L, "b": 2 * N / B + L, "c": 3 * N / B + L}
+
+
 def test_transfers_on_disjoint_links_and_opposite_directions_overlap():
     arrivals = run_transfers(Fabric(spec(), 4), [(0, 1), (1, 0), (2, 3)])
     assert arrivals == {(0, 1): L + N / B, (1, 0): L + N / B, (2, 3): L + N / B}

@@ -95,7 +95,7 @@ def connect(address: str):
         level = announcer.level
         announcer.setLevel(logging.ERROR)
         try:
-            start_local(ray, os.cpu_count() or 1, **quiet)
+            start_local(ray, usable_cores(), **quiet)
         except (ConnectionError, ValueError, RuntimeError, OSError, ray.exceptions.RayError) as exc:
             raise ConfigError(
                 f"cluster='auto': no Ray cluster runs here and one could not be started ({first_line(exc)})"
@@ -108,6 +108,15 @@ def connect(address: str):
 # Ray reads this when each of its processes starts: "0" keeps every address of a cluster on
 # loopback (its one-machine mode, meant for Windows and macOS, works on Linux as well)
 _ONE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the host says): a local cluster
+    and `tilesim fidelity` start as many workers, not one per core of a host they may not use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def start_local(module, num_cpus: int, **options: Any) -> None:

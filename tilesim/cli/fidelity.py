@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from tilesim.cli.table import print_table
 from tilesim.errors import ConfigError
+from tilesim.fanout import usable_cores
 from tilesim.profiler.output import atomic_save, image_format, writable_image
 from tilesim.units import fmt_bytes, fmt_time
 
@@ -123,14 +123,6 @@ def run(args: argparse.Namespace) -> int:
         tpot_only = [{**r, "ttft_s": None, "predicted_ttft_s": None} for r in gpu_results + ipu_results]
         _plot(results + tpot_only, args.plot)
     return 0
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity, where the host says)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _print_gpu(results: list[dict], curve: list[dict]) -> None:

@@ -130,7 +130,25 @@ def test_a_mistake_in_the_request_is_refused_before_the_model_loads(capsys, monk
 
 
 OTHERS = [
-    (["collectives", "--device", "ipu-gc200", "--cores", "1000"], "1000 cores asked for, more than the 256"),
+    (["collectives", "--device", "ipu-gc200", "--cores", "1000"], "--cores 1000: ipu-gc200 has at most 256 cores"),
+    # the preset's most cores, in the words of the options that asked for more
+    (
+        ["generate", "llama-2-70b", "--timing-only", "--prompt-len", "4", "--tp", "32", "--pp", "2"],
+        "--tp 32 with --pp 2 needs 64 cores, but trn1 has at most 32",
+    ),
+    (
+        ["generate", "llama-2-70b", "--timing-only", "--prompt-len", "4", "--tp", "32", "--layers-per-stage", "40,40"],
+        "--tp 32 with --layers-per-stage 40,40 needs 64 cores, but trn1 has at most 32",
+    ),
+    (
+        ["generate", "llama-2-70b", "--timing-only", "--prompt-len", "4", "--tp", "8", "--cores", "64"],
+        "--cores 64: trn1 has at most 32 cores",
+    ),
+    (["serve-sim", "llama-2-7b", "--tp", "64"], "--tp 64 needs 64 cores, but trn1 has at most 32"),
+    (
+        ["generate", "{llama}", "--prompt-ids", "1", "--draft", "{llama}", "--draft-tp", "99"],
+        "--draft-tp 99 needs 99 cores, but trn1 has at most 32",
+    ),
     (["collectives", "--bytes", "1T", "--cores", "2"], "ring allreduce of 1 TiB on each of 2 cores needs about"),
     (["collectives", "--fault", "dead=2-9", "--cores", "4"], "no link 2-9 on the 4 cores of trn1"),
     (["collectives", "--fabric", "analytic", "--fault", "corrupt=0.1"], "use --fabric des with them"),

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from tilesim.cli.flags import fill, only_with
+from tilesim.cli.flags import fill, only_with, within_device
 from tilesim.cli.table import print_table
 from tilesim.collectives import ALGORITHMS, OPS, algorithms_for, check_against_numpy, run_collective
 from tilesim.collectives.api import resolve_algorithm, schedule_for
@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     fill(args, {"reduce": "sum", "root": 0, "accumulate": "wire"})
     if args.plot is not None:
         writable_image(args.plot, "--plot")
+    if args.cores is not None:
+        within_device(args.device, args.cores)
     device = Device(args.device, cores=args.cores)
     p = device.num_cores
     topology = device.spec.fabric.topology

@@ -46,3 +46,14 @@ def int_list(text: str, flag: str, example: str) -> list[int]:
         return [int(item) for item in text.replace(" ", "").split(",")]
     except ValueError:
         raise ConfigError(f"{flag} {text!r}: give comma-separated {example}") from None
+
+
+def within_device(device: str, cores: int, needs: str | None = None) -> None:
+    """Refuse more cores than the preset `device` has, in the words of the options that asked
+    for them (`needs`, e.g. "--tp 32 with --pp 2 needs 64 cores"; None: --cores itself)."""
+    from tilesim.device.spec import load_preset
+
+    most = load_preset(device).max_cores
+    if most is not None and cores > most:
+        raise ConfigError(f"--cores {cores}: {device} has at most {most} cores" if needs is None
+                          else f"{needs}, but {device} has at most {most}")  # fmt: skip

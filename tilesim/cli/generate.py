@@ -16,7 +16,7 @@ from tqdm import tqdm
 from tilesim.api import load, open_source
 from tilesim.cli import speculate
 from tilesim.cli.context import derived_context_words
-from tilesim.cli.flags import apart, fill, int_list, only_with
+from tilesim.cli.flags import apart, fill, int_list, only_with, within_device
 from tilesim.cli.report_text import print_report
 from tilesim.device import Device
 from tilesim.errors import ConfigError, GenerationError, ShardingError
@@ -124,6 +124,14 @@ def pipeline_cores(args: argparse.Namespace) -> int:
     return args.tp * stage_count(args.pp, args.layers_per_stage)
 
 
+def needed_cores(args: argparse.Namespace, cores: int) -> str:
+    """Which options ask for `cores` cores, for an error that names them."""
+    stages = f" with --pp {args.pp}" if args.pp else ""
+    if args.layers_per_stage:
+        stages = f" with --layers-per-stage {args.layers_per_stage}"
+    return f"--tp {args.tp}{stages} needs {cores} cores"
+
+
 def add_bucket_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefill-buckets", default=None, metavar="N,N,...",
@@ -214,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
     draft = speculate.prepare(args, checkpoint, prompts) if args.draft is not None else None
     whole("pp", args.pp, 1, ShardingError, optional=True)
     cores = args.cores if args.cores is not None else pipeline_cores(args)
+    within_device(args.device, cores, None if args.cores is not None else needed_cores(args, cores))
     device = Device(args.device, cores=cores, backed=not args.timing_only)
     quiet = args.json or not sys.stderr.isatty()
     bar = tqdm(total=0, desc="loading", unit="tensor", disable=quiet, leave=False)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from tilesim.api import load, open_source
 from tilesim.cli.context import derived_context_words
-from tilesim.cli.flags import apart, fill, only_with
+from tilesim.cli.flags import apart, fill, only_with, within_device
 from tilesim.cli.generate import add_bucket_arguments, bucket_lists
 from tilesim.cli.table import print_table
 from tilesim.device import Device
@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     needed = max(r.prompt_tokens + r.output_tokens for r in requests)
     what = "the longest request's prompt and output"
     max_context = context_for(checkpoint.graph, needed, args.max_context, what)
+    within_device(args.device, args.tp, f"--tp {args.tp} needs {args.tp} cores")
     device = Device(args.device, cores=args.tp, backed=not timing_only)
     dtype = (
         args.dtype if args.dtype is not None else ("bf16" if timing_only and checkpoint.format == "config" else None)

@@ -9,6 +9,7 @@ import json
 
 from tilesim.api import load, open_source
 from tilesim.cli.context import derived_context_words
+from tilesim.cli.flags import within_device
 from tilesim.device import Device
 from tilesim.errors import ConfigError, GenerationError, ShardingError
 from tilesim.runtime.checks import whole
@@ -33,6 +34,7 @@ def prepare(args: argparse.Namespace, checkpoint, prompts: list[list[int]]) -> t
         raise ConfigError("--draft runs one prompt; give one --prompt (and no --batch)")
     whole("k", args.speculate, 1, GenerationError)
     whole("draft_tp", args.draft_tp, 1, ShardingError)  # before the device: a degree of 0 is not a core count
+    within_device(args.device, args.draft_tp, f"--draft-tp {args.draft_tp} needs {args.draft_tp} cores")
     device = Device(args.device, cores=args.draft_tp)
     if not args.draft.strip():
         raise ConfigError(f"--draft {args.draft!r}: give the draft model (a folder, a .gguf file or a short name)")

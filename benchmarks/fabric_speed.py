@@ -37,31 +37,19 @@ CASES = [  # (preset, cores, elements of bf16, algorithms: None for every all-re
 
 
 class ResourceFabric(Fabric):
-    """The reference: a SimPy resource per link direction."""
+    """The reference: a SimPy resource per link direction, asked for at each hop (only how a
+    message takes a link differs: `Fabric._take`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._resources = {link.id: simpy.Resource(self.env, capacity=1) for link in self.topology.links}
 
-    def _stream(self, route, nbytes: int):
-        start = arrival = self.env.now
-        remaining_latency = sum(link.latency for link in route)
-        for k, link in enumerate(route):
-            resource = self._resources[link.id]
-            request = resource.request()
-            yield request
-            granted = self.env.now
-            if k == 0:
-                start = granted
-            busy = nbytes / self._bandwidth(link)
-            self.env.timeout(busy).callbacks.append(lambda _event, r=resource, q=request: r.release(q))
-            arrival = max(arrival, granted + busy + remaining_latency)
-            remaining_latency -= link.latency
-            if k < len(route) - 1:
-                yield self.env.timeout(link.latency)
-        if arrival > self.env.now:
-            yield self.env.timeout(arrival - self.env.now)
-        return start
+    def _take(self, link, busy: float):
+        resource = self._resources[link.id]
+        request = resource.request()
+        yield request
+        self.env.timeout(busy).callbacks.append(lambda _event: resource.release(request))
+        return self.env.now
 
 
 def simulate(fabric_class, preset: str, p: int, n: int, algo: str) -> float:

@@ -169,11 +169,8 @@ class Fabric:
         start = arrival = self.env.now
         remaining_latency = sum(link.latency for link in route)
         for k, link in enumerate(route):
-            granted = max(self.env.now, self._free_at[link.id])
             busy = nbytes / self._bandwidth(link)
-            self._free_at[link.id] = granted + busy  # taken now, in the order the heads arrive
-            if granted > self.env.now:
-                yield self.env.timeout(granted - self.env.now)
+            granted = yield from self._take(link, busy)
             if k == 0:
                 start = granted
             arrival = max(arrival, granted + busy + remaining_latency)
@@ -183,6 +180,15 @@ class Fabric:
         if arrival > self.env.now:
             yield self.env.timeout(arrival - self.env.now)
         return start
+
+    def _take(self, link, busy: float):
+        """Wait for `link` and hold it for `busy` seconds; returns when it was taken. It is
+        reserved at once, so messages take it in the order their heads arrive."""
+        granted = max(self.env.now, self._free_at[link.id])
+        self._free_at[link.id] = granted + busy
+        if granted > self.env.now:
+            yield self.env.timeout(granted - self.env.now)
+        return granted
 
     def _bandwidth(self, link) -> float:
         if self.faults is None:

@@ -167,6 +167,8 @@ class DeviceSpec:
         spec = self
         for name, value in overrides.items():
             spec = _override(spec, name, value)
+        if "cores" in overrides and spec.max_cores is not None and spec.cores > spec.max_cores:
+            raise ConfigError(f"{spec.cores} cores asked for, but {self.name} has at most {spec.max_cores}")
         _check_device(spec, f"override of preset {self.name!r}")
         return spec
 

@@ -140,7 +140,7 @@ def test_overrides_answer_what_if_questions():
     assert Device("trn1", peak_flops={"fp8": 1e15}).spec.core.peak_flops["bf16"] == base.spec.core.peak_flops["bf16"]
     with pytest.raises(ConfigError, match="unknown device override 'warp_speed'"):
         Device("trn1", warp_speed=9)
-    with pytest.raises(ConfigError, match="33 cores asked for, more than the 32 the device has"):
+    with pytest.raises(ConfigError, match="33 cores asked for, but trn1 has at most 32"):
         Device("trn1", cores=33)
 
 

@@ -5,6 +5,7 @@ computed below from the inputs with plain float64 numpy).
 """
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -247,25 +248,66 @@ def test_a_run_that_reports_its_progress_is_the_same_run_to_the_bit():
 
 
 def test_choosing_an_algorithm_reports_each_candidates_run_and_chooses_the_same():
-    """algo="auto" first times every candidate on the fabric: minutes for 256 cores of a ring,
-    with nothing to show for them before. The watcher sees each candidate's run from 0 to its
-    end, and watching changes neither the choice nor a time."""
-    from tilesim.collectives.api import _simulation, algorithms_for, choose_algorithm
+    """algo="auto" first times the candidates on the fabric: minutes for 256 cores of a ring,
+    with nothing to show for them before. The watcher sees each candidate's run from 0, and
+    watching changes neither the choice nor a time."""
+    from tilesim.collectives import api
 
     dev = device("ring", 24)
     n = 1000  # elements no other test times, so every candidate runs here
-    _simulation.cache_clear()
+    api._runs.clear()
     watched = []
-    chosen = choose_algorithm(dev, "allreduce", 24, n, 4, 0, "offchip", lambda *c: watched.append(c))
-    timed = [_simulation.cache_info().currsize]
-    _simulation.cache_clear()
-    assert choose_algorithm(dev, "allreduce", 24, n, 4, 0, "offchip") == chosen
-    candidates = algorithms_for("allreduce", dev.spec.fabric.topology)
-    assert timed == [len(candidates)] and len(candidates) > 1
+    chosen = api.choose_algorithm(dev, "allreduce", 24, n, 4, 0, "offchip", lambda *c: watched.append(c))
+    api._runs.clear()
+    assert api.choose_algorithm(dev, "allreduce", 24, n, 4, 0, "offchip") == chosen
+    candidates = api.algorithms_for("allreduce", dev.spec.fabric.topology)
     runs = [list(g) for _, g in itertools.groupby(watched, key=lambda c: c[1])]  # a run's calls share its total
-    assert [run[0][1] for run in runs] == [sum(len(s) for s in build_schedule("allreduce", a, 24, n).steps)
-                                           for a in candidates]  # fmt: skip
-    assert all(run[0][0] == 0 and run[-1][0] == run[-1][1] for run in runs)
+    totals = {sum(len(s) for s in build_schedule("allreduce", a, 24, n).steps) for a in candidates}
+    assert len(runs) == len(candidates) and {run[0][1] for run in runs} <= totals
+    assert all(run[0][0] == 0 for run in runs) and runs[0][-1][0] == runs[0][-1][1]  # the first runs to its end
     calls = []
     result = run_collective("allreduce", n=n + 4, device=dev, progress=lambda *c: calls.append(c))
     assert result.auto and sum(1 for c in calls if c[0] == 0) == len(candidates) + 1  # the choice, then the run
+
+
+@pytest.mark.parametrize(("topology", "p"), [("ring", 24), ("ring", 32), ("torus2d", 16), ("switch", 8)])
+def test_the_choice_is_the_fastest_candidate_though_the_slower_ones_are_stopped_early(topology, p):
+    """choose_algorithm stops a candidate once it is slower than the best so far; it must pick
+    what timing every candidate to its end picks, ties going to the one listed first."""
+    from tilesim.collectives import api
+
+    dev = device(topology, p)
+    for op in ("allreduce", "allgather", "broadcast"):
+        candidates = api.algorithms_for(op, dev.spec.fabric.topology)
+        for n in (3, 700, 40000, 2**20):
+            api._runs.clear()
+            chosen = api.choose_algorithm(dev, op, p, n, 4, 0, "offchip")
+            api._runs.clear()
+            fabric = dev.spec.fabric.for_message(4 * n)
+            gamma = api.model_for(dev.spec, p, "offchip").gamma
+            times = {a: api._simulation(fabric, p, op, a, n, 4, 0, gamma)[0] for a in candidates}
+            assert chosen == min(candidates, key=lambda a: (times[a], candidates.index(a))), (op, n, times)
+    stopped = api._simulation(fabric, p, "allreduce", "ring", 5000, 4, 0, gamma, within=1e-9)
+    assert stopped is None and api._simulation(fabric, p, "allreduce", "ring", 5000, 4, 0, gamma)[0] > 1e-9
+
+
+def test_a_tie_goes_to_the_candidate_listed_first_whatever_order_they_run_in(monkeypatch):
+    """A run stops at its time limit, before the events of that instant: a candidate exactly as
+    fast as the best so far must still finish, or a tie would go by the order the runs took."""
+    from tilesim.collectives import api
+
+    dev = device("ring", 8)
+    candidates = api.algorithms_for("allreduce", dev.spec.fabric.topology)
+    for fastest in ((1e-5,) * len(candidates), (2e-5, 1e-5, 1e-5, 3e-5, 1e-5)[: len(candidates)]):
+        times = dict(zip(candidates, fastest, strict=True))
+        ran = []
+
+        def simulation(fabric, p, op, algo, n, itemsize, root, gamma, within=math.inf, times=times, ran=ran):
+            ran.append(algo)
+            return None if times[algo] >= within else (times[algo], ())  # as the discrete-event run stops
+
+        monkeypatch.setattr(api, "_simulation", simulation)
+        chosen = api.choose_algorithm(dev, "allreduce", 8, 12345, 4, 0, "offchip")
+        best = min(times.values())
+        assert chosen == next(a for a in candidates if times[a] == best)
+        assert sorted(ran) == sorted(candidates) and ran.index(chosen) > 0  # it ran after one as fast

@@ -155,6 +155,7 @@ _watcher: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvar
 # (fabric, p, op, algo, n, itemsize, root, gamma) -> (seconds, transfers), oldest first
 _runs: dict[tuple, tuple[float, tuple[TransferRecord, ...]]] = {}
 _KEPT_RUNS = 4096
+_NEVER_S = 1e6  # a run's limit without `within`: past it, a deadlock
 
 
 def _simulation(
@@ -177,10 +178,10 @@ def _simulation(
         return _runs[key]
     schedule = schedule_for(op, algo, p, n, root, itemsize)
     try:
-        run = run_des(schedule, Fabric(fabric, p), [None] * p, _no_combine, itemsize, gamma, min(within, 1e6),
+        run = run_des(schedule, Fabric(fabric, p), [None] * p, _no_combine, itemsize, gamma, min(within, _NEVER_S),
                       _watcher.get())  # fmt: skip
     except CollectiveTimeout:
-        if within >= 1e6:
+        if within >= _NEVER_S:  # not a candidate stopped: a schedule that cannot finish
             raise
         return None
     if len(_runs) >= _KEPT_RUNS:

@@ -263,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         model.close()
 
 
-def _run(args: argparse.Namespace, model, prompts, tokenizer, started: float, draft: tuple | None) -> int:
+def _run(args: argparse.Namespace, model, prompts, tokenizer, started: float, draft: speculate.Draft | None) -> int:
     if draft is not None:
         return speculate.run(args, model, prompts, tokenizer, draft)
     stream = _Streamer(tokenizer, len(prompts)) if tokenizer and not args.json and not args.timing_only else None

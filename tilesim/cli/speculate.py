@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
 from tilesim.api import load, open_source
 from tilesim.cli.context import derived_context_words
@@ -25,9 +26,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-tp", type=int, default=None, help="the draft's tensor-parallel degree (default: 1)")
 
 
-def prepare(args: argparse.Namespace, checkpoint, prompts: list[list[int]]) -> tuple:
+@dataclass(frozen=True)
+class Draft:
+    """The draft as `prepare` checked it: its opened checkpoint, KV context, device, and the
+    positions the prompt and new tokens need."""
+
+    source: object
+    context: int
+    device: Device
+    needed: int
+
+
+def prepare(args: argparse.Namespace, checkpoint, prompts: list[list[int]]) -> Draft:
     """What the draft's run needs, checked before the target loads (a mistake about the draft
-    must not wait for the target's weights): its opened checkpoint, KV context and device."""
+    must not wait for the target's weights)."""
     if args.timing_only:
         raise ConfigError("--draft needs the tokens: speculative decoding cannot run --timing-only")
     if len(prompts) != 1:
@@ -45,14 +57,13 @@ def prepare(args: argparse.Namespace, checkpoint, prompts: list[list[int]]) -> t
         context = context_for(source.graph, needed, args.max_context)
     except GenerationError as exc:
         raise GenerationError(f"the draft {args.draft}: {exc}") from None
-    return source, context, device
+    return Draft(source, context, device, needed)
 
 
-def run(args: argparse.Namespace, target, prompts: list[list[int]], tokenizer, draft_source: tuple) -> int:
-    source, context, device = draft_source
-    needed = len(prompts[0]) + args.max_new_tokens
-    with derived_context_words(source.graph, needed, args.max_context, "in the draft, the prompt and new tokens"):
-        draft = load(source, device, args.draft_tp, max_context=context)
+def run(args: argparse.Namespace, target, prompts: list[list[int]], tokenizer, prepared: Draft) -> int:
+    words = "in the draft, the prompt and new tokens"
+    with derived_context_words(prepared.source.graph, prepared.needed, args.max_context, words):
+        draft = load(prepared.source, prepared.device, args.draft_tp, max_context=prepared.context)
     out = speculative_generate(
         target, draft, prompts[0], args.max_new_tokens, k=args.speculate, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,

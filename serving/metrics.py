@@ -27,10 +27,12 @@ def request_times(result) -> dict[str, np.ndarray]:
     return {"ttft": first - arrival, "tpot": tpot, "e2e": last - arrival, "queue": admitted - arrival}
 
 
-def stats(values: np.ndarray) -> dict[str, float]:
+def stats(values: np.ndarray) -> dict[str, float | None]:
+    """Mean, percentiles and max of the finite values; each None when there are none (TPOT when every
+    request made one token): None prints as n/a and is JSON's null, where NaN is not JSON at all."""
     values = values[np.isfinite(values)]
     if not len(values):
-        return {"mean": float("nan"), **{f"p{q}": float("nan") for q in PERCENTILES}, "max": float("nan")}
+        return {"mean": None, **{f"p{q}": None for q in PERCENTILES}, "max": None}
     out = {"mean": float(values.mean())}
     for q, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True):
         out[f"p{q}"] = float(v)

@@ -53,14 +53,31 @@ def parse_slo(text: str) -> dict[tuple[str, str], float]:
     return out
 
 
+def _no_tpot(stat: str, ran: bool) -> str:
+    return (
+        f"SLO term tpot_{stat}: no request of the workload {'made' if ran else 'asks for'} two tokens or more, so "
+        "none has a time per output token (a first token comes from the prefill); bound ttft or e2e instead, or "
+        "give requests longer outputs" + (" (--ignore-eos if they end at an end-of-sequence token)" if ran else "")
+    )
+
+
 def meets(summary: dict, slo: dict[tuple[str, str], float]) -> bool:
     try:
-        return all(summary[metric][stat] <= bound for (metric, stat), bound in slo.items())
+        values = {(metric, stat): summary[metric][stat] for metric, stat in slo}
     except (KeyError, TypeError):  # a caller's run function that returns something else
+        values = {}
+    for (metric, stat), value in values.items():
+        # None (NaN from an older summary): no request measured it, at this rate or any other
+        if metric == "tpot" and (value is None or (isinstance(value, float) and math.isnan(value))):
+            raise WorkloadError(_no_tpot(stat, ran=True))
+    if len(values) < len(slo) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v) for v in values.values()
+    ):
         raise WorkloadError(
             f"the run gave {summary!r:.80}, not a serving summary (serve(...).summary()) with the SLO's "
             f"{', '.join(f'{m}_{s}' for m, s in slo)}"
-        ) from None
+        )
+    return all(values[key] <= bound for key, bound in slo.items())
 
 
 @dataclass
@@ -125,6 +142,11 @@ def max_rate(
     _check_slo(slo)
     if isinstance(unit_workload, str | bytes) or not isinstance(unit_workload, Sequence) or not unit_workload:
         raise WorkloadError(f"unit_workload={unit_workload!r:.60} must be a non-empty list of serving.Request")
+    lengths = [getattr(r, "output_tokens", None) for r in unit_workload]  # run() checks the requests
+    if all(isinstance(n, int) and n == 1 for n in lengths):  # no run needed to know
+        for metric, stat in slo:
+            if metric == "tpot":
+                raise WorkloadError(_no_tpot(stat, ran=False))
     search = RateSearch(slo, 0.0, None)
     arrivals = [getattr(r, "arrival", None) for r in unit_workload]  # at rate 1; run() checks the requests
     last = max((a for a in arrivals if isinstance(a, int | float) and math.isfinite(a)), default=0.0)

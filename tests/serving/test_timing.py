@@ -31,6 +31,33 @@ def test_one_request_takes_what_generate_takes(model):
     assert times["queue"]["max"] == 0.0
 
 
+def test_one_token_requests_have_no_time_per_output_token_and_an_slo_on_it_is_refused(model):
+    """Their TPOT statistics were NaN: `--json` printed NaN, which is not JSON, and a search
+    bounding TPOT halved the rate 30 times before it said that no rate meets the SLO."""
+    import json
+
+    from tilesim.serving import max_rate, parse_slo
+
+    one = [Request(i, 0.1 * i, 64, 1) for i in range(4)]
+    summary = serve(model, one).summary()
+    assert set(summary["tpot"].values()) == {None}
+    assert summary["ttft"]["max"] > 0
+    json.dumps(summary, allow_nan=False)
+    runs = []
+
+    def run(workload):
+        runs.append(workload)
+        return serve(model, workload).summary()
+
+    with pytest.raises(WorkloadError, match="tpot_p99: no request of the workload asks for two tokens or more"):
+        max_rate(run, one, parse_slo("ttft_p90=1,tpot_p99=50ms"))
+    assert runs == []  # known from the requests
+    ended = {"ttft": {"p90": 0.01}, "tpot": {"p99": None}}  # two tokens asked, the first one ended them
+    with pytest.raises(WorkloadError, match=r"tpot_p99: no request of the workload made two.*--ignore-eos"):
+        max_rate(lambda w: ended, [Request(0, 0.0, 64, 2)], parse_slo("ttft_p90=1,tpot_p99=50ms"))
+    assert max_rate(run, one, parse_slo("ttft_p90=1")).rate > 0
+
+
 def test_the_latest_arrival_still_times_a_request_as_generate_does(tiny_model):
     """The run's clock is float64 seconds: a request arriving at 1e300 s had a time to first
     token of 0 s. Up to the latest arrival taken (1e9 s) a tiny device's tens of microseconds

@@ -1,5 +1,7 @@
-"""The collectives of a Program, per operation and size: the algorithm (chosen by size unless
-one is named), its schedule (built once), and the time the discrete-event fabric gives it.
+"""The collectives of a Program, per operation and size: the algorithm (the one named, for the
+collectives it can do; else chosen by size), its schedule (built once), and the time the
+discrete-event fabric gives it. An algorithm is named for the all-reduces: a halving-doubling
+or tree all-reduce has no all-gather, which the logits' gather needs, so that one is chosen.
 
 The step timer and the executor share one `CollectivePlan`: the timer takes the time and the
 transfers, the executor records the same schedule's data moves and replays them, so the
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tilesim.collectives import choose_algorithm
+from tilesim.collectives import ALGORITHMS, choose_algorithm
 from tilesim.collectives.api import schedule_for, simulate
 from tilesim.collectives.schedule import Schedule
 from tilesim.device.device import Device
@@ -46,7 +48,8 @@ class CollectivePlan:
         key = (op, n)
         if key not in self._planned:
             p, size, region = self.cores, self.itemsize, self.region
-            algo = self.algo if self.algo != "auto" else choose_algorithm(self.device, op, p, n, size, 0, region)
+            named = self.algo != "auto" and op in ALGORITHMS[self.algo].OPS
+            algo = self.algo if named else choose_algorithm(self.device, op, p, n, size, 0, region)
             seconds, transfers = simulate(self.device, op, algo, p, n, size, region)
             self._planned[key] = Planned(algo, schedule_for(op, algo, p, n, 0, size), seconds, transfers)
         return self._planned[key]

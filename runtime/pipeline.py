@@ -89,7 +89,8 @@ def make_stages(
             )
         if sum(counts) != layers:
             raise ShardingError(
-                f"layers_per_stage={','.join(map(str, counts))} places {sum(counts)} layers; the model has {layers}"
+                f"layers_per_stage={','.join(map(str, counts))} places {sum(counts)} "
+                f"layer{'s' if sum(counts) != 1 else ''}; the model has {layers}"
             )
         return Stages(tp, counts, micro_batches)
     pp = 1 if pp is None else pp

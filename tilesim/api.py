@@ -26,8 +26,9 @@ def _check(path_or_name, device, tp, batch, max_context, algo, switches: dict, p
     whole("tp", tp, 1, ShardingError, optional=True)
     whole("batch", batch, 1, ConfigError)
     whole("max_context", max_context, 1, ConfigError, optional=True)
-    if algo != "auto" and algo not in ALGORITHMS:
-        raise ConfigError(f"algo={algo!r} is not an all-reduce algorithm; use auto or one of {', '.join(ALGORITHMS)}")
+    allreduce = [name for name, module in ALGORITHMS.items() if "allreduce" in module.OPS]
+    if algo != "auto" and algo not in allreduce:
+        raise ConfigError(f"algo={algo!r} is not an all-reduce algorithm; use auto or one of {', '.join(allreduce)}")
     for name, value in switches.items():
         flag(name, value, ConfigError)
     function("progress", progress, ConfigError, "(done, total)")
@@ -81,7 +82,9 @@ def load(
     device's core count. `dtype` is the weights' precision (fp32, fp16, bf16, fp8, fp8_e5m2,
     int8, int4, or native for a GGUF's stored types; default: as the checkpoint stores them);
     `act_dtype` and `kv_dtype` set the activations' and the KV cache's (see
-    runtime/precision.py). `algo` names the all-reduce algorithm (default: chosen by size).
+    runtime/precision.py). `algo` names the all-reduce algorithm (default: chosen by size);
+    the other collectives (the logits' all-gather, expert parallel's all-to-all) take it where it
+    can do them, else are chosen by size.
     `prefill_buckets` and `decode_buckets` are the compiled prompt lengths and KV lengths
     (runtime/buckets.py; default: powers of two up to `max_context`). `moe` splits a mixture
     of experts by each expert's width ("tp") or places whole experts on cores ("ep", tokens

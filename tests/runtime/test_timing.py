@@ -49,6 +49,28 @@ def test_an_allreduce_takes_the_ring_formula(tiny_model):
     assert allreduce.duration == pytest.approx(2 * (1e-6 + chunk / 1e9), rel=1e-9)
 
 
+@pytest.mark.parametrize("algo", ["halving_doubling", "binomial_tree", "double_binary_tree", "hierarchical"])
+def test_a_named_all_reduce_algorithm_runs_the_all_reduces_and_leaves_the_logits_gather_to_one_that_can(
+    tiny_model, algo
+):
+    """Only ring and direct can all-gather: with any other named, every model over more than
+    one core was refused ("cannot do allgather"), for the logits' gather it has."""
+
+    def collectives(out, name):
+        return [(s.algo, s.bytes) for s in out.trace.steps[-1].spans if s.lane == "collective" and s.name == name]
+
+    _, out = run(tiny_model("llama"), 3, algo=algo)
+    _, auto = run(tiny_model("llama"), 3, algo="auto")
+    assert {a for a, _ in collectives(out, "allreduce")} == {algo}
+    assert collectives(out, "allgather") == collectives(auto, "allgather") != []
+    np.testing.assert_array_equal(out.tokens, auto.tokens)
+
+
+def test_an_algorithm_without_an_all_reduce_is_refused(tiny_model):
+    with pytest.raises(tilesim.ConfigError, match="algo='pairwise' is not an all-reduce algorithm"):
+        run(tiny_model("llama"), 2, algo="pairwise")
+
+
 def test_timing_does_not_depend_on_the_data(tiny_model):
     model = tilesim.load(str(tiny_model("llama")), device=tilesim.Device("tiny", cores=3), tp=3)
     a = model.generate([PROMPT], max_new_tokens=4, eos_token_id=None)

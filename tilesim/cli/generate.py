@@ -86,7 +86,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="KV cache: fp32, fp16, bf16, fp8, int8 (default: the activations', fp32 for int8)",
     )
-    p.add_argument("--algo", default="auto", help="all-reduce algorithm (default: chosen by size)")
+    p.add_argument(
+        "--algo", default="auto",
+        help="all-reduce algorithm (default: chosen by size); the other collectives take it where it can do them",
+    )  # fmt: skip
     p.add_argument("--timing-only", action="store_true", help="time the run without weights or arithmetic")
     p.add_argument(
         "--pad-heads",

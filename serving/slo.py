@@ -61,6 +61,15 @@ def _no_tpot(stat: str, ran: bool) -> str:
     )
 
 
+def check_measurable(slo: dict[tuple[str, str], float], requests: Sequence[Request]) -> None:
+    """Refuse a TPOT bound on requests of one output token each: no run can measure it."""
+    lengths = [getattr(r, "output_tokens", None) for r in requests]  # serve() checks the requests
+    if lengths and all(isinstance(n, int) and n == 1 for n in lengths):
+        for metric, stat in slo:
+            if metric == "tpot":
+                raise WorkloadError(_no_tpot(stat, ran=False))
+
+
 def meets(summary: dict, slo: dict[tuple[str, str], float]) -> bool:
     try:
         values = {(metric, stat): summary[metric][stat] for metric, stat in slo}
@@ -142,11 +151,7 @@ def max_rate(
     _check_slo(slo)
     if isinstance(unit_workload, str | bytes) or not isinstance(unit_workload, Sequence) or not unit_workload:
         raise WorkloadError(f"unit_workload={unit_workload!r:.60} must be a non-empty list of serving.Request")
-    lengths = [getattr(r, "output_tokens", None) for r in unit_workload]  # run() checks the requests
-    if all(isinstance(n, int) and n == 1 for n in lengths):  # no run needed to know
-        for metric, stat in slo:
-            if metric == "tpot":
-                raise WorkloadError(_no_tpot(stat, ran=False))
+    check_measurable(slo, unit_workload)
     search = RateSearch(slo, 0.0, None)
     arrivals = [getattr(r, "arrival", None) for r in unit_workload]  # at rate 1; run() checks the requests
     last = max((a for a in arrivals if isinstance(a, int | float) and math.isfinite(a)), default=0.0)

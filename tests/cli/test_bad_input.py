@@ -227,6 +227,13 @@ OTHERS = [
         ["sweep", "{llama}", "--slo", "ttft_p99=1", "--chunk-size", "8"],
         "--chunk-size is for --slo with --scheduler chunked",
     ),
+    # one new token has no time per token: a traceback from the plot, a search with no answer
+    (["sweep", "{llama}", "--max-new-tokens", "1", "--plot", "p.png"], "--max-new-tokens 1 makes one token"),
+    (["sweep", "{llama}", "--max-new-tokens", "1", "--slo", "tpot_p99=1"], "tpot_p99: no request of the workload"),
+    (
+        ["serve-sim", "{llama}", "--prompt-len", "fixed:8", "--output-len", "fixed:1", "--slo", "tpot_p99=1"],
+        "tpot_p99: no request of the workload",
+    ),
 ]
 
 

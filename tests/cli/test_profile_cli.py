@@ -67,6 +67,24 @@ def test_sweep_rows_for_what_fits_and_reasons_for_what_does_not(capsys, tiny_mod
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sweep_pads_heads_when_asked_so_that_every_degree_runs(capsys, tiny_model):
+    """Its rows' reasons said "or pad heads (--pad-heads)", an option sweep did not have."""
+    import tilesim
+
+    folder = str(tiny_model("gpt2"))
+    args = ["sweep", folder, "--device", "tiny", "--tp", "1,4", "--prompt-len", "6", "--max-new-tokens", "3", "--json"]
+    assert main([*args, "--pad-heads"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["fits"] for r in rows] == [True, True]
+    from tilesim.api import open_source
+    from tilesim.runtime.timing import context_for
+
+    context = context_for(open_source(folder).graph, 6 + 3)  # as sweep sizes a point's KV cache
+    alone = tilesim.load(folder, device=tilesim.Device("tiny", cores=4), tp=4, pad_heads=True, max_context=context)
+    report = alone.generate([list(range(1, 7))], 3, eos_token_id=None).report
+    assert rows[1]["ttft_s"] == report["ttft_s"] and rows[1]["tpot_s"] == report["itl_s"]
+
+
 def test_sweep_timing_only_of_a_named_model(capsys):
     code = main(
         [

@@ -49,6 +49,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-context", type=int, default=None)
     p.add_argument("--timing-only", action="store_true", help="time without weights or arithmetic")
     p.add_argument(
+        "--pad-heads",
+        action="store_true",
+        help="pad attention heads with zero heads when they do not divide by a TP degree (on with --timing-only)",
+    )
+    p.add_argument(
         "--plot",
         default=None,
         metavar="PATH",
@@ -128,6 +133,11 @@ def _check_points(devices: list[str], degrees: list[int], dtypes: list[str | Non
     whole("prompt_len", args.prompt_len, 1, ConfigError)
     whole("max_new_tokens", args.max_new_tokens, 1, ConfigError)
     whole("max_context", args.max_context, 1, ConfigError, optional=True)
+    if args.plot is not None and args.slo is None and args.max_new_tokens == 1:  # each row's time per token is n/a
+        raise ConfigError(
+            "--plot draws the time per token against the TP degree, and --max-new-tokens 1 makes one token, which "
+            "comes from the prefill: give --max-new-tokens 2 or more"
+        )
     if args.max_context is not None and args.max_context < args.prompt_len + args.max_new_tokens:
         raise ConfigError(
             f"--max-context {args.max_context} holds fewer positions than --prompt-len {args.prompt_len} plus "
@@ -162,7 +172,7 @@ def _run_one(checkpoint, preset: str, tp: int, dtype: str, prompt: list[int], ar
         context = context_for(checkpoint.graph, needed, args.max_context, _needs(unit))
         weights, _, act = (dtype or "").partition(":")
         model = load(checkpoint, device, tp, dtype=weights or None, act_dtype=act or None, max_context=context,
-                     timing_only=args.timing_only, pad_heads=args.timing_only)  # fmt: skip
+                     timing_only=args.timing_only, pad_heads=args.timing_only or args.pad_heads)  # fmt: skip
         out = model.generate([prompt], args.max_new_tokens, eos_token_id=None)
         if unit is not None:
             row.update(sweep_slo.slo_row(model, unit, args))

@@ -15,6 +15,7 @@ from tilesim.errors import ConfigError
 from tilesim.runtime.checks import whole
 from tilesim.runtime.sampling import SamplingParams
 from tilesim.serving import SCHEDULERS, max_rate, parse_slo, serve, synthetic
+from tilesim.serving.slo import check_measurable
 from tilesim.units import fmt_time
 
 # the serving search's options and their defaults
@@ -50,11 +51,13 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def workload(args: argparse.Namespace):
     """The sweep's one workload, drawn at one request per second (the search scales it)."""
-    parse_slo(args.slo)  # refused before any point runs
-    return synthetic(
+    slo = parse_slo(args.slo)  # refused before any point runs
+    unit = synthetic(
         args.requests, 1.0, prompt=args.prompt_dist if args.prompt_dist is not None else f"fixed:{args.prompt_len}",
         output=args.output_dist if args.output_dist is not None else f"fixed:{args.max_new_tokens}", seed=args.seed,
     )  # fmt: skip
+    check_measurable(slo, unit)
+    return unit
 
 
 def needed_context(unit) -> int:

@@ -230,24 +230,31 @@ def _fit(plan: MemoryPlan, graph: DecoderGraph, device: Device, stages: Stages) 
             stage = ""
             if stages.pp > 1:
                 stage = f" (pipeline stage {worst // tp}, layers {_layer_range(stages, worst // tp)})"
+            cores, most = _cores_needed(plan, region, capacity[region]), device.spec.max_cores
+            if cores is not None and most is not None and cores > most:  # more cores cannot help
+                advice = (
+                    f"by size alone it needs at least {cores} cores, and {device.name} has at most {most}: use a "
+                    "device with more memory, a smaller `max_context` or `batch`, or smaller weights (`dtype`)"
+                )
+            else:
+                advice = (
+                    f"use a higher `tp`{more}{f' (by size alone at least {cores} cores)' if cores else ''}, a "
+                    "smaller `max_context` or `batch`, or a device with more memory"
+                )
             raise error(
                 f"{name} does not fit on {len(plan.weights)} core(s) of {device.name}: core {worst}{stage} needs "
-                f"{fmt_bytes(need[region])} of {where} ({parts}) but has {fmt_bytes(capacity[region])}; use a higher "
-                f"`tp`{more}{_cores_needed(plan, region, capacity[region])}, a smaller `max_context` or `batch`, or a "
-                "device with more memory"
+                f"{fmt_bytes(need[region])} of {where} ({parts}) but has {fmt_bytes(capacity[region])}; {advice}"
             )
 
 
-def _cores_needed(plan: MemoryPlan, region: str, capacity: int) -> str:
+def _cores_needed(plan: MemoryPlan, region: str, capacity: int) -> int | None:
     """By size alone: every core's tensors over what one core has beside its runtime's own."""
     own = sum(n for kind, n in plan.reserved.items() if plan.regions[kind] == region)
     tensors = sum(
         n for core in range(len(plan.weights)) for kind, n in plan.per_core(core).items()
         if plan.regions[kind] == region and kind not in plan.reserved
     )  # fmt: skip
-    if capacity <= own:
-        return ""
-    return f" (by size alone at least {-(-tensors // (capacity - own))} cores)"
+    return -(-tensors // (capacity - own)) if capacity > own else None
 
 
 def place(plan: MemoryPlan, device: Device, core: int, kind: str, nbytes: int, name: str) -> Block:

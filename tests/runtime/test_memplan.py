@@ -126,6 +126,19 @@ def test_a_model_too_big_for_its_ipus_is_told_how_many_it_needs_by_size():
     assert str(raised.value).startswith("llama-2-7b does not fit on 4 core(s) of ipu-gc200")  # as named, not "llama"
 
 
+def test_a_model_that_needs_more_cores_than_the_device_has_is_not_told_to_take_more():
+    """BLOOM-176B in fp32 on trn1.32xlarge, its 112 heads padded to 128: 176e9 parameters and 8.2e9
+    more for the padded heads' projections (4 x 14336^2 x 70 layers x 16/112), x 4 bytes = 687 GiB,
+    over 16 GiB a core less the 252 MiB the Neuron runtime holds: at least 44 cores, and the instance
+    has 32. It said "use a higher `tp` (by size alone at least 44 cores)", which the device refuses."""
+    with pytest.raises(OutOfOffchipMemory) as raised:
+        tilesim.load("bloom-176b", device="trn1.32xlarge", tp=32, timing_only=True, dtype="fp32", max_context=64,
+                     pad_heads=True)  # fmt: skip
+    text = str(raised.value)
+    assert "by size alone it needs at least 44 cores, and trn1.32xlarge has at most 32" in text
+    assert "higher `tp`" not in text
+
+
 def test_fp32_weights_that_do_not_fit_are_told_a_16_bit_dtype_halves_them():
     """GPT-2 XL stored in fp32 on 8 IPUs: 1017 MiB of stage 0's weights do not fit its 897 MiB;
     in fp16 they do. The hint comes only where it helps: fp16 weights that do not fit get none."""

@@ -284,7 +284,7 @@ def _q4_rows(x_lo, x_hi, qs, d16, m16, symmetric, bias, out, first, last, wl, wh
     m_rows = x_lo.shape[0]
     once = m_rows >= _DECODE_ONCE
     has_bias = bias.shape[0] > 0  # (0,) when there is none
-    if not once:  # ir.ROWS rows at a time, then one by one
+    if not once and ir.FOUR_ROWS:  # ir.ROWS rows at a time, then one by one
         n = first
         while n + ir.ROWS <= last:
             for m in range(m_rows):

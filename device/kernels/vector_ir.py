@@ -12,10 +12,11 @@ operations where it has not): LLVM lowers it to AVX-512, AVX2, SSE2 or NEON as t
 has. q8_0 and the dense formats go one row per call: interleaving four rows shared the
 loads of x but cut the rate at which the weights stream from memory by more than half
 (measured on SmolLM2's q8_0 output head, an earlier session). The nibble formats also have a
-four-row form (`q4_1_rows`, `q4_0_rows`), which a decode step uses: rows of a few blocks (a
-row-parallel product over 9 cores has 2 to 6 blocks a row) ran 1.4x faster, and a weight
-streamed from memory as fast as one row at a time (16-17 GB/s for a 16-18 MB q4_1 weight on
-2 threads, this Intel host, 2026-12-05).
+four-row form (`q4_1_rows`, `q4_0_rows`), which a decode step uses where the target has
+AVX-512: rows of a few blocks (a row-parallel product over 9 cores has 2 to 6 blocks a row)
+ran 1.4x faster, and a weight streamed from memory as fast as one row at a time (16-17 GB/s
+for a 16-18 MB q4_1 weight on 2 threads, an Intel host, 2026-12-05); with AVX2's 16 vector
+registers the four rows spill and one row a call is faster (`FOUR_ROWS`).
 
 Every product is fp32 arithmetic on the stored values, accumulated in fp32 lanes and summed
 once per row in a fixed order. No fast-math flag is set anywhere here: a multiply-add is an
@@ -310,6 +311,12 @@ def _row_codegen(fmt: str, mode: str = "codes"):
 
 
 ROWS = 4  # weight rows of `q4_1_rows` / `q4_0_rows`
+# Whether a decode step takes its nibble rows ROWS at a time: with AVX-512's 32 vector registers
+# the four rows' chains stay in them (1.0-1.1x at TP 1 and 9, Intel Xeon, 2026-12-05); with
+# AVX2's 16 they spill, and one row a call is faster (SmolLM2 native decode 36.5 -> 46.5 tokens/s
+# at TP 1 and 34.9 -> 42.9 at TP 3, AMD EPYC, 2026-12-07). The same bits either way. A target's
+# features are part of numba's cache key, so a cached kernel always saw its own target's choice.
+FOUR_ROWS = target_has("avx512f")
 
 
 def _rows_codegen(fmt: str):

@@ -57,7 +57,7 @@ def _no_tpot(stat: str, ran: bool) -> str:
     return (
         f"SLO term tpot_{stat}: no request of the workload {'made' if ran else 'asks for'} two tokens or more, so "
         "none has a time per output token (a first token comes from the prefill); bound ttft or e2e instead, or "
-        "give requests longer outputs" + (" (--ignore-eos if they end at an end-of-sequence token)" if ran else "")
+        "give requests longer outputs" + (" (stop_at_eos=False if they end at an end-of-sequence token)" if ran else "")
     )
 
 

@@ -53,9 +53,14 @@ def test_one_token_requests_have_no_time_per_output_token_and_an_slo_on_it_is_re
         max_rate(run, one, parse_slo("ttft_p90=1,tpot_p99=50ms"))
     assert runs == []  # known from the requests
     ended = {"ttft": {"p90": 0.01}, "tpot": {"p99": None}}  # two tokens asked, the first one ended them
-    with pytest.raises(WorkloadError, match=r"tpot_p99: no request of the workload made two.*--ignore-eos"):
+    with pytest.raises(WorkloadError, match=r"tpot_p99: no request of the workload made two.*stop_at_eos=False"):
         max_rate(lambda w: ended, [Request(0, 0.0, 64, 2)], parse_slo("ttft_p90=1,tpot_p99=50ms"))
     assert max_rate(run, one, parse_slo("ttft_p90=1")).rate > 0
+    from tilesim.cli.main import in_cli_words
+
+    with pytest.raises(WorkloadError) as raised:
+        max_rate(lambda w: ended, [Request(0, 0.0, 64, 2)], parse_slo("tpot_p99=50ms"))
+    assert "(--ignore-eos if they end at an end-of-sequence token)" in in_cli_words(str(raised.value))
 
 
 def test_the_latest_arrival_still_times_a_request_as_generate_does(tiny_model):

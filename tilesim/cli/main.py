@@ -40,7 +40,7 @@ _ARGUMENTS = (
     "pp", "layers_per_stage", "micro_batches", "cores_per_actor", "actor_memory", "scheduler", "draft_tp", "cv",
     "probes", "cluster",
 )  # fmt: skip
-_SWITCHES = {"timing_only=True": "--timing-only", "pad_heads=True": "--pad-heads"}
+_SWITCHES = {"timing_only=True": "--timing-only", "pad_heads=True": "--pad-heads", "stop_at_eos=False": "--ignore-eos"}
 _RENAMED = {"k": "speculate", "cluster": "ray"}  # Python arguments whose flag has another name
 
 

@@ -119,8 +119,10 @@ class CollectiveResult:
 
     @property
     def busbw(self) -> float:
-        """algbw scaled by what each link must carry (nccl-tests' busbw)."""
-        return self.algbw * egress_share(self.op, self.cores)
+        """algbw scaled by what each link must carry (nccl-tests' busbw); 0 where nothing must
+        (one core), not the NaN of infinity times 0."""
+        share = egress_share(self.op, self.cores)
+        return self.algbw * share if share else 0.0
 
     def as_row(self) -> dict:
         return {
@@ -131,8 +133,9 @@ class CollectiveResult:
             "bytes": self.nbytes,
             "dtype": self.dtype,
             "time_s": self.time_s,
-            "algbw": self.algbw,
-            "busbw": self.busbw,
+            # None where nothing took time (one core): JSON has no infinity
+            "algbw": self.algbw if self.time_s > 0 else None,
+            "busbw": self.busbw if self.time_s > 0 else None,
             "predicted_time_s": self.predicted_time_s,
             "lower_bound_s": self.lower_bound_s,
         }

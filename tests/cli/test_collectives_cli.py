@@ -29,6 +29,19 @@ def test_one_row_per_size_with_the_nccl_tests_fields(capsys):
         assert r["time_s"] == pytest.approx(r["predicted_time_s"], rel=0.01)
 
 
+@pytest.mark.parametrize("fabric", ["des", "analytic"])
+def test_one_core_moves_nothing_and_its_row_is_still_json(capsys, fabric):
+    """Nothing to move in no time: the bandwidths were Infinity and NaN, which JSON does not have."""
+    code = main(["collectives", "--cores", "1", "--bytes", "1K", "--fabric", fabric, "--json"])
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    rows = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert code == 0 and rows[0]["time_s"] == 0 and rows[0]["correct"]
+    assert rows[0]["algbw"] is None and rows[0]["busbw"] is None
+
+
 @pytest.mark.parametrize(
     ("op", "factor"), [("reducescatter", 3 / 4), ("allgather", 3 / 4), ("broadcast", 1.0), ("alltoall", 3 / 4)]
 )

@@ -384,16 +384,21 @@ def run_collective(
     )
 
 
+def _end(core: int) -> str:
+    """A link's end as a fault names it (`dead=switch-3`)."""
+    return "switch" if core < 0 else str(core)
+
+
 def _check_fault_links(faults: FaultSpec, device: Device) -> None:
     """Every link a fault names exists on this device's fabric (a fault on no link is a mistake)."""
     links = {(link.src, link.dst) for link in device.topology.links}
     named = list(faults.dead) + [k for k in faults.slow if k is not None]
     for src, dst in named:
         if (src, dst) not in links and (dst, src) not in links:
-            shown = ", ".join(f"{a}-{b}" for a, b in sorted(links)[:8])
+            shown = ", ".join(f"{_end(a)}-{_end(b)}" for a, b in sorted(links)[:8])
             raise ConfigError(
-                f"no link {src}-{dst} on the {device.num_cores} cores of {device.name} "
-                f"({device.spec.fabric.topology}); links are e.g. {shown}"
+                f"no link {_end(src)}-{_end(dst)} on the {device.num_cores} cores of {device.name} "
+                f"({device.spec.fabric.topology}); " + (f"links are e.g. {shown}" if links else "one core has no links")
             )
 
 

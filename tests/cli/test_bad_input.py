@@ -151,6 +151,8 @@ OTHERS = [
     ),
     (["collectives", "--bytes", "1T", "--cores", "2"], "ring allreduce of 1 TiB on each of 2 cores needs about"),
     (["collectives", "--fault", "dead=2-9", "--cores", "4"], "no link 2-9 on the 4 cores of trn1"),
+    (["collectives", "--fault", "dead=0-1", "--cores", "1"], "no link 0-1 on the 1 cores of trn1 (ring); one core has"),
+    (["collectives", "--fault", "dead=0-1", "--device", "a100"], "links are e.g. switch-0, switch-1"),  # were -1-0
     (["collectives", "--fabric", "analytic", "--fault", "corrupt=0.1"], "use --fabric des with them"),
     (["collectives", "--plot", "/proc/tilesim/bw.png"], "--plot /proc/tilesim/bw.png: cannot write there"),
     (["sweep", "{llama}", "--device", "trn1,foo"], "--device 'foo': unknown device preset"),

@@ -37,7 +37,7 @@ from tilesim.collectives.schedule import Schedule, Send, bounds
 from tilesim.device.analytic import AnalyticFabric
 from tilesim.device.device import Device
 from tilesim.device.fabric import TransferRecord
-from tilesim.device.faults import FaultSpec
+from tilesim.device.faults import FaultSpec, link_end
 from tilesim.device.spec import FabricSpec
 from tilesim.device.topology import Topology
 from tilesim.errors import CollectiveTimeout, ConfigError
@@ -384,20 +384,15 @@ def run_collective(
     )
 
 
-def _end(core: int) -> str:
-    """A link's end as a fault names it (`dead=switch-3`)."""
-    return "switch" if core < 0 else str(core)
-
-
 def _check_fault_links(faults: FaultSpec, device: Device) -> None:
     """Every link a fault names exists on this device's fabric (a fault on no link is a mistake)."""
     links = {(link.src, link.dst) for link in device.topology.links}
     named = list(faults.dead) + [k for k in faults.slow if k is not None]
     for src, dst in named:
         if (src, dst) not in links and (dst, src) not in links:
-            shown = ", ".join(f"{_end(a)}-{_end(b)}" for a, b in sorted(links)[:8])
+            shown = ", ".join(f"{link_end(a)}-{link_end(b)}" for a, b in sorted(links)[:8])
             raise ConfigError(
-                f"no link {_end(src)}-{_end(dst)} on the {device.num_cores} cores of {device.name} "
+                f"no link {link_end(src)}-{link_end(dst)} on the {device.num_cores} cores of {device.name} "
                 f"({device.spec.fabric.topology}); " + (f"links are e.g. {shown}" if links else "one core has no links")
             )
 

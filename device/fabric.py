@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import simpy
 
-from tilesim.device.faults import FaultInjector, FaultSpec
+from tilesim.device.faults import FaultInjector, FaultSpec, link_end
 from tilesim.device.spec import FabricSpec
 from tilesim.device.topology import Topology
 from tilesim.errors import FabricFault
@@ -220,7 +220,7 @@ class Fabric:
 def _link_name(link: tuple[int, int] | None) -> str:
     if link is None:
         return "?"
-    return "->".join("switch" if end < 0 else str(end) for end in link)
+    return "->".join(link_end(end) for end in link)
 
 
 def _step_of(tag: Any) -> Any:

@@ -17,6 +17,12 @@ import numpy as np
 
 from tilesim.errors import ConfigError
 
+
+def link_end(core: int) -> str:
+    """A link's end as faults name it (`dead=switch-3`): a core's number, or the switch (-1)."""
+    return "switch" if core < 0 else str(core)
+
+
 LinkKey = tuple[int, int]  # (src core, dst core); -1 is the switch
 # A message that fails every attempt (corrupt=1) is simulated once per attempt: 10^8 retries was a
 # run that never ended. No transport retries this often (InfiniBand's retry count is 3 bits: 7).
@@ -53,7 +59,7 @@ class FaultSpec:
                 raise ConfigError(f"fault link {link!r}: a link is a pair (SRC, DST) of cores, -1 for the switch")
         for link, factor in self.slow.items():
             if isinstance(factor, bool) or not isinstance(factor, int | float) or not 1.0 <= factor < math.inf:
-                where = "every link" if link is None else "link {}-{}".format(*("switch" if c < 0 else c for c in link))
+                where = "every link" if link is None else f"link {link_end(link[0])}-{link_end(link[1])}"
                 raise ConfigError(
                     f"fault slow={factor} on {where}: the slow-down factor must be a finite number >= 1 "
                     "(a link that carries nothing is dead=A-B)"

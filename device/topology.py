@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from tilesim.device.faults import link_end
 from tilesim.device.spec import FabricSpec
 
 
@@ -66,7 +67,7 @@ class Topology:
         latency = chip.link_latency if same_chip else self.spec.link_latency
         if half_latency:
             latency /= 2
-        name = f"{_end(src)}->{_end(dst)}" + (
+        name = f"{link_end(src)}->{link_end(dst)}" + (
             f" ({tag})" if tag in ("up", "down") and self.spec.topology == "ring" else ""
         )
         link = Link(len(self.links), src, dst, bandwidth * lanes, latency, name)
@@ -152,7 +153,3 @@ class Topology:
 
     def hops(self, src: int, dst: int) -> int:
         return len(self.route(src, dst))
-
-
-def _end(core: int) -> str:
-    return "switch" if core < 0 else str(core)

@@ -76,7 +76,7 @@ def meets(summary: dict, slo: dict[tuple[str, str], float]) -> bool:
     except (KeyError, TypeError):  # a caller's run function that returns something else
         values = {}
     for (metric, stat), value in values.items():
-        # None (NaN from an older summary): no request measured it, at this rate or any other
+        # None (NaN from a caller's own run function): no request measured it, at this rate or any other
         if metric == "tpot" and (value is None or (isinstance(value, float) and math.isnan(value))):
             raise WorkloadError(_no_tpot(stat, ran=True))
     if len(values) < len(slo) or not all(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from tilesim.collectives import ALGORITHMS
+from tilesim.collectives import algorithms_for
 from tilesim.device import Device
 from tilesim.errors import CheckpointError, ConfigError, ShardingError
 from tilesim.models.checkpoint import SHORT_NAMES, open_checkpoint
@@ -26,7 +26,7 @@ def _check(path_or_name, device, tp, batch, max_context, algo, switches: dict, p
     whole("tp", tp, 1, ShardingError, optional=True)
     whole("batch", batch, 1, ConfigError)
     whole("max_context", max_context, 1, ConfigError, optional=True)
-    allreduce = [name for name, module in ALGORITHMS.items() if "allreduce" in module.OPS]
+    allreduce = algorithms_for("allreduce", "torus2d")  # every one, hierarchical included
     if algo != "auto" and algo not in allreduce:
         raise ConfigError(f"algo={algo!r} is not an all-reduce algorithm; use auto or one of {', '.join(allreduce)}")
     for name, value in switches.items():

@@ -145,6 +145,8 @@ class Model:
                 f"{extra:.0%} more attention work"
             )
         self.notes += weights.keep_blocks_whole(self.formats, self.graph, self.sp)
+        if self.precision.weights == "native":
+            self.notes += weights.dequantized_types(self.graph, self.precision, checkpoint)
         self.pipeline = pipeline.split(self.sp, self.stages)
         for param in self.pipeline.shared_params():
             held = ", ".join(map(str, self.pipeline.param_stages[param]))

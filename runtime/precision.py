@@ -8,7 +8,8 @@
   channel, int4 in groups of 32 with a scale and an offset); embeddings, norms and biases
   stay in the activation precision;
 - `native` (the default for GGUF files): every tensor as the file stores it (Q4_0, Q4_1,
-  Q8_0, F16, F32) and read by the kernels as stored; other GGUF types are dequantized.
+  Q8_0, F16, F32) and read by the kernels as stored; other GGUF types are dequantized to
+  fp32 at load, and held and timed as fp32 (the report's notes say so).
 Norm weights, biases and learned positions are always fp32. `--act-dtype` and `--kv-dtype`
 override the activation and KV-cache precisions. `--act-dtype int8` quantizes the inputs of
 block-quantized products (Q4_0, Q4_1, Q8_0, int4) to int8 blocks of 32 and computes them as

@@ -28,6 +28,36 @@ def storage_formats(graph: DecoderGraph, precision: Precision, checkpoint) -> di
     return {p: precision.format_for(p, len(s.shape), checkpoint.stored_type(p)) for p, s in graph.params.items()}
 
 
+def dequantized_types(graph: DecoderGraph, precision: Precision, checkpoint) -> list[str]:
+    """A native run's notes on the GGUF tensors of a type the kernels do not read as stored
+    (Q4_K, Q6_K, Q5_0, BF16, ...): dequantized at load, so held, counted and timed as fp32,
+    several times the file's bytes; a user of a Q4_K_M download should know that the times are
+    not the 4-bit format's."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    counts: dict[str, list[int]] = {}  # type -> [tensors, weights]
+    for param, spec in graph.params.items():
+        stored = checkpoint.stored_type(param)
+        if len(spec.shape) != 2 or stored in (None, "F32") or precision.format_for(param, 2, stored) != "fp32":
+            continue
+        seen = counts.setdefault(stored, [0, 0])
+        seen[0] += 1
+        seen[1] += math.prod(spec.shape)
+    if not counts:
+        return []
+    stored_bytes = 0.0
+    for qtype, (_, weights) in counts.items():
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+        stored_bytes += weights * size / block
+    held = 4 * sum(w for _, w in counts.values())
+    which = ", ".join(f"{n} {qtype}" for qtype, (n, _) in sorted(counts.items()))
+    return [
+        f"weights of {which} tensors are dequantized at load (no kernel here reads those types as stored): "
+        f"held, counted and timed as fp32, {held / stored_bytes:.1f}x their bytes in the file; "
+        "dtype int4 or int8 (--dtype) holds and times a quantized format"
+    ]
+
+
 def keep_blocks_whole(formats: dict[str, str], graph: DecoderGraph, sp: ShardPlan) -> list[str]:
     """A block-quantized weight split by columns off block boundaries, or padded (heads) to a
     width that is not whole blocks, is dequantized (changes `formats`); the notes say which.

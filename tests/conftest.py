@@ -121,6 +121,18 @@ def configs():
             [1, 2, 3, 5],
         ),
         "llama_gguf": (T.LlamaConfig(**gguf_llama), [1, 3, 6]),
+        "llama_gguf_256": (  # rows of 256 weights: one K-quant super-block (Q4_K, Q6_K)
+            T.LlamaConfig(
+                hidden_size=256,
+                intermediate_size=512,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                vocab_size=128,
+            ),
+            [1, 2, 4],
+        ),
         # rope scaling: head_dim 16 has 8 frequencies, with wavelengths of 6 to 20,000 positions; an
         # original context of 64 leaves the first unscaled, smooths two and divides five
         "llama3_rope": (

@@ -59,6 +59,7 @@ def write_gguf(folder, path, qtype, extra=None, linear_rope=None, arch="llama", 
         "mlp.up_proj": "ffn_up",
         "mlp.down_proj": "ffn_down",
     }
+    rng = np.random.default_rng(0)
     for name, w in tensors.items():
         target = names.get(name)
         if target is None:
@@ -72,6 +73,9 @@ def write_gguf(folder, path, qtype, extra=None, linear_rope=None, arch="llama", 
         w = np.ascontiguousarray(w, dtype=np.float32)
         if qtype == "F16" and w.ndim == 2:
             writer.add_tensor(target, w.astype(np.float16))
+        elif qtype in K_SCALES and w.ndim == 2:
+            q = getattr(gguf.GGMLQuantizationType, qtype)
+            writer.add_tensor(target, random_k_blocks(w.shape, qtype, rng), raw_dtype=q)
         elif qtype not in ("F32", "F16") and w.ndim == 2:
             q = getattr(gguf.GGMLQuantizationType, qtype)
             writer.add_tensor(target, gguf.quants.quantize(w, q), raw_dtype=q)
@@ -84,6 +88,21 @@ def write_gguf(folder, path, qtype, extra=None, linear_rope=None, arch="llama", 
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# the gguf package dequantizes K-quants but cannot quantize to them: such tensors are random
+# blocks, with each block's float16 scales (byte offsets, value) set so that weights stay small
+K_SCALES = {"Q4_K": ((0, 0.02), (2, 0.01)), "Q6_K": ((208, 0.0005),)}
+
+
+def random_k_blocks(shape: tuple[int, int], qtype: str, rng) -> np.ndarray:
+    """Random bytes in `qtype`'s block layout for a (rows, cols) weight."""
+    block, size = gguf.GGML_QUANT_SIZES[getattr(gguf.GGMLQuantizationType, qtype)]
+    rows, cols = shape
+    data = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
+    for offset, value in K_SCALES[qtype]:
+        data[:, :, offset : offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
+    return data.reshape(rows, -1)
 
 
 def part_is(name: str, part: str) -> bool:

@@ -29,6 +29,32 @@ def test_gguf_logits_match_transformers_loading_the_same_file(tiny_model, tmp_pa
     assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
 
 
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("tp", [1, 2])
+def test_a_type_without_a_kernel_is_dequantized_gives_the_files_logits_and_says_what_it_costs(
+    tiny_model, tmp_path, qtype, tp
+):
+    """K-quants (the bulk of a Q4_K_M download) are read dequantized: transformers' logits on
+    the same file, and a note that the weights are held and timed as fp32: 32 bits against
+    the file's 4.5 (Q4_K: 144 bytes per 256 weights) or 6.5625 (Q6_K: 210 bytes)."""
+    path = write_gguf(tiny_model("llama_gguf_256"), tmp_path / f"tiny-{qtype}.gguf", qtype)
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT])).logits[0].numpy()
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+    bits = {"Q4_K": 144 * 8 / 256, "Q6_K": 210 * 8 / 256}[qtype]
+    # every 2-D tensor: token embedding, lm_head, 7 projections in each of 2 layers
+    (note,) = [n for n in out.report["memory"]["notes"] if "dequantized at load" in n]
+    assert f"16 {qtype} tensors" in note and f"{32 / bits:.1f}x their bytes" in note
+    fp32 = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp, dtype="fp32")
+    as_fp32 = fp32.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    for key in ("ttft_s", "weights"):
+        assert out.report.get(key) == as_fp32.report.get(key)
+    assert out.report["memory"]["per_core"] == as_fp32.report["memory"]["per_core"]
+
+
 def llama3_rope_factors(cfg: dict) -> np.ndarray:
     """The divisor of each rotary frequency, as llama.cpp's converter writes Llama 3.1's rope
     scaling into a GGUF (`rope_freqs.weight`); written out from its description."""

@@ -5,7 +5,8 @@
 - `memory.png`: bytes in use on every tile (cores by tiles, as PopVision shows it), and each
   core's memory stacked by kind (weights, KV cache, activations);
 - `roofline.png`: every kernel of a decode step by arithmetic intensity and achieved
-  FLOP/s, against the device's roofline (peak compute, memory bandwidth);
+  FLOP/s, against the device's rooflines (peak compute; off-chip and tile memory bandwidth
+  where weights are off-chip, since activations are read from tile memory);
 - `breakdown.png`: each step's latency stacked by op type (its critical path).
 """
 
@@ -20,6 +21,7 @@ from tilesim.errors import ConfigError
 from tilesim.profiler.events import StepRecord, Trace
 from tilesim.profiler.output import all_or_nothing, writable_folder
 from tilesim.profiler.report import step_breakdown, step_names
+from tilesim.units import fmt_rate
 
 BARS = 200  # steps up to which breakdown.png draws a bar per step
 
@@ -95,6 +97,8 @@ def memory(trace: Trace, path: Path) -> None:
     heat.set_ylabel("core")
     heat.set_yticks(range(len(mem.per_core)))
     heat.set_title(f"tile memory in use (fraction of {mem.tile_bytes // 1024} KiB per tile)")
+    if not usage.any():
+        heat.text(0.5, 0.5, _NOTHING_ON_TILES, ha="center", va="center", color="white", transform=heat.transAxes)
     fig.colorbar(image, ax=heat, fraction=0.03)
     colours = {"weights": "#4c72b0", "kv_cache": "#dd8452", "recurrent_state": "#c44e52", "activations": "#55a868"}
     tensors = [k for k in colours if any(k in c for c in mem.per_core)]
@@ -118,11 +122,18 @@ def memory(trace: Trace, path: Path) -> None:
     plt.close(fig)
 
 
+_NOTHING_ON_TILES = "no array is placed in tile memory: every one is in off-chip memory (memory per core)"
+
+
 def _tiles_by_kind(ax, mem, colours: dict[str, str]) -> None:
     """The fullest core's tiles, stacked by category (tensors and the runtime's own), as
     PopVision's memory view shows them."""
     if not mem.tile_kinds:
         ax.set_axis_off()
+        return
+    if not any(map(any, mem.tile_usage)):
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, _NOTHING_ON_TILES, ha="center", va="center", transform=ax.transAxes)
         return
     core = int(np.argmax([sum(map(sum, kinds.values())) for kinds in mem.tile_kinds]))
     kinds = mem.tile_kinds[core]
@@ -157,7 +168,8 @@ def roofline(trace: Trace, path: Path) -> None:
         seen.add(span.op_type)
         ax.scatter(intensity, achieved, s=18, color=COLOURS.get(span.op_type, "#999999"), label=label, alpha=0.8)
     x = np.logspace(-2, 4, 200)
-    ax.loglog(x, np.minimum(peak, x * bandwidth), color="black", linewidth=1.2, label="roofline")
+    for label, rate, style in _ceilings(trace.device, bandwidth):
+        ax.loglog(x, np.minimum(peak, x * rate), color="black", linewidth=1.2, linestyle=style, label=label)
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
     ax.set_ylabel("achieved FLOP/s")
     ax.set_title(f"kernels of one decode step on {trace.device.get('name')} (core 0)")
@@ -166,6 +178,19 @@ def roofline(trace: Trace, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+def _ceilings(device: dict, bandwidth: float) -> list[tuple[str, float, str]]:
+    """(label, bytes/s, line style) of each memory a kernel reads: where weights are off-chip,
+    the activations a kernel reads from tile memory are charged at the tile bandwidth, so small
+    element-wise kernels sit above the off-chip line and below the tile one."""
+    offchip, tiles = device.get("offchip_bandwidth", 0.0), device.get("tile_bandwidth", 0.0)
+    if device.get("weights_in") != "offchip" or not offchip or not tiles or tiles == offchip:
+        return [(f"roofline ({fmt_rate(bandwidth)})", bandwidth, "-")]
+    return [
+        (f"roofline, off-chip memory ({fmt_rate(offchip)})", offchip, "-"),
+        (f"roofline, tile memory ({fmt_rate(tiles)})", tiles, "--"),
+    ]
 
 
 def breakdown(trace: Trace, path: Path) -> None:

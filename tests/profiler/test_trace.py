@@ -141,6 +141,29 @@ def test_plots_are_written(run, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
+@pytest.mark.parametrize(("name", "preset", "tp"), [("llama-2-70b", "trn1.32xlarge", 32), ("gpt2-xl", "ipu-gc200", 8)])
+def test_no_kernel_of_the_roofline_plot_is_above_the_roofline_it_draws(name, preset, tp):
+    """Its ceilings: min(peak, intensity x bandwidth) for each memory; a kernel cannot beat the
+    highest. With weights off-chip, the element-wise kernels (rope, residual adds) read tile
+    memory and beat the off-chip line alone: the plot drew them above its only roofline."""
+    from tilesim.profiler.plots import _ceilings, _decode_step
+
+    model = tilesim.load(name, device=preset, tp=tp, dtype="bf16", timing_only=True, pad_heads=True, max_context=256)
+    out = model.generate([[1] * 64], max_new_tokens=2)
+    device = out.trace.device
+    ceilings = _ceilings(device, device["memory_bandwidth"])
+    kernels = [s for s in _decode_step(out.trace).spans if s.lane == "compute" and s.flops > 0 and s.bytes > 0]
+    assert kernels
+    for span in kernels:
+        roof = max(min(device["peak_flops"], span.flops / span.bytes * rate) for _, rate, _ in ceilings)
+        assert span.flops / span.duration <= roof * (1 + 1e-9), span.name
+    if device["weights_in"] == "offchip":  # trn1: the tile line is there for kernels above the off-chip one
+        assert len(ceilings) == 2
+        assert any(s.flops / s.duration > s.flops / s.bytes * device["offchip_bandwidth"] for s in kernels)
+    else:  # IPU: everything in tile memory, one line
+        assert len(ceilings) == 1
+
+
 def test_outputs_asked_for_in_python_at_a_bad_place_are_named_before_anything_is_written(run, tmp_path):
     """A file where the plots' folder should be was a FileExistsError, a trace path of None a
     TypeError, and serving's plots did the same."""

@@ -17,6 +17,7 @@ from tilesim.errors import GenerationError, NumericalError
 from tilesim.profiler.events import StepRecord, Trace
 from tilesim.profiler.report import build_report
 from tilesim.runtime.checks import function, whole
+from tilesim.runtime.exclusive import one_run_at_a_time
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.reporting import device_info, memory_snapshot, model_info
 from tilesim.runtime.sampling import SamplingParams, choose
@@ -47,6 +48,7 @@ class GenerateOutput:
         return out
 
 
+@one_run_at_a_time("model")
 def generate(
     model: Model,
     prompts: Sequence[Sequence[int]] | np.ndarray,

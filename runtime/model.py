@@ -29,6 +29,7 @@ from tilesim.runtime import distributed, pipeline, shard, weights
 from tilesim.runtime.buckets import Buckets
 from tilesim.runtime.checks import whole
 from tilesim.runtime.collective_plan import CollectivePlan
+from tilesim.runtime.exclusive import RunGuard
 from tilesim.runtime.execute import Executor
 from tilesim.runtime.generate import GenerateOutput, generate
 from tilesim.runtime.graph import DecoderGraph
@@ -97,6 +98,7 @@ class Model:
                 f"{what} needs {self.cores} cores but the device has {device.num_cores}; give it cores={self.cores}"
             )
         self.checkpoint, self.device, self.tp = checkpoint, device, tp
+        self.runs = RunGuard(self.graph.label)  # one run at a time (runtime/exclusive.py)
         self.timing_only = timing_only
         gguf = checkpoint.format == "gguf"
         stored = {"float16": "fp16", "bfloat16": "bf16"}.get(checkpoint.config.extra.get("dtype"), "fp32")

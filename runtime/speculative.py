@@ -30,6 +30,7 @@ import numpy as np
 
 from tilesim.errors import GenerationError, NumericalError
 from tilesim.runtime.checks import whole
+from tilesim.runtime.exclusive import one_run_at_a_time
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.sampling import SamplingParams, _softmax, warp
 
@@ -122,6 +123,7 @@ def check_vocabularies(target_graph, draft_graph) -> None:
         )
 
 
+@one_run_at_a_time("target", "draft")
 def speculative_generate(
     target: Model,
     draft: Model,

@@ -28,6 +28,7 @@ import numpy as np
 
 from tilesim.errors import GenerationError, NumericalError
 from tilesim.runtime.checks import flag, function, whole
+from tilesim.runtime.exclusive import one_run_at_a_time
 from tilesim.runtime.program import StepInputs
 from tilesim.runtime.sampling import SamplingParams, choose
 from tilesim.serving.scheduler import Live, Scheduler, ServerState, StepPlan, make_scheduler
@@ -165,6 +166,7 @@ class _Cores:
             live.stopped = True
 
 
+@one_run_at_a_time("model")
 def serve(
     model,
     requests: Sequence[Request],

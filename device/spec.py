@@ -373,7 +373,13 @@ def _override(spec: DeviceSpec, name: str, value: Any) -> DeviceSpec:
         return dataclasses.replace(spec, cores=_parse_value("count", value, where))
     if name in _CORE_FIELDS:
         if name == "peak_flops":
-            value = {**spec.core.peak_flops, **(value or {})}
+            if not isinstance(value, dict):
+                dtypes = ", ".join(spec.core.peak_flops)
+                raise ConfigError(
+                    f"{where}: expected a mapping of dtype ({dtypes}) to FLOP/s, e.g. "
+                    f"peak_flops={{'bf16': '190 TFLOP/s'}}, got {value!r:.60}"
+                )
+            value = {**spec.core.peak_flops, **value}
         parsed = _parse_value(_CORE_FIELDS[name], value, where)
         return dataclasses.replace(spec, core=dataclasses.replace(spec.core, **{name: parsed}))
     if name in _FABRIC_FIELDS:

@@ -142,6 +142,10 @@ def test_overrides_answer_what_if_questions():
         Device("trn1", warp_speed=9)
     with pytest.raises(ConfigError, match="33 cores asked for, but trn1 has at most 32"):
         Device("trn1", cores=33)
+    # a single figure for peak_flops was a TypeError ("'str' object is not a mapping")
+    for figure in ("190 TFLOP/s", 1e12, None):
+        with pytest.raises(ConfigError, match=r"peak_flops: expected a mapping of dtype \(fp32, .*\) to FLOP/s"):
+            Device("trn1", peak_flops=figure)
 
 
 def test_devices_json_lists_every_preset_with_the_key_figures(capsys):

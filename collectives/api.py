@@ -314,8 +314,8 @@ def run_collective(
     flag("in_place", in_place, ConfigError)
     if faults is not None and not isinstance(faults, FaultSpec):
         raise ConfigError(f"faults={faults!r:.60} must be a FaultSpec (FaultSpec.parse reads 'drop=0.1,...')")
-    function("on_transfer", on_transfer, ConfigError, "one transfer record")
-    function("progress", progress, ConfigError, "(steps done, steps in all)")
+    function("on_transfer", on_transfer, ConfigError, "(a transfer record)", takes=1)
+    function("progress", progress, ConfigError, "(steps done, steps in all)", takes=2)
     if inputs is not None and (isinstance(inputs, str | bytes | np.ndarray) or not isinstance(inputs, Sequence)):
         raise ConfigError(f"inputs={inputs!r:.60} must be a list of 1-D arrays, one per core")
     if inputs is not None and n is not None:

@@ -5,6 +5,7 @@ them into its flags), raised as the `TilesimError` subclass given.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 
@@ -48,10 +49,23 @@ def flag(name: str, value, error: type[TilesimError]) -> bool:
     return bool(value)
 
 
-def function(name: str, fn, error: type[TilesimError], of: str = "", *, optional: bool = True) -> None:
-    """`fn` a function (of the arguments `of` names), or None when `optional`."""
+def function(
+    name: str, fn, error: type[TilesimError], of: str = "", *, optional: bool = True, takes: int | None = None
+) -> None:
+    """`fn` a function (of the arguments `of` names), or None when `optional`; with `takes`, one
+    that can be called with that many positional arguments (checked here: a wrong one would
+    raise its TypeError only when first called, perhaps at the end of a long run)."""
     if not callable(fn) and not (fn is None and optional):
         raise error(f"{name}={fn!r:.60} must be a function{f' of {of}' if of else ''}{', or None' if optional else ''}")
+    if fn is None or takes is None:
+        return
+    try:
+        inspect.signature(fn).bind(*range(takes))
+    except ValueError:  # a builtin without a signature: it will say so itself
+        return
+    except TypeError:
+        arguments = "one argument" if takes == 1 else f"{takes} arguments"
+        raise error(f"{name}={fn!r:.60} is called with {arguments} {of}, which it does not take") from None
 
 
 def real(

@@ -73,7 +73,7 @@ def generate(
         raise GenerationError(f"return_logits={return_logits!r} must be False, True or 'all'")
     prompts = check_prompts(model, prompts, max_new_tokens)
     params = SamplingParams(temperature, top_k, top_p, seed)
-    function("on_token", on_token, GenerationError, "(prompt_index, token_id)")
+    function("on_token", on_token, GenerationError, "(prompt_index, token_id)", takes=2)
     eos = stop_ids(model, eos_token_id, given=eos_token_id is not DEFAULT)
     b = len(prompts)
     group = model.prefill_group(b)  # sequences per prefill program, as the device's runtime prefills them

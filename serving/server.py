@@ -183,7 +183,7 @@ def serve(
     """Serve `requests` on `model`'s device (see the module doc); functional unless the model
     was loaded timing-only. `progress(n)` is called as n more requests finish."""
     policy = make_scheduler(scheduler)
-    function("progress", progress, WorkloadError, "(requests finished)")
+    function("progress", progress, WorkloadError, "(requests finished)", takes=1)
     flag("stop_at_eos", stop_at_eos, WorkloadError)
     if chunk_size is not None and not getattr(policy, "takes_chunks", True):
         raise WorkloadError(

@@ -145,9 +145,9 @@ def max_rate(
         raise WorkloadError(f"tolerance={tolerance!r} must be the bracket's relative width to stop at, in (0, 1]")
     whole("steps", steps, 1, WorkloadError, maximum=MAX_STEPS)
     check_probes(probes)
-    function("run", run, WorkloadError, optional=False)
-    function("on_try", on_try, WorkloadError)
-    function("evaluate", evaluate, WorkloadError)
+    function("run", run, WorkloadError, "(workload)", optional=False, takes=1)
+    function("on_try", on_try, WorkloadError, "(rate, met)", takes=2)
+    function("evaluate", evaluate, WorkloadError, "(rates)", takes=1)
     _check_slo(slo)
     if isinstance(unit_workload, str | bytes) or not isinstance(unit_workload, Sequence) or not unit_workload:
         raise WorkloadError(f"unit_workload={unit_workload!r:.60} must be a non-empty list of serving.Request")

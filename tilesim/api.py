@@ -31,7 +31,7 @@ def _check(path_or_name, device, tp, batch, max_context, algo, switches: dict, p
         raise ConfigError(f"algo={algo!r} is not an all-reduce algorithm; use auto or one of {', '.join(allreduce)}")
     for name, value in switches.items():
         flag(name, value, ConfigError)
-    function("progress", progress, ConfigError, "(done, total)")
+    function("progress", progress, ConfigError, "(done, total)", takes=2)
 
 
 def open_source(path_or_name, timing_only: bool = False):

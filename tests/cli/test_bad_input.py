@@ -382,6 +382,8 @@ API_LOAD = [
     ({"timing_only": "no"}, ConfigError, "timing_only='no' must be True or False"),
     ({"pad_heads": "yes"}, ConfigError, "pad_heads='yes' must be True or False"),
     ({"progress": 5}, ConfigError, "progress=5 must be a function"),
+    # the wrong number of parameters was a TypeError from inside the load, at the first call
+    ({"progress": lambda done: None}, ConfigError, "is called with 2 arguments (done, total), which it does not take"),
     ({"layers_per_stage": [1, "a"]}, ShardingError, "every stage needs a whole number of layers"),
     # ignored before: they would read as obeyed
     ({"cores_per_actor": 2}, ConfigError, "cores_per_actor=2 is for cores hosted on Ray actors; give `cluster` too"),
@@ -436,6 +438,7 @@ API_GENERATE = [
     ([[1, 2]], {"return_logits": "yes"}, "return_logits='yes' must be False, True or 'all'"),
     ([list(range(1, 30))], {"max_new_tokens": 300}, "load it with a larger `max_context`"),
     ([[1, 2]], {"on_token": 5}, "on_token=5 must be a function"),
+    ([[1, 2]], {"on_token": lambda token: None}, "is called with 2 arguments (prompt_index, token_id)"),
 ]
 
 
@@ -474,7 +477,10 @@ def test_run_collective_and_the_rate_search_name_the_argument_that_is_wrong():
     [({"start": "1"}, "starting rate must be positive, not '1'"), ({"start": math.inf}, "must be positive, not inf"),
      ({"tolerance": 0}, "tolerance=0 must be the bracket's relative width"), ({"tolerance": math.nan}, "tolerance=nan"),
      ({"steps": 10**9}, "steps=1000000000 must be at most 100"), ({"steps": 2.5}, "steps=2.5 must be a whole number"),
-     ({"on_try": 5}, "on_try=5 must be a function, or None"), ({"evaluate": 5}, "evaluate=5 must be a function"),
+     ({"on_try": 5}, "on_try=5 must be a function of (rate, met), or None"),
+     ({"evaluate": 5}, "evaluate=5 must be a function"),
+     ({"on_try": lambda rate: None}, "is called with 2 arguments (rate, met)"),
+     ({"run": lambda: {}}, "is called with one argument (workload)"),
      ({"evaluate": lambda rates: []}, "evaluate gave 0 summaries for 1 rates"), ({"run": None}, "run=None must be a"),
      ({"slo": "ttft_p90=1"}, "slo='ttft_p90=1' must map"), ({"slo": {("ttft", "p90"): -1.0}}, "must map (metric,"),
      ({"slo": {}}, "slo={} must map")],
@@ -510,7 +516,8 @@ def test_a_calibration_file_that_cannot_be_read_is_named_with_its_line(tmp_path)
      ({"in_place": "no"}, "in_place='no' must be True or False"), ({"timeout_s": 0}, "timeout_s=0 must be .* > 0"),
      ({"timeout_s": -1.0}, "timeout_s=-1.0"), ({"timeout_s": float("nan")}, "timeout_s=nan"),
      ({"timeout_s": "1"}, "timeout_s='1' must be a number"), ({"faults": "drop=0.1"}, "must be a FaultSpec"),
-     ({"on_transfer": 5}, "on_transfer=5 must be a function"), ({"progress": 5}, "progress=5 must be a function")],
+     ({"on_transfer": 5}, "on_transfer=5 must be a function"), ({"progress": 5}, "progress=5 must be a function"),
+     ({"progress": lambda done: None}, r"progress=.* is called with 2 arguments")],
 )  # fmt: skip
 def test_run_collectives_options_of_the_wrong_kind_are_named(kwargs, phrase):
     """Each was a TypeError, AttributeError or simpy's ValueError, or ("no", nan) taken as given."""

@@ -125,6 +125,9 @@ def test_unknown_scheduler_and_bad_slot_counts_are_refused(model):
             serve(model, requests)
     with pytest.raises(TilesimError, match="progress=5 must be a function"):
         serve(model, [Request(0, 0.0, 16, 4)], progress=5)
+    # a wrong arity was a TypeError once the first request finished, the whole run simulated
+    with pytest.raises(TilesimError, match=r"progress=.* is called with one argument \(requests finished\)"):
+        serve(model, [Request(0, 0.0, 16, 4)], progress=lambda: None)
     with pytest.raises(TilesimError, match="chunk_size=0 must be at least 1"):
         serve(model, [Request(0, 0.0, 16, 4)], scheduler="chunked", chunk_size=0)
     for whole_prompts in ("continuous", "static"):

@@ -75,20 +75,28 @@ class ModelConfig:
         embed = v * h * (1 if self.tie_embeddings else 2)
         return self.layers * (attn + mlp + norms) + embed
 
-    def inv_freq(self) -> np.ndarray:
-        """The rotary inverse frequencies (fp32), with any rope scaling applied."""
+    def rotary(self) -> tuple[np.ndarray, float]:
+        """The rotary inverse frequencies (fp32) with any rope scaling applied, and the factor
+        the cos and sin tables are multiplied by (YaRN's attention scaling; 1 otherwise).
+        Only a run that computes asks: the times do not depend on them, so a timing-only run
+        takes any rope type."""
         base = rope_inv_freq(self.rotary_dim, self.rope_theta)
         scaling = dict(self.rope_scaling)
         kind = scaling.get("rope_type", "default")
         if kind == "default":
-            return base
+            return base, 1.0
         if kind == "linear":
-            return (base / np.float32(scaling["factor"])).astype(np.float32)
+            return (base / np.float32(scaling["factor"])).astype(np.float32), 1.0
         if kind == "llama3":
-            return _llama3_inv_freq(base, scaling)
+            return _llama3_inv_freq(base, scaling), 1.0
+        if kind == "yarn":
+            return _yarn(self.rotary_dim, self.rope_theta, scaling, self.max_positions)
         if kind == "factors":  # a GGUF's rope_freqs.weight, one divisor per frequency
-            return (base / np.asarray(scaling["factors"], dtype=np.float32)).astype(np.float32)
-        raise CheckpointError(f"rope scaling {kind!r} is not supported (supported: default, linear, llama3)")
+            return (base / np.asarray(scaling["factors"], dtype=np.float32)).astype(np.float32), 1.0
+        raise CheckpointError(
+            f"rope scaling {kind!r} is not supported (supported: default, linear, llama3, yarn); "
+            "a timing-only run takes it (its times do not depend on the frequencies)"
+        )
 
 
 def _llama3_inv_freq(inv_freq: np.ndarray, s: dict) -> np.ndarray:
@@ -100,6 +108,55 @@ def _llama3_inv_freq(inv_freq: np.ndarray, s: dict) -> np.ndarray:
     smoothed = ((1 - smooth) * scaled / np.float32(factor) + smooth * scaled).astype(np.float32)
     medium = ~(wavelen < old / high) & ~(wavelen > old / low)
     return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def _yarn(rot: int, theta: float, s: dict, max_positions: int) -> tuple[np.ndarray, float]:
+    """YaRN (arXiv 2309.00071) as transformers computes it: each frequency interpolated
+    (divided by `factor`), extrapolated (kept), or a linear ramp between the two over the
+    dimensions whose wavelengths fall between beta_fast and beta_slow rotations of the
+    original context; cos and sin scaled by 0.1 ln(factor) + 1 (or the given attention_factor)."""
+
+    def number(key: str, default: float | None, low: float) -> float | None:
+        value = s.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= low):
+            raise CheckpointError(f"yarn rope scaling: {key!r} is {value!r}; it must be a number of at least {low:g}")
+        return float(value)
+
+    if "factor" not in s:
+        raise CheckpointError("yarn rope scaling needs 'factor' (the context's extension, e.g. 4.0)")
+    original = number("original_max_position_embeddings", max_positions, 1)
+    factor = number("factor", None, 1) or max_positions / original
+    attention = number("attention_factor", None, 0)
+    if attention is None:
+        mscale, mscale_all = number("mscale", None, 0), number("mscale_all_dim", None, 0)
+        if mscale and mscale_all:
+            attention = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
+        else:
+            attention = _yarn_mscale(factor)
+    fast, slow = number("beta_fast", None, 0) or 32.0, number("beta_slow", None, 0) or 1.0
+
+    def dim_of(rotations: float) -> float:  # the dimension whose wavelength makes `rotations` turns
+        return rot * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_of(fast), dim_of(slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rot - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(rot // 2, dtype=np.float32) - np.float32(low)) / np.float32(high - low), 0, 1)
+    extrapolated = (np.float32(1) - ramp).astype(np.float32)
+    powers = (np.float32(theta) ** (np.arange(0, rot, 2, dtype=np.float32) / np.float32(rot))).astype(np.float32)
+    kept = (np.float32(1) / powers).astype(np.float32)
+    interpolated = (np.float32(1) / (np.float32(factor) * powers)).astype(np.float32)
+    inv_freq = interpolated * (np.float32(1) - extrapolated) + kept * extrapolated
+    return inv_freq.astype(np.float32), float(attention)
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
 _COUNTS = (
@@ -184,6 +241,11 @@ class HFConfig:
         if "type" in legacy and "rope_type" not in legacy:
             legacy["rope_type"] = legacy.pop("type")
         params = {**params, **legacy}  # as transformers reads a config with both: the older key's scaling wins
+        if params.get("rope_type") in ("llama3", "yarn", "longrope"):
+            # the pretrained context: a top-level field wins (Phi-3 keeps it there), as in transformers
+            top = self.raw.get("original_max_position_embeddings")
+            if top is not None:
+                params["original_max_position_embeddings"] = top
         theta = params.pop("rope_theta", self.raw.get("rope_theta", self.raw.get("rotary_emb_base", 10000.0)))
         if isinstance(theta, bool) or not isinstance(theta, int | float) or not (math.isfinite(theta) and theta > 0):
             raise CheckpointError(f"{self.where}: rope_theta is {theta!r}; a rotary base must be a number more than 0")

@@ -90,7 +90,7 @@ def build_graph(cfg: ModelConfig) -> DecoderGraph:
         x = _norm(g, cfg, x, "embed_norm")
     if cfg.positions == "learned":
         x = g.add_positions(x, "pos.weight", cfg.max_positions + cfg.position_offset, cfg.position_offset)
-    inv_freq = cfg.inv_freq() if cfg.positions == "rope" else None
+    rotary = cfg.rotary if cfg.positions == "rope" else None  # asked for by runs that compute, when they bind
     slopes = alibi_slopes(cfg.heads) if cfg.positions == "alibi" else None
     hq, hkv, d = cfg.heads, cfg.kv_heads, cfg.head_dim
     for i in range(cfg.layers):
@@ -130,8 +130,8 @@ def build_graph(cfg: ModelConfig) -> DecoderGraph:
                 kv=True,
                 hint="v",
             )
-            if inv_freq is not None:
-                g.rope(q, k, style=cfg.rope_style, rot=cfg.rotary_dim, inv_freq=inv_freq)
+            if rotary is not None:
+                g.rope(q, k, style=cfg.rope_style, rot=cfg.rotary_dim, rotary=rotary)
             a = g.attention(q, k, v, scale=cfg.scale, window=cfg.sliding_window, alibi=slopes)
             o = g.linear(
                 a,

@@ -14,6 +14,7 @@ tensor-parallel pass (`runtime/shard.py`) may split each weight and value:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,8 +192,9 @@ class GraphBuilder:
         out = self._value(hint, out_features, value_split, heads, kv)
         return self._node("linear", out, [x], params, op_type, split=split, kernel=hint)
 
-    def rope(self, q: str, k: str, *, style: str, rot: int, inv_freq: Any) -> None:
-        self._node("rope", None, [q, k], [], "attention", style=style, rot=rot, inv_freq=inv_freq)
+    def rope(self, q: str, k: str, *, style: str, rot: int, rotary: Callable[[], tuple[Any, float]]) -> None:
+        """`rotary()`: (inverse frequencies, cos/sin scale), called by runs that compute."""
+        self._node("rope", None, [q, k], [], "attention", style=style, rot=rot, rotary=rotary)
 
     def attention(self, q: str, k: str, v: str, *, scale: float, window: int = 0, alibi=None) -> str:
         """`alibi`: ALiBi slopes, one per (real) query head, or None."""

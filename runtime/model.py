@@ -121,6 +121,10 @@ class Model:
             self.notes.append(
                 beyond_training(self.graph, self.max_context, f"a KV cache of {self.max_context} positions is")
             )
+        rope = next((n for n in self.graph.nodes if n.op == "rope"), None)
+        # the rotary frequencies of a run that computes, before any weight is read: a rope type
+        # without them here is refused now, not after the load
+        self._rotary = rope.attrs["rotary"]() if rope is not None and not timing_only else None
         self.formats = weights.storage_formats(self.graph, self.precision, checkpoint)
         blocky = any(f in weights.BLOCK_FORMATS for f in self.formats.values())
         self.sp = shard.plan(self.graph, tp, granule=weights.BLOCK if blocky else 1, pad_heads=pad_heads, moe=moe)
@@ -306,8 +310,7 @@ class Model:
         if self.remote is not None:  # the numbers run on the actors
             self.executor = self.remote
             return
-        rope = next((n for n in self.graph.nodes if n.op == "rope"), None)
-        tables = rope_tables(self.max_context, rope.attrs["inv_freq"]) if rope and not self.timing_only else None
+        tables = rope_tables(self.max_context, *self._rotary) if self._rotary is not None else None
         self.executor = Executor(
             self.program,
             self.weights,

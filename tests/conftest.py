@@ -153,6 +153,52 @@ def configs():
             T.LlamaConfig(**gguf_llama, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}),
             [1, 3],
         ),
+        # YaRN over an original context of 64: with beta 32 and 1, the 8 frequencies of head_dim 16
+        # are kept (2), ramped (3) and divided by the factor (3); cos and sin scaled by 1.139
+        "llama_yarn": (
+            T.LlamaConfig(
+                **gguf_llama,
+                rope_parameters={
+                    "rope_type": "yarn",
+                    "rope_theta": 10000.0,
+                    "factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                },
+            ),
+            [1, 3],
+        ),
+        # DeepSeek's form: the attention factor from mscale / mscale_all_dim, other betas, no truncation
+        "llama_yarn_mscale": (
+            T.LlamaConfig(
+                **gguf_llama,
+                rope_parameters={
+                    "rope_type": "yarn",
+                    "rope_theta": 10000.0,
+                    "factor": 8.0,
+                    "original_max_position_embeddings": 32,
+                    "mscale": 1.0,
+                    "mscale_all_dim": 0.5,
+                    "beta_fast": 16,
+                    "beta_slow": 2,
+                    "truncate": False,
+                },
+            ),
+            [1, 3],
+        ),
+        # Qwen2.5's long-context setting, in the older `rope_scaling` key
+        "qwen2_yarn": (
+            T.Qwen2Config(
+                hidden_size=48,
+                intermediate_size=88,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                max_position_embeddings=256,
+                rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+                **common,
+            ),
+            [1, 3],
+        ),
         # heads 32 wide where hidden / heads is 16 (GGUF: attention.key_length)
         "llama_head_dim": (T.LlamaConfig(**gguf_llama, head_dim=32), [1, 3]),
         "llama_gguf_wide": (  # head_dim 32: padded heads are whole 32-column blocks

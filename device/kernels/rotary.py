@@ -20,10 +20,14 @@ def rope_inv_freq(rot: int, base: float) -> np.ndarray:
     return (np.float32(1.0) / (np.float32(base) ** exponents)).astype(np.float32)
 
 
-def rope_tables(positions: int, inv_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of `position * inv_freq`, each (positions, rot/2), fp32."""
+def rope_tables(positions: int, inv_freq: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of `position * inv_freq`, each (positions, rot/2), fp32, times `scale`
+    (YaRN's attention scaling) where it is not 1."""
     angles = np.arange(positions, dtype=np.float32)[:, None] * inv_freq[None, :].astype(np.float32)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    if scale != 1.0:
+        cos, sin = (cos * np.float32(scale)).astype(np.float32), (sin * np.float32(scale)).astype(np.float32)
+    return cos, sin
 
 
 @njit(cache=True)

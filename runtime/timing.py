@@ -114,8 +114,11 @@ def context_for(graph, needed: int, asked: int | None = None, what: str = "the p
 def beyond_training(graph, positions: int, subject: str) -> str | None:
     """The warning for a run of `positions` positions past those `graph` was trained for
     (`subject` says whose positions: "max_context=8192 is"), or None within them."""
-    if positions <= graph.max_positions:
+    extended = graph.meta.get("extended_positions", 0)
+    if positions <= max(graph.max_positions, extended):
         return None
+    if extended > graph.max_positions:
+        return f"{subject} beyond the {extended} positions {graph.label}'s YaRN scaling extends its context to"
     return (
         f"{subject} beyond the {graph.max_positions} positions {graph.label} was trained for (rotary positions and "
         "ALiBi biases extend; quality there is not known)"

@@ -185,7 +185,7 @@ def configs():
             ),
             [1, 3],
         ),
-        # Qwen2.5's long-context setting, in the older `rope_scaling` key
+        # Qwen2.5's long-context setting (given as `rope_scaling`; transformers saves `rope_parameters`)
         "qwen2_yarn": (
             T.Qwen2Config(
                 hidden_size=48,

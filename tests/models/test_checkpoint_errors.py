@@ -352,3 +352,19 @@ def test_a_rope_type_that_does_not_compute_here_is_refused_before_the_load_but_t
         for f in (folder, tiny_model("llama"))
     ]
     assert times[0]["ttft_s"] == times[1]["ttft_s"] and times[0]["tpot_s"] == times[1]["tpot_s"]
+
+
+def test_a_yarn_model_is_warned_only_past_the_context_its_scaling_extends_to(tiny_model, tmp_path):
+    """As Qwen2.5 is run long: 256 positions in the config, YaRN by a factor of 8 over an
+    original 64 extends them to 512; past those the warning names 512."""
+    import warnings
+
+    folder = copy(tiny_model("qwen2_yarn"), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    scaling = {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 64}  # the older key, as Qwen2.5's
+    (folder / "config.json").write_text(json.dumps({**config, "rope_scaling": scaling, "rope_parameters": None}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tilesim.TilesimWarning)
+        tilesim.load(str(folder), "tiny", tp=3, timing_only=True, max_context=512)
+    with pytest.warns(tilesim.TilesimWarning, match=r"beyond the 512 positions .*'s YaRN scaling extends its context"):
+        tilesim.load(str(folder), "tiny", tp=3, timing_only=True, max_context=1024)

@@ -43,6 +43,7 @@ class ModelConfig:
     parallel_residual: bool = False
     shared_layernorm: bool = False  # GPT-J: one norm feeds both branches
     qkv_bias: bool = False
+    qk_norm: bool = False  # Qwen3: an RMS norm over each query and key head before the rotation
     o_bias: bool = False
     mlp_bias: bool = False
     lm_head_bias: bool = False

@@ -130,6 +130,9 @@ def build_graph(cfg: ModelConfig) -> DecoderGraph:
                 kv=True,
                 hint="v",
             )
+            if cfg.qk_norm:
+                q = g.head_norm(q, f"{p}q_norm.weight", cfg.norm_eps)
+                k = g.head_norm(k, f"{p}k_norm.weight", cfg.norm_eps)
             if rotary is not None:
                 g.rope(q, k, style=cfg.rope_style, rot=cfg.rotary_dim, rotary=rotary)
             a = g.attention(q, k, v, scale=cfg.scale, window=cfg.sliding_window, alibi=slopes)

@@ -1,6 +1,7 @@
-"""The Llama family: Llama 2/3, SmolLM2, Mistral, Qwen2 (RMS norm, rotary, SwiGLU, grouped-query
-attention, optional biases, tied or untied embeddings). Weight names as `save_pretrained`
-writes them for `LlamaForCausalLM` and its relatives."""
+"""The Llama family: Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3 (RMS norm, rotary, SwiGLU,
+grouped-query attention, optional biases, tied or untied embeddings; Qwen3's RMS norm over each
+query and key head). Weight names as `save_pretrained` writes them for `LlamaForCausalLM` and
+its relatives."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tilesim.models.config import HFConfig, ModelConfig, scaling_tuple
 from tilesim.models.decoder import build_graph
 from tilesim.models.weights import WeightRef
 
-MODEL_TYPES = ("llama", "mistral", "qwen2")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 __all__ = ["MODEL_TYPES", "build_graph", "config_from_hf", "weight_refs"]
 
 
@@ -24,8 +25,9 @@ def config_from_hf(c: HFConfig) -> ModelConfig:
     window = 0
     if model_type == "mistral":
         window = int(c.get("sliding_window", default=0) or 0)
-    if model_type == "qwen2" and c.get("use_sliding_window", default=False):
-        raise CheckpointError(f"{c.where}: Qwen2 with use_sliding_window=true is not supported")
+    if model_type in ("qwen2", "qwen3") and c.get("use_sliding_window", default=False):
+        name = "Qwen2" if model_type == "qwen2" else "Qwen3"
+        raise CheckpointError(f"{c.where}: {name} with use_sliding_window=true is not supported")
     attention_bias = bool(c.get("attention_bias", default=False))
     return ModelConfig(
         arch="llama",
@@ -47,6 +49,7 @@ def config_from_hf(c: HFConfig) -> ModelConfig:
         rope_theta=theta,
         rope_scaling=scaling_tuple(rope),
         qkv_bias=attention_bias or model_type == "qwen2",
+        qk_norm=model_type == "qwen3",
         o_bias=attention_bias,
         mlp_bias=bool(c.get("mlp_bias", default=False)),
         tie_embeddings=bool(c.get("tie_word_embeddings", default=False)),
@@ -77,4 +80,7 @@ def weight_refs(cfg: ModelConfig, names: set[str]) -> dict[str, WeightRef]:
         for ours, theirs in parts.items():
             refs[f"layers.{i}.{ours}.weight"] = WeightRef(f"{hf}{theirs}.weight")
             refs[f"layers.{i}.{ours}.bias"] = WeightRef(f"{hf}{theirs}.bias")
+        if cfg.qk_norm:
+            refs[f"layers.{i}.q_norm.weight"] = WeightRef(hf + "self_attn.q_norm.weight")
+            refs[f"layers.{i}.k_norm.weight"] = WeightRef(hf + "self_attn.k_norm.weight")
     return refs

@@ -107,6 +107,19 @@ def bind_norm(ex: Executor, step: Step) -> Op:
     return run
 
 
+def bind_head_norm(ex: Executor, step: Step) -> Op:
+    node, after = step.node, step.last
+    xs, outs, ws = ex.views(node.inputs[0]), ex.views(node.out), ex.params(node, 0)
+    eps = node.attrs["eps"]
+
+    def run(inputs: StepInputs) -> None:
+        m = ex.rows(inputs, after)
+        for x, out, w in zip(xs, outs, ws, strict=True):
+            norms.head_rms_norm(x[:m], w, eps, out[:m])
+
+    return run
+
+
 def bind_linear(ex: Executor, step: Step) -> Op:
     """The group's products on every core: one call for all cores where `cores.bind_linear`
     runs the format, else one kernel launch per core."""

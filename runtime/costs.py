@@ -53,6 +53,12 @@ def norm(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> Ke
     return norm_cost(rows, width, kind=node.attrs["kind"], act_bytes=t.act_bytes, dtype=t.dtype)
 
 
+def head_norm(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
+    """An RMS norm of rows x heads rows of head_dim features."""
+    heads = t.sp.widths[node.out][core] // t.graph.head_dim
+    return norm_cost(rows * heads, t.graph.head_dim, kind="head_norm", act_bytes=t.act_bytes, dtype=t.dtype)
+
+
 def rope(t: StepTimer, node: Node, core: int, rows: int, shape: StepShape) -> KernelCost:
     width = t.sp.widths
     heads = (width[node.inputs[0]][core] + width[node.inputs[1]][core]) // t.graph.head_dim

@@ -24,6 +24,7 @@ OPS = (
     "add_positions",  # x + table[positions + offset] (learned positions)
     "norm",  # layer or RMS norm
     "linear",  # x @ W.T + b
+    "head_norm",  # RMS norm over each head's features (Qwen3's q_norm and k_norm)
     "rope",  # rotate q and k in place
     "attention",  # causal attention over the KV cache, writes the cache
     "act",  # gelu / relu / silu
@@ -191,6 +192,14 @@ class GraphBuilder:
         value_split = "out" if split == "out" else ("partial" if split == "in" else "none")
         out = self._value(hint, out_features, value_split, heads, kv)
         return self._node("linear", out, [x], params, op_type, split=split, kernel=hint)
+
+    def head_norm(self, x: str, weight: str, eps: float) -> str:
+        """RMS norm of each head of `x` (a q, k or v value) over its head_dim features, one weight
+        of head_dim shared by the heads: a value split as `x` is, no communication."""
+        v = self.values[x]
+        self._param(weight, (self.head_dim,))
+        out = self._value("head_norm", v.width, v.split, v.heads, v.kv)
+        return self._node("head_norm", out, [x], [weight], "attention", eps=eps)
 
     def rope(self, q: str, k: str, *, style: str, rot: int, rotary: Callable[[], tuple[Any, float]]) -> None:
         """`rotary()`: (inverse frequencies, cos/sin scale), called by runs that compute."""

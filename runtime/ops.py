@@ -37,6 +37,7 @@ OPS: dict[str, OpEntry] = {
     "bias": OpEntry(bind.bind_bias, costs.add, in_place=True),
     "allreduce": OpEntry(bind.bind_allreduce, in_place=True, collective=True),
     "gather_logits": OpEntry(bind.bind_gather_logits, collective=True),
+    "head_norm": OpEntry(bind.bind_head_norm, costs.head_norm),
     "rope": OpEntry(bind.bind_rope, costs.rope, in_place=True),
     "attention": OpEntry(bind.bind_attention, costs.attention),
     "act": OpEntry(bind.bind_act, costs.act),

@@ -52,6 +52,9 @@ VOCAB = 101
 # RWKV's recurrence exponentiates its keys: at 3x the initializer's scale a rounding of k is
 # amplified far past what trained checkpoints see, so it keeps the initializer's scale
 WEIGHT_SCALE = {"rwkv": 1.0}
+# norm weights that differ feature by feature (initialised all 1): a norm weight read into the
+# wrong place, or the wrong norm's, changes the logits
+VARIED_NORMS = ("qwen3",)
 
 
 def configs():
@@ -263,6 +266,20 @@ def configs():
             ),
             [1, 3],
         ),
+        "qwen3": (  # an RMS norm over each query and key head (q_norm, k_norm), head_dim given
+            T.Qwen3Config(
+                hidden_size=48,
+                intermediate_size=88,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                head_dim=16,
+                max_position_embeddings=256,
+                tie_word_embeddings=True,
+                **common,
+            ),
+            [1, 3],
+        ),
         "gpt2": (T.GPT2Config(n_embd=48, n_layer=2, n_head=6, n_positions=256, **common), [1, 2, 3, 6]),
         "opt": (
             T.OPTConfig(
@@ -319,6 +336,10 @@ def save_tiny(name: str, folder: Path, seed: int = 0) -> Path:
     with torch.no_grad():  # random weights at initializer scale give near-uniform logits; spread them
         for p in model.parameters():
             p.mul_(WEIGHT_SCALE.get(name, 3.0))
+        if name in VARIED_NORMS:
+            for param_name, p in model.named_parameters():
+                if p.ndim == 1 and "norm" in param_name:
+                    p.mul_(1 + 0.3 * torch.randn_like(p))
     model.save_pretrained(folder)
     _save_word_tokenizer(folder)
     return folder

@@ -49,6 +49,29 @@ def _rms_norm(x, w, eps, out):  # x (M, K), w (K,), out (M, K)
 
 
 @njit(cache=True, fastmath=False)
+def _head_rms_norm(x, w, eps, out, d):  # x, out (M, H*d), w (d,): each head's d features its own row
+    m_rows, width = x.shape
+    for m in range(m_rows):
+        for h0 in range(0, width, d):
+            ss = np.float32(0.0)
+            for k in range(d):
+                ss += x[m, h0 + k] * x[m, h0 + k]
+            inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(d) + eps))
+            for k in range(d):
+                out[m, h0 + k] = (x[m, h0 + k] * inv) * w[k]
+
+
+def head_rms_norm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
+    """RMS norm of each head of x (M, H * d) over its d features, weight w (d,) (Qwen3's q_norm
+    and k_norm); rows may be strided views."""
+    d = w.shape[0]
+    if x.shape[1] % d:
+        raise ValueError(f"rows of {x.shape[1]} features are not whole heads of {d}")
+    _head_rms_norm(x, w, np.float32(eps), out, d)
+    return out
+
+
+@njit(cache=True, fastmath=False)
 def _add_norm(a, b, s, layer, w, bias, eps, out):  # a, b, s, out (M, K)
     for m in range(a.shape[0]):
         for k in range(a.shape[1]):

@@ -51,6 +51,23 @@ def test_linear(m, n, k, with_bias, seed):
     assert np.all(np.abs(out - ref) <= bound)
 
 
+@given(dims, st.integers(1, 4), st.sampled_from([2, 16, 64]), seeds)
+def test_a_norm_over_each_head_is_each_heads_rms_norm(m, heads, d, seed):
+    """Qwen3's q_norm/k_norm: every head's d features a row of its own, against float64; also
+    on a strided view (the executor's rows of a wider buffer)."""
+    rng = np.random.default_rng(seed)
+    x, w = rand(rng, m, heads * d, scale=3.0), rand(rng, d)
+    ref = reference.rms_norm(x.reshape(m * heads, d), w, 1e-6).reshape(m, heads * d)
+    out = np.full_like(x, np.nan)
+    norms.head_rms_norm(x, w, 1e-6, out)
+    check_close(out, ref, rel=4e-6)
+    wide = np.full((m, heads * d + 5), np.nan, np.float32)
+    wide[:, : heads * d] = x
+    norms.head_rms_norm(wide[:, : heads * d], w, 1e-6, wide[:, : heads * d])  # in place, strided
+    check_close(wide[:, : heads * d], ref, rel=4e-6)
+    assert np.isnan(wide[:, heads * d :]).all()
+
+
 @given(dims, dims, seeds)
 def test_norms(m, k, seed):
     rng = np.random.default_rng(seed)

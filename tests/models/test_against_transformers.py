@@ -32,6 +32,8 @@ CASES = [
     ("mistral", 6),
     ("qwen2", 1),
     ("qwen2", 3),
+    ("qwen3", 1),
+    ("qwen3", 3),
     ("gpt2", 1),
     ("gpt2", 2),
     ("gpt2", 3),
@@ -103,7 +105,7 @@ def test_logits_and_greedy_tokens_match_transformers(tiny_model, greedy_rule, ar
 
 
 PADDED = [("llama_gqa10", 4), ("llama_gqa10", 5), ("llama_gqa10", 3), ("llama", 4), ("mistral", 4), ("gpt2", 4),
-          ("glm", 4), ("bloom", 4), ("mixtral", 4)]  # fmt: skip
+          ("glm", 4), ("bloom", 4), ("mixtral", 4), ("qwen3", 4)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("arch", "tp"), PADDED)

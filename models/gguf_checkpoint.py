@@ -14,7 +14,7 @@ from tilesim.models.config import MAX_LAYERS, MAX_SIZE, ModelConfig
 from tilesim.models.readers import GGUFTensorReader
 from tilesim.models.weights import WeightRef
 
-ARCHITECTURES = ("llama", "qwen2")
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 
 def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
@@ -106,6 +106,7 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         rope_theta=positive("rope.freq_base", 10000.0),
         rope_scaling=_rope_scaling(reader, arch, rotary_dim, positive),
         qkv_bias="blk.0.attn_q.bias" in reader.tensors,
+        qk_norm="blk.0.attn_q_norm.weight" in reader.tensors,
         tie_embeddings="output.weight" not in reader.tensors,
         bos_token_id=reader.field("tokenizer.ggml.bos_token_id"),
         eos_token_ids=tuple(dict.fromkeys(int(v) for v in stops if v is not None)),
@@ -169,4 +170,7 @@ def weight_refs(cfg: ModelConfig, names: set[str]) -> dict[str, WeightRef]:
             rows = q_rows if ours == "q" else k_rows if ours == "k" else None
             refs[f"layers.{i}.{ours}.weight"] = WeightRef(f"blk.{i}.{theirs}.weight", rows_map=rows)
             refs[f"layers.{i}.{ours}.bias"] = WeightRef(f"blk.{i}.{theirs}.bias", rows_map=rows)
+        if cfg.qk_norm:  # Qwen3: per-head norms, head_dim wide, not permuted
+            refs[f"layers.{i}.q_norm.weight"] = WeightRef(f"blk.{i}.attn_q_norm.weight")
+            refs[f"layers.{i}.k_norm.weight"] = WeightRef(f"blk.{i}.attn_k_norm.weight")
     return refs

@@ -54,7 +54,7 @@ VOCAB = 101
 WEIGHT_SCALE = {"rwkv": 1.0}
 # norm weights that differ feature by feature (initialised all 1): a norm weight read into the
 # wrong place, or the wrong norm's, changes the logits
-VARIED_NORMS = ("qwen3",)
+VARIED_NORMS = ("qwen3", "qwen3_gguf")
 
 
 def configs():
@@ -279,6 +279,22 @@ def configs():
                 **common,
             ),
             [1, 3],
+        ),
+        # transformers reads a qwen3 GGUF's heads as Qwen3Config's default 128 wide (it ignores
+        # attention.key_length): the GGUF test's model has heads of 128
+        "qwen3_gguf": (
+            T.Qwen3Config(
+                hidden_size=256,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                head_dim=128,
+                max_position_embeddings=256,
+                tie_word_embeddings=True,
+                **common,
+            ),
+            [1, 2],
         ),
         "gpt2": (T.GPT2Config(n_embd=48, n_layer=2, n_head=6, n_positions=256, **common), [1, 2, 3, 6]),
         "opt": (

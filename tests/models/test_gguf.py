@@ -153,6 +153,20 @@ def test_a_qwen2_gguf_with_biased_projections_matches_transformers_loading_the_s
     assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
 
 
+@pytest.mark.parametrize("tp", [1, 2])
+def test_a_qwen3_gguf_with_head_norms_matches_transformers_loading_the_same_file(tiny_model, tmp_path, tp):
+    """Qwen3's layout: attn_q_norm and attn_k_norm (head_dim wide, feature by feature different
+    weights), no biases, Q/K rows as Hugging Face stores them."""
+    path = write_gguf(tiny_model("qwen3_gguf"), tmp_path / "qwen3.gguf", "F16", arch="qwen3")
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT])).logits[0].numpy()
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    assert model.checkpoint.config.qk_norm and not model.checkpoint.config.qkv_bias
+    out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
 def test_a_truncated_gguf_is_refused(tiny_model, tmp_path):
     path = write_gguf(tiny_model("llama_gguf"), tmp_path / "whole.gguf", "F32")
     cut = tmp_path / "cut.gguf"

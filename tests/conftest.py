@@ -62,23 +62,16 @@ def configs():
 
     common = {"vocab_size": VOCAB}
     # widths that are whole 32-value blocks, for the quantized GGUF types
+    gqa = {  # 6 query heads in 3 groups, 48 wide: the Llama family's tiny shape
+        "hidden_size": 48, "intermediate_size": 88, "num_hidden_layers": 2, "num_attention_heads": 6,
+        "num_key_value_heads": 3, "max_position_embeddings": 256,
+    }  # fmt: skip
     gguf_llama = {
         "hidden_size": 96, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 6,
         "num_key_value_heads": 3, "max_position_embeddings": 256, "vocab_size": 128,
     }  # fmt: skip
     return {
-        "llama": (
-            T.LlamaConfig(
-                hidden_size=48,
-                intermediate_size=88,
-                num_hidden_layers=2,
-                num_attention_heads=6,
-                num_key_value_heads=3,
-                max_position_embeddings=256,
-                **common,
-            ),
-            [1, 3, 6],
-        ),
+        "llama": (T.LlamaConfig(**gqa, **common), [1, 3, 6]),
         "glm": (  # partial rotary in neighbouring pairs, biased Q/K/V, fused gate/up, 3 query groups
             T.GlmConfig(
                 hidden_size=48,
@@ -191,14 +184,7 @@ def configs():
         # Qwen2.5's long-context setting (given as `rope_scaling`; transformers saves `rope_parameters`)
         "qwen2_yarn": (
             T.Qwen2Config(
-                hidden_size=48,
-                intermediate_size=88,
-                num_hidden_layers=2,
-                num_attention_heads=6,
-                num_key_value_heads=3,
-                max_position_embeddings=256,
-                rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
-                **common,
+                **gqa, rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}, **common
             ),
             [1, 3],
         ),
@@ -253,33 +239,9 @@ def configs():
             ),
             [1, 2, 6],
         ),
-        "qwen2": (
-            T.Qwen2Config(
-                hidden_size=48,
-                intermediate_size=88,
-                num_hidden_layers=2,
-                num_attention_heads=6,
-                num_key_value_heads=3,
-                max_position_embeddings=256,
-                tie_word_embeddings=True,
-                **common,
-            ),
-            [1, 3],
-        ),
-        "qwen3": (  # an RMS norm over each query and key head (q_norm, k_norm), head_dim given
-            T.Qwen3Config(
-                hidden_size=48,
-                intermediate_size=88,
-                num_hidden_layers=2,
-                num_attention_heads=6,
-                num_key_value_heads=3,
-                head_dim=16,
-                max_position_embeddings=256,
-                tie_word_embeddings=True,
-                **common,
-            ),
-            [1, 3],
-        ),
+        "qwen2": (T.Qwen2Config(**gqa, tie_word_embeddings=True, **common), [1, 3]),
+        # an RMS norm over each query and key head (q_norm, k_norm), head_dim given
+        "qwen3": (T.Qwen3Config(**gqa, head_dim=16, tie_word_embeddings=True, **common), [1, 3]),
         # transformers reads a qwen3 GGUF's heads as Qwen3Config's default 128 wide (it ignores
         # attention.key_length): the GGUF test's model has heads of 128
         "qwen3_gguf": (

@@ -100,3 +100,26 @@ def test_native_is_for_gguf_files_only(tiny_model):
         tilesim.load(str(tiny_model("gpt2")), device="tiny", tp=1, dtype="native")
     with pytest.raises(ConfigError, match="dtype='int3' is not supported"):
         tilesim.load(str(tiny_model("gpt2")), device="tiny", tp=1, dtype="int3")
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_qwen3s_16_bit_logits_are_as_close_to_fp32_as_transformers_own(tiny_model, dtype):
+    """The tiny Qwen3 is sharper than the table's models (its per-head norms, weights near 3,
+    make the scores 9 times larger), so BOUNDS do not hold for it in any implementation:
+    transformers' own 16-bit run is 0.9% (fp16) and 10% (bf16) of the largest logit off its
+    fp32 run. The promise is relative: ours at most a quarter farther from fp32 than theirs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = str(tiny_model("qwen3"))
+    theirs = {}
+    low = torch.float16 if dtype == "fp16" else torch.bfloat16
+    for name, torch_dtype in (("fp32", torch.float32), (dtype, low)):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
+        with torch.no_grad():
+            theirs[name] = model(torch.tensor([PROMPT])).logits[0].float().numpy()
+    ours = tilesim.load(folder, device="tiny", tp=1, dtype=dtype)
+    got = ours.generate([PROMPT], 1, eos_token_id=None, return_logits="all").logits[0]
+    largest = np.max(np.abs(theirs["fp32"]))
+    their_error = np.max(np.abs(theirs[dtype] - theirs["fp32"])) / largest
+    assert np.max(np.abs(got - theirs["fp32"])) / largest <= 1.25 * their_error

@@ -97,7 +97,8 @@ def memory(trace: Trace, path: Path) -> None:
     heat.set_ylabel("core")
     heat.set_yticks(range(len(mem.per_core)))
     heat.set_title(f"tile memory in use (fraction of {mem.tile_bytes // 1024} KiB per tile)")
-    if not usage.any():
+    on_tiles = bool(usage.any())
+    if not on_tiles:
         heat.text(0.5, 0.5, _NOTHING_ON_TILES, ha="center", va="center", color="white", transform=heat.transAxes)
     fig.colorbar(image, ax=heat, fraction=0.03)
     colours = {"weights": "#4c72b0", "kv_cache": "#dd8452", "recurrent_state": "#c44e52", "activations": "#55a868"}
@@ -116,7 +117,7 @@ def memory(trace: Trace, path: Path) -> None:
     bars.set_ylabel("MiB")
     bars.set_title("memory per core")
     bars.legend(fontsize=7)
-    _tiles_by_kind(by_kind, mem, colours)
+    _tiles_by_kind(by_kind, mem, colours, on_tiles)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
@@ -125,13 +126,13 @@ def memory(trace: Trace, path: Path) -> None:
 _NOTHING_ON_TILES = "no array is placed in tile memory: every one is in off-chip memory (memory per core)"
 
 
-def _tiles_by_kind(ax, mem, colours: dict[str, str]) -> None:
+def _tiles_by_kind(ax, mem, colours: dict[str, str], on_tiles: bool) -> None:
     """The fullest core's tiles, stacked by category (tensors and the runtime's own), as
     PopVision's memory view shows them."""
     if not mem.tile_kinds:
         ax.set_axis_off()
         return
-    if not any(map(any, mem.tile_usage)):
+    if not on_tiles:
         ax.set_axis_off()
         ax.text(0.5, 0.5, _NOTHING_ON_TILES, ha="center", va="center", transform=ax.transAxes)
         return

@@ -26,7 +26,7 @@ def rope_tables(positions: int, inv_freq: np.ndarray, scale: float = 1.0) -> tup
     angles = np.arange(positions, dtype=np.float32)[:, None] * inv_freq[None, :].astype(np.float32)
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
     if scale != 1.0:
-        cos, sin = (cos * np.float32(scale)).astype(np.float32), (sin * np.float32(scale)).astype(np.float32)
+        cos, sin = cos * np.float32(scale), sin * np.float32(scale)  # float32 times float32 stays float32
     return cos, sin
 
 

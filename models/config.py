@@ -87,7 +87,7 @@ class ModelConfig:
         if kind == "default":
             return base, 1.0
         if kind == "linear":
-            return (base / np.float32(scaling["factor"])).astype(np.float32), 1.0
+            return (base / np.float32(_rope_number(scaling, "factor", None, 0, above=True))).astype(np.float32), 1.0
         if kind == "llama3":
             return _llama3_inv_freq(base, scaling), 1.0
         if kind == "yarn":
@@ -99,10 +99,63 @@ class ModelConfig:
             "a timing-only run takes it (its times do not depend on the frequencies)"
         )
 
+    @property
+    def yarn_positions(self) -> int:
+        """The positions YaRN scaling extends the context to (`factor` x the original context,
+        as `_yarn` reads them), 0 without YaRN. Never raises: a timing-only run takes a YaRN
+        config it would not compute, and `rotary` says what is wrong with it."""
+        scaling = dict(self.rope_scaling)
+        factor = scaling.get("factor")
+        original = scaling.get("original_max_position_embeddings") or self.max_positions
+        if scaling.get("rope_type") != "yarn" or not all(_is_number(v) for v in (factor, original)):
+            return 0
+        extended = factor * original
+        return int(extended) if math.isfinite(extended) and extended > 0 else 0
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _rope_number(s: dict, key: str, default: float | None, least: float, above: bool = False) -> float | None:
+    """`s[key]` of a rope scaling, `default` if absent or null (a required key has none),
+    refused unless a finite number of at least `least` (more than it, if `above`)."""
+    kind, value = s.get("rope_type"), s.get(key)
+    if value is None:
+        if default is None and key in _REQUIRED.get(kind, {}):
+            raise CheckpointError(f"{kind} rope scaling needs {key!r} ({_REQUIRED[kind][key]})")
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < least
+        or (above and value == least)
+    ):
+        bound = f"more than {least:g}" if above else f"of at least {least:g}"
+        raise CheckpointError(f"{kind} rope scaling: {key!r} is {value!r}; it must be a number {bound}")
+    return float(value)
+
+
+_REQUIRED = {
+    "linear": {"factor": "the positions' divisor, e.g. 2.0"},
+    "llama3": {
+        "factor": "the low frequencies' divisor, e.g. 8.0",
+        "low_freq_factor": "e.g. 1.0",
+        "high_freq_factor": "e.g. 4.0",
+        "original_max_position_embeddings": "the pretrained context, e.g. 8192",
+    },
+    "yarn": {"factor": "the context's extension, e.g. 4.0"},
+}
+
 
 def _llama3_inv_freq(inv_freq: np.ndarray, s: dict) -> np.ndarray:
-    factor, low, high = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
-    old = float(s["original_max_position_embeddings"])
+    factor, low, high = (
+        _rope_number(s, k, None, 0, above=True) for k in ("factor", "low_freq_factor", "high_freq_factor")
+    )
+    old = _rope_number(s, "original_max_position_embeddings", None, 1)
+    if high < low:
+        raise CheckpointError(f"llama3 rope scaling: 'high_freq_factor' {high:g} is below 'low_freq_factor' {low:g}")
     wavelen = np.float32(2 * math.pi) / inv_freq
     scaled = np.where(wavelen > old / low, inv_freq / np.float32(factor), inv_freq).astype(np.float32)
     smooth = ((old / wavelen - low) / (high - low)).astype(np.float32)
@@ -116,27 +169,20 @@ def _yarn(rot: int, theta: float, s: dict, max_positions: int) -> tuple[np.ndarr
     (divided by `factor`), extrapolated (kept), or a linear ramp between the two over the
     dimensions whose wavelengths fall between beta_fast and beta_slow rotations of the
     original context; cos and sin scaled by 0.1 ln(factor) + 1 (or the given attention_factor)."""
-
-    def number(key: str, default: float | None, low: float) -> float | None:
-        value = s.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= low):
-            raise CheckpointError(f"yarn rope scaling: {key!r} is {value!r}; it must be a number of at least {low:g}")
-        return float(value)
-
     if "factor" not in s:
-        raise CheckpointError("yarn rope scaling needs 'factor' (the context's extension, e.g. 4.0)")
-    original = number("original_max_position_embeddings", max_positions, 1)
-    factor = number("factor", None, 1) or max_positions / original
-    attention = number("attention_factor", None, 0)
+        raise CheckpointError(f"yarn rope scaling needs 'factor' ({_REQUIRED['yarn']['factor']})")
+    original = _rope_number(s, "original_max_position_embeddings", max_positions, 1)
+    factor = _rope_number(s, "factor", max_positions / original, 1)  # null: transformers' ratio of the contexts
+    attention = _rope_number(s, "attention_factor", None, 0)
     if attention is None:
-        mscale, mscale_all = number("mscale", None, 0), number("mscale_all_dim", None, 0)
+        mscale, mscale_all = _rope_number(s, "mscale", None, 0), _rope_number(s, "mscale_all_dim", None, 0)
         if mscale and mscale_all:
             attention = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
         else:
             attention = _yarn_mscale(factor)
-    fast, slow = number("beta_fast", None, 0) or 32.0, number("beta_slow", None, 0) or 1.0
+    fast, slow = _rope_number(s, "beta_fast", None, 0) or 32.0, _rope_number(s, "beta_slow", None, 0) or 1.0
+    if theta == 1:  # its frequencies are all 1: no dimension makes a given number of turns
+        raise CheckpointError("yarn rope scaling needs a rope_theta other than 1")
 
     def dim_of(rotations: float) -> float:  # the dimension whose wavelength makes `rotations` turns
         return rot * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
@@ -207,10 +253,10 @@ class HFConfig:
         for key in _REALS:
             value = raw.get(key)
             real = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            if value is not None and not (real and value >= 0):
-                raise CheckpointError(f"{where}: {key!r} is {value!r}; it must be a number of at least 0")
-            if value is not None and key in _BASES and value == 0:
-                raise CheckpointError(f"{where}: {key!r} is 0; a rotary base must be more than 0")
+            base = key in _BASES
+            if value is not None and not (real and (value > 0 if base else value >= 0)):
+                bound = "a rotary base must be a number more than 0" if base else "it must be a number of at least 0"
+                raise CheckpointError(f"{where}: {key!r} is {value!r}; {bound}")
         for key in _FLAGS:  # bool("no") is True: a string would switch on a bias the file does not hold
             flag = raw.get(key)
             if flag is not None and not isinstance(flag, bool):

@@ -162,11 +162,6 @@ def build_graph(cfg: ModelConfig) -> DecoderGraph:
     )
     if cfg.experts:
         graph.meta["experts"] = (cfg.experts, cfg.experts_per_token)
-    scaling = dict(cfg.rope_scaling)
-    if scaling.get("rope_type") == "yarn" and isinstance(scaling.get("factor"), int | float):
-        # YaRN extends the pretrained context by its factor (Qwen2.5 keeps max_position_embeddings
-        # at the pretrained 32768 and runs to 131072)
-        original = scaling.get("original_max_position_embeddings") or cfg.max_positions
-        if isinstance(original, int | float):
-            graph.meta["extended_positions"] = int(scaling["factor"] * original)
+    if cfg.yarn_positions:  # Qwen2.5 keeps max_position_embeddings at the pretrained 32768 and runs to 131072
+        graph.meta["extended_positions"] = cfg.yarn_positions
     return graph

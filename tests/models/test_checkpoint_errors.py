@@ -190,7 +190,8 @@ def test_an_unsupported_architecture_lists_the_supported_ones(tiny_model, tmp_pa
         # a graph of 1e9 layers took forever to build; a base of 0 made the rotary frequencies infinite
         (lambda c: {**c, "num_hidden_layers": 10**9}, "'num_hidden_layers' is 1000000000; it must be at most 1,024"),
         (lambda c: {**c, "vocab_size": 10**12}, "'vocab_size' is 1000000000000; it must be at most 16,777,216"),
-        (lambda c: {**c, "rope_theta": 0}, "'rope_theta' is 0; a rotary base must be more than 0"),
+        (lambda c: {**c, "rope_theta": 0}, "'rope_theta' is 0; a rotary base must be a number more than 0"),
+        (lambda c: {**c, "rope_theta": -1}, "'rope_theta' is -1; a rotary base must be a number more than 0"),
         (lambda c: {**c, "rope_parameters": {"rope_type": "default", "rope_theta": 0.0}}, "a rotary base must be"),
         # taken as true (a non-empty string), or a grouping of heads that does not exist: runs, wrongly
         (lambda c: {**c, "tie_word_embeddings": "no"}, "'tie_word_embeddings' is 'no'; it must be true or false"),
@@ -205,6 +206,56 @@ def test_a_config_value_of_the_wrong_kind_is_named(tiny_model, tmp_path, change,
     (folder / "config.json").write_text(json.dumps(change(config)))
     with pytest.raises(CheckpointError, match=phrase):
         tilesim.load(str(folder), device="tiny", tp=1)
+
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rope", "phrase"),
+    [
+        # each was a KeyError, a ZeroDivisionError or a TypeError from the frequencies' arithmetic
+        ({"rope_type": "linear"}, "linear rope scaling needs 'factor'"),
+        ({"rope_type": "linear", "factor": 0}, "'factor' is 0; it must be a number more than 0"),
+        ({"rope_type": "llama3", "factor": 8.0}, "llama3 rope scaling needs 'low_freq_factor'"),
+        ({**LLAMA3, "low_freq_factor": 0}, "'low_freq_factor' is 0; it must be a number more than 0"),
+        ({**LLAMA3, "high_freq_factor": 0.5}, "'high_freq_factor' 0.5 is below 'low_freq_factor' 1"),
+        ({**LLAMA3, "original_max_position_embeddings": "8k"}, "'original_max_position_embeddings' is '8k'"),
+        ({"rope_type": "yarn"}, "yarn rope scaling needs 'factor'"),
+        ({**YARN, "factor": 0.5}, "'factor' is 0.5; it must be a number of at least 1"),
+        ({**YARN, "beta_fast": -1}, "'beta_fast' is -1; it must be a number of at least 0"),
+        ({**YARN, "attention_factor": True}, "'attention_factor' is True"),
+        ({**YARN, "original_max_position_embeddings": 0}, "'original_max_position_embeddings' is 0"),
+    ],
+)
+def test_a_rope_scaling_value_that_cannot_compute_is_named_before_the_load(tiny_model, tmp_path, rope, phrase):
+    folder = copy(tiny_model("llama"), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "rope_scaling": rope, "rope_parameters": None}))
+    with pytest.raises(CheckpointError, match=phrase):
+        tilesim.load(str(folder), "tiny", tp=1, progress=lambda done, total: pytest.fail("a weight was read"))
+
+
+def test_a_yarn_scaling_without_its_original_context_takes_the_configs(tiny_model, tmp_path):
+    """transformers' default for a missing original context; null is read as missing."""
+    folder = copy(tiny_model("llama"), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    logits = []
+    for original in (config["max_position_embeddings"], None):
+        (folder / "config.json").write_text(
+            json.dumps(
+                {
+                    **config,
+                    "rope_parameters": None,
+                    "rope_scaling": {**YARN, "original_max_position_embeddings": original},
+                }
+            )
+        )
+        out = tilesim.load(str(folder), "tiny", tp=1).generate([[5, 6, 7]], 1, eos_token_id=None, return_logits="all")
+        logits.append(out.logits[0])
+    np.testing.assert_array_equal(logits[0], logits[1])
 
 
 def test_an_end_of_sequence_id_past_the_vocabulary_is_warned_about(tiny_model, tmp_path):

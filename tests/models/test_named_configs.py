@@ -27,6 +27,16 @@ def test_every_named_config_has_a_published_size():
     assert sorted(PUBLISHED) == named_configs()
 
 
+def test_the_command_line_help_names_every_named_config(capsys, monkeypatch):
+    from tilesim.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "10000")  # argparse wraps its help at hyphens too
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    shown = capsys.readouterr().out
+    assert [name for name in PUBLISHED if name not in shown] == []
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_a_named_config_times_and_has_its_published_size(name):
     model = tilesim.load(name, device="trn1.32xlarge", tp=32, timing_only=True, max_context=512, pad_heads=True)

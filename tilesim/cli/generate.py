@@ -20,6 +20,7 @@ from tilesim.cli.flags import apart, fill, int_list, only_with, within_device
 from tilesim.cli.report_text import print_report
 from tilesim.device import Device
 from tilesim.errors import ConfigError, GenerationError, ShardingError
+from tilesim.models.checkpoint import named_configs
 from tilesim.profiler.output import writable_file, writable_folder
 from tilesim.runtime.checks import whole
 from tilesim.runtime.generate import check_request
@@ -43,8 +44,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         help="HF checkpoint folder, .gguf file, short name (smollm2), or with --timing-only a named config "
-        "(llama-2-7b/13b/70b, llama-3-8b/70b, mistral-7b, mixtral-8x7b, opt-13b/30b/66b, gpt2-xl, chatglm-6b, "
-        "chatglm2-6b, glm-4-9b, bloom-7b1, bloom-176b, rwkv-4-169m-pile, rwkv-4-7b)",
+        f"({', '.join(named_configs())})",
     )
     p.add_argument("--device", default="trn1", help="device preset (see `tilesim devices`)")
     p.add_argument("--cores", type=int, default=None, help="cores of the device (default: the TP degree)")

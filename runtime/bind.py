@@ -111,6 +111,9 @@ def bind_head_norm(ex: Executor, step: Step) -> Op:
     node, after = step.node, step.last
     xs, outs, ws = ex.views(node.inputs[0]), ex.views(node.out), ex.params(node, 0)
     eps = node.attrs["eps"]
+    every = cores.bind_head_norm(xs, ws, outs, eps)
+    if every is not None:
+        return _every_core(ex, after, every)
 
     def run(inputs: StepInputs) -> None:
         m = ex.rows(inputs, after)

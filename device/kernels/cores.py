@@ -23,6 +23,7 @@ Variants:
 6. `norm`, `take_rows`, `embed`: every core's final norm, choice of the rows that get
    logits, and fp32 embedding lookup (small, but at TP 32 a call per core cost more than
    the products of a tiny model).
+7. `head_norm`: every core's RMS norm over each query or key head (Qwen3's q_norm, k_norm).
 """
 
 from __future__ import annotations
@@ -482,6 +483,29 @@ def _norm_all(t, m, layer, eps):  # pragma: no cover - compiled
             norms._layer_norm(x, at(t[c, 1], _F32, (k,)), at(t[c, 2], _F32, (k,)), eps, out)
         else:
             norms._rms_norm(x, at(t[c, 1], _F32, (k,)), eps, out)
+
+
+def bind_head_norm(
+    xs: Sequence[np.ndarray], ws: Sequence[np.ndarray], outs: Sequence[np.ndarray], eps: float
+) -> Callable[[int], None] | None:
+    """`run(m)`: on every core, each head of `xs[:m]` RMS-normed over its `w.shape[0]` features
+    into `outs[:m]` (in place if they are the same), as `norms.head_rms_norm`; None if an array
+    is not C-contiguous or a row is not whole heads (the per-core kernel says so)."""
+    if not contiguous(*xs, *ws, *outs) or any(x.shape[1] % w.shape[0] for x, w in zip(xs, ws, strict=True)):
+        return None
+    table = Table()
+    for x, w, out in zip(xs, ws, outs, strict=True):
+        table.add(x, w, out, x.shape[0], x.shape[1], w.shape[0])
+    t, eps32 = table.array(), np.float32(eps)
+    return lambda m: _head_norm_all(t, m, eps32)
+
+
+@njit(cache=True)
+def _head_norm_all(t, m, eps):  # pragma: no cover - compiled
+    for c in range(t.shape[0]):
+        rows, k, d = t[c, 3], t[c, 4], t[c, 5]
+        x, out = at(t[c, 0], _F32, (rows, k))[:m], at(t[c, 2], _F32, (rows, k))[:m]
+        norms._head_rms_norm(x, at(t[c, 1], _F32, (d,)), eps, out, d)
 
 
 def bind_take_rows(xs: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> Callable[[np.ndarray], None] | None:

@@ -291,6 +291,26 @@ def test_the_steps_ends_on_every_core_equal_the_per_core_code(n_cores, m, k, lay
     assert all(np.array_equal(o, x[picked]) for o, x in zip(outs, xs, strict=True))
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 5), st.sampled_from([1, 2, 8, 16]), st.booleans(), seeds)
+def test_head_norms_on_every_core_equal_the_per_core_kernel(n_cores, m, d, in_place, seed):
+    """Qwen3's q_norm and k_norm; cores may hold different numbers of heads (padded heads)."""
+    rng = np.random.default_rng(seed)
+    rows = m + 2
+    xs = [rng.standard_normal((rows, d * int(rng.integers(1, 5)))).astype(np.float32) for _ in range(n_cores)]
+    ws = [rng.standard_normal(d).astype(np.float32) for _ in range(n_cores)]
+    wants = []
+    for x, w in zip(xs, ws, strict=True):
+        wants.append(norms.head_rms_norm(x[:m], w, 1e-6, np.empty((m, x.shape[1]), np.float32)))
+    outs = xs if in_place else [np.full(x.shape, np.nan, np.float32) for x in xs]
+    before = [x.copy() for x in xs]
+    cores.bind_head_norm(xs, ws, outs, 1e-6)(m)
+    for c in range(n_cores):
+        assert outs[c][:m].tobytes() == wants[c].tobytes()
+        assert outs[c][m:].tobytes() == (before[c][m:] if in_place else np.full_like(before[c][m:], np.nan)).tobytes()
+    assert cores.bind_head_norm([np.zeros((2, 6), np.float32)], [np.ones(4, np.float32)], [np.zeros((2, 6))], 0) is None
+
+
 def test_the_steps_ends_refuse_rows_outside_their_arrays():
     xs, outs = [np.zeros((3, 4), np.float32)], [np.zeros((2, 4), np.float32)]
     take = cores.bind_take_rows(xs, outs)

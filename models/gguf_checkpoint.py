@@ -115,16 +115,21 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
 
 
 def _rope_scaling(reader: GGUFTensorReader, arch: str, rotary_dim: int, positive) -> tuple:
-    """The rope scaling as llama.cpp applies it: linear (`rope.scaling.type`, positions divided
-    by `rope.scaling.factor`), or Llama 3.1's as its converter stores it, one divisor per rotary
-    frequency (`rope_freqs.weight`)."""
-    kind = reader.field(f"{arch}.rope.scaling.type")
-    if kind == "linear":
-        return (("factor", positive("rope.scaling.factor", None)), ("rope_type", "linear"))
-    if kind not in (None, "none"):
+    """The rope scaling as llama.cpp applies it: positions divided by `rope.scaling.factor` (or
+    the older `rope.scale_linear`) unless `rope.scaling.type` is "none" (a file without a type
+    is linear; a factor of 0, or none, means 1), and each frequency divided by its factor in
+    `rope_freqs.weight` (Llama 3.1's scaling as its converter stores it) whatever the type."""
+    kind = reader.field(f"{arch}.rope.scaling.type", "linear")
+    if kind not in ("linear", "none"):
         raise CheckpointError(f"{reader.path}: GGUF rope scaling {kind!r} is not supported (supported: linear)")
+    named = next(
+        (n for n in ("rope.scaling.factor", "rope.scale_linear") if reader.field(f"{arch}.{n}") is not None), None
+    )
+    factor = 1.0
+    if kind == "linear" and named is not None and reader.field(f"{arch}.{named}") != 0:
+        factor = positive(named, None)
     if "rope_freqs.weight" not in reader.tensors:
-        return ()
+        return () if factor == 1.0 else (("factor", factor), ("rope_type", "linear"))
     factors = reader.read("rope_freqs.weight", slice(None), None).reshape(-1)
     if factors.size != rotary_dim // 2:
         raise CheckpointError(
@@ -133,7 +138,7 @@ def _rope_scaling(reader: GGUFTensorReader, arch: str, rotary_dim: int, positive
         )
     if not np.all(np.isfinite(factors) & (factors > 0)):
         raise CheckpointError(f"{reader.path}: rope_freqs.weight holds factors that are not positive numbers")
-    return (("factors", tuple(float(f) for f in factors)), ("rope_type", "factors"))
+    return (("factors", tuple(float(f) * factor for f in factors)), ("rope_type", "factors"))
 
 
 def unpermute_rows(heads: int, head_dim: int) -> np.ndarray:

@@ -15,9 +15,11 @@ def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(folder, path, qtype, extra=None, linear_rope=None, arch="llama", tokenizer=None):
+def write_gguf(folder, path, qtype, extra=None, linear_rope=None, arch="llama", tokenizer=None, rope_keys="type"):
     """llama.cpp's layout: its tensor names, and (for `llama` only) Q/K rows permuted;
-    `tokenizer(writer)` adds a vocabulary's fields."""
+    `tokenizer(writer)` adds a vocabulary's fields. A `linear_rope` factor is written as
+    `rope_keys` says: "type" (the type and the factor, as converters write it now), "factor"
+    (no type), "old" (the older `rope.scale_linear`, no type) or "none" (type none, and a factor)."""
     import json
 
     cfg = json.loads((folder / "config.json").read_text())
@@ -40,8 +42,12 @@ def write_gguf(folder, path, qtype, extra=None, linear_rope=None, arch="llama", 
         writer.add_key_length(cfg["head_dim"])
         writer.add_value_length(cfg["head_dim"])
     if linear_rope:
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(linear_rope)
+        if rope_keys in ("type", "none"):
+            writer.add_rope_scaling_type(gguf.RopeScalingType(rope_keys.replace("type", "linear")))
+        if rope_keys == "old":
+            writer.add_float32(f"{arch}.rope.scale_linear", linear_rope)  # llama.cpp still reads it
+        else:
+            writer.add_rope_scaling_factor(linear_rope)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "Q8_0" else gguf.LlamaFileType.ALL_F32)
     names = {
         "model.embed_tokens.weight": "token_embd.weight",

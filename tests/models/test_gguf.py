@@ -93,18 +93,37 @@ def test_llama3_rope_scaling_stored_as_frequency_factors_gives_the_checkpoints_l
     assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
 
 
-def test_linear_rope_scaling_gives_the_checkpoints_logits(tiny_model, tmp_path):
+@pytest.mark.parametrize("rope_keys", ["type", "factor", "old"])
+def test_linear_rope_scaling_gives_the_checkpoints_logits(tiny_model, tmp_path, rope_keys):
+    """However the file spells it: llama.cpp takes a file without `rope.scaling.type` as linear,
+    and older converters wrote the factor as `rope.scale_linear` (ignored before: other logits)."""
     import json
 
     folder = tiny_model("llama_linear_rope")
     factor = json.loads((folder / "config.json").read_text())["rope_parameters"]["factor"]
-    path = write_gguf(folder, tmp_path / "linear.gguf", "F32", linear_rope=factor)
+    path = write_gguf(folder, tmp_path / "linear.gguf", "F32", linear_rope=factor, rope_keys=rope_keys)
     hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     with torch.no_grad():
         ref = hf(torch.tensor([PROMPT * 3])).logits[0].numpy()
     model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=3), tp=3)
     out = model.generate([PROMPT * 3], max_new_tokens=1, eos_token_id=None, return_logits="all")
     assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
+def test_a_rope_scaling_of_type_none_ignores_its_factor_and_frequency_factors_take_a_linear_one(tiny_model, tmp_path):
+    """As llama.cpp: type "none" never scales; a linear factor and `rope_freqs.weight` divide
+    the frequencies both (the factors' file times the factor is the same file)."""
+    folder = tiny_model("llama_gguf")
+
+    def logits(name, **kw):
+        model = tilesim.load(str(write_gguf(folder, tmp_path / name, "F32", **kw)), device="tiny", tp=1)
+        return model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all").logits[0]
+
+    np.testing.assert_array_equal(logits("none.gguf", linear_rope=4.0, rope_keys="none"), logits("plain.gguf"))
+    factors = np.linspace(1, 8, 8, dtype=np.float32)
+    both = logits("both.gguf", linear_rope=2.0, extra={"rope_freqs.weight": factors})
+    np.testing.assert_array_equal(both, logits("folded.gguf", extra={"rope_freqs.weight": factors * 2}))
+    assert not np.array_equal(both, logits("factors.gguf", extra={"rope_freqs.weight": factors}))
 
 
 @pytest.mark.parametrize(

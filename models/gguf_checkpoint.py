@@ -51,9 +51,10 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         return float(value)
 
     hidden, heads = count("embedding_length"), count("attention.head_count")
-    if reader.field(f"{arch}.attention.key_length") is None and heads > hidden:
+    if reader.field(f"{arch}.attention.key_length") is None and hidden % heads:
         raise CheckpointError(
-            f"{reader.path}: GGUF {arch}.attention.head_count {heads} is more than its embedding_length {hidden}"
+            f"{reader.path}: GGUF {arch}.attention.head_count {heads} does not divide its embedding_length "
+            f"{hidden}, and no attention.key_length says how wide a head is"
         )
     head_dim = count("attention.key_length", hidden // heads)  # set where heads are not hidden / head count wide
     if count("attention.value_length", head_dim) != head_dim:
@@ -67,11 +68,13 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
             "is not supported; run the model's safetensors checkpoint (Mixtral runs from one)"
         )
     rotary_dim = count("rope.dimension_count", head_dim)
-    if rotary_dim % 2 or rotary_dim > head_dim:  # rotary dimensions turn in pairs, within a head
-        raise CheckpointError(
-            f"{reader.path}: GGUF {arch}.rope.dimension_count {rotary_dim} must be even and at most the "
-            f"head's {head_dim} dimensions"
-        )
+    what = f"{arch}.rope.dimension_count {rotary_dim}"
+    if reader.field(f"{arch}.rope.dimension_count") is None:
+        what = f"the rotary dimensions (the head's {head_dim}, no {arch}.rope.dimension_count)"
+    if rotary_dim % 2:
+        raise CheckpointError(f"{reader.path}: GGUF {what}: an odd number; rotary dimensions turn in pairs")
+    if rotary_dim > head_dim:
+        raise CheckpointError(f"{reader.path}: GGUF {what}: more than the head's {head_dim} dimensions")
     if reader.field(f"{arch}.vocab_size"):
         vocab = count("vocab_size")
     elif reader.field("tokenizer.ggml.tokens"):

@@ -109,7 +109,7 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         rope_theta=positive("rope.freq_base", 10000.0),
         rope_scaling=_rope_scaling(reader, arch, rotary_dim, positive),
         qkv_bias="blk.0.attn_q.bias" in reader.tensors,
-        qk_norm="blk.0.attn_q_norm.weight" in reader.tensors,
+        qk_norm=arch == "qwen3",  # llama.cpp asks every qwen3 block for its norms and no other arch for any
         tie_embeddings="output.weight" not in reader.tensors,
         bos_token_id=reader.field("tokenizer.ggml.bos_token_id"),
         eos_token_ids=tuple(dict.fromkeys(int(v) for v in stops if v is not None)),

@@ -15,11 +15,14 @@ def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(folder, path, qtype, extra=None, linear_rope=None, arch="llama", tokenizer=None, rope_keys="type"):
+def write_gguf(
+    folder, path, qtype, extra=None, linear_rope=None, arch="llama", tokenizer=None, rope_keys="type", leave_out=()
+):
     """llama.cpp's layout: its tensor names, and (for `llama` only) Q/K rows permuted;
     `tokenizer(writer)` adds a vocabulary's fields. A `linear_rope` factor is written as
     `rope_keys` says: "type" (the type and the factor, as converters write it now), "factor"
-    (no type), "old" (the older `rope.scale_linear`, no type) or "none" (type none, and a factor)."""
+    (no type), "old" (the older `rope.scale_linear`, no type) or "none" (type none, and a factor).
+    Tensors named in `leave_out` are not written."""
     import json
 
     cfg = json.loads((folder / "config.json").read_text())
@@ -74,6 +77,8 @@ def write_gguf(folder, path, qtype, extra=None, linear_rope=None, arch="llama", 
             i = name.split(".")[2]
             part = ".".join(name.split(".")[3:-1])
             target = f"blk.{i}.{parts[part]}.{name.rsplit('.', 1)[1]}"
+        if target in leave_out:
+            continue
         if arch == "llama" and part_is(name, "q_proj"):
             w = llama_cpp_permute(w, cfg["num_attention_heads"])
         elif arch == "llama" and part_is(name, "k_proj"):

@@ -186,6 +186,16 @@ def test_a_qwen3_gguf_with_head_norms_matches_transformers_loading_the_same_file
     assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
 
 
+def test_a_qwen3_gguf_without_a_head_norm_names_it(tiny_model, tmp_path):
+    """It said that the other blocks' norms were not used (whether a file had head norms was
+    read off block 0); llama.cpp asks every qwen3 block for both."""
+    path = write_gguf(
+        tiny_model("qwen3_gguf"), tmp_path / "q.gguf", "F32", arch="qwen3", leave_out={"blk.0.attn_q_norm.weight"}
+    )
+    with pytest.raises(CheckpointError, match=r"tensor 'blk\.0\.attn_q_norm\.weight' is missing"):
+        tilesim.load(str(path), device="tiny", tp=1)
+
+
 def test_a_truncated_gguf_is_refused(tiny_model, tmp_path):
     path = write_gguf(tiny_model("llama_gguf"), tmp_path / "whole.gguf", "F32")
     cut = tmp_path / "cut.gguf"

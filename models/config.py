@@ -76,15 +76,24 @@ class ModelConfig:
         embed = v * h * (1 if self.tie_embeddings else 2)
         return self.layers * (attn + mlp + norms) + embed
 
-    def rotary(self) -> tuple[np.ndarray, float]:
-        """The rotary inverse frequencies (fp32) with any rope scaling applied, and the factor
-        the cos and sin tables are multiplied by (YaRN's attention scaling; 1 otherwise).
-        Only a run that computes asks: the times do not depend on them, so a timing-only run
-        takes any rope type."""
+    def rotary(self, positions: int) -> tuple[np.ndarray, float]:
+        """The rotary inverse frequencies (fp32) of a run over `positions` positions, with any
+        rope scaling applied, and the factor the cos and sin tables are multiplied by (YaRN's
+        attention scaling; 1 otherwise). Only a run that computes asks: the times do not depend
+        on them, so a timing-only run takes any rope type."""
         base = rope_inv_freq(self.rotary_dim, self.rope_theta)
         scaling = dict(self.rope_scaling)
         kind = scaling.get("rope_type", "default")
         if kind == "default":
+            return base, 1.0
+        if kind == "dynamic":  # transformers' frequencies are the plain ones up to max_position_embeddings
+            if positions > self.max_positions:
+                raise CheckpointError(
+                    f"dynamic rope scaling changes its frequencies past the config's {self.max_positions} positions "
+                    f"as a sequence grows (transformers recomputes them step by step), and a run of {positions} "
+                    f"positions goes past them; tilesim computes it within them (max_context <= "
+                    f"{self.max_positions}), and a timing-only run takes any context"
+                )
             return base, 1.0
         if kind == "linear":
             return (base / np.float32(_rope_number(scaling, "factor", None, 0, above=True))).astype(np.float32), 1.0
@@ -95,7 +104,8 @@ class ModelConfig:
         if kind == "factors":  # a GGUF's rope_freqs.weight, one divisor per frequency
             return (base / np.asarray(scaling["factors"], dtype=np.float32)).astype(np.float32), 1.0
         raise CheckpointError(
-            f"rope scaling {kind!r} is not supported (supported: default, linear, llama3, yarn); "
+            f"rope scaling {kind!r} is not supported (supported: default, linear, llama3, yarn, and dynamic "
+            "within the config's positions); "
             "a timing-only run takes it (its times do not depend on the frequencies)"
         )
 

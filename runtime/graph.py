@@ -201,8 +201,9 @@ class GraphBuilder:
         out = self._value("head_norm", v.width, v.split, v.heads, v.kv)
         return self._node("head_norm", out, [x], [weight], "attention", eps=eps)
 
-    def rope(self, q: str, k: str, *, style: str, rot: int, rotary: Callable[[], tuple[Any, float]]) -> None:
-        """`rotary()`: (inverse frequencies, cos/sin scale), called by runs that compute."""
+    def rope(self, q: str, k: str, *, style: str, rot: int, rotary: Callable[[int], tuple[Any, float]]) -> None:
+        """`rotary(positions)`: (inverse frequencies, cos/sin scale) of a run over that many
+        positions, called by runs that compute."""
         self._node("rope", None, [q, k], [], "attention", style=style, rot=rot, rotary=rotary)
 
     def attention(self, q: str, k: str, v: str, *, scale: float, window: int = 0, alibi=None) -> str:

@@ -124,7 +124,7 @@ class Model:
         rope = next((n for n in self.graph.nodes if n.op == "rope"), None)
         # the rotary frequencies of a run that computes, before any weight is read: a rope type
         # without them here is refused now, not after the load
-        self._rotary = rope.attrs["rotary"]() if rope is not None and not timing_only else None
+        self._rotary = rope.attrs["rotary"](self.max_context) if rope is not None and not timing_only else None
         self.formats = weights.storage_formats(self.graph, self.precision, checkpoint)
         blocky = any(f in weights.BLOCK_FORMATS for f in self.formats.values())
         self.sp = shard.plan(self.graph, tp, granule=weights.BLOCK if blocky else 1, pad_heads=pad_heads, moe=moe)

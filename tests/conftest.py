@@ -181,6 +181,11 @@ def configs():
             ),
             [1, 3],
         ),
+        # dynamic NTK: transformers keeps the plain frequencies up to max_position_embeddings
+        "llama_dynamic": (
+            T.LlamaConfig(**gqa, rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}),
+            [1, 3],
+        ),
         # Qwen2.5's long-context setting (given as `rope_scaling`; transformers saves `rope_parameters`)
         "qwen2_yarn": (
             T.Qwen2Config(

@@ -26,6 +26,7 @@ CASES = [
     ("llama_yarn", 3),
     ("llama_yarn_mscale", 3),
     ("qwen2_yarn", 3),
+    ("llama_dynamic", 3),
     ("llama_head_dim", 3),
     ("mistral", 1),
     ("mistral", 2),

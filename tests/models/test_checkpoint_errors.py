@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -186,7 +187,7 @@ def test_an_unsupported_architecture_lists_the_supported_ones(tiny_model, tmp_pa
         (lambda c: {**c, "rms_norm_eps": "x"}, "'rms_norm_eps' is 'x'; it must be a number of at least 0"),
         (lambda c: {**c, "rms_norm_eps": -1}, "'rms_norm_eps' is -1; it must be a number of at least 0"),
         # both keys: transformers takes the older key's scaling, which tilesim does not run
-        (lambda c: {**c, "rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}, "rope scaling 'dynamic' is not"),
+        (lambda c: {**c, "rope_scaling": {"rope_type": "longrope", "factor": 4.0}}, "rope scaling 'longrope' is not"),
         # a graph of 1e9 layers took forever to build; a base of 0 made the rotary frequencies infinite
         (lambda c: {**c, "num_hidden_layers": 10**9}, "'num_hidden_layers' is 1000000000; it must be at most 1,024"),
         (lambda c: {**c, "vocab_size": 10**12}, "'vocab_size' is 1000000000000; it must be at most 16,777,216"),
@@ -385,23 +386,31 @@ def test_damaged_tokenizer_files_and_indexes_are_named(capsys, tiny_model, tmp_p
 
 
 @pytest.mark.parametrize(
-    "rope",
-    [{"rope_type": "dynamic", "factor": 4.0},
-     {"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4,
-      "original_max_position_embeddings": 64}],
+    ("rope", "context", "phrase"),
+    [({"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4,
+       "original_max_position_embeddings": 64}, 256, "rope scaling 'longrope' is not supported .* timing-only"),
+     # within the config's 256 positions it computes (tests/models/test_against_transformers.py)
+     ({"rope_type": "dynamic", "factor": 4.0}, 512, "a run of 512 positions goes past them.*timing-only")],
 )  # fmt: skip
-def test_a_rope_type_that_does_not_compute_here_is_refused_before_the_load_but_times(tiny_model, tmp_path, rope):
+def test_a_rope_type_that_does_not_compute_here_is_refused_before_the_load_but_times(
+    tiny_model, tmp_path, rope, context, phrase
+):
     """Its times are the plain rope's (the frequencies change no cost); a run that computes is
     refused before any weight is read."""
     folder = copy(tiny_model("llama"), tmp_path)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "rope_scaling": rope}))
-    with pytest.raises(CheckpointError, match=f"rope scaling '{rope['rope_type']}' is not supported .* timing-only"):
-        tilesim.load(str(folder), "tiny", tp=3, progress=lambda done, total: pytest.fail("a weight was read"))
-    times = [
-        tilesim.load(str(f), "tiny", tp=3, timing_only=True).generate([[5, 6, 7]], 4).report
-        for f in (folder, tiny_model("llama"))
-    ]
+
+    def beyond():  # a run past the config's positions is warned of
+        return pytest.warns(tilesim.TilesimWarning, match="beyond the 256") if context > 256 else nullcontext()
+
+    with pytest.raises(CheckpointError, match=phrase), beyond():
+        tilesim.load(str(folder), "tiny", tp=3, max_context=context, progress=lambda *_: pytest.fail("read a weight"))
+    times = []
+    for f in (folder, tiny_model("llama")):
+        with beyond():
+            model = tilesim.load(str(f), "tiny", tp=3, timing_only=True, max_context=context)
+        times.append(model.generate([[5, 6, 7]], 4).report)
     assert times[0]["ttft_s"] == times[1]["ttft_s"] and times[0]["tpot_s"] == times[1]["tpot_s"]
 
 

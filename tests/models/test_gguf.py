@@ -281,11 +281,17 @@ def test_generation_stops_at_the_end_of_text_and_of_turn_as_llama_cpp_stops():
         config_from_gguf(_Metadata(**{"tokenizer.ggml.eot_token_id": -1}))
 
 
-@pytest.mark.parametrize("name", ["llama_gguf", "llama3_rope", "llama_head_dim"])
-def test_logits_are_llama_cpps_on_the_same_file(tiny_model, tmp_path, name):
+@pytest.mark.parametrize(
+    ("name", "linear", "rope_keys"),
+    [("llama_gguf", None, "type"), ("llama3_rope", None, "type"), ("llama_head_dim", None, "type"),
+     # a linear factor however the file spells it, none, and beside the frequency factors
+     ("llama_linear_rope", 4.0, "factor"), ("llama_linear_rope", 4.0, "old"), ("llama_linear_rope", 4.0, "none"),
+     ("llama3_rope", 2.0, "type")],
+)  # fmt: skip
+def test_logits_are_llama_cpps_on_the_same_file(tiny_model, tmp_path, name, linear, rope_keys):
     """Against llama.cpp itself (its KV cache in fp32), where its Python binding is built
-    (`make bench-llamacpp`; skipped otherwise, as in `make test`): the rope frequency factors
-    and the key width as llama.cpp reads them."""
+    (`make bench-llamacpp`; skipped otherwise, as in `make test`): the rope frequency factors,
+    the linear rope scaling and the key width as llama.cpp reads them."""
     import json
 
     llama_cpp = pytest.importorskip("llama_cpp")
@@ -293,7 +299,15 @@ def test_logits_are_llama_cpps_on_the_same_file(tiny_model, tmp_path, name):
     cfg = json.loads((folder / "config.json").read_text())
     extra = {"rope_freqs.weight": llama3_rope_factors(cfg)} if name == "llama3_rope" else None
     no_vocab = lambda writer: writer.add_tokenizer_model("no_vocab")  # noqa: E731
-    path = write_gguf(folder, tmp_path / f"{name}.gguf", "F32", extra=extra, tokenizer=no_vocab)
+    path = write_gguf(
+        folder,
+        tmp_path / f"{name}.gguf",
+        "F32",
+        extra=extra,
+        tokenizer=no_vocab,
+        linear_rope=linear,
+        rope_keys=rope_keys,
+    )
     prompt = PROMPT * 6
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=128, type_k=0, type_v=0)
     llm.eval(prompt)

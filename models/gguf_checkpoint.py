@@ -7,6 +7,8 @@ loads a GGUF), so the canonical weights are the Hugging Face ones.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from tilesim.errors import CheckpointError
@@ -107,7 +109,7 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         rope_style="neox",
         rotary_dim=rotary_dim,
         rope_theta=positive("rope.freq_base", 10000.0),
-        rope_scaling=_rope_scaling(reader, arch, rotary_dim, positive),
+        rope_scaling=_rope_scaling(reader, arch, rotary_dim, positive, count),
         qkv_bias="blk.0.attn_q.bias" in reader.tensors,
         qk_norm=arch == "qwen3",  # llama.cpp asks every qwen3 block for its norms and no other arch for any
         tie_embeddings="output.weight" not in reader.tensors,
@@ -117,14 +119,29 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
     )
 
 
-def _rope_scaling(reader: GGUFTensorReader, arch: str, rotary_dim: int, positive) -> tuple:
+def _rope_scaling(reader: GGUFTensorReader, arch: str, rotary_dim: int, positive, count) -> tuple:
     """The rope scaling as llama.cpp applies it: positions divided by `rope.scaling.factor` (or
     the older `rope.scale_linear`) unless `rope.scaling.type` is "none" (a file without a type
     is linear; a factor of 0, or none, means 1), and each frequency divided by its factor in
-    `rope_freqs.weight` (Llama 3.1's scaling as its converter stores it) whatever the type."""
+    `rope_freqs.weight` (Llama 3.1's scaling as its converter stores it) whatever the type; or
+    YaRN over `rope.scaling.original_context_length` (the context length if absent), with
+    llama.cpp's fixed betas (32 and 1) and cos and sin scaled by 0.1 ln(factor) + 1 times
+    `rope.scaling.attn_factor`."""
     kind = reader.field(f"{arch}.rope.scaling.type", "linear")
+    if kind == "yarn":
+        if "rope_freqs.weight" in reader.tensors:
+            raise CheckpointError(f"{reader.path}: YaRN rope scaling beside rope_freqs.weight is not supported")
+        factor = positive("rope.scaling.factor", None)
+        if factor < 1:
+            raise CheckpointError(f"{reader.path}: GGUF {arch}.rope.scaling.factor {factor:g} is below 1 (YaRN)")
+        original = count("rope.scaling.original_context_length", count("context_length"))
+        attention = positive("rope.scaling.attn_factor", 1.0) * (0.1 * math.log(factor) + 1)
+        return (
+            ("attention_factor", attention), ("factor", factor), ("original_max_position_embeddings", original),
+            ("rope_type", "yarn"),
+        )  # fmt: skip
     if kind not in ("linear", "none"):
-        raise CheckpointError(f"{reader.path}: GGUF rope scaling {kind!r} is not supported (supported: linear)")
+        raise CheckpointError(f"{reader.path}: GGUF rope scaling {kind!r} is not supported (supported: linear, yarn)")
     named = next(
         (n for n in ("rope.scaling.factor", "rope.scale_linear") if reader.field(f"{arch}.{n}") is not None), None
     )

@@ -16,13 +16,16 @@ def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def write_gguf(
-    folder, path, qtype, extra=None, linear_rope=None, arch="llama", tokenizer=None, rope_keys="type", leave_out=()
-):
+    folder, path, qtype, extra=None, linear_rope=None, arch="llama", tokenizer=None, rope_keys="type", leave_out=(),
+    yarn=None,
+):  # fmt: skip
     """llama.cpp's layout: its tensor names, and (for `llama` only) Q/K rows permuted;
     `tokenizer(writer)` adds a vocabulary's fields. A `linear_rope` factor is written as
     `rope_keys` says: "type" (the type and the factor, as converters write it now), "factor"
     (no type), "old" (the older `rope.scale_linear`, no type) or "none" (type none, and a factor).
-    Tensors named in `leave_out` are not written."""
+    Tensors named in `leave_out` are not written. `yarn`: (factor, original context, attention
+    factor or None), as llama.cpp's converter writes a config's YaRN scaling (and the attention
+    factor key llama.cpp reads)."""
     import json
 
     cfg = json.loads((folder / "config.json").read_text())
@@ -51,6 +54,12 @@ def write_gguf(
             writer.add_float32(f"{arch}.rope.scale_linear", linear_rope)  # llama.cpp still reads it
         else:
             writer.add_rope_scaling_factor(linear_rope)
+    if yarn:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(yarn[0])
+        writer.add_rope_scaling_orig_ctx_len(yarn[1])
+        if yarn[2] is not None:
+            writer.add_float32(f"{arch}.rope.scaling.attn_factor", yarn[2])
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "Q8_0" else gguf.LlamaFileType.ALL_F32)
     names = {
         "model.embed_tokens.weight": "token_embd.weight",

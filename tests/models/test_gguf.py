@@ -110,6 +110,27 @@ def test_linear_rope_scaling_gives_the_checkpoints_logits(tiny_model, tmp_path, 
     assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
 
 
+@pytest.mark.parametrize("tp", [1, 3])
+def test_yarn_rope_scaling_gives_the_checkpoints_logits(tiny_model, tmp_path, tp):
+    """A config's YaRN as llama.cpp's converter stores it (type, factor, original context);
+    transformers ignores those fields when it loads a GGUF, so the reference is transformers on
+    the checkpoint the file was made from, past the original context (llama.cpp itself: below)."""
+    import json
+
+    folder = tiny_model("llama_yarn")
+    rope = json.loads((folder / "config.json").read_text())["rope_parameters"]
+    yarn = (rope["factor"], rope["original_max_position_embeddings"], None)
+    path = write_gguf(folder, tmp_path / "yarn.gguf", "F32", yarn=yarn)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    prompt = PROMPT * 10  # 100 positions, past the original 64
+    with torch.no_grad():
+        ref = hf(torch.tensor([prompt])).logits[0].numpy()
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp)
+    assert model.graph.meta["extended_positions"] == 256  # 4 x 64
+    out = model.generate([prompt], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
 def test_a_rope_scaling_of_type_none_ignores_its_factor_and_frequency_factors_take_a_linear_one(tiny_model, tmp_path):
     """As llama.cpp: type "none" never scales; a linear factor and `rope_freqs.weight` divide
     the frequencies both (the factors' file times the factor is the same file)."""
@@ -261,6 +282,13 @@ class _Metadata:
         ({"llama.rope.dimension_count": 16}, "rope.dimension_count 16: more than the head's 8 dimensions"),
         ({"llama.attention.key_length": 7, "llama.attention.value_length": 7}, r"the head's 7, no llama.rope.*odd"),
         ({"llama.expert_count": 8}, r"a mixture-of-experts GGUF \(llama.expert_count 8\) is not supported"),
+        ({"llama.rope.scaling.type": "yarn"}, "GGUF metadata has no llama.rope.scaling.factor"),
+        ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 0.5}, "factor 0.5 is below 1 \\(YaRN\\)"),
+        (
+            {"llama.rope.scaling.type": "longrope"},
+            r"rope scaling 'longrope' is not supported \(supported: linear, yarn",
+        ),
+        ({"llama.rope.scaling.factor": -2.0}, "llama.rope.scaling.factor is -2.0; it must be a positive number"),
     ],
 )
 def test_gguf_metadata_out_of_range_is_named(fields, phrase):
@@ -286,7 +314,9 @@ def test_generation_stops_at_the_end_of_text_and_of_turn_as_llama_cpp_stops():
     [("llama_gguf", None, "type"), ("llama3_rope", None, "type"), ("llama_head_dim", None, "type"),
      # a linear factor however the file spells it, none, and beside the frequency factors
      ("llama_linear_rope", 4.0, "factor"), ("llama_linear_rope", 4.0, "old"), ("llama_linear_rope", 4.0, "none"),
-     ("llama3_rope", 2.0, "type")],
+     ("llama3_rope", 2.0, "type"),
+     # YaRN: the converter's fields, and with the attention factor llama.cpp multiplies in
+     ("llama_yarn", (4.0, 64, None), "yarn"), ("llama_yarn", (4.0, 64, 0.8), "yarn")],
 )  # fmt: skip
 def test_logits_are_llama_cpps_on_the_same_file(tiny_model, tmp_path, name, linear, rope_keys):
     """Against llama.cpp itself (its KV cache in fp32), where its Python binding is built
@@ -299,16 +329,9 @@ def test_logits_are_llama_cpps_on_the_same_file(tiny_model, tmp_path, name, line
     cfg = json.loads((folder / "config.json").read_text())
     extra = {"rope_freqs.weight": llama3_rope_factors(cfg)} if name == "llama3_rope" else None
     no_vocab = lambda writer: writer.add_tokenizer_model("no_vocab")  # noqa: E731
-    path = write_gguf(
-        folder,
-        tmp_path / f"{name}.gguf",
-        "F32",
-        extra=extra,
-        tokenizer=no_vocab,
-        linear_rope=linear,
-        rope_keys=rope_keys,
-    )
-    prompt = PROMPT * 6
+    rope = {"yarn": linear} if rope_keys == "yarn" else {"linear_rope": linear, "rope_keys": rope_keys}
+    path = write_gguf(folder, tmp_path / f"{name}.gguf", "F32", extra=extra, tokenizer=no_vocab, **rope)
+    prompt = PROMPT * (10 if rope_keys == "yarn" else 6)  # YaRN: past the original 64 positions
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=128, type_k=0, type_v=0)
     llm.eval(prompt)
     ref = np.array(llm.scores[: len(prompt)])

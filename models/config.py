@@ -51,6 +51,9 @@ class ModelConfig:
     embed_norm: bool = False  # BLOOM: a layer norm right after the embedding
     experts: int = 0  # a sparse mixture of SwiGLU experts instead of one MLP (Mixtral); 0: dense
     experts_per_token: int = 0
+    renormalize_experts: bool = True  # the k chosen experts' weights rescaled to sum to 1 (Qwen3-MoE: a switch)
+    dense_layers: tuple[int, ...] = ()  # layers with one SwiGLU MLP of `dense_intermediate` among the experts' layers
+    dense_intermediate: int = 0
     sliding_window: int = 0
     attention_scale: float = 0.0  # 0: 1/sqrt(head_dim)
     bos_token_id: int | None = None
@@ -74,7 +77,8 @@ class ModelConfig:
             attn, mlp = 4 * h * h, 2 * h * i + h * h
         norms = (2 if self.norm == "layer" else 1) * h * 2
         embed = v * h * (1 if self.tie_embeddings else 2)
-        return self.layers * (attn + mlp + norms) + embed
+        dense = len(self.dense_layers) * (3 * h * self.dense_intermediate - mlp)  # one MLP instead of the experts
+        return self.layers * (attn + mlp + norms) + dense + embed
 
     def rotary(self, positions: int) -> tuple[np.ndarray, float]:
         """The rotary inverse frequencies (fp32) of a run over `positions` positions, with any

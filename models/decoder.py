@@ -32,30 +32,30 @@ def _norm(g: GraphBuilder, cfg: ModelConfig, x: str, name: str) -> str:
     return g.norm(x, f"{name}.weight", bias, "layer_norm" if cfg.norm == "layer" else "rms_norm", cfg.norm_eps)
 
 
-def _mlp(g: GraphBuilder, cfg: ModelConfig, h: str, p: str) -> str:
-    if cfg.experts:
+def _mlp(g: GraphBuilder, cfg: ModelConfig, h: str, i: int) -> str:
+    p, width = f"layers.{i}.", cfg.intermediate
+    if cfg.experts and i not in cfg.dense_layers:
         experts = [(f"{p}experts.{e}.gate.weight", f"{p}experts.{e}.up.weight", f"{p}experts.{e}.down.weight")
                    for e in range(cfg.experts)]  # fmt: skip
-        return g.moe(h, f"{p}router.weight", experts, k=cfg.experts_per_token, width=cfg.intermediate)
+        k, renormalize = cfg.experts_per_token, cfg.renormalize_experts
+        return g.moe(h, f"{p}router.weight", experts, k=k, width=width, renormalize=renormalize)
+    if cfg.experts:  # a dense layer among the experts' (Qwen3-MoE's mlp_only_layers)
+        width = cfg.dense_intermediate
     bias = cfg.mlp_bias
     if cfg.activation == "swiglu":
         gate = g.linear(
             h,
             f"{p}gate.weight",
             f"{p}gate.bias" if bias else None,
-            cfg.intermediate,
+            width,
             split="out",
             op_type="mlp",
             hint="gate",
         )
-        up = g.linear(
-            h, f"{p}up.weight", f"{p}up.bias" if bias else None, cfg.intermediate, split="out", op_type="mlp", hint="up"
-        )
+        up = g.linear(h, f"{p}up.weight", f"{p}up.bias" if bias else None, width, split="out", op_type="mlp", hint="up")
         inner = g.swiglu(gate, up)
     else:
-        up = g.linear(
-            h, f"{p}up.weight", f"{p}up.bias" if bias else None, cfg.intermediate, split="out", op_type="mlp", hint="up"
-        )
+        up = g.linear(h, f"{p}up.weight", f"{p}up.bias" if bias else None, width, split="out", op_type="mlp", hint="up")
         inner = g.act(up, cfg.activation)
     return g.linear(
         inner, f"{p}down.weight", f"{p}down.bias" if bias else None, cfg.hidden, split="in", op_type="mlp", hint="down"
@@ -147,11 +147,11 @@ def build_graph(cfg: ModelConfig) -> DecoderGraph:
             )
             if cfg.parallel_residual:
                 h2 = h if cfg.shared_layernorm else _norm(g, cfg, x, f"{p}norm2")
-                m = _mlp(g, cfg, h2, p)
+                m = _mlp(g, cfg, h2, i)
                 x = g.add(g.add(o, m), x)
             else:
                 x = g.add(x, o)
-                m = _mlp(g, cfg, _norm(g, cfg, x, f"{p}norm2"), p)
+                m = _mlp(g, cfg, _norm(g, cfg, x, f"{p}norm2"), i)
                 x = g.add(x, m)
     x = _norm(g, cfg, x, "final_norm")
     last = g.select_last(x)

@@ -350,7 +350,7 @@ def bind_moe(ex: Executor, step: Step) -> Op:
         m = ex.rows(inputs, after)
         for c, (x, out, router, experts) in enumerate(lanes):
             logits = quant.linear(x[:m], router, None, np.empty((m, n), np.float32), act)
-            idx, weights = moe.route(logits, k)
+            idx, weights = moe.route(logits, k, node.attrs.get("renormalize", True))
             moe.experts(x[:m], idx, weights, experts, out[:m], act)
             if c == 0:  # every core routes the same rows alike: count them once (the report: real rows only)
                 ex.step_routing[node.layer] = np.bincount(idx.ravel(), minlength=n)
@@ -393,7 +393,7 @@ def bind_moe_dispatch(ex: Executor, step: Step) -> Op:
             lo, hi = min(c * rb, m), min((c + 1) * rb, m)
             block = send[: ex.tp * cap].reshape(ex.tp, cap, width)
             logits = quant.linear(x[lo:hi], router, None, np.empty((hi - lo, n), np.float32), act)
-            idx, weights = moe.route(logits, k)
+            idx, weights = moe.route(logits, k, node.attrs.get("renormalize", True))
             sent[c] = moe.dispatch(x[lo:hi], idx, weights, owners, block)
             step_counts += np.bincount(idx.ravel(), minlength=n)
             np.add(counts, np.bincount(idx[real[lo:hi]].ravel(), minlength=n), out=counts)

@@ -211,10 +211,14 @@ class GraphBuilder:
         out = self._value("attn", self.heads * self.head_dim, "out", (self.heads, self.head_dim))
         return self._node("attention", out, [q, k, v], [], "attention", scale=scale, window=window, alibi=alibi)
 
-    def moe(self, x: str, router: str, experts: list[tuple[str, str, str]], *, k: int, width: int) -> str:
+    def moe(
+        self, x: str, router: str, experts: list[tuple[str, str, str]], *, k: int, width: int, renormalize: bool = True
+    ) -> str:
         """A sparse MoE MLP: `router` (E, hidden) replicated; each expert's gate and up
         (width, hidden) split by rows and its down (hidden, width) by columns, so every core
-        holds a slice of every expert and makes a partial sum (all-reduced)."""
+        holds a slice of every expert and makes a partial sum (all-reduced). `renormalize`:
+        the k chosen experts' probabilities rescaled to sum to one (Mixtral), or kept as the
+        softmax over all experts gave them."""
         self._param(router, (len(experts), self.hidden))
         for gate, up, down in experts:
             self._param(gate, (width, self.hidden), "out")
@@ -222,7 +226,9 @@ class GraphBuilder:
             self._param(down, (self.hidden, width), "cols")
         out = self._value("moe", self.hidden, "partial")
         params = [router, *(p for triple in experts for p in triple)]
-        return self._node("moe", out, [x], params, "mlp", k=k, experts=len(experts), width=width)
+        return self._node(
+            "moe", out, [x], params, "mlp", k=k, experts=len(experts), width=width, renormalize=renormalize
+        )
 
     # -- RWKV's recurrent ops (device/kernels/recurrent.py) ----------------------------
 

@@ -54,7 +54,7 @@ VOCAB = 101
 WEIGHT_SCALE = {"rwkv": 1.0}
 # norm weights that differ feature by feature (initialised all 1): a norm weight read into the
 # wrong place, or the wrong norm's, changes the logits
-VARIED_NORMS = ("qwen3", "qwen3_gguf")
+VARIED_NORMS = ("qwen3", "qwen3_gguf", "qwen3_moe")
 
 
 def configs():
@@ -247,6 +247,20 @@ def configs():
         "qwen2": (T.Qwen2Config(**gqa, tie_word_embeddings=True, **common), [1, 3]),
         # an RMS norm over each query and key head (q_norm, k_norm), head_dim given
         "qwen3": (T.Qwen3Config(**gqa, head_dim=16, tie_word_embeddings=True, **common), [1, 3]),
+        # 4 experts, 2 per token, weights as the softmax gave them; layer 1 keeps a dense MLP
+        "qwen3_moe": (
+            T.Qwen3MoeConfig(
+                **gqa,
+                head_dim=16,
+                moe_intermediate_size=40,
+                num_experts=4,
+                num_experts_per_tok=2,
+                norm_topk_prob=False,
+                mlp_only_layers=[1],
+                **common,
+            ),
+            [1, 3],
+        ),
         # transformers reads a qwen3 GGUF's heads as Qwen3Config's default 128 wide (it ignores
         # attention.key_length): the GGUF test's model has heads of 128
         "qwen3_gguf": (

@@ -1,11 +1,12 @@
-"""A sparse mixture-of-experts MLP (Mixtral): a router picks `k` experts per token, each a
+"""A sparse mixture-of-experts MLP (Mixtral, Qwen3-MoE): a router picks `k` experts per token, each a
 SwiGLU MLP, and their outputs are summed with the router's weights.
 
 Routing is Mixtral's: a softmax over the router's logits in fp32, the k most probable
-experts, their probabilities renormalised to sum to one. The experts' products run through
-the same kernels as every linear (`quant.linear_group`, any storage format); each core
-holds a slice of every expert's intermediate width (transformers-neuronx shards experts the
-same way), so a core's output is a partial sum that an all-reduce completes.
+experts, their probabilities renormalised to sum to one (Qwen3-MoE may keep them as they
+are). The experts' products run through the same kernels as every linear
+(`quant.linear_group`, any storage format); each core holds a slice of every expert's
+intermediate width (transformers-neuronx shards experts the same way), so a core's output
+is a partial sum that an all-reduce completes.
 
 Expert parallel (whole experts on cores, or one expert over a group of cores) exchanges
 tokens instead: each core routes its own block of rows, `dispatch` packs the rows for each
@@ -29,14 +30,16 @@ from tilesim.device.cost import KernelCost
 from tilesim.device.kernels import activations, quant
 
 
-def route(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, k) expert indices, most probable first, and their renormalised weights (fp32)."""
+def route(logits: np.ndarray, k: int, renormalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, k) expert indices, most probable first, and their weights (fp32): the softmax's
+    probabilities, renormalised to sum to one over the k (Mixtral; Qwen3-MoE's
+    `norm_topk_prob`) or as they are."""
     x = logits.astype(np.float32)
     p = np.exp(x - x.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
     idx = np.argsort(-p, axis=-1, kind="stable")[:, :k]
     w = np.take_along_axis(p, idx, axis=-1)
-    return idx, (w / w.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return idx, (w / w.sum(axis=-1, keepdims=True) if renormalize else w).astype(np.float32)
 
 
 def experts(

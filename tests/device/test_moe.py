@@ -42,6 +42,8 @@ def test_routing_takes_the_k_most_probable_experts_renormalised():
     p /= p.sum(-1, keepdims=True)
     top = np.take_along_axis(p, idx, -1)
     assert np.allclose(w, top / top.sum(-1, keepdims=True), rtol=1e-6) and np.allclose(w.sum(-1), 1.0)
+    kept_idx, kept = moe.route(logits, 2, renormalize=False)  # Qwen3-MoE without norm_topk_prob
+    assert kept_idx.tolist() == idx.tolist() and np.allclose(kept, top, rtol=1e-6) and (kept.sum(-1) < 1).all()
 
 
 @pytest.mark.parametrize(("rows", "expected"), [(1, 2.0), (2, 8 * (1 - 0.75**2)), (1000, 8.0)])

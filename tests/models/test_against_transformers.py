@@ -57,6 +57,8 @@ CASES = [
     ("mixtral", 1),
     ("mixtral", 3),
     ("mixtral", 6),
+    ("qwen3_moe", 1),
+    ("qwen3_moe", 3),
     ("rwkv", 1),
     ("rwkv", 2),
     ("rwkv", 3),
@@ -106,7 +108,7 @@ def test_logits_and_greedy_tokens_match_transformers(tiny_model, greedy_rule, ar
 
 
 PADDED = [("llama_gqa10", 4), ("llama_gqa10", 5), ("llama_gqa10", 3), ("llama", 4), ("mistral", 4), ("gpt2", 4),
-          ("glm", 4), ("bloom", 4), ("mixtral", 4), ("qwen3", 4)]  # fmt: skip
+          ("glm", 4), ("bloom", 4), ("mixtral", 4), ("qwen3", 4), ("qwen3_moe", 4)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("arch", "tp"), PADDED)
@@ -128,7 +130,7 @@ def test_heads_padded_as_transformers_neuronx_pads_them_give_transformers_logits
 @pytest.mark.parametrize(
     ("arch", "tp", "moe"),
     [("llama", 3, "tp"), ("gpt2", 2, "tp"), ("gpt_neox", 3, "tp"), ("opt", 1, "tp"), ("glm", 3, "tp"),
-     ("bloom", 3, "tp"), ("mixtral", 3, "tp"), ("mixtral", 4, "ep")],  # ep: tokens exchanged by all-to-all
+     ("bloom", 3, "tp"), ("mixtral", 3, "tp"), ("mixtral", 4, "ep"), ("qwen3_moe", 4, "ep")],  # ep: all-to-all
 )  # fmt: skip
 def test_a_batch_of_prompts_of_different_lengths(tiny_model, greedy_rule, arch, tp, moe):
     folder = tiny_model(arch)

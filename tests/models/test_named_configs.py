@@ -18,7 +18,7 @@ PUBLISHED = {  # parameters as each model card states them
     "llama-3-70b": 70.6e9, "mistral-7b": 7.24e9, "mixtral-8x7b": 46.7e9, "opt-13b": 12.9e9,
     "opt-30b": 30.0e9, "opt-66b": 65.7e9, "gpt2-xl": 1.56e9, "bloom-7b1": 7.07e9, "bloom-176b": 176.2e9,
     "chatglm-6b": 6.2e9, "chatglm2-6b": 6.24e9, "glm-4-9b": 9.4e9, "rwkv-4-169m-pile": 169e6, "rwkv-4-7b": 7.39e9,
-    "qwen3-8b": 8.2e9,
+    "qwen3-8b": 8.2e9, "qwen3-30b-a3b": 30.5e9,
 }  # fmt: skip
 EMBEDDING_ONCE = {"chatglm-6b"}  # its card counts the embedding once; the checkpoint's LM head is its own matrix
 

@@ -224,7 +224,8 @@ _COUNTS = (
     "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "num_attention_heads", "n_head",
     "num_key_value_heads", "intermediate_size", "ffn_dim", "n_inner", "max_position_embeddings", "n_positions",
     "head_dim", "word_embed_proj_dim", "rotary_dim", "num_layers", "ffn_hidden_size", "kv_channels",
-    "multi_query_group_num", "padded_vocab_size", "seq_length", "n_head", "n_embed",
+    "multi_query_group_num", "padded_vocab_size", "seq_length", "n_head", "n_embed", "num_experts",
+    "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
 )  # fmt: skip
 
 

@@ -22,6 +22,10 @@ __all__ = ["MODEL_TYPES", "build_graph", "config_from_hf", "weight_refs"]
 def config_from_hf(c: HFConfig) -> ModelConfig:
     # the Hub's configs say num_experts; transformers 5 saves it as num_local_experts
     experts, k = int(c.get("num_experts", "num_local_experts")), int(c.get("num_experts_per_tok", default=8))
+    if experts != c.get("num_local_experts", default=experts):
+        raise CheckpointError(
+            f"{c.where}: 'num_experts' {experts} and 'num_local_experts' {c.get('num_local_experts')} disagree"
+        )
     if not 1 <= k <= experts:
         raise CheckpointError(f"{c.where}: num_experts_per_tok={k} must be between 1 and num_experts={experts}")
     if c.get("use_sliding_window", default=False):

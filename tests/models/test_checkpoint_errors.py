@@ -259,6 +259,29 @@ def test_a_yarn_scaling_without_its_original_context_takes_the_configs(tiny_mode
     np.testing.assert_array_equal(logits[0], logits[1])
 
 
+@pytest.mark.parametrize(
+    ("change", "phrase"),
+    [
+        (
+            {"num_local_experts": "x"},
+            "'num_local_experts' is 'x'; it must be a whole number of at least 1",
+        ),  # was a ValueError
+        ({"num_experts": 3}, "'num_experts' 3 and 'num_local_experts' 4 disagree"),
+        ({"num_experts_per_tok": 5}, "num_experts_per_tok=5 must be between 1 and num_experts=4"),
+        ({"mlp_only_layers": "x"}, "'mlp_only_layers' is 'x'; it must be a list of layer numbers"),
+        ({"decoder_sparse_step": 0}, "'decoder_sparse_step' is 0; it must be a whole number of at least 1"),
+        ({"norm_topk_prob": "yes"}, "'norm_topk_prob' is 'yes'; it must be true or false"),
+        ({"mlp_only_layers": []}, r"tensor 'model\.layers\.1\.mlp\.gate\.weight' is missing"),  # layer 1 is dense
+    ],
+)
+def test_a_qwen3_moe_config_that_does_not_match_its_experts_is_named(tiny_model, tmp_path, change, phrase):
+    folder = copy(tiny_model("qwen3_moe"), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(CheckpointError, match=phrase):
+        tilesim.load(str(folder), device="tiny", tp=1)
+
+
 def test_an_end_of_sequence_id_past_the_vocabulary_is_warned_about(tiny_model, tmp_path):
     """transformers loads such a config too; no step can produce the id, so a run never stops there."""
     folder = copy(tiny_model("llama"), tmp_path)

@@ -44,6 +44,19 @@ def test_a_checkpoint_serves_its_real_tokens(tiny_model, capsys):
     assert out["summary"]["functional"] and len(out["tokens"]) == 6
 
 
+def test_a_checkpoint_whose_heads_tp_does_not_divide_serves_with_padded_heads(tiny_model, capsys):
+    """The refusal named --pad-heads, which serve-sim did not take."""
+    folder = str(tiny_model("llama"))  # 6 query heads, 3 key/value heads
+    args = ["serve-sim", folder, "--device", "tiny", "--requests", "4", "--rate", "1000000",
+            "--prompt-len", "uniform:2,20", "--output-len", "fixed:5", "--max-num-seqs", "2", "--json"]  # fmt: skip
+    assert main([*args, "--tp", "4"]) == 2
+    assert "(--pad-heads)" in capsys.readouterr().err
+    assert main([*args, "--tp", "4", "--pad-heads"]) == 0
+    padded = json.loads(capsys.readouterr().out)
+    assert main([*args, "--tp", "1"]) == 0
+    assert padded["tokens"] == json.loads(capsys.readouterr().out)["tokens"] and padded["summary"]["functional"]
+
+
 def test_sampling_uses_each_requests_own_seed(tiny_model, capsys):
     """--temperature/--top-k sample each request with its seed: the tokens it gets served alone."""
     import tilesim

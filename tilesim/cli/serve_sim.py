@@ -51,6 +51,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
     p.add_argument("--dtype", default=None, help="weights' dtype (default: bf16 timing-only, else as stored)")
     p.add_argument("--timing-only", action="store_true", help="time without weights (named configs always are)")
+    p.add_argument(
+        "--pad-heads",
+        action="store_true",
+        help="pad attention heads with zero heads when they do not divide by --tp (on with --timing-only)",
+    )
     p.add_argument("--workload", default=None, metavar="FILE", help="requests from a JSONL or CSV file")
     p.add_argument("--requests", type=int, help=f"drawn workload: how many requests (default: {DRAWN['requests']})")
     p.add_argument("--rate", type=float,
@@ -158,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = (
         args.dtype if args.dtype is not None else ("bf16" if timing_only and checkpoint.format == "config" else None)
     )
+    pad_heads = timing_only or args.pad_heads
     spec = (
         args.model,
         args.device,
@@ -165,12 +171,13 @@ def run(args: argparse.Namespace) -> int:
         dtype,
         max_context,
         timing_only,
+        pad_heads,
         tuple(sorted(bucket_lists(args).items())),
     )
     with derived_context_words(checkpoint.graph, needed, args.max_context, what):
         model = load(
             checkpoint, device, args.tp, dtype=dtype, max_context=max_context, timing_only=timing_only,
-            pad_heads=timing_only, **bucket_lists(args),
+            pad_heads=pad_heads, **bucket_lists(args),
         )  # fmt: skip
     quiet = args.json or not sys.stderr.isatty()
     options = {"scheduler": args.scheduler, "max_num_seqs": args.max_num_seqs, "chunk_size": args.chunk_size,
@@ -244,10 +251,10 @@ def _search(args, model, spec, unit_workload, slo, options, quiet) -> int:
 @functools.lru_cache(maxsize=4)
 def _loaded(spec: tuple):
     """A model as the driver loaded it, loaded again in a Ray worker (kept for the worker's next task)."""
-    name, device, tp, dtype, max_context, timing_only, buckets = spec
+    name, device, tp, dtype, max_context, timing_only, pad_heads, buckets = spec
     return load(
         name, Device(device, cores=tp, backed=not timing_only), tp, dtype=dtype, max_context=max_context,
-        timing_only=timing_only, pad_heads=timing_only, **dict(buckets),
+        timing_only=timing_only, pad_heads=pad_heads, **dict(buckets),
     )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from tilesim.models.config import MAX_LAYERS, MAX_SIZE, ModelConfig
 from tilesim.models.readers import GGUFTensorReader
 from tilesim.models.weights import WeightRef
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen3moe")
 
 
 def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
@@ -64,11 +64,19 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
             f"{reader.path}: GGUF {arch}.attention.value_length differs from its key_length {head_dim}; "
             "tilesim runs heads whose keys and values are as wide"
         )
-    if reader.field(f"{arch}.expert_count"):
+    experts = count("expert_count") if arch == "qwen3moe" or reader.field(f"{arch}.expert_count") else 0
+    if experts and "blk.0.ffn_gate_exps.weight[0]" not in reader.tensors:
         raise CheckpointError(
-            f"{reader.path}: a mixture-of-experts GGUF ({arch}.expert_count {reader.field(f'{arch}.expert_count')}) "
-            "is not supported; run the model's safetensors checkpoint (Mixtral runs from one)"
+            f"{reader.path}: a mixture-of-experts GGUF whose experts are tensors of their own (the layout of "
+            "llama.cpp's converter before 2024) is not supported; convert the model again"
         )
+    k = count("expert_used_count") if experts else 0
+    if k > experts:
+        raise CheckpointError(
+            f"{reader.path}: GGUF {arch}.expert_used_count {k} is more than its expert_count {experts}"
+        )
+    # an expert's width: Mixtral's feed_forward_length, Qwen3-MoE's expert_feed_forward_length
+    width = count("expert_feed_forward_length") if arch == "qwen3moe" else count("feed_forward_length")
     rotary_dim = count("rope.dimension_count", head_dim)
     what = f"{arch}.rope.dimension_count {rotary_dim}"
     if reader.field(f"{arch}.rope.dimension_count") is None:
@@ -100,7 +108,9 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         heads=heads,
         kv_heads=count("attention.head_count_kv", heads),
         head_dim=head_dim,
-        intermediate=count("feed_forward_length"),
+        intermediate=width,
+        experts=experts,
+        experts_per_token=k,
         max_positions=count("context_length"),
         norm="rms",
         norm_eps=positive("attention.layer_norm_rms_epsilon", 1e-6),
@@ -111,7 +121,7 @@ def config_from_gguf(reader: GGUFTensorReader) -> ModelConfig:
         rope_theta=positive("rope.freq_base", 10000.0),
         rope_scaling=_rope_scaling(reader, arch, rotary_dim, positive, count),
         qkv_bias="blk.0.attn_q.bias" in reader.tensors,
-        qk_norm=arch == "qwen3",  # llama.cpp asks every qwen3 block for its norms and no other arch for any
+        qk_norm=arch in ("qwen3", "qwen3moe"),  # llama.cpp asks every such block for its norms, no other arch
         tie_embeddings="output.weight" not in reader.tensors,
         bos_token_id=reader.field("tokenizer.ggml.bos_token_id"),
         eos_token_ids=tuple(dict.fromkeys(int(v) for v in stops if v is not None)),
@@ -198,4 +208,9 @@ def weight_refs(cfg: ModelConfig, names: set[str]) -> dict[str, WeightRef]:
         if cfg.qk_norm:  # Qwen3: per-head norms, head_dim wide, not permuted
             refs[f"layers.{i}.q_norm.weight"] = WeightRef(f"blk.{i}.attn_q_norm.weight")
             refs[f"layers.{i}.k_norm.weight"] = WeightRef(f"blk.{i}.attn_k_norm.weight")
+        if cfg.experts:  # the router, and each expert's matrices out of the layer's stacks (models/readers.py)
+            refs[f"layers.{i}.router.weight"] = WeightRef(f"blk.{i}.ffn_gate_inp.weight")
+            for e in range(cfg.experts):
+                for part in ("gate", "up", "down"):
+                    refs[f"layers.{i}.experts.{e}.{part}.weight"] = WeightRef(f"blk.{i}.ffn_{part}_exps.weight[{e}]")
     return refs

@@ -169,6 +169,12 @@ class GGUFTensorReader:
             data = np.memmap(
                 path, dtype=np.dtype(info["dtype"]), mode="r", offset=info["offset"], shape=tuple(info["shape"])
             )
+            if data.ndim == 3:  # a mixture's experts stacked (ffn_gate_exps...): one matrix each, `name[e]`
+                each = info["nbytes"] // data.shape[0]
+                for e in range(data.shape[0]):
+                    part = f"{name}[{e}]"
+                    self.tensors[part] = _Tensor(part, info["qtype"], data[e], info["offset"] + e * each, each)
+                continue
             self.tensors[name] = _Tensor(name, info["qtype"], data, info["offset"], info["nbytes"])
 
     def names(self) -> list[str]:

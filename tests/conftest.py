@@ -54,7 +54,7 @@ VOCAB = 101
 WEIGHT_SCALE = {"rwkv": 1.0}
 # norm weights that differ feature by feature (initialised all 1): a norm weight read into the
 # wrong place, or the wrong norm's, changes the logits
-VARIED_NORMS = ("qwen3", "qwen3_gguf", "qwen3_moe")
+VARIED_NORMS = ("qwen3", "qwen3_gguf", "qwen3_moe", "qwen3_moe_gguf")
 
 
 def configs():
@@ -258,6 +258,19 @@ def configs():
                 norm_topk_prob=False,
                 mlp_only_layers=[1],
                 **common,
+            ),
+            [1, 3],
+        ),
+        # as llama.cpp's qwen3moe holds one: every layer's MLP a mixture, the weights renormalised
+        # (Qwen3-30B-A3B's norm_topk_prob); 64 wide, for the 32-value blocks of the quantized types
+        "qwen3_moe_gguf": (
+            T.Qwen3MoeConfig(
+                **{**gguf_llama, "hidden_size": 64},
+                head_dim=16,
+                moe_intermediate_size=32,
+                num_experts=4,
+                num_experts_per_tok=2,
+                norm_topk_prob=True,
             ),
             [1, 3],
         ),

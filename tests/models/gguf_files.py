@@ -1,6 +1,8 @@
 """Writing a saved checkpoint as llama.cpp's converter writes a GGUF file (written out
 independently of tilesim's reader), for the GGUF tests."""
 
+import re
+
 import numpy as np
 from safetensors.numpy import load_file
 
@@ -25,7 +27,8 @@ def write_gguf(
     (no type), "old" (the older `rope.scale_linear`, no type) or "none" (type none, and a factor).
     Tensors named in `leave_out` are not written. `yarn`: (factor, original context, attention
     factor or None), as llama.cpp's converter writes a config's YaRN scaling (and the attention
-    factor key llama.cpp reads)."""
+    factor key llama.cpp reads). A mixture's experts (Mixtral's, Qwen3-MoE's) are stacked per
+    layer and matrix (`ffn_gate_exps`...), its router is `ffn_gate_inp`."""
     import json
 
     cfg = json.loads((folder / "config.json").read_text())
@@ -40,9 +43,15 @@ def write_gguf(
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     writer.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
     writer.add_vocab_size(cfg["vocab_size"])
+    tensors, experts = _stacked_experts(tensors)
+    if experts:
+        writer.add_expert_count(cfg.get("num_experts") or cfg["num_local_experts"])
+        writer.add_expert_used_count(cfg["num_experts_per_tok"])
+        if "moe_intermediate_size" in cfg:
+            writer.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     if tokenizer is not None:
         tokenizer(writer)
-    if cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"]) != (
+    if (cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]) != (
         cfg["hidden_size"] // cfg["num_attention_heads"]
     ):
         writer.add_key_length(cfg["head_dim"])
@@ -103,6 +112,12 @@ def write_gguf(
             writer.add_tensor(target, gguf.quants.quantize(w, q), raw_dtype=q)
         else:
             writer.add_tensor(target, w)
+    for name, w in experts.items():  # (experts, rows, cols), each expert's matrix as Hugging Face's
+        if qtype not in ("F32", "F16"):
+            q = getattr(gguf.GGMLQuantizationType, qtype)
+            writer.add_tensor(name, gguf.quants.quantize(w, q), raw_dtype=q)
+        else:
+            writer.add_tensor(name, w.astype(np.float16) if qtype == "F16" else w)
     for name, w in (extra or {}).items():
         writer.add_tensor(name, w)
     writer.write_header_to_file()
@@ -125,6 +140,28 @@ def random_k_blocks(shape: tuple[int, int], qtype: str, rng) -> np.ndarray:
     for offset, value in K_SCALES[qtype]:
         data[:, :, offset : offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
     return data.reshape(rows, -1)
+
+
+_EXPERT = re.compile(r"model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight")
+_ROUTER = re.compile(r"model\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.gate\.weight")
+_MATRIX = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
+
+
+def _stacked_experts(tensors: dict) -> tuple[dict, dict]:
+    """(the other tensors, llama.cpp's stacks of the experts' matrices and the routers)."""
+    rest, parts = {}, {}
+    for name, w in tensors.items():
+        if m := _EXPERT.fullmatch(name):
+            parts.setdefault(f"blk.{m[1]}.ffn_{_MATRIX[m[3]]}_exps.weight", {})[int(m[2])] = w
+        elif m := _ROUTER.fullmatch(name):
+            parts[f"blk.{m[1]}.ffn_gate_inp.weight"] = {0: w}
+        else:
+            rest[name] = w
+    stacks = {}
+    for name, by_expert in parts.items():
+        ws = [np.asarray(by_expert[e], np.float32) for e in sorted(by_expert)]
+        stacks[name] = ws[0] if name.endswith("gate_inp.weight") else np.ascontiguousarray(np.stack(ws))
+    return rest, stacks
 
 
 def part_is(name: str, part: str) -> bool:

@@ -207,6 +207,28 @@ def test_a_qwen3_gguf_with_head_norms_matches_transformers_loading_the_same_file
     assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
 
 
+@pytest.mark.parametrize(
+    ("name", "arch", "tp", "moe"),
+    [("mixtral", "llama", 1, "tp"), ("mixtral", "llama", 3, "tp"), ("mixtral", "llama", 2, "ep"),
+     ("qwen3_moe_gguf", "qwen3moe", 1, "tp"), ("qwen3_moe_gguf", "qwen3moe", 3, "tp"),
+     ("qwen3_moe_gguf", "qwen3moe", 4, "ep")],
+)  # fmt: skip
+def test_a_mixture_of_experts_gguf_gives_the_checkpoints_logits(tiny_model, tmp_path, name, arch, tp, moe):
+    """Mixtral (llama arch with expert_count) and Qwen3-MoE (qwen3moe) as llama.cpp's converter
+    stacks their experts (`ffn_gate_exps`: experts x rows x columns); transformers does not read
+    qwen3moe's expert width from a GGUF, so the reference is transformers on the checkpoint the
+    file was made from (llama.cpp itself: below)."""
+    folder = tiny_model(name)
+    path = write_gguf(folder, tmp_path / f"{name}.gguf", "F32", arch=arch)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT])).logits[0].numpy()
+    model = tilesim.load(str(path), device=tilesim.Device("tiny", cores=tp), tp=tp, moe=moe, pad_heads=True)
+    assert model.checkpoint.config.experts == 4 and model.checkpoint.config.qk_norm == (arch == "qwen3moe")
+    out = model.generate([PROMPT], max_new_tokens=1, eos_token_id=None, return_logits="all")
+    assert np.max(np.abs(out.logits[0] - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
 def test_a_qwen3_gguf_without_a_head_norm_names_it(tiny_model, tmp_path):
     """It said that the other blocks' norms were not used (whether a file had head norms was
     read off block 0); llama.cpp asks every qwen3 block for both."""
@@ -281,7 +303,6 @@ class _Metadata:
         ({"llama.rope.dimension_count": 7}, "rope.dimension_count 7: an odd number; rotary dimensions turn in pairs"),
         ({"llama.rope.dimension_count": 16}, "rope.dimension_count 16: more than the head's 8 dimensions"),
         ({"llama.attention.key_length": 7, "llama.attention.value_length": 7}, r"the head's 7, no llama.rope.*odd"),
-        ({"llama.expert_count": 8}, r"a mixture-of-experts GGUF \(llama.expert_count 8\) is not supported"),
         ({"llama.rope.scaling.type": "yarn"}, "GGUF metadata has no llama.rope.scaling.factor"),
         ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 0.5}, "factor 0.5 is below 1 \\(YaRN\\)"),
         (
@@ -289,6 +310,8 @@ class _Metadata:
             r"rope scaling 'longrope' is not supported \(supported: linear, yarn",
         ),
         ({"llama.rope.scaling.factor": -2.0}, "llama.rope.scaling.factor is -2.0; it must be a positive number"),
+        # experts as tensors of their own (blk.0.ffn_gate.0.weight ...: converters before 2024)
+        ({"llama.expert_count": 8, "llama.expert_used_count": 2}, "experts are tensors of their own"),
     ],
 )
 def test_gguf_metadata_out_of_range_is_named(fields, phrase):
@@ -316,7 +339,9 @@ def test_generation_stops_at_the_end_of_text_and_of_turn_as_llama_cpp_stops():
      ("llama_linear_rope", 4.0, "factor"), ("llama_linear_rope", 4.0, "old"), ("llama_linear_rope", 4.0, "none"),
      ("llama3_rope", 2.0, "type"),
      # YaRN: the converter's fields, and with the attention factor llama.cpp multiplies in
-     ("llama_yarn", (4.0, 64, None), "yarn"), ("llama_yarn", (4.0, 64, 0.8), "yarn")],
+     ("llama_yarn", (4.0, 64, None), "yarn"), ("llama_yarn", (4.0, 64, 0.8), "yarn"),
+     # mixtures of experts, their experts stacked (llama.cpp renormalises qwen3moe's expert weights)
+     ("mixtral", None, "type"), ("qwen3_moe_gguf", None, "type")],
 )  # fmt: skip
 def test_logits_are_llama_cpps_on_the_same_file(tiny_model, tmp_path, name, linear, rope_keys):
     """Against llama.cpp itself (its KV cache in fp32), where its Python binding is built
@@ -330,7 +355,8 @@ def test_logits_are_llama_cpps_on_the_same_file(tiny_model, tmp_path, name, line
     extra = {"rope_freqs.weight": llama3_rope_factors(cfg)} if name == "llama3_rope" else None
     no_vocab = lambda writer: writer.add_tokenizer_model("no_vocab")  # noqa: E731
     rope = {"yarn": linear} if rope_keys == "yarn" else {"linear_rope": linear, "rope_keys": rope_keys}
-    path = write_gguf(folder, tmp_path / f"{name}.gguf", "F32", extra=extra, tokenizer=no_vocab, **rope)
+    arch = "qwen3moe" if name == "qwen3_moe_gguf" else "llama"
+    path = write_gguf(folder, tmp_path / f"{name}.gguf", "F32", extra=extra, tokenizer=no_vocab, arch=arch, **rope)
     prompt = PROMPT * (10 if rope_keys == "yarn" else 6)  # YaRN: past the original 64 positions
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=128, type_k=0, type_v=0)
     llm.eval(prompt)

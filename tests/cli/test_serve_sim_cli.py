@@ -57,6 +57,13 @@ def test_a_checkpoint_whose_heads_tp_does_not_divide_serves_with_padded_heads(ti
     assert padded["tokens"] == json.loads(capsys.readouterr().out)["tokens"] and padded["summary"]["functional"]
 
 
+def test_a_model_too_big_names_serve_sims_own_flags(capsys):
+    """The library's `batch` is serve-sim's --max-num-seqs (it named --batch, which serve-sim has not)."""
+    assert main(["serve-sim", "qwen3-30b-a3b", "--device", "tiny", "--tp", "3", "--requests", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "a smaller --max-context or --max-num-seqs" in err and "--batch" not in err
+
+
 def test_sampling_uses_each_requests_own_seed(tiny_model, capsys):
     """--temperature/--top-k sample each request with its seed: the tokens it gets served alone."""
     import tilesim

@@ -44,15 +44,17 @@ _SWITCHES = {"timing_only=True": "--timing-only", "pad_heads=True": "--pad-heads
 _RENAMED = {"k": "speculate", "cluster": "ray"}  # Python arguments whose flag has another name
 
 
-def in_cli_words(message: str) -> str:
+def in_cli_words(message: str, renamed: dict[str, str] | None = None) -> str:
     """A library message in the command line's words: `name=value` and `name` (Python
-    arguments, as the library writes them) become `--name value` and `--name`."""
+    arguments, as the library writes them) become `--name value` and `--name`; `renamed`
+    gives a subcommand's own flag for an argument (serve-sim's batch is --max-num-seqs)."""
+    renamed = {**_RENAMED, **(renamed or {})}
     for python, flag in _SWITCHES.items():
         message = message.replace(python, flag)
     names = "|".join(_ARGUMENTS)
 
     def flag(name: str) -> str:
-        return "--" + _RENAMED.get(name, name).replace("_", "-")
+        return "--" + renamed.get(name, name).replace("_", "-")
 
     def value(m: re.Match) -> str:  # as one would type it: '' and ' ' quoted
         quoted = m[2] if m[2] is not None else m[3]
@@ -103,6 +105,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _de
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
+    args = None
     try:
         words = _values_attached(list(sys.argv[1:] if argv is None else argv))
         args = build_parser().parse_args(words)  # imports the subcommands: Ctrl-C may come here too
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a full disk or a closed pipe shows here, not at the interpreter's exit
         return code
     except TilesimError as exc:
-        print(f"tilesim: error: {str(exc) if exc.verbatim else in_cli_words(str(exc))}", file=sys.stderr)
+        words = str(exc) if exc.verbatim else in_cli_words(str(exc), getattr(args, "cli_renamed", None))
+        print(f"tilesim: error: {words}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tilesim: interrupted", file=sys.stderr)

@@ -47,6 +47,7 @@ def add_parser(subparsers) -> None:
         "serve-sim", help="serve a stream of requests on an emulated device: latency percentiles, throughput, SLOs"
     )
     p.add_argument("model", help="a named config (timing-only), HF checkpoint folder, .gguf file or short name")
+    p.set_defaults(cli_renamed={"batch": "max_num_seqs"})  # the library's batch is the sequence slots here
     p.add_argument("--device", default="trn1", help="device preset (see `tilesim devices`)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
     p.add_argument("--dtype", default=None, help="weights' dtype (default: bf16 timing-only, else as stored)")

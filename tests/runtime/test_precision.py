@@ -102,16 +102,17 @@ def test_native_is_for_gguf_files_only(tiny_model):
         tilesim.load(str(tiny_model("gpt2")), device="tiny", tp=1, dtype="int3")
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_qwen3s_16_bit_logits_are_as_close_to_fp32_as_transformers_own(tiny_model, dtype):
+@pytest.mark.parametrize(("arch", "dtype"), [("qwen3", "fp16"), ("qwen3", "bf16"), ("qwen3_moe", "fp16")])
+def test_qwen3s_16_bit_logits_are_as_close_to_fp32_as_transformers_own(tiny_model, dtype, arch):
     """The tiny Qwen3 is sharper than the table's models (its per-head norms, weights near 3,
     make the scores 9 times larger), so BOUNDS do not hold for it in any implementation:
     transformers' own 16-bit run is 0.9% (fp16) and 10% (bf16) of the largest logit off its
-    fp32 run. The promise is relative: ours at most a quarter farther from fp32 than theirs."""
+    fp32 run. The promise is relative: ours at most a quarter farther from fp32 than theirs.
+    The tiny Qwen3-MoE keeps it in fp16, not in bf16 (docs/precision.md)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    folder = str(tiny_model("qwen3"))
+    folder = str(tiny_model(arch))
     theirs = {}
     low = torch.float16 if dtype == "fp16" else torch.bfloat16
     for name, torch_dtype in (("fp32", torch.float32), (dtype, low)):

@@ -121,14 +121,15 @@ class ModelConfig:
         scaling = dict(self.rope_scaling)
         factor = scaling.get("factor")
         original = scaling.get("original_max_position_embeddings") or self.max_positions
-        if scaling.get("rope_type") != "yarn" or not all(_is_number(v) for v in (factor, original)):
+        if scaling.get("rope_type") != "yarn" or not all(_finite_number(v) for v in (factor, original)):
             return 0
         extended = factor * original
         return int(extended) if math.isfinite(extended) and extended > 0 else 0
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _finite_number(value: object) -> bool:
+    """A finite int or float of a config (a bool is not a number there)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _rope_number(s: dict, key: str, default: float | None, least: float, above: bool = False) -> float | None:
@@ -139,13 +140,7 @@ def _rope_number(s: dict, key: str, default: float | None, least: float, above: 
         if default is None and key in _REQUIRED.get(kind, {}):
             raise CheckpointError(f"{kind} rope scaling needs {key!r} ({_REQUIRED[kind][key]})")
         return default
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < least
-        or (above and value == least)
-    ):
+    if not _finite_number(value) or value < least or (above and value == least):
         bound = f"more than {least:g}" if above else f"of at least {least:g}"
         raise CheckpointError(f"{kind} rope scaling: {key!r} is {value!r}; it must be a number {bound}")
     return float(value)
@@ -267,9 +262,8 @@ class HFConfig:
                 raise CheckpointError(f"{where}: {key!r} is {value!r}; it must be at most {most:,}")
         for key in _REALS:
             value = raw.get(key)
-            real = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
             base = key in _BASES
-            if value is not None and not (real and (value > 0 if base else value >= 0)):
+            if value is not None and not (_finite_number(value) and (value > 0 if base else value >= 0)):
                 bound = "a rotary base must be a number more than 0" if base else "it must be a number of at least 0"
                 raise CheckpointError(f"{where}: {key!r} is {value!r}; {bound}")
         for key in _FLAGS:  # bool("no") is True: a string would switch on a bias the file does not hold

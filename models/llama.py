@@ -25,9 +25,8 @@ def config_from_hf(c: HFConfig) -> ModelConfig:
     window = 0
     if model_type == "mistral":
         window = int(c.get("sliding_window", default=0) or 0)
-    if model_type in ("qwen2", "qwen3") and c.get("use_sliding_window", default=False):
-        name = "Qwen2" if model_type == "qwen2" else "Qwen3"
-        raise CheckpointError(f"{c.where}: {name} with use_sliding_window=true is not supported")
+    if model_type in _QWEN and c.get("use_sliding_window", default=False):
+        raise CheckpointError(f"{c.where}: {_QWEN[model_type]} with use_sliding_window=true is not supported")
     attention_bias = bool(c.get("attention_bias", default=False))
     return ModelConfig(
         arch="llama",
@@ -49,7 +48,7 @@ def config_from_hf(c: HFConfig) -> ModelConfig:
         rope_theta=theta,
         rope_scaling=scaling_tuple(rope),
         qkv_bias=attention_bias or model_type == "qwen2",
-        qk_norm=model_type == "qwen3",
+        qk_norm=model_type in ("qwen3", "qwen3_moe"),
         o_bias=attention_bias,
         mlp_bias=bool(c.get("mlp_bias", default=False)),
         tie_embeddings=bool(c.get("tie_word_embeddings", default=False)),
@@ -58,6 +57,9 @@ def config_from_hf(c: HFConfig) -> ModelConfig:
         eos_token_ids=c.eos_ids(),
         pad_token_id=c.get("pad_token_id", default=None),
     )
+
+
+_QWEN = {"qwen2": "Qwen2", "qwen3": "Qwen3", "qwen3_moe": "Qwen3-MoE"}  # their names, for their sliding window
 
 
 def weight_refs(cfg: ModelConfig, names: set[str]) -> dict[str, WeightRef]:

@@ -20,9 +20,8 @@ __all__ = ["MODEL_TYPES", "build_graph", "config_from_hf", "weight_refs"]
 
 
 def config_from_hf(c: HFConfig) -> ModelConfig:
-    experts, k = int(c.get("num_local_experts")), int(c.get("num_experts_per_tok", default=2))
-    if not 1 <= k <= experts:
-        raise CheckpointError(f"{c.where}: num_experts_per_tok={k} must be between 1 and num_local_experts={experts}")
+    experts = int(c.get("num_local_experts"))
+    k = experts_per_token(c, experts, "num_local_experts", default=2)
     base = llama.config_from_hf(c)
     return dataclasses.replace(
         base,
@@ -31,6 +30,14 @@ def config_from_hf(c: HFConfig) -> ModelConfig:
         experts_per_token=k,
         sliding_window=int(c.get("sliding_window", default=0) or 0),
     )
+
+
+def experts_per_token(c: HFConfig, experts: int, name: str, default: int) -> int:
+    """A config's `num_experts_per_tok`, refused unless within its `experts` (named `name`)."""
+    k = int(c.get("num_experts_per_tok", default=default))
+    if not 1 <= k <= experts:
+        raise CheckpointError(f"{c.where}: num_experts_per_tok={k} must be between 1 and {name}={experts}")
+    return k
 
 
 def weight_refs(cfg: ModelConfig, names: set[str]) -> dict[str, WeightRef]:

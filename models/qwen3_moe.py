@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from tilesim.errors import CheckpointError
-from tilesim.models import llama
+from tilesim.models import llama, mixtral
 from tilesim.models.config import HFConfig, ModelConfig
 from tilesim.models.decoder import build_graph
 from tilesim.models.weights import WeightRef
@@ -21,15 +21,12 @@ __all__ = ["MODEL_TYPES", "build_graph", "config_from_hf", "weight_refs"]
 
 def config_from_hf(c: HFConfig) -> ModelConfig:
     # the Hub's configs say num_experts; transformers 5 saves it as num_local_experts
-    experts, k = int(c.get("num_experts", "num_local_experts")), int(c.get("num_experts_per_tok", default=8))
+    experts = int(c.get("num_experts", "num_local_experts"))
     if experts != c.get("num_local_experts", default=experts):
         raise CheckpointError(
             f"{c.where}: 'num_experts' {experts} and 'num_local_experts' {c.get('num_local_experts')} disagree"
         )
-    if not 1 <= k <= experts:
-        raise CheckpointError(f"{c.where}: num_experts_per_tok={k} must be between 1 and num_experts={experts}")
-    if c.get("use_sliding_window", default=False):
-        raise CheckpointError(f"{c.where}: Qwen3-MoE with use_sliding_window=true is not supported")
+    k = mixtral.experts_per_token(c, experts, "num_experts", default=8)
     layers, step = int(c.get("num_hidden_layers")), c.get("decoder_sparse_step", default=1)
     only = c.get("mlp_only_layers", default=[])
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
@@ -40,12 +37,10 @@ def config_from_hf(c: HFConfig) -> ModelConfig:
     renormalize = c.get("norm_topk_prob", default=False)
     if not isinstance(renormalize, bool):
         raise CheckpointError(f"{c.where}: 'norm_topk_prob' is {renormalize!r}; it must be true or false")
-    base = llama.config_from_hf(c)
+    base = llama.config_from_hf(c)  # Qwen3's attention: head norms, no biases unless attention_bias
     return dataclasses.replace(
         base,
         arch="qwen3_moe",
-        qk_norm=True,
-        qkv_bias=bool(c.get("attention_bias", default=False)),
         intermediate=int(c.get("moe_intermediate_size")),
         experts=experts,
         experts_per_token=k,

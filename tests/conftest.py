@@ -66,6 +66,7 @@ def configs():
         "hidden_size": 48, "intermediate_size": 88, "num_hidden_layers": 2, "num_attention_heads": 6,
         "num_key_value_heads": 3, "max_position_embeddings": 256,
     }  # fmt: skip
+    moe = {"head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2}  # the tiny Qwen3-MoEs' heads and mixture
     gguf_llama = {
         "hidden_size": 96, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 6,
         "num_key_value_heads": 3, "max_position_embeddings": 256, "vocab_size": 128,
@@ -251,10 +252,8 @@ def configs():
         "qwen3_moe": (
             T.Qwen3MoeConfig(
                 **gqa,
-                head_dim=16,
+                **moe,
                 moe_intermediate_size=40,
-                num_experts=4,
-                num_experts_per_tok=2,
                 norm_topk_prob=False,
                 mlp_only_layers=[1],
                 **common,
@@ -266,10 +265,8 @@ def configs():
         "qwen3_moe_gguf": (
             T.Qwen3MoeConfig(
                 **{**gguf_llama, "hidden_size": 64},
-                head_dim=16,
+                **moe,
                 moe_intermediate_size=32,
-                num_experts=4,
-                num_experts_per_tok=2,
                 norm_topk_prob=True,
             ),
             [1, 3],

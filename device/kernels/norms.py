@@ -53,12 +53,7 @@ def _head_rms_norm(x, w, eps, out, d):  # x, out (M, H*d), w (d,): each head's d
     m_rows, width = x.shape
     for m in range(m_rows):
         for h0 in range(0, width, d):
-            ss = np.float32(0.0)
-            for k in range(d):
-                ss += x[m, h0 + k] * x[m, h0 + k]
-            inv = np.float32(1.0) / np.float32(math.sqrt(ss / np.float32(d) + eps))
-            for k in range(d):
-                out[m, h0 + k] = (x[m, h0 + k] * inv) * w[k]
+            _rms_norm(x[m : m + 1, h0 : h0 + d], w, eps, out[m : m + 1, h0 : h0 + d])
 
 
 def head_rms_norm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
